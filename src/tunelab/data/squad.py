@@ -1,0 +1,213 @@
+"""SQuAD v1.1 / v2.0 reader for the official JSON schema, validated question by question.
+
+Problems raise `DataError` with the question id as `record` where one is known, otherwise with the
+location in the file (e.g. "data[3].paragraphs[2]") in the message.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import DataError, UsageError
+from .sst2 import read_utf8
+
+HUB_NAMES = {"1.1": "rajpurkar/squad", "2.0": "rajpurkar/squad_v2"}
+
+
+@dataclass(frozen=True)
+class SquadExample:
+    id: str
+    title: str
+    context: str
+    question: str
+    answers: list[dict]  # each {"text": str, "answer_start": int}; [] for unanswerable questions
+    is_impossible: bool = False
+    plausible_answers: list[dict] = field(default_factory=list)  # v2.0 only, for impossible questions
+
+
+def read_squad(path) -> list[SquadExample]:
+    """Read a SQuAD JSON file (v1.1 or v2.0); every answer span is checked against its context."""
+    path = Path(path)
+    text = read_utf8(path)
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(path, f"not valid JSON: {e.msg} (column {e.colno})", line=e.lineno) from None
+    except (ValueError, RecursionError) as e:  # e.g. an integer too long to convert, absurd nesting
+        raise DataError(path, f"not valid JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise DataError(path, f"top level must be a JSON object with a 'data' list, got {type(doc).__name__}")
+    if not isinstance(doc.get("data"), list):
+        what = "missing" if "data" not in doc else f"a {type(doc['data']).__name__}, not a list"
+        raise DataError(path, f"top-level 'data' is {what} (is this a SQuAD file?)")
+
+    examples = []
+    seen: dict[str, str] = {}  # question id -> where it was first seen
+    for i, article in enumerate(doc["data"]):
+        where = f"data[{i}]"
+        if not isinstance(article, dict):
+            raise DataError(path, f"{where}: expected an object, got {type(article).__name__}")
+        title = article.get("title", "")
+        if not isinstance(title, str):
+            raise DataError(path, f"{where}: 'title' must be a string, got {type(title).__name__}")
+        paragraphs = _list(path, article, "paragraphs", where)
+        for j, paragraph in enumerate(paragraphs):
+            where = f"data[{i}].paragraphs[{j}]"
+            if not isinstance(paragraph, dict):
+                raise DataError(path, f"{where}: expected an object, got {type(paragraph).__name__}")
+            context = paragraph.get("context")
+            if not isinstance(context, str) or not context.strip():
+                what = (
+                    "missing" if context is None else "empty" if isinstance(context, str) else "not a string"
+                )
+                raise DataError(path, f"{where}: context is {what}")
+            for k, qa in enumerate(_list(path, paragraph, "qas", where)):
+                where = f"data[{i}].paragraphs[{j}].qas[{k}]"
+                ex = _question(path, qa, where, title, context)
+                if ex.id in seen:
+                    raise DataError(
+                        path,
+                        f"duplicate question id (first seen at {seen[ex.id]}, again at {where})",
+                        record=ex.id,
+                    )
+                seen[ex.id] = where
+                examples.append(ex)
+    if not examples:
+        raise DataError(path, "no questions in the file")
+    return examples
+
+
+def _list(path: Path, obj: dict, key: str, where: str) -> list:
+    value = obj.get(key)
+    if not isinstance(value, list):
+        what = "missing" if value is None else f"a {type(value).__name__}, not a list"
+        raise DataError(path, f"{where}: '{key}' is {what}")
+    return value
+
+
+def _question(path: Path, qa, where: str, title: str, context: str) -> SquadExample:
+    if not isinstance(qa, dict):
+        raise DataError(path, f"{where}: expected an object, got {type(qa).__name__}")
+    qid = qa.get("id")
+    if not isinstance(qid, str) or not qid.strip():
+        what = (
+            "is missing"
+            if qid is None
+            else "is empty"
+            if isinstance(qid, str)
+            else f"must be a string, got {_show(qid)}"
+        )
+        raise DataError(path, f"{where}: question id {what}")
+    question = qa.get("question")
+    if not isinstance(question, str) or not question.strip():
+        what = "missing" if question is None else "empty" if isinstance(question, str) else "not a string"
+        raise DataError(path, f"question is {what} (at {where})", record=qid)
+    impossible = qa.get("is_impossible", False)
+    if not isinstance(impossible, bool):
+        raise DataError(path, f"is_impossible must be true or false, got {_show(impossible)}", record=qid)
+    answers = _answers(path, qa, "answers", qid, context)
+    plausible = _answers(path, qa, "plausible_answers", qid, context)
+    if impossible and answers:
+        raise DataError(
+            path, f"question is marked is_impossible but has {len(answers)} answer(s)", record=qid
+        )
+    if not impossible and not answers:
+        raise DataError(
+            path, "answerable question (is_impossible false or absent) has no answers", record=qid
+        )
+    return SquadExample(qid, title, context, question, answers, impossible, plausible)
+
+
+def _answers(path: Path, qa: dict, key: str, qid: str, context: str) -> list[dict]:
+    value = qa.get(key, [])
+    if not isinstance(value, list):
+        raise DataError(path, f"'{key}' must be a list, got {type(value).__name__}", record=qid)
+    answers = []
+    for n, answer in enumerate(value):
+        at = f"{key}[{n}]"
+        if not isinstance(answer, dict):
+            raise DataError(path, f"{at} must be an object, got {type(answer).__name__}", record=qid)
+        text, start = answer.get("text"), answer.get("answer_start")
+        if not isinstance(text, str) or not text:
+            raise DataError(path, f"{at}: answer text is missing or empty", record=qid)
+        if isinstance(start, bool) or not isinstance(start, int):
+            raise DataError(path, f"{at}: answer_start must be an integer, got {_show(start)}", record=qid)
+        if start < 0 or context[start : start + len(text)] != text:
+            found = context[max(start, 0) : max(start, 0) + len(text)]
+            raise DataError(
+                path,
+                f"{at}: answer_start {start} does not point at the answer text {text!r} "
+                f"(the context there reads {found!r})",
+                record=qid,
+            )
+        answers.append({"text": text, "answer_start": start})
+    return answers
+
+
+def _show(value) -> str:
+    """A JSON scalar as written in the file; a list or object by its type."""
+    return (
+        json.dumps(value)
+        if value is None or isinstance(value, (bool, int, float, str))
+        else type(value).__name__
+    )
+
+
+def load_squad_hub(version: str, split: str) -> list[SquadExample]:
+    """SQuAD from the Hugging Face Hub: version "1.1" (rajpurkar/squad) or "2.0" (rajpurkar/squad_v2)."""
+    version = str(version).lstrip("v")
+    if version not in HUB_NAMES:
+        raise UsageError(f"unknown SQuAD version {version!r}: expected 1.1 or 2.0")
+    hub_split = "validation" if split == "dev" else split
+    if hub_split not in ("train", "validation"):
+        raise UsageError(f"unknown SQuAD split {split!r}: expected train or dev (validation)")
+    name = HUB_NAMES[version]
+    try:
+        import datasets
+    except ImportError:
+        raise UsageError(
+            "loading SQuAD from the Hub needs the `datasets` package: pip install 'tunelab[hub]' "
+            "(or use local files with --data-dir / TUNELAB_DATA_DIR)"
+        ) from None
+    try:
+        rows = datasets.load_dataset(name, split=hub_split)
+        examples = []
+        for row in rows:
+            # the Hub stores answers column-wise: {"text": [...], "answer_start": [...]}
+            answers = [
+                {"text": t, "answer_start": int(s)}
+                for t, s in zip(row["answers"]["text"], row["answers"]["answer_start"])
+            ]
+            examples.append(
+                SquadExample(
+                    str(row["id"]),
+                    row.get("title") or "",
+                    row["context"],
+                    row["question"],
+                    answers,
+                    version == "2.0" and not answers,
+                )
+            )
+    except Exception as e:  # noqa: BLE001 -- offline, changed schema: report plainly
+        raise UsageError(
+            f"could not load SQuAD {version} split {hub_split!r} from the Hugging Face Hub ({name}): "
+            f"{type(e).__name__}: {e}. Offline? Use local files with --data-dir / TUNELAB_DATA_DIR"
+        ) from None
+    return examples
+
+
+def summarize_squad(examples) -> dict:
+    """Counts: articles (distinct titles), paragraphs (distinct contexts), questions, unanswerable.
+
+    `version` is a guess: "2.0" when any question is unanswerable, else "1.1".
+    """
+    unanswerable = sum(1 for ex in examples if ex.is_impossible)
+    return {
+        "articles": len({ex.title for ex in examples}),
+        "paragraphs": len({ex.context for ex in examples}),
+        "questions": len(examples),
+        "unanswerable": unanswerable,
+        "version": "2.0" if unanswerable else "1.1",
+    }

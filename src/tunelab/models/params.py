@@ -1,0 +1,170 @@
+"""Exact parameter accounting from a config alone: models are built on the meta device (no weights, no memory).
+
+Shared (tied) tensors count once, as `nn.Module.parameters()` yields each tensor once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from tunelab.errors import UsageError
+from tunelab.models.loading import TASK_HEADS
+
+DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass
+class LoraOptions:
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: tuple[str, ...] = DEFAULT_LORA_TARGETS
+
+    def validate(self) -> None:
+        if self.r < 1:
+            raise UsageError(f"LoRA rank must be >= 1, got {self.r}")
+        if not self.target_modules:
+            raise UsageError("LoRA needs at least one target module")
+
+
+@dataclass
+class ParamReport:
+    model: str
+    task: str | None
+    method: str
+    base_total: int
+    total: int
+    trainable: int
+    added: dict[str, int] = field(default_factory=dict)
+    removed: dict[str, int] = field(default_factory=dict)
+    adapter: int = 0  # LoRA matrices (0 for full / head); merged away at export, so not part of `total`
+
+    @property
+    def delta(self) -> int:
+        return self.total - self.base_total
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "delta": self.delta}
+
+
+def count(module: torch.nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+def _by_module(model: torch.nn.Module, prefix_map: dict[str, str]) -> dict[str, int]:
+    """Parameters per top-level child, names mapped onto the causal LM's names (`transformer` -> `model`)."""
+    out: dict[str, int] = {}
+    seen: set[int] = set()
+    for name, p in model.named_parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        top = name.split(".")[0]
+        top = prefix_map.get(top, top)
+        out[top] = out.get(top, 0) + p.numel()
+    return out
+
+
+def build_meta(config, task: str | None, num_labels: int = 2):
+    from transformers import AutoModelForCausalLM, AutoModelForQuestionAnswering, AutoModelForSequenceClassification
+
+    config = config.__class__.from_dict(config.to_dict())  # never mutate the caller's config
+    if config.pad_token_id is None:
+        config.pad_token_id = config.eos_token_id if isinstance(config.eos_token_id, int) else 0
+    with torch.device("meta"):
+        if task is None:
+            return AutoModelForCausalLM.from_config(config)
+        if task == "sst2":
+            config.num_labels = num_labels
+            return AutoModelForSequenceClassification.from_config(config)
+        if task == "squad":
+            return AutoModelForQuestionAnswering.from_config(config)
+    raise UsageError(f"unknown task {task!r}: expected one of {', '.join(TASK_HEADS)}")
+
+
+def apply_method(model, task: str | None, method: str, lora: LoraOptions | None = None):
+    """Set requires_grad (and wrap with LoRA) the way fine-tuning with `method` does. Returns the model to train."""
+    if method == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+    if task is None:
+        raise UsageError(f"--method {method} needs --task (it trains a task head)")
+    head = TASK_HEADS[task]
+    if method == "head":
+        for name, p in model.named_parameters():
+            p.requires_grad_(name.startswith(head + "."))
+        return model
+    if method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        lora = lora or LoraOptions()
+        lora.validate()
+        cfg = LoraConfig(
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=list(lora.target_modules),
+            modules_to_save=[head],  # the new head is trained in full and saved with the adapter
+            task_type="SEQ_CLS" if task == "sst2" else "QUESTION_ANS",
+        )
+        try:
+            return get_peft_model(model, cfg)
+        except ValueError as exc:
+            raise UsageError(f"LoRA: {exc}") from exc
+    raise UsageError(f"unknown method {method!r}: expected full, lora or head")
+
+
+def lora_adapter_count(peft_model) -> int:
+    return sum(p.numel() for n, p in peft_model.named_parameters() if "lora_" in n)
+
+
+def param_report(
+    spec: str,
+    config,
+    task: str | None = None,
+    method: str = "full",
+    lora: LoraOptions | None = None,
+    num_labels: int = 2,
+) -> ParamReport:
+    base = build_meta(config, None)
+    base_total = count(base)
+    base_parts = _by_module(base, {})
+    model = build_meta(config, task, num_labels)
+    prefix = {model.base_model_prefix: "model"}
+    total = count(model)
+    parts = _by_module(model, prefix)
+    added = {k: v for k, v in parts.items() if k not in base_parts}
+    removed = {k: v for k, v in base_parts.items() if k not in parts}
+    # A tied lm_head shares the embedding tensor: dropping it removes no parameters.
+    removed = {k: v for k, v in removed.items() if v}
+    trained = apply_method(model, task, method, lora)
+    trainable = count(trained, trainable_only=True)
+    adapter = lora_adapter_count(trained) if method == "lora" else 0
+    return ParamReport(spec, task, method, base_total, total, trainable, added, removed, adapter)
+
+
+def format_report(r: ParamReport) -> str:
+    lines = [f"model      {r.model}", f"base total {r.base_total:>15,}  (causal LM, tied embeddings counted once)"]
+    if r.task:
+        lines.append(f"task       {r.task}  ({'sequence classification' if r.task == 'sst2' else 'span QA'})")
+        for name, n in r.added.items():
+            lines.append(f"  + {name:<8} {n:>15,}  {_explain(name, n)}")
+        for name, n in r.removed.items():
+            lines.append(f"  - {name:<8} {n:>15,}  (untied LM head, not used by the task model)")
+        lines.append(f"total      {r.total:>15,}  (delta {r.delta:+,})")
+    lines.append(f"method     {r.method}")
+    lines.append(f"trainable  {r.trainable:>15,}  ({100 * r.trainable / max(r.total, 1):.4f}% of {r.total:,})")
+    if r.adapter:
+        lines.append(f"  of which LoRA adapter {r.adapter:,} (merged into the weights on export)")
+    return "\n".join(lines)
+
+
+def _explain(name: str, n: int) -> str:
+    if name == "score":
+        return "hidden x labels (no bias)"
+    if name == "qa_outputs":
+        return "hidden x 2 + 2 (start/end weights and biases)"
+    return ""

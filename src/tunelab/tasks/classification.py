@@ -29,11 +29,12 @@ TEMPLATES = {
         "chat": False,
         "verbalizers": {"negative": [" negative"], "positive": [" positive"]},
     },
-    "chat": {
+    "chat": {  # the model's chat template, the answer started for it: "Sentiment:" then the label word
         "text": "Is the sentiment of this movie review positive or negative? Answer with one word.\n\n"
         "Review: {sentence}",
         "chat": True,
-        "verbalizers": {"negative": ["negative", "Negative"], "positive": ["positive", "Positive"]},
+        "answer_prefix": "Sentiment:",
+        "verbalizers": {"negative": [" negative", " Negative"], "positive": [" positive", " Positive"]},
     },
 }
 CONTENT_FREE = ("N/A", "", "[MASK]")

@@ -1,0 +1,82 @@
+"""Pieces both task recipes share: device choice, saving and loading fine-tuned folders, run metadata."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from tunelab.errors import ModelError
+from tunelab.models import align_pad_token, load_task_model, load_tokenizer
+from tunelab.models.params import LoraOptions, apply_method, count
+from tunelab.training import TrainConfig
+
+META_FILE = "tunelab.json"  # what tunelab needs to use a fine-tuned folder again: task, input format, base model
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def eval_dtype(dev: torch.device):
+    return torch.bfloat16 if dev.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+
+
+def prepare_model(spec: str, task: str, cfg: TrainConfig, tokenizer, head_init=None):
+    """The task model with the pretrained body, set up for `cfg.method`; returns (model to train, base model)."""
+    model = load_task_model(spec, task, head_init=head_init)
+    align_pad_token(model, tokenizer)
+    lora = LoraOptions(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, tuple(cfg.lora_targets))
+    trained = apply_method(model, task, cfg.method, lora)
+    return trained, model
+
+
+def save_finetuned(model, tokenizer, out: Path, cfg: TrainConfig, meta: dict) -> dict:
+    """Write a Hugging Face folder (safetensors). LoRA: the adapter with its trained head, or merged weights
+    with `merge_lora`. Returns what was saved, with parameter counts."""
+    from peft import PeftModel
+
+    out.mkdir(parents=True, exist_ok=True)
+    saved = {"format": "full"}
+    if isinstance(model, PeftModel):
+        if cfg.merge_lora:
+            model = model.merge_and_unload()
+            saved["format"] = "merged"
+        else:
+            saved["format"] = "lora-adapter"
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    (out / META_FILE).write_text(json.dumps({**meta, "method": cfg.method, "saved": saved["format"]}, indent=2))
+    return saved
+
+
+def read_meta(path: str | Path) -> dict:
+    f = Path(path) / META_FILE
+    if not f.is_file():
+        raise ModelError(f"{path}: not a folder written by `tunelab finetune` (no {META_FILE})")
+    return json.loads(f.read_text())
+
+
+def load_finetuned(path: str | Path, task: str, dtype=torch.float32):
+    """Load a fine-tuned folder back: full/merged weights, or base + LoRA adapter (the base loaded through
+    tunelab so its body really carries the pretrained weights)."""
+    from peft import PeftModel
+
+    path = Path(path)
+    meta = read_meta(path)
+    if meta.get("task") != task:
+        raise ModelError(f"{path}: fine-tuned for {meta.get('task')!r}, not {task!r}")
+    tokenizer = load_tokenizer(str(path))
+    if (path / "adapter_config.json").is_file():
+        base = load_task_model(meta["base_model_path"], task, dtype=dtype)
+        align_pad_token(base, tokenizer)
+        model = PeftModel.from_pretrained(base, str(path))
+    else:
+        model = load_task_model(str(path), task, dtype=dtype)
+        align_pad_token(model, tokenizer)
+    return model.eval(), tokenizer, meta
+
+
+def trainable_summary(model) -> dict:
+    return {"trainable": count(model, trainable_only=True), "total_in_memory": count(model)}

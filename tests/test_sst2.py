@@ -1,0 +1,216 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from tunelab.cli import main
+from tunelab.data.sst2 import SST2Example
+from tunelab.errors import UsageError
+from tunelab.models import load_causal_lm, load_tokenizer
+from tunelab.recipes import sst2
+from tunelab.tasks.classification import (
+    Calibration, Prompt, calibrate, label_logprobs, verbalizer_ids, zero_shot,
+)
+from tunelab.training import TrainConfig
+
+PLAIN = Prompt.from_config({"text": "Review: {sentence}\nSentiment:",
+                            "verbalizers": {"negative": [" negative", " Negative"], "positive": [" positive"]}})
+
+
+def fixture(n=48, seed=0):
+    """A learnable SST-2-like set: the label is which word the sentence holds."""
+    rng = np.random.default_rng(seed)
+    fill = ["a", "film", "movie", "the", "and", "truly", "review"]
+    out = []
+    for i in range(n):
+        label = int(i % 2)
+        words = list(rng.choice(fill, size=int(rng.integers(2, 8))))
+        words.insert(int(rng.integers(0, len(words) + 1)), "great" if label else "awful")
+        out.append(SST2Example(" ".join(words), label, i + 2))
+    return out
+
+
+def test_zero_shot_scores_equal_direct_logprobs(tiny_model_dir):
+    tok = load_tokenizer(tiny_model_dir)
+    model = load_causal_lm(tiny_model_dir).eval()
+    sentences = [ex.text for ex in fixture(7)]
+    ids = verbalizer_ids(tok, PLAIN)
+    got = label_logprobs(model, tok, [PLAIN.render(tok, s) for s in sentences], ids, batch_size=3, progress=False)
+    for i, s in enumerate(sentences):
+        enc = tok(PLAIN.render(tok, s), return_tensors="pt")
+        with torch.no_grad():
+            logp = torch.log_softmax(model(**enc).logits[0, -1].double(), -1)
+        for c, cls_ids in enumerate(ids):
+            assert got[i, c] == pytest.approx(torch.logsumexp(logp[cls_ids], 0).item(), abs=1e-4)
+
+
+def test_calibration_moves_a_biased_classifier():
+    # every example prefers "positive" by a constant bias; the true signal is the small difference
+    signal = np.array([-1.0, 1.0, -0.5, 0.5, -2.0, 2.0])
+    raw = np.stack([np.zeros(6), 3.0 + signal], axis=1)
+    assert (raw.argmax(1) == 1).all()
+    batch = calibrate(raw, Calibration("batch")).argmax(1)
+    assert batch.tolist() == [0, 1, 0, 1, 0, 1]
+    cf = np.array([[0.0, 3.0]])  # content-free input shows the same bias
+    ctx = calibrate(raw, Calibration("contextual"), cf).argmax(1)
+    assert ctx.tolist() == [0, 1, 0, 1, 0, 1]
+    assert calibrate(raw, Calibration("none")).argmax(1).tolist() == [1] * 6
+
+
+def test_verbalizers_sharing_a_first_token_are_refused(tiny_model_dir):
+    tok = load_tokenizer(tiny_model_dir)
+    p = Prompt.from_config({"text": "{sentence}", "verbalizers": {"negative": [" review"], "positive": [" review"]}})
+    with pytest.raises(UsageError, match="same token"):
+        verbalizer_ids(tok, p)
+
+
+def test_prompt_validation():
+    with pytest.raises(UsageError, match="sentence"):
+        Prompt.from_config({"text": "no slot"})
+    with pytest.raises(UsageError, match="unknown keys"):
+        Prompt.from_config({"text": "{sentence}", "colour": "red"})
+
+
+def test_zero_shot_recipe_writes_metrics(tiny_model_dir, tmp_path):
+    examples = fixture(10)
+    m = sst2.run_zeroshot(tiny_model_dir, examples, "fixture", tmp_path / "zs", prompt=PLAIN,
+                          calibration=Calibration("batch"), batch_size=4)
+    saved = json.loads((tmp_path / "zs" / "metrics.json").read_text())
+    for key in ["task", "model", "mode", "data", "n", "accuracy", "precision", "recall", "f1", "macro_f1",
+                "confusion_matrix", "accuracy_ci95"]:
+        assert key in saved
+    assert saved["mode"] == "zeroshot" and saved["n"] == 10 and 0 <= saved["accuracy"] <= 1
+    assert m["accuracy"] == saved["accuracy"]
+    rows = [json.loads(line) for line in (tmp_path / "zs" / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 10 and set(rows[0]) == {"line", "text", "gold", "prediction", "scores"}
+    assert sum(rows[0]["scores"].values()) == pytest.approx(1.0)
+
+
+def test_unlabelled_file_gets_predictions_only(tiny_model_dir, tmp_path):
+    examples = [SST2Example("a great film", None, 2), SST2Example("awful", None, 3)]
+    m = sst2.run_zeroshot(tiny_model_dir, examples, "test", tmp_path / "zs", prompt=PLAIN,
+                          calibration=Calibration("none"))
+    assert "accuracy" not in m and m["n"] == 2
+    assert len((tmp_path / "zs" / "predictions.jsonl").read_text().splitlines()) == 2
+
+
+def test_existing_output_is_not_overwritten(tiny_model_dir, tmp_path):
+    out = tmp_path / "zs"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(UsageError, match="already exists"):
+        sst2.run_zeroshot(tiny_model_dir, fixture(2), "x", out, prompt=PLAIN, calibration=Calibration("none"))
+    assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_failed_run_leaves_no_output(tiny_model_dir, tmp_path):
+    bad = Prompt.from_config({"text": "{sentence}", "chat": False,
+                              "verbalizers": {"negative": [" x"], "positive": [" x"]}})
+    with pytest.raises(UsageError):
+        sst2.run_zeroshot(tiny_model_dir, fixture(2), "x", tmp_path / "zs", prompt=bad,
+                          calibration=Calibration("none"))
+    assert not (tmp_path / "zs").exists() and not (tmp_path / "zs.partial").exists()
+
+
+def _cfg(**kw):
+    base = dict(learning_rate=3e-3, epochs=8, batch_size=8, max_length=32, warmup_ratio=0.0, log_every=2,
+                seed=0, lora_r=4, lora_alpha=8, lora_dropout=0.0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_finetune_learns_a_small_fixture(tiny_model_dir, tmp_path):
+    train = fixture(48)
+    dev = fixture(24, seed=1)
+    m = sst2.run_finetune(tiny_model_dir, train, dev, "fixture", tmp_path / "ft", _cfg(), input_prompt=None)
+    assert m["accuracy"] >= 0.9, m
+    log = [json.loads(line) for line in (tmp_path / "ft" / "train_log.jsonl").read_text().splitlines()]
+    assert log[-1]["loss"] < log[0]["loss"]
+    assert (tmp_path / "ft" / "loss.png").is_file()
+    assert (tmp_path / "ft" / "model.safetensors").is_file()
+    assert not (tmp_path / "ft.partial").exists()
+
+
+@pytest.mark.parametrize("method,merge", [("full", False), ("lora", False), ("lora", True), ("head", False)])
+def test_save_load_gives_identical_predictions(tiny_model_dir, tmp_path, method, merge):
+    train, dev = fixture(16), fixture(12, seed=2)
+    out = tmp_path / "ft"
+    m = sst2.run_finetune(tiny_model_dir, train, dev, "fixture", out, _cfg(method=method, merge_lora=merge, epochs=1),
+                          input_prompt=PLAIN)
+    if method == "lora" and not merge:
+        assert (out / "adapter_model.safetensors").is_file()
+    else:
+        assert (out / "model.safetensors").is_file()
+    again = sst2.run_evaluate(str(out), dev, "fixture", tmp_path / "ev")
+    a = [json.loads(x)["scores"] for x in (out / "eval" / "predictions.jsonl").read_text().splitlines()]
+    b = [json.loads(x)["scores"] for x in (tmp_path / "ev" / "predictions.jsonl").read_text().splitlines()]
+    for x, y in zip(a, b):
+        assert x["positive"] == pytest.approx(y["positive"], abs=1e-6)
+    assert again["accuracy"] == m["accuracy"]
+
+
+def test_head_only_trains_only_the_head(tiny_model_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    sst2.run_finetune(tiny_model_dir, fixture(16), fixture(4), "f", tmp_path / "ft", _cfg(method="head", epochs=1),
+                      input_prompt=None)
+    before = load_file(f"{tiny_model_dir}/model.safetensors")
+    after = load_file(str(tmp_path / "ft" / "model.safetensors"))
+    assert torch.equal(before["model.layers.0.mlp.up_proj.weight"], after["model.layers.0.mlp.up_proj.weight"])
+
+
+def test_classifier_is_padding_side_independent(tiny_model_dir):
+    from tunelab.models import load_task_model
+
+    tok = load_tokenizer(tiny_model_dir)
+    model = load_task_model(tiny_model_dir, "sst2").eval()
+    model.config.pad_token_id = tok.pad_token_id
+    texts = ["a great film", "an awful , truly terrible movie review"]
+    outs = {}
+    for side in ("right", "left"):
+        tok.padding_side = side
+        enc = tok(texts, return_tensors="pt", padding=True)
+        with torch.no_grad():
+            outs[side] = model(**enc).logits
+    torch.testing.assert_close(outs["right"], outs["left"], atol=1e-5, rtol=1e-4)
+
+
+def test_head_init_from_verbalizers_reproduces_zero_shot(tiny_model_dir):
+    """Initialised from the label words, the classifier's logit difference equals the LM's next-token one."""
+    from tunelab.models import load_task_model
+    from tunelab.tasks.classification import head_init_from_verbalizers
+
+    tok = load_tokenizer(tiny_model_dir)
+    p = Prompt.from_config({"text": "{sentence}\nSentiment:",
+                            "verbalizers": {"negative": [" negative"], "positive": [" positive"]}})
+    cls = load_task_model(tiny_model_dir, "sst2", head_init=head_init_from_verbalizers(tok, p)).eval()
+    lm = load_causal_lm(tiny_model_dir).eval()
+    ids = verbalizer_ids(tok, p)
+    enc = tok(p.render(tok, "a great film"), return_tensors="pt")
+    with torch.no_grad():
+        lm_logits = lm(**enc).logits[0, -1]
+        cls_logits = cls(**enc).logits[0]
+    assert cls_logits[1] - cls_logits[0] == pytest.approx((lm_logits[ids[1][0]] - lm_logits[ids[0][0]]).item(),
+                                                          abs=1e-4)
+
+
+def test_cli_zeroshot_bad_data_exits_2(tiny_model_dir, tmp_path, capsys):
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("sentence\tlabel\ngood film\t7\n")
+    rc = main(["zeroshot", tiny_model_dir, "--task", "sst2", "--data-file", str(bad), "--out", str(tmp_path / "o")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "bad.tsv" in err and "line 2" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_finetune_config_errors(tiny_model_dir, tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("learning_rat: 0.1\n")
+    rc = main(["finetune", tiny_model_dir, "--task", "sst2", "--config", str(cfg), "--data-dir", str(tmp_path),
+               "--out", str(tmp_path / "o")])
+    assert rc == 2 and "unknown keys" in capsys.readouterr().err
+    rc = main(["finetune", tiny_model_dir, "--task", "sst2", "--batch-size", "0", "--data-dir", str(tmp_path),
+               "--out", str(tmp_path / "o")])
+    assert rc == 2 and "batch_size" in capsys.readouterr().err

@@ -86,6 +86,7 @@ def main() -> int:
     ap.add_argument("--only", help="comma-separated stage names")
     args = ap.parse_args()
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     run_dir = out.parent / "gpu-study" if args.smoke else Path("/tmp/gpu-study")
     run_dir.mkdir(parents=True, exist_ok=True)
     summary = {"machine": machine(), "started": time.strftime("%Y-%m-%d %H:%M:%S"), "stages": []}

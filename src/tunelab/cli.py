@@ -92,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", choices=TASKS, required=True)
     _add_data_opts(p)
     p.add_argument("--batch-size", type=int, default=64)
+
+    from tunelab import hub, predict, study
+
+    for module in (study, predict, hub):
+        module.add_parsers(sub)
     return parser
 
 
@@ -246,15 +251,18 @@ def _print_squad(m: dict) -> None:
     print(line)
 
 
-COMMANDS = {"params": cmd_params, "data": cmd_data, "zeroshot": cmd_zeroshot, "finetune": cmd_finetune,
-            "evaluate": cmd_evaluate}
+def _commands() -> dict:
+    from tunelab import hub, predict, study
+
+    return {"params": cmd_params, "data": cmd_data, "zeroshot": cmd_zeroshot, "finetune": cmd_finetune,
+            "evaluate": cmd_evaluate, **study.COMMANDS, **predict.COMMANDS, **hub.COMMANDS}
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        return _commands()[args.command](args)
     except UsageError as exc:
         print(f"tunelab: error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -45,7 +45,10 @@ def save_finetuned(model, tokenizer, out: Path, cfg: TrainConfig, meta: dict) ->
             saved["format"] = "merged"
         else:
             saved["format"] = "lora-adapter"
-    model.save_pretrained(out, safe_serialization=True)
+    # save_original_format=False: keep the task class's own tensor names (`transformer.*` for Llama QA); by
+    # default transformers 5 writes back the names the weights were loaded under (`model.*`), which the QA
+    # class then cannot find.
+    model.save_pretrained(out, safe_serialization=True, save_original_format=False)
     tokenizer.save_pretrained(out)
     (out / META_FILE).write_text(json.dumps({**meta, "method": cfg.method, "saved": saved["format"]}, indent=2))
     return saved

@@ -1,8 +1,10 @@
 """SQuAD as a zero-shot task: prompt templates for generative answering, and the clean-up of generated answers.
 
 A template's `text` holds {context} and {question} (and may hold {title}); `chat` wraps it as the user turn of the
-model's chat template, `answer_prefix` starts the answer for the model. For SQuAD v2 a sentence asking the model to
-say "unanswerable" is put where the template has {unanswerable}, or in front of the text when it has none.
+model's chat template, `answer_prefix` starts the answer for the model (an answer prefix ending in a quote makes the
+closing quote end the answer). For SQuAD v2 a sentence asking the model to say "unanswerable" goes where the template
+has {unanswerable} (in a plain template followed by a blank line, as plain prompts put each part in its own
+paragraph), or in front of the text when it has none; for v1, {unanswerable} is removed.
 """
 
 from __future__ import annotations
@@ -20,11 +22,11 @@ TEMPLATES = {
         "text": "Title: {title}\n\nBackground: {context}\n\nQuestion: {question}\n\n{unanswerable}Answer:",
         "chat": False,
     },
-    "chat": {  # chosen by measurement on SmolLM2-135M-Instruct (see the recipe's notes in recipes/squad.py)
+    "chat": {  # the default: measured best on SmolLM2-135M-Instruct (numbers in tunelab/recipes/squad.py)
         "text": "{context}\n\nAnswer the question with a short span copied exactly from the passage above. "
         "{unanswerable}\n\nQuestion: {question}",
         "chat": True,
-        "answer_prefix": "Answer:",
+        "answer_prefix": 'The answer is "',  # the model then writes a span and closes the quote
     },
 }
 DEFAULT_TEMPLATE = "chat"
@@ -38,7 +40,7 @@ class QAPrompt:
     answer_prefix: str = ""
 
     @classmethod
-    def from_config(cls, spec: str | dict) -> "QAPrompt":
+    def from_config(cls, spec: str | dict) -> QAPrompt:
         if isinstance(spec, str):
             if spec not in TEMPLATES:
                 raise UsageError(f"unknown SQuAD prompt template {spec!r}: expected {', '.join(TEMPLATES)} "
@@ -51,6 +53,10 @@ class QAPrompt:
         if not isinstance(text, str) or "{context}" not in text or "{question}" not in text:
             raise UsageError("prompt: `text` must contain {context} and {question}")
         return cls(text, bool(spec.get("chat", False)), spec.get("system"), spec.get("answer_prefix") or "")
+
+    def stop_strings(self) -> list[str]:
+        """Where an answer ends: the line, and the closing quote when the answer prefix opens one."""
+        return ["\n", '"'] if self.answer_prefix.endswith('"') else ["\n"]
 
     def render(self, tokenizer, ex, version_2: bool = False) -> str:
         note = V2_NOTE if version_2 else ""
@@ -88,16 +94,17 @@ def load_prompt(spec: str | None) -> QAPrompt:
     return QAPrompt.from_config(loaded)
 
 
-def clean_answer(generated: str, context: str) -> str:
-    """First line of the generation, without surrounding quotes, a trailing period or whitespace; when it is not
-    in the passage as written but is in it up to case, the passage's own characters."""
-    answer = generated.split("\n", 1)[0].strip()
-    answer = answer.strip("\"'“”‘’`").strip()
-    if answer.endswith(".") and not context.find(answer) >= 0:
-        answer = answer[:-1].rstrip()
+def clean_answer(generated: str, context: str, stop_strings=("\n",)) -> str:
+    """The generation up to its first stop string, without surrounding quotes, trailing periods or whitespace;
+    when that is not in the passage as written but is in it up to case, the passage's own characters."""
+    answer = generated
+    for stop in stop_strings:
+        answer = answer.split(stop, 1)[0]
+    quotes = " \t\"'“”‘’`"
+    answer = answer.strip(quotes).rstrip(".").strip(quotes)  # SQuAD scoring drops punctuation anyway
     if answer and answer not in context:
         at = context.lower().find(answer.lower())
-        if at >= 0:
+        if at >= 0 and context[at : at + len(answer)].lower() == answer.lower():
             answer = context[at : at + len(answer)]
     return answer
 

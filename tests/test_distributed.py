@@ -1,0 +1,144 @@
+"""Two CPU processes (torchrun, gloo) train like one process with the same global batch, split
+evaluation work without duplicating or dropping examples, and share one output folder safely."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from tunelab.training import shard_batch, shard_bounds
+
+SCRIPT = textwrap.dedent('''
+    import json, sys
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+    from safetensors.torch import save_file
+
+    from tunelab.models import load_task_model
+    from tunelab.outputs import atomic_output
+    from tunelab.training import TrainConfig, sharded_map, train
+
+    model_dir, out, batch_size, n = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    feats = []
+    for i in range(n):
+        length = int(rng.integers(3, 12))
+        feats.append({"input_ids": rng.integers(5, 300, size=length).tolist(), "attention_mask": [1] * length,
+                      "labels": i % 2})
+    torch.manual_seed(0)
+    model = load_task_model(model_dir, "sst2")
+    model.config.pad_token_id = 0
+    cfg = TrainConfig(method="full", learning_rate=1e-3, epochs=3, batch_size=batch_size, grad_accum=2,
+                      warmup_ratio=0.2, max_length=32, seed=5, log_every=1, save_every=2, bf16=False)
+    with atomic_output(out) as work:
+        result = train(model, feats, cfg, pad_id=0, work_dir=work, progress=False)
+        seen = sharded_map(lambda xs: [(x, x * x) for x in xs], list(range(7)))
+        if result.accelerator.is_main_process:
+            save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()},
+                      str(work / "weights.safetensors"))
+            (work / "result.json").write_text(json.dumps({
+                "steps": result.steps, "tokens": result.tokens, "log": result.log, "seen": seen,
+                "processes": result.accelerator.num_processes}))
+''')
+
+
+def _env():
+    # CPU processes joined with gloo, also on a machine with GPUs (two processes on one GPU would clash).
+    e = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1",
+             ACCELERATE_DISABLE_RICH="1", CUDA_VISIBLE_DEVICES="")
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        e.pop(key, None)
+    return e
+
+
+def _run(cmd, cwd):
+    done = subprocess.run(cmd, env=_env(), cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+
+
+def test_two_processes_match_one_with_the_same_global_batch(tiny_model_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    script = tmp_path / "train_script.py"
+    script.write_text(SCRIPT)
+    # 19 examples, global batch 6: batches of 6, 6, 6 and 1 per epoch; under 2 processes the last one leaves
+    # one process with nothing (it runs a weight-0 example) and the other with a weight-2 example.
+    n = "19"
+    one, two = tmp_path / "one", tmp_path / "two"
+    _run([sys.executable, str(script), tiny_model_dir, str(one), "6", n], tmp_path)
+    # torchrun, as `accelerate launch --multi_gpu` does (`accelerate launch --cpu` starts a single process
+    # unless given an MPI hostfile); without GPUs tunelab joins the processes with gloo.
+    _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+          str(_free_port()), str(script), tiny_model_dir, str(two), "3", n], tmp_path)
+
+    for out in (one, two):
+        assert out.is_dir() and not out.with_name(out.name + ".partial").exists()
+        assert not (out / "checkpoints").exists() or list((out / "checkpoints").glob("step-*"))
+    r1 = json.loads((one / "result.json").read_text())
+    r2 = json.loads((two / "result.json").read_text())
+    assert r1["processes"] == 1 and r2["processes"] == 2
+    assert r1["steps"] == r2["steps"] == 6  # 4 micro-batches x 3 epochs / grad_accum 2
+    assert r1["tokens"] == r2["tokens"]  # every example once per epoch, none dropped or repeated
+    for a, b in zip(r1["log"], r2["log"]):
+        assert a["lr"] == pytest.approx(b["lr"], rel=1e-12)  # the schedule steps once per optimizer step
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-6)
+    assert r1["seen"] == r2["seen"] == [[x, x * x] for x in range(7)]
+    w1, w2 = load_file(str(one / "weights.safetensors")), load_file(str(two / "weights.safetensors"))
+    assert w1.keys() == w2.keys()
+    base = load_file(str(Path(tiny_model_dir) / "model.safetensors"))
+    moved = 0
+    for k in w1:
+        torch.testing.assert_close(w1[k], w2[k], rtol=1e-4, atol=2e-6, msg=k)
+        key = k if k in base else None
+        if key and not torch.equal(base[key], w1[k]):
+            moved += 1
+    assert moved > 0  # it did train
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("n,world", [(6, 2), (7, 2), (1, 2), (5, 3), (8, 4), (3, 1)])
+def test_a_global_batch_is_split_without_loss_or_repeat(n, world):
+    batch = list(range(100, 100 + n))
+    parts = [shard_batch(batch, world, r) for r in range(world)]
+    real = [idx for idx, w in parts if w > 0]
+    assert [i for idx in real for i in idx] == batch
+    # the weighted mean of per-process mean losses is the mean over the global batch
+    assert sum(w for _, w in parts) / world == pytest.approx(1.0)
+    for idx, w in parts:
+        if w:
+            assert w == pytest.approx(world * len(idx) / n)
+        else:
+            assert len(idx) == 1  # an idle process still runs one example, with weight 0
+    sizes = [shard_bounds(n, world, r)[1] - shard_bounds(n, world, r)[0] for r in range(world)]
+    assert max(sizes) - min(sizes) <= 1 and sum(sizes) == n
+
+
+def test_ready_accelerate_configs_parse():
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.utils import DistributedType
+
+    folder = Path(__file__).resolve().parents[1] / "configs" / "accelerate"
+    want = {"single_gpu.yaml": (DistributedType.NO, 1), "multi_gpu_ddp.yaml": (DistributedType.MULTI_GPU, 1),
+            "fsdp.yaml": (DistributedType.FSDP, 1), "multi_node.yaml": (DistributedType.MULTI_GPU, 2)}
+    for name, (kind, machines) in want.items():
+        cfg = load_config_from_file(str(folder / name))
+        assert cfg.distributed_type == kind and cfg.num_machines == machines, name
+    fsdp = load_config_from_file(str(folder / "fsdp.yaml")).fsdp_config
+    assert fsdp["fsdp_version"] == 2 and fsdp["fsdp_transformer_layer_cls_to_wrap"] == "LlamaDecoderLayer"

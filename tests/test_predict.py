@@ -1,0 +1,206 @@
+"""`tunelab predict`: labels and probabilities from tiny fine-tuned SST-2 folders, answers from SQuAD ones."""
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+
+from tunelab import predict
+from tunelab.data.squad import SquadExample
+from tunelab.data.sst2 import SST2Example
+from tunelab.errors import DataError, UsageError
+from tunelab.recipes import sst2
+from tunelab.recipes.common import load_finetuned
+from tunelab.tasks.classification import LABELS, Prompt, format_input
+from tunelab.training import TrainConfig
+
+PLAIN = Prompt.from_config({"text": "Review: {sentence}\nSentiment:",
+                            "verbalizers": {"negative": [" negative"], "positive": [" positive"]}})
+TEXTS = ["a great film", "an awful , truly awful movie", "the review", "café naïve 中文 😀"]
+
+
+def sentences(n, seed=0):
+    rng = np.random.default_rng(seed)
+    fill = ["a", "film", "movie", "the", "and", "truly", "review"]
+    out = []
+    for i in range(n):
+        words = list(rng.choice(fill, size=int(rng.integers(2, 6))))
+        words.insert(int(rng.integers(0, len(words) + 1)), "great" if i % 2 else "awful")
+        out.append(SST2Example(" ".join(words), i % 2, i + 2))
+    return out
+
+
+def cfg(**kw):
+    base = {"learning_rate": 3e-3, "epochs": 2, "batch_size": 8, "max_length": 32, "warmup_ratio": 0.0,
+            "log_every": 2, "seed": 0, "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0}
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def sst2_dir(tiny_model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pred") / "sst2"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        sst2.run_finetune(tiny_model_dir, sentences(24), sentences(6, seed=1), "fixture", out, cfg(),
+                          input_prompt=PLAIN)
+    return str(out)
+
+
+def qa_examples(n):
+    out = []
+    for i in range(n):
+        who = ["Denver Broncos", "Santa Clara", "the film"][i % 3]
+        ctx = f"The game was won by the {who} in the end . It was a great film and a good review ."
+        out.append(SquadExample(id=f"q{i}", title="t", context=ctx, question="Who won ?",
+                                answers=[{"text": who, "answer_start": ctx.index(who)}]))
+    return out
+
+
+@pytest.fixture(scope="module")
+def squad_dir(tiny_model_dir, tmp_path_factory):
+    squad = pytest.importorskip("tunelab.recipes.squad")
+    out = tmp_path_factory.mktemp("pred") / "squad"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        squad.run_finetune(tiny_model_dir, qa_examples(9), qa_examples(3), "fixture", out,
+                           cfg(method="lora", batch_size=4, max_length=64, epochs=1), version="1.1")
+    return str(out)
+
+
+def cli(argv):
+    parser = argparse.ArgumentParser(prog="tunelab")
+    sub = parser.add_subparsers(dest="command", required=True)
+    predict.add_parsers(sub)
+    args = parser.parse_args(argv)
+    return predict.COMMANDS[args.command](args)
+
+
+def reference_probs(model_dir, texts):
+    model, tok, meta = load_finetuned(model_dir, "sst2")
+    prompt = Prompt(**meta["input_prompt"])
+    return np.exp(sst2.classify(model, tok, [format_input(prompt, tok, t) for t in texts], meta["max_length"],
+                                progress=False))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# SST-2
+
+
+def test_text_output_matches_classify(sst2_dir, capsys):
+    assert cli(["predict", sst2_dir, *TEXTS]) == 0
+    lines = capsys.readouterr().out.rstrip("\n").split("\n")
+    assert len(lines) == len(TEXTS)
+    probs = reference_probs(sst2_dir, TEXTS)
+    for line, text, p in zip(lines, TEXTS, probs):
+        label, prob, shown = line.split("\t")
+        assert shown == text
+        assert label == LABELS[int(p.argmax())]
+        assert float(prob) == pytest.approx(p.max(), abs=1e-4)
+
+
+def test_json_output_parses_and_matches(sst2_dir, capsys):
+    assert cli(["predict", sst2_dir, *TEXTS, "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["task"] == "sst2" and len(doc["predictions"]) == len(TEXTS)
+    probs = reference_probs(sst2_dir, TEXTS)
+    for row, text, p in zip(doc["predictions"], TEXTS, probs):
+        assert row["text"] == text and row["label"] == LABELS[int(p.argmax())]
+        assert row["probability"] == pytest.approx(p.max(), abs=1e-6)
+        assert row["scores"]["positive"] == pytest.approx(p[1], abs=1e-6)
+        assert sum(row["scores"].values()) == pytest.approx(1.0)
+
+
+def test_file_inputs(sst2_dir, tmp_path, capsys):
+    lines = tmp_path / "sentences.txt"
+    lines.write_text("a great film\n\n  \nthe awful review\n")
+    tsv = tmp_path / "dev.tsv"
+    tsv.write_text("sentence\tlabel\na great film\t1\nthe awful review\t0\n")
+    assert cli(["predict", sst2_dir, "--file", str(lines), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["predictions"]
+    assert [r["text"] for r in rows] == ["a great film", "the awful review"] and "gold" not in rows[0]
+    assert cli(["predict", sst2_dir, "extra one", "--file", str(tsv), "--json"]) == 0
+    rows2 = json.loads(capsys.readouterr().out)["predictions"]
+    assert [r["text"] for r in rows2] == ["extra one", "a great film", "the awful review"]
+    assert [r.get("gold") for r in rows2] == [None, 1, 0]
+    assert rows2[1]["probability"] == pytest.approx(rows[0]["probability"], abs=1e-6)
+
+
+def test_sst2_input_errors(sst2_dir, tmp_path):
+    with pytest.raises(UsageError, match="nothing to classify"):
+        cli(["predict", sst2_dir])
+    with pytest.raises(UsageError, match="not --question"):
+        cli(["predict", sst2_dir, "--question", "q", "--context", "c"])
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("sentence\tlabel\ngood film\t7\n")
+    with pytest.raises(DataError, match="line 2"):
+        cli(["predict", sst2_dir, "--file", str(bad)])
+    with pytest.raises(UsageError, match="tunelab.json"):
+        cli(["predict", str(tmp_path), "a sentence"])
+    with pytest.raises(UsageError, match="batch-size"):
+        cli(["predict", sst2_dir, "x", "--batch-size", "0"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# SQuAD
+
+
+def test_squad_question_context(squad_dir, capsys):
+    from tunelab.recipes import squad
+    from tunelab.recipes.common import load_finetuned as lf
+
+    ctx = qa_examples(1)[0].context
+    assert cli(["predict", squad_dir, "--question", "Who won ?", "--question", "What was it ?",
+                "--context", ctx, "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["predictions"]
+    assert [r["question"] for r in rows] == ["Who won ?", "What was it ?"]
+    model, tok, meta = lf(squad_dir, "squad")
+    exs = [SquadExample(id=f"x{i}", title="", context=ctx, question=q, answers=[])
+           for i, q in enumerate(["Who won ?", "What was it ?"])]
+    preds, nbest, _ = squad.predict_spans(model, tok, exs, meta["max_length"], meta["stride"], progress=False)
+    for row, ex in zip(rows, exs):
+        assert row["answer"] == preds[ex.id] and row["answer"] in ctx
+        assert row["score"] == pytest.approx(nbest[ex.id][0]["score"], abs=1e-4)
+        assert ctx[row["start"]:row["end"]] == row["answer"]
+        assert 0 < row["probability"] <= 1
+    assert cli(["predict", squad_dir, "--question", "Who won ?", "--context", ctx]) == 0
+    answer, prob, _score, question = capsys.readouterr().out.rstrip("\n").split("\t")
+    assert answer == rows[0]["answer"] and question == "Who won ?"
+    assert float(prob) == pytest.approx(rows[0]["probability"], abs=1e-4)
+
+
+def test_squad_files(squad_dir, tmp_path, capsys):
+    ctx = qa_examples(1)[0].context
+    jsonl = tmp_path / "qs.jsonl"
+    jsonl.write_text(json.dumps({"id": "mine", "context": ctx, "question": "Who won ?"}) + "\n\n"
+                     + json.dumps({"context": ctx, "question": "What was it ?"}) + "\n")
+    squad_json = tmp_path / "dev.json"
+    squad_json.write_text(json.dumps({"version": "1.1", "data": [{"title": "t", "paragraphs": [
+        {"context": ctx, "qas": [{"id": "s1", "question": "Who won ?",
+                                  "answers": [{"text": "Denver Broncos", "answer_start": ctx.index("Denver")}]}]}]}]}))
+    assert cli(["predict", squad_dir, "--file", str(jsonl), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["predictions"]
+    assert [r["id"] for r in rows] == ["mine", "line3"]
+    assert cli(["predict", squad_dir, "--file", str(squad_json), "--json"]) == 0
+    rows2 = json.loads(capsys.readouterr().out)["predictions"]
+    assert rows2[0]["id"] == "s1" and rows2[0]["answer"] == rows[0]["answer"]
+
+
+def test_squad_input_errors(squad_dir, tmp_path):
+    with pytest.raises(UsageError, match="--question and --context"):
+        cli(["predict", squad_dir, "--question", "q"])
+    with pytest.raises(UsageError, match="answers questions"):
+        cli(["predict", squad_dir, "a sentence"])
+    with pytest.raises(UsageError, match="nothing to answer"):
+        cli(["predict", squad_dir])
+    bad = tmp_path / "q.jsonl"
+    bad.write_text('{"context": "c", "question": "q"}\n{"context": "c"}\n')
+    with pytest.raises(DataError, match="line 2.*question"):
+        cli(["predict", squad_dir, "--file", str(bad)])
+    txt = tmp_path / "q.txt"
+    txt.write_text("x\n")
+    with pytest.raises(DataError, match="unknown file type"):
+        cli(["predict", squad_dir, "--file", str(txt)])
+    with pytest.raises(UsageError, match="input 'q1'.*max_length"):  # a question longer than the model's window
+        cli(["predict", squad_dir, "--question", "why " * 80, "--context", "some passage ."])

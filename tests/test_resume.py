@@ -165,7 +165,7 @@ def _evaluate(crash_at=None):
         calls.append(1)
         if crash_at is not None and len(calls) == crash_at:
             raise Crash
-        return {"score": float(sum(p.double().sum() for p in model.parameters() if p.requires_grad))}
+        return {"score": float(sum(p.detach().double().sum() for p in model.parameters() if p.requires_grad))}
 
     return evaluate
 

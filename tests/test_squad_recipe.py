@@ -1,6 +1,6 @@
-"""SQuAD recipes end to end on a tiny random Llama and a byte-level BPE tokenizer built in memory (no downloads):
-fine-tuning learns a small fixture, save -> load gives the same answers (full, LoRA, LoRA merged), the output files
-have the official formats, and zero-shot generation runs (v1 and v2)."""
+"""SQuAD recipes end to end on a tiny random Llama and a byte-level BPE tokenizer built in memory (no
+downloads): fine-tuning learns a small fixture, save -> load gives the same answers (full, LoRA, LoRA merged),
+the output files have the official formats, and zero-shot generation runs (v1 and v2)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ CONTEXTS = [
     ("Alice lives in Paris and works as a baker. Bob lives in Rome and works as a pilot. "
      "Carol lives in Oslo and works as a doctor."),
     "The red box holds seven apples. The blue box holds three pears. The green box holds nine plums.",
-    "Maria was born in 1990 in Lima. Her brother Juan was born in 1994 in Quito. They moved to Madrid in 2010.",
+    ("Maria was born in 1990 in Lima. Her brother Juan was born in 1994 in Quito. "
+     "They moved to Madrid in 2010."),
 ]
 QUESTIONS = [  # (context, question, answer)
     (0, "Where does Alice live?", "Paris"), (0, "What is Bob's job?", "pilot"),
@@ -58,8 +59,8 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
     tok = Tokenizer(models.BPE(unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<pad>", "<s>", "</s>"], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<pad>", "<s>", "</s>"],
+                                  show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(corpus * 3, trainer)
     bos = tok.token_to_id("<s>")
     tok.post_processor = processors.Sequence([  # as Llama 3: BOS added, offsets not trimmed
@@ -130,7 +131,8 @@ def test_outputs_have_the_official_formats(full_run):
     out, _ = full_run
     ev = out / "eval"
     m = read_json(ev / "metrics.json")
-    for key in ("task", "model", "mode", "data", "n", "exact_match", "f1", "f1_ci95", "train_seconds", "saved"):
+    for key in ("task", "model", "mode", "data", "n", "exact_match", "f1", "f1_ci95", "train_seconds",
+                "saved"):
         assert key in m, key
     lo, hi = m["f1_ci95"]
     assert 0 <= lo <= m["f1"] <= hi <= 100
@@ -138,7 +140,8 @@ def test_outputs_have_the_official_formats(full_run):
     assert set(preds) == {ex.id for ex in fixture()} and all(isinstance(v, str) for v in preds.values())
     rows = [json.loads(line) for line in (ev / "per_example.jsonl").read_text().splitlines()]
     assert [r["id"] for r in rows] == [ex.id for ex in fixture()]
-    assert {"id", "em", "f1", "prediction", "gold", "question", "question_type", "answer_words"} <= set(rows[0])
+    keys = {"id", "em", "f1", "prediction", "gold", "question", "question_type", "answer_words"}
+    assert keys <= set(rows[0])
     assert rows[6]["answer_words"] == 2 and rows[0]["question_type"] == "where"
     assert sum(r["f1"] for r in rows) * 100 / len(rows) == pytest.approx(m["f1"])
     nbest = read_json(ev / "nbest_predictions.json")
@@ -149,7 +152,8 @@ def test_outputs_have_the_official_formats(full_run):
 def _same_after_reload(out, tmp_path, examples):
     again = squad.run_evaluate(str(out), examples, "fixture", tmp_path / "reloaded")
     before = read_json(out / "eval" / "metrics.json")
-    assert read_json(tmp_path / "reloaded" / "predictions.json") == read_json(out / "eval" / "predictions.json")
+    reloaded = read_json(tmp_path / "reloaded" / "predictions.json")
+    assert reloaded == read_json(out / "eval" / "predictions.json")
     for key in ("exact_match", "f1"):
         assert again[key] == pytest.approx(before[key])
     return again, before
@@ -207,8 +211,8 @@ def test_prompts_render_and_validate(tmp_path):
     tok = tiny_tokenizer()
     ex = fixture()[0]
     plain = load_prompt("plain").render(tok, ex)
-    assert plain.startswith("Title: Article 0\n\nBackground: Alice") and plain.endswith("Question: "
-                                                                                        "Where does Alice live?\n\nAnswer:")
+    assert plain.startswith("Title: Article 0\n\nBackground: Alice")
+    assert plain.endswith("Question: Where does Alice live?\n\nAnswer:")
     assert 'answer "unanswerable"' in load_prompt("plain").render(tok, ex, version_2=True)
     chat = load_prompt(None).render(tok, ex, version_2=True)
     assert chat.startswith("<s>user\n") and "unanswerable" in chat and ex.context in chat
@@ -229,3 +233,4 @@ def test_clean_answer():
     assert clean_answer("somewhere else", ctx) == "somewhere else"
     assert squad.question_type("In which year, and how?") == "which"
     assert squad.question_type("Name the team.") == "other"
+    assert squad.question_type("What's the name?") == "what"

@@ -4,7 +4,7 @@ Both files are rendered from one list of blocks (headings, paragraphs, tables, i
 same thing. Every sentence of the analysis is generated from this run's numbers under explicit conditions
 (significance only when p < ALPHA, a warning when n is small, ...).
 
-What the report reads, per task folder RUN/<task>/ (every part optional; a missing part is reported as not run):
+What the report reads, per task folder RUN/<task>/ (every part optional; a missing part is reported):
   zeroshot/metrics.json, finetune/eval/metrics.json
   SST-2: zeroshot/predictions.jsonl, finetune/eval/predictions.jsonl (paired by `line`)
   SQuAD: zeroshot/per_example.jsonl, finetune/eval/per_example.jsonl (paired by `id`),
@@ -21,7 +21,7 @@ import json
 import math
 import os
 import re
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,7 +36,7 @@ KNOWN_TASKS = ("sst2", "squad", "squad_v2")
 TITLES = {"sst2": "SST-2", "squad": "SQuAD v1.1", "squad_v2": "SQuAD v2.0"}
 LABELS = ("negative", "positive")
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Document blocks, rendered to Markdown and to HTML
 
 
@@ -72,12 +72,19 @@ class UL:
     items: list[str]
 
 
-_MD_SPECIAL = re.compile(r"([\\`*_\[\]|#])")
+_MD_ALWAYS = re.compile(r"([\\`*|])")
+_MD_UNDERSCORE = re.compile(r"(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])")  # intraword _ never emphasises
+_MD_TAG = re.compile(r"<(?=[A-Za-z/!?])")  # only < that could open an HTML tag
 
 
-def md_escape(text: str) -> str:
-    text = _MD_SPECIAL.sub(r"\\\1", str(text))
-    return text.replace("<", "&lt;").replace(">", "&gt;").replace("\r", " ").replace("\n", " ")
+def md_escape(text: str, block: bool = False) -> str:
+    """Text as Markdown shows it literally: no emphasis, links, tags or table cells out of data text."""
+    text = _MD_ALWAYS.sub(r"\\\1", str(text)).replace("\r", " ").replace("\n", " ")
+    text = _MD_UNDERSCORE.sub(r"\\_", text)
+    text = _MD_TAG.sub("&lt;", text).replace("](", "]\\(")
+    if block and text.startswith(("#", ">", "-", "+", "=")):  # would start a heading, quote or list
+        text = "\\" + text
+    return text
 
 
 def render_md(title: str, blocks: list) -> str:
@@ -86,7 +93,7 @@ def render_md(title: str, blocks: list) -> str:
         if isinstance(b, H):
             out += ["#" * b.level + " " + md_escape(b.text), ""]
         elif isinstance(b, P):
-            out += [("> " if b.cls == "note" else "") + md_escape(b.text), ""]
+            out += [("> " if b.cls == "note" else "") + md_escape(b.text, block=True), ""]
         elif isinstance(b, UL):
             out += [f"- {md_escape(i)}" for i in b.items] + [""]
         elif isinstance(b, Table):
@@ -104,8 +111,8 @@ def render_md(title: str, blocks: list) -> str:
 
 
 CSS = """
-body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; max-width: 1060px; margin: 2em auto;
-       padding: 0 1em; color: #222; line-height: 1.45; }
+body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; max-width: 1060px;
+       margin: 2em auto; padding: 0 1em; color: #222; line-height: 1.45; }
 h1 { border-bottom: 2px solid #444; padding-bottom: .2em; }
 h2 { border-bottom: 1px solid #bbb; padding-bottom: .15em; margin-top: 2em; }
 table { border-collapse: collapse; margin: .8em 0; font-size: 14px; }
@@ -145,7 +152,7 @@ def render_html(title: str, blocks: list) -> str:
     return "\n".join(out) + "\n"
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Reading a run folder
 
 
@@ -222,12 +229,16 @@ def load_task(run: Path, name: str) -> TaskRun:
     )
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Numbers
 
 
 def n_(x) -> str:
     return f"{int(x):,}"
+
+
+def plural(k: int, word: str) -> str:
+    return f"{k} {word}" + ("" if k == 1 else "s")
 
 
 def signed(x: int) -> str:
@@ -307,8 +318,8 @@ def sst2_tests(t: TaskRun) -> list[Test]:
     mc = mcnemar(pr.a, pr.b)
     boot = paired_bootstrap(100 * pr.a, 100 * pr.b)
     return [Test("McNemar exact test", "accuracy", pr.n, boot["difference"], boot["ci95"], mc["p_value"],
-                 f"{mc['only_b_correct']} sentences right only after fine-tuning, {mc['only_a_correct']} right "
-                 "only zero-shot")]
+                 f"{plural(mc['only_b_correct'], 'sentence')} right only after fine-tuning, "
+                 f"{plural(mc['only_a_correct'], 'sentence')} right only zero-shot")]
 
 
 def squad_tests(t: TaskRun) -> list[Test]:
@@ -331,14 +342,14 @@ def _bootstrap(values) -> list[float]:
     return bootstrap_ci(values)
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Plots (matplotlib, Agg)
 
 
 def _plt():
-    from tunelab import plots  # noqa: F401 - selects the Agg backend
-
     import matplotlib.pyplot as plt
+
+    from tunelab import plots  # noqa: F401 - selects the Agg backend
 
     return plt
 
@@ -394,7 +405,7 @@ def group_bars(groups: list[str], counts: list[int], zs: list[float], ft: list[f
     return path
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Sections
 
 
@@ -485,8 +496,8 @@ def param_analysis(t: TaskRun) -> list[str]:
     added = tm.get("added", {})
     removed = tm.get("removed", {})
     parts = " and ".join(f"{k} ({signed(v)})" for k, v in added.items()) or "no new module"
-    s = (f"{t.title}: the task model has {n_(tm['total'])} parameters, exactly {signed(tm['delta'])} against the "
-         f"base model's {n_(base_total)}; the difference is {parts}")
+    s = (f"{t.title}: the task model has {n_(tm['total'])} parameters, exactly {signed(tm['delta'])} "
+         f"against the base model's {n_(base_total)}; the difference is {parts}")
     if removed:
         s += " minus the unused LM head (" + ", ".join(f"−{n_(v)}" for v in removed.values()) + ")"
     elif p.get("tie_word_embeddings"):
@@ -495,16 +506,17 @@ def param_analysis(t: TaskRun) -> list[str]:
     fin = p.get("finetuned")
     if fin:
         if fin["total"] == tm["total"]:
-            out.append(f"{t.title}: the fine-tuned model, loaded from disk, has {n_(fin['total'])} parameters, the "
-                       "same as the task model: fine-tuning changed the values of the weights, not their number.")
+            total = n_(fin["total"])
+            out.append(f"{t.title}: the fine-tuned model, loaded from disk, has {total} parameters, the same "
+                       "as the task model: fine-tuning changed the values of the weights, not their number.")
         else:
             out.append(f"{t.title}: the fine-tuned model loaded from disk has {n_(fin['total'])} parameters, "
-                       f"{signed(fin['total'] - tm['total'])} against the count from the config; check the saved "
-                       "folder.")
+                       f"{signed(fin['total'] - tm['total'])} against the count from the config; check the "
+                       "saved folder.")
     if tm["method"] == "lora":
         out.append(f"{t.title}: LoRA trained {n_(tm['trainable'])} parameters "
-                   f"({100 * tm['trainable'] / max(tm['total'], 1):.2f}% of the task model's count), of which "
-                   f"{n_(tm.get('adapter', 0))} are adapter matrices.")
+                   f"({100 * tm['trainable'] / max(tm['total'], 1):.2f}% of the task model's count), of "
+                   f"which {n_(tm.get('adapter', 0))} are adapter matrices.")
     elif tm["method"] == "full":
         out.append(f"{t.title}: full fine-tuning updated all {n_(tm['trainable'])} parameters.")
     return out
@@ -530,8 +542,10 @@ def sst2_section(b: Builder, t: TaskRun) -> None:
 
     rows = [
         ["Accuracy (%)", pct(zs.get("accuracy")) if zs else "not run yet",
-         pct(ft.get("accuracy")) if ft else "not run yet", _diff_points(zs.get("accuracy"), ft.get("accuracy"))],
-        ["  95% interval (bootstrap)", ci(zs.get("accuracy_ci95"), 100), ci(ft.get("accuracy_ci95"), 100), ""],
+         pct(ft.get("accuracy")) if ft else "not run yet",
+         _diff_points(zs.get("accuracy"), ft.get("accuracy"))],
+        ["  95% interval (bootstrap)", ci(zs.get("accuracy_ci95"), 100), ci(ft.get("accuracy_ci95"), 100),
+         ""],
         row("F1, positive class (%)", "f1"),
         row("Macro F1 (%)", "macro_f1"),
         row("Precision (%)", "precision"),
@@ -545,8 +559,8 @@ def sst2_section(b: Builder, t: TaskRun) -> None:
     tests = sst2_tests(t)
     for test in tests:
         b.add(P(f"{test.name} on the {n_(test.n)} sentences both models labelled: accuracy difference "
-                f"{test.diff:+.1f} points (95% paired-bootstrap interval {ci(test.diff_ci)}), {pval(test.p)}; "
-                f"{test.detail}."))
+                f"{test.diff:+.1f} points (95% paired-bootstrap interval {ci(test.diff_ci)}), "
+                f"{pval(test.p)}; {test.detail}."))
         b.summary_rows.append([t.title, "accuracy (%)", pct(zs.get("accuracy")), pct(ft.get("accuracy")),
                                f"{test.diff:+.1f} {ci(test.diff_ci)}", pval(test.p), n_(test.n)])
     if not tests:
@@ -554,13 +568,15 @@ def sst2_section(b: Builder, t: TaskRun) -> None:
                                pct(ft.get("accuracy")) if ft else "not run", "", "no paired test", ""])
     if zs.get("accuracy") is not None or ft.get("accuracy") is not None:
         keys = [("accuracy", "accuracy"), ("F1", "f1"), ("macro F1", "macro_f1")]
+
+        def err(m):
+            return [[100 * v for v in m["accuracy_ci95"]] if "accuracy_ci95" in m else None, None, None]
+
         path = score_bars([k for k, _ in keys],
                           [100 * zs[k] if k in zs else None for _, k in keys],
-                          [100 * ft[k] if k in ft else None for _, k in keys],
-                          [[100 * v for v in zs["accuracy_ci95"]] if "accuracy_ci95" in zs else None, None, None],
-                          [[100 * v for v in ft["accuracy_ci95"]] if "accuracy_ci95" in ft else None, None, None],
-                          b.fig(f"{t.name}-scores.png"), f"{t.title}: zero-shot vs fine-tuned (error bars: 95% CI)",
-                          "%")
+                          [100 * ft[k] if k in ft else None for _, k in keys], err(zs), err(ft),
+                          b.fig(f"{t.name}-scores.png"),
+                          f"{t.title}: zero-shot vs fine-tuned (error bars: 95% CI)", "%")
         b.img(path, f"{t.title} scores, zero-shot vs fine-tuned")
     from tunelab.plots import confusion
 
@@ -576,12 +592,13 @@ def sst2_section(b: Builder, t: TaskRun) -> None:
             continue
         wrong = [r for r in rows_ if r.get("gold") is not None and r["prediction"] != r["gold"]]
         wrong.sort(key=lambda r: -r["scores"][LABELS[r["prediction"]]])
-        b.add(P(f"{label}: {len(wrong)} mistakes of {len(rows_)} sentences; the {min(TOP_MISTAKES, len(wrong))} "
-                "the model was surest of:"))
+        b.add(P(f"{label}: {len(wrong)} mistakes of {len(rows_)} sentences; the "
+                f"{min(TOP_MISTAKES, len(wrong))} the model was surest of:"))
         if wrong:
             b.add(Table(["line", "sentence", "gold", "predicted", "confidence"],
                         [[str(r["line"]), r["text"].strip(), LABELS[r["gold"]], LABELS[r["prediction"]],
-                          f"{r['scores'][LABELS[r['prediction']]]:.3f}"] for r in wrong[:TOP_MISTAKES]], "rlllr"))
+                          f"{r['scores'][LABELS[r['prediction']]]:.3f}"] for r in wrong[:TOP_MISTAKES]],
+                        "rlllr"))
 
 
 def _diff_points(a, b) -> str:
@@ -620,10 +637,12 @@ def squad_section(b: Builder, t: TaskRun) -> None:
             ["F1", val(zs, "f1"), val(ft, "f1"), diff("f1")],
             ["  95% interval (bootstrap)", ci(zs.get("f1_ci95")), ci(ft.get("f1_ci95")), ""]]
     for key, label in (("HasAns_exact", "Exact match, answerable"), ("HasAns_f1", "F1, answerable"),
-                       ("NoAns_f1", "F1 (= accuracy), unanswerable"), ("best_f1", "F1 at the best no-answer threshold")):
+                       ("NoAns_f1", "F1 (= accuracy), unanswerable"),
+                       ("best_f1", "F1 at the best no-answer threshold")):
         if key in zs or key in ft:
             rows.append([label, num(zs.get(key)), num(ft.get(key)), diff(key)])
-    rows.append(["Questions evaluated", n_(zs["n"]) if "n" in zs else "–", n_(ft["n"]) if "n" in ft else "–", ""])
+    rows.append(["Questions evaluated", n_(zs["n"]) if "n" in zs else "–", n_(ft["n"]) if "n" in ft else "–",
+                 ""])
     b.add(Table(["metric (%)", "zero-shot", "fine-tuned", "difference (points)"], rows))
     tests = squad_tests(t)
     for test in tests:
@@ -635,9 +654,9 @@ def squad_section(b: Builder, t: TaskRun) -> None:
     if not any(x.metric == "F1" for x in tests):
         b.summary_rows.append([t.title, "F1", num(zs.get("f1")) if zs else "not run",
                                num(ft.get("f1")) if ft else "not run", "", "no paired test", ""])
-    b.add(P(f"The {t.title} data are article-level splits of the official dev set (training questions come from "
-            "other articles of the same dev set): these scores are not comparable to published SQuAD numbers.",
-            "note"))
+    b.add(P(f"The {t.title} data are article-level splits of the official dev set (training questions come "
+            "from other articles of the same dev set): these scores are not comparable to published SQuAD "
+            "numbers.", "note"))
     if zs or ft:
         path = score_bars(["exact match", "F1"], [zs.get("exact_match"), zs.get("f1")],
                           [ft.get("exact_match"), ft.get("f1")], [em_ci.get("zs"), zs.get("f1_ci95")],
@@ -717,19 +736,20 @@ def squad_mistakes(b: Builder, t: TaskRun) -> None:
                    "list)")
         else:
             wrong.sort(key=lambda r: r["f1"])
-            how = ("greedy generation keeps no confidence score, so these are the lowest-F1 ones in file order"
-                   if label == "zero-shot" else "lowest F1 first")
+            how = ("greedy generation keeps no confidence score, so these are the lowest-F1 ones in file "
+                   "order" if label == "zero-shot" else "lowest F1 first")
         b.add(P(f"{label}: {len(wrong)} of {len(rows_)} answers are not an exact match; "
                 f"{min(TOP_MISTAKES, len(wrong))} shown, {how}:"))
         if wrong:
             b.add(Table(["question", "gold answer(s)", "prediction", "F1", "confidence"],
-                        [[r.get("question", r["id"]), " | ".join(dict.fromkeys(r.get("gold") or ["(no answer)"])),
+                        [[r.get("question", r["id"]),
+                          " | ".join(dict.fromkeys(r.get("gold") or ["(no answer)"])),
                           r["prediction"] or "(no answer)", f"{100 * r['f1']:.0f}",
                           "–" if conf.get(r["id"]) is None else f"{conf[r['id']]:.3f}"]
                          for r in wrong[:TOP_MISTAKES]], "lllrr"))
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Analysis: sentences from this run's numbers
 
 
@@ -737,8 +757,8 @@ def _small(n: int, width: float | None, unit: str) -> str | None:
     if n >= SMALL_N:
         return None
     w = f" (the 95% interval of the difference spans {width:.1f} points)" if width is not None else ""
-    return (f"Only {n} {unit} were compared{w}: differences much smaller than that interval cannot be told apart "
-            "from sampling noise, and the numbers are a check of the pipeline more than a measurement.")
+    return (f"Only {n} {unit} were compared{w}: differences much smaller than that interval cannot be told "
+            "apart from sampling noise, and the numbers are a check of the pipeline more than a measurement.")
 
 
 def _train_sentence(t: TaskRun) -> str | None:
@@ -760,26 +780,49 @@ def _train_sentence(t: TaskRun) -> str | None:
     return f"{t.title}: " + "; ".join(parts) + "."
 
 
+def _moved(diff: float, metric: str, a: str, b: str) -> str:
+    if a == b:
+        return f"left {metric} unchanged at {a}"
+    return f"{'raised' if diff > 0 else 'lowered'} {metric} from {a} to {b}"
+
+
+def _missing(t: TaskRun, unit: str) -> str:
+    if not t.zs:
+        return f"{t.title}: the zero-shot stage has not finished, so there is nothing to compare yet."
+    if not t.ft:
+        return f"{t.title}: the fine-tuning stage has not finished, so there is nothing to compare yet."
+    return f"{t.title}: the two models were not evaluated on the same {unit}, so there is no paired test."
+
+
+def _n_mismatch(t: TaskRun, n_paired: int, unit: str) -> str | None:
+    nz, nf = (t.zs or {}).get("n"), (t.ft or {}).get("n")
+    if nz is None or nf is None or nz == nf == n_paired:
+        return None
+    return (f"{t.title}: the zero-shot model was evaluated on {nz} {unit} and the fine-tuned one on {nf}; "
+            f"the comparison and its test use the {n_paired} both saw.")
+
+
 def sst2_analysis(t: TaskRun) -> list[str]:
     zs, ft = t.zs or {}, t.ft or {}
     out = []
     tests = sst2_tests(t)
     if tests:
         x = tests[0]
-        direction = "raised" if x.diff > 0 else "lowered" if x.diff < 0 else "left unchanged"
-        s = (f"SST-2: fine-tuning {direction} accuracy from {pct(zs.get('accuracy'))}% to {pct(ft.get('accuracy'))}% "
-             f"({x.diff:+.1f} points, 95% interval {ci(x.diff_ci)}) on {x.n} dev sentences.")
+        moved = _moved(x.diff, "accuracy", pct(zs.get("accuracy")) + "%", pct(ft.get("accuracy")) + "%")
+        s = (f"SST-2: fine-tuning {moved} ({x.diff:+.1f} points, 95% interval {ci(x.diff_ci)}) on {x.n} dev "
+             "sentences.")
         if x.significant:
             s += (f" The difference is statistically significant (McNemar, {pval(x.p)}): {x.detail}.")
         else:
-            s += (f" The difference is not statistically significant (McNemar, {pval(x.p)} ≥ {ALPHA}); this run "
-                  "does not show that either model is better.")
+            s += (f" The difference is not statistically significant (McNemar, {pval(x.p)} ≥ {ALPHA}); this "
+                  "run does not show that either model is better.")
         out.append(s)
+        out += [m for m in [_n_mismatch(t, x.n, "sentences")] if m]
         small = _small(x.n, x.diff_ci[1] - x.diff_ci[0], "sentences")
         if small:
-            out.append("SST-2: " + small)
+            out.append("SST-2: " + small[0].lower() + small[1:])
     elif zs or ft:
-        out.append("SST-2: the two models were not both evaluated on the same sentences, so no paired test.")
+        out.append(_missing(t, "sentences"))
     if "uncalibrated_accuracy" in zs and "accuracy" in zs:
         d = 100 * (zs["accuracy"] - zs["uncalibrated_accuracy"])
         method = (zs.get("calibration") or {}).get("method", "calibration")
@@ -798,20 +841,21 @@ def sst2_analysis(t: TaskRun) -> list[str]:
     train = _train_sentence(t)
     if train:
         if (t.ft_meta or {}).get("input_prompt"):
-            train = train[:-1] + ("; its classification head started from the zero-shot prompt's label words, so "
-                                  "training started from the zero-shot classifier.")
+            train = train[:-1] + ("; its classification head started from the zero-shot prompt's label "
+                                  "words, so training started from the zero-shot classifier.")
         out.append(train)
     return out
 
 
 def squad_analysis(t: TaskRun) -> list[str]:
     zs, ft = t.zs or {}, t.ft or {}
+    if not zs and not ft:
+        return []
     out = []
     tests = {x.metric: x for x in squad_tests(t)}
     if "F1" in tests:
         x = tests["F1"]
-        direction = "raised" if x.diff > 0 else "lowered" if x.diff < 0 else "left unchanged"
-        s = (f"{t.title}: fine-tuning {direction} F1 from {num(zs.get('f1'))} to {num(ft.get('f1'))} "
+        s = (f"{t.title}: fine-tuning {_moved(x.diff, 'F1', num(zs.get('f1')), num(ft.get('f1')))} "
              f"({x.diff:+.1f} points, 95% interval {ci(x.diff_ci)}) on {x.n} dev questions")
         if "EM" in tests:
             s += f", and exact match from {num(zs.get('exact_match'))} to {num(ft.get('exact_match'))}"
@@ -819,25 +863,26 @@ def squad_analysis(t: TaskRun) -> list[str]:
         if x.significant:
             s += f" The F1 difference is statistically significant (paired bootstrap, {pval(x.p)})."
         else:
-            s += (f" The F1 difference is not statistically significant (paired bootstrap, {pval(x.p)} ≥ {ALPHA}); "
-                  "this run does not show that either model is better.")
+            s += (f" The F1 difference is not statistically significant (paired bootstrap, {pval(x.p)} ≥ "
+                  f"{ALPHA}); this run does not show that either model is better.")
         out.append(s)
+        out += [m for m in [_n_mismatch(t, x.n, "questions")] if m]
         small = _small(x.n, x.diff_ci[1] - x.diff_ci[0], "questions")
         if small:
-            out.append(f"{t.title}: " + small)
+            out.append(f"{t.title}: " + small[0].lower() + small[1:])
     elif zs or ft:
-        out.append(f"{t.title}: the two models were not both evaluated on the same questions, so no paired test.")
+        out.append(_missing(t, "questions"))
     for rows_, label in ((t.zs_rows, "zero-shot"), (t.ft_rows, "fine-tuned")):
         answered = [r for r in rows_ or [] if r.get("prediction") and r.get("gold")]
         if len(answered) >= 5:
             pred_len = float(np.mean([len(r["prediction"].split()) for r in answered]))
             gold_len = float(np.mean([min(len(g.split()) for g in r["gold"]) for r in answered]))
+            lengths = (f"{t.title} {label}: answers average {pred_len:.1f} words against {gold_len:.1f} "
+                       "for the shortest gold answer")
             if pred_len > 1.5 * gold_len:
-                out.append(f"{t.title} {label}: answers average {pred_len:.1f} words against {gold_len:.1f} for the "
-                           "shortest gold answer, so extra words cost exact match even when the answer is inside.")
+                out.append(lengths + ", so extra words cost exact match even when the answer is inside.")
             elif pred_len < gold_len / 1.5:
-                out.append(f"{t.title} {label}: answers average {pred_len:.1f} words against {gold_len:.1f} for the "
-                           "shortest gold answer: they tend to be cut short.")
+                out.append(lengths + ": they tend to be cut short.")
         empty = [r for r in rows_ or [] if not r.get("prediction")]
         if rows_ and empty and not t.v2:
             out.append(f"{t.title} {label}: {len(empty)} of {len(rows_)} answers are empty (score 0).")
@@ -847,21 +892,23 @@ def squad_analysis(t: TaskRun) -> list[str]:
         if len(big) >= 2:
             hi = max(big, key=lambda z: z[2])
             lo = min(big, key=lambda z: z[2])
-            out.append(f"{t.title}: among question words with at least 10 questions, the F1 change is largest for "
-                       f"'{hi[0]}' ({hi[2]:+.1f} points, n={hi[1]}) and smallest for '{lo[0]}' ({lo[2]:+.1f}, "
-                       f"n={lo[1]}); with groups this small these are descriptive, not tested.")
+            out.append(f"{t.title}: among question words with at least 10 questions, the F1 change is "
+                       f"largest for '{hi[0]}' ({hi[2]:+.1f} points, n={hi[1]}) and smallest for '{lo[0]}' "
+                       f"({lo[2]:+.1f}, n={lo[1]}); with groups this small these are descriptive, not "
+                       "tested.")
     if t.v2 and "NoAns_f1" in zs and "NoAns_f1" in ft:
         out.append(f"{t.title}: on unanswerable questions the zero-shot model abstained correctly on "
                    f"{num(zs['NoAns_f1'])}% and the fine-tuned model on {num(ft['NoAns_f1'])}%.")
     train = _train_sentence(t)
     if train:
-        out.append(train + " Its span head was new (randomly initialised) and learnt only from these examples.")
+        out.append(train + " Its span head was new (randomly initialised) and learnt only from these "
+                   "examples.")
     out.append(f"{t.title}: the data are article-level splits of the official dev set, so the scores are not "
                "comparable to published SQuAD results.")
     return out
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # The report
 
 
@@ -894,7 +941,8 @@ def build_report(run_dir: str | Path) -> tuple[Path, Path]:
         intro += f"; device {dev.get('type')} ({dev.get('name')})"
     git = env.get("git") or {}
     if git.get("commit"):
-        intro += f"; tunelab commit {git['commit'][:12]}" + (" with local changes" if git.get("dirty") else "")
+        intro += f"; tunelab commit {git['commit'][:12]}"
+        intro += " with local changes" if git.get("dirty") else ""
     b.add(P(intro + "."))
 
     # sections per task (fills b.summary_rows and the analysis)
@@ -911,11 +959,16 @@ def build_report(run_dir: str | Path) -> tuple[Path, Path]:
     if body.summary_rows:
         b.add(Table(["task", "metric", "zero-shot", "fine-tuned", "difference (95% CI)", "test", "n"],
                     body.summary_rows, "llrrrrr",
-                    caption=f"Paired tests on the examples both models were evaluated on: McNemar (SST-2), paired "
-                            f"bootstrap (SQuAD F1). Significant means p < {ALPHA}."))
+                    caption="Paired tests on the examples both models were evaluated on: McNemar (SST-2), "
+                            f"paired bootstrap (SQuAD F1). Significant means p < {ALPHA}."))
     b.add(H(2, "Analysis"))
-    b.add(P("Each statement below is generated from this run's numbers."))
-    b.add(UL(analysis + param_sentences or ["No stage has finished yet."]))
+    b.add(P("Each statement below is generated from this run's numbers, under fixed rules: a difference "
+            f"is called significant only when its paired test gives p < {ALPHA}, and fewer than {SMALL_N} "
+            "paired examples are flagged as a small sample."))
+    b.add(H(3, "Scores"))
+    b.add(UL(analysis or ["No evaluation has finished yet."]))
+    b.add(H(3, "Parameter counts"))
+    b.add(UL(param_sentences or ["The parameter stages have not run yet."]))
     b.blocks += body.blocks
 
     b.add(H(2, "Run"))
@@ -924,14 +977,14 @@ def build_report(run_dir: str | Path) -> tuple[Path, Path]:
         rows.append([sid, f"{info.get('seconds', 0):.1f}", info.get("finished", "")])
     if rows:
         total = sum(float(v.get("seconds", 0)) for v in stages.values())
-        rows.append(["total (stage times summed over invocations)", f"{total:.1f}", ""])
+        rows.append(["total of the stage times", f"{total:.1f}", ""])
         b.add(Table(["stage", "seconds", "finished (UTC)"], rows, "lrl"))
     if env:
         pk = env.get("packages") or {}
         items = [f"{k} {v}" for k, v in pk.items() if v]
         b.add(P("Environment: Python " + str(env.get("python", "?")) + ", " + ", ".join(items)
-                + f"; seed {env.get('seed')}; {len(env.get('invocations', [])) or 1} invocation(s). Details in "
-                  "environment.json; the resolved configuration is config.yaml."))
+                + f"; seed {env.get('seed')}; {len(env.get('invocations', [])) or 1} invocation(s). Details "
+                  "in environment.json; the resolved configuration is config.yaml."))
 
     title = "tunelab study: zero-shot vs fine-tuned" + (f" ({model})" if model else "")
     md_path, html_path = run / "report.md", run / "report.html"
@@ -946,4 +999,4 @@ def _write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-__all__ = ["build_report", "render_md", "render_html", "H", "P", "Table", "Img", "UL", "ALPHA"]
+__all__ = ["ALPHA", "UL", "H", "Img", "P", "Table", "build_report", "render_html", "render_md"]

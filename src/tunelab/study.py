@@ -10,11 +10,11 @@ For each enabled task (SST-2, SQuAD v1.1, optionally SQuAD v2.0) the study runs 
 and finally writes report.md and report.html (`tunelab.report`). Layout of a run folder::
 
     RUN/config.yaml              the resolved configuration (defaults < preset < --config < --set)
-    RUN/environment.json         package versions, device, seed, tunelab's git commit; one entry per invocation
+    RUN/environment.json         package versions, device, seed, tunelab's git commit (+ earlier invocations)
     RUN/stages.json              when each stage finished and how long it took
     RUN/params/<task>.json       base / task-model / fine-tuned parameter counts
     RUN/<task>/zeroshot/         metrics.json, predictions.jsonl (SST-2) or per_example.jsonl (SQuAD), ...
-    RUN/<task>/finetune/         the Hugging Face folder, train_log.jsonl, loss.png, eval/ (metrics, predictions)
+    RUN/<task>/finetune/         the Hugging Face folder, train_log.jsonl, loss.png, eval/ (metrics, rows)
     RUN/figures/*.png            the report's plots
     RUN/report.md, RUN/report.html
 
@@ -37,10 +37,11 @@ import random
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -51,7 +52,7 @@ TASKS = ("sst2", "squad", "squad_v2")
 TASK_TITLES = {"sst2": "SST-2", "squad": "SQuAD v1.1", "squad_v2": "SQuAD v2.0"}
 RECIPE_TASK = {"sst2": "sst2", "squad": "squad", "squad_v2": "squad"}
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Configuration: defaults, schema, strict validation
 
 
@@ -118,8 +119,8 @@ def _train_fields() -> dict[str, Field]:
     for f in fields(TrainConfig):
         t = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
         out[f.name] = Field(kinds.get(t, "str"), nullable="None" in t)
-    mins = {"log_every": 1, "eval_every": 0, "save_every": 0, "max_steps": 1, "max_train_samples": 1, "seed": 0,
-            "lora_alpha": 1, "epochs": 0, "learning_rate": 0}
+    mins = {"log_every": 1, "eval_every": 0, "save_every": 0, "max_steps": 1, "max_train_samples": 1,
+            "seed": 0, "lora_alpha": 1, "epochs": 0, "learning_rate": 0}
     for name, low in mins.items():
         out[name] = Field(out[name].kind, nullable=out[name].nullable, min=low)
     out["method"] = Field("str", choices=("full", "lora", "head"))
@@ -148,8 +149,8 @@ def _schema() -> dict:
                 "zeroshot": {"limit": limit, "prompt": Field("prompt"),
                              "calibration": Field("str", choices=("batch", "contextual", "none")),
                              "batch_size": pos},
-                "finetune": {"limit": limit, "train_limit": limit, "input_prompt": Field("prompt", nullable=True),
-                             **train},
+                "finetune": {"limit": limit, "train_limit": limit,
+                             "input_prompt": Field("prompt", nullable=True), **train},
             },
             "squad": squad,
             "squad_v2": squad,
@@ -194,9 +195,8 @@ def _coerce(value, spec: Field, key: str, source: str):
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
             raise bad()
-    elif spec.kind == "prompt":
-        if not isinstance(value, (str, dict)):
-            raise bad()
+    elif spec.kind == "prompt" and not isinstance(value, (str, dict)):
+        raise bad()
     if spec.choices and value not in spec.choices:
         raise bad()
     if spec.min is not None and value < spec.min:
@@ -228,7 +228,8 @@ def _merge(base: dict, over: dict, source: str, provenance: dict, prefix: str = 
     out = dict(base)
     for key, value in over.items():
         path = f"{prefix}{key}"
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and key not in ("prompt", "input_prompt"):
+        mergeable = isinstance(value, dict) and isinstance(out.get(key), dict)
+        if mergeable and key not in ("prompt", "input_prompt"):  # a prompt mapping replaces, never merges
             out[key] = _merge(out[key], value, source, provenance, path + ".")
         else:
             out[key] = value
@@ -331,7 +332,8 @@ def resolve_config(*, config: str | None = None, preset: str | None = None, sets
                 raise UsageError(f"{where(f'tasks.{task}.version')}: tasks.{task}.version must be {expected} "
                                  f"(use squad for v1.1 and squad_v2 for v2.0), got {tcfg['version']!r}")
         tc = train_config(merged, task, where(f"tasks.{task}.finetune"))
-        extra = {k: tcfg["finetune"][k] for k in ("limit", "train_limit", "input_prompt") if k in tcfg["finetune"]}
+        extra = {k: tcfg["finetune"][k] for k in ("limit", "train_limit", "input_prompt")
+                 if k in tcfg["finetune"]}
         tcfg["finetune"] = {**extra, **asdict(tc)}
         if task == "sst2":
             _sst2_prompt(tcfg["zeroshot"]["prompt"], where("tasks.sst2.zeroshot.prompt"))
@@ -343,8 +345,8 @@ def resolve_config(*, config: str | None = None, preset: str | None = None, sets
             try:
                 load_prompt(tcfg["zeroshot"]["prompt"])
             except UsageError as exc:
-                raise UsageError(f"{where(f'tasks.{task}.zeroshot.prompt')}: tasks.{task}.zeroshot.prompt: {exc}") \
-                    from exc
+                key = f"tasks.{task}.zeroshot.prompt"
+                raise UsageError(f"{where(key)}: {key}: {exc}") from exc
     if not any(merged["tasks"][t]["enabled"] for t in TASKS):
         raise UsageError(f"{where('tasks')}: no task is enabled (set tasks.<task>.enabled: true)")
     if resolve_paths:
@@ -359,7 +361,7 @@ def resolve_config(*, config: str | None = None, preset: str | None = None, sets
 
 
 def _sst2_prompt(spec, where: str = "config"):
-    from tunelab.tasks.classification import Prompt, TEMPLATES
+    from tunelab.tasks.classification import TEMPLATES, Prompt
 
     try:
         if isinstance(spec, dict):
@@ -372,19 +374,19 @@ def _sst2_prompt(spec, where: str = "config"):
         raise UsageError(f"{where}: prompt {spec if isinstance(spec, str) else '(mapping)'}: {exc}") from exc
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Environment
 
 
 def _git_commit() -> dict:
     here = Path(__file__).resolve().parent
     try:
-        commit = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=10)
+        commit = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
+                                text=True, timeout=10, check=False)
         if commit.returncode != 0:
             return {"commit": None, "note": "not a git checkout"}
-        status = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--", "."], capture_output=True,
-                                text=True, timeout=10)
+        status = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                                capture_output=True, text=True, timeout=10, check=False)
         return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
     except (OSError, subprocess.SubprocessError) as exc:
         return {"commit": None, "note": f"git not available: {exc}"}
@@ -410,7 +412,7 @@ def environment(seed: int) -> dict:
         dev = {"type": "cpu", "name": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
                "torch_threads": torch.get_num_threads()}
     return {
-        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "time": datetime.now(UTC).isoformat(timespec="seconds"),
         "argv": sys.argv,
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -421,7 +423,7 @@ def environment(seed: int) -> dict:
     }
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Stages
 
 
@@ -490,7 +492,7 @@ class Study:
                       lambda task=task: (self.task_dir(task) / "zeroshot" / "metrics.json").is_file(),
                       lambda task=task: self.stage_zeroshot(task)),
                 Stage(f"{task}/finetune", task, f"fine-tune ({method}) and evaluate",
-                      lambda task=task: (self.task_dir(task) / "finetune" / "eval" / "metrics.json").is_file(),
+                      lambda task=task: (self.task_dir(task) / "finetune/eval/metrics.json").is_file(),
                       lambda task=task: self.stage_finetune(task)),
                 Stage(f"{task}/params-finetuned", task, "parameters (fine-tuned model)",
                       lambda task=task: self._params_done(task),
@@ -547,20 +549,22 @@ class Study:
             train_ex, _ = self._sst2("train", None)
             dev_ex, dev_data = self._sst2("dev", f["limit"])
             prompt = None if f.get("input_prompt") in (None, "none") else _sst2_prompt(f["input_prompt"])
-            recipe.run_finetune(self.c["model"], self._train_sample(train_ex, f["train_limit"]), dev_ex, dev_data,
-                                out, cfg, input_prompt=prompt, resume=True)
+            train_ex = self._train_sample(train_ex, f["train_limit"])
+            recipe.run_finetune(self.c["model"], train_ex, dev_ex, dev_data, out, cfg, input_prompt=prompt,
+                                resume=True)
         else:
             from tunelab.recipes import squad as recipe
 
             train_ex, _ = self._squad(task, "train", None)
             dev_ex, dev_data = self._squad(task, "dev", f["limit"])
-            recipe.run_finetune(self.c["model"], self._train_sample(train_ex, f["train_limit"]), dev_ex, dev_data,
-                                out, cfg, version=self.c["tasks"][task]["version"], resume=True)
+            train_ex = self._train_sample(train_ex, f["train_limit"])
+            recipe.run_finetune(self.c["model"], train_ex, dev_ex, dev_data, out, cfg,
+                                version=self.c["tasks"][task]["version"], resume=True)
 
     def stage_params_finetuned(self, task: str) -> None:
-        _write_json_atomic(self.params_file(task), {**json.loads(self.params_file(task).read_text()),
-                                                    "finetuned": count_finetuned(self.task_dir(task) / "finetune",
-                                                                                 RECIPE_TASK[task])})
+        counted = count_finetuned(self.task_dir(task) / "finetune", RECIPE_TASK[task])
+        doc = json.loads(self.params_file(task).read_text())
+        _write_json_atomic(self.params_file(task), {**doc, "finetuned": counted})
 
     def stage_report(self) -> None:
         from tunelab.report import build_report
@@ -570,7 +574,7 @@ class Study:
 
     # driver
     def prepare(self) -> None:
-        """Create the run folder with config.yaml, or check that an existing one was made by the same config."""
+        """Create the run folder with config.yaml, or check that an existing one has the same config."""
         resolved = yaml.safe_dump(self.c, sort_keys=False, allow_unicode=True)
         cfg_file = self.run / "config.yaml"
         if cfg_file.is_file():
@@ -621,7 +625,7 @@ class Study:
             st.run()
             seconds = time.perf_counter() - t0
             times[st.id] = {"seconds": round(seconds, 2),
-                            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                            "finished": datetime.now(UTC).isoformat(timespec="seconds")}
             _write_json_atomic(times_file, times)
             ran.append(st.id)
             if not st.always:
@@ -645,7 +649,7 @@ def _safetensors_numel(folder: Path) -> dict[str, int]:
     for f in sorted(folder.glob("*.safetensors")):
         total = 0
         with safe_open(str(f), framework="pt") as st:
-            for key in st.keys():
+            for key in st.keys():  # noqa: SIM118 - safe_open is not a dict
                 n = 1
                 for d in st.get_slice(key).get_shape():
                     n *= d
@@ -655,8 +659,8 @@ def _safetensors_numel(folder: Path) -> dict[str, int]:
 
 
 def count_finetuned(folder: Path, task: str) -> dict:
-    """Parameters of a saved fine-tuned folder, counted on the loaded model (tied tensors once). A LoRA adapter
-    is loaded onto its base and merged, as it is used for inference; the adapter's own size is reported too."""
+    """Parameters of a saved fine-tuned folder, counted on the loaded model (tied tensors once). A LoRA
+    adapter is loaded onto its base and merged, as it is used for inference; its own size is reported too."""
     from tunelab.models.params import count, lora_adapter_count
     from tunelab.recipes.common import load_finetuned
 
@@ -674,16 +678,16 @@ def count_finetuned(folder: Path, task: str) -> dict:
     return out
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Commands
 
 
 def add_parsers(sub) -> None:
     p = sub.add_parser(
         "study", help="the whole comparison: parameters, zero-shot, fine-tuning, evaluation, report",
-        description="Run, for each task of the configuration, parameter counts, zero-shot evaluation, fine-tuning "
-        "and evaluation of the fine-tuned model into one run folder, then write report.md and report.html. "
-        "Rerunning the same command skips finished stages and resumes the unfinished one.",
+        description="Run, for each task of the configuration, parameter counts, zero-shot evaluation, "
+        "fine-tuning and evaluation of the fine-tuned model into one run folder, then write report.md and "
+        "report.html. Rerunning the same command skips finished stages and resumes the unfinished one.",
     )
     p.add_argument("--config", help="study YAML file (schema: see src/tunelab/configs/study-smoke.yaml)")
     p.add_argument("--preset", choices=PRESETS,
@@ -691,11 +695,13 @@ def add_parsers(sub) -> None:
                    "file's options go over the preset's)")
     p.add_argument("--out", help="run folder (default runs/<preset or config name>)")
     p.add_argument("--set", dest="set", action="append", default=[], metavar="KEY.PATH=VALUE",
-                   help="override one option, e.g. sst2.finetune.learning_rate=1e-4 (value read as YAML; repeatable)")
+                   help="override one option, e.g. sst2.finetune.learning_rate=1e-4 (value read as YAML; "
+                   "repeatable)")
     p.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
 
     p = sub.add_parser("report", help="rebuild report.md and report.html of a study run folder",
-                       description="Rebuild report.md and a self-contained report.html from a study run folder.")
+                       description="Rebuild report.md and a self-contained report.html from a study run "
+                       "folder.")
     p.add_argument("run_dir", help="the run folder written by `tunelab study`")
 
 

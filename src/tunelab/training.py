@@ -47,7 +47,7 @@ _OPTIONAL_INTS = ("max_train_samples", "max_steps")
 _FLOATS = ("learning_rate", "epochs", "warmup_ratio", "weight_decay", "max_grad_norm", "lora_dropout")
 _BOOLS = ("bf16", "group_by_length", "merge_lora")
 # Options that change what is trained: a checkpoint only resumes a run that agrees on all of them.
-_NOT_TRAINING = ("eval_every", "log_every", "save_every")
+_NOT_TRAINING = ("eval_every", "log_every", "save_every", "merge_lora")
 
 
 @dataclass

@@ -1,14 +1,15 @@
 """SQuAD recipes: zero-shot (generation), fine-tune (span head), evaluate. Each writes metrics.json,
 predictions.json (official format), nbest_predictions.json, per_example.jsonl and, for v2, na_probs.json.
 
-Zero-shot prompt choice (tunelab.tasks.qa_prompts.DEFAULT_TEMPLATE), measured on CPU with SmolLM2-135M-Instruct,
-greedy, on the first 100 questions of SQuAD v1.1 dev: "chat" EM 21.0 / F1 25.7, "plain" EM 8.0 / F1 19.7. Without
-the answer prefix `The answer is "` the model answers in whole sentences (chat variants: F1 16-27 on the first 30
-questions, against 57.6 with the prefix).
+Zero-shot prompt choice (tunelab.tasks.qa_prompts.DEFAULT_TEMPLATE), measured on CPU with
+SmolLM2-135M-Instruct, greedy, on the first 100 questions of SQuAD v1.1 dev: "chat" EM 21.0 / F1 25.7,
+"plain" EM 8.0 / F1 19.7. Without the answer prefix `The answer is "` the model answers in whole sentences
+(chat variants: F1 16-27 on the first 30 questions, against 57.6 with the prefix).
 """
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 from dataclasses import asdict
@@ -52,7 +53,7 @@ def _is_v2(version) -> bool:
 
 def question_type(question: str) -> str:
     """The first wh-word of the question ("what", "how", ...), else "other"."""
-    for word in question.lower().replace("?", " ").split():
+    for word in re.findall(r"[a-z]+", question.lower()):  # "What's" -> what, s
         if word in WH_WORDS:
             return word
     return "other"
@@ -97,7 +98,7 @@ def write_results(out: Path, *, model: str, mode: str, data: str, examples, pred
     return metrics
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Zero-shot: greedy generation from a prompt
 
 
@@ -108,12 +109,12 @@ def _first_token_ids(tokenizer, words: list[str]) -> list[int]:
 @torch.no_grad()
 def generate_answers(model, tokenizer, examples, prompt: QAPrompt, *, version_2: bool = False,
                      batch_size: int = 32, max_new_tokens: int = 32, progress: bool = True):
-    """Greedy answers, batched by prompt length with left padding; stops at a newline (or the closing quote of a
-    quoting answer prefix) or the token limit.
+    """Greedy answers, batched by prompt length with left padding; stops at a newline (or the closing quote
+    of a quoting answer prefix) or the token limit.
 
-    Returns (raw generations, cleaned answers, na_probs or None). For v2, na_prob is a softmax over two scores of
-    the first generated token: log p("unanswerable", summed over its spellings' first tokens) against the log p
-    of the best other first token (the one greedy decoding took, unless it began "unanswerable").
+    Returns (raw generations, cleaned answers, na_probs or None). For v2, na_prob is a softmax over two scores
+    of the first generated token: log p("unanswerable", summed over its spellings' first tokens) against the
+    log p of the best other first token (the one greedy decoding took, unless it began "unanswerable").
     """
     dev = next(model.parameters()).device
     texts = [prompt.render(tokenizer, ex, version_2) for ex in examples]
@@ -135,8 +136,9 @@ def generate_answers(model, tokenizer, examples, prompt: QAPrompt, *, version_2:
             ids[row, width - len(enc[i]):] = torch.tensor(enc[i])
             mask[row, width - len(enc[i]):] = 1
         out = model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev), do_sample=False,
-                             max_new_tokens=max_new_tokens, stop_strings=prompt.stop_strings(), tokenizer=tokenizer,
-                             pad_token_id=pad, output_scores=version_2, return_dict_in_generate=True)
+                             max_new_tokens=max_new_tokens, stop_strings=prompt.stop_strings(),
+                             tokenizer=tokenizer, pad_token_id=pad, output_scores=version_2,
+                             return_dict_in_generate=True)
         new = out.sequences[:, width:].cpu()
         for row, i in enumerate(idx):
             raw[i] = tokenizer.decode(new[row], skip_special_tokens=True)
@@ -150,7 +152,8 @@ def generate_answers(model, tokenizer, examples, prompt: QAPrompt, *, version_2:
     na_probs = None
     if version_2:
         na_probs = {ex.id: float(p) for ex, p in zip(examples, na)}
-        answers = ["" if (says_unanswerable(a) or na_probs[ex.id] > 0.5) else a for a, ex in zip(answers, examples)]
+        answers = ["" if (says_unanswerable(a) or na_probs[ex.id] > 0.5) else a
+                   for a, ex in zip(answers, examples)]
     return raw, answers, na_probs
 
 
@@ -170,15 +173,15 @@ def run_zeroshot(model_spec: str, examples, data: str, out: str | Path, *, promp
         seconds = time.perf_counter() - t0
         predictions = {ex.id: a for ex, a in zip(examples, answers)}
         nbest = {ex.id: [{"text": a, "generated": r}] for ex, a, r in zip(examples, answers, raw)}
-        extra = {"prompt": prompt or DEFAULT_TEMPLATE, "prompt_template": asdict(qa_prompt), "max_new_tokens": max_new_tokens,
-                 "seconds": seconds, "device": str(dev)}
+        extra = {"prompt": prompt or DEFAULT_TEMPLATE, "prompt_template": asdict(qa_prompt),
+                 "max_new_tokens": max_new_tokens, "seconds": seconds, "device": str(dev)}
         metrics = write_results(work, model=model_spec, mode="zeroshot", data=data, examples=examples,
                                 predictions=predictions, nbest=nbest, na_probs=na_probs, version_2=version_2,
                                 extra=extra, na_threshold=0.5)
     return metrics
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Fine-tuned span head
 
 
@@ -190,8 +193,8 @@ def doc_stride(max_length: int) -> int:
 @torch.no_grad()
 def predict_spans(model, tokenizer, examples, max_length: int, stride: int, batch_size: int = 64, *,
                   version_2: bool = False, progress: bool = True):
-    """Answers of a span-QA model: windows, forward in length-sorted batches with right padding, logits moved to
-    the CPU batch by batch, then n-best post-processing. Returns (predictions, nbest, na_scores)."""
+    """Answers of a span-QA model: windows, forward in length-sorted batches with right padding, logits moved
+    to the CPU batch by batch, then n-best post-processing. Returns (predictions, nbest, na_scores)."""
     dev = next(model.parameters()).device
     feats = prepare_eval_features(examples, tokenizer, max_length, stride)
     ids = feats["input_ids"]
@@ -224,7 +227,8 @@ def run_finetune(model_spec: str, train_examples, dev_examples, dev_data: str, o
         trained.to(device())
         f = prepare_train_features(train_examples, tokenizer, cfg.max_length, stride)
         feats = [{"input_ids": x, "attention_mask": m, "start_positions": s, "end_positions": e}
-                 for x, m, s, e in zip(f["input_ids"], f["attention_mask"], f["start_positions"], f["end_positions"])]
+                 for x, m, s, e in zip(f["input_ids"], f["attention_mask"], f["start_positions"],
+                                       f["end_positions"])]
         references = {ex.id: [a["text"] for a in ex.answers] for ex in dev_examples}
 
         def evaluate(model):

@@ -1,10 +1,11 @@
-"""SQuAD as a zero-shot task: prompt templates for generative answering, and the clean-up of generated answers.
+"""SQuAD as a zero-shot task: prompt templates for generative answering, and the clean-up of generated
+answers.
 
-A template's `text` holds {context} and {question} (and may hold {title}); `chat` wraps it as the user turn of the
-model's chat template, `answer_prefix` starts the answer for the model (an answer prefix ending in a quote makes the
-closing quote end the answer). For SQuAD v2 a sentence asking the model to say "unanswerable" goes where the template
-has {unanswerable} (in a plain template followed by a blank line, as plain prompts put each part in its own
-paragraph), or in front of the text when it has none; for v1, {unanswerable} is removed.
+A template's `text` holds {context} and {question} (and may hold {title}); `chat` wraps it as the user turn of
+the model's chat template, `answer_prefix` starts the answer for the model (an answer prefix ending in a quote
+makes the closing quote end the answer). For SQuAD v2 a sentence asking the model to say "unanswerable" goes
+where the template has {unanswerable} (in a plain template followed by a blank line, as plain prompts put each
+part in its own paragraph), or in front of the text when it has none; for v1, {unanswerable} is removed.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ class QAPrompt:
             spec = TEMPLATES[spec]
         unknown = set(spec) - {"text", "chat", "system", "answer_prefix"}
         if unknown:
-            raise UsageError(f"prompt: unknown keys {sorted(unknown)} (known: text, chat, system, answer_prefix)")
+            raise UsageError(f"prompt: unknown keys {sorted(unknown)} "
+                             "(known: text, chat, system, answer_prefix)")
         text = spec.get("text")
         if not isinstance(text, str) or "{context}" not in text or "{question}" not in text:
             raise UsageError("prompt: `text` must contain {context} and {question}")
@@ -71,11 +73,13 @@ class QAPrompt:
         if not self.chat:
             return user + self.answer_prefix
         if tokenizer.chat_template is None:
-            raise UsageError("this prompt needs a chat template and the tokenizer has none: use --prompt plain")
+            raise UsageError("this prompt needs a chat template and the tokenizer has none: "
+                             "use --prompt plain")
         messages = ([{"role": "system", "content": self.system}] if self.system else []) + [
             {"role": "user", "content": user}
         ]
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + self.answer_prefix
+        chat = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return chat + self.answer_prefix
 
 
 def load_prompt(spec: str | None) -> QAPrompt:
@@ -87,8 +91,8 @@ def load_prompt(spec: str | None) -> QAPrompt:
     try:
         loaded = yaml.safe_load(Path(spec).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise UsageError(f"{spec}: not a template name ({', '.join(TEMPLATES)}) or a readable prompt file: {exc}") \
-            from exc
+        raise UsageError(f"{spec}: not a template name ({', '.join(TEMPLATES)}) "
+                         f"or a readable prompt file: {exc}") from exc
     if not isinstance(loaded, dict):
         raise UsageError(f"{spec}: a prompt file holds a mapping (text, chat, system, answer_prefix)")
     return QAPrompt.from_config(loaded)

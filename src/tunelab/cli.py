@@ -17,7 +17,9 @@ def _add_data_opts(p):
     p.add_argument("--data-dir", help="data folder laid out like ../shared/data (default: $TUNELAB_DATA_DIR)")
     p.add_argument("--data-file", help="one data file instead of the data folder's split")
     p.add_argument("--split", default="dev", help="split of the data folder (default: dev)")
-    p.add_argument("--version", default="1.1", choices=["1.1", "2.0"], help="SQuAD version (default 1.1)")
+    p.add_argument("--version", choices=["1.1", "2.0"],
+                   help="SQuAD version (default: 1.1 for the data folder; a --data-file with unanswerable "
+                   "questions is scored as 2.0)")
     p.add_argument("--limit", type=int, help="use only the first N examples")
     p.add_argument("--out", required=True, help="output folder (refused if it exists, unless --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
@@ -181,9 +183,9 @@ def cmd_zeroshot(args) -> int:
     else:
         from tunelab.recipes import squad
 
-        examples, data = squad.load_split(args.data_file, args.data_dir, args.version, args.split)
+        examples, data = squad.load_split(args.data_file, args.data_dir, args.version or "1.1", args.split)
         m = squad.run_zeroshot(args.model, _limit(examples, args.limit), data, args.out, prompt=args.prompt,
-                               batch_size=args.batch_size, overwrite=args.overwrite)
+                               batch_size=args.batch_size, overwrite=args.overwrite, version=args.version)
         _print_squad(m)
     print(f"wrote {args.out}/metrics.json")
     return 0
@@ -205,10 +207,11 @@ def cmd_finetune(args) -> int:
         from tunelab.recipes import squad
 
         cfg = _train_config(args, {"learning_rate": 3e-5, "batch_size": 12, "epochs": 2, "max_length": 384})
-        train_ex, _ = squad.load_split(args.train_file, args.data_dir, args.version, "train")
-        dev_ex, dev_data = squad.load_split(args.data_file, args.data_dir, args.version, args.split)
+        train_ex, _ = squad.load_split(args.train_file, args.data_dir, args.version or "1.1", "train")
+        dev_ex, dev_data = squad.load_split(args.data_file, args.data_dir, args.version or "1.1", args.split)
+        version = args.version or ("2.0" if any(ex.is_impossible for ex in train_ex + dev_ex) else "1.1")
         m = squad.run_finetune(args.model, train_ex, _limit(dev_ex, args.limit), dev_data, args.out, cfg,
-                               version=args.version, resume=args.resume, overwrite=args.overwrite)
+                               version=version, resume=args.resume, overwrite=args.overwrite)
         _print_squad(m)
         print(f"wrote {args.out} (evaluation in {args.out}/eval)")
     return 0
@@ -225,7 +228,7 @@ def cmd_evaluate(args) -> int:
     else:
         from tunelab.recipes import squad
 
-        examples, data = squad.load_split(args.data_file, args.data_dir, args.version, args.split)
+        examples, data = squad.load_split(args.data_file, args.data_dir, args.version or "1.1", args.split)
         m = squad.run_evaluate(args.model_dir, _limit(examples, args.limit), data, args.out,
                                batch_size=args.batch_size, overwrite=args.overwrite)
         _print_squad(m)

@@ -166,7 +166,7 @@ def test_analysis_claims_follow_the_p_values(tmp_path):
         assert "exactly +64 against the base model's 10,000" in text
         assert "the same as the task model: fine-tuning changed the values" in text
         assert "answers average 9.0 words" in text  # the verbose zero-shot answers
-        assert "training loss fell from 0.700 (step 1) to 0.087 (step 8)" in text
+        assert "training loss fell from 0.525 (mean of steps 1-2) to 0.094 (mean of steps 7-8)" in text
 
 
 def test_large_n_has_no_small_sample_warning_and_mismatch_is_reported(tmp_path):
@@ -242,3 +242,25 @@ def test_different_example_counts_are_paired_and_said(tmp_path):
     assert ("the zero-shot model was evaluated on 80 sentences and the fine-tuned one on 100; the comparison "
             "and its test use the 80 both saw") in md
     assert "McNemar exact test on the 80 sentences both models labelled" in md
+
+
+def test_squad_v2_rows_and_abstention(tmp_path):
+    run = make_run(tmp_path, significant=True)
+    ids = [f"v{i}" for i in range(20)]
+    for mode, sub, noans in (("zeroshot", "zeroshot", 30.0), ("finetuned", "finetune/eval", 80.0)):
+        folder = run / "squad_v2" / sub
+        rows = [{"id": q, "em": i % 2, "f1": float(i % 2), "prediction": "" if i % 2 else "x",
+                 "gold": [] if i < 10 else ["Santa Clara"], "question": "Who?", "is_impossible": i < 10,
+                 "na_prob": 0.5} for i, q in enumerate(ids)]
+        _write_jsonl(folder / "per_example.jsonl", rows)
+        _write_json(folder / "metrics.json", {"task": "squad_v2", "mode": mode, "n": 20, "exact_match": 50.0,
+                                              "f1": 50.0, "HasAns_exact": 40.0, "HasAns_f1": 45.0,
+                                              "NoAns_exact": noans, "NoAns_f1": noans, "best_f1": 55.0,
+                                              "f1_ci95": [30.0, 70.0]})
+    md = build_report(run)[0].read_text()
+    assert "## SQuAD v2.0" in md
+    assert "| F1 (= accuracy), unanswerable | 30.0 | 80.0 | +50.0 |" in md
+    assert "| F1 at the best no-answer threshold | 55.0 | 55.0 | +0.0 |" in md
+    assert ("SQuAD v2.0: on unanswerable questions the zero-shot model abstained correctly on 30.0% and the "
+            "fine-tuned model on 80.0%") in md
+    assert "(no answer)" in md and (run / "figures" / "squad_v2-f1-by-length.png").is_file()

@@ -103,7 +103,7 @@ def test_study_end_to_end_then_resume(tiny_model_dir, data_dir, tmp_path, capsys
     assert {"packages", "device", "seed", "git"} <= set(env) and env["packages"]["torch"]
     params = json.loads((run / "params/sst2.json").read_text())
     assert params["task_model"]["delta"] == 32 * 2  # hidden 32 x 2 labels
-    assert params["finetuned"]["total"] == params["task_model"]["total"]
+    assert params["finetuned"]["total"] == params["finetuned_total"] == params["task_model"]["total"]
     sq = json.loads((run / "params/squad.json").read_text())
     assert sq["task_model"]["delta"] == 32 * 2 + 2 and sq["finetuned"]["total"] == sq["task_model"]["total"]
     md = (run / "report.md").read_text()
@@ -251,3 +251,26 @@ def test_parsers_and_commands():
     assert args.set == ["a.b=1", "c=2"] and args.preset == "full"
     assert parser.parse_args(["report", "runs/x"]).run_dir == "runs/x"
     assert set(study.COMMANDS) == {"study", "report"}
+
+
+@pytest.mark.parametrize("method", ["lora", "head"])
+def test_count_finetuned_loads_the_saved_model(tiny_model_dir, tmp_path, method):
+    from tunelab.data.sst2 import SST2Example
+    from tunelab.models import LoraOptions, load_config, param_report
+    from tunelab.recipes import sst2
+    from tunelab.training import TrainConfig
+
+    ex = [SST2Example(POS[i % 4], 1, i + 2) if i % 2 else SST2Example(NEG[i % 4], 0, i + 2) for i in range(8)]
+    cfg = TrainConfig(method=method, epochs=1, batch_size=4, max_length=32, lora_r=4, lora_alpha=8)
+    sst2.run_finetune(tiny_model_dir, ex, ex[:4], "x", tmp_path / "ft", cfg, input_prompt=None)
+    counted = study.count_finetuned(tmp_path / "ft", "sst2")
+    expected = param_report(tiny_model_dir, load_config(tiny_model_dir), "sst2", method,
+                            LoraOptions(4, 8, cfg.lora_dropout, tuple(cfg.lora_targets)))
+    assert counted["total"] == expected.total
+    if method == "lora":
+        assert counted["saved"] == "lora-adapter"
+        assert counted["lora_adapter"] == expected.adapter > 0
+        # the adapter file holds the LoRA matrices and the trained head, not the base model
+        assert sum(counted["safetensors_numel"].values()) == expected.adapter + 32 * 2
+    else:
+        assert sum(counted["safetensors_numel"].values()) == expected.total

@@ -196,11 +196,15 @@ def cmd_finetune(args) -> int:
         from tunelab.recipes import sst2
 
         cfg = _train_config(args, {"learning_rate": 2e-5, "batch_size": 32, "max_length": 128})
-        train_ex, _ = sst2.load_split(args.train_file, args.data_dir, "train")
+        train_ex, train_data = sst2.load_split(args.train_file, args.data_dir, "train")
+        if not any(ex.label is not None for ex in train_ex):
+            raise UsageError(f"{train_data}: training data needs labels (a `label` column of 0/1)")
         dev_ex, dev_data = sst2.load_split(args.data_file, args.data_dir, args.split)
         prompt = None if args.input_prompt == "none" else _sst2_prompt(args.input_prompt)
         m = sst2.run_finetune(args.model, train_ex, _limit(dev_ex, args.limit), dev_data, args.out, cfg,
                               input_prompt=prompt, resume=args.resume, overwrite=args.overwrite)
+        if m is None:  # not the main process of a multi-process run
+            return 0
         _print_sst2(m)
         print(f"wrote {args.out} (evaluation in {args.out}/eval)")
     else:
@@ -212,6 +216,8 @@ def cmd_finetune(args) -> int:
         version = args.version or ("2.0" if any(ex.is_impossible for ex in train_ex + dev_ex) else "1.1")
         m = squad.run_finetune(args.model, train_ex, _limit(dev_ex, args.limit), dev_data, args.out, cfg,
                                version=version, resume=args.resume, overwrite=args.overwrite)
+        if m is None:  # not the main process of a multi-process run
+            return 0
         _print_squad(m)
         print(f"wrote {args.out} (evaluation in {args.out}/eval)")
     return 0

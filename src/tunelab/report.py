@@ -743,7 +743,7 @@ def squad_mistakes(b: Builder, t: TaskRun) -> None:
         if wrong:
             b.add(Table(["question", "gold answer(s)", "prediction", "F1", "confidence"],
                         [[r.get("question", r["id"]),
-                          " | ".join(dict.fromkeys(r.get("gold") or ["(no answer)"])),
+                          " / ".join(dict.fromkeys(r.get("gold") or ["(no answer)"])),
                           r["prediction"] or "(no answer)", f"{100 * r['f1']:.0f}",
                           "–" if conf.get(r["id"]) is None else f"{conf[r['id']]:.3f}"]
                          for r in wrong[:TOP_MISTAKES]], "lllrr"))
@@ -769,12 +769,18 @@ def _train_sentence(t: TaskRun) -> str | None:
     if ft.get("train_examples") is not None and ft.get("train_steps") is not None:
         parts.append(f"the fine-tuned model was trained on {n_(ft['train_examples'])} examples for "
                      f"{n_(ft['train_steps'])} optimizer steps ({ft.get('method', '?')} fine-tuning)")
-    log = t.train_log or []
+    log = [e for e in t.train_log or [] if isinstance(e.get("loss"), (int, float))]
     if len(log) >= 2:
-        first, last = log[0]["loss"], log[-1]["loss"]
+        k = max(1, len(log) // 4)  # average a quarter of the logged values at each end: one value is noisy
+        first = float(np.mean([e["loss"] for e in log[:k]]))
+        last = float(np.mean([e["loss"] for e in log[-k:]]))
         trend = ("fell" if last < 0.9 * first else "barely moved" if last <= 1.1 * first else "rose")
-        parts.append(f"its training loss {trend} from {first:.3f} (step {log[0]['step']}) to {last:.3f} "
-                     f"(step {log[-1]['step']})")
+        if k == 1:
+            where = f"from {first:.3f} (step {log[0]['step']}) to {last:.3f} (step {log[-1]['step']})"
+        else:
+            where = (f"from {first:.3f} (mean of steps {log[0]['step']}-{log[k - 1]['step']}) to {last:.3f} "
+                     f"(mean of steps {log[-k]['step']}-{log[-1]['step']})")
+        parts.append(f"its training loss {trend} {where}")
     if not parts:
         return None
     return f"{t.title}: " + "; ".join(parts) + "."

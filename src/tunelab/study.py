@@ -320,7 +320,7 @@ def resolve_config(*, config: str | None = None, preset: str | None = None, sets
         merged = _merge(merged, validate_layer(layer, source), source, provenance)
 
     def where(prefix: str) -> str:
-        srcs = sorted({s for k, s in provenance.items() if k.startswith(prefix)})
+        srcs = sorted({s for k, s in provenance.items() if k == prefix or k.startswith(prefix + ".")})
         return ", ".join(srcs) if srcs else "defaults"
 
     # cross-field checks, each naming the layers that set the section
@@ -352,7 +352,11 @@ def resolve_config(*, config: str | None = None, preset: str | None = None, sets
     if resolve_paths:
         from tunelab.data.folder import resolve_data_dir
 
-        merged["data_dir"] = str(resolve_data_dir(merged["data_dir"]).resolve())
+        try:
+            merged["data_dir"] = str(resolve_data_dir(merged["data_dir"]).resolve())
+        except UsageError as exc:
+            raise UsageError(f"{where('data_dir')}: data_dir: {exc} (in a study: the config's data_dir, "
+                             "--set data_dir=DIR or $TUNELAB_DATA_DIR)") from exc
         model = Path(merged["model"]).expanduser()
         if model.exists():
             merged["model"] = str(model.resolve())
@@ -564,7 +568,8 @@ class Study:
     def stage_params_finetuned(self, task: str) -> None:
         counted = count_finetuned(self.task_dir(task) / "finetune", RECIPE_TASK[task])
         doc = json.loads(self.params_file(task).read_text())
-        _write_json_atomic(self.params_file(task), {**doc, "finetuned": counted})
+        _write_json_atomic(self.params_file(task), {**doc, "finetuned": counted,
+                                                    "finetuned_total": counted["total"]})
 
     def stage_report(self) -> None:
         from tunelab.report import build_report

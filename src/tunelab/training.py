@@ -30,9 +30,9 @@ import os
 import random
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -79,7 +79,7 @@ class TrainConfig:
     merge_lora: bool = False
 
     @classmethod
-    def from_dict(cls, d: dict, where: str = "training config") -> "TrainConfig":
+    def from_dict(cls, d: dict, where: str = "training config") -> TrainConfig:
         if not isinstance(d, dict):
             raise UsageError(f"{where}: expected a mapping of training options, got {type(d).__name__}")
         known = {f.name for f in fields(cls)}

@@ -16,6 +16,13 @@ META_FILE = "tunelab.json"  # what tunelab needs to use a fine-tuned folder agai
 
 
 def device() -> torch.device:
+    """This process's device: under `accelerate launch`/torchrun each process gets its own GPU."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import PartialState
+
+        return PartialState().device
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 

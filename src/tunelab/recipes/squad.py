@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from tunelab.data.folder import squad_path
 from tunelab.data.squad import SquadExample, read_squad
+from tunelab.errors import UsageError
 from tunelab.metrics import bootstrap_ci
 from tunelab.models import load_causal_lm, load_tokenizer
 from tunelab.outputs import atomic_output, write_json, write_jsonl
@@ -36,7 +37,7 @@ from tunelab.tasks.qa_prompts import (
     load_prompt,
     says_unanswerable,
 )
-from tunelab.training import TrainConfig, pad_batch, save_config, train
+from tunelab.training import TrainConfig, pad_batch, save_config, set_seed, train
 
 WH_WORDS = ("what", "which", "who", "whom", "whose", "when", "where", "why", "how")
 
@@ -222,10 +223,15 @@ def run_finetune(model_spec: str, train_examples, dev_examples, dev_data: str, o
     version_2 = _is_v2(version)
     stride = doc_stride(cfg.max_length)
     tokenizer = load_tokenizer(model_spec, padding_side="right")
-    with atomic_output(out, overwrite=overwrite, keep_partial=True) as work:
+    try:  # windows first: a question too long for max_length is the user's error, found before any loading
+        f = prepare_train_features(train_examples, tokenizer, cfg.max_length, stride)
+        prepare_eval_features(dev_examples, tokenizer, cfg.max_length, stride)
+    except ValueError as exc:
+        raise UsageError(f"max_length {cfg.max_length}: {exc}") from exc
+    set_seed(cfg.seed)  # the new head (and LoRA matrices) are initialised from this seed
+    with atomic_output(out, overwrite=overwrite, keep_partial=True, resume=resume) as work:
         trained, _ = prepare_model(model_spec, "squad", cfg, tokenizer)
         trained.to(device())
-        f = prepare_train_features(train_examples, tokenizer, cfg.max_length, stride)
         feats = [{"input_ids": x, "attention_mask": m, "start_positions": s, "end_positions": e}
                  for x, m, s, e in zip(f["input_ids"], f["attention_mask"], f["start_positions"],
                                        f["end_positions"])]
@@ -239,6 +245,8 @@ def run_finetune(model_spec: str, train_examples, dev_examples, dev_data: str, o
 
         result = train(trained, feats, cfg, pad_id=tokenizer.pad_token_id, work_dir=work,
                        evaluate=evaluate if cfg.eval_every else None, resume=resume)
+        if not result.accelerator.is_main_process:
+            return None  # under `accelerate launch`, the main process saves and evaluates
         meta = {"task": "squad", "version": str(version).lstrip("v"), "base_model": model_spec,
                 "base_model_path": resolve(model_spec), "max_length": cfg.max_length, "stride": stride,
                 "question_first": True}

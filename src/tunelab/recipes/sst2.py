@@ -27,7 +27,8 @@ from tunelab.tasks.classification import (
     softmax_np,
     zero_shot,
 )
-from tunelab.training import TrainConfig, pad_batch, save_config, train
+from tunelab.errors import UsageError
+from tunelab.training import TrainConfig, pad_batch, save_config, set_seed, train
 
 
 def load_split(data_file: str | None, data_dir: str | None, split: str) -> tuple[list[SST2Example], str]:
@@ -113,7 +114,10 @@ def run_finetune(model_spec: str, train_examples, dev_examples, dev_data: str, o
     cfg.validate()
     train_examples = [ex for ex in train_examples if ex.label is not None]
     if not train_examples:
-        raise ValueError("training data has no labels")
+        raise UsageError("training data has no labels")
+    if any(ex.label is None for ex in dev_examples):
+        raise UsageError(f"{dev_data}: evaluation data needs a label on every row")
+    set_seed(cfg.seed)  # the new head (and LoRA matrices) are initialised from this seed
     tokenizer = load_tokenizer(model_spec, padding_side="right")
     head_init = head_init_from_verbalizers(tokenizer, input_prompt) if input_prompt else None
     with atomic_output(out, overwrite=overwrite, keep_partial=True, resume=resume) as work:
@@ -132,6 +136,8 @@ def run_finetune(model_spec: str, train_examples, dev_examples, dev_data: str, o
 
         result = train(trained, feats, cfg, pad_id=tokenizer.pad_token_id, work_dir=work,
                        evaluate=evaluate if cfg.eval_every else None, resume=resume)
+        if not result.accelerator.is_main_process:
+            return None  # under `accelerate launch`, the main process saves and evaluates
         meta = {"task": "sst2", "base_model": model_spec, "base_model_path": resolve(model_spec),
                 "input_prompt": asdict(input_prompt) if input_prompt else None, "max_length": cfg.max_length}
         saved = save_finetuned(trained, tokenizer, work, cfg, meta)

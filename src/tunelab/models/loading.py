@@ -100,7 +100,10 @@ def load_task_model(
         if saved_task(path) is None:
             kwargs["key_mapping"] = {r"^model\.": "transformer."}
     # transformers logs a load report of the (expected) missing head; our own check below is the one that counts.
-    logging.getLogger("transformers.modeling_utils").setLevel(logging.ERROR)
+    # Raising that logger's level also switches on a tensor-parallel plan check that warns about unsharded
+    # layers (irrelevant here: nothing is sharded), so that logger is quietened too.
+    for name in ("transformers.modeling_utils", "transformers.distributed.tensor_parallel"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     model, info = _from_pretrained(cls, spec, **kwargs)
     head = TASK_HEADS[task]
     missing = [k for k in info["missing_keys"] if not k.startswith(head + ".")]

@@ -177,7 +177,11 @@ def sst2_data(tok, n: int, seed: int, tiny: bool):
     """(features for the first n of a seeded shuffle of SST-2 train, epoch size, source file)."""
     from tunelab.data.folder import sst2_path
     from tunelab.data.sst2 import read_sst2
-    from tunelab.recipes.sst2 import encode
+    try:
+        from tunelab.recipes.sst2 import encode
+    except ImportError:  # the recipe module also imports plotting; its encode is this one line
+        def encode(tokenizer, texts, max_length):
+            return [tokenizer(t, truncation=True, max_length=max_length).input_ids for t in texts]
 
     path = sst2_path(None, "train")
     examples = [ex for ex in read_sst2(path) if ex.label is not None]
@@ -418,14 +422,14 @@ def run_case(name: str, args, tok, tok_where: str) -> dict:
         total, nonembed = param_counts(model)
         case["params"], case["nonembedding_params"] = total, nonembed
         with tempfile.TemporaryDirectory(prefix=f"speed-{who}-") as work:
-            common = dict(task=task, warmup=args.warmup, steps=args.steps, seed=args.seed, pad_id=pad,
-                          work=Path(work))
+            common = {"task": task, "warmup": args.warmup, "steps": args.steps, "seed": args.seed,
+                      "pad_id": pad, "work": Path(work)}
             if who == "baseline":
                 run = run_baseline(model, feats[: (args.warmup + args.steps) * b["batch_size"]], **common)
             else:
                 run = run_tunelab(model, feats[: (args.warmup + args.steps) * tb], batch_size=tb, **common)
-        results[who] = summarise(run, steps=args.steps, epoch=epoch, nonembed=nonembed, peak_tflops=args.peak_tflops, cuda=cuda,
-                                 mem=peak_gib())
+        results[who] = summarise(run, steps=args.steps, epoch=epoch, nonembed=nonembed,
+                                 peak_tflops=args.peak_tflops, cuda=cuda, mem=peak_gib())
         del model
         free_memory()
         print(f"  {name} {who}: {run['timed_s']:.3f} s for {args.steps} steps, "
@@ -480,7 +484,7 @@ def main(argv=None) -> int:
         ap.error(f"unknown case(s) {unknown}; known: {', '.join(CASES)}")
     if args.tiny:
         args.steps, args.warmup = 3, 1
-        torch.set_num_threads(min(2, os.cpu_count() or 1))
+        torch.set_num_threads(1)  # light on a shared CPU (and no OpenMP barrier stalls when it is busy)
     if args.steps < 1 or args.warmup < 1:
         ap.error("--steps and --warmup must be at least 1")
     if args.tiny:  # CPU-sized: batches of at most 8, SQuAD windows of 128 tokens (stride 32)
@@ -516,7 +520,7 @@ def main(argv=None) -> int:
             traceback.print_exc()
             case = {"case": name, "model": CASES[name][0], "task": CASES[name][1], "gpu": gpu_name(),
                     "status": "error", "error": f"{type(exc).__name__}: {exc}"[:2000]}
-            free_memory()
+        free_memory()  # here, once the exception (and the model its frames hold) is gone
         report["cases"].append(case)
         write_json(out, report)
         if case["status"] == "ok":

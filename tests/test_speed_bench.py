@@ -1,0 +1,60 @@
+"""benchmarks/speed.py (tunelab vs the Hugging Face Trainer baseline) runs end to end in --tiny mode on a CPU
+and writes the JSON the GPU run will: every case with case, baseline_s, tunelab_s, ratio and positive times."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = os.environ.get("TUNELAB_DATA_DIR")
+
+
+@pytest.mark.skipif(not DATA, reason="TUNELAB_DATA_DIR is not set")
+def test_speed_bench_tiny_writes_the_report(tmp_path):
+    env = dict(os.environ, TUNELAB_DATA_DIR=DATA, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false",
+               # the SmolLM2 tokenizer: the shared user cache (conftest points TUNELAB_CACHE at an empty folder)
+               TUNELAB_CACHE=os.environ.get("TUNELAB_REAL_CACHE", str(Path.home() / ".cache" / "tunelab")))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))
+    out_dir = tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "speed.py"), "--tiny", "--cases", "sst2-smollm2,squad-smollm2",
+         "--out", str(out_dir) + "/"],
+        check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    files = list(out_dir.glob("speed-*-tiny.json"))
+    assert len(files) == 1, (files, proc.stdout[-2000:])
+    report = json.loads(files[0].read_text())
+
+    for key in ("machine", "date", "command", "settings", "tokenizer", "mfu_definition", "quality", "cases"):
+        assert key in report, key
+    assert {"gpu", "torch", "transformers", "host"} <= set(report["machine"])
+    assert report["settings"]["steps_timed"] == 3 and report["settings"]["tiny"] is True
+    cuda = report["machine"]["gpu"] is not None
+    assert [c["case"] for c in report["cases"]] == ["sst2-smollm2", "squad-smollm2"]
+    for case in report["cases"]:
+        assert case["status"] == "ok", case
+        for key in ("case", "model", "task", "gpu", "baseline_s", "tunelab_s", "ratio", "real_tokens_per_s",
+                    "padded_tokens_per_s", "mfu", "peak_memory_gib", "steps_timed", "batch_size",
+                    "epoch_examples", "extrapolation_factor"):
+            assert key in case, (case["case"], key)
+        assert case["baseline_s"] > 0 and case["tunelab_s"] > 0
+        assert case["ratio"] == pytest.approx(case["baseline_s"] / case["tunelab_s"])
+        assert case["gpu"] == report["machine"]["gpu"] or (not cuda and case["gpu"] == "cpu")
+        assert case["steps_timed"] == 3 and case["epoch_examples"] == 64
+        for who in ("baseline", "tunelab"):
+            run = case[who]
+            assert run["timed_s"] > 0 and run["timed_examples"] == 3 * case["batch_size"][who]
+            assert 0 < run["real_tokens"] <= run["padded_tokens"]
+            assert case["real_tokens_per_s"][who] > 0
+            assert case["extrapolation_factor"][who] == pytest.approx(64 / run["timed_examples"])
+            assert (case["mfu"][who] is None) == (not cuda)
+            assert (case["peak_memory_gib"][who] is None) == (not cuda)
+        # the baseline pads to max_length (run_glue/run_qa); tunelab pads each batch to its longest
+        width = report["settings"]["baseline"][case["task"]]["max_length"]
+        assert case["baseline"]["padded_tokens"] == case["baseline"]["timed_examples"] * width
+        assert case["tunelab"]["padded_tokens"] <= case["baseline"]["padded_tokens"]

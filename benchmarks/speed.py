@@ -418,6 +418,7 @@ def run_case(name: str, args, tok, tok_where: str) -> dict:
     results = {}
     for who in ("baseline", "tunelab"):
         free_memory()
+        left = round(torch.cuda.memory_allocated() / 2**30, 3) if cuda else None  # > 0: an earlier run leaked
         model = build_model(alias, task, tiny=args.tiny, device=device, pad_id=pad, seed=args.seed)
         total, nonembed = param_counts(model)
         case["params"], case["nonembedding_params"] = total, nonembed
@@ -430,6 +431,7 @@ def run_case(name: str, args, tok, tok_where: str) -> dict:
                 run = run_tunelab(model, feats[: (args.warmup + args.steps) * tb], batch_size=tb, **common)
         results[who] = summarise(run, steps=args.steps, epoch=epoch, nonembed=nonembed,
                                  peak_tflops=args.peak_tflops, cuda=cuda, mem=peak_gib())
+        results[who]["allocated_before_gib"] = left
         del model
         free_memory()
         print(f"  {name} {who}: {run['timed_s']:.3f} s for {args.steps} steps, "

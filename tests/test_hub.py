@@ -10,40 +10,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import PLAIN, sst2_examples, tiny_train_config
 
 from tunelab import hub
 from tunelab.data.squad import SquadExample
-from tunelab.data.sst2 import SST2Example
 from tunelab.errors import UsageError
 from tunelab.recipes import sst2
-from tunelab.tasks.classification import Prompt, format_input
-from tunelab.training import TrainConfig
+from tunelab.tasks.classification import format_input
 
-PLAIN = Prompt.from_config({"text": "Review: {sentence}\nSentiment:",
-                            "verbalizers": {"negative": [" negative"], "positive": [" positive"]}})
 SECRET = "hf_SeCrEtToKeN0123456789abcdefXYZ"
 
 
-def sentences(n, seed=0):
-    rng = np.random.default_rng(seed)
-    fill = ["a", "film", "movie", "the", "and", "truly", "review"]
-    out = []
-    for i in range(n):
-        words = list(rng.choice(fill, size=int(rng.integers(2, 6))))
-        words.insert(int(rng.integers(0, len(words) + 1)), "great" if i % 2 else "awful")
-        out.append(SST2Example(" ".join(words), i % 2, i + 2))
-    return out
 
-
-def cfg(**kw):
-    base = {"learning_rate": 3e-3, "epochs": 1, "batch_size": 8, "max_length": 32, "warmup_ratio": 0.0,
-            "log_every": 2, "seed": 0, "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0}
-    base.update(kw)
-    return TrainConfig(**base)
 
 
 def dev_set():
-    return sentences(12, seed=3)
+    return sst2_examples(12, seed=3)
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +40,7 @@ def finetuned(tiny_model_dir, tmp_path_factory):
         mp.setenv("TUNELAB_CACHE", str(root / "cache"))
         for method in ("full", "lora"):
             d = root / method
-            sst2.run_finetune(tiny_model_dir, sentences(16), dev_set(), dev_data, d, cfg(method=method),
+            sst2.run_finetune(tiny_model_dir, sst2_examples(16), dev_set(), dev_data, d, tiny_train_config(method=method),
                               input_prompt=PLAIN)
             meta = json.loads((d / "tunelab.json").read_text())
             meta["base_model"] = "smollm2-135m"  # base_model_path still points at the tiny model's folder
@@ -242,7 +224,7 @@ def _squad_finetune(tiny_model_dir, out, method):
     from tunelab.recipes import squad
 
     return squad.run_finetune(tiny_model_dir, qa_examples(8), qa_examples(6), "/data/squad/v1.1-dev.json", out,
-                              cfg(method=method, batch_size=4, max_length=64), version="1.1")
+                              tiny_train_config(method=method, batch_size=4, max_length=64), version="1.1")
 
 
 def test_squad_lora_export_card_and_weights(tiny_model_dir, tmp_path):

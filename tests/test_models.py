@@ -6,7 +6,13 @@ import torch
 from tunelab.cli import main
 from tunelab.errors import ModelError
 from tunelab.models import (
-    LoraOptions, align_pad_token, load_causal_lm, load_config, load_task_model, load_tokenizer, param_report,
+    LoraOptions,
+    align_pad_token,
+    load_causal_lm,
+    load_config,
+    load_task_model,
+    load_tokenizer,
+    param_report,
 )
 from tunelab.models.params import apply_method, count
 

@@ -5,37 +5,19 @@ import json
 
 import numpy as np
 import pytest
+from helpers import PLAIN, sst2_examples, tiny_train_config
 
 from tunelab import predict
 from tunelab.data.squad import SquadExample
-from tunelab.data.sst2 import SST2Example
 from tunelab.errors import DataError, UsageError
 from tunelab.recipes import sst2
 from tunelab.recipes.common import load_finetuned
 from tunelab.tasks.classification import LABELS, Prompt, format_input
-from tunelab.training import TrainConfig
 
-PLAIN = Prompt.from_config({"text": "Review: {sentence}\nSentiment:",
-                            "verbalizers": {"negative": [" negative"], "positive": [" positive"]}})
 TEXTS = ["a great film", "an awful , truly awful movie", "the review", "café naïve 中文 😀"]
 
 
-def sentences(n, seed=0):
-    rng = np.random.default_rng(seed)
-    fill = ["a", "film", "movie", "the", "and", "truly", "review"]
-    out = []
-    for i in range(n):
-        words = list(rng.choice(fill, size=int(rng.integers(2, 6))))
-        words.insert(int(rng.integers(0, len(words) + 1)), "great" if i % 2 else "awful")
-        out.append(SST2Example(" ".join(words), i % 2, i + 2))
-    return out
 
-
-def cfg(**kw):
-    base = {"learning_rate": 3e-3, "epochs": 2, "batch_size": 8, "max_length": 32, "warmup_ratio": 0.0,
-            "log_every": 2, "seed": 0, "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0}
-    base.update(kw)
-    return TrainConfig(**base)
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +25,7 @@ def sst2_dir(tiny_model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("pred") / "sst2"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HF_HUB_OFFLINE", "1")
-        sst2.run_finetune(tiny_model_dir, sentences(24), sentences(6, seed=1), "fixture", out, cfg(),
+        sst2.run_finetune(tiny_model_dir, sst2_examples(24), sst2_examples(6, seed=1), "fixture", out, tiny_train_config(epochs=2),
                           input_prompt=PLAIN)
     return str(out)
 
@@ -65,7 +47,7 @@ def squad_dir(tiny_model_dir, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HF_HUB_OFFLINE", "1")
         squad.run_finetune(tiny_model_dir, qa_examples(9), qa_examples(3), "fixture", out,
-                           cfg(method="lora", batch_size=4, max_length=64, epochs=1), version="1.1")
+                           tiny_train_config(method="lora", batch_size=4, max_length=64, epochs=1), version="1.1")
     return str(out)
 
 

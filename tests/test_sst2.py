@@ -3,6 +3,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import PLAIN, sst2_examples, tiny_train_config
 
 from tunelab.cli import main
 from tunelab.data.sst2 import SST2Example
@@ -10,31 +11,18 @@ from tunelab.errors import UsageError
 from tunelab.models import load_causal_lm, load_tokenizer
 from tunelab.recipes import sst2
 from tunelab.tasks.classification import (
-    Calibration, Prompt, calibrate, label_logprobs, verbalizer_ids, zero_shot,
+    Calibration,
+    Prompt,
+    calibrate,
+    label_logprobs,
+    verbalizer_ids,
 )
-from tunelab.training import TrainConfig
-
-PLAIN = Prompt.from_config({"text": "Review: {sentence}\nSentiment:",
-                            "verbalizers": {"negative": [" negative", " Negative"], "positive": [" positive"]}})
-
-
-def fixture(n=48, seed=0):
-    """A learnable SST-2-like set: the label is which word the sentence holds."""
-    rng = np.random.default_rng(seed)
-    fill = ["a", "film", "movie", "the", "and", "truly", "review"]
-    out = []
-    for i in range(n):
-        label = int(i % 2)
-        words = list(rng.choice(fill, size=int(rng.integers(2, 8))))
-        words.insert(int(rng.integers(0, len(words) + 1)), "great" if label else "awful")
-        out.append(SST2Example(" ".join(words), label, i + 2))
-    return out
 
 
 def test_zero_shot_scores_equal_direct_logprobs(tiny_model_dir):
     tok = load_tokenizer(tiny_model_dir)
     model = load_causal_lm(tiny_model_dir).eval()
-    sentences = [ex.text for ex in fixture(7)]
+    sentences = [ex.text for ex in sst2_examples(7)]
     ids = verbalizer_ids(tok, PLAIN)
     got = label_logprobs(model, tok, [PLAIN.render(tok, s) for s in sentences], ids, batch_size=3, progress=False)
     for i, s in enumerate(sentences):
@@ -73,7 +61,7 @@ def test_prompt_validation():
 
 
 def test_zero_shot_recipe_writes_metrics(tiny_model_dir, tmp_path):
-    examples = fixture(10)
+    examples = sst2_examples(10)
     m = sst2.run_zeroshot(tiny_model_dir, examples, "fixture", tmp_path / "zs", prompt=PLAIN,
                           calibration=Calibration("batch"), batch_size=4)
     saved = json.loads((tmp_path / "zs" / "metrics.json").read_text())
@@ -100,7 +88,7 @@ def test_existing_output_is_not_overwritten(tiny_model_dir, tmp_path):
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     with pytest.raises(UsageError, match="already exists"):
-        sst2.run_zeroshot(tiny_model_dir, fixture(2), "x", out, prompt=PLAIN, calibration=Calibration("none"))
+        sst2.run_zeroshot(tiny_model_dir, sst2_examples(2), "x", out, prompt=PLAIN, calibration=Calibration("none"))
     assert (out / "keep.txt").read_text() == "mine"
 
 
@@ -108,22 +96,15 @@ def test_failed_run_leaves_no_output(tiny_model_dir, tmp_path):
     bad = Prompt.from_config({"text": "{sentence}", "chat": False,
                               "verbalizers": {"negative": [" x"], "positive": [" x"]}})
     with pytest.raises(UsageError):
-        sst2.run_zeroshot(tiny_model_dir, fixture(2), "x", tmp_path / "zs", prompt=bad,
+        sst2.run_zeroshot(tiny_model_dir, sst2_examples(2), "x", tmp_path / "zs", prompt=bad,
                           calibration=Calibration("none"))
     assert not (tmp_path / "zs").exists() and not (tmp_path / "zs.partial").exists()
 
 
-def _cfg(**kw):
-    base = dict(learning_rate=3e-3, epochs=8, batch_size=8, max_length=32, warmup_ratio=0.0, log_every=2,
-                seed=0, lora_r=4, lora_alpha=8, lora_dropout=0.0)
-    base.update(kw)
-    return TrainConfig(**base)
-
-
-def test_finetune_learns_a_small_fixture(tiny_model_dir, tmp_path):
-    train = fixture(48)
-    dev = fixture(24, seed=1)
-    m = sst2.run_finetune(tiny_model_dir, train, dev, "fixture", tmp_path / "ft", _cfg(), input_prompt=None)
+def test_finetune_learns_a_small_sst2_examples(tiny_model_dir, tmp_path):
+    train = sst2_examples(48)
+    dev = sst2_examples(24, seed=1)
+    m = sst2.run_finetune(tiny_model_dir, train, dev, "fixture", tmp_path / "ft", tiny_train_config(epochs=8), input_prompt=None)
     assert m["accuracy"] >= 0.9, m
     log = [json.loads(line) for line in (tmp_path / "ft" / "train_log.jsonl").read_text().splitlines()]
     assert log[-1]["loss"] < log[0]["loss"]
@@ -134,9 +115,9 @@ def test_finetune_learns_a_small_fixture(tiny_model_dir, tmp_path):
 
 @pytest.mark.parametrize("method,merge", [("full", False), ("lora", False), ("lora", True), ("head", False)])
 def test_save_load_gives_identical_predictions(tiny_model_dir, tmp_path, method, merge):
-    train, dev = fixture(16), fixture(12, seed=2)
+    train, dev = sst2_examples(16), sst2_examples(12, seed=2)
     out = tmp_path / "ft"
-    m = sst2.run_finetune(tiny_model_dir, train, dev, "fixture", out, _cfg(method=method, merge_lora=merge, epochs=1),
+    m = sst2.run_finetune(tiny_model_dir, train, dev, "fixture", out, tiny_train_config(method=method, merge_lora=merge, epochs=1),
                           input_prompt=PLAIN)
     if method == "lora" and not merge:
         assert (out / "adapter_model.safetensors").is_file()
@@ -153,7 +134,7 @@ def test_save_load_gives_identical_predictions(tiny_model_dir, tmp_path, method,
 def test_head_only_trains_only_the_head(tiny_model_dir, tmp_path):
     from safetensors.torch import load_file
 
-    sst2.run_finetune(tiny_model_dir, fixture(16), fixture(4), "f", tmp_path / "ft", _cfg(method="head", epochs=1),
+    sst2.run_finetune(tiny_model_dir, sst2_examples(16), sst2_examples(4), "f", tmp_path / "ft", tiny_train_config(method="head", epochs=1),
                       input_prompt=None)
     before = load_file(f"{tiny_model_dir}/model.safetensors")
     after = load_file(str(tmp_path / "ft" / "model.safetensors"))

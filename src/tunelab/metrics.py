@@ -15,7 +15,7 @@ def classification_metrics(gold, pred, *, n_boot: int = 1000, seed: int = 0) -> 
     p, r, f, _ = precision_recall_fscore_support(gold, pred, average="binary", pos_label=1, zero_division=0)
     correct = (gold == pred).astype(float)
     return {
-        "n": int(len(gold)),
+        "n": len(gold),
         "accuracy": float(accuracy_score(gold, pred)),
         "precision": float(p),
         "recall": float(r),

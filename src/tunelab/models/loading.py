@@ -22,7 +22,7 @@ def load_tokenizer(spec: str, *, padding_side: str = "right", trust_remote_code:
     path = resolve(spec)
     try:
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise ModelError(f"{spec}: cannot load its tokenizer: {exc}") from exc
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -40,7 +40,7 @@ def _from_pretrained(cls, spec: str, **kwargs):
     path = resolve(spec)
     try:
         return cls.from_pretrained(path, output_loading_info=True, **kwargs)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise ModelError(f"{spec}: cannot load model: {exc}") from exc
 
 
@@ -89,7 +89,7 @@ def load_task_model(
     if task not in TASK_HEADS:
         raise ModelError(f"unknown task {task!r}: expected one of {', '.join(TASK_HEADS)}")
     path = resolve(spec)
-    kwargs = dict(dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True)
+    kwargs = {"dtype": dtype, "trust_remote_code": trust_remote_code, "use_safetensors": True}
     if task == "sst2":
         cls = AutoModelForSequenceClassification
         if saved_task(path) is None:

@@ -68,7 +68,11 @@ def _by_module(model: torch.nn.Module, prefix_map: dict[str, str]) -> dict[str, 
 
 
 def build_meta(config, task: str | None, num_labels: int = 2):
-    from transformers import AutoModelForCausalLM, AutoModelForQuestionAnswering, AutoModelForSequenceClassification
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForQuestionAnswering,
+        AutoModelForSequenceClassification,
+    )
 
     config = config.__class__.from_dict(config.to_dict())  # never mutate the caller's config
     if config.pad_token_id is None:

@@ -163,5 +163,5 @@ def load_config(spec: str):
         return AutoConfig.from_pretrained(resolve(spec))
     except ModelError:
         raise
-    except Exception as exc:  # noqa: BLE001 - transformers raises OSError/ValueError/HTTP errors alike
+    except Exception as exc:
         raise ModelError(f"{spec}: cannot read its config: {exc}") from exc

@@ -13,10 +13,11 @@ from tqdm.auto import tqdm
 
 from tunelab.data.folder import sst2_path
 from tunelab.data.sst2 import SST2Example, read_sst2
+from tunelab.errors import UsageError
 from tunelab.metrics import classification_metrics
 from tunelab.models import load_causal_lm, load_tokenizer
-from tunelab.plots import loss_curve
 from tunelab.outputs import atomic_output, write_json, write_jsonl
+from tunelab.plots import loss_curve
 from tunelab.recipes.common import device, eval_dtype, load_finetuned, prepare_model, save_finetuned
 from tunelab.tasks.classification import (
     LABELS,
@@ -27,7 +28,6 @@ from tunelab.tasks.classification import (
     softmax_np,
     zero_shot,
 )
-from tunelab.errors import UsageError
 from tunelab.training import TrainConfig, pad_batch, save_config, set_seed, train
 
 
@@ -171,4 +171,4 @@ def run_evaluate(model_dir: str, examples, data: str, out: str | Path, *, batch_
     return metrics
 
 
-__all__ = ["load_split", "run_zeroshot", "run_finetune", "run_evaluate", "classify", "softmax_np"]
+__all__ = ["classify", "load_split", "run_evaluate", "run_finetune", "run_zeroshot", "softmax_np"]

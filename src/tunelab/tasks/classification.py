@@ -49,7 +49,7 @@ class Prompt:
     answer_prefix: str = ""
 
     @classmethod
-    def from_config(cls, spec: str | dict) -> "Prompt":
+    def from_config(cls, spec: str | dict) -> Prompt:
         if isinstance(spec, str):
             if spec not in TEMPLATES:
                 raise UsageError(f"unknown prompt template {spec!r}: expected {', '.join(TEMPLATES)} or a mapping")

@@ -1,10 +1,10 @@
 """SQuAD recipes: zero-shot (generation), fine-tune (span head), evaluate. Each writes metrics.json,
 predictions.json (official format), nbest_predictions.json, per_example.jsonl and, for v2, na_probs.json.
 
-Zero-shot prompt choice (tunelab.tasks.qa_prompts.DEFAULT_TEMPLATE), measured on CPU with
-SmolLM2-135M-Instruct, greedy, on the first 100 questions of SQuAD v1.1 dev: "chat" EM 21.0 / F1 25.7,
-"plain" EM 8.0 / F1 19.7. Without the answer prefix `The answer is "` the model answers in whole sentences
-(chat variants: F1 16-27 on the first 30 questions, against 57.6 with the prefix).
+Zero-shot prompt (tunelab.tasks.qa_prompts.DEFAULT_TEMPLATE): the chat template with the answer started as
+`The answer is "`, so that the model writes a span and closes the quote; without that prefix, SmolLM2-135M-Instruct
+answers in whole sentences, which costs exact match. Its full-dev score on an H200 is in
+benchmarks/results/h200-smollm2-study/squad11-zeroshot/metrics.json.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ TEMPLATES = {
         "text": "Title: {title}\n\nBackground: {context}\n\nQuestion: {question}\n\n{unanswerable}Answer:",
         "chat": False,
     },
-    "chat": {  # the default: measured best on SmolLM2-135M-Instruct (numbers in tunelab/recipes/squad.py)
+    "chat": {  # the default (see tunelab/recipes/squad.py)
         "text": "{context}\n\nAnswer the question with a short span copied exactly from the passage above. "
         "{unanswerable}\n\nQuestion: {question}",
         "chat": True,

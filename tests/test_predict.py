@@ -42,7 +42,8 @@ def qa_examples(n):
 
 @pytest.fixture(scope="module")
 def squad_dir(tiny_model_dir, tmp_path_factory):
-    squad = pytest.importorskip("tunelab.recipes.squad")
+    from tunelab.recipes import squad
+
     out = tmp_path_factory.mktemp("pred") / "squad"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HF_HUB_OFFLINE", "1")

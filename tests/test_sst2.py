@@ -195,3 +195,10 @@ def test_cli_finetune_config_errors(tiny_model_dir, tmp_path, capsys):
     rc = main(["finetune", tiny_model_dir, "--task", "sst2", "--batch-size", "0", "--data-dir", str(tmp_path),
                "--out", str(tmp_path / "o")])
     assert rc == 2 and "batch_size" in capsys.readouterr().err
+
+
+def test_over_long_inputs_keep_their_end(tiny_model_dir):
+    tok = load_tokenizer(tiny_model_dir)
+    text = "a good film " * 40 + "Sentiment:"
+    ids = sst2.encode(tok, [text], 16)[0]
+    assert len(ids) == 16 and ids == tok(text).input_ids[-16:]

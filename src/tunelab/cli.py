@@ -147,6 +147,11 @@ def _train_config(args, defaults: dict):
     return TrainConfig.from_dict(values, where=args.config or "options")
 
 
+def _check_batch_size(n: int) -> None:
+    if n < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {n}")
+
+
 def _limit(examples, n):
     if n is not None and n < 1:
         raise UsageError(f"--limit must be >= 1, got {n}")
@@ -171,6 +176,7 @@ def _sst2_prompt(name: str | None):
 
 
 def cmd_zeroshot(args) -> int:
+    _check_batch_size(args.batch_size)
     if args.task == "sst2":
         from tunelab.recipes import sst2
         from tunelab.tasks.classification import Calibration
@@ -224,6 +230,7 @@ def cmd_finetune(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
+    _check_batch_size(args.batch_size)
     if args.task == "sst2":
         from tunelab.recipes import sst2
 

@@ -68,6 +68,8 @@ def read_qa_jsonl(path: str) -> list[dict]:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
             raise DataError(path, f"not valid JSON: {exc.msg}", line=n) from None
+        except (ValueError, RecursionError) as exc:  # e.g. an integer too long to convert, absurd nesting
+            raise DataError(path, f"not valid JSON: {exc}", line=n) from None
         if not isinstance(obj, dict):
             raise DataError(path, f"expected an object with context and question, got {type(obj).__name__}", line=n)
         for key in ("context", "question"):
@@ -140,7 +142,7 @@ def predict_squad(model_dir: str, rows: list[dict], batch_size: int = 64) -> lis
 
     model, tokenizer, meta = load_finetuned(model_dir, "squad")
     model.to(device())
-    version_2 = str(meta.get("version", "1.1")).lstrip("v") == "2.0"
+    version_2 = squad._is_v2(meta.get("version", "1.1"))
     max_length = meta.get("max_length", 384)
     stride = meta.get("stride", squad.doc_stride(max_length))
     examples = [SquadExample(id=f"_{i}", title="", context=r["context"], question=r["question"], answers=[])

@@ -115,7 +115,11 @@ def convert_gguf(alias: Alias, gguf: Path) -> Path:
     that looks complete.
     """
     target = cache_dir() / "models" / alias.name
-    if (target / "model.safetensors").is_file() and (target / "tokenizer.json").is_file():
+
+    def complete() -> bool:
+        return (target / "model.safetensors").is_file() and (target / "tokenizer.json").is_file()
+
+    if complete():
         return target
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -123,8 +127,11 @@ def convert_gguf(alias: Alias, gguf: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{alias.name}-", dir=target.parent))
     try:
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        except ImportError as exc:  # transformers reads GGUF files with the `gguf` package
+            raise ModelError(f"{alias.name}: cannot convert {gguf}: {exc}") from None
         # The GGUF's tokenizer metadata names <|im_start|> as EOS; the model config (and the Hub's tokenizer)
         # say id 2, <|im_end|>. Follow the config so generation stops where the chat template ends a turn.
         eos_id = model.config.eos_token_id
@@ -141,9 +148,15 @@ def convert_gguf(alias: Alias, gguf: Path) -> Path:
         (tmp / "SOURCE.txt").write_text(
             f"Dequantised from {gguf.name} (package {alias.gguf_package}); the Hub original is {alias.hub_id}.\n"
         )
+        if complete():  # another process (accelerate launch) finished the same conversion first: keep it
+            return target
         if target.exists():
             shutil.rmtree(target)
-        tmp.rename(target)
+        try:
+            tmp.rename(target)
+        except OSError:
+            if not complete():
+                raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

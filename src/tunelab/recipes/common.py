@@ -9,7 +9,7 @@ import torch
 
 from tunelab.errors import ModelError
 from tunelab.models import align_pad_token, load_task_model, load_tokenizer
-from tunelab.models.params import LoraOptions, apply_method, count
+from tunelab.models.params import LoraOptions, apply_method
 from tunelab.training import TrainConfig
 
 META_FILE = "tunelab.json"  # what tunelab needs to use a fine-tuned folder again: task, input format, base model
@@ -17,9 +17,9 @@ META_FILE = "tunelab.json"  # what tunelab needs to use a fine-tuned folder agai
 
 def device() -> torch.device:
     """This process's device: under `accelerate launch`/torchrun each process gets its own GPU."""
-    import os
+    from tunelab.outputs import launched_processes
 
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if launched_processes() > 1:
         from accelerate import PartialState
 
         return PartialState().device
@@ -65,7 +65,13 @@ def read_meta(path: str | Path) -> dict:
     f = Path(path) / META_FILE
     if not f.is_file():
         raise ModelError(f"{path}: not a folder written by `tunelab finetune` (no {META_FILE})")
-    return json.loads(f.read_text())
+    try:
+        meta = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ModelError(f"{f}: cannot read it: {exc}") from None
+    if not isinstance(meta, dict):
+        raise ModelError(f"{f}: expected a JSON object, got {type(meta).__name__}")
+    return meta
 
 
 def load_finetuned(path: str | Path, task: str, dtype=torch.float32):
@@ -79,6 +85,9 @@ def load_finetuned(path: str | Path, task: str, dtype=torch.float32):
         raise ModelError(f"{path}: fine-tuned for {meta.get('task')!r}, not {task!r}")
     tokenizer = load_tokenizer(str(path))
     if (path / "adapter_config.json").is_file():
+        if not meta.get("base_model_path"):
+            raise ModelError(f"{path}: a LoRA adapter folder whose {META_FILE} does not name its base model "
+                             "(base_model_path)")
         base = load_task_model(meta["base_model_path"], task, dtype=dtype)
         align_pad_token(base, tokenizer)
         model = PeftModel.from_pretrained(base, str(path))
@@ -86,7 +95,3 @@ def load_finetuned(path: str | Path, task: str, dtype=torch.float32):
         model = load_task_model(str(path), task, dtype=dtype)
         align_pad_token(model, tokenizer)
     return model.eval(), tokenizer, meta
-
-
-def trainable_summary(model) -> dict:
-    return {"trainable": count(model, trainable_only=True), "total_in_memory": count(model)}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -88,7 +89,9 @@ def write_results(out: Path, *, model: str, mode: str, data: str, examples, pred
     write_json(out / "predictions.json", {ex.id: predictions.get(ex.id, "") for ex in examples})
     write_json(out / "nbest_predictions.json", nbest)
     if version_2 and na_probs is not None:
-        write_json(out / "na_probs.json", {ex.id: na_probs[ex.id] for ex in examples})
+        # strict JSON: a question with no possible span has an infinite no-answer score; write the largest float
+        write_json(out / "na_probs.json", {ex.id: min(float(na_probs[ex.id]), sys.float_info.max)
+                                           for ex in examples})
     metrics = {"task": "squad_v2" if version_2 else "squad", "model": model, "mode": mode, "data": data,
                "n": len(examples), **scores,
                "f1_ci95": bootstrap_ci([100.0 * r["f1"] for r in rows])}

@@ -25,7 +25,6 @@ from tunelab.tasks.classification import (
     Prompt,
     format_input,
     head_init_from_verbalizers,
-    softmax_np,
     zero_shot,
 )
 from tunelab.training import TrainConfig, pad_batch, save_config, set_seed, train
@@ -34,6 +33,13 @@ from tunelab.training import TrainConfig, pad_batch, save_config, set_seed, trai
 def load_split(data_file: str | None, data_dir: str | None, split: str) -> tuple[list[SST2Example], str]:
     path = Path(data_file) if data_file else sst2_path(data_dir, split)
     return read_sst2(path), str(path)
+
+
+def _check_labels(examples, data: str) -> None:
+    """Evaluation data is labelled on every row (metrics) or on none (predictions only), never partly."""
+    labelled = sum(ex.label is not None for ex in examples)
+    if 0 < labelled < len(examples):
+        raise UsageError(f"{data}: {labelled} of {len(examples)} rows have a label: label every row or none")
 
 
 def write_results(out: Path, *, model: str, mode: str, data: str, examples, log_probs: np.ndarray,
@@ -52,7 +58,7 @@ def write_results(out: Path, *, model: str, mode: str, data: str, examples, log_
     if all(labelled):
         metrics.update(classification_metrics([ex.label for ex in examples], pred))
     elif any(labelled):
-        raise ValueError(f"{data}: some rows have labels and some do not")
+        raise UsageError(f"{data}: some rows have labels and some do not")
     else:
         metrics["note"] = "no gold labels in this file: predictions only"
     metrics.update(extra or {})
@@ -62,6 +68,7 @@ def write_results(out: Path, *, model: str, mode: str, data: str, examples, log_
 
 def run_zeroshot(model_spec: str, examples, data: str, out: str | Path, *, prompt: Prompt,
                  calibration: Calibration, batch_size: int = 32, overwrite: bool = False) -> dict:
+    _check_labels(examples, data)
     dev = device()
     with atomic_output(out, overwrite=overwrite) as work:
         tokenizer = load_tokenizer(model_spec, padding_side="right")
@@ -83,7 +90,9 @@ def run_zeroshot(model_spec: str, examples, data: str, out: str | Path, *, promp
 
 
 def encode(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
-    return [tokenizer(t, truncation=True, max_length=max_length).input_ids for t in texts]
+    """Token ids; an over-long text loses its beginning, never its end (where a prompt puts the answer and the
+    classifier reads the last token)."""
+    return [ids[-max_length:] for ids in (tokenizer(t).input_ids for t in texts)]
 
 
 @torch.no_grad()
@@ -158,6 +167,7 @@ def run_finetune(model_spec: str, train_examples, dev_examples, dev_data: str, o
 
 def run_evaluate(model_dir: str, examples, data: str, out: str | Path, *, batch_size: int = 64,
                  overwrite: bool = False) -> dict:
+    _check_labels(examples, data)
     dev = device()
     model, tokenizer, meta = load_finetuned(model_dir, "sst2")
     model.to(dev)
@@ -171,4 +181,4 @@ def run_evaluate(model_dir: str, examples, data: str, out: str | Path, *, batch_
     return metrics
 
 
-__all__ = ["classify", "load_split", "run_evaluate", "run_finetune", "run_zeroshot", "softmax_np"]
+__all__ = ["classify", "load_split", "run_evaluate", "run_finetune", "run_zeroshot"]

@@ -109,7 +109,8 @@ def label_logprobs(model, tokenizer, texts: list[str], label_ids: list[list[int]
     """Log-probabilities (over the whole vocabulary, log-sum-exp within a class) of each class's verbalizers at
     the next-token position after each text: one forward pass per text, batched and sorted by length."""
     device = next(model.parameters()).device
-    enc = [tokenizer(t, add_special_tokens=True, truncation=True, max_length=max_length).input_ids for t in texts]
+    # an over-long prompt loses its beginning, never the end where the label word is scored
+    enc = [tokenizer(t, add_special_tokens=True).input_ids[-max_length:] for t in texts]
     order = sorted(range(len(enc)), key=lambda i: len(enc[i]), reverse=True)
     out = np.zeros((len(texts), len(label_ids)), dtype=np.float64)
     pad = tokenizer.pad_token_id
@@ -182,9 +183,3 @@ def format_input(prompt: Prompt | None, tokenizer, sentence: str) -> str:
     """Fine-tuning input: the sentence inside the zero-shot prompt (the head reads the last token, where the
     zero-shot model reads its answer), or the bare sentence when prompt is None (run_glue.py style)."""
     return sentence if prompt is None else prompt.render(tokenizer, sentence)
-
-
-def softmax_np(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
-

@@ -202,3 +202,16 @@ def test_over_long_inputs_keep_their_end(tiny_model_dir):
     text = "a good film " * 40 + "Sentiment:"
     ids = sst2.encode(tok, [text], 16)[0]
     assert len(ids) == 16 and ids == tok(text).input_ids[-16:]
+
+
+def test_prompt_load_from_a_file(tmp_path):
+    f = tmp_path / "p.yaml"
+    f.write_text("text: 'Movie: {sentence}\\nVerdict:'\nverbalizers: {negative: [' bad'], positive: [' good']}\n")
+    p = Prompt.load(str(f))
+    assert p.text.startswith("Movie:") and p.verbalizers["positive"] == [" good"]
+    assert Prompt.load(None).chat and Prompt.load("plain").text.startswith("Review:")
+    f.write_text("- a list\n")
+    with pytest.raises(UsageError, match="mapping"):
+        Prompt.load(str(f))
+    with pytest.raises(UsageError, match="not a template name"):
+        Prompt.load(str(tmp_path / "missing.yaml"))

@@ -159,20 +159,9 @@ def _limit(examples, n):
 
 
 def _sst2_prompt(name: str | None):
-    import yaml
-
     from tunelab.tasks.classification import Prompt
 
-    if name is None or name in ("chat", "plain", "harness"):
-        return Prompt.from_config(name or "chat")
-    try:
-        with open(name, encoding="utf-8") as f:
-            spec = yaml.safe_load(f)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise UsageError(f"{name}: not a template name or a readable prompt file: {exc}") from exc
-    if not isinstance(spec, dict):
-        raise UsageError(f"{name}: a prompt file holds a mapping (text, chat, verbalizers)")
-    return Prompt.from_config(spec)
+    return Prompt.load(name)
 
 
 def cmd_zeroshot(args) -> int:

@@ -365,15 +365,10 @@ def resolve_config(*, config: str | None = None, preset: str | None = None, sets
 
 
 def _sst2_prompt(spec, where: str = "config"):
-    from tunelab.tasks.classification import TEMPLATES, Prompt
+    from tunelab.tasks.classification import Prompt
 
     try:
-        if isinstance(spec, dict):
-            return Prompt.from_config(spec)
-        if spec in TEMPLATES:
-            return Prompt.from_config(spec)
-        loaded = read_yaml(spec)
-        return Prompt.from_config(loaded)
+        return Prompt.load(spec)
     except UsageError as exc:
         raise UsageError(f"{where}: prompt {spec if isinstance(spec, str) else '(mapping)'}: {exc}") from exc
 

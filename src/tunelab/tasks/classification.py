@@ -65,6 +65,23 @@ class Prompt:
         return cls(spec["text"], bool(spec.get("chat", False)), {k: list(verbal[k]) for k in LABELS},
                    spec.get("system"), spec.get("answer_prefix", ""))
 
+    @classmethod
+    def load(cls, spec: str | dict | None) -> Prompt:
+        """A template name, a mapping, or a YAML/JSON file defining one (None: the default, `chat`)."""
+        if spec is None or isinstance(spec, dict) or spec in TEMPLATES:
+            return cls.from_config(spec or "chat")
+        import yaml
+
+        try:
+            with open(spec, encoding="utf-8") as f:
+                loaded = yaml.safe_load(f)
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            raise UsageError(f"{spec}: not a template name ({', '.join(TEMPLATES)}) or a readable prompt file: "
+                             f"{exc}") from exc
+        if not isinstance(loaded, dict):
+            raise UsageError(f"{spec}: a prompt file holds a mapping (text, chat, verbalizers, ...)")
+        return cls.from_config(loaded)
+
     def render(self, tokenizer, sentence: str) -> str:
         user = self.text.replace("{sentence}", sentence)
         if not self.chat:

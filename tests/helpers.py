@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from tunelab.data.squad import SquadExample
 from tunelab.data.sst2 import SST2Example
 from tunelab.tasks.classification import Prompt
 from tunelab.training import TrainConfig
@@ -31,3 +32,13 @@ def tiny_train_config(**kw) -> TrainConfig:
                 "seed": 0, "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0}
     base.update(kw)
     return TrainConfig(**base)
+
+
+def qa_examples(n):
+    out = []
+    for i in range(n):
+        who = ["Denver Broncos", "Santa Clara", "the film"][i % 3]
+        ctx = f"The game was won by the {who} in the end . It was a great film and a good review ."
+        out.append(SquadExample(id=f"q{i}", title="t", context=ctx, question="Who won ?",
+                                answers=[{"text": who, "answer_start": ctx.index(who)}]))
+    return out

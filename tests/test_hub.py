@@ -10,10 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import PLAIN, sst2_examples, tiny_train_config
+from helpers import PLAIN, qa_examples, sst2_examples, tiny_train_config
 
 from tunelab import hub
-from tunelab.data.squad import SquadExample
 from tunelab.errors import UsageError
 from tunelab.recipes import sst2
 from tunelab.tasks.classification import format_input
@@ -208,16 +207,6 @@ def test_base_model_override_sets_llama_licence(finetuned, tmp_path):
 
 # ---------------------------------------------------------------------------------------------------------------
 # SQuAD export (needs tunelab.recipes.squad.run_finetune)
-
-
-def qa_examples(n):
-    out = []
-    for i in range(n):
-        who = ["Denver Broncos", "Santa Clara", "the film"][i % 3]
-        ctx = f"The game was won by the {who} in the end . It was a great film and a good review ."
-        out.append(SquadExample(id=f"q{i}", title="t", context=ctx, question="Who won ?",
-                                answers=[{"text": who, "answer_start": ctx.index(who)}]))
-    return out
 
 
 def _squad_finetune(tiny_model_dir, out, method):

@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import pytest
-from helpers import PLAIN, sst2_examples, tiny_train_config
+from helpers import PLAIN, qa_examples, sst2_examples, tiny_train_config
 
 from tunelab import predict
 from tunelab.data.squad import SquadExample
@@ -28,16 +28,6 @@ def sst2_dir(tiny_model_dir, tmp_path_factory):
         sst2.run_finetune(tiny_model_dir, sst2_examples(24), sst2_examples(6, seed=1), "fixture", out, tiny_train_config(epochs=2),
                           input_prompt=PLAIN)
     return str(out)
-
-
-def qa_examples(n):
-    out = []
-    for i in range(n):
-        who = ["Denver Broncos", "Santa Clara", "the film"][i % 3]
-        ctx = f"The game was won by the {who} in the end . It was a great film and a good review ."
-        out.append(SquadExample(id=f"q{i}", title="t", context=ctx, question="Who won ?",
-                                answers=[{"text": who, "answer_start": ctx.index(who)}]))
-    return out
 
 
 @pytest.fixture(scope="module")

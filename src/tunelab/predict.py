@@ -57,21 +57,11 @@ def sst2_inputs(texts: list[str], file: str | None) -> list[dict]:
 
 def read_qa_jsonl(path: str) -> list[dict]:
     """JSONL of {"context", "question"[, "id"]}; DataError names the line."""
-    from tunelab.data.sst2 import read_utf8
+    from tunelab.data.sst2 import iter_jsonl_objects, read_utf8
 
     text = sys.stdin.read() if path == "-" else read_utf8(path)
     rows = []
-    for n, line in enumerate(text.split("\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(path, f"not valid JSON: {exc.msg}", line=n) from None
-        except (ValueError, RecursionError) as exc:  # e.g. an integer too long to convert, absurd nesting
-            raise DataError(path, f"not valid JSON: {exc}", line=n) from None
-        if not isinstance(obj, dict):
-            raise DataError(path, f"expected an object with context and question, got {type(obj).__name__}", line=n)
+    for n, obj in iter_jsonl_objects(path, text):
         for key in ("context", "question"):
             if not isinstance(obj.get(key), str) or not obj[key].strip():
                 what = "missing" if key not in obj else "empty or not a string"

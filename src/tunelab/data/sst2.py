@@ -114,8 +114,8 @@ def _read_delimited(path: Path, text: str, suffix: str) -> list[SST2Example]:
     return examples
 
 
-def _read_jsonl(path: Path, text: str) -> list[SST2Example]:
-    examples = []
+def iter_jsonl_objects(path, text: str):
+    """(line number, object) for each non-blank line of a JSONL text; DataError names the line otherwise."""
     # split on "\n" only: str.splitlines would also split on U+2028 etc., which JSON strings may hold.
     for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
@@ -128,6 +128,12 @@ def _read_jsonl(path: Path, text: str) -> list[SST2Example]:
             raise DataError(path, f"not valid JSON: {e}", line=number) from None
         if not isinstance(record, dict):
             raise DataError(path, f"expected a JSON object, got {type(record).__name__}", line=number)
+        yield number, record
+
+
+def _read_jsonl(path: Path, text: str) -> list[SST2Example]:
+    examples = []
+    for number, record in iter_jsonl_objects(path, text):
         key = "sentence" if "sentence" in record else "text"
         if key not in record:
             raise DataError(path, "object has no 'sentence' (or 'text') field", line=number)

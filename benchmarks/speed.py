@@ -345,6 +345,7 @@ def run_baseline(model, feats, *, task, warmup, steps, seed, pad_id, work) -> di
 def run_tunelab(model, feats, *, task, batch_size, warmup, steps, seed, pad_id, work) -> dict:
     """tunelab.training.train on the same examples; times steps warmup+1 .. warmup+steps (the end of step
     `warmup` is marked by the evaluate hook, the end of the last step after train() returns)."""
+    from tunelab.tasks.qa import span_loss
     from tunelab.training import TrainConfig, length_grouped_order, train
 
     b = BASELINE[task]
@@ -360,7 +361,8 @@ def run_tunelab(model, feats, *, task, batch_size, warmup, steps, seed, pad_id, 
             marks["warm"] = time.perf_counter()
         return {}
 
-    train(model, feats, cfg, pad_id=pad_id, work_dir=work, evaluate=evaluate, progress=False)
+    train(model, feats, cfg, pad_id=pad_id, work_dir=work, evaluate=evaluate, progress=False,
+          loss_fn=span_loss if task == "squad" else None)  # the loss `tunelab finetune` trains with
     sync()
     end = time.perf_counter()
     if "warm" not in marks:

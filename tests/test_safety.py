@@ -72,7 +72,7 @@ def test_remote_code_is_never_run_by_default(tiny_model_dir, tmp_path):
     (folder / "configuration_evil.py").write_text(payload)
     (folder / "modeling_evil.py").write_text(payload)
     for load in (lambda: load_causal_lm(str(folder)), lambda: load_task_model(str(folder), "sst2")):
-        with pytest.raises(ModelError, match="custom code|trust_remote_code"):
+        with pytest.raises(ModelError, match="ships its own Python code.*--trust-remote-code"):
             load()
     try:
         load_tokenizer(str(folder))
@@ -81,15 +81,25 @@ def test_remote_code_is_never_run_by_default(tiny_model_dir, tmp_path):
     assert not marker.exists(), "code shipped with a model ran"
 
 
-def test_trust_remote_code_defaults_to_false_everywhere():
-    calls_true = []
-    defaults = []
+def test_trust_remote_code_is_off_unless_the_command_line_asks(tiny_model_dir, tmp_path):
+    """Every loader takes trust_remote_code from the one switch, which starts off and which every `tunelab`
+    call sets from its own arguments (an earlier call's --trust-remote-code does not carry over)."""
+    from tunelab.models.loading import remote_code_trusted, trust_remote_code
+
+    uses = []
     for path in SRC.rglob("*.py"):
         text = path.read_text()
-        calls_true += [f"{path.name}: {m.group(0)}" for m in re.finditer(r"trust_remote_code\s*=\s*True", text)]
-        defaults += re.findall(r"trust_remote_code\s*:\s*bool\s*=\s*(\w+)", text)
-    assert not calls_true, calls_true
-    assert defaults and set(defaults) == {"False"}
+        assert not re.search(r"trust_remote_code\s*=\s*True", text), path
+        uses += re.findall(r"trust_remote_code\s*=\s*([\w.]+\(?\)?)", text)
+    assert len(uses) >= 3 and set(uses) == {"remote_code_trusted()"}, uses
+    assert not remote_code_trusted()
+    folder, marker = _model_with_code(tiny_model_dir, tmp_path)
+    trust_remote_code(True)
+    try:
+        assert main(["params", str(folder)]) == 2  # this call did not pass the flag
+    finally:
+        trust_remote_code(False)
+    assert not remote_code_trusted() and not marker.exists()
 
 
 def test_no_pickle_loading_in_the_code():
@@ -158,3 +168,79 @@ def _write_sst2(folder: Path) -> Path:
     (d / "train.tsv").write_text(rows)
     (d / "dev.tsv").write_text(rows)
     return folder
+
+
+def _model_with_code(tiny_model_dir, tmp_path) -> tuple[Path, Path]:
+    """A working model folder whose classes come from code it ships (a config's auto_map); importing that code
+    appends to a marker file."""
+    folder = tmp_path / "model-with-code"
+    shutil.copytree(tiny_model_dir, folder)
+    marker = tmp_path / "CODE_RAN"
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg.update(model_type="friendly_llama", architectures=["FriendlyForCausalLM"],
+               auto_map={"AutoConfig": "configuration_friendly.FriendlyConfig",
+                         "AutoModel": "modeling_friendly.FriendlyModel",
+                         "AutoModelForCausalLM": "modeling_friendly.FriendlyForCausalLM",
+                         "AutoModelForSequenceClassification": "modeling_friendly.FriendlyForSequenceClassification"})
+    (folder / "config.json").write_text(json.dumps(cfg))
+    (folder / "configuration_friendly.py").write_text(
+        "from transformers import LlamaConfig\n"
+        f"open({str(marker)!r}, 'a').write('config\\n')\n\n\n"
+        "class FriendlyConfig(LlamaConfig):\n    model_type = 'friendly_llama'\n")
+    (folder / "modeling_friendly.py").write_text(
+        "import torch\n"
+        "from transformers import LlamaForCausalLM, LlamaForSequenceClassification, LlamaModel\n"
+        "from transformers.models.llama.modeling_llama import LlamaPreTrainedModel\n\n"
+        "from .configuration_friendly import FriendlyConfig\n\n"
+        f"open({str(marker)!r}, 'a').write('model\\n')\n\n\n"
+        "class FriendlyModel(LlamaModel):\n    config_class = FriendlyConfig\n\n\n"
+        "class FriendlyForCausalLM(LlamaForCausalLM):\n    config_class = FriendlyConfig\n\n\n"
+        "class FriendlyForSequenceClassification(LlamaForSequenceClassification):\n"
+        "    config_class = FriendlyConfig\n\n"
+        # its own body, as shipped code does (transformers' generic head builds it with AutoModel, which
+        # does not pass trust_remote_code on)
+        "    def __init__(self, config):\n"
+        "        LlamaPreTrainedModel.__init__(self, config)\n"
+        "        self.num_labels = config.num_labels\n"
+        "        self.model = FriendlyModel(config)\n"
+        "        self.score = torch.nn.Linear(config.hidden_size, config.num_labels, bias=False)\n"
+        "        self.post_init()\n")
+    return folder, marker
+
+
+@pytest.mark.slow
+def test_trust_remote_code_flag_runs_the_shipped_code(tiny_model_dir, tmp_path):
+    import subprocess
+    import sys
+
+    folder, marker = _model_with_code(tiny_model_dir, tmp_path)
+    data = _write_sst2(tmp_path / "data")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"),
+               TUNELAB_DATA_DIR=str(data), CUDA_VISIBLE_DEVICES="")
+
+    def tunelab(*args):
+        return subprocess.run([sys.executable, "-m", "tunelab", *args], env=env, capture_output=True, text=True,
+                              timeout=300, check=False)
+
+    refused = tunelab("params", str(folder), "--task", "sst2")
+    assert refused.returncode == 2 and "--trust-remote-code" in refused.stderr, refused.stderr
+    assert "Traceback" not in refused.stderr and not marker.exists()
+
+    counted = tunelab("params", str(folder), "--task", "sst2", "--trust-remote-code")
+    assert counted.returncode == 0, counted.stderr
+    assert "config" in marker.read_text()
+
+    out = tmp_path / "ft"
+    done = tunelab("finetune", str(folder), "--task", "sst2", "--out", str(out), "--max-steps", "2",
+                   "--batch-size", "4", "--input-prompt", "none", "--trust-remote-code")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "model" in marker.read_text()  # the shipped model class was used
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["FriendlyForSequenceClassification"]
+
+    # the fine-tuned folder keeps the shipped code, so using it again needs the flag again
+    refused = tunelab("evaluate", str(out), "--task", "sst2", "--out", str(tmp_path / "ev"))
+    assert refused.returncode == 2 and "--trust-remote-code" in refused.stderr, refused.stderr
+    assert not (tmp_path / "ev").exists()
+    again = tunelab("evaluate", str(out), "--task", "sst2", "--out", str(tmp_path / "ev"), "--trust-remote-code")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["n"] == 12

@@ -234,3 +234,21 @@ def test_clean_answer():
     assert squad.question_type("In which year, and how?") == "which"
     assert squad.question_type("Name the team.") == "other"
     assert squad.question_type("What's the name?") == "what"
+
+
+def test_span_loss_leaves_padding_out(tiny_model_dir):
+    """Without padding the span loss is transformers' own; padding a batch further changes transformers' loss
+    (pad positions enter its softmax) but not tunelab's, so a batch's split across processes cannot move it."""
+    from tunelab.tasks.qa import span_loss
+
+    torch.manual_seed(0)
+    model = load_task_model(tiny_model_dir, "squad").eval()
+    ids = torch.randint(5, 300, (3, 10))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+             "start_positions": torch.tensor([2, 9, 4]), "end_positions": torch.tensor([3, 9, 7])}
+    with torch.no_grad():
+        assert span_loss(model, batch).item() == pytest.approx(model(**batch).loss.item(), rel=1e-6)
+        padded = dict(batch, input_ids=torch.cat([ids, torch.zeros(3, 6, dtype=ids.dtype)], 1),
+                      attention_mask=torch.cat([batch["attention_mask"], torch.zeros(3, 6, dtype=ids.dtype)], 1))
+        assert span_loss(model, padded).item() == pytest.approx(span_loss(model, batch).item(), rel=1e-5)
+        assert model(**padded).loss.item() != pytest.approx(model(**batch).loss.item(), rel=1e-5)

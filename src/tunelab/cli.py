@@ -11,6 +11,7 @@ from tunelab import __version__
 from tunelab.errors import UsageError
 
 TASKS = ("sst2", "squad")
+LOADS_MODELS = ("params", "zeroshot", "finetune", "evaluate", "study", "predict", "export")  # take --trust-remote-code
 
 
 def _add_data_opts(p):
@@ -99,6 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     for module in (study, predict, hub):
         module.add_parsers(sub)
+    for name in LOADS_MODELS:
+        sub.choices[name].add_argument(
+            "--trust-remote-code", action="store_true",
+            help="run Python code a model ships with it (transformers' trust_remote_code; off by default: "
+                 "pass it only for a source you trust)")
     return parser
 
 
@@ -266,6 +272,9 @@ def _commands() -> dict:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
+    from tunelab.models.loading import trust_remote_code
+
+    trust_remote_code(getattr(args, "trust_remote_code", False))  # set on every call: off unless asked
     try:
         return _commands()[args.command](args)
     except UsageError as exc:

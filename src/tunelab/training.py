@@ -384,14 +384,16 @@ def train(
     pad_id: int,
     work_dir: Path,
     evaluate: Callable[[object], dict] | None = None,
+    loss_fn: Callable[[object, dict], torch.Tensor] | None = None,
     resume: bool = False,
     accelerator=None,
     progress: bool = True,
 ) -> TrainResult:
     """Fine-tune `model` (already wrapped for LoRA / frozen for head-only) on tokenised features.
 
-    Each feature is a dict of lists/ints: input_ids, attention_mask, and the task's label keys. The model's
-    loss must be a mean over the batch's examples (as Hugging Face task heads compute it). Under several
+    Each feature is a dict of lists/ints: input_ids, attention_mask, and the task's label keys. The loss,
+    `loss_fn(model, batch)` or else the model's own, must be a mean over the batch's examples (as Hugging Face
+    task heads compute it). Under several
     processes every process must call this with the same features and config; `evaluate` runs on every process
     (with the DDP-unwrapped model; with FSDP, the sharded one, which every process must call alike).
     """
@@ -501,7 +503,7 @@ def train(
             batch = pad_batch([feats[i] for i in batch_idx], pad_id)
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             with accelerator.accumulate(model):
-                loss = model(**batch).loss
+                loss = loss_fn(model, batch) if loss_fn else model(**batch).loss
                 if weight != 1.0:
                     loss = loss * weight
                 accelerator.backward(loss)
@@ -557,13 +559,22 @@ def train(
                        accelerator, prepared)
 
 
-def full_state_dict(result: TrainResult) -> dict | None:
-    """The trained model's complete state dict on the main process (None on the others), for saving after
-    `accelerate launch`. Every process must call it: under FSDP it gathers the shards (for the others it is the
-    unwrapped model's own state dict)."""
+def whole_model(result: TrainResult, rebuild: Callable[[], torch.nn.Module]):
+    """The trained model, whole and unwrapped, on the main process (None on the others), ready to save and
+    evaluate. Every process must call it. Under FSDP the module is sharded across the processes and can neither
+    run nor save alone: the processes gather its full state dict (onto the main process's CPU), which is loaded,
+    strictly, into a fresh copy of the model that `rebuild()` makes (the same construction as before training)."""
+    from accelerate.utils import DistributedType
+
     acc = result.accelerator
-    state = acc.get_state_dict(result.prepared_model)
-    return state if acc.is_main_process else None
+    if acc.distributed_type != DistributedType.FSDP:
+        return acc.unwrap_model(result.prepared_model) if acc.is_main_process else None
+    state = acc.get_state_dict(result.prepared_model)  # a collective: every process takes part
+    if not acc.is_main_process:
+        return None
+    model = rebuild()
+    model.load_state_dict(state, strict=True)
+    return model.to(acc.device).eval()
 
 
 def save_config(cfg: TrainConfig, path: Path) -> None:

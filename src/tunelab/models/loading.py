@@ -13,17 +13,46 @@ from tunelab.models.registry import resolve
 
 TASK_HEADS = {"sst2": "score", "squad": "qa_outputs"}
 
+# Whether Python code shipped with a model (a config's `auto_map`) may run: transformers' trust_remote_code.
+# One switch for the whole process, set from `--trust-remote-code` by the command line, so that every loader
+# (config, tokenizer, model, in every recipe) obeys it alike. Off unless the user asks.
+_REMOTE_CODE = {"trusted": False}
+REMOTE_CODE_HINT = ("it ships its own Python code, which tunelab does not run unless you pass --trust-remote-code "
+                    "(do so only for a source you trust)")
 
-def load_tokenizer(spec: str, *, padding_side: str = "right", trust_remote_code: bool = False):
+
+def trust_remote_code(enabled: bool) -> None:
+    _REMOTE_CODE["trusted"] = bool(enabled)
+
+
+def remote_code_trusted() -> bool:
+    return _REMOTE_CODE["trusted"]
+
+
+def load_error(spec: str, what: str, exc: Exception) -> ModelError:
+    """A loading failure as a ModelError; a refusal to run shipped code says how to allow it."""
+    text = str(exc)
+    if "trust_remote_code" in text and not remote_code_trusted():
+        return ModelError(f"{spec}: cannot load {what}: {REMOTE_CODE_HINT}")
+    return ModelError(f"{spec}: cannot load {what}: {short(text)}")
+
+
+def short(message: str, limit: int = 600) -> str:
+    """A library's message cut to a readable length (some list every model type transformers knows)."""
+    message = message.strip()
+    return message if len(message) <= limit else message[:limit].rstrip() + " [...]"
+
+
+def load_tokenizer(spec: str, *, padding_side: str = "right"):
     """A tokenizer with a pad token. Llama-family tokenizers ship none: use EOS (the model's config gets the
     same id in `align_pad_token`). Right padding for training and scoring, left for batched generation."""
     from transformers import AutoTokenizer
 
     path = resolve(spec)
     try:
-        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=remote_code_trusted())
     except Exception as exc:
-        raise ModelError(f"{spec}: cannot load its tokenizer: {exc}") from exc
+        raise load_error(spec, "its tokenizer", exc) from exc
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = padding_side
@@ -39,17 +68,16 @@ def align_pad_token(model, tokenizer) -> None:
 def _from_pretrained(cls, spec: str, **kwargs):
     path = resolve(spec)
     try:
-        return cls.from_pretrained(path, output_loading_info=True, **kwargs)
+        return cls.from_pretrained(path, output_loading_info=True, trust_remote_code=remote_code_trusted(),
+                                   use_safetensors=True, **kwargs)
     except Exception as exc:
-        raise ModelError(f"{spec}: cannot load model: {exc}") from exc
+        raise load_error(spec, "model", exc) from exc
 
 
-def load_causal_lm(spec: str, *, dtype=torch.float32, trust_remote_code: bool = False):
+def load_causal_lm(spec: str, *, dtype=torch.float32):
     from transformers import AutoModelForCausalLM
 
-    model, info = _from_pretrained(
-        AutoModelForCausalLM, spec, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True
-    )
+    model, info = _from_pretrained(AutoModelForCausalLM, spec, dtype=dtype)
     missing = [k for k in info["missing_keys"] if k != "lm_head.weight"]
     if missing:
         raise ModelError(f"{spec}: checkpoint lacks weights for {len(missing)} tensors, e.g. {missing[:3]}")
@@ -76,7 +104,6 @@ def load_task_model(
     num_labels: int = 2,
     dtype=torch.float32,
     head_init=None,
-    trust_remote_code: bool = False,
 ):
     """A classification (`sst2`) or span-QA (`squad`) model whose body holds the checkpoint's weights.
 
@@ -89,7 +116,7 @@ def load_task_model(
     if task not in TASK_HEADS:
         raise ModelError(f"unknown task {task!r}: expected one of {', '.join(TASK_HEADS)}")
     path = resolve(spec)
-    kwargs = {"dtype": dtype, "trust_remote_code": trust_remote_code, "use_safetensors": True}
+    kwargs = {"dtype": dtype}
     if task == "sst2":
         cls = AutoModelForSequenceClassification
         if saved_task(path) is None:

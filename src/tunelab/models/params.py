@@ -9,8 +9,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from tunelab.errors import UsageError
-from tunelab.models.loading import TASK_HEADS
+from tunelab.errors import ModelError, UsageError
+from tunelab.models.loading import TASK_HEADS, remote_code_trusted, short
 
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -77,15 +77,17 @@ def build_meta(config, task: str | None, num_labels: int = 2):
     config = config.__class__.from_dict(config.to_dict())  # never mutate the caller's config
     if config.pad_token_id is None:
         config.pad_token_id = config.eos_token_id if isinstance(config.eos_token_id, int) else 0
-    with torch.device("meta"):
-        if task is None:
-            return AutoModelForCausalLM.from_config(config)
-        if task == "sst2":
-            config.num_labels = num_labels
-            return AutoModelForSequenceClassification.from_config(config)
-        if task == "squad":
-            return AutoModelForQuestionAnswering.from_config(config)
-    raise UsageError(f"unknown task {task!r}: expected one of {', '.join(TASK_HEADS)}")
+    if task not in (None, *TASK_HEADS):
+        raise UsageError(f"unknown task {task!r}: expected one of {', '.join(TASK_HEADS)}")
+    if task == "sst2":
+        config.num_labels = num_labels
+    cls = {None: AutoModelForCausalLM, "sst2": AutoModelForSequenceClassification,
+           "squad": AutoModelForQuestionAnswering}[task]
+    try:
+        with torch.device("meta"):
+            return cls.from_config(config, trust_remote_code=remote_code_trusted())
+    except ValueError as exc:  # e.g. no class for this task in a model's shipped code
+        raise ModelError(f"cannot build the {task or 'causal LM'} model of this config: {short(str(exc))}") from exc
 
 
 def apply_method(model, task: str | None, method: str, lora: LoraOptions | None = None):

@@ -172,9 +172,11 @@ def load_config(spec: str):
         cfg.pop("architectures", None)
         cfg.pop("model_type", None)
         return LlamaConfig(**cfg)
+    from tunelab.models.loading import load_error, remote_code_trusted
+
     try:
-        return AutoConfig.from_pretrained(resolve(spec))
+        return AutoConfig.from_pretrained(resolve(spec), trust_remote_code=remote_code_trusted())
     except ModelError:
         raise
     except Exception as exc:
-        raise ModelError(f"{spec}: cannot read its config: {exc}") from exc
+        raise load_error(spec, "its config", exc) from exc

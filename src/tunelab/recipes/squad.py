@@ -29,7 +29,7 @@ from tunelab.outputs import atomic_output, write_json, write_jsonl
 from tunelab.plots import loss_curve
 from tunelab.recipes.common import device, eval_dtype, load_finetuned, prepare_model, save_finetuned
 from tunelab.squad_metrics import per_example_scores, squad_v1, squad_v2
-from tunelab.tasks.qa import postprocess, prepare_eval_features, prepare_train_features
+from tunelab.tasks.qa import postprocess, prepare_eval_features, prepare_train_features, span_loss
 from tunelab.tasks.qa_prompts import (
     DEFAULT_TEMPLATE,
     NO_ANSWER_WORD,
@@ -38,7 +38,7 @@ from tunelab.tasks.qa_prompts import (
     load_prompt,
     says_unanswerable,
 )
-from tunelab.training import TrainConfig, pad_batch, save_config, set_seed, train
+from tunelab.training import TrainConfig, pad_batch, save_config, set_seed, train, whole_model
 
 WH_WORDS = ("what", "which", "who", "whom", "whose", "when", "where", "why", "how")
 
@@ -247,8 +247,9 @@ def run_finetune(model_spec: str, train_examples, dev_examples, dev_data: str, o
             return {"exact_match": m["exact_match"], "f1": m["f1"]}
 
         result = train(trained, feats, cfg, pad_id=tokenizer.pad_token_id, work_dir=work,
-                       evaluate=evaluate if cfg.eval_every else None, resume=resume)
-        if not result.accelerator.is_main_process:
+                       evaluate=evaluate if cfg.eval_every else None, loss_fn=span_loss, resume=resume)
+        trained = whole_model(result, rebuild=lambda: prepare_model(model_spec, "squad", cfg, tokenizer)[0])
+        if trained is None:
             return None  # under `accelerate launch`, the main process saves and evaluates
         meta = {"task": "squad", "version": str(version).lstrip("v"), "base_model": model_spec,
                 "base_model_path": resolve(model_spec), "max_length": cfg.max_length, "stride": stride,

@@ -27,7 +27,7 @@ from tunelab.tasks.classification import (
     head_init_from_verbalizers,
     zero_shot,
 )
-from tunelab.training import TrainConfig, pad_batch, save_config, set_seed, train
+from tunelab.training import TrainConfig, pad_batch, save_config, set_seed, train, whole_model
 
 
 def load_split(data_file: str | None, data_dir: str | None, split: str) -> tuple[list[SST2Example], str]:
@@ -145,7 +145,8 @@ def run_finetune(model_spec: str, train_examples, dev_examples, dev_data: str, o
 
         result = train(trained, feats, cfg, pad_id=tokenizer.pad_token_id, work_dir=work,
                        evaluate=evaluate if cfg.eval_every else None, resume=resume)
-        if not result.accelerator.is_main_process:
+        trained = whole_model(result, rebuild=lambda: prepare_model(model_spec, "sst2", cfg, tokenizer, head_init)[0])
+        if trained is None:
             return None  # under `accelerate launch`, the main process saves and evaluates
         meta = {"task": "sst2", "base_model": model_spec, "base_model_path": resolve(model_spec),
                 "input_prompt": asdict(input_prompt) if input_prompt else None, "max_length": cfg.max_length}

@@ -40,6 +40,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import torch
 
 __all__ = ["NULL_ANSWER", "postprocess", "prepare_eval_features", "prepare_train_features"]
 
@@ -203,6 +204,20 @@ def _column(features, key: str) -> Sequence:
     if isinstance(features, (list, tuple)):  # a list of per-window dicts
         return [f[key] for f in features]
     return features[key]  # dict of lists (our output) or a datasets.Dataset
+
+
+def span_loss(model, batch: dict) -> torch.Tensor:
+    """The span head's training loss with padding left out: cross-entropy of the gold start and end over the
+    window's real tokens, averaged. (transformers' QA loss takes the softmax over every position of the padded
+    batch: with dynamic padding an example's loss would then depend on its batch-mates' lengths, and on how a
+    global batch is split across processes.)"""
+    inputs = {k: v for k, v in batch.items() if k not in ("start_positions", "end_positions")}
+    out = model(**inputs)
+    pad = batch["attention_mask"] == 0
+    start = out.start_logits.float().masked_fill(pad, float("-inf"))
+    end = out.end_logits.float().masked_fill(pad, float("-inf"))
+    return (torch.nn.functional.cross_entropy(start, batch["start_positions"])
+            + torch.nn.functional.cross_entropy(end, batch["end_positions"])) / 2
 
 
 def postprocess(

@@ -374,6 +374,7 @@ class TrainResult:
     resumed_from: int = 0  # the optimizer step training continued from (0 = from the start)
     accelerator: object = None  # the Accelerator used (is_main_process, get_state_dict for FSDP)
     prepared_model: object = None  # the model as `accelerator.prepare` returned it (DDP/FSDP wrapper)
+    chunks: int = 1  # pieces each micro-batch ran in at the end (> 1 after out-of-memory)
 
 
 def train(
@@ -485,8 +486,64 @@ def train(
     t0 = time.perf_counter()
     bar = tqdm(total=total_steps, initial=start_micro // cfg.grad_accum, desc=f"fine-tune ({cfg.method})",
                unit="step", disable=not (progress and accelerator.is_local_main_process))
+    chunks = 1  # each micro-batch runs in this many pieces; doubled on out-of-memory (one process only)
+
+    def forward_backward(batch_idx: list[int], weight: float) -> torch.Tensor:
+        """One micro-batch's forward and backward, in `chunks` pieces whose losses are weighted by their share
+        of examples (the losses are means over examples), so the gradient is the micro-batch's."""
+        size = math.ceil(len(batch_idx) / chunks)
+        total = torch.zeros((), device=device)
+        for s in range(0, len(batch_idx), size):
+            part = batch_idx[s : s + size]
+            batch = pad_batch([feats[i] for i in part], pad_id)
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            loss = loss_fn(model, batch) if loss_fn else model(**batch).loss
+            share = weight * len(part) / len(batch_idx)
+            if share != 1.0:
+                loss = loss * share
+            accelerator.backward(loss)
+            total += loss.detach()
+        return total
+
+    def optimizer_step(pending: list[tuple[list[int], float]], first_micro: int) -> torch.Tensor:
+        """The micro-batches of one optimizer step. On out-of-memory in a forward or backward pass the step's
+        partial gradients are dropped and the step is redone with each micro-batch in twice as many pieces:
+        the same examples, the same global batch, the same update (an automatic batch-size halving that does
+        not change the recipe). Under several processes it stops with a clear error instead: one process
+        cannot change its pieces alone without the others' collectives going out of step."""
+        nonlocal chunks
+        while True:
+            accelerator.step = first_micro  # accumulate() decides where gradients sync from this count
+            total = torch.zeros((), device=device)
+            try:
+                for batch_idx, weight in pending:
+                    with accelerator.accumulate(model):
+                        total += forward_backward(batch_idx, weight)
+                        if accelerator.sync_gradients and cfg.max_grad_norm:
+                            accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                        optimizer.step()  # accelerate steps only where gradients sync: after the last one
+                        if accelerator.sync_gradients:
+                            scheduler.step()
+                        optimizer.zero_grad(set_to_none=True)
+                return total
+            except torch.cuda.OutOfMemoryError:
+                largest = max(len(b) for b, _ in pending)
+                if world > 1:
+                    raise UsageError(f"out of GPU memory with micro-batches of {largest} examples per process: "
+                                     "lower --batch-size and raise --grad-accum to keep the global batch") from None
+                if math.ceil(largest / chunks) <= 1:
+                    raise UsageError("out of GPU memory with one example at a time: lower --max-length, or use "
+                                     "--method lora, or shard the model with FSDP") from None
+            chunks *= 2  # outside the handler, so the failed attempt's tensors are free
+            model.zero_grad(set_to_none=True)  # (the prepared optimizer's zero_grad skips non-sync micro-steps)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            accelerator.print(f"out of memory: micro-batches of {max(len(b) for b, _ in pending)} examples now run "
+                              f"in {chunks} pieces (same global batch, same update)")
+
     micro = 0
     epoch = 0
+    pending: list[tuple[list[int], float]] = []  # this optimizer step's micro-batches
     while micro < micro_total:
         order = (length_grouped_order(lengths, global_batch, cfg.seed + epoch) if cfg.group_by_length
                  else random_order(len(feats), global_batch, cfg.seed + epoch))
@@ -496,28 +553,16 @@ def train(
             batch_idx, weight = shard_batch(gb, world, rank)
             n_tokens = sum(sum(feats[i]["attention_mask"]) for i in batch_idx) if weight else 0
             tokens += n_tokens
-            if micro < start_micro:  # resuming: replay the data order without computing
-                micro += 1
+            micro += 1
+            if micro <= start_micro:  # resuming: replay the data order without computing
                 continue
             tokens_run += n_tokens
-            batch = pad_batch([feats[i] for i in batch_idx], pad_id)
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            with accelerator.accumulate(model):
-                loss = loss_fn(model, batch) if loss_fn else model(**batch).loss
-                if weight != 1.0:
-                    loss = loss * weight
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and cfg.max_grad_norm:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                optimizer.step()
-                if accelerator.sync_gradients:
-                    scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            running += loss.detach()
-            running_n += 1
-            micro += 1
+            pending.append((batch_idx, weight))
             if micro % cfg.grad_accum:
                 continue
+            running += optimizer_step(pending, micro - len(pending))
+            running_n += len(pending)
+            pending = []
             step = micro // cfg.grad_accum
             bar.update(1)
             if step % cfg.log_every == 0 or step == total_steps:
@@ -556,7 +601,7 @@ def train(
     model = accelerator.unwrap_model(model)
     model.eval()
     return TrainResult(total_steps, seconds, total_tokens, log, evals, start_micro // cfg.grad_accum,
-                       accelerator, prepared)
+                       accelerator, prepared, chunks)
 
 
 def whole_model(result: TrainResult, rebuild: Callable[[], torch.nn.Module]):

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from tunelab.data.folder import squad_path
 from tunelab.data.squad import SquadExample, read_squad
 from tunelab.errors import UsageError
+from tunelab.inference import run_batches
 from tunelab.metrics import bootstrap_ci
 from tunelab.models import load_causal_lm, load_tokenizer
 from tunelab.outputs import atomic_output, write_json, write_jsonl
@@ -130,9 +130,8 @@ def generate_answers(model, tokenizer, examples, prompt: QAPrompt, *, version_2:
     raw = [""] * len(examples)
     na = np.zeros(len(examples))
     pad = tokenizer.pad_token_id
-    for s in tqdm(range(0, len(order), batch_size), desc="zero-shot answering", unit="batch",
-                  disable=not progress):
-        idx = order[s : s + batch_size]
+
+    def run(idx):
         width = max(len(enc[i]) for i in idx)
         ids = torch.full((len(idx), width), pad, dtype=torch.long)
         mask = torch.zeros((len(idx), width), dtype=torch.long)
@@ -152,6 +151,8 @@ def generate_answers(model, tokenizer, examples, prompt: QAPrompt, *, version_2:
             logp[:, null_ids] = -torch.inf
             lp_answer = logp.max(dim=-1).values
             na[idx] = torch.sigmoid(lp_null - lp_answer).numpy()  # softmax over the two
+
+    run_batches(order, batch_size, run, desc="zero-shot answering", progress=progress)
     answers = [clean_answer(r, ex.context, prompt.stop_strings()) for r, ex in zip(raw, examples)]
     na_probs = None
     if version_2:
@@ -205,8 +206,8 @@ def predict_spans(model, tokenizer, examples, max_length: int, stride: int, batc
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     starts: list = [None] * len(ids)
     ends: list = [None] * len(ids)
-    for s in tqdm(range(0, len(order), batch_size), desc="evaluating", unit="batch", disable=not progress):
-        idx = order[s : s + batch_size]
+
+    def run(idx):
         batch = pad_batch([{"input_ids": ids[i], "attention_mask": feats["attention_mask"][i]} for i in idx],
                           tokenizer.pad_token_id)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
@@ -214,6 +215,8 @@ def predict_spans(model, tokenizer, examples, max_length: int, stride: int, batc
         start, end = out.start_logits.float().cpu().numpy(), out.end_logits.float().cpu().numpy()
         for row, i in enumerate(idx):
             starts[i], ends[i] = start[row, : len(ids[i])], end[row, : len(ids[i])]
+
+    run_batches(order, batch_size, run, desc="evaluating", progress=progress)
     return postprocess(examples, feats, starts, ends, version_2=version_2, null_threshold=0.0)
 
 
@@ -264,6 +267,7 @@ def run_finetune(model_spec: str, train_examples, dev_examples, dev_data: str, o
                  "train_examples": len(train_examples),
                  "train_features": min(len(feats), cfg.max_train_samples or len(feats)),
                  "train_tokens": result.tokens, "eval_seconds": eval_seconds, "saved": saved["format"],
+                 "micro_batch_pieces": result.chunks,
                  "max_length": cfg.max_length, "stride": stride,
                  "evals_during_training": result.evals, "device": str(device())}
         metrics = write_results(work / "eval", model=str(out), mode="finetuned", data=dev_data,

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from tunelab.data.folder import sst2_path
 from tunelab.data.sst2 import SST2Example, read_sst2
 from tunelab.errors import UsageError
+from tunelab.inference import run_batches
 from tunelab.metrics import classification_metrics
 from tunelab.models import load_causal_lm, load_tokenizer
 from tunelab.outputs import atomic_output, write_json, write_jsonl
@@ -104,13 +104,15 @@ def classify(model, tokenizer, texts: list[str], max_length: int, batch_size: in
     ids = encode(tokenizer, texts, max_length)
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     out = np.zeros((len(ids), 2))
-    for s in tqdm(range(0, len(order), batch_size), desc="evaluating", unit="batch", disable=not progress):
-        idx = order[s : s + batch_size]
+
+    def run(idx):
         batch = pad_batch([{"input_ids": ids[i], "attention_mask": [1] * len(ids[i])} for i in idx],
                           tokenizer.pad_token_id)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
             logits = model(**{k: v.to(dev) for k, v in batch.items()}).logits
         out[idx] = torch.log_softmax(logits.float(), -1).cpu().numpy()
+
+    run_batches(order, batch_size, run, desc="evaluating", progress=progress)
     return out
 
 
@@ -158,6 +160,7 @@ def run_finetune(model_spec: str, train_examples, dev_examples, dev_data: str, o
         extra = {"method": cfg.method, "train_seconds": result.train_seconds, "train_steps": result.steps,
                  "train_examples": min(len(feats), cfg.max_train_samples or len(feats)),
                  "train_tokens": result.tokens, "eval_seconds": eval_seconds, "saved": saved["format"],
+                 "micro_batch_pieces": result.chunks,
                  "evals_during_training": result.evals, "device": str(device())}
         metrics = write_results(work / "eval", model=str(out), mode="finetuned", data=dev_data,
                                 examples=dev_examples, log_probs=lp, extra=extra)

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from tunelab.errors import UsageError
+from tunelab.inference import run_batches
 
 LABELS = ("negative", "positive")
 
@@ -131,9 +131,8 @@ def label_logprobs(model, tokenizer, texts: list[str], label_ids: list[list[int]
     order = sorted(range(len(enc)), key=lambda i: len(enc[i]), reverse=True)
     out = np.zeros((len(texts), len(label_ids)), dtype=np.float64)
     pad = tokenizer.pad_token_id
-    for start in tqdm(range(0, len(order), batch_size), desc="zero-shot scoring", disable=not progress,
-                      unit="batch"):
-        idx = order[start : start + batch_size]
+
+    def run(idx):
         width = max(len(enc[i]) for i in idx)
         ids = torch.full((len(idx), width), pad, dtype=torch.long)
         mask = torch.zeros((len(idx), width), dtype=torch.long)
@@ -147,6 +146,8 @@ def label_logprobs(model, tokenizer, texts: list[str], label_ids: list[list[int]
         logp = torch.log_softmax(model.lm_head(h).float(), dim=-1)
         for c, cls_ids in enumerate(label_ids):
             out[idx, c] = torch.logsumexp(logp[:, cls_ids], dim=-1).cpu().numpy()
+
+    run_batches(order, batch_size, run, desc="zero-shot scoring", progress=progress)
     return out
 
 

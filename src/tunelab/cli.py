@@ -8,6 +8,7 @@ import os
 import sys
 
 from tunelab import __version__
+from tunelab.config_files import read_mapping
 from tunelab.errors import UsageError
 
 TASKS = ("sst2", "squad")
@@ -128,20 +129,12 @@ def cmd_data(args) -> int:
 
 
 def _train_config(args, defaults: dict):
-    import yaml
 
     from tunelab.training import TrainConfig
 
     values = dict(defaults)
     if args.config:
-        try:
-            with open(args.config, encoding="utf-8") as f:
-                loaded = yaml.safe_load(f) or {}
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-            raise UsageError(f"{args.config}: cannot read config: {exc}") from exc
-        if not isinstance(loaded, dict):
-            raise UsageError(f"{args.config}: expected a mapping of training options")
-        values.update(loaded)
+        values.update(read_mapping(args.config, "config", "training options: learning_rate, epochs, ..."))
     for key in ["method", "learning_rate", "epochs", "batch_size", "grad_accum", "warmup_ratio", "weight_decay",
                 "max_length", "seed", "eval_every", "save_every", "log_every", "max_train_samples", "max_steps",
                 "lora_r", "lora_alpha", "lora_dropout", "lr_schedule", "merge_lora", "bf16"]:

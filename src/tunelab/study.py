@@ -45,6 +45,7 @@ from typing import Any
 
 import yaml
 
+from tunelab.config_files import read_mapping
 from tunelab.errors import UsageError
 
 PRESETS = ("smoke", "full")
@@ -244,17 +245,7 @@ def preset_path(name: str) -> Path:
 
 
 def read_yaml(path: str | Path) -> dict:
-    try:
-        with open(path, encoding="utf-8") as f:
-            loaded = yaml.safe_load(f)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise UsageError(f"{path}: cannot read config: {exc}") from exc
-    if loaded is None:
-        return {}
-    if not isinstance(loaded, dict):
-        raise UsageError(f"{path}: a study config is a mapping (model, data_dir, seed, tasks), "
-                         f"got {type(loaded).__name__}")
-    return loaded
+    return read_mapping(path, "study config", "model, data_dir, seed, tasks")
 
 
 def parse_set(item: str) -> tuple[str, dict]:

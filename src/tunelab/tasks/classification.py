@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from tunelab.config_files import read_mapping
 from tunelab.errors import UsageError
 from tunelab.inference import run_batches
 
@@ -70,16 +71,8 @@ class Prompt:
         """A template name, a mapping, or a YAML/JSON file defining one (None: the default, `chat`)."""
         if spec is None or isinstance(spec, dict) or spec in TEMPLATES:
             return cls.from_config(spec or "chat")
-        import yaml
-
-        try:
-            with open(spec, encoding="utf-8") as f:
-                loaded = yaml.safe_load(f)
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-            raise UsageError(f"{spec}: not a template name ({', '.join(TEMPLATES)}) or a readable prompt file: "
-                             f"{exc}") from exc
-        if not isinstance(loaded, dict):
-            raise UsageError(f"{spec}: a prompt file holds a mapping (text, chat, verbalizers, ...)")
+        loaded = read_mapping(spec, "prompt file", "text, chat, verbalizers, ...",
+                              unreadable=f"not a template name ({', '.join(TEMPLATES)}) or a readable prompt file")
         return cls.from_config(loaded)
 
     def render(self, tokenizer, sentence: str) -> str:

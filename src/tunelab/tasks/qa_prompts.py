@@ -11,8 +11,8 @@ part in its own paragraph), or in front of the text when it has none; for v1, {u
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
+from tunelab.config_files import read_mapping
 from tunelab.errors import UsageError
 
 NO_ANSWER_WORD = "unanswerable"
@@ -86,15 +86,8 @@ def load_prompt(spec: str | None) -> QAPrompt:
     """A template name (chat, plain), a YAML/JSON file defining one, or None for the default."""
     if spec is None or spec in TEMPLATES:
         return QAPrompt.from_config(spec or DEFAULT_TEMPLATE)
-    import yaml
-
-    try:
-        loaded = yaml.safe_load(Path(spec).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise UsageError(f"{spec}: not a template name ({', '.join(TEMPLATES)}) "
-                         f"or a readable prompt file: {exc}") from exc
-    if not isinstance(loaded, dict):
-        raise UsageError(f"{spec}: a prompt file holds a mapping (text, chat, system, answer_prefix)")
+    loaded = read_mapping(spec, "prompt file", "text, chat, system, answer_prefix",
+                          unreadable=f"not a template name ({', '.join(TEMPLATES)}) or a readable prompt file")
     return QAPrompt.from_config(loaded)
 
 

@@ -59,18 +59,7 @@ def test_pytorch_model_bin_is_refused_and_never_unpickled(tiny_model_dir, tmp_pa
 def test_remote_code_is_never_run_by_default(tiny_model_dir, tmp_path):
     from tunelab.models import load_causal_lm, load_task_model, load_tokenizer
 
-    folder = tmp_path / "remote-code"
-    shutil.copytree(tiny_model_dir, folder)
-    marker = tmp_path / "REMOTE_CODE_RAN"
-    cfg = json.loads((folder / "config.json").read_text())
-    cfg.update(model_type="evil_llama", architectures=["EvilForCausalLM"],
-               auto_map={"AutoConfig": "configuration_evil.EvilConfig",
-                         "AutoModelForCausalLM": "modeling_evil.EvilForCausalLM",
-                         "AutoModelForSequenceClassification": "modeling_evil.EvilForCausalLM"})
-    (folder / "config.json").write_text(json.dumps(cfg))
-    payload = f"import os\nos.mkdir({str(marker)!r})\n"
-    (folder / "configuration_evil.py").write_text(payload)
-    (folder / "modeling_evil.py").write_text(payload)
+    folder, marker = _model_with_code(tiny_model_dir, tmp_path)  # its code leaves a marker when imported
     for load in (lambda: load_causal_lm(str(folder)), lambda: load_task_model(str(folder), "sst2")):
         with pytest.raises(ModelError, match="ships its own Python code.*--trust-remote-code"):
             load()

@@ -129,7 +129,6 @@ def cmd_data(args) -> int:
 
 
 def _train_config(args, defaults: dict):
-
     from tunelab.training import TrainConfig
 
     values = dict(defaults)

@@ -394,9 +394,9 @@ def train(
 
     Each feature is a dict of lists/ints: input_ids, attention_mask, and the task's label keys. The loss,
     `loss_fn(model, batch)` or else the model's own, must be a mean over the batch's examples (as Hugging Face
-    task heads compute it). Under several
-    processes every process must call this with the same features and config; `evaluate` runs on every process
-    (with the DDP-unwrapped model; with FSDP, the sharded one, which every process must call alike).
+    task heads compute it). Under several processes every process must call this with the same features and
+    config; `evaluate` runs on every process (with the DDP-unwrapped model; with FSDP, the sharded one, which
+    every process must call alike).
     """
     from accelerate import Accelerator
     from accelerate.utils import DistributedType
@@ -512,6 +512,7 @@ def train(
         not change the recipe). Under several processes it stops with a clear error instead: one process
         cannot change its pieces alone without the others' collectives going out of step."""
         nonlocal chunks
+        largest = max(len(b) for b, _ in pending)
         while True:
             accelerator.step = first_micro  # accumulate() decides where gradients sync from this count
             total = torch.zeros((), device=device)
@@ -527,7 +528,6 @@ def train(
                         optimizer.zero_grad(set_to_none=True)
                 return total
             except torch.cuda.OutOfMemoryError:
-                largest = max(len(b) for b, _ in pending)
                 if world > 1:
                     raise UsageError(f"out of GPU memory with micro-batches of {largest} examples per process: "
                                      "lower --batch-size and raise --grad-accum to keep the global batch") from None
@@ -538,8 +538,8 @@ def train(
             model.zero_grad(set_to_none=True)  # (the prepared optimizer's zero_grad skips non-sync micro-steps)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-            accelerator.print(f"out of memory: micro-batches of {max(len(b) for b, _ in pending)} examples now run "
-                              f"in {chunks} pieces (same global batch, same update)")
+            accelerator.print(f"out of memory: micro-batches of {largest} examples now run in {chunks} pieces "
+                              "(same global batch, same update)")
 
     micro = 0
     epoch = 0

@@ -61,9 +61,10 @@ def _env():
     return e
 
 
-def _run(cmd, cwd):
+def _run(cmd, cwd) -> str:
     done = subprocess.run(cmd, env=_env(), cwd=cwd, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    return done.stdout + done.stderr
 
 
 def test_two_processes_match_one_with_the_same_global_batch(tiny_model_dir, tmp_path):
@@ -142,3 +143,77 @@ def test_ready_accelerate_configs_parse():
         assert cfg.distributed_type == kind and cfg.num_machines == machines, name
     fsdp = load_config_from_file(str(folder / "fsdp.yaml")).fsdp_config
     assert fsdp["fsdp_version"] == 2 and fsdp["fsdp_transformer_layer_cls_to_wrap"] == "LlamaDecoderLayer"
+
+
+def _tunelab_twice(args: list[str], tmp_path: Path, name: str) -> tuple[Path, Path, str]:
+    """`tunelab ARGS --out` in one process and in two (torchrun, gloo); returns both output folders and the
+    two-process run's console output."""
+    one, two = tmp_path / f"{name}-one", tmp_path / f"{name}-two"
+    _run([sys.executable, "-m", "tunelab", *args, "--out", str(one)], tmp_path)
+    console = _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                    str(_free_port()), "-m", "tunelab", *args, "--out", str(two)], tmp_path)
+    assert not two.with_name(two.name + ".partial").exists()
+    return one, two, console
+
+
+def _same_metrics(one: Path, two: Path, keys):
+    m1, m2 = (json.loads((d / "metrics.json").read_text()) for d in (one, two))
+    assert m1["n"] == m2["n"]
+    for k in keys:
+        assert m2[k] == pytest.approx(m1[k], abs=1e-9), k
+
+
+@pytest.mark.slow
+def test_zeroshot_and_evaluate_split_across_processes(tiny_model_dir, tmp_path):
+    """Two processes each take a share of the examples (11: an uneven split) and the first writes what one
+    process writes: every example once, in order, with the same scores."""
+    from helpers import qa_examples, sst2_examples
+
+    sst2_file = tmp_path / "dev.tsv"
+    sst2_file.write_text("sentence\tlabel\n" + "".join(f"{ex.text}\t{ex.label}\n" for ex in sst2_examples(11)))
+    one, two, console = _tunelab_twice(["zeroshot", tiny_model_dir, "--task", "sst2", "--data-file",
+                                        str(sst2_file), "--prompt", "plain", "--batch-size", "4"], tmp_path, "zs-sst2")
+    # the progress bars show the split: one process scored 6 sentences, the other 5
+    assert "| 6/6 " in console and "| 5/5 " in console and "| 11/11 " not in console, console[-2000:]
+    _same_metrics(one, two, ["accuracy", "f1", "uncalibrated_accuracy"])
+    rows1, rows2 = ((d / "predictions.jsonl").read_text().splitlines() for d in (one, two))
+    assert len(rows2) == 11
+    for a, b in zip(rows1, rows2):
+        a, b = json.loads(a), json.loads(b)
+        assert (a["line"], a["prediction"]) == (b["line"], b["prediction"])
+        assert b["scores"]["positive"] == pytest.approx(a["scores"]["positive"], rel=1e-5)
+
+    model = tmp_path / "ft-sst2"
+    _run([sys.executable, "-m", "tunelab", "finetune", tiny_model_dir, "--task", "sst2", "--train-file",
+          str(sst2_file), "--data-file", str(sst2_file), "--input-prompt", "none", "--max-steps", "2",
+          "--batch-size", "4", "--out", str(model)], tmp_path)
+    one, two, _ = _tunelab_twice(["evaluate", str(model), "--task", "sst2", "--data-file", str(sst2_file),
+                               "--batch-size", "4"], tmp_path, "ev-sst2")
+    _same_metrics(one, two, ["accuracy", "f1"])
+
+    paragraphs = [{"context": ex.context, "qas": [{"id": ex.id, "question": ex.question, "answers": ex.answers}]}
+                  for ex in qa_examples(11)]
+    squad_file = tmp_path / "squad.json"
+    squad_file.write_text(json.dumps({"version": "1.1", "data": [{"title": "t", "paragraphs": paragraphs}]}))
+    one, two, _ = _tunelab_twice(["zeroshot", tiny_model_dir, "--task", "squad", "--data-file", str(squad_file),
+                               "--batch-size", "4"], tmp_path, "zs-squad")
+    _same_metrics(one, two, ["exact_match", "f1"])
+    assert (one / "predictions.json").read_text() == (two / "predictions.json").read_text()
+
+    model = tmp_path / "ft"
+    _run([sys.executable, "-m", "tunelab", "finetune", tiny_model_dir, "--task", "squad", "--train-file",
+          str(squad_file), "--data-file", str(squad_file), "--max-length", "48", "--max-steps", "2",
+          "--batch-size", "4", "--out", str(model)], tmp_path)
+    one, two, _ = _tunelab_twice(["evaluate", str(model), "--task", "squad", "--data-file", str(squad_file),
+                               "--batch-size", "4"], tmp_path, "ev-squad")
+    _same_metrics(one, two, ["exact_match", "f1"])
+    assert json.loads((one / "predictions.json").read_text()) == json.loads((two / "predictions.json").read_text())
+
+
+def test_single_process_commands_refuse_a_multi_process_launch(tiny_model_dir, monkeypatch, capsys):
+    from tunelab.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["params", tiny_model_dir]) == 2
+    err = capsys.readouterr().err
+    assert "`tunelab params` runs in one process" in err and "finetune, zeroshot, evaluate" in err

@@ -12,6 +12,7 @@ from tunelab.config_files import read_mapping
 from tunelab.errors import UsageError
 
 TASKS = ("sst2", "squad")
+MULTI_PROCESS = ("finetune", "zeroshot", "evaluate")  # the commands that can run under accelerate launch
 LOADS_MODELS = ("params", "zeroshot", "finetune", "evaluate", "study", "predict", "export")  # take --trust-remote-code
 
 
@@ -172,16 +173,13 @@ def cmd_zeroshot(args) -> int:
         m = sst2.run_zeroshot(args.model, _limit(examples, args.limit), data, args.out,
                               prompt=_sst2_prompt(args.prompt), calibration=Calibration(args.calibration),
                               batch_size=args.batch_size, overwrite=args.overwrite)
-        _print_sst2(m)
     else:
         from tunelab.recipes import squad
 
         examples, data = squad.load_split(args.data_file, args.data_dir, args.version or "1.1", args.split)
         m = squad.run_zeroshot(args.model, _limit(examples, args.limit), data, args.out, prompt=args.prompt,
                                batch_size=args.batch_size, overwrite=args.overwrite, version=args.version)
-        _print_squad(m)
-    print(f"wrote {args.out}/metrics.json")
-    return 0
+    return _report(args, m)
 
 
 def cmd_finetune(args) -> int:
@@ -224,14 +222,19 @@ def cmd_evaluate(args) -> int:
         examples, data = sst2.load_split(args.data_file, args.data_dir, args.split)
         m = sst2.run_evaluate(args.model_dir, _limit(examples, args.limit), data, args.out,
                               batch_size=args.batch_size, overwrite=args.overwrite)
-        _print_sst2(m)
     else:
         from tunelab.recipes import squad
 
         examples, data = squad.load_split(args.data_file, args.data_dir, args.version or "1.1", args.split)
         m = squad.run_evaluate(args.model_dir, _limit(examples, args.limit), data, args.out,
                                batch_size=args.batch_size, overwrite=args.overwrite)
-        _print_squad(m)
+    return _report(args, m)
+
+
+def _report(args, m: dict | None) -> int:
+    if m is None:  # not the main process of a multi-process run: the main one writes and prints
+        return 0
+    (_print_sst2 if args.task == "sst2" else _print_squad)(m)
     print(f"wrote {args.out}/metrics.json")
     return 0
 
@@ -265,9 +268,13 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
     from tunelab.models.loading import trust_remote_code
+    from tunelab.outputs import launched_processes
 
     trust_remote_code(getattr(args, "trust_remote_code", False))  # set on every call: off unless asked
     try:
+        if launched_processes() > 1 and args.command not in MULTI_PROCESS:
+            raise UsageError(f"`tunelab {args.command}` runs in one process: start it without accelerate launch or "
+                             f"torchrun (these use several: {', '.join(MULTI_PROCESS)})")
         return _commands()[args.command](args)
     except UsageError as exc:
         print(f"tunelab: error: {exc}", file=sys.stderr)

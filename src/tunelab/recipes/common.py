@@ -10,6 +10,7 @@ import torch
 from tunelab.errors import ModelError
 from tunelab.models import align_pad_token, load_task_model, load_tokenizer
 from tunelab.models.params import LoraOptions, apply_method
+from tunelab.outputs import distributed_state
 from tunelab.training import TrainConfig
 
 META_FILE = "tunelab.json"  # what tunelab needs to use a fine-tuned folder again: task, input format, base model
@@ -17,13 +18,16 @@ META_FILE = "tunelab.json"  # what tunelab needs to use a fine-tuned folder agai
 
 def device() -> torch.device:
     """This process's device: under `accelerate launch`/torchrun each process gets its own GPU."""
-    from tunelab.outputs import launched_processes
-
-    if launched_processes() > 1:
-        from accelerate import PartialState
-
-        return PartialState().device
+    state = distributed_state()
+    if state is not None:
+        return state.device
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def main_process() -> bool:
+    """Whether this process writes results: the only one, or the first of an `accelerate launch`."""
+    state = distributed_state()
+    return state is None or state.is_main_process
 
 
 def eval_dtype(dev: torch.device):

@@ -27,7 +27,14 @@ from tunelab.metrics import bootstrap_ci
 from tunelab.models import load_causal_lm, load_tokenizer
 from tunelab.outputs import atomic_output, write_json, write_jsonl
 from tunelab.plots import loss_curve
-from tunelab.recipes.common import device, eval_dtype, load_finetuned, prepare_model, save_finetuned
+from tunelab.recipes.common import (
+    device,
+    eval_dtype,
+    load_finetuned,
+    main_process,
+    prepare_model,
+    save_finetuned,
+)
 from tunelab.squad_metrics import per_example_scores, squad_v1, squad_v2
 from tunelab.tasks.qa import postprocess, prepare_eval_features, prepare_train_features, span_loss
 from tunelab.tasks.qa_prompts import (
@@ -38,7 +45,7 @@ from tunelab.tasks.qa_prompts import (
     load_prompt,
     says_unanswerable,
 )
-from tunelab.training import TrainConfig, pad_batch, save_config, set_seed, train, whole_model
+from tunelab.training import TrainConfig, pad_batch, save_config, set_seed, sharded_map, train, whole_model
 
 WH_WORDS = ("what", "which", "who", "whom", "whose", "when", "where", "why", "how")
 
@@ -173,9 +180,19 @@ def run_zeroshot(model_spec: str, examples, data: str, out: str | Path, *, promp
         tokenizer = load_tokenizer(model_spec, padding_side="left")
         model = load_causal_lm(model_spec, dtype=eval_dtype(dev)).to(dev).eval()
         t0 = time.perf_counter()
-        raw, answers, na_probs = generate_answers(model, tokenizer, examples, qa_prompt, version_2=version_2,
-                                                  batch_size=batch_size, max_new_tokens=max_new_tokens)
+
+        def answer(exs):  # per example: (generation, answer, no-answer probability)
+            raw, answers, na = generate_answers(model, tokenizer, exs, qa_prompt, version_2=version_2,
+                                                batch_size=batch_size, max_new_tokens=max_new_tokens)
+            return [(r, a, na[ex.id] if na else None) for r, a, ex in zip(raw, answers, exs)]
+
+        rows = sharded_map(answer, examples)  # under `accelerate launch`, each process answers a share
         seconds = time.perf_counter() - t0
+        if not main_process():
+            return None
+        raw = [r for r, _, _ in rows]
+        answers = [a for _, a, _ in rows]
+        na_probs = {ex.id: p for ex, (_, _, p) in zip(examples, rows)} if version_2 else None
         predictions = {ex.id: a for ex, a in zip(examples, answers)}
         nbest = {ex.id: [{"text": a, "generated": r}] for ex, a, r in zip(examples, answers, raw)}
         extra = {"prompt": prompt or DEFAULT_TEMPLATE, "prompt_template": asdict(qa_prompt),
@@ -290,8 +307,18 @@ def run_evaluate(model_dir: str, examples, data: str, out: str | Path, *, batch_
     stride = meta.get("stride", doc_stride(max_length))
     with atomic_output(out, overwrite=overwrite) as work:
         t0 = time.perf_counter()
-        preds, nbest, na = predict_spans(model, tokenizer, examples, max_length, stride, batch_size,
-                                         version_2=version_2)
+
+        def spans(exs):  # per example: (answer, n-best list, no-answer score)
+            preds, nbest, na = predict_spans(model, tokenizer, exs, max_length, stride, batch_size,
+                                             version_2=version_2)
+            return [(preds[ex.id], nbest[ex.id], na.get(ex.id)) for ex in exs]
+
+        rows = sharded_map(spans, examples)  # under `accelerate launch`, each process a share
+        if not main_process():
+            return None
+        preds = {ex.id: p for ex, (p, _, _) in zip(examples, rows)}
+        nbest = {ex.id: n for ex, (_, n, _) in zip(examples, rows)}
+        na = {ex.id: s for ex, (_, _, s) in zip(examples, rows)}
         metrics = write_results(work, model=str(model_dir), mode="finetuned", data=data, examples=examples,
                                 predictions=preds, nbest=nbest, na_probs=na if version_2 else None,
                                 version_2=version_2,

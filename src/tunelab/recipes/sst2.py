@@ -18,7 +18,14 @@ from tunelab.metrics import classification_metrics
 from tunelab.models import load_causal_lm, load_tokenizer
 from tunelab.outputs import atomic_output, write_json, write_jsonl
 from tunelab.plots import loss_curve
-from tunelab.recipes.common import device, eval_dtype, load_finetuned, prepare_model, save_finetuned
+from tunelab.recipes.common import (
+    device,
+    eval_dtype,
+    load_finetuned,
+    main_process,
+    prepare_model,
+    save_finetuned,
+)
 from tunelab.tasks.classification import (
     LABELS,
     Calibration,
@@ -27,7 +34,7 @@ from tunelab.tasks.classification import (
     head_init_from_verbalizers,
     zero_shot,
 )
-from tunelab.training import TrainConfig, pad_batch, save_config, set_seed, train, whole_model
+from tunelab.training import TrainConfig, pad_batch, save_config, set_seed, sharded_map, train, whole_model
 
 
 def load_split(data_file: str | None, data_dir: str | None, split: str) -> tuple[list[SST2Example], str]:
@@ -74,8 +81,11 @@ def run_zeroshot(model_spec: str, examples, data: str, out: str | Path, *, promp
         tokenizer = load_tokenizer(model_spec, padding_side="right")
         model = load_causal_lm(model_spec, dtype=eval_dtype(dev)).to(dev).eval()
         t0 = time.perf_counter()
-        raw, cal = zero_shot(model, tokenizer, [ex.text for ex in examples], prompt, calibration, batch_size)
+        raw, cal = zero_shot(model, tokenizer, [ex.text for ex in examples], prompt, calibration, batch_size,
+                             spread=sharded_map)  # under `accelerate launch`, each process scores a share
         seconds = time.perf_counter() - t0
+        if not main_process():
+            return None
         extra = {
             "prompt": asdict(prompt),
             "calibration": {"method": calibration.method, "offset": calibration.offset},
@@ -179,7 +189,10 @@ def run_evaluate(model_dir: str, examples, data: str, out: str | Path, *, batch_
     texts = [format_input(prompt, tokenizer, ex.text) for ex in examples]
     with atomic_output(out, overwrite=overwrite) as work:
         t0 = time.perf_counter()
-        lp = classify(model, tokenizer, texts, meta.get("max_length", 128), batch_size)
+        lp = np.array(sharded_map(lambda xs: classify(model, tokenizer, xs, meta.get("max_length", 128),
+                                                      batch_size), texts))  # a share per process
+        if not main_process():
+            return None
         metrics = write_results(work, model=str(model_dir), mode="finetuned", data=data, examples=examples,
                                 log_probs=lp, extra={"seconds": time.perf_counter() - t0, "device": str(dev)})
     return metrics

@@ -161,11 +161,17 @@ def calibrate(scores: np.ndarray, calibration: Calibration, cf_scores: np.ndarra
 
 
 def zero_shot(model, tokenizer, sentences: list[str], prompt: Prompt, calibration: Calibration,
-              batch_size: int = 32, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Returns (raw class log-probs renormalised over classes, calibrated ones). Predictions = argmax."""
+              batch_size: int = 32, progress: bool = True, spread=None) -> tuple[np.ndarray, np.ndarray]:
+    """Returns (raw class log-probs renormalised over classes, calibrated ones). Predictions = argmax.
+    `spread(fn, texts)` applies the scorer to the texts (e.g. `training.sharded_map`, across processes);
+    calibration then sees every text's scores."""
     label_ids = verbalizer_ids(tokenizer, prompt)
     texts = [prompt.render(tokenizer, s) for s in sentences]
-    raw = label_logprobs(model, tokenizer, texts, label_ids, batch_size, progress=progress)
+
+    def score(xs):
+        return label_logprobs(model, tokenizer, xs, label_ids, batch_size, progress=progress)
+
+    raw = np.array(spread(score, texts) if spread else score(texts), dtype=np.float64)
     cf = None
     if calibration.method == "contextual":
         cf = label_logprobs(model, tokenizer, [prompt.render(tokenizer, s) for s in calibration.content_free],

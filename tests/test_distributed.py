@@ -156,6 +156,17 @@ def _tunelab_twice(args: list[str], tmp_path: Path, name: str) -> tuple[Path, Pa
     return one, two, console
 
 
+def _evaluate_finetuned_twice(model: str, task: str, data: Path, tmp_path: Path, *options: str):
+    """Fine-tune briefly on `data` (one process), then `tunelab evaluate` it in one process and in two."""
+    folder = tmp_path / f"ft-{task}"
+    _run([sys.executable, "-m", "tunelab", "finetune", model, "--task", task, "--train-file", str(data),
+          "--data-file", str(data), "--max-steps", "2", "--batch-size", "4", *options, "--out", str(folder)],
+         tmp_path)
+    one, two, _ = _tunelab_twice(["evaluate", str(folder), "--task", task, "--data-file", str(data),
+                                  "--batch-size", "4"], tmp_path, f"ev-{task}")
+    return one, two
+
+
 def _same_metrics(one: Path, two: Path, keys):
     m1, m2 = (json.loads((d / "metrics.json").read_text()) for d in (one, two))
     assert m1["n"] == m2["n"]
@@ -183,12 +194,7 @@ def test_zeroshot_and_evaluate_split_across_processes(tiny_model_dir, tmp_path):
         assert (a["line"], a["prediction"]) == (b["line"], b["prediction"])
         assert b["scores"]["positive"] == pytest.approx(a["scores"]["positive"], rel=1e-5)
 
-    model = tmp_path / "ft-sst2"
-    _run([sys.executable, "-m", "tunelab", "finetune", tiny_model_dir, "--task", "sst2", "--train-file",
-          str(sst2_file), "--data-file", str(sst2_file), "--input-prompt", "none", "--max-steps", "2",
-          "--batch-size", "4", "--out", str(model)], tmp_path)
-    one, two, _ = _tunelab_twice(["evaluate", str(model), "--task", "sst2", "--data-file", str(sst2_file),
-                               "--batch-size", "4"], tmp_path, "ev-sst2")
+    one, two = _evaluate_finetuned_twice(tiny_model_dir, "sst2", sst2_file, tmp_path, "--input-prompt", "none")
     _same_metrics(one, two, ["accuracy", "f1"])
 
     paragraphs = [{"context": ex.context, "qas": [{"id": ex.id, "question": ex.question, "answers": ex.answers}]}
@@ -200,12 +206,7 @@ def test_zeroshot_and_evaluate_split_across_processes(tiny_model_dir, tmp_path):
     _same_metrics(one, two, ["exact_match", "f1"])
     assert (one / "predictions.json").read_text() == (two / "predictions.json").read_text()
 
-    model = tmp_path / "ft"
-    _run([sys.executable, "-m", "tunelab", "finetune", tiny_model_dir, "--task", "squad", "--train-file",
-          str(squad_file), "--data-file", str(squad_file), "--max-length", "48", "--max-steps", "2",
-          "--batch-size", "4", "--out", str(model)], tmp_path)
-    one, two, _ = _tunelab_twice(["evaluate", str(model), "--task", "squad", "--data-file", str(squad_file),
-                               "--batch-size", "4"], tmp_path, "ev-squad")
+    one, two = _evaluate_finetuned_twice(tiny_model_dir, "squad", squad_file, tmp_path, "--max-length", "48")
     _same_metrics(one, two, ["exact_match", "f1"])
     assert json.loads((one / "predictions.json").read_text()) == json.loads((two / "predictions.json").read_text())
 

@@ -129,7 +129,7 @@ def test_read_any_and_check(tmp_path):
         "version": "1.1",
     }
     assert format_summary(summary) == (
-        f"{squad}: SQuAD v1.1, 1 articles, 1 paragraphs, 1 questions, 0 unanswerable"
+        f"{squad}: SQuAD v1.1, 1 articles, 1 distinct paragraphs, 1 questions, 0 unanswerable"
     )
     json.dumps(summary)  # the CLI may print it as JSON
 
@@ -150,10 +150,10 @@ DATA = os.environ.get("TUNELAB_DATA_DIR")
 def test_real_folder():
     assert sst2_path(None, "validation") == Path(DATA) / "SST-2" / "dev.tsv"
     summary = check_file(squad_path(None, "1.1", "dev"))
-    assert (summary["articles"], summary["questions"], summary["unanswerable"]) == (9, 3_166, 0)
+    assert (summary["articles"], summary["paragraphs"], summary["questions"], summary["unanswerable"]) == (
+        48, 2_067, 10_570, 0)  # the official dev-v1.1.json
     assert format_summary(summary).endswith(
-        f"v1.1-dev.json: SQuAD v1.1, 9 articles, {summary['paragraphs']:,} paragraphs, 3,166 questions, "
-        "0 unanswerable"
+        "v1.1-dev.json: SQuAD v1.1, 48 articles, 2,067 distinct paragraphs, 10,570 questions, 0 unanswerable"
     )
     summary = check_file(squad_path(None, "2.0", "dev"))
     assert (summary["questions"], summary["unanswerable"], summary["version"]) == (2_650, 1_204, "2.0")

@@ -396,8 +396,8 @@ DATA = os.environ.get("TUNELAB_DATA_DIR")
 @pytest.mark.parametrize(
     "name, articles, questions, unanswerable, version",
     [
-        ("v1.1-dev.json", 9, 3_166, 0, "1.1"),
-        ("v1.1-train.json", 35, 6_013, 0, "1.1"),
+        ("v1.1-dev.json", 48, 10_570, 0, "1.1"),  # the official dev-v1.1.json
+        ("v1.1-train.json", 442, 87_599, 0, "1.1"),  # SQuAD v1.1 train (rebuilt)
         ("v2.0-dev.json", 7, 2_650, 1_204, "2.0"),
         ("v2.0-train.json", 28, 9_223, 4_741, "2.0"),
     ],

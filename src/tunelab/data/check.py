@@ -19,7 +19,7 @@ def format_summary(summary: dict) -> str:
     if summary["task"] == "squad":
         return (
             f"{summary['file']}: SQuAD v{summary['version']}, {summary['articles']:,} articles, "
-            f"{summary['paragraphs']:,} paragraphs, {summary['questions']:,} questions, "
+            f"{summary['paragraphs']:,} distinct paragraphs, {summary['questions']:,} questions, "
             f"{summary['unanswerable']:,} unanswerable"
         )
     labels = summary["labels"]

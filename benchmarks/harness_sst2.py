@@ -1,0 +1,156 @@
+"""Zero-shot SST-2: tunelab against lm-evaluation-harness, same model, prompt and data, on this machine.
+
+Both score GLUE SST-2 dev (`$TUNELAB_DATA_DIR/SST-2/dev.tsv`, 872 sentences) with the harness's `sst2` prompt
+`{sentence}\\nQuestion: Is this sentence positive or negative?\\nAnswer:` and the choices " negative" /
+" positive" (the harness puts a space before a choice; tunelab's `harness` template has the same words), no
+calibration, float32, the same batch size, SmolLM2-135M-Instruct (tunelab's converted folder, so both read the
+same weights). The harness runs as a custom task over the local TSV (`dataset_path: csv`, tab-separated, no
+quoting); its sentence is trimmed (`{{sentence|trim}}`) because GLUE's sentences end with a space that
+tunelab's reader strips, so both see the same text.
+
+Each side runs as the command a user types (`lm_eval ...` and `tunelab zeroshot ...`), timed from start to exit
+(model loading included), `--repeats` times, alternating, so a change of machine load hits both alike.
+Reported: every wall time, the ratio of the medians (harness / tunelab), tunelab's scoring-only seconds (from its
+metrics.json), and both accuracies with their difference (the issue asks them to agree within 0.2 points).
+
+    .venv/bin/python benchmarks/harness_sst2.py [--repeats 2] [--batch-size 16] [--limit N] [--out FILE]
+
+Needs `pip install lm-eval==0.4.13` (a benchmark-only dependency). Writes
+benchmarks/results/harness-sst2-<device>.json unless --limit is given (then only with --out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BIN = Path(sys.executable).parent
+PROMPT = "{{sentence|trim}}\nQuestion: Is this sentence positive or negative?\nAnswer:"
+
+
+def task_yaml(dev_tsv: Path) -> str:
+    return "\n".join([
+        "task: sst2_local",
+        "dataset_path: csv",
+        "dataset_kwargs:",
+        f"  data_files: {{validation: {json.dumps(str(dev_tsv))}}}",
+        '  delimiter: "\\t"',
+        "  quoting: 3",
+        "output_type: multiple_choice",
+        "validation_split: validation",
+        f"doc_to_text: {json.dumps(PROMPT)}",
+        "doc_to_target: label",
+        'doc_to_choice: ["negative", "positive"]',
+        "metric_list:",
+        "  - metric: acc",
+        "metadata:",
+        "  version: 1.0",
+        "",
+    ])
+
+
+def model_folder() -> Path:
+    cache = Path(os.environ.get("TUNELAB_CACHE", Path.home() / ".cache" / "tunelab"))
+    return cache / "models" / "smollm2-135m"
+
+
+def run(cmd: list[str], env: dict) -> float:
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
+        raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}")
+    return wall
+
+
+def harness_accuracy(out_dir: Path) -> tuple[float, int]:
+    results = sorted(out_dir.rglob("results_*.json"))
+    doc = json.loads(results[-1].read_text())
+    task = doc["results"]["sst2_local"]
+    return float(task["acc,none"]), int(doc["n-samples"]["sst2_local"]["effective"])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--limit", type=int, help="first N sentences only (a trial; nothing saved without --out)")
+    ap.add_argument("--out", help="result file (default benchmarks/results/harness-sst2-<device>.json)")
+    args = ap.parse_args()
+
+    import torch
+
+    data = Path(os.environ.get("TUNELAB_DATA_DIR", HERE.parent.parent / "shared" / "data"))
+    dev_tsv = (data / "SST-2" / "dev.tsv").resolve()
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    work = Path(tempfile.mkdtemp(prefix="harness-sst2-"))
+    try:
+        (work / "tasks").mkdir()
+        (work / "tasks" / "sst2_local.yaml").write_text(task_yaml(dev_tsv))
+        # The first tunelab call converts the embedded GGUF into the cached folder the harness then reads.
+        limit = ["--limit", str(args.limit)] if args.limit else []
+        tunelab = [sys.executable, "-m", "tunelab", "zeroshot", "smollm2-135m", "--task", "sst2", "--prompt", "harness",
+                   "--calibration", "none", "--batch-size", str(args.batch_size), "--data-file", str(dev_tsv),
+                   *limit]
+        run([*tunelab, "--out", str(work / "warm"), "--overwrite"], env)
+        harness = [str(BIN / "lm_eval"), "--model", "hf", "--model_args",
+                   f"pretrained={model_folder()},dtype=float32", "--tasks", "sst2_local", "--include_path",
+                   str(work / "tasks"), "--batch_size", str(args.batch_size), "--device", device, *limit]
+        walls: dict[str, list[float]] = {"harness": [], "tunelab": []}
+        for r in range(args.repeats):
+            walls["harness"].append(run([*harness, "--output_path", str(work / f"h{r}")], env))
+            walls["tunelab"].append(run([*tunelab, "--out", str(work / f"t{r}")], env))
+            print(f"repeat {r + 1}: harness {walls['harness'][-1]:.1f} s, tunelab {walls['tunelab'][-1]:.1f} s",
+                  flush=True)
+        h_acc, h_n = harness_accuracy(work / "h0")
+        t_metrics = json.loads((work / "t0" / "metrics.json").read_text())
+        result = {
+            "case": "zero-shot SST-2 dev, harness prompt, no calibration, float32, SmolLM2-135M-Instruct",
+            "machine": {"host": platform.node(), "cpu": platform.processor() or platform.machine(),
+                        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                        "device": device,
+                        "gpu": torch.cuda.get_device_name(0) if device == "cuda" else None},
+            "versions": {"torch": torch.__version__, "lm_eval": _version("lm_eval"),
+                         "transformers": _version("transformers")},
+            "batch_size": args.batch_size, "n": t_metrics["n"], "harness_n": h_n,
+            "wall_seconds": walls,
+            "ratio_of_medians": statistics.median(walls["harness"]) / statistics.median(walls["tunelab"]),
+            "tunelab_scoring_seconds": t_metrics["seconds"],
+            "accuracy": {"harness": h_acc, "tunelab": t_metrics["accuracy"],
+                         "difference_points": 100 * (t_metrics["accuracy"] - h_acc)},
+            "date": time.strftime("%Y-%m-%d"),
+        }
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps({k: result[k] for k in ("ratio_of_medians", "accuracy", "wall_seconds")}, indent=2))
+    out = args.out or (None if args.limit else HERE / "results" / f"harness-sst2-{device}.json")
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {out}")
+    return 0
+
+
+def _version(name: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -13,21 +13,23 @@ import shutil
 import sys
 from pathlib import Path
 
-# study task name -> (gpu_study zero-shot stage, fine-tune stage, recipe task)
-TASKS = {"sst2": ("sst2-zeroshot", "sst2-full", "sst2"), "squad": ("squad11-zeroshot", "squad11-full", "squad"),
-         "squad_v2": ("squad20-zeroshot", "squad20-full", "squad")}
+# study task name -> (gpu_study zero-shot stage, fine-tune stage)
+TASKS = {"sst2": ("sst2-zeroshot", "sst2-full"), "squad": ("squad11-zeroshot", "squad11-full"),
+         "squad_v2": ("squad20-zeroshot", "squad20-full")}
 
 
 def main(results: str) -> int:
     from tunelab.models import load_config, param_report
     from tunelab.report import build_report
+    from tunelab.tasks import get_task
 
     src = Path(results)
     run = src / "report"
     shutil.rmtree(run, ignore_errors=True)
     summary = json.loads((src / "summary.json").read_text())
     config = load_config("smollm2-135m")
-    for task, (zs, ft, recipe_task) in TASKS.items():
+    for task, (zs, ft) in TASKS.items():
+        labels = get_task(task).head_options().get("labels")
         if not (src / zs).is_dir() and not (src / ft).is_dir():
             continue
         for stage, sub in ((zs, "zeroshot"), (ft, "finetune")):
@@ -37,9 +39,9 @@ def main(results: str) -> int:
         (run / "params").mkdir(parents=True, exist_ok=True)
         (run / "params" / f"{task}.json").write_text(json.dumps({
             "task": task, "model": "smollm2-135m", "method": method, "hidden_size": config.hidden_size,
-            "tie_word_embeddings": bool(config.tie_word_embeddings), "num_labels": 2 if task == "sst2" else None,
+            "tie_word_embeddings": bool(config.tie_word_embeddings), "num_labels": len(labels) if labels else None,
             "base": param_report("smollm2-135m", config, None).to_dict(),
-            "task_model": param_report("smollm2-135m", config, recipe_task, method).to_dict(),
+            "task_model": param_report("smollm2-135m", config, get_task(task).head, method).to_dict(),
         }, indent=2))
     machine = summary["machine"]
     (run / "environment.json").write_text(json.dumps({

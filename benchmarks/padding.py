@@ -51,26 +51,24 @@ def main() -> int:
     if not args.data_dir:
         ap.error("give --data-dir or set TUNELAB_DATA_DIR")
 
-    from tunelab.data.folder import squad_path, sst2_path
-    from tunelab.data.squad import read_squad
-    from tunelab.data.sst2 import read_sst2
     from tunelab.models import load_tokenizer
-    from tunelab.recipes.squad import doc_stride
-    from tunelab.recipes.sst2 import encode
-    from tunelab.tasks.classification import Prompt, format_input
-    from tunelab.tasks.qa import prepare_train_features
+    from tunelab.tasks import get_task
+    from tunelab.tasks.classification import encode, format_input
+    from tunelab.tasks.extractive_qa.spans import doc_stride
+    from tunelab.tasks.extractive_qa.windows import prepare_train_features
 
     t0 = time.perf_counter()
     tok = load_tokenizer(args.model)
     cases = {}
-    sst2 = [ex for ex in read_sst2(sst2_path(args.data_dir, "train")) if ex.label is not None]
-    prompt = Prompt.load(None)  # `tunelab finetune --task sst2`'s default input prompt
+    task = get_task("sst2")
+    sst2 = [ex for ex in task.read(task.data_path("train", args.data_dir)) if ex.label is not None]
+    prompt = task.prompt(task.finetune_extras()["input_prompt"])  # `tunelab finetune --task sst2`'s default
     for name, texts in (("sst2-prompt", [format_input(prompt, tok, ex.text) for ex in sst2]),
                         ("sst2-bare", [ex.text for ex in sst2])):
         lengths = [len(x) for x in encode(tok, texts, 128)]
         for batch in (32, 64):
             cases[f"{name}-b{batch}"] = batching_costs(lengths, batch, 128)
-    squad = read_squad(squad_path(args.data_dir, "1.1", "train"))
+    squad = get_task("squad").read(get_task("squad").data_path("train", args.data_dir))
     feats = prepare_train_features(squad, tok, 384, doc_stride(384))
     lengths = [len(x) for x in feats["input_ids"]]
     for batch in (12, 16):

@@ -175,16 +175,12 @@ def load_timing_tokenizer(folder: str | None):
 
 def sst2_data(tok, n: int, seed: int, tiny: bool):
     """(features for the first n of a seeded shuffle of SST-2 train, epoch size, source file)."""
-    from tunelab.data.folder import sst2_path
-    from tunelab.data.sst2 import read_sst2
-    try:
-        from tunelab.recipes.sst2 import encode
-    except ImportError:  # the recipe module also imports plotting; its encode is this one line
-        def encode(tokenizer, texts, max_length):
-            return [tokenizer(t, truncation=True, max_length=max_length).input_ids for t in texts]
+    from tunelab.tasks import get_task
+    from tunelab.tasks.classification import encode
 
-    path = sst2_path(None, "train")
-    examples = [ex for ex in read_sst2(path) if ex.label is not None]
+    task = get_task("sst2")
+    path = task.data_path("train")
+    examples = [ex for ex in task.read(path) if ex.label is not None]
     order = np.random.default_rng(seed).permutation(len(examples))
     epoch = len(examples)
     if tiny:
@@ -199,13 +195,13 @@ def sst2_data(tok, n: int, seed: int, tiny: bool):
 
 def squad_data(tok, n: int, seed: int, tiny: bool):
     """(the first n of a seeded shuffle of all SQuAD v1.1-train windows, number of windows, source file)."""
-    from tunelab.data.folder import squad_path
-    from tunelab.data.squad import read_squad
-    from tunelab.tasks.qa import prepare_train_features
+    from tunelab.tasks import get_task
+    from tunelab.tasks.extractive_qa.windows import prepare_train_features
 
     b = BASELINE["squad"]
-    path = squad_path(None, "1.1", "train")
-    examples = read_squad(path)
+    task = get_task("squad")
+    path = task.data_path("train")
+    examples = task.read(path)
     if tiny:  # the first questions of a shuffle, so the tiny run tokenises little
         pick = np.random.default_rng(seed).permutation(len(examples))[:TINY_EXAMPLES]
         examples = [examples[i] for i in pick]
@@ -345,7 +341,7 @@ def run_baseline(model, feats, *, task, warmup, steps, seed, pad_id, work) -> di
 def run_tunelab(model, feats, *, task, batch_size, warmup, steps, seed, pad_id, work) -> dict:
     """tunelab.training.train on the same examples; times steps warmup+1 .. warmup+steps (the end of step
     `warmup` is marked by the evaluate hook, the end of the last step after train() returns)."""
-    from tunelab.tasks.qa import span_loss
+    from tunelab.tasks.extractive_qa.windows import span_loss
     from tunelab.training import TrainConfig, length_grouped_order, train
 
     b = BASELINE[task]

@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+
 import numpy as np
 
 from tunelab.data.squad import SquadExample
-from tunelab.data.sst2 import SST2Example
-from tunelab.tasks.classification import Prompt
-from tunelab.training import TrainConfig
+from tunelab.data.table import TextExample
+from tunelab.options import TrainConfig, ZeroShotOptions
+from tunelab.tasks import get_task
 
-PLAIN = Prompt.from_config({"text": "Review: {sentence}\nSentiment:",
-                            "verbalizers": {"negative": [" negative", " Negative"], "positive": [" positive"]}})
+SST2 = get_task("sst2")
+SQUAD = get_task("squad")
+PLAIN_SPEC = {"text": "Review: {sentence}\nSentiment:",
+              "verbalizers": {"negative": [" negative", " Negative"], "positive": [" positive"]}}
+PLAIN = SST2.prompt(PLAIN_SPEC)
+DATA = os.environ.get("TUNELAB_DATA_DIR")
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def sst2_examples(n: int = 48, seed: int = 0) -> list[SST2Example]:
+def sst2_examples(n: int = 48, seed: int = 0) -> list[TextExample]:
     """A learnable SST-2-like set: the label is which word ("great"/"awful") the sentence holds."""
     rng = np.random.default_rng(seed)
     fill = ["a", "film", "movie", "the", "and", "truly", "review"]
@@ -22,16 +31,20 @@ def sst2_examples(n: int = 48, seed: int = 0) -> list[SST2Example]:
         label = i % 2
         words = list(rng.choice(fill, size=int(rng.integers(2, 8))))
         words.insert(int(rng.integers(0, len(words) + 1)), "great" if label else "awful")
-        out.append(SST2Example(" ".join(words), label, i + 2))
+        out.append(TextExample(" ".join(words), label, i + 2))
     return out
 
 
 def tiny_train_config(**kw) -> TrainConfig:
     """Settings that train the tiny test model in seconds."""
     base = {"learning_rate": 3e-3, "epochs": 1, "batch_size": 8, "max_length": 32, "warmup_ratio": 0.0, "log_every": 2,
-                "seed": 0, "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0}
+            "seed": 0, "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0}
     base.update(kw)
     return TrainConfig(**base)
+
+
+def zeroshot_options(task=SST2, **kw) -> ZeroShotOptions:
+    return ZeroShotOptions(**{**task.zeroshot_options(), **kw})
 
 
 def qa_examples(n):
@@ -42,3 +55,17 @@ def qa_examples(n):
         out.append(SquadExample(id=f"q{i}", title="t", context=ctx, question="Who won ?",
                                 answers=[{"text": who, "answer_start": ctx.index(who)}]))
     return out
+
+
+def squad_json(examples, path: Path) -> Path:
+    """A SQuAD-format file of the examples (one article)."""
+    paragraphs = [{"context": ex.context, "qas": [{"id": ex.id, "question": ex.question, "answers": ex.answers,
+                                                   **({"is_impossible": True} if ex.is_impossible else {})}]}
+                  for ex in examples]
+    path.write_text(json.dumps({"version": "1.1", "data": [{"title": "t", "paragraphs": paragraphs}]}))
+    return path
+
+
+def sst2_tsv(examples, path: Path) -> Path:
+    path.write_text("sentence\tlabel\n" + "".join(f"{ex.text}\t{ex.label}\n" for ex in examples))
+    return path

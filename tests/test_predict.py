@@ -1,18 +1,20 @@
 """`tunelab predict`: labels and probabilities from tiny fine-tuned SST-2 folders, answers from SQuAD ones."""
 
-import argparse
 import json
 
 import numpy as np
 import pytest
-from helpers import PLAIN, qa_examples, sst2_examples, tiny_train_config
+from helpers import PLAIN_SPEC, SQUAD, SST2, qa_examples, sst2_examples, tiny_train_config
 
-from tunelab import predict
+from tunelab import runs
+from tunelab.cli import COMMANDS, build_parser
 from tunelab.data.squad import SquadExample
 from tunelab.errors import DataError, UsageError
-from tunelab.recipes import sst2
-from tunelab.recipes.common import load_finetuned
-from tunelab.tasks.classification import LABELS, Prompt, format_input
+from tunelab.runs import load_finetuned
+from tunelab.tasks.classification import ClassificationPrompt, classify, format_input
+from tunelab.tasks.extractive_qa.spans import predict_spans
+
+LABELS = SST2.labels
 
 TEXTS = ["a great film", "an awful , truly awful movie", "the review", "café naïve 中文 😀"]
 
@@ -25,36 +27,31 @@ def sst2_dir(tiny_model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("pred") / "sst2"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HF_HUB_OFFLINE", "1")
-        sst2.run_finetune(tiny_model_dir, sst2_examples(24), sst2_examples(6, seed=1), "fixture", out, tiny_train_config(epochs=2),
-                          input_prompt=PLAIN)
+        runs.finetune(SST2, tiny_model_dir, sst2_examples(24), sst2_examples(6, seed=1), "fixture", out,
+                      tiny_train_config(epochs=2), {"input_prompt": PLAIN_SPEC})
     return str(out)
 
 
 @pytest.fixture(scope="module")
 def squad_dir(tiny_model_dir, tmp_path_factory):
-    from tunelab.recipes import squad
-
     out = tmp_path_factory.mktemp("pred") / "squad"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HF_HUB_OFFLINE", "1")
-        squad.run_finetune(tiny_model_dir, qa_examples(9), qa_examples(3), "fixture", out,
-                           tiny_train_config(method="lora", batch_size=4, max_length=64, epochs=1), version="1.1")
+        runs.finetune(SQUAD, tiny_model_dir, qa_examples(9), qa_examples(3), "fixture", out,
+                      tiny_train_config(method="lora", batch_size=4, max_length=64, epochs=1))
     return str(out)
 
 
 def cli(argv):
-    parser = argparse.ArgumentParser(prog="tunelab")
-    sub = parser.add_subparsers(dest="command", required=True)
-    predict.add_parsers(sub)
-    args = parser.parse_args(argv)
-    return predict.COMMANDS[args.command](args)
+    args = build_parser().parse_args(argv)
+    return COMMANDS[args.command](args)
 
 
 def reference_probs(model_dir, texts):
-    model, tok, meta = load_finetuned(model_dir, "sst2")
-    prompt = Prompt(**meta["input_prompt"])
-    return np.exp(sst2.classify(model, tok, [format_input(prompt, tok, t) for t in texts], meta["max_length"],
-                                progress=False))
+    model, tok, meta, _ = load_finetuned(model_dir, SST2)
+    prompt = ClassificationPrompt(**meta["input_prompt"])
+    return np.exp(classify(model, tok, [format_input(prompt, tok, t) for t in texts], meta["max_length"],
+                           progress=False))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -96,7 +93,7 @@ def test_file_inputs(sst2_dir, tmp_path, capsys):
     assert cli(["predict", sst2_dir, "extra one", "--file", str(tsv), "--json"]) == 0
     rows2 = json.loads(capsys.readouterr().out)["predictions"]
     assert [r["text"] for r in rows2] == ["extra one", "a great film", "the awful review"]
-    assert [r.get("gold") for r in rows2] == [None, 1, 0]
+    assert [r.get("gold") for r in rows2] == [None, "positive", "negative"]
     assert rows2[1]["probability"] == pytest.approx(rows[0]["probability"], abs=1e-6)
 
 
@@ -120,18 +117,15 @@ def test_sst2_input_errors(sst2_dir, tmp_path):
 
 
 def test_squad_question_context(squad_dir, capsys):
-    from tunelab.recipes import squad
-    from tunelab.recipes.common import load_finetuned as lf
-
     ctx = qa_examples(1)[0].context
     assert cli(["predict", squad_dir, "--question", "Who won ?", "--question", "What was it ?",
                 "--context", ctx, "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)["predictions"]
     assert [r["question"] for r in rows] == ["Who won ?", "What was it ?"]
-    model, tok, meta = lf(squad_dir, "squad")
+    model, tok, meta, _ = load_finetuned(squad_dir, SQUAD)
     exs = [SquadExample(id=f"x{i}", title="", context=ctx, question=q, answers=[])
            for i, q in enumerate(["Who won ?", "What was it ?"])]
-    preds, nbest, _ = squad.predict_spans(model, tok, exs, meta["max_length"], meta["stride"], progress=False)
+    preds, nbest, _ = predict_spans(model, tok, exs, meta["max_length"], meta["stride"], progress=False)
     for row, ex in zip(rows, exs):
         assert row["answer"] == preds[ex.id] and row["answer"] in ctx
         assert row["score"] == pytest.approx(nbest[ex.id][0]["score"], abs=1e-4)

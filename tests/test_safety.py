@@ -42,8 +42,8 @@ def test_pytorch_model_bin_is_refused_and_never_unpickled(tiny_model_dir, tmp_pa
     from tunelab.models import load_causal_lm, load_task_model
 
     folder, marker = _pickle_only_model(tiny_model_dir, tmp_path)
-    for load in (lambda: load_causal_lm(str(folder)), lambda: load_task_model(str(folder), "sst2"),
-                 lambda: load_task_model(str(folder), "squad")):
+    for load in (lambda: load_causal_lm(str(folder)), lambda: load_task_model(str(folder), "classification"),
+                 lambda: load_task_model(str(folder), "span")):
         with pytest.raises(ModelError, match="safetensors"):
             load()
     data = _write_sst2(tmp_path / "data")
@@ -60,7 +60,7 @@ def test_remote_code_is_never_run_by_default(tiny_model_dir, tmp_path):
     from tunelab.models import load_causal_lm, load_task_model, load_tokenizer
 
     folder, marker = _model_with_code(tiny_model_dir, tmp_path)  # its code leaves a marker when imported
-    for load in (lambda: load_causal_lm(str(folder)), lambda: load_task_model(str(folder), "sst2")):
+    for load in (lambda: load_causal_lm(str(folder)), lambda: load_task_model(str(folder), "classification")):
         with pytest.raises(ModelError, match="ships its own Python code.*--trust-remote-code"):
             load()
     try:
@@ -73,7 +73,7 @@ def test_remote_code_is_never_run_by_default(tiny_model_dir, tmp_path):
 def test_trust_remote_code_is_off_unless_the_command_line_asks(tiny_model_dir, tmp_path):
     """Every loader takes trust_remote_code from the one switch, which starts off and which every `tunelab`
     call sets from its own arguments (an earlier call's --trust-remote-code does not carry over)."""
-    from tunelab.models.loading import remote_code_trusted, trust_remote_code
+    from tunelab.models.remote_code import remote_code_trusted, trust_remote_code
 
     uses = []
     for path in SRC.rglob("*.py"):
@@ -131,7 +131,7 @@ def test_hf_token_never_written_anywhere(tiny_model_dir, tmp_path, monkeypatch, 
     assert main(["params", tiny_model_dir, "--task", "sst2", "--json"]) == 0
 
     # A run that stops after writing checkpoints (they are deleted when a run finishes).
-    model = load_task_model(tiny_model_dir, "sst2")
+    model = load_task_model(tiny_model_dir, "classification")
     model.config.pad_token_id = 0
     feats = [{"input_ids": [5 + i, 6, 7], "attention_mask": [1, 1, 1], "labels": i % 2} for i in range(8)]
 

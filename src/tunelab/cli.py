@@ -1,4 +1,5 @@
-"""The `tunelab` command. Each subcommand parses its options and calls one recipe; user errors exit with 2."""
+"""The `tunelab` command: every subcommand's flags (the option flags generated from tunelab.options) and what
+it calls. A `--task` is a built-in task (sst2, squad, squad_v2) or a task file; user errors exit with 2."""
 
 from __future__ import annotations
 
@@ -8,100 +9,148 @@ import os
 import sys
 
 from tunelab import __version__
-from tunelab.config_files import read_mapping
 from tunelab.errors import UsageError
+from tunelab.options import (
+    EVALUATE_OPTIONS,
+    FINETUNE_EXTRAS,
+    TRAIN_OPTIONS,
+    ZEROSHOT_OPTIONS,
+    add_flags,
+    given,
+)
 
-TASKS = ("sst2", "squad")
 MULTI_PROCESS = ("finetune", "zeroshot", "evaluate")  # the commands that can run under accelerate launch
 LOADS_MODELS = ("params", "zeroshot", "finetune", "evaluate", "study", "predict", "export")  # take --trust-remote-code
+TASK_HELP = "a built-in task (sst2, squad, squad_v2) or a task file (YAML) of your own"
 
 
-def _add_data_opts(p):
+def _add_data_opts(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="data folder laid out like ../shared/data (default: $TUNELAB_DATA_DIR)")
-    p.add_argument("--data-file", help="one data file instead of the data folder's split")
-    p.add_argument("--split", default="dev", help="split of the data folder (default: dev)")
+    p.add_argument("--data-file", help="one data file instead of the task's split")
+    p.add_argument("--split", default="dev", help="split of the task's data (default: dev)")
     p.add_argument("--version", choices=["1.1", "2.0"],
-                   help="SQuAD version (default: 1.1 for the data folder; a --data-file with unanswerable "
-                   "questions is scored as 2.0)")
-    p.add_argument("--limit", type=int, help="use only the first N examples")
+                   help="extractive QA: score as this SQuAD version (squad with 2.0 is squad_v2; a file with "
+                   "unanswerable questions is scored as 2.0 anyway)")
     p.add_argument("--out", required=True, help="output folder (refused if it exists, unless --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
 
 
-def _add_train_opts(p):
+def _add_model_parsers(sub) -> None:
+    p = sub.add_parser("params", help="exact parameter counts from the config alone (no weights, no download)",
+                       description="Count total and trainable parameters of a base model and its task model.")
+    p.add_argument("model", help="alias (smollm2-135m, llama-3.2-1b), local folder or Hub id")
+    p.add_argument("--task", help="count the task model (adds its head): " + TASK_HELP)
+    add_flags(p, TRAIN_OPTIONS, names=("method", "lora_r", "lora_alpha", "lora_targets"), defaults=True)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    p = sub.add_parser("data", help="inspect data files", description="Inspect data files.")
+    dsub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    c = dsub.add_parser("check", help="validate a file and say what it holds",
+                        description="Validate a data file and summarise it: by default an SST-2 (TSV/CSV/JSONL) "
+                        "or SQuAD (JSON) file; with --task, a file of that task.")
+    c.add_argument("path")
+    c.add_argument("--task", help="read the file as this task's: " + TASK_HELP)
+    c.add_argument("--json", action="store_true")
+
+
+def _add_run_parsers(sub) -> None:
+    p = sub.add_parser("zeroshot", help="evaluate a base model zero-shot (prompting)",
+                       description="Zero-shot evaluation: classification by scoring label words, extractive QA "
+                       "by generation.")
+    p.add_argument("model")
+    p.add_argument("--task", required=True, help=TASK_HELP)
+    _add_data_opts(p)
+    add_flags(p, ZEROSHOT_OPTIONS)
+
+    p = sub.add_parser("finetune", help="fine-tune a task head (full, LoRA or head-only)",
+                       description="Fine-tune on the train split, evaluate on dev, save a Hugging Face folder.")
+    p.add_argument("model")
+    p.add_argument("--task", required=True, help=TASK_HELP)
+    _add_data_opts(p)
+    p.add_argument("--train-file", help="training file instead of the task's train split")
     p.add_argument("--config", help="YAML file of training options (keys as below, with _ for -)")
-    p.add_argument("--method", choices=["full", "lora", "head"])
-    for name, typ in [("learning-rate", float), ("epochs", float), ("batch-size", int), ("grad-accum", int),
-                      ("warmup-ratio", float), ("weight-decay", float), ("max-length", int), ("seed", int),
-                      ("eval-every", int), ("save-every", int), ("log-every", int),
-                      ("max-train-samples", int), ("max-steps", int), ("lora-r", int), ("lora-alpha", int),
-                      ("lora-dropout", float)]:
-        p.add_argument(f"--{name}", type=typ)
-    p.add_argument("--lr-schedule", choices=["linear", "cosine", "constant"])
-    p.add_argument("--lora-targets", help="comma-separated module names (default: all attention and MLP)")
-    p.add_argument("--merge-lora", action="store_true", default=None, help="save LoRA merged into the weights")
-    p.add_argument("--no-bf16", dest="bf16", action="store_false", default=None, help="train in float32 on GPU")
+    add_flags(p, FINETUNE_EXTRAS)
+    add_flags(p, TRAIN_OPTIONS)
     p.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
+
+    p = sub.add_parser("evaluate", help="evaluate a fine-tuned model folder",
+                       description="Evaluate a folder written by `tunelab finetune`.")
+    p.add_argument("model_dir")
+    p.add_argument("--task", help="default: the task the folder was fine-tuned for; " + TASK_HELP)
+    _add_data_opts(p)
+    add_flags(p, EVALUATE_OPTIONS, defaults=True)
+
+
+def _add_study_parsers(sub) -> None:
+    from tunelab.study.config import PRESETS
+
+    p = sub.add_parser(
+        "study", help="the whole comparison: parameters, zero-shot, fine-tuning, evaluation, report",
+        description="Run, for each task of the configuration, parameter counts, zero-shot evaluation, "
+        "fine-tuning and evaluation of the fine-tuned model into one run folder, then write report.md and "
+        "report.html. Rerunning the same command skips finished stages and resumes the unfinished one.",
+    )
+    p.add_argument("--config", help="study YAML file (schema: `tunelab study --print-schema`)")
+    p.add_argument("--preset", choices=PRESETS,
+                   help="built-in configuration (default smoke when no --config is given; with --config, the "
+                   "file's options go over the preset's)")
+    p.add_argument("--out", help="run folder (default runs/<preset or config name>)")
+    p.add_argument("--set", dest="set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                   help="override one option, e.g. sst2.finetune.learning_rate=1e-4 (value read as YAML; "
+                   "repeatable)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
+    p.add_argument("--print-schema", action="store_true", help="print the configuration schema and exit")
+
+    p = sub.add_parser("report", help="rebuild report.md and report.html of a study run folder",
+                       description="Rebuild report.md and a self-contained report.html from a study run folder.")
+    p.add_argument("run_dir", help="the run folder written by `tunelab study`")
+
+
+def _add_use_parsers(sub) -> None:
+    p = sub.add_parser("predict", help="run a fine-tuned model on new texts or questions",
+                       description="Classify texts or answer questions about a passage with a folder written by "
+                       "`tunelab finetune` or `tunelab export` (its task says which). Output: one tab-separated "
+                       "line per input: label, probability, text (classification) or answer, probability, score, "
+                       "question (QA); --json prints one JSON object instead.")
+    p.add_argument("model_dir", help="a folder written by `tunelab finetune` or `tunelab export`")
+    p.add_argument("texts", nargs="*", metavar="TEXT", help="classification: texts to classify")
+    p.add_argument("--pair", action="append", help="sentence-pair tasks: the second text of each TEXT (repeat)")
+    p.add_argument("--file", help="classification: one text a line (a tab between a pair's texts), or the task's "
+                   ".tsv/.csv/.jsonl; QA: a SQuAD .json or a .jsonl of {context, question}; - reads stdin")
+    p.add_argument("--question", action="append", help="QA: a question (repeat for several on one context)")
+    p.add_argument("--context", help="QA: the passage the answer is taken from")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    p = sub.add_parser("export", help="write a Hub-ready folder (merged weights, model card) for a fine-tuned model",
+                       description="Export a folder written by `tunelab finetune` for the Hugging Face Hub: "
+                       "safetensors weights (LoRA merged), tokenizer, and a model card with the measured metrics.")
+    p.add_argument("model_dir", help="a folder written by `tunelab finetune`")
+    p.add_argument("--out", required=True, help="output folder (refused if it exists, unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("--base-model", help="Hub id of the base model for the card (default: from the alias)")
+
+    p = sub.add_parser("push", help="upload an exported folder to the Hugging Face Hub",
+                       description="Upload a folder written by `tunelab export` to a Hub model repo (created "
+                       "if missing). The token comes from HF_TOKEN or `hf auth login`.")
+    p.add_argument("folder", help="a folder written by `tunelab export`")
+    p.add_argument("--repo-id", required=True, help="USER/NAME or ORG/NAME")
+    p.add_argument("--private", action="store_true", help="create the repo private (an existing repo keeps its "
+                   "visibility)")
+    p.add_argument("--dry-run", action="store_true", help="list the files that would be uploaded; send nothing")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tunelab",
         description="How much does fine-tuning a small decoder LLM buy over prompting it zero-shot? "
-        "Parameter accounting, zero-shot and fine-tuned SST-2 and SQuAD.",
+        "Parameter accounting, zero-shot and fine-tuned classification and extractive QA (SST-2, SQuAD, or "
+        "tasks of your own).",
     )
     parser.add_argument("--version", action="version", version=f"tunelab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    p = sub.add_parser("params", help="exact parameter counts from the config alone (no weights, no download)",
-                       description="Count total and trainable parameters of a base model and its task model.")
-    p.add_argument("model", help="alias (smollm2-135m, llama-3.2-1b), local folder or Hub id")
-    p.add_argument("--task", choices=TASKS, help="count the task model (adds its head)")
-    p.add_argument("--method", choices=["full", "lora", "head"], default="full")
-    p.add_argument("--lora-r", type=int, default=16)
-    p.add_argument("--lora-alpha", type=int, default=32)
-    p.add_argument("--lora-targets", help="comma-separated module names")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-
-    p = sub.add_parser("data", help="inspect data files", description="Inspect data files.")
-    dsub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
-    c = dsub.add_parser("check", help="validate a file and say what it holds",
-                        description="Validate an SST-2 (TSV/CSV/JSONL) or SQuAD (JSON) file and summarise it.")
-    c.add_argument("path")
-    c.add_argument("--json", action="store_true")
-
-    p = sub.add_parser("zeroshot", help="evaluate a base model zero-shot (prompting)",
-                       description="Zero-shot evaluation: SST-2 by scoring label words, SQuAD by generation.")
-    p.add_argument("model")
-    p.add_argument("--task", choices=TASKS, required=True)
-    _add_data_opts(p)
-    p.add_argument("--prompt", default=None, help="template name (sst2: chat, plain, harness; squad: chat, plain)"
-                   " or a YAML/JSON file defining one")
-    p.add_argument("--calibration", default="batch", choices=["batch", "contextual", "none"],
-                   help="SST-2 score calibration (default batch)")
-    p.add_argument("--batch-size", type=int, default=32)
-
-    p = sub.add_parser("finetune", help="fine-tune a task head (full, LoRA or head-only)",
-                       description="Fine-tune on the train split, evaluate on dev, save a Hugging Face folder.")
-    p.add_argument("model")
-    p.add_argument("--task", choices=TASKS, required=True)
-    _add_data_opts(p)
-    p.add_argument("--train-file", help="training file instead of the data folder's train split")
-    p.add_argument("--input-prompt", default=None, help="sst2: wrap sentences in this zero-shot template "
-                   "(default chat; 'none' for bare sentences)")
-    _add_train_opts(p)
-
-    p = sub.add_parser("evaluate", help="evaluate a fine-tuned model folder",
-                       description="Evaluate a folder written by `tunelab finetune`.")
-    p.add_argument("model_dir")
-    p.add_argument("--task", choices=TASKS, required=True)
-    _add_data_opts(p)
-    p.add_argument("--batch-size", type=int, default=64)
-
-    from tunelab import hub, predict, study
-
-    for module in (study, predict, hub):
-        module.add_parsers(sub)
+    for add in (_add_model_parsers, _add_run_parsers, _add_study_parsers, _add_use_parsers):
+        add(sub)
     for name in LOADS_MODELS:
         sub.choices[name].add_argument(
             "--trust-remote-code", action="store_true",
@@ -110,172 +159,211 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# ------------------------------------------------------------------------------------------------------------
+# Commands
+
+
+def _task(args):
+    from tunelab.tasks import load_task
+
+    task = load_task(args.task)
+    return task.for_version(args.version) if getattr(args, "version", None) else task
+
+
+def _options(args, opts: dict, task) -> dict:
+    """The options of `opts` given on the command line, checked, and refused for a task of another kind."""
+    values = given(args, opts)
+    for name, value in values.items():
+        flag = "--" + name.replace("_", "-")
+        if not opts[name].applies_to(task.kind):
+            raise UsageError(f"{flag} applies to {' and '.join(opts[name].kinds)} tasks; {task.name} is a "
+                             f"{task.kind} task")
+        values[name] = opts[name].check(value, None, flag)
+    return values
+
+
 def cmd_params(args) -> int:
     from tunelab.models import LoraOptions, load_config, param_report
-    from tunelab.models.params import DEFAULT_LORA_TARGETS, format_report
+    from tunelab.models.params import format_report
 
-    targets = tuple(args.lora_targets.split(",")) if args.lora_targets else DEFAULT_LORA_TARGETS
-    report = param_report(args.model, load_config(args.model), args.task, args.method,
-                          LoraOptions(args.lora_r, args.lora_alpha, 0.0, targets))
-    print(json.dumps(report.to_dict(), indent=2) if args.json else format_report(report))
+    task = _task(args) if args.task else None
+    targets = TRAIN_OPTIONS["lora_targets"].check(args.lora_targets, None, "--lora-targets")
+    labels = task.head_options().get("labels") if task else None
+    report = param_report(args.model, load_config(args.model), task.head if task else None, args.method,
+                          LoraOptions(args.lora_r, args.lora_alpha, 0.0, tuple(targets)), len(labels or ()) or 2)
+    name = task.name if task else None
+    print(json.dumps({"task": name, **report.to_dict()}, indent=2) if args.json else format_report(report, name))
     return 0
 
 
 def cmd_data(args) -> int:
-    from tunelab.data.check import check_file, format_summary
+    from tunelab.tasks.builtin import task_for_file
 
-    summary = check_file(args.path)
-    print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
+    task = _task(args) if args.task else task_for_file(args.path)
+    summary = task.check_file(args.path)
+    print(json.dumps(summary, indent=2) if args.json else task.format_summary(summary))
     return 0
 
 
-def _train_config(args, defaults: dict):
-    from tunelab.training import TrainConfig
+def cmd_zeroshot(args) -> int:
+    from tunelab import runs
+    from tunelab.options import ZeroShotOptions
 
-    values = dict(defaults)
+    task = _task(args)
+    options = ZeroShotOptions(**{**task.zeroshot_options(), **_options(args, ZEROSHOT_OPTIONS, task)})
+    examples, data = task.load_split(args.split, args.data_dir, args.data_file)
+    examples = examples[: options.limit] if options.limit else examples
+    return _report(task.for_data(examples), args, runs.zeroshot(task, args.model, examples, data, args.out, options,
+                                                                overwrite=args.overwrite))
+
+
+def _train_config(args, task):
+    from tunelab.config_files import read_mapping
+    from tunelab.options import TrainConfig
+
+    values = task.training_defaults()
     if args.config:
         values.update(read_mapping(args.config, "config", "training options: learning_rate, epochs, ..."))
-    for key in ["method", "learning_rate", "epochs", "batch_size", "grad_accum", "warmup_ratio", "weight_decay",
-                "max_length", "seed", "eval_every", "save_every", "log_every", "max_train_samples", "max_steps",
-                "lora_r", "lora_alpha", "lora_dropout", "lr_schedule", "merge_lora", "bf16"]:
-        v = getattr(args, key, None)
-        if v is not None:
-            values[key] = v
-    if args.lora_targets:
-        values["lora_targets"] = args.lora_targets.split(",")
+    values.update(given(args, TRAIN_OPTIONS))
     return TrainConfig.from_dict(values, where=args.config or "options")
 
 
-def _check_batch_size(n: int) -> None:
-    if n < 1:
-        raise UsageError(f"--batch-size must be >= 1, got {n}")
-
-
-def _limit(examples, n):
-    if n is not None and n < 1:
-        raise UsageError(f"--limit must be >= 1, got {n}")
-    return examples[:n] if n else examples
-
-
-def _sst2_prompt(name: str | None):
-    from tunelab.tasks.classification import Prompt
-
-    return Prompt.load(name)
-
-
-def cmd_zeroshot(args) -> int:
-    _check_batch_size(args.batch_size)
-    if args.task == "sst2":
-        from tunelab.recipes import sst2
-        from tunelab.tasks.classification import Calibration
-
-        examples, data = sst2.load_split(args.data_file, args.data_dir, args.split)
-        m = sst2.run_zeroshot(args.model, _limit(examples, args.limit), data, args.out,
-                              prompt=_sst2_prompt(args.prompt), calibration=Calibration(args.calibration),
-                              batch_size=args.batch_size, overwrite=args.overwrite)
-    else:
-        from tunelab.recipes import squad
-
-        examples, data = squad.load_split(args.data_file, args.data_dir, args.version or "1.1", args.split)
-        m = squad.run_zeroshot(args.model, _limit(examples, args.limit), data, args.out, prompt=args.prompt,
-                               batch_size=args.batch_size, overwrite=args.overwrite, version=args.version)
-    return _report(args, m)
-
-
 def cmd_finetune(args) -> int:
-    if args.task == "sst2":
-        from tunelab.recipes import sst2
+    from tunelab import runs
 
-        cfg = _train_config(args, {"learning_rate": 2e-5, "batch_size": 32, "max_length": 128})
-        train_ex, train_data = sst2.load_split(args.train_file, args.data_dir, "train")
-        if not any(ex.label is not None for ex in train_ex):
-            raise UsageError(f"{train_data}: training data needs labels (a `label` column of 0/1)")
-        dev_ex, dev_data = sst2.load_split(args.data_file, args.data_dir, args.split)
-        prompt = None if args.input_prompt == "none" else _sst2_prompt(args.input_prompt)
-        m = sst2.run_finetune(args.model, train_ex, _limit(dev_ex, args.limit), dev_data, args.out, cfg,
-                              input_prompt=prompt, resume=args.resume, overwrite=args.overwrite)
-        if m is None:  # not the main process of a multi-process run
-            return 0
-        _print_sst2(m)
-        print(f"wrote {args.out} (evaluation in {args.out}/eval)")
-    else:
-        from tunelab.recipes import squad
-
-        cfg = _train_config(args, {"learning_rate": 3e-5, "batch_size": 12, "epochs": 2, "max_length": 384})
-        train_ex, _ = squad.load_split(args.train_file, args.data_dir, args.version or "1.1", "train")
-        dev_ex, dev_data = squad.load_split(args.data_file, args.data_dir, args.version or "1.1", args.split)
-        version = args.version or ("2.0" if any(ex.is_impossible for ex in train_ex + dev_ex) else "1.1")
-        m = squad.run_finetune(args.model, train_ex, _limit(dev_ex, args.limit), dev_data, args.out, cfg,
-                               version=version, resume=args.resume, overwrite=args.overwrite)
-        if m is None:  # not the main process of a multi-process run
-            return 0
-        _print_squad(m)
-        print(f"wrote {args.out} (evaluation in {args.out}/eval)")
+    task = _task(args)
+    cfg = _train_config(args, task)
+    extras = {**task.finetune_extras(), **_options(args, FINETUNE_EXTRAS, task)}
+    train_ex, train_data = task.load_split("train", args.data_dir, args.train_file)
+    dev_ex, dev_data = task.load_split(args.split, args.data_dir, args.data_file)
+    dev_ex = dev_ex[: extras["limit"]] if extras["limit"] else dev_ex
+    options = {k: v for k, v in extras.items() if k not in ("limit", "train_limit")}
+    m = runs.finetune(task, args.model, runs.sample(train_ex, extras["train_limit"], cfg.seed), dev_ex, dev_data,
+                      args.out, cfg, options, train_data=train_data, resume=args.resume, overwrite=args.overwrite)
+    if m is None:  # not the main process of a multi-process run
+        return 0
+    print(task.for_data(train_ex + dev_ex).summary_line(m))
+    print(f"wrote {args.out} (evaluation in {args.out}/eval)")
     return 0
 
 
 def cmd_evaluate(args) -> int:
-    _check_batch_size(args.batch_size)
-    if args.task == "sst2":
-        from tunelab.recipes import sst2
+    from tunelab import runs
+    from tunelab.tasks import task_from_meta
 
-        examples, data = sst2.load_split(args.data_file, args.data_dir, args.split)
-        m = sst2.run_evaluate(args.model_dir, _limit(examples, args.limit), data, args.out,
-                              batch_size=args.batch_size, overwrite=args.overwrite)
-    else:
-        from tunelab.recipes import squad
+    options = {k: EVALUATE_OPTIONS[k].check(getattr(args, k), None, "--" + k.replace("_", "-"))
+               for k in EVALUATE_OPTIONS}
+    task = _task(args) if args.task else None
+    meta = runs.read_meta(args.model_dir)
+    data_task = task or task_from_meta(meta, f"{args.model_dir}/{runs.META_FILE}")
+    examples, data = data_task.load_split(args.split, args.data_dir, args.data_file)
+    examples = examples[: options["limit"]] if options["limit"] else examples
+    m = runs.evaluate(args.model_dir, examples, data, args.out, task=task, batch_size=options["batch_size"],
+                      overwrite=args.overwrite)
+    return _report(data_task.for_meta(meta).for_data(examples), args, m)
 
-        examples, data = squad.load_split(args.data_file, args.data_dir, args.version or "1.1", args.split)
-        m = squad.run_evaluate(args.model_dir, _limit(examples, args.limit), data, args.out,
-                               batch_size=args.batch_size, overwrite=args.overwrite)
-    return _report(args, m)
 
-
-def _report(args, m: dict | None) -> int:
+def _report(task, args, m: dict | None) -> int:
     if m is None:  # not the main process of a multi-process run: the main one writes and prints
         return 0
-    (_print_sst2 if args.task == "sst2" else _print_squad)(m)
+    print(task.summary_line(m))
     print(f"wrote {args.out}/metrics.json")
     return 0
 
 
-def _print_sst2(m: dict) -> None:
-    if "accuracy" not in m:
-        print(f"{m['n']} predictions (no labels in {m['data']})")
-        return
-    lo, hi = m["accuracy_ci95"]
-    print(f"SST-2 {m['mode']}: accuracy {100 * m['accuracy']:.2f}% (95% CI {100 * lo:.1f}-{100 * hi:.1f}), "
-          f"F1 {100 * m['f1']:.2f}, precision {100 * m['precision']:.2f}, recall {100 * m['recall']:.2f}, "
-          f"n={m['n']}")
+def cmd_study(args) -> int:
+    import time
+    from pathlib import Path
+
+    import yaml
+
+    from tunelab.options import schema_text
+    from tunelab.study import resolve_config, run_study
+
+    if args.print_schema:
+        print(schema_text(), end="")
+        return 0
+    cfg = resolve_config(config=args.config, preset=args.preset, sets=args.set)
+    if args.print_config:
+        print(yaml.safe_dump(cfg.data, sort_keys=False, allow_unicode=True), end="")
+        return 0
+    out = Path(args.out or Path("runs") / cfg.name)
+    t0 = time.perf_counter()
+    run_study(cfg, out)
+    print(f"study finished in {time.perf_counter() - t0:.0f} s: {out}/report.md, {out}/report.html")
+    return 0
 
 
-def _print_squad(m: dict) -> None:
-    line = f"SQuAD {m['mode']}: EM {m['exact_match']:.2f}, F1 {m['f1']:.2f}, n={m['n']}"
-    if "HasAns_f1" in m or "NoAns_f1" in m:
-        line += f" (HasAns F1 {m.get('HasAns_f1', float('nan')):.2f}, NoAns F1 {m.get('NoAns_f1', float('nan')):.2f}"
-        line += f", best F1 {m['best_f1']:.2f} at threshold {m['best_f1_thresh']:.3f})"
-    print(line)
+def cmd_report(args) -> int:
+    from tunelab.report import build_report
+
+    md, html = build_report(args.run_dir)
+    print(f"wrote {md} and {html}")
+    return 0
 
 
-def _commands() -> dict:
-    from tunelab import hub, predict, study
+def cmd_predict(args) -> int:
+    from tunelab.predict import predict, print_predictions
 
-    return {"params": cmd_params, "data": cmd_data, "zeroshot": cmd_zeroshot, "finetune": cmd_finetune,
-            "evaluate": cmd_evaluate, **study.COMMANDS, **predict.COMMANDS, **hub.COMMANDS}
+    task, rows = predict(args.model_dir, texts=args.texts, pairs=args.pair, questions=args.question,
+                         context=args.context, file=args.file, batch_size=args.batch_size)
+    print_predictions(task, args.model_dir, rows, args.json)
+    return 0
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def cmd_export(args) -> int:
+    from tunelab.hub.export import export
+    from tunelab.hub.push import upload_plan
+
+    out = export(args.model_dir, args.out, overwrite=args.overwrite, base_model=args.base_model)
+    files = upload_plan(out)
+    print(f"wrote {out}: {len(files)} files, {_size(sum(f['size'] for f in files))} (model card {out}/README.md)")
+    print(f"push it with: tunelab push {out} --repo-id USER/{out.name}")
+    return 0
+
+
+def cmd_push(args) -> int:
+    from tunelab.hub.push import push
+
+    r = push(args.folder, args.repo_id, private=args.private, dry_run=args.dry_run)
+    vis = "private" if r["private"] else "public"
+    if r["dry_run"]:
+        print(f"dry run: would upload {len(r['files'])} files ({_size(r['total_bytes'])}) from {r['folder']} "
+              f"to {r['url']} ({vis} if created)")
+        for f in r["files"]:
+            print(f"  {f['size']:>14,}  {f['path']}")
+    else:
+        print(f"uploaded {len(r['files'])} files ({_size(r['total_bytes'])}) to {r['url']}")
+        if "commit" in r:
+            print(f"commit: {r['commit']}")
+    return 0
+
+
+COMMANDS = {"params": cmd_params, "data": cmd_data, "zeroshot": cmd_zeroshot, "finetune": cmd_finetune,
+            "evaluate": cmd_evaluate, "study": cmd_study, "report": cmd_report, "predict": cmd_predict,
+            "export": cmd_export, "push": cmd_push}
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
-    from tunelab.models.loading import trust_remote_code
-    from tunelab.outputs import launched_processes
+    from tunelab.distributed import launched_processes
+    from tunelab.models.remote_code import trust_remote_code
 
     trust_remote_code(getattr(args, "trust_remote_code", False))  # set on every call: off unless asked
     try:
         if launched_processes() > 1 and args.command not in MULTI_PROCESS:
             raise UsageError(f"`tunelab {args.command}` runs in one process: start it without accelerate launch or "
                              f"torchrun (these use several: {', '.join(MULTI_PROCESS)})")
-        return _commands()[args.command](args)
+        return COMMANDS[args.command](args)
     except UsageError as exc:
         print(f"tunelab: error: {exc}", file=sys.stderr)
         return exc.exit_code

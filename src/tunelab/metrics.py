@@ -2,29 +2,38 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 
-def classification_metrics(gold, pred, *, n_boot: int = 1000, seed: int = 0) -> dict:
-    """Accuracy, precision/recall/F1 of the positive class, macro F1 (fractions in [0, 1]), the confusion
-    matrix (rows gold, columns predicted) and a 95% percentile-bootstrap interval for accuracy."""
+def classification_metrics(gold, pred, *, labels: Sequence[str] = ("0", "1"), positive: int | None = 1,
+                           n_boot: int = 1000, seed: int = 0) -> dict:
+    """Accuracy with a 95% percentile-bootstrap interval, macro F1, per-class precision/recall/F1 and the
+    confusion matrix (rows gold, columns predicted), as fractions in [0, 1]. With two labels, also the
+    precision, recall and F1 of the `positive` class and how often it is predicted."""
     from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
     gold = np.asarray(gold)
     pred = np.asarray(pred)
-    p, r, f, _ = precision_recall_fscore_support(gold, pred, average="binary", pos_label=1, zero_division=0)
     correct = (gold == pred).astype(float)
-    return {
-        "n": len(gold),
-        "accuracy": float(accuracy_score(gold, pred)),
-        "precision": float(p),
-        "recall": float(r),
-        "f1": float(f),
-        "macro_f1": float(f1_score(gold, pred, average="macro", zero_division=0)),
-        "confusion_matrix": confusion_matrix(gold, pred, labels=[0, 1]).tolist(),
-        "accuracy_ci95": bootstrap_ci(correct, n_boot=n_boot, seed=seed),
-        "predicted_positive_rate": float(pred.mean()) if len(pred) else 0.0,
-    }
+    classes = list(range(len(labels)))
+    out: dict = {"n": len(gold), "accuracy": float(accuracy_score(gold, pred))}
+    if len(labels) == 2 and positive is not None:
+        p, r, f, _ = precision_recall_fscore_support(gold, pred, average="binary", pos_label=positive,
+                                                     zero_division=0)
+        out.update(precision=float(p), recall=float(r), f1=float(f))
+    out["macro_f1"] = float(f1_score(gold, pred, average="macro", zero_division=0))
+    out["confusion_matrix"] = confusion_matrix(gold, pred, labels=classes).tolist()
+    out["accuracy_ci95"] = bootstrap_ci(correct, n_boot=n_boot, seed=seed)
+    if len(labels) == 2 and positive is not None:
+        out["predicted_positive_rate"] = float((pred == positive).mean()) if len(pred) else 0.0
+        out["positive_label"] = labels[positive]
+    p, r, f, support = precision_recall_fscore_support(gold, pred, labels=classes, zero_division=0)
+    out["labels"] = list(labels)
+    out["per_class"] = {name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
+                               "support": int(support[i])} for i, name in enumerate(labels)}
+    return out
 
 
 def bootstrap_ci(values, *, n_boot: int = 1000, seed: int = 0, scale: float = 1.0) -> list[float]:

@@ -1,4 +1,5 @@
-"""Output folders that are all-or-nothing: work happens in `NAME.partial/`, renamed to `NAME/` at the end.
+"""Writing and reading results. Output folders are all-or-nothing: work happens in `NAME.partial/`, renamed to
+`NAME/` at the end; single files are written beside their place and renamed over it.
 
 A failed or interrupted command leaves no folder that looks finished, and an existing result is never
 replaced without --overwrite.
@@ -13,47 +14,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Iterable
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+from tunelab.distributed import distributed_state
 from tunelab.errors import UsageError
 
 
 def partial_dir(out: Path) -> Path:
     return out.with_name(out.name + ".partial")
-
-
-def distributed_state():
-    """accelerate's PartialState when this is one of several processes (accelerate launch, torchrun), else None.
-    Creating it joins the process group, which the training Accelerator then reuses."""
-    world = launched_processes()
-    if world <= 1:
-        return None
-    import torch
-    from accelerate import PartialState
-    from accelerate.utils import parse_flag_from_env
-
-    # Without a GPU, accelerate only joins the processes together when told to use the CPU.
-    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available())
-    check_joined(state.num_processes, world)
-    return state
-
-
-def launched_processes() -> int:
-    """How many processes the launcher (accelerate launch, torchrun) started: $WORLD_SIZE, else 1."""
-    try:
-        return max(1, int(os.environ.get("WORLD_SIZE", "1") or "1"))
-    except ValueError:
-        raise UsageError(f"WORLD_SIZE={os.environ['WORLD_SIZE']!r} is not a number of processes") from None
-
-
-def check_joined(joined: int, world: int) -> None:
-    """Refuse to go on as `world` unconnected copies (each would train alone and write the same folder)."""
-    if joined != world:
-        raise UsageError(
-            f"started as {world} processes (WORLD_SIZE) but accelerate joined {joined}: check the launch "
-            "command and accelerate config (see configs/accelerate/); on CPUs set ACCELERATE_USE_CPU=1"
-        )
 
 
 def has_resumable_checkpoint(work: Path) -> bool:
@@ -107,13 +78,35 @@ def atomic_output(out: str | Path, *, overwrite: bool = False, keep_partial: boo
         _remove(old)
 
 
-def write_json(path: Path, obj) -> None:
+def write_text(path: Path, text: str) -> None:
+    """Write a file in one step: a temporary file beside it, renamed over it (readers never see half a file)."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
 
 
-def write_jsonl(path: Path, rows) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+def write_json(path: Path, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
+    write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+
+
+def read_json(path: Path, what: str = "it", *, error: type[UsageError] = UsageError) -> Any:
+    """A JSON file's content; a UsageError (or `error`) names the file when it cannot be read or parsed."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise error(f"{path}: cannot read {what}: {exc}") from None
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The objects of a JSON-lines file written by tunelab (blank lines skipped)."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        return [json.loads(line) for line in lines if line.strip()]
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise UsageError(f"{path}: not JSON lines: {exc}") from None

@@ -1,23 +1,9 @@
-"""Data: SST-2 and SQuAD readers with validation, locating the data folder, and `data check`."""
+"""Data files: classification tables (table), SQuAD-format JSON (squad), text and JSONL reading (text), the data
+folder (folder) and Hub datasets (hub). Which file a task reads, and how, is the task's (tunelab.tasks)."""
 
-from .check import check_file, format_summary
-from .folder import read_any, resolve_data_dir, squad_path, sst2_path
-from .squad import SquadExample, load_squad_hub, read_squad, summarize_squad
-from .sst2 import SST2Example, load_sst2_hub, read_sst2, summarize_sst2
+from tunelab.data.folder import resolve_data_dir
+from tunelab.data.squad import SquadExample, read_squad, summarize_squad
+from tunelab.data.table import Columns, LabelSet, TextExample, read_table
 
-__all__ = [
-    "SST2Example",
-    "SquadExample",
-    "check_file",
-    "format_summary",
-    "load_squad_hub",
-    "load_sst2_hub",
-    "read_any",
-    "read_squad",
-    "read_sst2",
-    "resolve_data_dir",
-    "squad_path",
-    "sst2_path",
-    "summarize_squad",
-    "summarize_sst2",
-]
+__all__ = ["Columns", "LabelSet", "SquadExample", "TextExample", "read_squad", "read_table", "resolve_data_dir",
+           "summarize_squad"]

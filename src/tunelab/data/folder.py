@@ -1,18 +1,14 @@
-"""Where the data lives: the data folder, the file for a task and split, and reading any data file."""
+"""Where the data lives: the data folder (--data-dir, a study's data_dir or $TUNELAB_DATA_DIR) and the first of
+a split's candidate files that exists."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from ..errors import DataError, UsageError
-from .squad import read_squad
-from .sst2 import read_sst2
+from tunelab.errors import UsageError
 
 ENV_VAR = "TUNELAB_DATA_DIR"
-SST2_SPLITS = ("train", "dev", "test")
-SQUAD_SPLITS = ("train", "dev")
-SQUAD_VERSIONS = ("1.1", "2.0")
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
@@ -30,57 +26,17 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
     return path
 
 
-def _split(split: str, allowed: tuple[str, ...]) -> str:
+def split_name(split: str, allowed: tuple[str, ...]) -> str:
+    """A split name as the task calls it (`validation` means dev)."""
     split = "dev" if split == "validation" else split
     if split not in allowed:
         raise UsageError(f"unknown split {split!r}: expected {', '.join(allowed)} (validation means dev)")
     return split
 
 
-def _first_existing(what: str, candidates: list[Path]) -> Path:
+def first_existing(what: str, candidates: list[Path]) -> Path:
     for path in candidates:
         if path.is_file():
             return path
     tried = "\n  ".join(str(p) for p in candidates)
     raise UsageError(f"no {what} file found; tried:\n  {tried}")
-
-
-def sst2_path(data_dir, split: str) -> Path:
-    """The SST-2 TSV for split train, dev (alias validation) or test: SST-2/ or sst2/{split}.tsv."""
-    root = resolve_data_dir(data_dir)
-    split = _split(split, SST2_SPLITS)
-    return _first_existing(
-        f"SST-2 {split}", [root / "SST-2" / f"{split}.tsv", root / "sst2" / f"{split}.tsv"]
-    )
-
-
-def squad_path(data_dir, version: str, split: str) -> Path:
-    """The SQuAD JSON for version 1.1/2.0 and split train/dev: this project's layout or the official names."""
-    root = resolve_data_dir(data_dir)
-    version = str(version).lstrip("v")
-    if version not in SQUAD_VERSIONS:
-        raise UsageError(f"unknown SQuAD version {version!r}: expected 1.1 or 2.0")
-    split = _split(split, SQUAD_SPLITS)
-    candidates = [
-        root / "squad" / f"v{version}-{split}.json",  # this project's layout
-        root / "squad" / f"{split}-v{version}.json",  # official names, e.g. dev-v1.1.json
-        root / f"{split}-v{version}.json",
-    ]
-    return _first_existing(f"SQuAD v{version} {split}", candidates)
-
-
-def read_any(path) -> tuple[str, list]:
-    """Read a data file, telling the task from its suffix: .json is SQuAD, .tsv/.csv/.jsonl are SST-2."""
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix == ".json":
-        return "squad", read_squad(path)  # read_squad says so when there is no top-level "data"
-    if suffix in (".tsv", ".csv", ".jsonl"):
-        return "sst2", read_sst2(path)
-    if not path.exists():
-        raise DataError(path, "file not found")
-    raise DataError(
-        path,
-        f"unknown data file type {suffix or '(no suffix)'!r}: "
-        "expected .json (SQuAD) or .tsv/.csv/.jsonl (SST-2)",
-    )

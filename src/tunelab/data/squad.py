@@ -1,4 +1,4 @@
-"""SQuAD v1.1 / v2.0 reader for the official JSON schema, validated question by question.
+"""SQuAD-format reader (v1.1 / v2.0) for the official JSON schema, validated question by question.
 
 Problems raise `DataError` with the question id as `record` where one is known, otherwise with the
 location in the file (e.g. "data[3].paragraphs[2]") in the message.
@@ -10,10 +10,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import DataError, UsageError
-from .sst2 import read_utf8
-
-HUB_NAMES = {"1.1": "rajpurkar/squad", "2.0": "rajpurkar/squad_v2"}
+from tunelab.data.text import read_utf8
+from tunelab.errors import DataError
 
 
 @dataclass(frozen=True)
@@ -155,53 +153,10 @@ def _show(value) -> str:
     )
 
 
-def load_squad_hub(version: str, split: str) -> list[SquadExample]:
-    """SQuAD from the Hugging Face Hub: version "1.1" (rajpurkar/squad) or "2.0" (rajpurkar/squad_v2)."""
-    version = str(version).lstrip("v")
-    if version not in HUB_NAMES:
-        raise UsageError(f"unknown SQuAD version {version!r}: expected 1.1 or 2.0")
-    hub_split = "validation" if split == "dev" else split
-    if hub_split not in ("train", "validation"):
-        raise UsageError(f"unknown SQuAD split {split!r}: expected train or dev (validation)")
-    name = HUB_NAMES[version]
-    try:
-        import datasets
-    except ImportError:
-        raise UsageError(
-            "loading SQuAD from the Hub needs the `datasets` package: pip install 'tunelab[hub]' "
-            "(or use local files with --data-dir / TUNELAB_DATA_DIR)"
-        ) from None
-    try:
-        rows = datasets.load_dataset(name, split=hub_split)
-        examples = []
-        for row in rows:
-            # the Hub stores answers column-wise: {"text": [...], "answer_start": [...]}
-            answers = [
-                {"text": t, "answer_start": int(s)}
-                for t, s in zip(row["answers"]["text"], row["answers"]["answer_start"])
-            ]
-            examples.append(
-                SquadExample(
-                    str(row["id"]),
-                    row.get("title") or "",
-                    row["context"],
-                    row["question"],
-                    answers,
-                    version == "2.0" and not answers,
-                )
-            )
-    except Exception as e:  # noqa: BLE001 -- offline, changed schema: report plainly
-        raise UsageError(
-            f"could not load SQuAD {version} split {hub_split!r} from the Hugging Face Hub ({name}): "
-            f"{type(e).__name__}: {e}. Offline? Use local files with --data-dir / TUNELAB_DATA_DIR"
-        ) from None
-    return examples
-
-
 def summarize_squad(examples) -> dict:
     """Counts: articles (distinct titles), paragraphs (distinct contexts), questions, unanswerable.
 
-    `version` is a guess: "2.0" when any question is unanswerable, else "1.1".
+    `version` is what the file's questions need: "2.0" when any is unanswerable, else "1.1".
     """
     unanswerable = sum(1 for ex in examples if ex.is_impossible)
     return {

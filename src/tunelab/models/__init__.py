@@ -1,4 +1,5 @@
-"""Models: spec resolution and aliases (registry), loading (loading), exact parameter accounting (params)."""
+"""Models: spec resolution and aliases (registry), loading (loading), the task heads (heads), exact parameter
+accounting (params), the remote-code switch (remote_code)."""
 
 from tunelab.models.loading import align_pad_token, load_causal_lm, load_task_model, load_tokenizer
 from tunelab.models.params import LoraOptions, param_report

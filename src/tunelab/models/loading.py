@@ -4,43 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 
 from tunelab.errors import ModelError
+from tunelab.models.heads import auto_class, head
 from tunelab.models.registry import resolve
-
-TASK_HEADS = {"sst2": "score", "squad": "qa_outputs"}
-
-# Whether Python code shipped with a model (a config's `auto_map`) may run: transformers' trust_remote_code.
-# One switch for the whole process, set from `--trust-remote-code` by the command line, so that every loader
-# (config, tokenizer, model, in every recipe) obeys it alike. Off unless the user asks.
-_REMOTE_CODE = {"trusted": False}
-REMOTE_CODE_HINT = ("it ships its own Python code, which tunelab does not run unless you pass --trust-remote-code "
-                    "(do so only for a source you trust)")
-
-
-def trust_remote_code(enabled: bool) -> None:
-    _REMOTE_CODE["trusted"] = bool(enabled)
-
-
-def remote_code_trusted() -> bool:
-    return _REMOTE_CODE["trusted"]
-
-
-def load_error(spec: str, what: str, exc: Exception) -> ModelError:
-    """A loading failure as a ModelError; a refusal to run shipped code says how to allow it."""
-    text = str(exc)
-    if "trust_remote_code" in text and not remote_code_trusted():
-        return ModelError(f"{spec}: cannot load {what}: {REMOTE_CODE_HINT}")
-    return ModelError(f"{spec}: cannot load {what}: {short(text)}")
-
-
-def short(message: str, limit: int = 600) -> str:
-    """A library's message cut to a readable length (some list every model type transformers knows)."""
-    message = message.strip()
-    return message if len(message) <= limit else message[:limit].rstrip() + " [...]"
+from tunelab.models.remote_code import load_error, remote_code_trusted
 
 
 def load_tokenizer(spec: str, *, padding_side: str = "right"):
@@ -74,7 +46,7 @@ def _from_pretrained(cls, spec: str, **kwargs):
         raise load_error(spec, "model", exc) from exc
 
 
-def load_causal_lm(spec: str, *, dtype=torch.float32):
+def load_causal_lm(spec: str, *, dtype: torch.dtype = torch.float32):
     from transformers import AutoModelForCausalLM
 
     model, info = _from_pretrained(AutoModelForCausalLM, spec, dtype=dtype)
@@ -84,62 +56,50 @@ def load_causal_lm(spec: str, *, dtype=torch.float32):
     return model
 
 
-def saved_task(path: str) -> str | None:
-    """The task of a folder tunelab fine-tuned (read from its config), or None for a base model."""
+def saved_head(path: str) -> str | None:
+    """The head of a folder tunelab fine-tuned (read from its config), or None for a base model."""
     cfg = Path(path) / "config.json"
     if not cfg.is_file():
         return None
     arch = " ".join(json.loads(cfg.read_text()).get("architectures") or [])
     if "ForSequenceClassification" in arch:
-        return "sst2"
+        return "classification"
     if "ForQuestionAnswering" in arch:
-        return "squad"
+        return "span"
     return None
 
 
-def load_task_model(
-    spec: str,
-    task: str,
-    *,
-    num_labels: int = 2,
-    dtype=torch.float32,
-    head_init=None,
-):
-    """A classification (`sst2`) or span-QA (`squad`) model whose body holds the checkpoint's weights.
+def load_task_model(spec: str, head_name: str, *, labels: Sequence[str] = ("0", "1"),
+                    dtype: torch.dtype = torch.float32, head_init: Callable | None = None):
+    """A classification or span-QA model (`head_name`: classification | span) whose body holds the checkpoint's
+    weights. A new classification head gets one output per label (`labels` name them in id2label);
+    `head_init(model)` may then set the new head's weights.
 
     transformers' LlamaForQuestionAnswering names its body `transformer` while causal-LM checkpoints name it
     `model`; a plain `from_pretrained` then silently leaves the whole body random. We map the keys, and
     refuse to return a model with any missing tensor other than the freshly added head.
     """
-    from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification
-
-    if task not in TASK_HEADS:
-        raise ModelError(f"unknown task {task!r}: expected one of {', '.join(TASK_HEADS)}")
-    path = resolve(spec)
-    kwargs = {"dtype": dtype}
-    if task == "sst2":
-        cls = AutoModelForSequenceClassification
-        if saved_task(path) is None:
-            kwargs.update(num_labels=num_labels, id2label={0: "negative", 1: "positive"},
-                          label2id={"negative": 0, "positive": 1})
-    else:
-        cls = AutoModelForQuestionAnswering
-        if saved_task(path) is None:
-            kwargs["key_mapping"] = {r"^model\.": "transformer."}
+    module = head(head_name).module
+    fresh = saved_head(resolve(spec)) is None
+    kwargs: dict = {"dtype": dtype}
+    if fresh and head_name == "classification":
+        kwargs.update(num_labels=len(labels), id2label=dict(enumerate(labels)),
+                      label2id={name: i for i, name in enumerate(labels)})
+    elif fresh:
+        kwargs["key_mapping"] = {r"^model\.": "transformer."}
     # transformers logs a load report of the (expected) missing head; our own check below is the one that counts.
     # Raising that logger's level also switches on a tensor-parallel plan check that warns about unsharded
     # layers (irrelevant here: nothing is sharded), so that logger is quietened too.
     for name in ("transformers.modeling_utils", "transformers.distributed.tensor_parallel"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    model, info = _from_pretrained(cls, spec, **kwargs)
-    head = TASK_HEADS[task]
-    missing = [k for k in info["missing_keys"] if not k.startswith(head + ".")]
+    model, info = _from_pretrained(auto_class(head_name), spec, **kwargs)
+    missing = [k for k in info["missing_keys"] if not k.startswith(module + ".")]
     if missing:
         raise ModelError(
             f"{spec}: {len(missing)} body tensors were not found in the checkpoint (e.g. {missing[:3]}); "
             "refusing to fine-tune a randomly initialised body"
         )
-    if saved_task(path) is None and head_init is not None:
+    if fresh and head_init is not None:
         head_init(model)
     return model
 

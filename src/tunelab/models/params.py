@@ -10,9 +10,11 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from tunelab.errors import ModelError, UsageError
-from tunelab.models.loading import TASK_HEADS, remote_code_trusted, short
+from tunelab.models.heads import HEADS, auto_class, head
+from tunelab.models.remote_code import remote_code_trusted, short
+from tunelab.options import LORA_TARGETS
 
-DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+DEFAULT_LORA_TARGETS = tuple(LORA_TARGETS)
 
 
 @dataclass
@@ -32,7 +34,7 @@ class LoraOptions:
 @dataclass
 class ParamReport:
     model: str
-    task: str | None
+    head: str | None  # classification | span; None for the causal LM alone
     method: str
     base_total: int
     total: int
@@ -40,6 +42,7 @@ class ParamReport:
     added: dict[str, int] = field(default_factory=dict)
     removed: dict[str, int] = field(default_factory=dict)
     adapter: int = 0  # LoRA matrices (0 for full / head); merged away at export, so not part of `total`
+    num_labels: int | None = None  # classification heads
 
     @property
     def delta(self) -> int:
@@ -67,41 +70,36 @@ def _by_module(model: torch.nn.Module, prefix_map: dict[str, str]) -> dict[str, 
     return out
 
 
-def build_meta(config, task: str | None, num_labels: int = 2):
-    from transformers import (
-        AutoModelForCausalLM,
-        AutoModelForQuestionAnswering,
-        AutoModelForSequenceClassification,
-    )
+def build_meta(config, head_name: str | None, num_labels: int = 2):
+    """The causal LM (`head_name` None) or a task model of this config, on the meta device."""
+    from transformers import AutoModelForCausalLM
 
     config = config.__class__.from_dict(config.to_dict())  # never mutate the caller's config
     if config.pad_token_id is None:
         config.pad_token_id = config.eos_token_id if isinstance(config.eos_token_id, int) else 0
-    if task not in (None, *TASK_HEADS):
-        raise UsageError(f"unknown task {task!r}: expected one of {', '.join(TASK_HEADS)}")
-    if task == "sst2":
+    if head_name == "classification":
         config.num_labels = num_labels
-    cls = {None: AutoModelForCausalLM, "sst2": AutoModelForSequenceClassification,
-           "squad": AutoModelForQuestionAnswering}[task]
+    cls = AutoModelForCausalLM if head_name is None else auto_class(head_name)
     try:
         with torch.device("meta"):
             return cls.from_config(config, trust_remote_code=remote_code_trusted())
-    except ValueError as exc:  # e.g. no class for this task in a model's shipped code
-        raise ModelError(f"cannot build the {task or 'causal LM'} model of this config: {short(str(exc))}") from exc
+    except ValueError as exc:  # e.g. no class for this head in a model's shipped code
+        what = "causal LM" if head_name is None else head(head_name).what
+        raise ModelError(f"cannot build the {what} model of this config: {short(str(exc))}") from exc
 
 
-def apply_method(model, task: str | None, method: str, lora: LoraOptions | None = None):
+def apply_method(model, head_name: str | None, method: str, lora: LoraOptions | None = None):
     """Set requires_grad (and wrap with LoRA) the way fine-tuning with `method` does. Returns the model to train."""
     if method == "full":
         for p in model.parameters():
             p.requires_grad_(True)
         return model
-    if task is None:
+    if head_name is None:
         raise UsageError(f"--method {method} needs --task (it trains a task head)")
-    head = TASK_HEADS[task]
+    module = head(head_name).module
     if method == "head":
         for name, p in model.named_parameters():
-            p.requires_grad_(name.startswith(head + "."))
+            p.requires_grad_(name.startswith(module + "."))
         return model
     if method == "lora":
         from peft import LoraConfig, get_peft_model
@@ -113,8 +111,8 @@ def apply_method(model, task: str | None, method: str, lora: LoraOptions | None 
             lora_alpha=lora.alpha,
             lora_dropout=lora.dropout,
             target_modules=list(lora.target_modules),
-            modules_to_save=[head],  # the new head is trained in full and saved with the adapter
-            task_type="SEQ_CLS" if task == "sst2" else "QUESTION_ANS",
+            modules_to_save=[module],  # the new head is trained in full and saved with the adapter
+            task_type=head(head_name).peft_task,
         )
         try:
             return get_peft_model(model, cfg)
@@ -127,18 +125,13 @@ def lora_adapter_count(peft_model) -> int:
     return sum(p.numel() for n, p in peft_model.named_parameters() if "lora_" in n)
 
 
-def param_report(
-    spec: str,
-    config,
-    task: str | None = None,
-    method: str = "full",
-    lora: LoraOptions | None = None,
-    num_labels: int = 2,
-) -> ParamReport:
+def param_report(spec: str, config, head_name: str | None = None, method: str = "full",
+                 lora: LoraOptions | None = None, num_labels: int = 2) -> ParamReport:
+    """Total and trainable parameters of the base causal LM and of its task model with `head_name`."""
     base = build_meta(config, None)
     base_total = count(base)
     base_parts = _by_module(base, {})
-    model = build_meta(config, task, num_labels)
+    model = build_meta(config, head_name, num_labels)
     prefix = {model.base_model_prefix: "model"}
     total = count(model)
     parts = _by_module(model, prefix)
@@ -146,18 +139,20 @@ def param_report(
     removed = {k: v for k, v in base_parts.items() if k not in parts}
     # A tied lm_head shares the embedding tensor: dropping it removes no parameters.
     removed = {k: v for k, v in removed.items() if v}
-    trained = apply_method(model, task, method, lora)
+    trained = apply_method(model, head_name, method, lora)
     trainable = count(trained, trainable_only=True)
     adapter = lora_adapter_count(trained) if method == "lora" else 0
-    return ParamReport(spec, task, method, base_total, total, trainable, added, removed, adapter)
+    labels = num_labels if head_name == "classification" else None
+    return ParamReport(spec, head_name, method, base_total, total, trainable, added, removed, adapter, labels)
 
 
-def format_report(r: ParamReport) -> str:
+def format_report(r: ParamReport, task: str | None = None) -> str:
     lines = [f"model      {r.model}", f"base total {r.base_total:>15,}  (causal LM, tied embeddings counted once)"]
-    if r.task:
-        lines.append(f"task       {r.task}  ({'sequence classification' if r.task == 'sst2' else 'span QA'})")
+    if r.head:
+        what = HEADS[r.head].what + (f", {r.num_labels} labels" if r.num_labels else "")
+        lines.append(f"task       {task or r.head}  ({what})")
         for name, n in r.added.items():
-            lines.append(f"  + {name:<8} {n:>15,}  {_explain(name, n)}")
+            lines.append(f"  + {name:<8} {n:>15,}  {_explain(name)}")
         for name, n in r.removed.items():
             lines.append(f"  - {name:<8} {n:>15,}  (untied LM head, not used by the task model)")
         lines.append(f"total      {r.total:>15,}  (delta {r.delta:+,})")
@@ -168,9 +163,9 @@ def format_report(r: ParamReport) -> str:
     return "\n".join(lines)
 
 
-def _explain(name: str, n: int) -> str:
-    if name == "score":
+def _explain(name: str) -> str:
+    if name == HEADS["classification"].module:
         return "hidden x labels (no bias)"
-    if name == "qa_outputs":
+    if name == HEADS["span"].module:
         return "hidden x 2 + 2 (start/end weights and biases)"
     return ""

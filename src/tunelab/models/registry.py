@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunelab.errors import ModelError
+from tunelab.models.remote_code import load_error, remote_code_trusted
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ def resolve(spec: str) -> str:
         gguf = gguf_path(alias)
         if gguf is not None:
             return str(convert_gguf(alias, gguf))
-        if alias.gated and not (os.environ.get("HF_TOKEN") or _hub_login_token()):
+        if alias.gated and not hub_token():
             raise ModelError(
                 f"{spec}: weights are on the Hub as {alias.hub_id}, a gated model. Accept its licence on the "
                 "Hub, then `huggingface-cli login` or set HF_TOKEN. (Parameter counts work without weights: "
@@ -99,7 +100,13 @@ def resolve(spec: str) -> str:
     return spec
 
 
-def _hub_login_token() -> str | None:
+def hub_token(explicit: str | None = None) -> str | None:
+    """A Hugging Face token: `explicit`, else $HF_TOKEN, else the user's `hf auth login`; None without one.
+    Callers hand it to huggingface_hub and never print or store it."""
+    if explicit:
+        return explicit
+    if os.environ.get("HF_TOKEN"):
+        return os.environ["HF_TOKEN"]
     try:
         from huggingface_hub import get_token
 
@@ -172,8 +179,6 @@ def load_config(spec: str):
         cfg.pop("architectures", None)
         cfg.pop("model_type", None)
         return LlamaConfig(**cfg)
-    from tunelab.models.loading import load_error, remote_code_trusted
-
     try:
         return AutoConfig.from_pretrained(resolve(spec), trust_remote_code=remote_code_trusted())
     except ModelError:

@@ -1,0 +1,105 @@
+"""`tunelab export`: a Hub-ready folder for a fine-tuned one (no network): safetensors weights (a LoRA adapter
+merged into full weights), config, tokenizer, tunelab.json without local paths, training_config.json,
+eval_results.json and the model card README.md."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tunelab.errors import UsageError
+from tunelab.hub.card import REPO_ID, base_hub_id, card_body, card_data, data_name
+from tunelab.hub.push import WEIGHT_FILES
+from tunelab.outputs import read_json
+
+
+def _param_counts(config_dir: Path, task, meta: dict, train_cfg: dict) -> dict | None:
+    """param_report of the task model on this architecture's config (the exported config: the base's, plus
+    the head's label fields), with the fine-tuning method's LoRA options."""
+    from tunelab.models.params import DEFAULT_LORA_TARGETS, LoraOptions, param_report
+    from tunelab.models.registry import load_config
+
+    lora = LoraOptions(train_cfg.get("lora_r", 16), train_cfg.get("lora_alpha", 32), 0.0,
+                       tuple(train_cfg.get("lora_targets") or DEFAULT_LORA_TARGETS))
+    try:
+        report = param_report(str(meta.get("base_model")), load_config(str(config_dir)), task.head,
+                              meta.get("method", "full"), lora, len(task.head_options().get("labels", ())) or 2)
+    except Exception:  # noqa: BLE001 - counts are a nicety on the card, never a reason to fail the export
+        return None
+    return report.to_dict()
+
+
+def _overlaps(a: Path, b: Path) -> bool:
+    a, b = a.resolve(), b.resolve()
+    return a == b or a in b.parents or b in a.parents
+
+
+def _check_inputs(model_dir: Path, out_dir: Path, base_model: str | None) -> tuple[dict, dict]:
+    if not any((model_dir / f).is_file() for f in WEIGHT_FILES):
+        raise UsageError(f"{model_dir}: no weights (expected model.safetensors or adapter_model.safetensors)")
+    metrics_file = model_dir / "eval" / "metrics.json"
+    if not metrics_file.is_file():
+        raise UsageError(f"{model_dir}: no eval/metrics.json; export a folder written by `tunelab finetune`")
+    if _overlaps(model_dir, out_dir):
+        raise UsageError(f"{out_dir}: the export must go to a folder outside {model_dir} (and not contain it)")
+    if base_model is not None and not (REPO_ID.fullmatch(base_model) and ".." not in base_model):
+        raise UsageError(f"--base-model {base_model!r}: expected a Hub id, owner/name")
+    cfg_file = model_dir / "training_config.json"
+    train_cfg = read_json(cfg_file, "the training options") if cfg_file.is_file() else {}
+    return read_json(metrics_file, "the evaluation metrics"), train_cfg
+
+
+def _shared_meta(meta: dict, task, hub_id: str | None, saved: str) -> dict:
+    """tunelab.json as the export shares it: no local paths (base model folder, the task's data files)."""
+    out = {k: v for k, v in meta.items() if k not in ("base_model_path", "task_definition")}
+    if "task_definition" in meta:
+        out["task_definition"] = task.to_dict(with_data=False)
+    spec = str(meta.get("base_model") or "")
+    if hub_id or Path(spec).expanduser().exists():
+        out["base_model"] = hub_id or Path(spec).name
+    out.update(saved=saved, base_model_hub_id=hub_id)
+    return out
+
+
+def export(model_dir: str | Path, out_dir: str | Path, *, overwrite: bool = False,
+           base_model: str | None = None) -> Path:
+    """Write a Hub-ready folder for a folder written by `tunelab finetune`. `base_model` overrides the card's
+    base model Hub id. Returns the folder."""
+    from huggingface_hub import ModelCard
+    from peft import PeftModel
+
+    from tunelab.outputs import atomic_output, write_json
+    from tunelab.runs import META_FILE, load_finetuned, read_meta
+    from tunelab.tasks import task_from_meta
+
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    meta = read_meta(model_dir)
+    task = task_from_meta(meta, str(model_dir / META_FILE))
+    metrics, train_cfg = _check_inputs(model_dir, out_dir, base_model)
+    with atomic_output(out_dir, overwrite=overwrite) as work:
+        model, tokenizer, _, _ = load_finetuned(model_dir)
+        saved = meta.get("saved", "full")
+        if isinstance(model, PeftModel):
+            model = model.merge_and_unload()
+            saved = "merged"
+        # Tensor names as the exported architecture names them: a span-QA model loaded from a causal-LM
+        # checkpoint through a key mapping would otherwise be saved under the checkpoint's names (`model.` instead
+        # of `transformer.`), and `AutoModelForQuestionAnswering.from_pretrained` would leave its body random.
+        model.save_pretrained(work, safe_serialization=True, save_original_format=False)
+        tokenizer.save_pretrained(work)
+        hub_id = base_model or base_hub_id(meta.get("base_model"))
+        write_json(work / META_FILE, _shared_meta(meta, task, hub_id, saved))
+        if train_cfg:
+            write_json(work / "training_config.json", train_cfg)
+        shared_metrics = {k: v for k, v in metrics.items() if k not in ("model", "evals_during_training")}
+        shared_metrics["data"] = data_name(metrics.get("data"))
+        write_json(work / "eval_results.json", shared_metrics)
+
+        name = out_dir.name
+        data = card_data(task, meta, metrics, name, base_model=hub_id)
+        body = card_body(task, meta, metrics, train_cfg, _param_counts(work, task, meta, train_cfg), name, hub_id)
+        card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
+        card.save(work / "README.md")
+        # The card must parse back exactly as written (the Hub rejects a push whose metadata does not).
+        if ModelCard.load(work / "README.md").data.to_dict() != data.to_dict():
+            raise RuntimeError("model card metadata did not round-trip")
+    return out_dir

@@ -1,0 +1,401 @@
+"""Every option a user sets, described once: type, range or choices, default and help text.
+
+The option groups are dataclasses whose fields carry an `Option` in their metadata. From them come the flags of
+`tunelab zeroshot/finetune/evaluate` (`add_flags`), the validation of training-option files and of the study
+configuration (`Option.check`, `from_mapping`) and the documented schema (`schema_text`, printed by
+`tunelab study --print-schema` and kept in docs/study-config.md). Per-task defaults live in the task
+definitions (tunelab.tasks), which override the defaults here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+from dataclasses import MISSING, Field, asdict, dataclass, field, fields
+from typing import Any
+
+from tunelab.errors import UsageError
+
+KINDS = ("classification", "extractive_qa")
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option. `type` is int, float, str, bool, list (of strings), prompt (a template name, a file or a
+    mapping) or version (a SQuAD version: 1.1 or 2.0, also written as a YAML number)."""
+
+    name: str
+    type: str
+    default: Any
+    help: str
+    choices: tuple | None = None
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # low itself is not allowed
+    high_open: bool = False
+    nullable: bool = False
+    kinds: tuple[str, ...] | None = None  # task kinds it applies to; None: every kind
+    flag: str | None = None  # the command-line flag, when not --name-with-dashes
+    default_note: str | None = None  # what the default is, when each task sets it
+
+    def applies_to(self, kind: str) -> bool:
+        return self.kinds is None or kind in self.kinds
+
+    def rule(self) -> str:
+        """What a valid value is, as the schema documents it."""
+        if self.choices:
+            text = "one of " + ", ".join(map(str, self.choices))
+        else:
+            text = {
+                "int": "an integer",
+                "float": "a number",
+                "str": "a string",
+                "bool": "true or false",
+                "list": "a list of strings (or one comma-separated string)",
+                "prompt": "a template name, a prompt file or a mapping",
+                "version": "1.1 or 2.0",
+            }[self.type]
+            bounds = self._bounds()
+            if bounds:
+                text += " " + bounds
+        return text + (" or null" if self.nullable else "")
+
+    def _bounds(self) -> str:
+        if self.low is not None and self.high is not None and self.type == "float":
+            left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+            return f"in {left}{self.low:g}, {self.high:g}{right}"
+        parts = []
+        if self.low is not None:
+            parts.append(f"{'>' if self.low_open else '>='} {self.low:g}")
+        if self.high is not None:
+            parts.append(f"{'<' if self.high_open else '<='} {self.high:g}")
+        return ", ".join(parts)
+
+    def check(self, value: Any, where: str | None, key: str | None = None) -> Any:
+        """The value, checked (and coerced: YAML 1.1 reads `3e-5` as a string, `version: 1.1` as a number);
+        a UsageError names `where`, the key and the rule otherwise."""
+        key = key or self.name
+        prefix = f"{where}: " if where else ""
+
+        def bad(rule: str | None = None) -> UsageError:
+            return UsageError(f"{prefix}{key} must be {rule or self.rule()}, got {value!r}")
+
+        if value is None:
+            if self.nullable:
+                return None
+            raise bad()
+        value = _COERCE[self.type](self, value, bad)
+        if self.choices and value not in self.choices:
+            raise bad()
+        if self.type in ("int", "float"):
+            self._check_range(value, bad)
+        return value
+
+    def _check_range(self, value: float, bad) -> None:
+        low_fails = self.low is not None and (value <= self.low if self.low_open else value < self.low)
+        high_fails = self.high is not None and (value >= self.high if self.high_open else value > self.high)
+        if self.type == "int":
+            if low_fails:
+                raise bad(f"an integer >= {self.low:g}" + (" or null" if self.nullable else ""))
+            if high_fails:
+                raise bad(f"{'below' if self.high_open else 'at most'} {self.high:g}")
+        elif low_fails or high_fails:
+            raise bad(self._bounds())
+
+
+def _as_int(opt: Option, value: Any, bad) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise bad(f"an integer >= {opt.low:g}" if opt.low is not None else "an integer")
+    return value
+
+
+def _as_float(opt: Option, value: Any, bad) -> float:
+    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        value = float(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise bad("a (finite) number")
+    return float(value)
+
+
+def _as_str(opt: Option, value: Any, bad) -> str:
+    if not isinstance(value, str):
+        raise bad()
+    return value
+
+
+def _as_bool(opt: Option, value: Any, bad) -> bool:
+    if not isinstance(value, bool):
+        raise bad()
+    return value
+
+
+def _as_list(opt: Option, value: Any, bad) -> list[str]:
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",")]
+    if isinstance(value, tuple):
+        value = list(value)
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v.strip() for v in value):
+        raise bad("a non-empty list of names")
+    return value
+
+
+def _as_prompt(opt: Option, value: Any, bad) -> str | dict:
+    if not isinstance(value, (str, dict)):
+        raise bad()
+    return value
+
+
+def _as_version(opt: Option, value: Any, bad) -> str:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = f"{float(value):.1f}"
+    if not isinstance(value, str):
+        raise bad()
+    return value.strip().lstrip("v")
+
+
+_COERCE = {"int": _as_int, "float": _as_float, "str": _as_str, "bool": _as_bool, "list": _as_list,
+           "prompt": _as_prompt, "version": _as_version}
+
+
+def option(default: Any, help: str, **rules: Any) -> Any:
+    """A dataclass field that carries its Option (the name and type are filled in by `options_of`)."""
+    meta = {"help": help, "rules": rules}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+_TYPES = {"int": "int", "float": "float", "str": "str", "bool": "bool", "list[str]": "list",
+          "str | dict": "prompt"}
+
+
+def _option(f: Field) -> Option:
+    annotation = str(f.type).replace(" | None", "")
+    rules = dict(f.metadata["rules"])
+    kind = rules.pop("type", None) or _TYPES[annotation]
+    default = f.default if f.default is not MISSING else f.default_factory()
+    return Option(f.name, kind, default, f.metadata["help"], nullable="None" in str(f.type), **rules)
+
+
+def options_of(cls: type) -> dict[str, Option]:
+    """The Options of an option group (a dataclass declared with `option` fields), by name."""
+    return {f.name: _option(f) for f in fields(cls)}
+
+
+def check_mapping(values: Any, opts: dict[str, Option], where: str, *, prefix: str = "",
+                  what: str = "options") -> dict:
+    """A mapping of option values checked key by key: unknown keys and bad values are UsageErrors that name
+    `where` and the key (with `prefix`)."""
+    if not isinstance(values, dict):
+        raise UsageError(f"{where}: expected a mapping of {what}, got {type(values).__name__}")
+    unknown = sorted(str(k) for k in values if k not in opts)
+    if unknown:
+        raise UsageError(f"{where}: unknown keys {[prefix + k for k in unknown]}; known: {sorted(opts)}")
+    return {k: opts[k].check(v, where, prefix + k) for k, v in values.items()}
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The option groups
+
+
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+# Options that do not change what is trained: a checkpoint resumes a run that differs only in these.
+NOT_TRAINING = ("eval_every", "log_every", "save_every", "merge_lora")
+
+
+@dataclass
+class TrainConfig:
+    """Fine-tuning options (`tunelab finetune` flags, `--config` files, a study task's `finetune` section)."""
+
+    method: str = option("full", "what is trained: every weight, LoRA adapters and the head, or the head alone",
+                         choices=("full", "lora", "head"))
+    learning_rate: float = option(2e-5, "peak learning rate (AdamW)", low=0, high=1, low_open=True,
+                                  high_open=True)
+    epochs: float = option(1.0, "passes over the training data (a fraction stops early)", low=0, low_open=True)
+    batch_size: int = option(32, "examples per micro-batch and process", low=1)
+    grad_accum: int = option(1, "micro-batches per optimizer step", low=1)
+    warmup_ratio: float = option(0.06, "share of the steps with a linear warm-up", low=0, high=1,
+                                 high_open=True)
+    weight_decay: float = option(0.01, "AdamW weight decay (not on biases and norms)", low=0)
+    lr_schedule: str = option("linear", "learning-rate decay after the warm-up",
+                              choices=("linear", "cosine", "constant"))
+    max_length: int = option(128, "tokens per input (longer inputs lose their beginning; QA: window size)",
+                             low=1, high=1_000_000)
+    seed: int = option(42, "seeds the new head, LoRA, dropout and the data order", low=0, high=2**32,
+                       high_open=True)
+    bf16: bool = option(True, "bfloat16 autocast on GPUs that support it (CPUs train in float32)")
+    eval_every: int = option(0, "steps between evaluations on the dev examples (0: only at the end)", low=0)
+    log_every: int = option(20, "steps between lines of train_log.jsonl", low=1)
+    save_every: int = option(0, "steps between checkpoints, for --resume (0: none)", low=0)
+    max_train_samples: int | None = option(None, "train on the first N features only", low=1)
+    max_steps: int | None = option(None, "stop after N optimizer steps", low=1)
+    group_by_length: bool = option(True, "batches of similar length (less padding)")
+    max_grad_norm: float = option(1.0, "gradient clipping norm (0: no clipping)", low=0)
+    lora_r: int = option(16, "LoRA rank", low=1)
+    lora_alpha: int = option(32, "LoRA scaling numerator (alpha / r scales the update)", low=1)
+    lora_dropout: float = option(0.05, "dropout on the LoRA input", low=0, high=1, high_open=True)
+    lora_targets: list[str] = option(LORA_TARGETS, "module names LoRA adapts (default: attention and MLP)")
+    merge_lora: bool = option(False, "save LoRA merged into the weights instead of as an adapter")
+
+    @classmethod
+    def from_dict(cls, values: Any, where: str = "training options") -> TrainConfig:
+        return cls(**check_mapping(values, TRAIN_OPTIONS, where, what="training options"))
+
+    def validate(self, where: str = "training options") -> None:
+        """Every field against its Option (for configs built in code rather than read from a file)."""
+        for name, opt in TRAIN_OPTIONS.items():
+            opt.check(getattr(self, name), where)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class ZeroShotOptions:
+    """A study task's `zeroshot` section and the `tunelab zeroshot` flags."""
+
+    limit: int | None = option(None, "evaluate on the first N examples (null: all)", low=1)
+    prompt: str | dict | None = option(None, "one of the task's template names, a prompt file or a mapping",
+                                       type="prompt", default_note="the task's default template")
+    calibration: str = option("batch", "label-score calibration: batch (the evaluated inputs' mean), "
+                                       "contextual (content-free inputs) or none",
+                              choices=("batch", "contextual", "none"), kinds=("classification",))
+    batch_size: int = option(32, "examples per forward pass / generation batch", low=1)
+    max_new_tokens: int = option(32, "tokens generated per answer", low=1, kinds=("extractive_qa",))
+
+
+@dataclass
+class FinetuneExtras:
+    """A study task's `finetune` keys besides the training options (the CLI has flags for them too)."""
+
+    limit: int | None = option(None, "dev examples the fine-tuned model is evaluated on (null: all); keep "
+                                     "it equal to zeroshot.limit so that the paired tests compare the same "
+                                     "examples", low=1)
+    train_limit: int | None = option(None, "a random sample (seeded by `seed`) of N training examples (null: "
+                                           "the whole split)", low=1)
+    input_prompt: str | dict | None = option(None, "the zero-shot template that wraps each input (its label words "
+                                                   "also initialise the head); none or null: bare text",
+                                             type="prompt", kinds=("classification",),
+                                             default_note="the task's default template")
+
+
+@dataclass
+class EvaluateOptions:
+    """`tunelab evaluate` flags."""
+
+    limit: int | None = option(None, "evaluate on the first N examples", low=1)
+    batch_size: int = option(64, "examples per forward pass", low=1)
+
+
+@dataclass
+class StudyOptions:
+    """The top level of a study configuration."""
+
+    model: str = option("smollm2-135m", "alias (smollm2-135m, llama-3.2-1b), local Hugging Face folder or "
+                                        "Hub id")
+    data_dir: str | None = option(None, "folder laid out like ../shared/data; null: $TUNELAB_DATA_DIR")
+    seed: int = option(42, "seeds fine-tuning (unless finetune.seed is given) and the training sample",
+                       low=0, high=2**32, high_open=True)
+
+
+@dataclass
+class StudyTaskOptions:
+    """One entry of a study configuration's `tasks` mapping (besides its zeroshot and finetune sections)."""
+
+    enabled: bool = option(True, "run this task (built-in defaults: sst2 and squad on, squad_v2 off)")
+    file: str | None = option(None, "a task file (YAML) defining a task of your own; the key is its name "
+                                    "in this study")
+    version: str | None = option(None, "extractive QA: the SQuAD version of the task's files (must match "
+                                       "the task: 1.1 for squad, 2.0 for squad_v2)",
+                                 type="version", choices=("1.1", "2.0"), kinds=("extractive_qa",))
+
+
+TRAIN_OPTIONS = options_of(TrainConfig)
+ZEROSHOT_OPTIONS = options_of(ZeroShotOptions)
+FINETUNE_EXTRAS = options_of(FinetuneExtras)
+EVALUATE_OPTIONS = options_of(EvaluateOptions)
+STUDY_OPTIONS = options_of(StudyOptions)
+STUDY_TASK_OPTIONS = options_of(StudyTaskOptions)
+
+
+def for_kind(opts: dict[str, Option], kind: str) -> dict[str, Option]:
+    return {k: o for k, o in opts.items() if o.applies_to(kind)}
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Command-line flags
+
+
+def flag_name(opt: Option) -> str:
+    return opt.flag or "--" + opt.name.replace("_", "-")
+
+
+def add_flags(parser: argparse.ArgumentParser, opts: dict[str, Option], *, names: tuple[str, ...] | None = None,
+              defaults: bool = False, default_note: str = "the task's") -> None:
+    """One flag per option. With `defaults`, a flag left out gives the option's default; without, None (so
+    that per-task defaults and config files apply: see `given`). Booleans that default to true become
+    --no-NAME."""
+    for name in names or tuple(opts):
+        opt = opts[name]
+        default = opt.default if defaults else None
+        shown = _show(opt.default) if defaults else opt.default_note or f"{default_note} (else {_show(opt.default)})"
+        only = f"; {' and '.join(k.replace('_', ' ') for k in opt.kinds)} tasks" if opt.kinds else ""
+        text = f"{opt.help} (default: {shown}{only})"
+        if opt.type == "bool":
+            flag = flag_name(opt) if not opt.default else "--no-" + name.replace("_", "-")
+            action = "store_false" if opt.default else "store_true"
+            parser.add_argument(flag, dest=name, action=action, default=opt.default if defaults else None,
+                                help=text)
+            continue
+        kwargs: dict[str, Any] = {"dest": name, "default": default, "help": text}
+        if opt.choices:
+            kwargs["choices"] = opt.choices
+        if opt.type in ("int", "float"):
+            kwargs["type"] = int if opt.type == "int" else float
+        if opt.type == "list":
+            kwargs["metavar"] = "A,B,..."
+        parser.add_argument(flag_name(opt), **kwargs)
+
+
+def given(args: argparse.Namespace, opts: dict[str, Option]) -> dict:
+    """The options set on the command line (flags made by `add_flags` without defaults)."""
+    return {name: getattr(args, name) for name in opts if getattr(args, name, None) is not None}
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return "null" if value is None else str(value)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The documented schema
+
+
+def _schema_lines(opts: dict[str, Option], indent: str) -> list[str]:
+    lines = []
+    for opt in opts.values():
+        only = f" [{', '.join(opt.kinds)} only]" if opt.kinds else ""
+        default = opt.default_note or _show(opt.default)
+        lines.append(f"{indent}{opt.name}: {opt.rule()}; default {default}{only}")
+        lines.append(f"{indent}    {opt.help}")
+    return lines
+
+
+def schema_text() -> str:
+    """The study configuration's schema, generated from the option groups (YAML comment lines)."""
+    lines = ["# Study configuration schema (generated from tunelab/options.py; `tunelab study --print-schema`).",
+             "# Every key is optional; unknown keys and wrong types are refused with a message naming the file",
+             "# and the key. Task-specific defaults come from each task's definition (tunelab/tasks/builtin.py",
+             "# for sst2, squad, squad_v2; the task file for your own).", "#"]
+    lines += _schema_lines(STUDY_OPTIONS, "#   ")
+    lines += ["#   tasks:", "#     <name>:     sst2, squad, squad_v2, or any name with `file:` (a task of your own)"]
+    lines += _schema_lines(STUDY_TASK_OPTIONS, "#       ")
+    lines += ["#       zeroshot:"] + _schema_lines(ZEROSHOT_OPTIONS, "#         ")
+    lines += ["#       finetune:"] + _schema_lines(FINETUNE_EXTRAS, "#         ")
+    lines += ["#         ... and the training options:"] + _schema_lines(TRAIN_OPTIONS, "#         ")
+    return "\n".join(lines) + "\n"

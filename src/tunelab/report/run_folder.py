@@ -1,0 +1,105 @@
+"""Reading a study run folder: what the report reads, per task folder RUN/<task>/ (every part optional; a
+missing part is reported):
+
+  task.json (the task definition, written by the study), zeroshot/metrics.json, finetune/eval/metrics.json,
+  the per-example files of both (classification: predictions.jsonl, paired by `line`; extractive QA:
+  per_example.jsonl, paired by `id`, and finetune/eval/nbest_predictions.json for the span scores),
+  finetune/train_log.jsonl, finetune/tunelab.json, finetune/training_config.json
+
+and RUN/params/<task>.json, RUN/config.yaml, RUN/environment.json, RUN/stages.json.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tunelab.errors import UsageError
+from tunelab.outputs import read_json, read_jsonl
+from tunelab.tasks import Task, builtin_names, get_task, load_task
+from tunelab.tasks.base import parse_task
+
+TASK_FILE = "task.json"  # RUN/<task>/task.json: the definition of a task the study ran
+ROWS_FILE = {"classification": "predictions.jsonl", "extractive_qa": "per_example.jsonl"}
+
+
+def _json(path: Path):
+    return read_json(path) if path.is_file() else None
+
+
+def _jsonl(path: Path) -> list[dict] | None:
+    return read_jsonl(path) if path.is_file() else None
+
+
+@dataclass
+class TaskRun:
+    name: str
+    task: Task
+    params: dict | None
+    zs: dict | None  # metrics
+    ft: dict | None
+    zs_rows: list[dict] | None
+    ft_rows: list[dict] | None
+    train_log: list[dict] | None
+    ft_meta: dict | None
+    train_cfg: dict | None
+    ft_nbest: dict | None
+    folder: Path = field(default_factory=Path)
+
+    @property
+    def title(self) -> str:
+        return self.task.title
+
+    @property
+    def kind(self) -> str:
+        return self.task.kind
+
+
+def discover(run: Path, config: dict | None) -> list[str]:
+    """The run's task names: the configuration's enabled tasks (built-ins first, in their order), then any
+    other task folder or parameter file found."""
+    names: list[str] = []
+    if config and isinstance(config.get("tasks"), dict):
+        names = [t for t, c in config["tasks"].items() if isinstance(c, dict) and c.get("enabled")]
+    for p in sorted(run.iterdir()):
+        if p.is_dir() and p.name not in names and ((p / "zeroshot").is_dir() or (p / "finetune").is_dir()):
+            names.append(p.name)
+    for p in sorted((run / "params").glob("*.json")) if (run / "params").is_dir() else []:
+        if p.stem not in names:
+            names.append(p.stem)
+    order = {t: i for i, t in enumerate(builtin_names())}
+    return sorted(names, key=lambda t: (order.get(t, len(order)), names.index(t)))
+
+
+def task_of(run: Path, name: str, config: dict | None, metrics: dict | None) -> Task:
+    """The task of a run's task folder: its task.json, else the config's task file, else the built-in task its
+    metrics (or folder) name."""
+    folder = run / name
+    if (folder / TASK_FILE).is_file():
+        d = read_json(folder / TASK_FILE, "the task definition")
+        return parse_task(d, where=str(folder / TASK_FILE), name=name,
+                          default_root=(d.get("data") or {}).get("relative_to", "task_file"))
+    entry = ((config or {}).get("tasks") or {}).get(name) or {}
+    if isinstance(entry, dict) and isinstance(entry.get("file"), str) and Path(entry["file"]).is_file():
+        return load_task(entry["file"], name=name)
+    for candidate in ((metrics or {}).get("task"), name):
+        if candidate in builtin_names():
+            return get_task(candidate)
+    raise UsageError(f"{folder}: cannot tell which task this is (no {TASK_FILE}, and {name!r} is not a built-in "
+                     "task)")
+
+
+def load_task_run(run: Path, name: str, config: dict | None) -> TaskRun:
+    d = run / name
+    zs = _json(d / "zeroshot" / "metrics.json")
+    ft = _json(d / "finetune" / "eval" / "metrics.json")
+    task = task_of(run, name, config, zs or ft)
+    rows_file = ROWS_FILE[task.kind]
+    nbest = d / "finetune" / "eval" / "nbest_predictions.json"
+    return TaskRun(
+        name=name, task=task, params=_json(run / "params" / f"{name}.json"), zs=zs, ft=ft,
+        zs_rows=_jsonl(d / "zeroshot" / rows_file), ft_rows=_jsonl(d / "finetune" / "eval" / rows_file),
+        train_log=_jsonl(d / "finetune" / "train_log.jsonl"), ft_meta=_json(d / "finetune" / "tunelab.json"),
+        train_cfg=_json(d / "finetune" / "training_config.json"),
+        ft_nbest=_json(nbest) if task.kind == "extractive_qa" else None, folder=d,
+    )

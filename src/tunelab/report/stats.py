@@ -1,0 +1,86 @@
+"""Numbers as the report writes them, and the paired comparison of the zero-shot and the fine-tuned model on
+the examples both were evaluated on."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+ALPHA = 0.05
+SMALL_N = 300  # below this many paired examples the report says the intervals are wide
+TOP_MISTAKES = 5
+
+
+def n_(x) -> str:
+    return f"{int(x):,}"
+
+
+def plural(k: int, word: str) -> str:
+    return f"{k} {word}" + ("" if k == 1 else "s")
+
+
+def signed(x: int) -> str:
+    return f"{int(x):+,}"
+
+
+def pct(x: float | None, digits: int = 1) -> str:
+    return "–" if x is None else f"{100 * x:.{digits}f}"
+
+
+def num(x: float | None, digits: int = 1) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def pval(p: float) -> str:
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+
+
+def ci(lo_hi, scale: float = 1.0, digits: int = 1) -> str:
+    if not lo_hi:
+        return "–"
+    return f"[{lo_hi[0] * scale:.{digits}f}, {lo_hi[1] * scale:.{digits}f}]"
+
+
+@dataclass
+class Paired:
+    n: int
+    a: np.ndarray  # zero-shot per-example scores
+    b: np.ndarray  # fine-tuned
+    keys: list
+
+
+def pair_rows(zs_rows, ft_rows, key: str, value: Callable[[dict], float | None]) -> Paired | None:
+    """Per-example values of both models on the examples both were evaluated on, matched by `key`."""
+    if not zs_rows or not ft_rows:
+        return None
+    ft = {r[key]: r for r in ft_rows}
+    keys, a, b = [], [], []
+    for r in zs_rows:
+        if r[key] in ft:
+            va, vb = value(r), value(ft[r[key]])
+            if va is None or vb is None:
+                continue
+            keys.append(r[key])
+            a.append(va)
+            b.append(vb)
+    if not keys:
+        return None
+    return Paired(len(keys), np.asarray(a, float), np.asarray(b, float), keys)
+
+
+@dataclass
+class Test:
+    name: str
+    metric: str
+    n: int
+    diff: float  # fine-tuned minus zero-shot, in points
+    diff_ci: list[float]
+    p: float
+    detail: str = ""
+
+    @property
+    def significant(self) -> bool:
+        return self.p < ALPHA

@@ -1,0 +1,200 @@
+"""Zero-shot, fine-tuning and evaluation of any task, and the fine-tuned folders they write and read.
+
+Each run writes one output folder atomically (tunelab.outputs.atomic_output): metrics.json plus the task kind's
+per-example files (classification: predictions.jsonl; extractive QA: per_example.jsonl, predictions.json,
+nbest_predictions.json and, for v2, na_probs.json). A fine-tuning folder is a Hugging Face `from_pretrained`
+folder with tunelab.json (what using it again needs: task, input format, base model), training_config.json,
+train_log.jsonl, loss.png and eval/ (the evaluation of the dev examples).
+
+Under `accelerate launch`, zero-shot and evaluation give each process a share of the examples and the first
+writes; fine-tuning trains on every process and the first saves and evaluates.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from tunelab.distributed import device, eval_dtype, main_process, sharded_map
+from tunelab.errors import ModelError
+from tunelab.models import align_pad_token, load_causal_lm, load_task_model, load_tokenizer
+from tunelab.models.params import LoraOptions, apply_method
+from tunelab.options import TrainConfig, ZeroShotOptions
+from tunelab.outputs import atomic_output, read_json, write_json
+from tunelab.tasks import Task, task_from_meta
+from tunelab.training import save_config, set_seed, train, whole_model
+
+META_FILE = "tunelab.json"  # what tunelab needs to use a fine-tuned folder again
+
+
+def sample(examples: list, n: int | None, seed: int) -> list:
+    """A seeded random sample of n examples (all when n is None or too large), in their order."""
+    import random
+
+    if not n or n >= len(examples):
+        return examples
+    keep = sorted(random.Random(seed).sample(range(len(examples)), n))
+    return [examples[i] for i in keep]
+
+
+def zeroshot(task: Task, model_spec: str, examples: list, data: str, out: str | Path, options: ZeroShotOptions,
+             *, overwrite: bool = False) -> dict | None:
+    """Evaluate the base model by prompting; returns the metrics (None on processes that do not write)."""
+    task = task.for_data(examples)
+    task.check_eval(examples, data)
+    task.check_prompts(options.prompt, None)
+    dev = device()
+    with atomic_output(out, overwrite=overwrite) as work:
+        tokenizer = load_tokenizer(model_spec, padding_side=task.zero_shot_padding_side)
+        model = load_causal_lm(model_spec, dtype=eval_dtype(dev)).to(dev).eval()
+        t0 = time.perf_counter()
+        # under `accelerate launch`, each process scores a share
+        predictions, extra = task.zero_shot(model, tokenizer, examples, options, spread=sharded_map)
+        seconds = time.perf_counter() - t0
+        if not main_process():
+            return None
+        extra.update(seconds=seconds, device=str(dev))
+        return task.write_results(work, model=model_spec, mode="zeroshot", data=data, examples=examples,
+                                  predictions=predictions, extra=extra)
+
+
+def prepare_model(spec: str, task: Task, cfg: TrainConfig, tokenizer, head_init=None):
+    """The task model with the pretrained body, set up for `cfg.method` (LoRA-wrapped, or all but the head
+    frozen)."""
+    model = load_task_model(spec, task.head, head_init=head_init, **task.head_options())
+    align_pad_token(model, tokenizer)
+    lora = LoraOptions(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, tuple(cfg.lora_targets))
+    return apply_method(model, task.head, cfg.method, lora)
+
+
+def finetune(task: Task, model_spec: str, train_examples: list, dev_examples: list, dev_data: str,
+             out: str | Path, cfg: TrainConfig, options: dict | None = None, *, train_data: str = "training data",
+             resume: bool = False, overwrite: bool = False) -> dict | None:
+    """Fine-tune the task's head (full, LoRA or head-only) on the training examples, save a Hugging Face folder,
+    evaluate it on the dev examples. `options`: the task kind's fine-tuning keys (classification:
+    input_prompt). Returns the dev metrics (None on processes that do not write)."""
+    from tunelab.models.registry import resolve
+
+    cfg.validate()
+    task = task.for_data(train_examples + dev_examples)
+    train_examples = task.training_examples(train_examples, train_data)
+    task.check_dev_labels(dev_examples, dev_data)
+    tokenizer = load_tokenizer(model_spec, padding_side="right")
+    ft = task.prepare_fine_tuning(tokenizer, cfg, train_examples, dev_examples, options or {})
+    set_seed(cfg.seed)  # the new head (and LoRA matrices) are initialised from this seed
+    with atomic_output(out, overwrite=overwrite, keep_partial=True, resume=resume) as work:
+        trained = prepare_model(model_spec, task, cfg, tokenizer, ft.head_init)
+        trained.to(device())
+
+        def evaluate(model):
+            predictions = task.predict(model, tokenizer, dev_examples, ft.meta, progress=False)
+            return task.quick_scores(predictions, dev_examples)
+
+        result = train(trained, ft.features, cfg, pad_id=tokenizer.pad_token_id, work_dir=work,
+                       evaluate=evaluate if cfg.eval_every else None, loss_fn=ft.loss_fn, resume=resume)
+        trained = whole_model(result, rebuild=lambda: prepare_model(model_spec, task, cfg, tokenizer, ft.head_init))
+        if trained is None:
+            return None  # under `accelerate launch`, the main process saves and evaluates
+        meta = {"task": task.name, "base_model": model_spec, "base_model_path": resolve(model_spec), **ft.meta}
+        if task.source is not None:  # a task of one's own travels with the model
+            meta["task_definition"] = task.to_dict()
+        saved = save_finetuned(trained, tokenizer, work, cfg, meta)
+        save_config(cfg, work / "training_config.json")
+        t0 = time.perf_counter()
+        predictions = task.predict(trained, tokenizer, dev_examples, ft.meta)
+        extra = {"method": cfg.method, "train_seconds": result.train_seconds, "train_steps": result.steps,
+                 **ft.stats, "train_tokens": result.tokens, "eval_seconds": time.perf_counter() - t0,
+                 "saved": saved, "micro_batch_pieces": result.chunks, "evals_during_training": result.evals,
+                 "device": str(device())}
+        metrics = task.write_results(work / "eval", model=str(out), mode="finetuned", data=dev_data,
+                                     examples=dev_examples, predictions=predictions, extra=extra)
+        from tunelab.report.plots import loss_curve
+
+        loss_curve(result.log, work / "loss.png", title=f"{task.title} {cfg.method} fine-tuning")
+        shutil.rmtree(work / "checkpoints", ignore_errors=True)
+    return metrics
+
+
+def evaluate(model_dir: str | Path, examples: list, data: str, out: str | Path, *, task: Task | None = None,
+             batch_size: int = 64, overwrite: bool = False) -> dict | None:
+    """Evaluate a fine-tuned folder on `examples` (as `task`, by default the one it was trained for)."""
+    model, tokenizer, meta, trained_for = load_finetuned(model_dir, task)
+    task = (task or trained_for).for_meta(meta).for_data(examples)
+    task.check_eval(examples, data)
+    dev = device()
+    model.to(dev)
+    with atomic_output(out, overwrite=overwrite) as work:
+        t0 = time.perf_counter()
+        parts = sharded_map(lambda exs: task.predict(model, tokenizer, exs, meta, batch_size).per_example(),
+                            examples)  # a share per process
+        if not main_process():
+            return None
+        return task.write_results(work, model=str(model_dir), mode="finetuned", data=data, examples=examples,
+                                  predictions=task.join_predictions(parts),
+                                  extra={"seconds": time.perf_counter() - t0, "device": str(dev)})
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Fine-tuned folders
+
+
+def save_finetuned(model, tokenizer, out: Path, cfg: TrainConfig, meta: dict) -> str:
+    """Write a Hugging Face folder (safetensors) with tunelab.json. LoRA: the adapter with its trained head, or
+    merged weights with `merge_lora`. Returns what was saved: full, merged or lora-adapter."""
+    from peft import PeftModel
+
+    out.mkdir(parents=True, exist_ok=True)
+    saved = "full"
+    if isinstance(model, PeftModel):
+        if cfg.merge_lora:
+            model = model.merge_and_unload()
+            saved = "merged"
+        else:
+            saved = "lora-adapter"
+    # save_original_format=False: keep the task class's own tensor names (`transformer.*` for Llama QA); by
+    # default transformers 5 writes back the names the weights were loaded under (`model.*`), which the QA
+    # class then cannot find.
+    model.save_pretrained(out, safe_serialization=True, save_original_format=False)
+    tokenizer.save_pretrained(out)
+    write_json(out / META_FILE, {**meta, "method": cfg.method, "saved": saved})
+    return saved
+
+
+def read_meta(path: str | Path) -> dict:
+    f = Path(path) / META_FILE
+    if not f.is_file():
+        raise ModelError(f"{path}: not a folder written by `tunelab finetune` (no {META_FILE})")
+    meta = read_json(f, "it", error=ModelError)
+    if not isinstance(meta, dict):
+        raise ModelError(f"{f}: expected a JSON object, got {type(meta).__name__}")
+    return meta
+
+
+def load_finetuned(path: str | Path, task: Task | None = None, dtype: torch.dtype = torch.float32):
+    """Load a fine-tuned folder back: full/merged weights, or base + LoRA adapter (the base loaded through
+    tunelab so its body really carries the pretrained weights). Returns (model, tokenizer, meta, the task it was
+    trained for); a `task` it cannot serve is refused."""
+    from peft import PeftModel
+
+    path = Path(path)
+    meta = read_meta(path)
+    trained_for = task_from_meta(meta, str(path / META_FILE))
+    why = task.compatible(trained_for) if task is not None else None
+    if why:
+        raise ModelError(f"{path}: cannot be used as task {task.name!r}: {why}")
+    tokenizer = load_tokenizer(str(path))
+    options = trained_for.head_options()
+    if (path / "adapter_config.json").is_file():
+        if not meta.get("base_model_path"):
+            raise ModelError(f"{path}: a LoRA adapter folder whose {META_FILE} does not name its base model "
+                             "(base_model_path)")
+        base = load_task_model(meta["base_model_path"], trained_for.head, dtype=dtype, **options)
+        align_pad_token(base, tokenizer)
+        model = PeftModel.from_pretrained(base, str(path))
+    else:
+        model = load_task_model(str(path), trained_for.head, dtype=dtype, **options)
+        align_pad_token(model, tokenizer)
+    return model.eval(), tokenizer, meta, trained_for

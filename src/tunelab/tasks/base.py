@@ -1,0 +1,448 @@
+"""What a task is: a small object, mostly configuration, with code only where a kind of task needs code.
+
+A task has a name and a title, a kind (`classification` or `extractive_qa`: tasks/classification/,
+tasks/extractive_qa/), its data (split -> candidate files, relative to the data folder or to its task file, and
+what each file is), zero-shot and fine-tuning defaults, and its Hub metadata. The kind supplies the rest: how
+files are read, the zero-shot method and prompt, the fine-tuning head, features and loss, prediction, metrics,
+the report section (tunelab.report, by kind) and the model card's wording (tunelab.hub.card, by kind).
+
+Built-in tasks (tasks/builtin.py) are written in the same format as a user's task file, and read by the same
+code (`load_task`).
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from tunelab.data.folder import first_existing, resolve_data_dir, split_name
+from tunelab.errors import UsageError
+from tunelab.options import (
+    FINETUNE_EXTRAS,
+    KINDS,
+    TRAIN_OPTIONS,
+    ZEROSHOT_OPTIONS,
+    check_mapping,
+    for_kind,
+)
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+RELATIVE_TO = ("task_file", "data_dir")
+
+
+class Definition:
+    """A task definition being read: typed access to its keys; every error names the file, the key and the
+    problem."""
+
+    def __init__(self, mapping: Any, where: str, prefix: str = ""):
+        if not isinstance(mapping, dict):
+            key = prefix.rstrip(".") or "the top level"
+            raise UsageError(f"{where}: {key} must be a mapping, got {type(mapping).__name__}")
+        self.mapping, self.where, self.prefix = mapping, where, prefix
+
+    def error(self, key: str, problem: str) -> UsageError:
+        return UsageError(f"{self.where}: {self.prefix}{key}: {problem}")
+
+    def get(self, key: str, types: type | tuple[type, ...], default: Any = None, *, required: bool = False) -> Any:
+        if key not in self.mapping or self.mapping[key] is None:
+            if required:
+                raise self.error(key, "missing (required)")
+            return default
+        value = self.mapping[key]
+        if types is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
+            raise self.error(key, f"must be {_type_names(types)}, got {value!r}")
+        if not isinstance(value, types):
+            raise self.error(key, f"must be {_type_names(types)}, got {value!r}")
+        return value
+
+    def section(self, key: str) -> Definition:
+        return Definition(self.mapping.get(key) or {}, self.where, f"{self.prefix}{key}.")
+
+    def strings(self, key: str, *, required: bool = False) -> list[str] | None:
+        value = self.get(key, list, required=required)
+        if value is not None and (not value or not all(isinstance(v, str) and v for v in value)):
+            raise self.error(key, f"must be a non-empty list of strings, got {value!r}")
+        return value
+
+    def only(self, allowed: tuple[str, ...] | list[str]) -> None:
+        unknown = sorted(str(k) for k in self.mapping if k not in allowed)
+        if unknown:
+            raise UsageError(f"{self.where}: unknown keys {[self.prefix + k for k in unknown]} "
+                             f"(known here: {', '.join(allowed)})")
+
+
+def _type_names(types) -> str:
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false", list: "a list",
+             dict: "a mapping"}
+    types = types if isinstance(types, tuple) else (types,)
+    return " or ".join(names.get(t, t.__name__) for t in types)
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """One candidate file of a split, and what it is."""
+
+    path: str  # relative to the data folder or the task file's folder (see Task.relative_to), or absolute
+    name: str | None = None  # what it is, for model cards and reports
+    official: bool = False  # it is the published split of the Hub dataset (scores comparable with published ones)
+    note: str | None = None  # a caveat, said wherever its scores are shown
+
+    @classmethod
+    def read(cls, spec: Any, d: Definition, key: str) -> DataFile:
+        if isinstance(spec, str) and spec:
+            return cls(spec)
+        if not isinstance(spec, dict):
+            raise d.error(key, f"a file is a path or a mapping {{file, name, official, note}}, got {spec!r}")
+        f = Definition(spec, d.where, f"{d.prefix}{key}.")
+        f.only(("file", "name", "official", "note"))
+        return cls(f.get("file", str, required=True), f.get("name", str), f.get("official", bool, False),
+                   f.get("note", str))
+
+
+@dataclass(frozen=True)
+class HubInfo:
+    """Where the task's data is published on the Hugging Face Hub (for model cards and `from_hub`)."""
+
+    dataset: str | None = None
+    config: str | None = None
+    splits: dict[str, str] = field(default_factory=lambda: {"train": "train", "dev": "validation",
+                                                             "test": "test"})
+
+
+@dataclass
+class FineTuning:
+    """What fine-tuning a task needs, prepared before the model is loaded."""
+
+    features: list[dict]  # tokenised training examples with their label keys
+    meta: dict  # what using the model again needs (input format, window), saved in tunelab.json
+    stats: dict  # counts for metrics.json (train_examples, ...)
+    head_init: Callable | None = None  # sets the new head's weights (classification: from the label words)
+    loss_fn: Callable | None = None  # None: the model's own loss
+
+
+@dataclass(frozen=True, kw_only=True)
+class Task:
+    """The kind-independent part of a task. Kinds subclass it (ClassificationTask, ExtractiveQATask)."""
+
+    kind: ClassVar[str]
+    head: ClassVar[str]  # the model head: classification | span (tunelab.models.heads)
+    pipeline_tag: ClassVar[str]  # the Hub's task type
+    zero_shot_padding_side: ClassVar[str] = "right"
+
+    name: str
+    title: str
+    description: str  # what the task is, for model cards ("binary sentiment classification (GLUE SST-2)")
+    splits: dict[str, tuple[DataFile, ...]]
+    relative_to: str = "task_file"
+    base_dir: str | None = None  # the task file's folder
+    source: str | None = None  # the task file; None for a built-in task
+    zeroshot_defaults: dict = field(default_factory=dict)
+    finetune_defaults: dict = field(default_factory=dict)
+    hub: HubInfo = field(default_factory=HubInfo)
+    limitations: tuple[str, ...] = ()  # for model cards
+    unit: str = "examples"  # what the examples are, in reports ("sentences", "questions")
+    study_enabled: bool = True  # whether a study runs it unless told otherwise
+    definition: dict = field(default_factory=dict, compare=False)  # the mapping it was read from
+
+    # ---- reading a definition ---------------------------------------------------------------------------
+
+    COMMON_KEYS: ClassVar[tuple[str, ...]] = ("name", "title", "kind", "description", "unit", "enabled", "data",
+                                               "zeroshot", "finetune", "hub", "card")
+    UNIT: ClassVar[str] = "examples"
+    KIND_KEYS: ClassVar[tuple[str, ...]] = ()
+    DATA_KEYS: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def from_definition(cls, mapping: dict, *, where: str, name: str, source: str | None,
+                        base_dir: str | None, default_root: str) -> Task:
+        d = Definition(mapping, where)
+        d.only(cls.COMMON_KEYS + cls.KIND_KEYS)
+        name = d.get("name", str, name)
+        if not NAME.fullmatch(name):
+            raise d.error("name", f"must be letters, digits and _ . - (it names folders), got {name!r}")
+        title = d.get("title", str, name)
+        data = d.section("data")
+        data.only(("relative_to", "splits") + cls.DATA_KEYS)
+        relative_to = data.get("relative_to", str, default_root)
+        if relative_to not in RELATIVE_TO:
+            raise data.error("relative_to", f"must be one of {', '.join(RELATIVE_TO)}, got {relative_to!r}")
+        common = dict(
+            name=name, title=title, description=d.get("description", str, title),
+            splits=_splits(data.section("splits")), relative_to=relative_to, base_dir=base_dir, source=source,
+            zeroshot_defaults=check_mapping(mapping.get("zeroshot") or {}, for_kind(ZEROSHOT_OPTIONS, cls.kind),
+                                            where, prefix="zeroshot.", what="zero-shot options"),
+            finetune_defaults=check_mapping(mapping.get("finetune") or {},
+                                            {**for_kind(FINETUNE_EXTRAS, cls.kind), **TRAIN_OPTIONS}, where,
+                                            prefix="finetune.", what="fine-tuning options"),
+            hub=_hub(d.section("hub")), limitations=tuple(_card(d.section("card"))),
+            study_enabled=d.get("enabled", bool, True), unit=d.get("unit", str, cls.UNIT),
+            definition=copy.deepcopy(mapping),
+        )
+        return cls(**common, **cls.parse_kind(d, data))
+
+    @classmethod
+    def parse_kind(cls, d: Definition, data: Definition) -> dict:
+        """The kind's own fields from a definition (its keys and `data` keys)."""
+        return {}
+
+    def to_dict(self, *, with_data: bool = True) -> dict:
+        """The definition as a task file would hold it, with data paths made absolute (so that it reads the same
+        from anywhere); without `data` when the files are local paths not to be shared (an export)."""
+        out = copy.deepcopy(self.definition)
+        out.update(name=self.name, kind=self.kind)
+        if not with_data:
+            out.pop("data", None)
+            return out
+        data = out.setdefault("data", {})
+        data["relative_to"] = self.relative_to
+        if self.relative_to == "task_file" and self.base_dir:
+            data["splits"] = {split: [{**_file_dict(f), "file": str(Path(self.base_dir) / f.path)} for f in files]
+                              for split, files in self.splits.items()}
+        return out
+
+    # ---- data -------------------------------------------------------------------------------------------
+
+    def data_path(self, split: str, data_dir: str | None = None) -> Path:
+        """The file of `split`: the first of its candidates that exists."""
+        split = split_name(split, tuple(self.splits))
+        if self.relative_to == "data_dir":
+            root = resolve_data_dir(data_dir)
+        else:
+            root = Path(self.base_dir or ".")
+        return first_existing(f"{self.title} {split}", [root / f.path for f in self.splits[split]])
+
+    def needs_data_dir(self) -> bool:
+        return self.relative_to == "data_dir"
+
+    def load_split(self, split: str, data_dir: str | None = None, data_file: str | None = None) -> tuple[list, str]:
+        """(examples, the file they came from) of a split, or of `data_file` when given."""
+        path = Path(data_file) if data_file else self.data_path(split, data_dir)
+        return self.read(path), str(path)
+
+    def describe_file(self, path: str | None) -> DataFile | None:
+        """What a data file is, when it is one of this task's candidate files (matched by its last path parts)."""
+        if not path:
+            return None
+        parts = Path(path).parts
+        for files in self.splits.values():
+            for f in files:
+                own = Path(f.path).parts
+                if len(own) <= len(parts) and tuple(parts[-len(own):]) == own:
+                    return f
+        return None
+
+    def split_of(self, path: str | None) -> str | None:
+        file = self.describe_file(path)
+        return next((s for s, files in self.splits.items() if file in files), None) if file else None
+
+    def eval_dataset(self, data: str | None) -> dict:
+        """What metrics on the file `data` were measured on, for model cards: the Hub dataset and split, a
+        display name, whether it is the official split, and a caveat."""
+        file, split = self.describe_file(data), self.split_of(data)
+        shown = Path(data).name if data else "unknown"
+        hub_split = self.hub.splits.get(split, split) if split else (Path(data).stem if data else "unknown")
+        if file is None:
+            return {"type": self.hub.dataset or self.name, "config": self.hub.config, "split": hub_split,
+                    "name": f"{self.title} format file {shown}", "official": False, "note": None, "custom": True}
+        return {"type": self.hub.dataset or self.name, "config": self.hub.config, "split": hub_split,
+                "name": file.name or f"{self.title} {split} ({shown})", "official": file.official,
+                "note": file.note, "custom": False}
+
+    # ---- option defaults (the CLI's and a study's) ------------------------------------------------------
+
+    @property
+    def default_prompt(self) -> str:
+        """The zero-shot template used unless another is asked for."""
+        raise NotImplementedError
+
+    def zeroshot_options(self) -> dict:
+        """Every zero-shot option of this task's kind: the task's defaults over the options' own."""
+        out = {name: opt.default for name, opt in for_kind(ZEROSHOT_OPTIONS, self.kind).items()}
+        out.update({k: v for k, v in self.zeroshot_defaults.items() if k in out})
+        if out["prompt"] is None:
+            out["prompt"] = self.default_prompt
+        return out
+
+    def finetune_extras(self) -> dict:
+        """The kind's fine-tuning options besides the training ones (classification: input_prompt), with the
+        task's defaults; the input prompt defaults to the zero-shot template."""
+        out = {name: opt.default for name, opt in for_kind(FINETUNE_EXTRAS, self.kind).items()}
+        out.update({k: v for k, v in self.finetune_defaults.items() if k in out})
+        if "input_prompt" in out and "input_prompt" not in self.finetune_defaults:
+            out["input_prompt"] = self.default_prompt
+        return out
+
+    def training_defaults(self) -> dict:
+        """The task's training options (tunelab.options.TrainConfig) that differ from the general defaults."""
+        return {k: v for k, v in self.finetune_defaults.items() if k in TRAIN_OPTIONS}
+
+    def entry_defaults(self) -> dict:
+        """A study's task entry before the layers: enabled, and the task file of a task of one's own."""
+        return {"enabled": self.study_enabled, **({"file": self.source} if self.source is not None else {})}
+
+    # ---- what kinds implement ---------------------------------------------------------------------------
+
+    def read(self, path: str | Path) -> list:
+        raise NotImplementedError
+
+    def for_data(self, examples: list) -> Task:
+        """The task as these examples are to be scored (extractive QA: v2.0 when any is unanswerable)."""
+        return self
+
+    def for_version(self, version: str) -> Task:
+        """The task scored as SQuAD `version` (extractive QA only)."""
+        raise UsageError(f"{self.name} is a {self.kind} task: a SQuAD version applies to extractive QA tasks only")
+
+    def for_meta(self, meta: dict) -> Task:
+        """The task as a fine-tuned folder's tunelab.json says it was trained (extractive QA: its version)."""
+        return self
+
+    @property
+    def unit_singular(self) -> str:
+        return self.unit[:-1] if self.unit.endswith("s") else self.unit
+
+    def head_options(self) -> dict:
+        """Keyword arguments of `tunelab.models.load_task_model` for this task's head (classification: labels)."""
+        return {}
+
+    def compatible(self, other: Task) -> str | None:
+        """Why a model fine-tuned for `other` cannot be evaluated as this task, or None."""
+        if other.kind != self.kind:
+            return f"it was fine-tuned for {other.name!r} ({other.kind}), not a {self.kind} task"
+        return None
+
+    def summarize(self, examples: list) -> dict:
+        raise NotImplementedError
+
+    def format_summary(self, summary: dict) -> str:
+        raise NotImplementedError
+
+    def check_file(self, path: str | Path) -> dict:
+        """Read and validate a file fully; a summary with "task", "file" and the counts (DataError otherwise)."""
+        return {"task": self.name, "file": str(path), **self.summarize(self.read(path))}
+
+
+def _file_dict(f: DataFile) -> dict:
+    return {k: v for k, v in (("file", f.path), ("name", f.name), ("official", f.official), ("note", f.note))
+            if v not in (None, False)}
+
+
+def _splits(d: Definition) -> dict[str, tuple[DataFile, ...]]:
+    splits = {}
+    for split, spec in d.mapping.items():
+        if not isinstance(split, str) or not NAME.fullmatch(split):
+            raise d.error(str(split), "a split name is letters, digits and _ . -")
+        specs = spec if isinstance(spec, list) else [spec]
+        if not specs:
+            raise d.error(split, "needs at least one file")
+        splits[split] = tuple(DataFile.read(s, d, split) for s in specs)
+    if "dev" not in splits:
+        raise UsageError(f"{d.where}: {d.prefix}dev: missing (required: the split zero-shot and evaluation read; "
+                         "`validation` is not a separate name)")
+    return splits
+
+
+def _hub(d: Definition) -> HubInfo:
+    d.only(("dataset", "config", "splits"))
+    splits = d.get("splits", dict, {})
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in splits.items()):
+        raise d.error("splits", "must map split names to the Hub's split names (strings)")
+    return HubInfo(d.get("dataset", str), d.get("config", str), {**HubInfo().splits, **splits})
+
+
+def _card(d: Definition) -> list[str]:
+    d.only(("limitations",))
+    return d.strings("limitations") or []
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The registry: built-in tasks by name, a user's task by file
+
+
+def _kinds() -> dict[str, type[Task]]:
+    from tunelab.tasks.classification import ClassificationTask
+    from tunelab.tasks.extractive_qa import ExtractiveQATask
+
+    return {"classification": ClassificationTask, "extractive_qa": ExtractiveQATask}
+
+
+def parse_task(mapping: Any, *, where: str, name: str, source: str | None = None, base_dir: str | None = None,
+               default_root: str = "task_file") -> Task:
+    """A task from its definition (the mapping of a task file)."""
+    d = Definition(mapping, where)
+    kind = d.get("kind", str, required=True)
+    if kind not in KINDS:
+        raise d.error("kind", f"must be one of {', '.join(KINDS)}, got {kind!r}")
+    return _kinds()[kind].from_definition(mapping, where=where, name=name, source=source, base_dir=base_dir,
+                                          default_root=default_root)
+
+
+_BUILTIN_CACHE: dict[str, Task] = {}
+
+
+def builtin_names() -> list[str]:
+    from tunelab.tasks.builtin import BUILTIN
+
+    return list(BUILTIN)
+
+
+def get_task(name: str) -> Task:
+    """A built-in task by name."""
+    from tunelab.tasks.builtin import BUILTIN
+
+    if name not in BUILTIN:
+        raise UsageError(f"unknown task {name!r}: expected a built-in task ({', '.join(BUILTIN)}) or a task file")
+    if name not in _BUILTIN_CACHE:
+        _BUILTIN_CACHE[name] = parse_task(BUILTIN[name], where=f"built-in task {name}", name=name,
+                                          default_root="data_dir")
+    return _BUILTIN_CACHE[name]
+
+
+def load_task(spec: str | Task, *, name: str | None = None) -> Task:
+    """A task: a built-in name (sst2, squad, squad_v2) or the path of a task file (YAML). `name` renames a
+    file's task (a study's key); by default a task file's task is named by its `name` key, else its file name."""
+    from tunelab.config_files import read_mapping
+
+    if isinstance(spec, Task):
+        return spec
+    if spec in builtin_names() and name in (None, spec):
+        return get_task(spec)
+    path = Path(spec).expanduser()
+    if not path.exists() and path.suffix.lower() not in (".yaml", ".yml", ".json"):
+        raise UsageError(f"unknown task {spec!r}: expected a built-in task ({', '.join(builtin_names())}) or a "
+                         "task file (YAML)")
+    mapping = read_mapping(path, "task file", "name, kind, data, labels, ...")
+    task = parse_task(mapping, where=str(path), name=mapping.get("name") or path.stem, source=str(path.resolve()),
+                      base_dir=str(path.resolve().parent))
+    return task if name is None else _renamed(task, name)
+
+
+def _renamed(task: Task, name: str) -> Task:
+    from dataclasses import replace
+
+    if not NAME.fullmatch(name):
+        raise UsageError(f"task name {name!r}: letters, digits and _ . - (it names folders)")
+    return replace(task, name=name)
+
+
+def task_from_meta(meta: dict, where: str) -> Task:
+    """The task a fine-tuned folder was trained for: its stored definition (a task of one's own), else the
+    built-in task it names. Errors name `where` (the folder's tunelab.json)."""
+    from tunelab.errors import ModelError
+
+    try:
+        if isinstance(meta.get("task_definition"), dict):
+            d = meta["task_definition"]
+            task = parse_task(d, where=f"{where} (task_definition)", name=str(d.get("name") or meta.get("task")),
+                              default_root=(d.get("data") or {}).get("relative_to", "task_file"))
+        else:
+            task = get_task(str(meta.get("task")))
+        return task.for_meta(meta)
+    except UsageError as exc:
+        raise ModelError(f"{where}: {exc}") from None

@@ -1,0 +1,63 @@
+"""The fine-tuned classifier: its input (the text inside the zero-shot prompt, so that the head reads the last
+token where the zero-shot model reads its answer), its head initialised from the label words, and batched
+inference."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from tunelab.inference import run_batches
+from tunelab.tasks.classification.zero_shot import ClassificationPrompt, verbalizer_ids
+from tunelab.training.batches import pad_batch
+
+
+def format_input(prompt: ClassificationPrompt | None, tokenizer, text: str, text_pair: str | None = None) -> str:
+    """Fine-tuning input: the text inside the zero-shot prompt, or the bare text when prompt is None (run_glue.py
+    style; a pair's two texts on two lines)."""
+    if prompt is None:
+        return text if text_pair is None else f"{text}\n{text_pair}"
+    return prompt.render(tokenizer, text, text_pair)
+
+
+def encode(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
+    """Token ids; an over-long text loses its beginning, never its end (where a prompt puts the answer and the
+    classifier reads the last token)."""
+    return [ids[-max_length:] for ids in (tokenizer(t).input_ids for t in texts)]
+
+
+def head_init_from_verbalizers(tokenizer, prompt: ClassificationPrompt):
+    """Initialise the classification head from the LM head rows of the label words, so fine-tuning starts
+    from the zero-shot classifier instead of a random one (the head has the same shape: hidden x labels)."""
+
+    def init(model):
+        if not getattr(model.config, "tie_word_embeddings", False):
+            return  # the task model has no LM head to copy from; keep the default initialisation
+        emb = model.get_input_embeddings().weight
+        ids = verbalizer_ids(tokenizer, prompt)
+        with torch.no_grad():
+            rows = torch.stack([emb[cls_ids].mean(0) for cls_ids in ids])
+            model.score.weight.copy_(rows.to(model.score.weight.dtype))
+
+    return init
+
+
+@torch.no_grad()
+def classify(model, tokenizer, texts: list[str], max_length: int, batch_size: int = 64,
+             progress: bool = True) -> np.ndarray:
+    """Class log-probabilities of a sequence-classification model, batched by length; logits leave the GPU
+    batch by batch."""
+    dev = next(model.parameters()).device
+    ids = encode(tokenizer, texts, max_length)
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    out = np.zeros((len(ids), model.config.num_labels))
+
+    def run(idx):
+        batch = pad_batch([{"input_ids": ids[i], "attention_mask": [1] * len(ids[i])} for i in idx],
+                          tokenizer.pad_token_id)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            logits = model(**{k: v.to(dev) for k, v in batch.items()}).logits
+        out[idx] = torch.log_softmax(logits.float(), -1).cpu().numpy()
+
+    run_batches(order, batch_size, run, desc="evaluating", progress=progress)
+    return out

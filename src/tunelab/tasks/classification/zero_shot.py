@@ -1,0 +1,148 @@
+"""Zero-shot classification by label-word scoring: one forward pass per example gives every class's score (the
+log-sum-exp of the probabilities of that class's verbalizers' first tokens at the next-token position), then
+calibration corrects the classes' prior bias.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from tunelab.errors import UsageError
+from tunelab.inference import run_batches
+from tunelab.tasks.prompt import ChatPrompt
+
+CONTENT_FREE = ("N/A", "", "[MASK]")
+CALIBRATIONS = ("batch", "contextual", "none")
+
+
+@dataclass
+class ClassificationPrompt(ChatPrompt):
+    """A classification template: {text} (also written {sentence}) and, for sentence pairs, {text_pair};
+    `verbalizers` give each label's words, scored where the answer starts."""
+
+    verbalizers: dict[str, list[str]] = field(default_factory=dict)
+
+    @classmethod
+    def from_mapping(cls, spec: dict, labels: Sequence[str], default_verbalizers: dict[str, list[str]],
+                     pairs: bool = False) -> ClassificationPrompt:
+        cls.check_keys(spec)
+        text = spec["text"]
+        if "{text}" not in text and "{sentence}" not in text:
+            raise UsageError("prompt: `text` must contain {text} (or {sentence})")
+        if pairs != ("{text_pair}" in text):
+            need = "must contain" if pairs else "has no second text to put in"
+            raise UsageError(f"prompt: `text` {need} {{text_pair}} (the task {'has' if pairs else 'has no'} "
+                             "sentence pairs)")
+        verbal = spec.get("verbalizers") or default_verbalizers
+        if not isinstance(verbal, dict) or set(verbal) != set(labels) or not all(
+                isinstance(verbal[k], list) and verbal[k] and all(isinstance(w, str) and w for w in verbal[k])
+                for k in labels):
+            raise UsageError(f"prompt: verbalizers must give a list of words for each of {tuple(labels)}")
+        return cls(text, bool(spec.get("chat", False)), spec.get("system"), spec.get("answer_prefix") or "",
+                   {k: list(verbal[k]) for k in labels})
+
+    def render(self, tokenizer, text: str, text_pair: str | None = None) -> str:
+        values = {"text": text, "sentence": text}
+        if text_pair is not None:
+            values["text_pair"] = text_pair
+        return self.wrap(tokenizer, self.fill(values))
+
+
+@dataclass
+class Calibration:
+    """How raw label scores are corrected. `contextual`: divide the class probabilities by those of content-free
+    inputs (Zhao et al. 2021). `batch`: subtract the mean log-probability of each class over the evaluated
+    inputs themselves (Batch Calibration, Zhou et al. 2024) — uses the inputs, never their labels. `none`."""
+
+    method: str = "batch"
+    content_free: tuple[str, ...] = CONTENT_FREE
+    offset: list[float] = field(default_factory=list)  # per-class log-prob offset that was applied
+
+    def __post_init__(self):
+        if self.method not in CALIBRATIONS:
+            raise UsageError(f"unknown calibration {self.method!r}: expected batch, contextual or none")
+
+
+def verbalizer_ids(tokenizer, prompt: ClassificationPrompt) -> list[list[int]]:
+    """First token of each verbalizer, per class. Classes must not share a first token."""
+    ids = []
+    for words in prompt.verbalizers.values():
+        ids.append(sorted({tokenizer.encode(w, add_special_tokens=False)[0] for w in words}))
+    seen: dict[int, str] = {}
+    for label, firsts in zip(prompt.verbalizers, ids):
+        for token in firsts:
+            if token in seen:
+                raise UsageError(f"verbalizers of {seen[token]!r} and {label!r} start with the same token: scores "
+                                 "would be tied")
+            seen[token] = label
+    return ids
+
+
+@torch.no_grad()
+def label_logprobs(model, tokenizer, texts: list[str], label_ids: list[list[int]], batch_size: int = 32,
+                   max_length: int = 512, progress: bool = True) -> np.ndarray:
+    """Log-probabilities (over the whole vocabulary, log-sum-exp within a class) of each class's verbalizers at
+    the next-token position after each text: one forward pass per text, batched and sorted by length."""
+    device = next(model.parameters()).device
+    # an over-long prompt loses its beginning, never the end where the label word is scored
+    enc = [tokenizer(t, add_special_tokens=True).input_ids[-max_length:] for t in texts]
+    order = sorted(range(len(enc)), key=lambda i: len(enc[i]), reverse=True)
+    out = np.zeros((len(texts), len(label_ids)), dtype=np.float64)
+    pad = tokenizer.pad_token_id
+
+    def run(idx):
+        width = max(len(enc[i]) for i in idx)
+        ids = torch.full((len(idx), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for row, i in enumerate(idx):  # right padding: the last real token sits at len-1
+            ids[row, : len(enc[i])] = torch.tensor(enc[i])
+            mask[row, : len(enc[i])] = 1
+        last = mask.sum(1) - 1
+        hidden = model.model(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
+        # Only the last position goes through the LM head: a full-vocabulary projection of every token is waste.
+        h = hidden[torch.arange(len(idx), device=device), last.to(device)]
+        logp = torch.log_softmax(model.lm_head(h).float(), dim=-1)
+        for c, cls_ids in enumerate(label_ids):
+            out[idx, c] = torch.logsumexp(logp[:, cls_ids], dim=-1).cpu().numpy()
+
+    run_batches(order, batch_size, run, desc="zero-shot scoring", progress=progress)
+    return out
+
+
+def calibrate(scores: np.ndarray, calibration: Calibration, cf_scores: np.ndarray | None = None) -> np.ndarray:
+    """Apply a calibration to per-class log-probabilities; returns calibrated class log-probabilities."""
+    if calibration.method == "none":
+        offset = np.zeros(scores.shape[1])
+    elif calibration.method == "batch":
+        offset = scores.mean(axis=0)
+    else:  # contextual: p_cf averaged over content-free inputs, renormalised over the classes
+        if cf_scores is None:
+            raise ValueError("contextual calibration needs content-free scores")
+        p = np.exp(cf_scores - np.logaddexp.reduce(cf_scores, axis=1, keepdims=True)).mean(axis=0)
+        offset = np.log(p)
+    calibration.offset = [float(x) for x in offset]
+    cal = scores - offset
+    return cal - np.logaddexp.reduce(cal, axis=1, keepdims=True)
+
+
+def zero_shot(model, tokenizer, texts: list[str], prompt: ClassificationPrompt, calibration: Calibration,
+              batch_size: int = 32, progress: bool = True, spread: Callable | None = None,
+              content_free: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Scores of rendered prompts `texts`: (raw class log-probs renormalised over the classes, calibrated ones).
+    Predictions are the argmax. `spread(fn, texts)` applies the scorer (e.g. across processes: calibration then
+    sees every text's scores). `content_free`: the rendered content-free prompts, for contextual calibration."""
+    label_ids = verbalizer_ids(tokenizer, prompt)
+
+    def score(xs):
+        return label_logprobs(model, tokenizer, xs, label_ids, batch_size, progress=progress)
+
+    raw = np.array(spread(score, texts) if spread else score(texts), dtype=np.float64)
+    cf = None
+    if calibration.method == "contextual":
+        cf = label_logprobs(model, tokenizer, content_free or [], label_ids, batch_size, progress=False)
+    norm = raw - np.logaddexp.reduce(raw, axis=1, keepdims=True)
+    return norm, calibrate(raw, calibration, cf)

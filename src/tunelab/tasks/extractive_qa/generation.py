@@ -1,0 +1,145 @@
+"""Zero-shot extractive QA by generation: prompt templates, greedy answers, and their clean-up.
+
+A template's `text` holds {context} and {question} (and may hold {title}); `chat` wraps it as the user turn of
+the model's chat template, `answer_prefix` starts the answer for the model (an answer prefix ending in a quote
+makes the closing quote end the answer). For SQuAD v2 a sentence asking the model to say "unanswerable" goes
+where the template has {unanswerable} (in a plain template followed by a blank line, as plain prompts put each
+part in its own paragraph), or in front of the text when it has none; for v1, {unanswerable} is removed.
+
+The default (`chat`) starts the answer as `The answer is "`, so that the model writes a span and closes the
+quote; without that prefix, SmolLM2-135M-Instruct answers in whole sentences, which costs exact match. Its
+full-dev score on an H200 is in benchmarks/results/h200-smollm2-study/squad11-zeroshot/metrics.json.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from tunelab.errors import UsageError
+from tunelab.inference import run_batches
+from tunelab.tasks.prompt import ChatPrompt, prompt_mapping
+
+NO_ANSWER_WORD = "unanswerable"
+V2_NOTE = f'If the passage does not answer the question, answer "{NO_ANSWER_WORD}".'
+
+TEMPLATES = {
+    "plain": {  # lm-evaluation-harness's squadv2 prompt
+        "text": "Title: {title}\n\nBackground: {context}\n\nQuestion: {question}\n\n{unanswerable}Answer:",
+        "chat": False,
+    },
+    "chat": {  # the default
+        "text": "{context}\n\nAnswer the question with a short span copied exactly from the passage above. "
+        "{unanswerable}\n\nQuestion: {question}",
+        "chat": True,
+        "answer_prefix": 'The answer is "',  # the model then writes a span and closes the quote
+    },
+}
+DEFAULT_TEMPLATE = "chat"
+
+
+@dataclass
+class QAPrompt(ChatPrompt):
+    @classmethod
+    def from_mapping(cls, spec: dict) -> QAPrompt:
+        cls.check_keys(spec)
+        text = spec["text"]
+        if "{context}" not in text or "{question}" not in text:
+            raise UsageError("prompt: `text` must contain {context} and {question}")
+        return cls(text, bool(spec.get("chat", False)), spec.get("system"), spec.get("answer_prefix") or "")
+
+    def stop_strings(self) -> list[str]:
+        """Where an answer ends: the line, and the closing quote when the answer prefix opens one."""
+        return ["\n", '"'] if self.answer_prefix.endswith('"') else ["\n"]
+
+    def render(self, tokenizer, ex, version_2: bool = False) -> str:
+        note = V2_NOTE if version_2 else ""
+        prompt = self
+        if version_2 and "{unanswerable}" not in self.text:
+            prompt = QAPrompt(note + "\n\n" + self.text, self.chat, self.system, self.answer_prefix)
+        user = prompt.fill({"unanswerable": note + "\n\n" if note and not self.chat else note,
+                            "title": ex.title.replace("_", " "), "context": ex.context,
+                            "question": ex.question.strip()})
+        return self.wrap(tokenizer, user)
+
+
+def load_prompt(spec: str | dict | None, templates: dict[str, dict] | None = None) -> QAPrompt:
+    """A template name (chat, plain; None: the default), a mapping, or a YAML/JSON file defining one."""
+    return QAPrompt.from_mapping(prompt_mapping(spec, templates or TEMPLATES, DEFAULT_TEMPLATE))
+
+
+def clean_answer(generated: str, context: str, stop_strings=("\n",)) -> str:
+    """The generation up to its first stop string, without surrounding quotes, trailing periods or whitespace;
+    when that is not in the passage as written but is in it up to case, the passage's own characters."""
+    answer = generated
+    for stop in stop_strings:
+        answer = answer.split(stop, 1)[0]
+    quotes = " \t\"'“”‘’`"
+    answer = answer.strip(quotes).rstrip(".").strip(quotes)  # SQuAD scoring drops punctuation anyway
+    if answer and answer not in context:
+        at = context.lower().find(answer.lower())
+        if at >= 0 and context[at : at + len(answer)].lower() == answer.lower():
+            answer = context[at : at + len(answer)]
+    return answer
+
+
+def says_unanswerable(answer: str) -> bool:
+    return answer.lower().startswith(NO_ANSWER_WORD)
+
+
+def _first_token_ids(tokenizer, words: list[str]) -> list[int]:
+    return sorted({tokenizer.encode(w, add_special_tokens=False)[0] for w in words})
+
+
+@torch.no_grad()
+def generate_answers(model, tokenizer, examples, prompt: QAPrompt, *, version_2: bool = False,
+                     batch_size: int = 32, max_new_tokens: int = 32, progress: bool = True):
+    """Greedy answers, batched by prompt length with left padding; stops at a newline (or the closing quote
+    of a quoting answer prefix) or the token limit.
+
+    Returns (raw generations, cleaned answers, na_probs or None). For v2, na_prob is a softmax over two scores
+    of the first generated token: log p("unanswerable", summed over its spellings' first tokens) against the
+    log p of the best other first token (the one greedy decoding took, unless it began "unanswerable").
+    """
+    dev = next(model.parameters()).device
+    texts = [prompt.render(tokenizer, ex, version_2) for ex in examples]
+    # a chat template writes its own special tokens; a plain prompt gets the tokenizer's (Llama's BOS)
+    enc = [tokenizer(t, add_special_tokens=not prompt.chat).input_ids for t in texts]
+    order = sorted(range(len(enc)), key=lambda i: len(enc[i]), reverse=True)
+    null_ids = _first_token_ids(tokenizer, [NO_ANSWER_WORD, " " + NO_ANSWER_WORD, NO_ANSWER_WORD.capitalize(),
+                                            " " + NO_ANSWER_WORD.capitalize()]) if version_2 else []
+    raw = [""] * len(examples)
+    na = np.zeros(len(examples))
+    pad = tokenizer.pad_token_id
+
+    def run(idx):
+        width = max(len(enc[i]) for i in idx)
+        ids = torch.full((len(idx), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for row, i in enumerate(idx):  # left padding: every prompt ends at the last column
+            ids[row, width - len(enc[i]):] = torch.tensor(enc[i])
+            mask[row, width - len(enc[i]):] = 1
+        out = model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev), do_sample=False,
+                             max_new_tokens=max_new_tokens, stop_strings=prompt.stop_strings(),
+                             tokenizer=tokenizer, pad_token_id=pad, output_scores=version_2,
+                             return_dict_in_generate=True)
+        new = out.sequences[:, width:].cpu()
+        for row, i in enumerate(idx):
+            raw[i] = tokenizer.decode(new[row], skip_special_tokens=True)
+        if version_2:
+            logp = torch.log_softmax(out.scores[0].float(), dim=-1).cpu()
+            lp_null = torch.logsumexp(logp[:, null_ids], dim=-1)
+            logp[:, null_ids] = -torch.inf
+            lp_answer = logp.max(dim=-1).values
+            na[idx] = torch.sigmoid(lp_null - lp_answer).numpy()  # softmax over the two
+
+    run_batches(order, batch_size, run, desc="zero-shot answering", progress=progress)
+    answers = [clean_answer(r, ex.context, prompt.stop_strings()) for r, ex in zip(raw, examples)]
+    na_probs = None
+    if version_2:
+        na_probs = {ex.id: float(p) for ex, p in zip(examples, na)}
+        answers = ["" if (says_unanswerable(a) or na_probs[ex.id] > 0.5) else a
+                   for a, ex in zip(answers, examples)]
+    return raw, answers, na_probs

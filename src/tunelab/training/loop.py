@@ -1,0 +1,369 @@
+"""One fine-tuning loop for every task, on a CPU, one GPU or many (`accelerate launch`).
+
+Written by hand rather than with `transformers.Trainer` for what Trainer does not give: length-grouped batches
+with dynamic padding and no per-step host synchronisation, checkpoints saved atomically, and exact resumption.
+
+Batches and processes. `batch_size` is per process (as in Hugging Face): with N processes one optimizer step
+sees `batch_size x N x grad_accum` examples. Every process builds the same global order of global batches of
+`batch_size x N` (same seed everywhere) and takes its own contiguous slice of each, so N processes with batch B
+train on exactly the batches one process with batch N x B would. An epoch's last global batch may be short; it is
+split as evenly as the examples allow (no example dropped or repeated) and each process's mean loss is weighted
+by its share, so the gradient DDP averages is still the mean over the global batch. (A process whose slice is
+empty runs one example with weight 0 so the gradient all-reduce still lines up.)
+
+Resumption (tunelab.training.checkpoint). `resume=True` continues from the newest complete checkpoint and
+replays the data order up to it, so an interrupted and resumed run ends with the same weights and metrics as an
+uninterrupted one (bit for bit on the same hardware and thread count).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from tunelab.distributed import check_joined, launched_processes
+from tunelab.errors import UsageError
+from tunelab.options import TrainConfig
+from tunelab.outputs import write_json, write_text
+from tunelab.training import checkpoint
+from tunelab.training.batches import length_grouped_order, pad_batch, random_order, shard_batch
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    train_seconds: float  # including the time before a resume
+    tokens: int  # non-padding tokens trained on, all processes together
+    log: list[dict]
+    evals: list[dict]
+    resumed_from: int = 0  # the optimizer step training continued from (0 = from the start)
+    accelerator: object = None  # the Accelerator used (is_main_process, get_state_dict for FSDP)
+    prepared_model: object = None  # the model as `accelerator.prepare` returned it (DDP/FSDP wrapper)
+    chunks: int = 1  # pieces each micro-batch ran in at the end (> 1 after out-of-memory)
+
+
+class Trainer:
+    """One run: set up (accelerator, the step plan, optimizer and schedule), restore (a checkpoint or a clean
+    start), then run the optimizer steps, logging, evaluating and saving when they are due."""
+
+    def __init__(self, model, features: list[dict], cfg: TrainConfig, *, pad_id: int, work_dir: Path,
+                 evaluate: Callable[[object], dict] | None = None,
+                 loss_fn: Callable[[object, dict], torch.Tensor] | None = None, accelerator=None,
+                 progress: bool = True):
+        cfg.validate()
+        self.cfg, self.pad_id, self.work_dir = cfg, pad_id, Path(work_dir)
+        self.evaluate_fn, self.loss_fn, self.progress = evaluate, loss_fn, progress
+        set_seed(cfg.seed)
+        self.accelerator = self._accelerator(accelerator)
+        self._plan(features)
+        self._optimizer(model)
+        self.ckpt_root = self.work_dir / "checkpoints"
+        self.log_path = self.work_dir / "train_log.jsonl"
+        self.fingerprint = checkpoint.fingerprint(cfg, self.feats, self.world) if cfg.save_every else None
+        self.log: list[dict] = []
+        self.evals: list[dict] = []
+        self.start_micro = 0
+        self.seconds_before = 0.0
+        self.tokens = 0  # this process, from the start of training (a resume recounts the replayed batches)
+        self.running = torch.zeros((), device=self.accelerator.device)  # summed on the device: no host sync
+        self.running_n = 0
+        self.chunks = 1  # each micro-batch runs in this many pieces; doubled on out-of-memory (one process)
+
+    # ---- setup ------------------------------------------------------------------------------------------
+
+    def _accelerator(self, accelerator):
+        from accelerate import Accelerator
+
+        cfg = self.cfg
+        launched = launched_processes()
+        if accelerator is None:
+            use_bf16 = cfg.bf16 and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+            # Without a GPU, accelerate joins the launched processes (gloo) only when told to use the CPU.
+            accelerator = Accelerator(mixed_precision="bf16" if use_bf16 else "no",
+                                      gradient_accumulation_steps=cfg.grad_accum,
+                                      cpu=launched > 1 and not torch.cuda.is_available())
+        elif accelerator.gradient_accumulation_steps != cfg.grad_accum:
+            raise ValueError(f"accelerator accumulates {accelerator.gradient_accumulation_steps} micro-batches, "
+                             f"the config {cfg.grad_accum}")
+        check_joined(accelerator.num_processes, launched)
+        return accelerator
+
+    def _plan(self, features: list[dict]) -> None:
+        cfg = self.cfg
+        self.feats = features[: cfg.max_train_samples] if cfg.max_train_samples else features
+        if not self.feats:
+            raise UsageError("no training examples")
+        self.lengths = [len(f["input_ids"]) for f in self.feats]
+        self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
+        self.global_batch = cfg.batch_size * self.world
+        self.per_epoch = math.ceil(len(self.feats) / self.global_batch)  # micro-steps per epoch, every process
+        total = max(1, int(self.per_epoch * cfg.epochs) // cfg.grad_accum)
+        self.total_steps = min(total, cfg.max_steps) if cfg.max_steps else total
+        self.micro_total = self.total_steps * cfg.grad_accum  # whole optimizer steps: no gradient left over
+
+    def _optimizer(self, model) -> None:
+        from accelerate.utils import DistributedType
+        from transformers import get_scheduler
+
+        cfg = self.cfg
+        params = [p for p in model.parameters() if p.requires_grad]
+        if not params:
+            raise UsageError(f"method {cfg.method!r} left no trainable parameters")
+        decay = [p for p in params if p.ndim >= 2]
+        no_decay = [p for p in params if p.ndim < 2]
+        self.fsdp = self.accelerator.distributed_type == DistributedType.FSDP
+        fused = self.accelerator.device.type == "cuda" and not self.fsdp
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=cfg.learning_rate, betas=(0.9, 0.999), eps=1e-8, fused=fused,
+        )
+        # The schedule is stepped here, once per optimizer step. (Passed through `accelerator.prepare` it would
+        # step once per process per optimizer step: N times too fast under N processes, since total_steps is
+        # already counted per process.) Its state is saved in trainer_state.json.
+        name = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[cfg.lr_schedule]
+        self.scheduler = get_scheduler(name, optimizer, num_warmup_steps=int(cfg.warmup_ratio * self.total_steps),
+                                       num_training_steps=self.total_steps)
+        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+
+    # ---- restore ----------------------------------------------------------------------------------------
+
+    def restore(self, resume: bool) -> None:
+        """Continue from the newest complete checkpoint (`resume`), or start clean: an earlier run's log and
+        checkpoints must not mix with this one's."""
+        acc = self.accelerator
+        ckpt = checkpoint.last_checkpoint(self.ckpt_root) if resume else None
+        if ckpt is not None:
+            if self.fingerprint is None:
+                self.fingerprint = checkpoint.fingerprint(self.cfg, self.feats, self.world)
+            shared = json.loads((ckpt / "trainer_state.json").read_text())
+            checkpoint.check_fingerprint(ckpt, shared.get("fingerprint", {}), self.fingerprint)
+            own = json.loads((ckpt / f"rank-{self.rank}.json").read_text())
+            acc.load_state(str(ckpt))
+            self.scheduler.load_state_dict(shared["scheduler"])
+            # accelerate restores RNG states too, but a failure there is only logged; ours is checked.
+            checkpoint.set_rng_state(own["rng"])
+            self.start_micro = shared["micro_step"]
+            self.log, self.evals = shared["log"], shared["evals"]
+            self.seconds_before = shared["train_seconds"]
+            self.running.fill_(own["running"])
+            self.running_n = shared["running_n"]
+            if acc.is_main_process:  # drop lines the interrupted run logged after this checkpoint
+                write_text(self.log_path, "".join(json.dumps(e) + "\n" for e in self.log))
+            acc.print(f"resumed from {ckpt} (step {self.start_micro // self.cfg.grad_accum} of {self.total_steps})")
+        elif acc.is_main_process:
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+            self.log_path.unlink(missing_ok=True)
+            if self.ckpt_root.exists():
+                shutil.rmtree(self.ckpt_root)
+        acc.wait_for_everyone()
+        acc.step = self.start_micro  # accumulation boundaries follow the micro-step count
+
+    # ---- the steps --------------------------------------------------------------------------------------
+
+    def _micro_batches(self) -> Iterator[tuple[int, int, list[int], float]]:
+        """(epoch, micro-step number, this process's example indices, loss weight), from the first micro-step,
+        the same on every process: a resume replays the order and skips what was done."""
+        cfg, micro, epoch = self.cfg, 0, 0
+        while micro < self.micro_total:
+            order = (length_grouped_order(self.lengths, self.global_batch, cfg.seed + epoch) if cfg.group_by_length
+                     else random_order(len(self.feats), self.global_batch, cfg.seed + epoch))
+            for gb in order:
+                if micro >= self.micro_total:
+                    break
+                micro += 1
+                yield (epoch, micro, *shard_batch(gb, self.world, self.rank))
+            epoch += 1
+
+    def run(self) -> TrainResult:
+        cfg = self.cfg
+        self.model.train()
+        self.tokens_run = 0  # this process, this session (for throughput)
+        self.t0 = time.perf_counter()
+        bar = tqdm(total=self.total_steps, initial=self.start_micro // cfg.grad_accum,
+                   desc=f"fine-tune ({cfg.method})", unit="step",
+                   disable=not (self.progress and self.accelerator.is_local_main_process))
+        pending: list[tuple[list[int], float]] = []  # this optimizer step's micro-batches
+        for epoch, micro, batch_idx, weight in self._micro_batches():
+            n_tokens = sum(sum(self.feats[i]["attention_mask"]) for i in batch_idx) if weight else 0
+            self.tokens += n_tokens
+            if micro <= self.start_micro:  # resuming: replay the data order without computing
+                continue
+            self.tokens_run += n_tokens
+            pending.append((batch_idx, weight))
+            if micro % cfg.grad_accum:
+                continue
+            self.running += self._optimizer_step(pending, micro - len(pending))
+            self.running_n += len(pending)
+            pending = []
+            step = micro // cfg.grad_accum
+            bar.update(1)
+            self._after_step(step, micro, epoch, bar)
+        bar.close()
+        return self._finish()
+
+    def _forward_backward(self, batch_idx: list[int], weight: float) -> torch.Tensor:
+        """One micro-batch's forward and backward, in `chunks` pieces whose losses are weighted by their share
+        of examples (the losses are means over examples), so the gradient is the micro-batch's."""
+        device = self.accelerator.device
+        size = math.ceil(len(batch_idx) / self.chunks)
+        total = torch.zeros((), device=device)
+        for s in range(0, len(batch_idx), size):
+            part = batch_idx[s : s + size]
+            batch = pad_batch([self.feats[i] for i in part], self.pad_id)
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            loss = self.loss_fn(self.model, batch) if self.loss_fn else self.model(**batch).loss
+            share = weight * len(part) / len(batch_idx)
+            if share != 1.0:
+                loss = loss * share
+            self.accelerator.backward(loss)
+            total += loss.detach()
+        return total
+
+    def _optimizer_step(self, pending: list[tuple[list[int], float]], first_micro: int) -> torch.Tensor:
+        """The micro-batches of one optimizer step. On out-of-memory in a forward or backward pass the step's
+        partial gradients are dropped and the step is redone with each micro-batch in twice as many pieces:
+        the same examples, the same global batch, the same update (an automatic batch-size halving that does
+        not change the recipe). Under several processes it stops with a clear error instead: one process
+        cannot change its pieces alone without the others' collectives going out of step."""
+        largest = max(len(b) for b, _ in pending)
+        while True:
+            try:
+                return self._accumulate(pending, first_micro)
+            except torch.cuda.OutOfMemoryError:
+                if self.world > 1:
+                    raise UsageError(f"out of GPU memory with micro-batches of {largest} examples per process: "
+                                     "lower --batch-size and raise --grad-accum to keep the global batch") from None
+                if math.ceil(largest / self.chunks) <= 1:
+                    raise UsageError("out of GPU memory with one example at a time: lower --max-length, or use "
+                                     "--method lora, or shard the model with FSDP") from None
+            self.chunks *= 2  # outside the handler, so the failed attempt's tensors are free
+            self.model.zero_grad(set_to_none=True)  # (the prepared optimizer's zero_grad skips non-sync steps)
+            if self.accelerator.device.type == "cuda":
+                torch.cuda.empty_cache()
+            self.accelerator.print(f"out of memory: micro-batches of {largest} examples now run in {self.chunks} "
+                                   "pieces (same global batch, same update)")
+
+    def _accumulate(self, pending: list[tuple[list[int], float]], first_micro: int) -> torch.Tensor:
+        acc, cfg = self.accelerator, self.cfg
+        acc.step = first_micro  # accumulate() decides where gradients sync from this count
+        total = torch.zeros((), device=acc.device)
+        for batch_idx, weight in pending:
+            with acc.accumulate(self.model):
+                total += self._forward_backward(batch_idx, weight)
+                if acc.sync_gradients and cfg.max_grad_norm:
+                    acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+                self.optimizer.step()  # accelerate steps only where gradients sync: after the last one
+                if acc.sync_gradients:
+                    self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+        return total
+
+    # ---- log, evaluate, save ----------------------------------------------------------------------------
+
+    def _after_step(self, step: int, micro: int, epoch: int, bar) -> None:
+        cfg = self.cfg
+        last = step == self.total_steps
+        if step % cfg.log_every == 0 or last:
+            self._log(step, micro, bar)
+        if self.evaluate_fn and cfg.eval_every and step % cfg.eval_every == 0 and not last:
+            self._evaluate(step)
+        if cfg.save_every and step % cfg.save_every == 0 and not last:
+            self._save(step, micro, epoch)
+
+    def _log(self, step: int, micro: int, bar) -> None:
+        acc = self.accelerator
+        mean_loss = acc.reduce(self.running, "mean").item() / self.running_n
+        seen = acc.reduce(torch.tensor(float(self.tokens_run), device=acc.device), "sum").item()
+        elapsed = time.perf_counter() - self.t0
+        entry = {"step": step, "epoch": round(micro / self.per_epoch, 4), "loss": mean_loss,
+                 "lr": self.scheduler.get_last_lr()[0], "tokens_per_s": seen / max(elapsed, 1e-9)}
+        self.log.append(entry)
+        if acc.is_main_process:
+            with self.log_path.open("a") as f:
+                f.write(json.dumps(entry) + "\n")
+        bar.set_postfix(loss=f"{mean_loss:.4f}", tok_s=f"{entry['tokens_per_s']:.0f}")
+        self.running.zero_()
+        self.running_n = 0
+
+    def _evaluate(self, step: int) -> None:
+        self.model.eval()
+        result = self.evaluate_fn(self.model if self.fsdp else self.accelerator.unwrap_model(self.model))
+        self.model.train()
+        self.evals.append({"step": step, **result})
+
+    def _save(self, step: int, micro: int, epoch: int) -> None:
+        shared = {"micro_step": micro, "epoch": epoch, "scheduler": self.scheduler.state_dict(),
+                  "log": self.log, "evals": self.evals, "running_n": self.running_n,
+                  "train_seconds": self.seconds_before + time.perf_counter() - self.t0,
+                  "fingerprint": self.fingerprint}
+        own = {"rng": checkpoint.rng_state(), "running": self.running.item()}
+        checkpoint.save(self.accelerator, self.ckpt_root, step, shared, own)
+
+    def _finish(self) -> TrainResult:
+        acc = self.accelerator
+        if acc.device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = self.seconds_before + time.perf_counter() - self.t0
+        total_tokens = int(acc.reduce(torch.tensor(self.tokens, device=acc.device, dtype=torch.long), "sum").item())
+        acc.wait_for_everyone()
+        prepared = self.model
+        model = acc.unwrap_model(self.model)
+        model.eval()
+        return TrainResult(self.total_steps, seconds, total_tokens, self.log, self.evals,
+                           self.start_micro // self.cfg.grad_accum, acc, prepared, self.chunks)
+
+
+def train(model, train_features: list[dict], cfg: TrainConfig, *, pad_id: int, work_dir: Path,
+          evaluate: Callable[[object], dict] | None = None,
+          loss_fn: Callable[[object, dict], torch.Tensor] | None = None, resume: bool = False, accelerator=None,
+          progress: bool = True) -> TrainResult:
+    """Fine-tune `model` (already wrapped for LoRA / frozen for head-only) on tokenised features.
+
+    Each feature is a dict of lists/ints: input_ids, attention_mask, and the task's label keys. The loss,
+    `loss_fn(model, batch)` or else the model's own, must be a mean over the batch's examples (as Hugging Face
+    task heads compute it). Under several processes every process must call this with the same features and
+    config; `evaluate` runs on every process (with the DDP-unwrapped model; with FSDP, the sharded one, which
+    every process must call alike).
+    """
+    trainer = Trainer(model, train_features, cfg, pad_id=pad_id, work_dir=work_dir, evaluate=evaluate,
+                      loss_fn=loss_fn, accelerator=accelerator, progress=progress)
+    trainer.restore(resume)
+    return trainer.run()
+
+
+def whole_model(result: TrainResult, rebuild: Callable[[], torch.nn.Module]):
+    """The trained model, whole and unwrapped, on the main process (None on the others), ready to save and
+    evaluate. Every process must call it. Under FSDP the module is sharded across the processes and can neither
+    run nor save alone: the processes gather its full state dict (onto the main process's CPU), which is loaded,
+    strictly, into a fresh copy of the model that `rebuild()` makes (the same construction as before training)."""
+    from accelerate.utils import DistributedType
+
+    acc = result.accelerator
+    if acc.distributed_type != DistributedType.FSDP:
+        return acc.unwrap_model(result.prepared_model) if acc.is_main_process else None
+    state = acc.get_state_dict(result.prepared_model)  # a collective: every process takes part
+    if not acc.is_main_process:
+        return None
+    model = rebuild()
+    model.load_state_dict(state, strict=True)
+    return model.to(acc.device).eval()
+
+
+def save_config(cfg: TrainConfig, path: Path) -> None:
+    write_json(path, asdict(cfg))

@@ -1,0 +1,137 @@
+import json
+
+import pytest
+import torch
+
+from tunelab.cli import main
+from tunelab.errors import ModelError
+from tunelab.models import (
+    LoraOptions,
+    align_pad_token,
+    load_causal_lm,
+    load_config,
+    load_task_model,
+    load_tokenizer,
+    param_report,
+)
+from tunelab.models.params import apply_method, count
+
+
+@pytest.mark.parametrize("spec,total", [("llama-3.2-1b", 1_235_814_400), ("smollm2-135m", 134_515_008)])
+def test_base_counts_from_shipped_config(spec, total):
+    r = param_report(spec, load_config(spec))
+    assert r.base_total == r.total == r.trainable == total
+
+
+@pytest.mark.parametrize("task,head,n", [("classification", "score", 2048 * 2), ("span", "qa_outputs", 2048 * 2 + 2)])
+def test_llama_task_heads(task, head, n):
+    r = param_report("llama-3.2-1b", load_config("llama-3.2-1b"), task)
+    assert r.added == {head: n}
+    assert r.removed == {}  # tied embeddings: dropping lm_head removes nothing
+    assert r.total - r.base_total == n
+    head_only = param_report("llama-3.2-1b", load_config("llama-3.2-1b"), task, "head")
+    assert head_only.trainable == n
+
+
+def test_lora_count_matches_formula():
+    cfg = load_config("llama-3.2-1b")
+    r = param_report("llama-3.2-1b", cfg, "classification", "lora",
+                     LoraOptions(r=8, target_modules=("q_proj", "v_proj")))
+    # q: 2048->2048, v: 2048->512; LoRA adds r*(in+out) per matrix, 16 layers
+    expected = 16 * 8 * ((2048 + 2048) + (2048 + 512))
+    assert r.adapter == expected
+    assert r.trainable == expected + 4096
+
+
+def test_untied_model_reports_removed_lm_head(tmp_path):
+    from transformers import LlamaConfig
+
+    cfg = LlamaConfig(vocab_size=100, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=False)
+    r = param_report("x", cfg, "classification")
+    assert r.removed == {"lm_head": 1600}
+    assert r.added == {"score": 32}
+    assert r.delta == 32 - 1600
+
+
+def test_params_cli_json(capsys):
+    assert main(["params", "llama-3.2-1b", "--task", "squad", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert {"model", "task", "method", "base_total", "total", "trainable", "added"} <= set(out)
+    assert out["base_total"] == 1_235_814_400 and out["added"] == {"qa_outputs": 4098} and out["task"] == "squad"
+
+
+def test_params_cli_text(capsys):
+    assert main(["params", "llama-3.2-1b"]) == 0
+    assert "1,235,814,400" in capsys.readouterr().out
+
+
+def test_lora_trainable_equals_real_peft_model(tiny_model_dir):
+    cfg = load_config(tiny_model_dir)
+    r = param_report(tiny_model_dir, cfg, "classification", "lora", LoraOptions(r=4))
+    model = load_task_model(tiny_model_dir, "classification")
+    peft_model = apply_method(model, "classification", "lora", LoraOptions(r=4))
+    assert count(peft_model, trainable_only=True) == r.trainable
+
+
+@pytest.mark.parametrize("task", ["classification", "span"])
+def test_task_model_body_is_pretrained(tiny_model_dir, task):
+    lm = load_causal_lm(tiny_model_dir)
+    model = load_task_model(tiny_model_dir, task)
+    body = getattr(model, model.base_model_prefix)
+    for (name, p), (name2, q) in zip(body.named_parameters(), lm.model.named_parameters()):
+        assert name == name2
+        assert torch.equal(p, q), name
+
+
+def test_task_model_refuses_a_checkpoint_without_body(tmp_path, tiny_model_dir):
+    # a folder whose weights do not match the architecture: every body tensor missing
+    import shutil
+
+    from safetensors.torch import save_file
+
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_model_dir, bad)
+    save_file({"something.else": torch.zeros(2)}, str(bad / "model.safetensors"))
+    with pytest.raises(ModelError, match="not found in the checkpoint|lacks weights|cannot load"):
+        load_task_model(str(bad), "span")
+
+
+def test_pad_token_on_tokenizer_and_config(tiny_model_dir):
+    tok = load_tokenizer(tiny_model_dir)
+    assert tok.pad_token == tok.eos_token and tok.padding_side == "right"
+    assert load_tokenizer(tiny_model_dir, padding_side="left").padding_side == "left"
+    model = load_task_model(tiny_model_dir, "classification")
+    align_pad_token(model, tok)
+    assert model.config.pad_token_id == tok.pad_token_id
+
+
+def test_bad_specs(tmp_path):
+    with pytest.raises(ModelError, match="not a model folder"):
+        load_config(str(tmp_path))
+    with pytest.raises(ModelError, match="not a known alias"):
+        load_config("no-such-model")
+
+
+def test_gated_model_without_token_is_a_clear_error(monkeypatch):
+    from tunelab.models import resolve
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr("huggingface_hub.get_token", lambda: None)
+    with pytest.raises(ModelError, match="gated"):
+        resolve("llama-3.2-1b")
+
+
+def test_cli_bad_model_exits_2(tmp_path, capsys):
+    assert main(["params", str(tmp_path)]) == 2
+    assert "not a model folder" in capsys.readouterr().err
+
+
+def test_params_cli_of_a_task_file_counts_its_labels(tmp_path, capsys):
+    task = tmp_path / "six.yaml"
+    task.write_text("kind: classification\nlabels: [a, b, c, d, e, f]\ndata: {splits: {dev: x.tsv}}\n")
+    assert main(["params", "llama-3.2-1b", "--task", str(task), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["task"] == "six" and out["added"] == {"score": 2048 * 6} and out["num_labels"] == 6
+    assert main(["params", "llama-3.2-1b", "--task", str(task)]) == 0
+    assert "six  (sequence classification, 6 labels)" in capsys.readouterr().out

@@ -1,0 +1,286 @@
+"""`tunelab study` end to end on the tiny random Llama and a tiny data folder: stages, resume, config
+errors."""
+
+import json
+import re
+
+import pytest
+import yaml
+
+from tunelab import runs
+from tunelab.cli import main
+from tunelab.errors import UsageError
+from tunelab.study import config as study_config
+from tunelab.study import run as study_run
+
+POS = ["a good and great film", "truly wonderful , a great movie", "the film was good", "great and wonderful"]
+NEG = ["a bad and awful film", "truly terrible , an awful movie", "the film was bad", "awful and terrible"]
+
+
+def _squad_doc(prefix: str, n_articles: int) -> dict:
+    data = []
+    for a in range(n_articles):
+        ctx = (f"The Denver Broncos won Super Bowl {50 + a} in Santa Clara . The game was played in the year "
+               f"{2016 + a} and the Broncos were the winners .")
+        qas = []
+        pairs = [("Who won ?", "Denver Broncos"), ("Where was it ?", "Santa Clara"),
+                 ("Which Super Bowl was won ?", f"Super Bowl {50 + a}")]
+        for q, (question, answer) in enumerate(pairs):
+            qas.append({"id": f"{prefix}-{a}-{q}", "question": question,
+                        "answers": [{"text": answer, "answer_start": ctx.index(answer)}]})
+        data.append({"title": f"Article_{a}", "paragraphs": [{"context": ctx, "qas": qas}]})
+    return {"version": "1.1", "data": data}
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    root = tmp_path / "data"
+    (root / "SST-2").mkdir(parents=True)
+    (root / "squad").mkdir()
+    train = [(POS[i % 4], 1) if i % 2 else (NEG[i % 4], 0) for i in range(32)]
+    dev = [(POS[i % 4] + " indeed", 1) if i % 2 else (NEG[i % 4] + " indeed", 0) for i in range(12)]
+    for name, rows in (("train", train), ("dev", dev)):
+        body = "".join(f"{s} \t{y}\n" for s, y in rows)
+        (root / "SST-2" / f"{name}.tsv").write_text("sentence\tlabel\n" + body)
+    (root / "squad" / "v1.1-train.json").write_text(json.dumps(_squad_doc("tr", 3)))
+    (root / "squad" / "v1.1-dev.json").write_text(json.dumps(_squad_doc("dv", 2)))
+    return root
+
+
+def _config(tmp_path, model, data_dir, **extra) -> str:
+    cfg = {
+        "model": model,
+        "data_dir": str(data_dir),
+        "seed": 0,
+        "tasks": {
+            "sst2": {
+                "zeroshot": {"limit": 8, "prompt": "plain", "batch_size": 4},
+                "finetune": {"limit": 8, "train_limit": 16, "input_prompt": "plain", "method": "full",
+                             "learning_rate": "3e-3", "epochs": 1, "batch_size": 8, "max_length": 32,
+                             "log_every": 1, "warmup_ratio": 0.0},
+            },
+            "squad": {
+                "version": 1.1,  # a YAML float: read as "1.1"
+                "zeroshot": {"limit": 4, "prompt": "plain", "batch_size": 4, "max_new_tokens": 4},
+                "finetune": {"limit": 4, "train_limit": 6, "method": "full", "learning_rate": 1e-3,
+                             "epochs": 1, "batch_size": 4, "max_length": 64, "log_every": 1},
+            },
+            "squad_v2": {"enabled": False},
+        },
+    }
+    cfg.update(extra)
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+def _fail(*args, **kwargs):
+    raise AssertionError("a finished stage was recomputed")
+
+
+def test_study_end_to_end_then_resume(tiny_model_dir, data_dir, tmp_path, capsys, monkeypatch):
+    cfg = _config(tmp_path, tiny_model_dir, data_dir)
+    run = tmp_path / "run"
+    rc = main(["study", "--config", cfg, "--out", str(run), "--set", "sst2.zeroshot.limit=6"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "[3/9] sst2: fine-tune (full) and evaluate" in out
+    assert "[9/9] report" in out
+    for path in ["config.yaml", "environment.json", "stages.json", "params/sst2.json", "params/squad.json",
+                 "sst2/zeroshot/metrics.json", "sst2/zeroshot/predictions.jsonl",
+                 "sst2/finetune/config.json", "sst2/finetune/eval/metrics.json",
+                 "sst2/finetune/train_log.jsonl",
+                 "squad/zeroshot/per_example.jsonl", "squad/finetune/eval/per_example.jsonl",
+                 "report.md", "report.html"]:
+        assert (run / path).is_file(), path
+    # the --set override reached the stage and the recorded config
+    assert json.loads((run / "sst2/zeroshot/metrics.json").read_text())["n"] == 6
+    resolved = yaml.safe_load((run / "config.yaml").read_text())
+    assert resolved["tasks"]["sst2"]["zeroshot"]["limit"] == 6
+    assert resolved["tasks"]["sst2"]["finetune"]["learning_rate"] == 3e-3  # "3e-3" read as a number
+    assert resolved["tasks"]["squad"]["version"] == "1.1"
+    assert resolved["tasks"]["sst2"]["finetune"]["seed"] == 0  # the study seed
+    env = json.loads((run / "environment.json").read_text())
+    assert {"packages", "device", "seed", "git"} <= set(env) and env["packages"]["torch"]
+    params = json.loads((run / "params/sst2.json").read_text())
+    assert params["task_model"]["delta"] == 32 * 2  # hidden 32 x 2 labels
+    assert params["finetuned"]["total"] == params["finetuned_total"] == params["task_model"]["total"]
+    sq = json.loads((run / "params/squad.json").read_text())
+    assert sq["task_model"]["delta"] == 32 * 2 + 2 and sq["finetuned"]["total"] == sq["task_model"]["total"]
+    md = (run / "report.md").read_text()
+    assert "+64" in md and "+66" in md and "SQuAD v1.1, the official split" in md
+
+    # rerun: every finished stage is skipped (the recipes would fail if called)
+    monkeypatch.setattr(runs, "zeroshot", _fail)
+    monkeypatch.setattr(runs, "finetune", _fail)
+    monkeypatch.setattr(study_run, "count_finetuned", _fail)
+    args = ["study", "--config", cfg, "--out", str(run), "--set", "sst2.zeroshot.limit=6"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert len(re.findall(r"done earlier, skipped", out)) == 8
+
+    # an unfinished stage is continued, the others still skipped
+    import shutil
+
+    shutil.rmtree(run / "squad" / "finetune")
+    (run / "squad" / "finetune.partial").mkdir()
+    calls = []
+    monkeypatch.setattr(runs, "finetune", lambda *a, **k: calls.append(k) or _fake_finetune(a[5]))
+    monkeypatch.setattr(study_run, "count_finetuned", lambda folder: {"total": 1, "folder": str(folder)})
+    p = json.loads((run / "params/squad.json").read_text())
+    del p["finetuned"]
+    (run / "params/squad.json").write_text(json.dumps(p))
+    assert main(args) == 0
+    assert calls and calls[0]["resume"] is True
+    assert json.loads((run / "params/squad.json").read_text())["finetuned"]["total"] == 1
+
+
+def _fake_finetune(out):
+    from pathlib import Path
+
+    (Path(out) / "eval").mkdir(parents=True)
+    (Path(out) / "eval" / "metrics.json").write_text("{}")
+
+
+def test_changed_config_on_existing_run_is_refused(tiny_model_dir, data_dir, tmp_path, capsys, monkeypatch):
+    cfg = _config(tmp_path, tiny_model_dir, data_dir)
+    run = tmp_path / "run"
+    run.mkdir()
+    resolved = study_config.resolve_config(config=cfg)
+    (run / "config.yaml").write_text(yaml.safe_dump(resolved.data))
+    rc = main(["study", "--config", cfg, "--out", str(run),
+                     "--set", "sst2.finetune.learning_rate=1e-4"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "another configuration" in err and "tasks.sst2.finetune.learning_rate" in err
+
+
+def test_existing_non_run_folder_is_refused(tiny_model_dir, data_dir, tmp_path, capsys):
+    cfg = _config(tmp_path, tiny_model_dir, data_dir)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    assert main(["study", "--config", cfg, "--out", str(tmp_path / "other")]) == 2
+    assert "not a study run folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text,key,problem", [
+    ("tasks:\n  sst2:\n    zeroshot:\n      limt: 3\n", "tasks.sst2.zeroshot.limt", "unknown key"),
+    ("tasks:\n  sst2:\n    zeroshot:\n      limit: lots\n", "tasks.sst2.zeroshot.limit",
+     "must be an integer"),
+    ("tasks:\n  squad:\n    zeroshot:\n      calibration: batch\n", "tasks.squad.zeroshot.calibration",
+     "unknown key"),
+    ("tasks:\n  sst2:\n    finetune:\n      learning_rate: fast\n", "tasks.sst2.finetune.learning_rate",
+     "must be a (finite) number"),
+    ("tasks:\n  sst2:\n    finetune:\n      max_new_tokens: 3\n", "tasks.sst2.finetune.max_new_tokens",
+     "unknown key"),
+    ("tasks:\n  squad:\n    finetune:\n      input_prompt: chat\n", "tasks.squad.finetune.input_prompt",
+     "unknown key"),
+    ("tasks:\n  trec: {enabled: true}\n", "trec", "a task of your own needs `file:"),
+    ("tasks:\n  trec: {file: nowhere.yaml}\n", "tasks.trec.file", "cannot read task file"),
+    ("tasks:\n  sst2:\n    zeroshot:\n      prompt: nope\n", "tasks.sst2.zeroshot.prompt", "not a template name"),
+    ("tasks:\n  sst2:\n    finetune:\n      method: half\n", "tasks.sst2.finetune.method",
+     "one of full, lora"),
+    ("tasks:\n  sst2:\n    enabled: yes please\n", "tasks.sst2.enabled", "true or false"),
+    ("seed: -1\n", "seed", ">= 0"),
+    ("modle: x\n", "modle", "unknown key"),
+    ("tasks:\n  squad:\n    version: '2.0'\n", "tasks.squad.version", "must be 1.1"),
+    ("tasks:\n  sst2:\n    finetune:\n      batch_size: 0\n", "batch_size", ">= 1"),
+    ("- a list\n", "", "a study config is a mapping"),
+    ("tasks: [1, 2]\n", "tasks", "must be a mapping"),
+    ("tasks:\n  sst2: {enabled: false}\n  squad: {enabled: false}\n", "tasks", "no task is enabled"),
+])
+def test_config_errors_exit_2_naming_file_and_key(tmp_path, data_dir, capsys, text, key, problem):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    rc = main(["study", "--config", str(path), "--out", str(tmp_path / "run"), "--print-config"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "bad.yaml" in err and key in err and problem in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_set_overrides_and_errors(tmp_path, data_dir, capsys, monkeypatch):
+    monkeypatch.setenv("TUNELAB_DATA_DIR", str(data_dir))
+    rc = main(["study", "--preset", "smoke", "--print-config",
+                     "--set", "sst2.finetune.learning_rate=1e-4",
+                     "--set", "tasks.squad.zeroshot.limit=null", "--set", "squad_v2.enabled=true",
+                     "--set", "sst2.finetune.lora_targets=q_proj,v_proj"])
+    assert rc == 0
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert cfg["tasks"]["sst2"]["finetune"]["learning_rate"] == 1e-4
+    assert cfg["tasks"]["squad"]["zeroshot"]["limit"] is None
+    assert cfg["tasks"]["squad_v2"]["enabled"] is True
+    assert cfg["tasks"]["sst2"]["finetune"]["lora_targets"] == ["q_proj", "v_proj"]
+    assert cfg["data_dir"] == str(data_dir.resolve())
+    for bad, msg in [("sst2.finetune.learning_rate", "KEY.PATH=VALUE"), ("sst2.nope=1", "unknown key"),
+                     ("sst2.zeroshot.batch_size=1.5", "must be an integer")]:
+        assert main(["study", "--print-config", "--set", bad]) == 2
+        err = capsys.readouterr().err
+        assert f"--set {bad}" in err and msg in err
+
+
+def test_presets_are_valid_and_documented(data_dir, monkeypatch):
+    monkeypatch.setenv("TUNELAB_DATA_DIR", str(data_dir))
+    smoke = study_config.resolve_config(preset="smoke")
+    assert smoke.enabled == ["sst2", "squad"] and smoke.data["model"] == "smollm2-135m"
+    full = study_config.resolve_config(preset="full")
+    assert full.enabled == ["sst2", "squad", "squad_v2"]
+    ft = full.data["tasks"]["sst2"]["finetune"]
+    assert (ft["method"], ft["batch_size"], ft["learning_rate"], ft["epochs"]) == ("full", 64, 3e-5, 1)
+    sq = full.data["tasks"]["squad"]["finetune"]
+    assert (sq["method"], sq["batch_size"], sq["learning_rate"], sq["epochs"]) == ("full", 16, 5e-5, 2)
+    assert full.data["tasks"]["squad"]["zeroshot"]["limit"] is None
+    text = study_config.preset_path("smoke").read_text()
+    for key in ("train_limit", "calibration", "input_prompt", "--set"):
+        assert key in text
+
+
+def test_missing_data_is_a_usage_error(tmp_path, tiny_model_dir, capsys):
+    cfg = _config(tmp_path, tiny_model_dir, tmp_path / "nowhere")
+    assert main(["study", "--config", cfg, "--out", str(tmp_path / "run")]) == 2
+    assert "nowhere" in capsys.readouterr().err
+
+
+def test_report_command_on_a_non_run_folder(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    assert "not a study run folder" in capsys.readouterr().err
+    with pytest.raises(UsageError):
+        study_config.resolve_config(preset="huge")
+
+
+def test_parsers_and_schema(capsys):
+    from tunelab.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["study", "--preset", "full", "--out", "runs/x",
+                              "--set", "a.b=1", "--set", "c=2"])
+    assert args.set == ["a.b=1", "c=2"] and args.preset == "full"
+    assert parser.parse_args(["report", "runs/x"]).run_dir == "runs/x"
+    assert main(["study", "--print-schema"]) == 0
+    schema = capsys.readouterr().out
+    for key in ("learning_rate: a number in (0, 1)", "train_limit:", "calibration: one of batch, contextual, none",
+                "file:", "max_new_tokens:"):
+        assert key in schema, key
+
+
+@pytest.mark.parametrize("method", ["lora", "head"])
+def test_count_finetuned_loads_the_saved_model(tiny_model_dir, tmp_path, method):
+    from tunelab.data.table import TextExample
+    from tunelab.models import LoraOptions, load_config, param_report
+    from tunelab.tasks import get_task
+    from tunelab.training import TrainConfig
+
+    ex = [TextExample(POS[i % 4], 1, i + 2) if i % 2 else TextExample(NEG[i % 4], 0, i + 2) for i in range(8)]
+    cfg = TrainConfig(method=method, epochs=1, batch_size=4, max_length=32, lora_r=4, lora_alpha=8)
+    runs.finetune(get_task("sst2"), tiny_model_dir, ex, ex[:4], "x", tmp_path / "ft", cfg, {"input_prompt": None})
+    counted = study_run.count_finetuned(tmp_path / "ft")
+    expected = param_report(tiny_model_dir, load_config(tiny_model_dir), "classification", method,
+                            LoraOptions(4, 8, cfg.lora_dropout, tuple(cfg.lora_targets)))
+    assert counted["total"] == expected.total
+    if method == "lora":
+        assert counted["saved"] == "lora-adapter"
+        assert counted["lora_adapter"] == expected.adapter > 0
+        # the adapter file holds the LoRA matrices and the trained head, not the base model
+        assert sum(counted["safetensors_numel"].values()) == expected.adapter + 32 * 2
+    else:
+        assert sum(counted["safetensors_numel"].values()) == expected.total

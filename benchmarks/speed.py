@@ -189,7 +189,7 @@ def sst2_data(tok, n: int, seed: int, tiny: bool):
         raise SystemExit(f"sst2: {n} examples needed, {len(order)} available")
     chosen = [examples[i] for i in order[:n]]
     ids = encode(tok, [ex.text for ex in chosen], BASELINE["sst2"]["max_length"])
-    feats = [{"input_ids": x, "attention_mask": [1] * len(x), "labels": ex.label} for x, ex in zip(ids, chosen)]
+    feats = [{"input_ids": x, "attention_mask": [1] * len(x), "labels": ex.label} for x, ex in zip(ids, chosen, strict=True)]
     return feats, epoch, str(path)
 
 
@@ -208,7 +208,7 @@ def squad_data(tok, n: int, seed: int, tiny: bool):
     f = prepare_train_features(examples, tok, b["max_length"], b["doc_stride"])
     windows = [{"input_ids": x, "attention_mask": m, "start_positions": s, "end_positions": e}
                for x, m, s, e in zip(f["input_ids"], f["attention_mask"], f["start_positions"],
-                                     f["end_positions"])]
+                                     f["end_positions"], strict=True)]
     order = np.random.default_rng(seed).permutation(len(windows))
     epoch = len(windows)
     if tiny:

@@ -63,7 +63,7 @@ def test_text_output_matches_classify(sst2_dir, capsys):
     lines = capsys.readouterr().out.rstrip("\n").split("\n")
     assert len(lines) == len(TEXTS)
     probs = reference_probs(sst2_dir, TEXTS)
-    for line, text, p in zip(lines, TEXTS, probs):
+    for line, text, p in zip(lines, TEXTS, probs, strict=True):
         label, prob, shown = line.split("\t")
         assert shown == text
         assert label == LABELS[int(p.argmax())]
@@ -75,7 +75,7 @@ def test_json_output_parses_and_matches(sst2_dir, capsys):
     doc = json.loads(capsys.readouterr().out)
     assert doc["task"] == "sst2" and len(doc["predictions"]) == len(TEXTS)
     probs = reference_probs(sst2_dir, TEXTS)
-    for row, text, p in zip(doc["predictions"], TEXTS, probs):
+    for row, text, p in zip(doc["predictions"], TEXTS, probs, strict=True):
         assert row["text"] == text and row["label"] == LABELS[int(p.argmax())]
         assert row["probability"] == pytest.approx(p.max(), abs=1e-6)
         assert row["scores"]["positive"] == pytest.approx(p[1], abs=1e-6)
@@ -126,7 +126,7 @@ def test_squad_question_context(squad_dir, capsys):
     exs = [SquadExample(id=f"x{i}", title="", context=ctx, question=q, answers=[])
            for i, q in enumerate(["Who won ?", "What was it ?"])]
     preds, nbest, _ = predict_spans(model, tok, exs, meta["max_length"], meta["stride"], progress=False)
-    for row, ex in zip(rows, exs):
+    for row, ex in zip(rows, exs, strict=True):
         assert row["answer"] == preds[ex.id] and row["answer"] in ctx
         assert row["score"] == pytest.approx(nbest[ex.id][0]["score"], abs=1e-4)
         assert ctx[row["start"]:row["end"]] == row["answer"]

@@ -125,7 +125,7 @@ def test_save_load_gives_identical_predictions(tiny_model_dir, tmp_path, method,
     again = runs.evaluate(str(out), dev, "fixture", tmp_path / "ev")
     a = [json.loads(x)["scores"] for x in (out / "eval" / "predictions.jsonl").read_text().splitlines()]
     b = [json.loads(x)["scores"] for x in (tmp_path / "ev" / "predictions.jsonl").read_text().splitlines()]
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         assert x["positive"] == pytest.approx(y["positive"], abs=1e-6)
     assert again["accuracy"] == m["accuracy"]
 

@@ -8,10 +8,9 @@ import json
 
 import pytest
 import torch
+from helpers import SQUAD, zeroshot_options
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-from helpers import SQUAD, zeroshot_options
 
 from tunelab import runs
 from tunelab.data.squad import SquadExample

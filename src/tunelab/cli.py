@@ -277,11 +277,11 @@ def cmd_study(args) -> int:
 
     import yaml
 
-    from tunelab.options import schema_text
     from tunelab.study import resolve_config, run_study
+    from tunelab.study.config import schema_doc
 
     if args.print_schema:
-        print(schema_text(), end="")
+        print(schema_doc(), end="")
         return 0
     cfg = resolve_config(config=args.config, preset=args.preset, sets=args.set)
     if args.print_config:

@@ -65,12 +65,12 @@ class Option:
     def _bounds(self) -> str:
         if self.low is not None and self.high is not None and self.type == "float":
             left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
-            return f"in {left}{self.low:g}, {self.high:g}{right}"
+            return f"in {left}{_num(self.low)}, {_num(self.high)}{right}"
         parts = []
         if self.low is not None:
-            parts.append(f"{'>' if self.low_open else '>='} {self.low:g}")
+            parts.append(f"{'>' if self.low_open else '>='} {_num(self.low)}")
         if self.high is not None:
-            parts.append(f"{'<' if self.high_open else '<='} {self.high:g}")
+            parts.append(f"{'<' if self.high_open else '<='} {_num(self.high)}")
         return ", ".join(parts)
 
     def check(self, value: Any, where: str | None, key: str | None = None) -> Any:
@@ -98,16 +98,20 @@ class Option:
         high_fails = self.high is not None and (value >= self.high if self.high_open else value > self.high)
         if self.type == "int":
             if low_fails:
-                raise bad(f"an integer >= {self.low:g}" + (" or null" if self.nullable else ""))
+                raise bad(f"an integer >= {_num(self.low)}" + (" or null" if self.nullable else ""))
             if high_fails:
-                raise bad(f"{'below' if self.high_open else 'at most'} {self.high:g}")
+                raise bad(f"{'below' if self.high_open else 'at most'} {_num(self.high)}")
         elif low_fails or high_fails:
             raise bad(self._bounds())
 
 
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
 def _as_int(opt: Option, value: Any, bad) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise bad(f"an integer >= {opt.low:g}" if opt.low is not None else "an integer")
+        raise bad(f"an integer >= {_num(opt.low)}" if opt.low is not None else "an integer")
     return value
 
 
@@ -340,8 +344,8 @@ def add_flags(parser: argparse.ArgumentParser, opts: dict[str, Option], *, names
     for name in names or tuple(opts):
         opt = opts[name]
         default = opt.default if defaults else None
-        shown = _show(opt.default) if defaults else opt.default_note or f"{default_note} (else {_show(opt.default)})"
-        only = f"; {' and '.join(k.replace('_', ' ') for k in opt.kinds)} tasks" if opt.kinds else ""
+        shown = _show(opt.default) if defaults else opt.default_note or f"{default_note}, else {_show(opt.default)}"
+        only = f"; {' and '.join(opt.kinds)} tasks only" if opt.kinds else ""
         text = f"{opt.help} (default: {shown}{only})"
         if opt.type == "bool":
             flag = flag_name(opt) if not opt.default else "--no-" + name.replace("_", "-")
@@ -367,6 +371,8 @@ def given(args: argparse.Namespace, opts: dict[str, Option]) -> dict:
 def _show(value: Any) -> str:
     if isinstance(value, list):
         return ",".join(value)
+    if isinstance(value, bool):
+        return str(value).lower()
     if isinstance(value, float):
         return f"{value:g}"
     return "null" if value is None else str(value)
@@ -377,25 +383,35 @@ def _show(value: Any) -> str:
 
 
 def _schema_lines(opts: dict[str, Option], indent: str) -> list[str]:
+    import textwrap
+
     lines = []
     for opt in opts.values():
         only = f" [{', '.join(opt.kinds)} only]" if opt.kinds else ""
         default = opt.default_note or _show(opt.default)
         lines.append(f"{indent}{opt.name}: {opt.rule()}; default {default}{only}")
-        lines.append(f"{indent}    {opt.help}")
+        lines += textwrap.wrap(opt.help, 110, initial_indent=indent + "    ", subsequent_indent=indent + "    ")
     return lines
 
 
-def schema_text() -> str:
-    """The study configuration's schema, generated from the option groups (YAML comment lines)."""
-    lines = ["# Study configuration schema (generated from tunelab/options.py; `tunelab study --print-schema`).",
+def schema_text(task_defaults: dict[str, dict] | None = None) -> str:
+    """The study configuration's schema, generated from the option groups (YAML comment lines); with the
+    defaults each named task sets (name -> {section: {option: value}})."""
+    lines = ["# Study configuration schema (generated from tunelab/options.py: `tunelab study --print-schema`).",
              "# Every key is optional; unknown keys and wrong types are refused with a message naming the file",
-             "# and the key. Task-specific defaults come from each task's definition (tunelab/tasks/builtin.py",
-             "# for sst2, squad, squad_v2; the task file for your own).", "#"]
+             "# and the key. Layers, each over the one before: defaults < --preset < --config FILE < --set",
+             "# KEY.PATH=VALUE (the `tasks.` prefix may be left out).", "#"]
     lines += _schema_lines(STUDY_OPTIONS, "#   ")
     lines += ["#   tasks:", "#     <name>:     sst2, squad, squad_v2, or any name with `file:` (a task of your own)"]
     lines += _schema_lines(STUDY_TASK_OPTIONS, "#       ")
     lines += ["#       zeroshot:"] + _schema_lines(ZEROSHOT_OPTIONS, "#         ")
     lines += ["#       finetune:"] + _schema_lines(FINETUNE_EXTRAS, "#         ")
     lines += ["#         ... and the training options:"] + _schema_lines(TRAIN_OPTIONS, "#         ")
+    if task_defaults:
+        lines += ["#", "# What each built-in task sets over these defaults (its definition in tunelab/tasks/builtin.py;",
+                  "# a task file of your own sets its own in `zeroshot:` and `finetune:`):"]
+        for name, sections in task_defaults.items():
+            for section, values in sections.items():
+                shown = ", ".join(f"{k}: {_show(v)}" for k, v in values.items())
+                lines.append(f"#   {name}.{section}: {shown}")
     return "\n".join(lines) + "\n"

@@ -12,12 +12,12 @@ import torch
 from helpers import PLAIN, PLAIN_SPEC, SQUAD, SST2, qa_examples, sst2_examples, tiny_train_config
 
 from tunelab import runs
+from tunelab.cli import COMMANDS, build_parser
+from tunelab.errors import UsageError
 from tunelab.hub import push as push_module
 from tunelab.hub.card import base_hub_id, license_for
 from tunelab.hub.export import export
 from tunelab.hub.push import HIDDEN_PATTERNS, push, upload_plan
-from tunelab.cli import COMMANDS, build_parser
-from tunelab.errors import UsageError
 from tunelab.tasks import get_task
 from tunelab.tasks.classification import classify, format_input
 

@@ -79,7 +79,7 @@ def test_task_model_body_is_pretrained(tiny_model_dir, task):
     lm = load_causal_lm(tiny_model_dir)
     model = load_task_model(tiny_model_dir, task)
     body = getattr(model, model.base_model_prefix)
-    for (name, p), (name2, q) in zip(body.named_parameters(), lm.model.named_parameters()):
+    for (name, p), (name2, q) in zip(body.named_parameters(), lm.model.named_parameters(), strict=True):
         assert name == name2
         assert torch.equal(p, q), name
 

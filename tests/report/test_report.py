@@ -31,9 +31,9 @@ def _write_json(path: Path, obj):
 
 def _sst2_model(folder: Path, gold, correct, mode: str, conf_seed: int, extra=None):
     rng = np.random.default_rng(conf_seed)
-    pred = [g if c else 1 - g for g, c in zip(gold, correct)]
+    pred = [g if c else 1 - g for g, c in zip(gold, correct, strict=True)]
     rows = []
-    for i, (g, p) in enumerate(zip(gold, pred)):
+    for i, (g, p) in enumerate(zip(gold, pred, strict=True)):
         conf = float(rng.uniform(0.5, 0.99))
         text = EVIL if (i == 0 and p != g) else f"sentence number {i} ."
         scores = {"negative": conf if p == 0 else 1 - conf, "positive": conf if p == 1 else 1 - conf}
@@ -47,7 +47,7 @@ def _sst2_model(folder: Path, gold, correct, mode: str, conf_seed: int, extra=No
 
 def _squad_model(folder: Path, ids, f1s, mode: str, predictions=None, nbest=False):
     rows = []
-    for i, (qid, f) in enumerate(zip(ids, f1s)):
+    for i, (qid, f) in enumerate(zip(ids, f1s, strict=True)):
         gold = ["Denver Broncos"] if i % 3 else ["Santa Clara in California state"]
         pred = (predictions[i] if predictions else (gold[0] if f == 1 else "the wrong answer"))
         rows.append({"id": qid, "em": int(f == 1), "f1": f, "prediction": pred, "gold": gold,

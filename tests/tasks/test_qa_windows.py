@@ -164,14 +164,14 @@ def test_answer_across_window_boundary():
     feats = prepare_train_features([e], tok, max_length=14, stride=3)
     ev = prepare_eval_features([e], tok, max_length=14, stride=3)
     check_window_invariants(tok, [e], feats, ev, 14)
-    labels = list(zip(feats["start_positions"], feats["end_positions"]))
+    labels = list(zip(feats["start_positions"], feats["end_positions"], strict=True))
     nulls = [len(ids) - 1 for ids in feats["input_ids"]]
     assert labels[0] == (nulls[0], nulls[0])  # w0-w9 cuts the answer: null
     s, e_ = labels[1]  # w7-w16 holds it
     assert (s, e_) != (nulls[1], nulls[1])
     assert span_text(context, ev["offset_mapping"][1], s, e_) == "w8 w9 w10 w11"
     assert tok.convert_ids_to_tokens(feats["input_ids"][1][s:e_ + 1]) == ["w8", "w9", "w10", "w11"]
-    assert all(lab == (n, n) for lab, n in zip(labels[2:], nulls[2:]))
+    assert all(lab == (n, n) for lab, n in zip(labels[2:], nulls[2:], strict=True))
 
 
 def test_unanswerable_is_null_everywhere():
@@ -179,7 +179,7 @@ def test_unanswerable_is_null_everywhere():
     e = ex("x", words(40), "q0", impossible=True)
     feats = prepare_train_features([e], tok, max_length=12, stride=2)
     assert len(feats["input_ids"]) > 3
-    for ids, s, e_ in zip(feats["input_ids"], feats["start_positions"], feats["end_positions"]):
+    for ids, s, e_ in zip(feats["input_ids"], feats["start_positions"], feats["end_positions"], strict=True):
         assert s == e_ == len(ids) - 1 and ids[-1] == tok.eos_token_id
 
 
@@ -190,7 +190,7 @@ def test_question_last_layout():
     feats = prepare_train_features([e], tok, max_length=14, stride=3, question_first=False)
     ev = prepare_eval_features([e], tok, max_length=14, stride=3, question_first=False)
     check_window_invariants(tok, [e], feats, ev, 14)
-    hits = [(i, s, e_) for i, (s, e_) in enumerate(zip(feats["start_positions"], feats["end_positions"]))
+    hits = [(i, s, e_) for i, (s, e_) in enumerate(zip(feats["start_positions"], feats["end_positions"], strict=True))
             if s != len(feats["input_ids"][i]) - 1]
     assert hits
     for i, s, e_ in hits:

@@ -92,7 +92,7 @@ def test_two_processes_match_one_with_the_same_global_batch(tiny_model_dir, tmp_
     assert r1["processes"] == 1 and r2["processes"] == 2
     assert r1["steps"] == r2["steps"] == 6  # 4 micro-batches x 3 epochs / grad_accum 2
     assert r1["tokens"] == r2["tokens"]  # every example once per epoch, none dropped or repeated
-    for a, b in zip(r1["log"], r2["log"]):
+    for a, b in zip(r1["log"], r2["log"], strict=True):
         assert a["lr"] == pytest.approx(b["lr"], rel=1e-12)  # the schedule steps once per optimizer step
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-6)
     assert r1["seen"] == r2["seen"] == [[x, x * x] for x in range(7)]
@@ -191,7 +191,7 @@ def test_zeroshot_and_evaluate_split_across_processes(tiny_model_dir, tmp_path):
     _same_metrics(one, two, ["accuracy", "f1", "uncalibrated_accuracy"])
     rows1, rows2 = ((d / "predictions.jsonl").read_text().splitlines() for d in (one, two))
     assert len(rows2) == 11
-    for a, b in zip(rows1, rows2):
+    for a, b in zip(rows1, rows2, strict=True):
         a, b = json.loads(a), json.loads(b)
         assert (a["line"], a["prediction"]) == (b["line"], b["prediction"])
         assert b["scores"]["positive"] == pytest.approx(a["scores"]["positive"], rel=1e-5)

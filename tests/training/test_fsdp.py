@@ -147,7 +147,7 @@ def _assert_same_run(one: Path, two: Path, *, exact: bool = False):
     log1 = [json.loads(x) for x in (one / "train_log.jsonl").read_text().splitlines()]
     log2 = [json.loads(x) for x in (two / "train_log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in log1] == [e["step"] for e in log2]
-    for a, b in zip(log1, log2):
+    for a, b in zip(log1, log2, strict=True):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-6)
     m1 = json.loads((one / "eval" / "metrics.json").read_text())
     m2 = json.loads((two / "eval" / "metrics.json").read_text())

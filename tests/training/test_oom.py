@@ -77,7 +77,7 @@ def test_out_of_memory_splits_micro_batches_and_keeps_the_update(tiny_model_dir,
     assert fake.raised >= 2 and got.chunks == 4 and ref.chunks == 1  # 8 -> pieces of 4 (fail) -> of 2
     assert got.steps == ref.steps and got.tokens == ref.tokens
     assert [e["step"] for e in got.log] == [e["step"] for e in ref.log]
-    for a, b in zip(ref.log, got.log):  # the logged loss is summed in a float32 accumulator: ~1e-7 relative
+    for a, b in zip(ref.log, got.log, strict=True):  # the logged loss is summed in a float32 accumulator: ~1e-7 relative
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-6)
     ref_state, got_state = plain.state_dict(), squeezed.state_dict()
     for k in ref_state:

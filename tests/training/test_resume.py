@@ -206,7 +206,9 @@ def test_crash_resume_ignores_incomplete_checkpoints(tiny_model_dir, tmp_path):
     have = _trainable(model)
     for k in want:
         assert torch.equal(want[k], have[k]), k
-    strip = lambda log: [{k: v for k, v in e.items() if k != "tokens_per_s"} for e in log]
+    def strip(log):
+        return [{k: v for k, v in e.items() if k != "tokens_per_s"} for e in log]
+
     assert strip(got.log) == strip(ref.log)
     file_log = [json.loads(x) for x in (work / "train_log.jsonl").read_text().splitlines()]
     assert strip(file_log) == strip(ref.log)

@@ -28,7 +28,23 @@ class SquadExample:
 def read_squad(path) -> list[SquadExample]:
     """Read a SQuAD JSON file (v1.1 or v2.0); every answer span is checked against its context."""
     path = Path(path)
-    text = read_utf8(path)
+    doc = _document(path, read_utf8(path))
+    examples = []
+    seen: dict[str, str] = {}  # question id -> where it was first seen
+    for i, article in enumerate(doc["data"]):
+        for ex, where in _article(path, article, f"data[{i}]"):
+            if ex.id in seen:
+                raise DataError(path, f"duplicate question id (first seen at {seen[ex.id]}, again at {where})",
+                                record=ex.id)
+            seen[ex.id] = where
+            examples.append(ex)
+    if not examples:
+        raise DataError(path, "no questions in the file")
+    return examples
+
+
+def _document(path: Path, text: str) -> dict:
+    """The parsed file: an object with a `data` list."""
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as e:
@@ -40,41 +56,26 @@ def read_squad(path) -> list[SquadExample]:
     if not isinstance(doc.get("data"), list):
         what = "missing" if "data" not in doc else f"a {type(doc['data']).__name__}, not a list"
         raise DataError(path, f"top-level 'data' is {what} (is this a SQuAD file?)")
+    return doc
 
-    examples = []
-    seen: dict[str, str] = {}  # question id -> where it was first seen
-    for i, article in enumerate(doc["data"]):
-        where = f"data[{i}]"
-        if not isinstance(article, dict):
-            raise DataError(path, f"{where}: expected an object, got {type(article).__name__}")
-        title = article.get("title", "")
-        if not isinstance(title, str):
-            raise DataError(path, f"{where}: 'title' must be a string, got {type(title).__name__}")
-        paragraphs = _list(path, article, "paragraphs", where)
-        for j, paragraph in enumerate(paragraphs):
-            where = f"data[{i}].paragraphs[{j}]"
-            if not isinstance(paragraph, dict):
-                raise DataError(path, f"{where}: expected an object, got {type(paragraph).__name__}")
-            context = paragraph.get("context")
-            if not isinstance(context, str) or not context.strip():
-                what = (
-                    "missing" if context is None else "empty" if isinstance(context, str) else "not a string"
-                )
-                raise DataError(path, f"{where}: context is {what}")
-            for k, qa in enumerate(_list(path, paragraph, "qas", where)):
-                where = f"data[{i}].paragraphs[{j}].qas[{k}]"
-                ex = _question(path, qa, where, title, context)
-                if ex.id in seen:
-                    raise DataError(
-                        path,
-                        f"duplicate question id (first seen at {seen[ex.id]}, again at {where})",
-                        record=ex.id,
-                    )
-                seen[ex.id] = where
-                examples.append(ex)
-    if not examples:
-        raise DataError(path, "no questions in the file")
-    return examples
+
+def _article(path: Path, article, where: str):
+    """(question, where in the file) of every question of an article."""
+    if not isinstance(article, dict):
+        raise DataError(path, f"{where}: expected an object, got {type(article).__name__}")
+    title = article.get("title", "")
+    if not isinstance(title, str):
+        raise DataError(path, f"{where}: 'title' must be a string, got {type(title).__name__}")
+    for j, paragraph in enumerate(_list(path, article, "paragraphs", where)):
+        at = f"{where}.paragraphs[{j}]"
+        if not isinstance(paragraph, dict):
+            raise DataError(path, f"{at}: expected an object, got {type(paragraph).__name__}")
+        context = paragraph.get("context")
+        if not isinstance(context, str) or not context.strip():
+            what = "missing" if context is None else "empty" if isinstance(context, str) else "not a string"
+            raise DataError(path, f"{at}: context is {what}")
+        for k, qa in enumerate(_list(path, paragraph, "qas", at)):
+            yield _question(path, qa, f"{at}.qas[{k}]", title, context), f"{at}.qas[{k}]"
 
 
 def _list(path: Path, obj: dict, key: str, where: str) -> list:

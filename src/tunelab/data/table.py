@@ -122,7 +122,7 @@ class _Rows:
             if len(row) != len(header):
                 raise DataError(self.path, f"expected {len(header)} {sep}-separated fields ({', '.join(header)}), "
                                 f"got {len(row)}", line=start)
-            examples.append(self._row(dict(zip(header, row)), start))
+            examples.append(self._row(dict(zip(header, row, strict=True)), start))
         if header is None:
             raise DataError(self.path, "file is empty")
         if not examples:

@@ -117,17 +117,18 @@ def _usage_classification(task, meta: dict, name: str) -> list[str]:
                       ("    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)"
                        " + ANSWER_PREFIX")]
         else:
-            lines += ["", f"def format_input({args}):", f"    return {fill} + {prompt.get('answer_prefix', '')!r}"]
+            prefix = f" + {prompt['answer_prefix']!r}" if prompt.get("answer_prefix") else ""
+            lines += ["", f"def format_input({args}):", f"    return {fill}{prefix}"]
     else:
         lines += [f"def format_input({args}):  # trained on bare texts",
                   '    return text + "\\n" + text_pair' if pairs else "    return text"]
-    example = task.example or "an example text"
-    call = f"format_input({example!r}, {example!r})" if pairs else f"format_input({example!r})"
+    example = task.example or (["a first text", "a second text"] if pairs else "an example text")
+    call = f"format_input({example[0]!r}, {example[1]!r})" if pairs else f"format_input({example!r})"
     lines += ["", (f"enc = tokenizer({call}, truncation=True, max_length={meta.get('max_length', 128)},"
                    ' return_tensors="pt")'),
               "with torch.no_grad():", "    probs = model(**enc).logits.softmax(-1)[0]",
               "print(model.config.id2label[int(probs.argmax())], float(probs.max()))", "```"]
-    cli = f'"{example}"' + (f' --pair "{example}"' if pairs else "")
+    cli = f'"{example[0]}" --pair "{example[1]}"' if pairs else f'"{example}"'
     return ["\n".join(lines), "", f"With tunelab installed: `tunelab predict ./this-folder {cli}`."]
 
 
@@ -161,8 +162,7 @@ def _what_it_predicts(task, meta: dict) -> list[str]:
         none = (", or no answer (the appended EOS position) when the passage does not hold one."
                 if task.version_2 else ".")
         return [f"{task.title}: the model predicts an answer span in the passage{none}"]
-    pair = " sentence pairs" if task.pairs else " texts"
-    return [f"{task.title}: the model labels{pair} with one of {len(task.labels)} labels: "
+    return [f"{task.title}: the model labels {task.unit} with one of {len(task.labels)} labels: "
             f"{', '.join(task.labels)}."]
 
 
@@ -170,30 +170,39 @@ def _what_it_predicts(task, meta: dict) -> list[str]:
 # Evaluation, training, parameters, limitations
 
 
+def _classification_rows(task, metrics: dict) -> list[tuple[str, str]]:
+    rows = []
+    if task.positive is not None:
+        positive = task.labels[task.positive]
+        for key, label in (("precision", f"Precision ({positive} class)"), ("recall", f"Recall ({positive} class)")):
+            if key in metrics:
+                rows.append((label, f"{100 * metrics[key]:.2f}"))
+    if "accuracy_ci95" in metrics:
+        lo, hi = metrics["accuracy_ci95"]
+        rows.append(("Accuracy 95% CI (bootstrap)", f"{100 * lo:.1f} – {100 * hi:.1f}"))
+    if len(task.labels) > 2:
+        rows += [(f"F1, class {label}", f"{100 * c['f1']:.2f}") for label, c in (metrics.get("per_class") or {}).items()]
+    return rows
+
+
+def _extractive_qa_rows(task, metrics: dict) -> list[tuple[str, str]]:
+    rows = [(label, f"{metrics[key]:.2f}") for key, label in (("HasAns_f1", "F1 on answerable"),
+                                                               ("NoAns_f1", "F1 on unanswerable")) if key in metrics]
+    if "f1_ci95" in metrics:
+        lo, hi = metrics["f1_ci95"]
+        rows.append(("F1 95% CI (bootstrap)", f"{lo:.1f} – {hi:.1f}"))
+    return rows
+
+
+MORE_ROWS = {"classification": _classification_rows, "extractive_qa": _extractive_qa_rows}
+
+
 def _evaluation(task, metrics: dict) -> list[str]:
     ds = task.eval_dataset(metrics.get("data"))
     rows = task.metric_rows(metrics)
     if not rows:
         return ["No labelled evaluation was recorded for this model."]
-    table = [(mname, f"{value:.2f}") for _, mname, value in rows]
-    if task.kind == "classification":
-        if task.positive is not None:
-            positive = task.labels[task.positive]
-            for key, label in (("precision", f"Precision ({positive} class)"), ("recall", f"Recall ({positive} class)")):
-                if key in metrics:
-                    table.append((label, f"{100 * metrics[key]:.2f}"))
-        if "accuracy_ci95" in metrics:
-            lo, hi = metrics["accuracy_ci95"]
-            table.append(("Accuracy 95% CI (bootstrap)", f"{100 * lo:.1f} – {100 * hi:.1f}"))
-        for label, c in (metrics.get("per_class") or {}).items() if len(task.labels) > 2 else ():
-            table.append((f"F1, class {label}", f"{100 * c['f1']:.2f}"))
-    else:
-        for key, label in (("HasAns_f1", "F1 on answerable"), ("NoAns_f1", "F1 on unanswerable")):
-            if key in metrics:
-                table.append((label, f"{metrics[key]:.2f}"))
-        if "f1_ci95" in metrics:
-            lo, hi = metrics["f1_ci95"]
-            table.append(("F1 95% CI (bootstrap)", f"{lo:.1f} – {hi:.1f}"))
+    table = [(mname, f"{value:.2f}") for _, mname, value in rows] + MORE_ROWS[task.kind](task, metrics)
     table.append(("Examples", str(metrics.get("n", "?"))))
     out = [f"Measured by tunelab on {ds['name']} (`{data_name(metrics.get('data'))}`, split `{ds['split']}`), "
            "in percent:", "", _table(table, ("metric", "value"))]

@@ -4,7 +4,7 @@ mistakes."""
 
 from __future__ import annotations
 
-from tunelab.report.document import H, P, Builder, Table
+from tunelab.report.document import Builder, H, P, Table
 from tunelab.report.plots import confusion, score_bars
 from tunelab.report.run_folder import TaskRun
 from tunelab.report.sections import (

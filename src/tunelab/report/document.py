@@ -111,9 +111,9 @@ def render_html(title: str, blocks: list) -> str:
         elif isinstance(b, Table):
             align = b.align or ("l" + "r" * (len(b.headers) - 1))
             cls = [' class="r"' if a == "r" else "" for a in align]
-            rows = ["<tr>" + "".join(f"<th{c}>{e(h)}</th>" for c, h in zip(cls, b.headers)) + "</tr>"]
+            rows = ["<tr>" + "".join(f"<th{c}>{e(h)}</th>" for c, h in zip(cls, b.headers, strict=True)) + "</tr>"]
             for row in b.rows:
-                rows.append("<tr>" + "".join(f"<td{c}>{e(str(v))}</td>" for c, v in zip(cls, row)) + "</tr>")
+                rows.append("<tr>" + "".join(f"<td{c}>{e(str(v))}</td>" for c, v in zip(cls, row, strict=True)) + "</tr>")
             cap = f"<caption>{e(b.caption)}</caption>" if b.caption else ""
             out.append(f"<table>{cap}" + "".join(rows) + "</table>")
         elif isinstance(b, Img):

@@ -8,7 +8,8 @@ from collections import defaultdict
 
 import numpy as np
 
-from tunelab.report.document import H, P, Builder, Table
+from tunelab.metrics import bootstrap_ci
+from tunelab.report.document import Builder, H, P, Table
 from tunelab.report.plots import group_bars, score_bars
 from tunelab.report.run_folder import TaskRun
 from tunelab.report.sections import (
@@ -21,7 +22,6 @@ from tunelab.report.sections import (
     train_sentence,
 )
 from tunelab.report.stats import ALPHA, TOP_MISTAKES, Test, ci, n_, num, pair_rows, pval
-from tunelab.metrics import bootstrap_ci
 from tunelab.tasks.extractive_qa.metrics import question_type
 
 TEST_NAME = "paired bootstrap"
@@ -171,31 +171,33 @@ def mistakes(b: Builder, t: TaskRun) -> None:
                          for r in wrong[:TOP_MISTAKES]], "lllrr"))
 
 
-def analysis(t: TaskRun) -> list[str]:
+def _f1_sentences(t: TaskRun) -> list[str]:
+    """The paired F1 comparison, or what is missing for one."""
     zs, ft = t.zs or {}, t.ft or {}
-    if not zs and not ft:
-        return []
-    out = []
     found = {x.metric: x for x in tests(t)}
-    if "F1" in found:
-        x = found["F1"]
-        s = (f"{t.title}: fine-tuning {moved(x.diff, 'F1', num(zs.get('f1')), num(ft.get('f1')))} "
-             f"({x.diff:+.1f} points, 95% interval {ci(x.diff_ci)}) on {x.n} dev {t.task.unit}")
-        if "EM" in found:
-            s += f", and exact match from {num(zs.get('exact_match'))} to {num(ft.get('exact_match'))}"
-        s += "."
-        if x.significant:
-            s += f" The F1 difference is statistically significant (paired bootstrap, {pval(x.p)})."
-        else:
-            s += (f" The F1 difference is not statistically significant (paired bootstrap, {pval(x.p)} ≥ "
-                  f"{ALPHA}); this run does not show that either model is better.")
-        out.append(s)
-        out += [m for m in [n_mismatch(t, x.n, t.task.unit)] if m]
-        small = small_sample(x.n, x.diff_ci[1] - x.diff_ci[0], t.task.unit)
-        if small:
-            out.append(f"{t.title}: " + small[0].lower() + small[1:])
-    elif zs or ft:
-        out.append(missing(t, t.task.unit))
+    if "F1" not in found:
+        return [missing(t, t.task.unit)]
+    x = found["F1"]
+    s = (f"{t.title}: fine-tuning {moved(x.diff, 'F1', num(zs.get('f1')), num(ft.get('f1')))} "
+         f"({x.diff:+.1f} points, 95% interval {ci(x.diff_ci)}) on {x.n} dev {t.task.unit}")
+    if "EM" in found:
+        s += f", and exact match from {num(zs.get('exact_match'))} to {num(ft.get('exact_match'))}"
+    s += "."
+    if x.significant:
+        s += f" The F1 difference is statistically significant (paired bootstrap, {pval(x.p)})."
+    else:
+        s += (f" The F1 difference is not statistically significant (paired bootstrap, {pval(x.p)} ≥ "
+              f"{ALPHA}); this run does not show that either model is better.")
+    out = [s, *[m for m in [n_mismatch(t, x.n, t.task.unit)] if m]]
+    small = small_sample(x.n, x.diff_ci[1] - x.diff_ci[0], t.task.unit)
+    if small:
+        out.append(f"{t.title}: " + small[0].lower() + small[1:])
+    return out
+
+
+def _answer_sentences(t: TaskRun) -> list[str]:
+    """How long the answers are against the gold ones, and how many are empty."""
+    out = []
     for rows_, label in ((t.zs_rows, "zero-shot"), (t.ft_rows, "fine-tuned")):
         answered = [r for r in rows_ or [] if r.get("prediction") and r.get("gold")]
         if len(answered) >= 5:
@@ -210,22 +212,33 @@ def analysis(t: TaskRun) -> list[str]:
         empty = [r for r in rows_ or [] if not r.get("prediction")]
         if rows_ and empty and not t.task.version_2:
             out.append(f"{t.title} {label}: {len(empty)} of {len(rows_)} answers are empty (score 0).")
-    if t.zs_rows and t.ft_rows:
-        groups, counts, a, c = breakdown(t, "qtype")
-        big = [(g, n, y - x) for g, n, x, y in zip(groups, counts, a, c) if n >= 10]
-        if len(big) >= 2:
-            hi = max(big, key=lambda z: z[2])
-            lo = min(big, key=lambda z: z[2])
-            out.append(f"{t.title}: among question words with at least 10 questions, the F1 change is "
-                       f"largest for '{hi[0]}' ({hi[2]:+.1f} points, n={hi[1]}) and smallest for '{lo[0]}' "
-                       f"({lo[2]:+.1f}, n={lo[1]}); with groups this small these are descriptive, not "
-                       "tested.")
+    return out
+
+
+def _question_word_sentence(t: TaskRun) -> list[str]:
+    if not (t.zs_rows and t.ft_rows):
+        return []
+    groups, counts, a, c = breakdown(t, "qtype")
+    big = [(g, n, y - x) for g, n, x, y in zip(groups, counts, a, c, strict=True) if n >= 10]
+    if len(big) < 2:
+        return []
+    hi = max(big, key=lambda z: z[2])
+    lo = min(big, key=lambda z: z[2])
+    return [f"{t.title}: among question words with at least 10 questions, the F1 change is largest for "
+            f"'{hi[0]}' ({hi[2]:+.1f} points, n={hi[1]}) and smallest for '{lo[0]}' ({lo[2]:+.1f}, n={lo[1]}); "
+            "with groups this small these are descriptive, not tested."]
+
+
+def analysis(t: TaskRun) -> list[str]:
+    zs, ft = t.zs or {}, t.ft or {}
+    if not zs and not ft:
+        return []
+    out = _f1_sentences(t) + _answer_sentences(t) + _question_word_sentence(t)
     if t.task.version_2 and "NoAns_f1" in zs and "NoAns_f1" in ft:
         out.append(f"{t.title}: on unanswerable questions the zero-shot model abstained correctly on "
                    f"{num(zs['NoAns_f1'])}% and the fine-tuned model on {num(ft['NoAns_f1'])}%.")
     train = train_sentence(t)
     if train:
-        out.append(train + " Its span head was new (randomly initialised) and learnt only from these "
-                   "examples.")
+        out.append(train + " Its span head was new (randomly initialised) and learnt only from these examples.")
     out.append(data_note(t))
     return out

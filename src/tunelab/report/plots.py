@@ -58,10 +58,10 @@ def score_bars(metrics: list[str], zs: list[float | None], ft: list[float | None
                                                     (ft, ft_err, "fine-tuned", FT_COLOR))):
         xs = [i + (k - 0.5) * width for i in range(len(metrics))]
         ys = [v if v is not None else 0.0 for v in vals]
-        yerr = [[max(0.0, y - e[0]) if e else 0 for y, e in zip(ys, errs)],
-                [max(0.0, e[1] - y) if e else 0 for y, e in zip(ys, errs)]]
+        yerr = [[max(0.0, y - e[0]) if e else 0 for y, e in zip(ys, errs, strict=True)],
+                [max(0.0, e[1] - y) if e else 0 for y, e in zip(ys, errs, strict=True)]]
         ax.bar(xs, ys, width, label=label, color=color, yerr=yerr, capsize=4, error_kw={"lw": 1})
-        for x, v in zip(xs, vals):
+        for x, v in zip(xs, vals, strict=True):
             ax.text(x, 1, "n/a" if v is None else f"{v:.1f}", ha="center", va="bottom", fontsize=8)
     ax.set_xticks(range(len(metrics)), metrics)
     ax.set_ylabel(ylabel)
@@ -82,7 +82,7 @@ def group_bars(groups: list[str], counts: list[int], zs: list[float], ft: list[f
     for k, (vals, label, color) in enumerate(((zs, "zero-shot", ZS_COLOR), (ft, "fine-tuned", FT_COLOR))):
         xs = [i + (k - 0.5) * width for i in range(len(groups))]
         ax.bar(xs, vals, width, label=label, color=color)
-    ax.set_xticks(range(len(groups)), [f"{g}\n(n={c})" for g, c in zip(groups, counts)], fontsize=8)
+    ax.set_xticks(range(len(groups)), [f"{g}\n(n={c})" for g, c in zip(groups, counts, strict=True)], fontsize=8)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("F1")
     ax.set_ylim(0, 105)

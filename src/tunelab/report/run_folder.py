@@ -93,7 +93,7 @@ def load_task_run(run: Path, name: str, config: dict | None) -> TaskRun:
     d = run / name
     zs = _json(d / "zeroshot" / "metrics.json")
     ft = _json(d / "finetune" / "eval" / "metrics.json")
-    task = task_of(run, name, config, zs or ft)
+    task = task_of(run, name, config, zs or ft).for_metrics(zs or ft)
     rows_file = ROWS_FILE[task.kind]
     nbest = d / "finetune" / "eval" / "nbest_predictions.json"
     return TaskRun(

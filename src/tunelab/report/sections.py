@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from tunelab.models.heads import HEADS
-from tunelab.report.document import Builder, P, Table, H
+from tunelab.report.document import Builder, H, P, Table
 from tunelab.report.run_folder import TaskRun
 from tunelab.report.stats import SMALL_N, n_, signed
 

@@ -264,3 +264,12 @@ def check_data(cfg: StudyConfig) -> None:
     for name in cfg.enabled:
         for split in ("train", "dev"):
             cfg.tasks[name].data_path(split, cfg.data["data_dir"])
+
+
+def schema_doc() -> str:
+    """`tunelab study --print-schema`: the option schema and the built-in tasks' own defaults."""
+    from tunelab.options import schema_text
+
+    defaults = {name: {"zeroshot": get_task(name).zeroshot_defaults, "finetune": get_task(name).finetune_defaults}
+                for name in builtin_names()}
+    return schema_text(defaults)

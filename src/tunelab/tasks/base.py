@@ -113,6 +113,7 @@ class HubInfo:
     config: str | None = None
     splits: dict[str, str] = field(default_factory=lambda: {"train": "train", "dev": "validation",
                                                              "test": "test"})
+    columns: dict[str, str] = field(default_factory=dict)  # the Hub's names of the data's columns, where they differ
 
 
 @dataclass
@@ -174,7 +175,8 @@ class Task:
             raise data.error("relative_to", f"must be one of {', '.join(RELATIVE_TO)}, got {relative_to!r}")
         common = dict(
             name=name, title=title, description=d.get("description", str, title),
-            splits=_splits(data.section("splits")), relative_to=relative_to, base_dir=base_dir, source=source,
+            splits=_splits(data.section("splits")) if "splits" in data.mapping else {}, relative_to=relative_to,
+            base_dir=base_dir, source=source,
             zeroshot_defaults=check_mapping(mapping.get("zeroshot") or {}, for_kind(ZEROSHOT_OPTIONS, cls.kind),
                                             where, prefix="zeroshot.", what="zero-shot options"),
             finetune_defaults=check_mapping(mapping.get("finetune") or {},
@@ -193,11 +195,11 @@ class Task:
 
     def to_dict(self, *, with_data: bool = True) -> dict:
         """The definition as a task file would hold it, with data paths made absolute (so that it reads the same
-        from anywhere); without `data` when the files are local paths not to be shared (an export)."""
+        from anywhere); without the data files when they are local paths not to be shared (an export)."""
         out = copy.deepcopy(self.definition)
         out.update(name=self.name, kind=self.kind)
         if not with_data:
-            out.pop("data", None)
+            (out.get("data") or {}).pop("splits", None)
             return out
         data = out.setdefault("data", {})
         data["relative_to"] = self.relative_to
@@ -210,6 +212,9 @@ class Task:
 
     def data_path(self, split: str, data_dir: str | None = None) -> Path:
         """The file of `split`: the first of its candidates that exists."""
+        if not self.splits:
+            raise UsageError(f"task {self.name} names no data files (a model's copy of its definition leaves them "
+                             "out): give --data-file")
         split = split_name(split, tuple(self.splits))
         if self.relative_to == "data_dir":
             root = resolve_data_dir(data_dir)
@@ -299,6 +304,10 @@ class Task:
         """The task scored as SQuAD `version` (extractive QA only)."""
         raise UsageError(f"{self.name} is a {self.kind} task: a SQuAD version applies to extractive QA tasks only")
 
+    def for_metrics(self, metrics: dict | None) -> Task:
+        """The task as these metrics were scored (extractive QA: v2.0 when they have v2.0's keys)."""
+        return self
+
     def for_meta(self, meta: dict) -> Task:
         """The task as a fine-tuned folder's tunelab.json says it was trained (extractive QA: its version)."""
         return self
@@ -349,11 +358,14 @@ def _splits(d: Definition) -> dict[str, tuple[DataFile, ...]]:
 
 
 def _hub(d: Definition) -> HubInfo:
-    d.only(("dataset", "config", "splits"))
-    splits = d.get("splits", dict, {})
-    if not all(isinstance(k, str) and isinstance(v, str) for k, v in splits.items()):
-        raise d.error("splits", "must map split names to the Hub's split names (strings)")
-    return HubInfo(d.get("dataset", str), d.get("config", str), {**HubInfo().splits, **splits})
+    d.only(("dataset", "config", "splits", "columns"))
+    maps = {}
+    for key in ("splits", "columns"):
+        maps[key] = d.get(key, dict, {})
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in maps[key].items()):
+            raise d.error(key, f"must map names to the Hub dataset's {key} names (strings)")
+    return HubInfo(d.get("dataset", str), d.get("config", str), {**HubInfo().splits, **maps["splits"]},
+                   maps["columns"])
 
 
 def _card(d: Definition) -> list[str]:

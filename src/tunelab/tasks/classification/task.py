@@ -15,8 +15,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from tunelab.data.text import read_lines
 from tunelab.data.table import SUFFIXES, Columns, LabelSet, TextExample, read_table, summarize
+from tunelab.data.text import read_lines
 from tunelab.errors import DataError, UsageError
 from tunelab.outputs import write_json, write_jsonl
 from tunelab.tasks.base import Definition, FineTuning, Task
@@ -69,7 +69,7 @@ class ClassificationTask(Task):
     columns: Columns = field(default_factory=Columns)
     verbalizers: dict[str, list[str]] = field(default_factory=dict)
     prompts: dict[str, dict] = field(default_factory=dict)  # the task's named templates
-    example: str | None = None  # an input shown in the model card
+    example: str | list[str] | None = None  # an input shown in the model card (a pair task's: two texts)
 
     @classmethod
     def parse_kind(cls, d: Definition, data: Definition) -> dict:
@@ -97,8 +97,12 @@ class ClassificationTask(Task):
                 ClassificationPrompt.from_mapping(spec, labels, verbalizers, columns.text_pair is not None)
             except UsageError as exc:
                 raise d.error(f"prompts.{name}", str(exc)) from None
+        example = d.get("example", (str, list))
+        if example is not None and (columns.text_pair is not None) != isinstance(example, list) or (
+                isinstance(example, list) and not (len(example) == 2 and all(isinstance(x, str) for x in example))):
+            raise d.error("example", "must be one text, or for sentence pairs a list of two texts")
         return {"labels": labels, "positive": positive, "columns": columns, "verbalizers": verbalizers,
-                "prompts": prompts, "example": d.get("example", str)}
+                "prompts": prompts, "example": example}
 
     def __post_init__(self):
         for key, spec in (("zeroshot.prompt", self.zeroshot_defaults.get("prompt")),
@@ -159,11 +163,12 @@ class ClassificationTask(Task):
                              f"(validation means dev){'' if self.hub.dataset else '; no Hub dataset is named'}")
         out = []
         hub_split = self.hub.splits.get(split, split)
+        col = {k: self.hub.columns.get(k, getattr(self.columns, k)) for k in ("text", "text_pair", "label")}
         for i, row in enumerate(load_rows(self.hub.dataset, self.hub.config, hub_split, self.title), start=1):
-            label = row.get(self.columns.label)
-            pair = str(row[self.columns.text_pair]).strip() if self.pairs else None
-            out.append(TextExample(str(row[self.columns.text]).strip(),
-                                   None if label is None or label < 0 else int(label), i, pair))
+            label = row.get(col["label"])
+            pair = str(row[col["text_pair"]]).strip() if self.pairs else None
+            out.append(TextExample(str(row[col["text"]]).strip(), None if label is None or label < 0 else int(label),
+                                   i, pair))
         return out
 
     def check_eval(self, examples: list[TextExample], data: str) -> None:
@@ -206,7 +211,7 @@ class ClassificationTask(Task):
         prompt = self.input_prompt(options.get("input_prompt", self.finetune_extras()["input_prompt"]))
         texts = [format_input(prompt, tokenizer, ex.text, ex.text_pair) for ex in train]
         ids = encode(tokenizer, texts, cfg.max_length)
-        feats = [{"input_ids": x, "attention_mask": [1] * len(x), "labels": ex.label} for x, ex in zip(ids, train)]
+        feats = [{"input_ids": x, "attention_mask": [1] * len(x), "labels": ex.label} for x, ex in zip(ids, train, strict=True)]
         meta = {"input_prompt": asdict(prompt) if prompt else None, "max_length": cfg.max_length,
                 "labels": list(self.labels)}
         stats = {"train_examples": min(len(feats), cfg.max_train_samples or len(feats))}
@@ -245,7 +250,7 @@ class ClassificationTask(Task):
         probs = np.exp(predictions.log_probs)
         pred = predictions.log_probs.argmax(1)
         rows = []
-        for i, (ex, p) in enumerate(zip(examples, pred)):
+        for i, (ex, p) in enumerate(zip(examples, pred, strict=True)):
             row = {"line": ex.line, "text": ex.text}
             if self.pairs:
                 row["text_pair"] = ex.text_pair
@@ -302,7 +307,7 @@ class ClassificationTask(Task):
                              else f"{self.name} classifies single texts: --pair has no use here")
         if pairs and len(pairs) != len(texts):
             raise UsageError(f"{len(texts)} texts but {len(pairs)} --pair texts: give one --pair for each TEXT")
-        rows = [{"text": t, **({"text_pair": p} if self.pairs else {})} for t, p in zip(texts, pairs or texts)]
+        rows = [{"text": t, **({"text_pair": p} if self.pairs else {})} for t, p in zip(texts, pairs or texts, strict=True)]
         if file:
             rows += self._file_inputs(file)
         if not rows:
@@ -333,7 +338,7 @@ class ClassificationTask(Task):
         examples = [TextExample(r["text"], None, i, r.get("text_pair")) for i, r in enumerate(rows)]
         probs = np.exp(self.predict(model, tokenizer, examples, meta, batch_size, progress=False).log_probs)
         out = []
-        for r, p in zip(rows, probs):
+        for r, p in zip(rows, probs, strict=True):
             k = int(p.argmax())
             out.append({**r, "label": self.labels[k], "probability": float(p[k]),
                         "scores": {name: float(p[c]) for c, name in enumerate(self.labels)}})

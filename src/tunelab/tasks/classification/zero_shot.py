@@ -73,7 +73,7 @@ def verbalizer_ids(tokenizer, prompt: ClassificationPrompt) -> list[list[int]]:
     for words in prompt.verbalizers.values():
         ids.append(sorted({tokenizer.encode(w, add_special_tokens=False)[0] for w in words}))
     seen: dict[int, str] = {}
-    for label, firsts in zip(prompt.verbalizers, ids):
+    for label, firsts in zip(prompt.verbalizers, ids, strict=True):
         for token in firsts:
             if token in seen:
                 raise UsageError(f"verbalizers of {seen[token]!r} and {label!r} start with the same token: scores "

@@ -136,10 +136,10 @@ def generate_answers(model, tokenizer, examples, prompt: QAPrompt, *, version_2:
             na[idx] = torch.sigmoid(lp_null - lp_answer).numpy()  # softmax over the two
 
     run_batches(order, batch_size, run, desc="zero-shot answering", progress=progress)
-    answers = [clean_answer(r, ex.context, prompt.stop_strings()) for r, ex in zip(raw, examples)]
+    answers = [clean_answer(r, ex.context, prompt.stop_strings()) for r, ex in zip(raw, examples, strict=True)]
     na_probs = None
     if version_2:
-        na_probs = {ex.id: float(p) for ex, p in zip(examples, na)}
+        na_probs = {ex.id: float(p) for ex, p in zip(examples, na, strict=True)}
         answers = ["" if (says_unanswerable(a) or na_probs[ex.id] > 0.5) else a
-                   for a, ex in zip(answers, examples)]
+                   for a, ex in zip(answers, examples, strict=True)]
     return raw, answers, na_probs

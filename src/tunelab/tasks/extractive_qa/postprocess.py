@@ -110,7 +110,7 @@ def _window_spans(context: str, offsets, start_logits, end_logits, null: int, n_
     top_ends = np.argsort(-masked_e, kind="stable")[:k]
     lengths = top_ends[None, :] - top_starts[:, None] + 1
     valid = (lengths >= 1) & (lengths <= max_answer_length)  # end >= start, not too long
-    for a, b in zip(*np.nonzero(valid)):
+    for a, b in zip(*np.nonzero(valid), strict=True):
         s, e = top_starts[a], top_ends[b]
         cs, ce = int(offsets[s][0]), int(offsets[e][1])
         while cs < ce and context[cs].isspace():

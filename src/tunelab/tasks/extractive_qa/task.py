@@ -21,7 +21,13 @@ from tunelab.errors import DataError, UsageError
 from tunelab.metrics import bootstrap_ci
 from tunelab.outputs import write_json, write_jsonl
 from tunelab.tasks.base import Definition, FineTuning, Task
-from tunelab.tasks.extractive_qa.generation import DEFAULT_TEMPLATE, TEMPLATES, QAPrompt, generate_answers, load_prompt
+from tunelab.tasks.extractive_qa.generation import (
+    DEFAULT_TEMPLATE,
+    TEMPLATES,
+    QAPrompt,
+    generate_answers,
+    load_prompt,
+)
 from tunelab.tasks.extractive_qa.metrics import per_example_scores, question_type, squad_v1, squad_v2
 from tunelab.tasks.extractive_qa.spans import doc_stride, predict_spans
 from tunelab.tasks.extractive_qa.windows import prepare_eval_features, prepare_train_features, span_loss
@@ -112,6 +118,9 @@ class ExtractiveQATask(Task):
             return self.for_version("2.0")
         return self
 
+    def for_metrics(self, metrics: dict | None) -> ExtractiveQATask:
+        return self.for_version("2.0") if metrics and "best_f1" in metrics else self
+
     def for_meta(self, meta: dict) -> ExtractiveQATask:
         return self.for_version(meta.get("version", self.version))
 
@@ -155,7 +164,7 @@ class ExtractiveQATask(Task):
         for row in load_rows(self.hub.dataset, self.hub.config, self.hub.splits.get(split, split), self.title):
             # the Hub stores answers column-wise: {"text": [...], "answer_start": [...]}
             answers = [{"text": t, "answer_start": int(s)}
-                       for t, s in zip(row["answers"]["text"], row["answers"]["answer_start"])]
+                       for t, s in zip(row["answers"]["text"], row["answers"]["answer_start"], strict=True)]
             out.append(SquadExample(str(row["id"]), row.get("title") or "", row["context"], row["question"], answers,
                                     self.version_2 and not answers))
         return out
@@ -178,13 +187,13 @@ class ExtractiveQATask(Task):
         def answer(exs):  # per example: (generation, answer, no-answer probability)
             raw, answers, na = generate_answers(model, tokenizer, exs, prompt, version_2=self.version_2,
                                                 batch_size=options.batch_size, max_new_tokens=options.max_new_tokens)
-            return [(r, a, na[ex.id] if na else None) for r, a, ex in zip(raw, answers, exs)]
+            return [(r, a, na[ex.id] if na else None) for r, a, ex in zip(raw, answers, exs, strict=True)]
 
         rows = spread(answer, examples) if spread else answer(examples)
         predictions = SpanAnswers(
-            {ex.id: a for ex, (_, a, _) in zip(examples, rows)},
-            {ex.id: [{"text": a, "generated": r}] for ex, (r, a, _) in zip(examples, rows)},
-            {ex.id: p for ex, (_, _, p) in zip(examples, rows)} if self.version_2 else None,
+            {ex.id: a for ex, (_, a, _) in zip(examples, rows, strict=True)},
+            {ex.id: [{"text": a, "generated": r}] for ex, (r, a, _) in zip(examples, rows, strict=True)},
+            {ex.id: p for ex, (_, _, p) in zip(examples, rows, strict=True)} if self.version_2 else None,
             na_threshold=0.5,
         )
         spec = options.prompt if options.prompt is not None else self.default_prompt
@@ -202,7 +211,7 @@ class ExtractiveQATask(Task):
         except ValueError as exc:
             raise UsageError(f"max_length {cfg.max_length}: {exc}") from exc
         feats = [{"input_ids": x, "attention_mask": m, "start_positions": s, "end_positions": e}
-                 for x, m, s, e in zip(f["input_ids"], f["attention_mask"], f["start_positions"], f["end_positions"])]
+                 for x, m, s, e in zip(f["input_ids"], f["attention_mask"], f["start_positions"], f["end_positions"], strict=True)]
         meta = {"version": self.version, "max_length": cfg.max_length, "stride": stride, "question_first": True}
         stats = {"train_examples": len(train), "train_features": min(len(feats), cfg.max_train_samples or len(feats)),
                  "max_length": cfg.max_length, "stride": stride}
@@ -321,7 +330,7 @@ class ExtractiveQATask(Task):
         except ValueError as exc:  # e.g. a question too long for the model's window
             msg = re.sub(r"example '_(\d+)'", lambda m: f"input {rows[int(m.group(1))]['id']!r}", str(exc))
             raise UsageError(msg) from None
-        return [self._scored(r, ex.id, p) for r, ex in zip(rows, examples)]
+        return [self._scored(r, ex.id, p) for r, ex in zip(rows, examples, strict=True)]
 
     def _scored(self, r: dict, qid: str, p: SpanAnswers) -> dict:
         cands = p.nbest.get(qid) or []

@@ -78,7 +78,7 @@ def _encode_windows(examples, tokenizer, max_length: int, stride: int, question_
     # passage is not larger than the stride, so check the room first and say which question is at fault.
     budget = max_length - 1 - tokenizer.num_special_tokens_to_add(pair=True)
     q_lens = [len(ids) for ids in tokenizer(questions, add_special_tokens=False)["input_ids"]]
-    for ex, q_len in zip(examples, q_lens):
+    for ex, q_len in zip(examples, q_lens, strict=True):
         room = budget - q_len
         if room <= stride:
             raise ValueError(
@@ -104,7 +104,7 @@ def _encode_windows(examples, tokenizer, max_length: int, stride: int, question_
         context = contexts[ex_idx]
         offsets: list[Offset] = [
             _trim_leading_space(context, int(s), int(e)) if seq == context_seq else None
-            for (s, e), seq in zip(enc["offset_mapping"][i], enc.sequence_ids(i))
+            for (s, e), seq in zip(enc["offset_mapping"][i], enc.sequence_ids(i), strict=True)
         ]
         windows.append((ex_idx, list(ids) + [eos], list(enc["attention_mask"][i]) + [1], offsets + [None]))
     return windows

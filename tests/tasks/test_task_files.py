@@ -1,0 +1,102 @@
+"""Task definitions: the built-in ones, the shipped examples (configs/tasks/), and bad task files, each refused
+with one message naming the file, the key and the problem (exit status 2, nothing written)."""
+
+from __future__ import annotations
+
+import pytest
+from helpers import ROOT
+
+from tunelab.cli import main
+from tunelab.errors import UsageError
+from tunelab.tasks import builtin_names, get_task, load_task
+from tunelab.tasks.base import parse_task
+
+EXAMPLES = sorted((ROOT / "configs" / "tasks").glob("*.yaml"))
+CLASSIFICATION = "kind: classification\nlabels: [a, b]\ndata: {splits: {dev: d.tsv}}\n"
+
+
+def test_builtin_tasks_are_definitions_like_any_other():
+    assert builtin_names() == ["sst2", "squad", "squad_v2"]
+    sst2, squad, squad_v2 = (get_task(n) for n in builtin_names())
+    assert sst2.kind == "classification" and sst2.labels == ("negative", "positive") and sst2.positive == 1
+    assert (squad.version, squad_v2.version) == ("1.1", "2.0") and squad.for_version("2.0") is squad_v2
+    assert not squad_v2.study_enabled and sst2.study_enabled
+    # what the files are (../shared/data/SOURCES.md)
+    assert squad.describe_file("/d/squad/v1.1-dev.json").official
+    assert "rebuilt" in squad.describe_file("/d/squad/v1.1-train.json").name
+    assert not squad_v2.describe_file("/d/squad/v2.0-dev.json").official
+    assert "not comparable" in squad_v2.describe_file("/d/squad/v2.0-dev.json").note
+    assert sst2.describe_file("/d/SST-2/dev.tsv").official
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_shipped_task_files_read_and_round_trip(path):
+    task = load_task(str(path))
+    assert task.source == str(path.resolve()) and task.name == path.stem.replace("qa-example", "my-qa")
+    again = parse_task(task.to_dict(), where="copy", name=task.name, default_root=task.relative_to)
+    assert again.splits.keys() == task.splits.keys() and again.zeroshot_options() == task.zeroshot_options()
+    assert again.kind == task.kind and again.to_dict() == task.to_dict()
+    task.prompt(None)  # the default template is valid
+
+
+def test_a_study_key_renames_a_task_file_task():
+    assert load_task(str(ROOT / "configs/tasks/trec.yaml"), name="questions").name == "questions"
+    with pytest.raises(UsageError, match="unknown task 'nope'"):
+        load_task("nope")
+
+
+BAD = [
+    ("- a list\n", "", "a task file is a mapping"),
+    ("name: x\n", "kind", "missing (required)"),
+    ("kind: regression\n", "kind", "must be one of classification, extractive_qa"),
+    ("kind: classification\ndata: {splits: {dev: d.tsv}}\n", "labels", "missing (required)"),
+    ("kind: classification\nlabels: [a]\ndata: {splits: {dev: d.tsv}}\n", "labels", "at least two distinct"),
+    ("kind: classification\nlabels: [a, a]\ndata: {splits: {dev: d.tsv}}\n", "labels", "at least two distinct"),
+    (CLASSIFICATION + "colour: red\n", "colour", "unknown keys"),
+    ("kind: classification\nlabels: [a, b]\ndata: {splits: {train: t.tsv}}\n", "data.splits.dev", "missing"),
+    (CLASSIFICATION.replace("{splits", "{relative_to: here, splits"), "data.relative_to", "must be one of"),
+    (CLASSIFICATION.replace("{splits", "{columns: [a], splits"), "data.columns", "unknown keys"),
+    (CLASSIFICATION + "verbalizers: {c: [' c']}\n", "verbalizers", "not among the task's labels"),
+    (CLASSIFICATION + "verbalizers: {a: []}\n", "verbalizers.a", "a word or a list of words"),
+    (CLASSIFICATION + "prompts: {p: {text: no slot}}\n", "prompts.p", "must contain {text}"),
+    (CLASSIFICATION.replace("{splits", "{text_pair: s2, splits") + "prompts: {p: {text: '{text}'}}\n",
+     "prompts.p", "must contain {text_pair}"),
+    (CLASSIFICATION + "prompts: {p: {text: '{text}', colour: red}}\n", "prompts.p", "unknown keys"),
+    (CLASSIFICATION + "zeroshot: {prompt: nope}\n", "zeroshot.prompt", "not one of the task's prompts"),
+    (CLASSIFICATION + "zeroshot: {max_new_tokens: 3}\n", "zeroshot.max_new_tokens", "unknown keys"),
+    (CLASSIFICATION + "finetune: {learning_rate: fast}\n", "finetune.learning_rate", "a (finite) number"),
+    (CLASSIFICATION + "finetune: {batch_size: 0}\n", "finetune.batch_size", "an integer >= 1"),
+    (CLASSIFICATION + "positive_label: c\n", "positive_label", "must be one of the labels"),
+    (CLASSIFICATION.replace("[a, b]", "[a, b, c]") + "positive_label: c\n", "positive_label", "binary"),
+    (CLASSIFICATION + "name: a/b\n", "name", "letters, digits"),
+    (CLASSIFICATION + "hub: {dataset: [x]}\n", "hub.dataset", "must be a string"),
+    ("kind: extractive_qa\nversion: '3.0'\ndata: {splits: {dev: d.json}}\n", "version", "must be 1.1 or 2.0"),
+    ("kind: extractive_qa\ndata: {splits: {dev: d.json}}\nprompts: {p: {text: '{context}'}}\n", "prompts.p",
+     "{context} and {question}"),
+    ("kind: extractive_qa\ndata: {splits: {dev: d.json}}\ninput_prompt: chat\n", "input_prompt", "unknown keys"),
+    ("kind: [unclosed\n", "", "cannot read task file"),
+]
+
+
+@pytest.mark.parametrize("text,key,problem", BAD, ids=[f"{i}-{b[1] or 'file'}" for i, b in enumerate(BAD)])
+def test_bad_task_files_exit_2_naming_file_key_and_problem(tiny_model_dir, tmp_path, capsys, text, key, problem):
+    task = tmp_path / "bad-task.yaml"
+    task.write_text(text)
+    out = tmp_path / "out"
+    rc = main(["zeroshot", tiny_model_dir, "--task", str(task), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert "bad-task.yaml" in err and key in err and problem in err, err
+    assert not out.exists() and not (tmp_path / "out.partial").exists()
+
+
+def test_missing_task_file_and_missing_data(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["zeroshot", tiny_model_dir, "--task", str(tmp_path / "none.yaml"), "--out", str(out)]) == 2
+    assert "none.yaml" in capsys.readouterr().err
+    task = tmp_path / "t.yaml"
+    task.write_text(CLASSIFICATION)  # d.tsv, relative to the task file, is not there
+    assert main(["zeroshot", tiny_model_dir, "--task", str(task), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "no t dev file found" in err and str(tmp_path / "d.tsv") in err
+    assert not out.exists()

@@ -1,0 +1,61 @@
+"""The one option schema (tunelab.options): every option once, and the command-line flags, the checks of
+training-option files and study configs, and the documented schema all come from it."""
+
+from __future__ import annotations
+
+import pytest
+from helpers import ROOT
+
+from tunelab.cli import build_parser
+from tunelab.errors import UsageError
+from tunelab.options import (
+    FINETUNE_EXTRAS,
+    TRAIN_OPTIONS,
+    ZEROSHOT_OPTIONS,
+    TrainConfig,
+    flag_name,
+    schema_text,
+)
+
+
+def _flags(command: str) -> set[str]:
+    sub = build_parser()._subparsers._group_actions[0].choices[command]
+    return {s for a in sub._actions for s in a.option_strings}
+
+
+def test_every_option_is_a_flag_of_its_command():
+    finetune, zeroshot = _flags("finetune"), _flags("zeroshot")
+    for opt in {**TRAIN_OPTIONS, **FINETUNE_EXTRAS}.values():
+        flag = ("--no-" + opt.name.replace("_", "-")) if opt.type == "bool" and opt.default else flag_name(opt)
+        assert flag in finetune, flag
+    assert {flag_name(o) for o in ZEROSHOT_OPTIONS.values()} <= zeroshot
+    # the flags users already type keep working
+    assert {"--no-bf16", "--merge-lora", "--lora-targets", "--input-prompt", "--max-train-samples"} <= finetune
+
+
+def test_one_rule_per_option_everywhere():
+    lr = TRAIN_OPTIONS["learning_rate"]
+    assert lr.rule() == "a number in (0, 1)"
+    assert lr.check("3e-5", "f.yaml") == 3e-5  # YAML 1.1 reads 3e-5 as a string
+    for bad in (0, 1, "fast", True, float("nan")):
+        with pytest.raises(UsageError, match="f.yaml: learning_rate must be"):
+            lr.check(bad, "f.yaml")
+    assert TRAIN_OPTIONS["lora_targets"].check("q_proj, v_proj", None) == ["q_proj", "v_proj"]
+    with pytest.raises(UsageError, match="seed must be below 4294967296"):
+        TrainConfig.from_dict({"seed": 2**32})
+    with pytest.raises(UsageError, match=r"unknown keys \['colour'\]"):
+        TrainConfig.from_dict({"colour": "red"})
+    cfg = TrainConfig(batch_size=0)  # built in code: validate() applies the same rules
+    with pytest.raises(UsageError, match="batch_size must be an integer >= 1, got 0"):
+        cfg.validate()
+
+
+def test_the_documented_schema_is_the_generated_one():
+    from tunelab.study.config import schema_doc
+
+    text = schema_doc()
+    assert schema_text() in text
+    for name in [*TRAIN_OPTIONS, *ZEROSHOT_OPTIONS, *FINETUNE_EXTRAS, "file", "enabled", "data_dir"]:
+        assert f"{name}:" in text, name
+    doc = (ROOT / "docs" / "study-config.md").read_text()
+    assert text in doc, "docs/study-config.md is out of date: paste `tunelab study --print-schema` into it"

@@ -1,5 +1,6 @@
 # The README's commands. `make setup` builds .venv; `make test` runs the fast suite, `make test-all` adds the slow
-# tests (real SmolLM2 weights), `make demo` runs the smoke study.
+# tests (real SmolLM2 weights), `make lint` checks the code (ruff's rules and format), `make demo` runs the smoke
+# study.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -28,7 +29,8 @@ demo: setup
 	$(BIN)/tunelab study --preset smoke --out runs/smoke
 
 lint: setup
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 
 clean:
 	rm -rf $(VENV) runs

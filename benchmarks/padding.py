@@ -80,8 +80,10 @@ def main() -> int:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     for name, c in cases.items():
-        print(f"{name:16s} mean length {c['mean_length']:6.1f}  real share: pad-to-max {c['real_share']['pad_to_max']:.3f}"
-              f"  random {c['real_share']['random_dynamic']:.3f}  length-grouped {c['real_share']['length_grouped']:.3f}"
+        share = c["real_share"]
+        print(f"{name:16s} mean length {c['mean_length']:6.1f}  "
+              f"real share: pad-to-max {share['pad_to_max']:.3f}  random {share['random_dynamic']:.3f}  "
+              f"length-grouped {share['length_grouped']:.3f}"
               f"  packing could save {100 * c['packing_saves']:.1f}%")
     return 0
 

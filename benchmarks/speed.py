@@ -11,11 +11,11 @@ For each case (a model architecture x a task) it trains, one after the other in 
   through accelerate) with the same batch size and learning rate (`--tunelab-batch` to try another batch).
 
 Both train on the SAME examples: the first (warm-up + steps) x batch examples of a seeded shuffle of SST-2
-train sentences / SQuAD `v1.1-train.json` windows (tunelab's `prepare_train_features` windows, also used, padded
-to 384, for the baseline). Each run is `--warmup` + `--steps` optimizer steps; only the last `--steps` are timed
-(torch.cuda.synchronize() then perf_counter at the end of step `warmup` and of the last step). The epoch time
-is extrapolated per example: timed seconds / timed examples x the epoch's examples (67,349 sentences; all the
-windows of v1.1-train.json); `extrapolation_factor` says by how much.
+train sentences / SQuAD `v1.1-train.json` windows (tunelab's `prepare_train_features` windows, also used,
+padded to 384, for the baseline). Each run is `--warmup` + `--steps` optimizer steps; only the last `--steps`
+are timed (torch.cuda.synchronize() then perf_counter at the end of step `warmup` and of the last step). The
+epoch time is extrapolated per example: timed seconds / timed examples x the epoch's examples (67,349
+sentences; all the windows of v1.1-train.json); `extrapolation_factor` says by how much.
 
 Models are built from their configs with random weights (`from_config`, sdpa attention, fp32 parameters):
 speed does not depend on the weights. The Llama-3.2-1B architecture is the config tunelab ships
@@ -89,7 +89,8 @@ QUALITY_NOTE = ("speed only: models have random weights. tunelab's SmolLM2-135M 
                 "benchmarks/gpu_study.py (benchmarks/results/gpu-study-*.json); run with --quality to copy it here")
 
 
-# ---- machine and output ---------------------------------------------------------------------------------------
+# ---- machine and output
+# ---------------------------------------------------------------------------------------
 
 def machine() -> dict:
     import torch
@@ -140,7 +141,8 @@ def write_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
-# ---- tokenizer and data --------------------------------------------------------------------------------------
+# ---- tokenizer and data
+# --------------------------------------------------------------------------------------
 
 def load_timing_tokenizer(folder: str | None):
     """SmolLM2's tokenizer: from a folder holding its tokenizer.json (a device call carries ~3.5 MB, not the
@@ -228,7 +230,8 @@ def pad_to(feats: list[dict], width: int, pad_id: int) -> list[dict]:
     return out
 
 
-# ---- models -----------------------------------------------------------------------------------------------------
+# ---- models
+# -----------------------------------------------------------------------------------------------------
 
 def build_model(alias: str, task: str, *, tiny: bool, device, pad_id: int, seed: int):
     import torch
@@ -280,7 +283,8 @@ def peak_gib():
     return round(torch.cuda.max_memory_allocated() / 2**30, 3) if torch.cuda.is_available() else None
 
 
-# ---- the two runs -------------------------------------------------------------------------------------------
+# ---- the two runs
+# -------------------------------------------------------------------------------------------
 
 def run_baseline(model, feats, *, task, warmup, steps, seed, pad_id, work) -> dict:
     """transformers.Trainer as run_glue/run_qa drive it; times steps warmup+1 .. warmup+steps."""
@@ -524,8 +528,8 @@ def main(argv=None) -> int:
         report["cases"].append(case)
         write_json(out, report)
         if case["status"] == "ok":
-            print(f"{name}: baseline {case['baseline_s']:.1f} s/epoch, tunelab {case['tunelab_s']:.1f} s/epoch, "
-                  f"ratio {case['ratio']:.2f}x", flush=True)
+            print(f"{name}: baseline {case['baseline_s']:.1f} s/epoch, "
+                  f"tunelab {case['tunelab_s']:.1f} s/epoch, ratio {case['ratio']:.2f}x", flush=True)
     write_json(out, report)
     print(f"wrote {out}")
     return 1 if failed else 0

@@ -1,5 +1,6 @@
 """benchmarks/speed.py (tunelab vs the Hugging Face Trainer baseline) runs end to end in --tiny mode on a CPU
-and writes the JSON the GPU run will: every case with case, baseline_s, tunelab_s, ratio and positive times."""
+and writes the JSON the GPU run will: every case with case, baseline_s, tunelab_s, ratio and positive
+times."""
 
 import json
 import os
@@ -16,7 +17,8 @@ DATA = os.environ.get("TUNELAB_DATA_DIR")
 @pytest.mark.skipif(not DATA, reason="TUNELAB_DATA_DIR is not set")
 def test_speed_bench_tiny_writes_the_report(tmp_path):
     env = dict(os.environ, TUNELAB_DATA_DIR=DATA, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false",
-               # the SmolLM2 tokenizer: the shared user cache (conftest points TUNELAB_CACHE at an empty folder)
+               # the SmolLM2 tokenizer: the shared user cache (conftest points TUNELAB_CACHE at an empty
+               # folder)
                TUNELAB_CACHE=os.environ.get("TUNELAB_REAL_CACHE", str(Path.home() / ".cache" / "tunelab")))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))
     out_dir = tmp_path / "results"

@@ -41,7 +41,8 @@ def finetune(model, data_dir, out, *extra, quick=True):
     return args + (["--max-steps", "1", "--max-length", "16", "--batch-size", "4"] if quick else []) + list(extra)
 
 
-# ---- data files ---------------------------------------------------------------------------------------------
+# ---- data files
+# ---------------------------------------------------------------------------------------------
 
 def test_non_utf8_training_file(tiny_model_dir, data_dir, tmp_path, capsys):
     bad = tmp_path / "latin1.tsv"
@@ -92,7 +93,8 @@ def test_unlabelled_training_file(tiny_model_dir, data_dir, tmp_path, capsys):
     assert no_output(out)
 
 
-# ---- configs and options ------------------------------------------------------------------------------------
+# ---- configs and options
+# ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("yaml_text,message", [
     ("learning_rat: 0.001\n", "unknown keys ['learning_rat']"),
@@ -184,7 +186,8 @@ def test_squad_max_length_too_short_for_the_question(tiny_model_dir, tmp_path, c
     assert no_output(out)
 
 
-# ---- models -------------------------------------------------------------------------------------------------
+# ---- models
+# -------------------------------------------------------------------------------------------------
 
 def test_model_paths_that_are_not_models(tiny_model_dir, data_dir, tmp_path, capsys):
     import shutil
@@ -207,7 +210,8 @@ def test_model_paths_that_are_not_models(tiny_model_dir, data_dir, tmp_path, cap
         assert no_output(out), spec
 
 
-# ---- output folders -----------------------------------------------------------------------------------------
+# ---- output folders
+# -----------------------------------------------------------------------------------------
 
 def test_existing_output_needs_overwrite(tiny_model_dir, data_dir, tmp_path, capsys):
     out = tmp_path / "o"

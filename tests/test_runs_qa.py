@@ -55,7 +55,8 @@ def fixture(version_2: bool = False) -> list[SquadExample]:
 
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
     corpus = CONTEXTS + [q for _, q, _ in QUESTIONS] + [q for _, q in IMPOSSIBLE] + [
-        "Title: Background: Question: Answer: The answer is unanswerable user assistant system passage span",
+        "Title: Background: Question: Answer: The answer is unanswerable "
+        "user assistant system passage span",
     ]
     tok = Tokenizer(models.BPE(unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -240,7 +241,8 @@ def test_clean_answer():
 
 def test_span_loss_leaves_padding_out(tiny_model_dir):
     """Without padding the span loss is transformers' own; padding a batch further changes transformers' loss
-    (pad positions enter its softmax) but not tunelab's, so a batch's split across processes cannot move it."""
+    (pad positions enter its softmax) but not tunelab's, so a batch's split across processes cannot move
+    it."""
     from tunelab.tasks.extractive_qa.windows import span_loss
 
     torch.manual_seed(0)

@@ -1,7 +1,7 @@
 """Tasks of one's own need only a task file: TREC (6 classes) and RTE (sentence pairs) from configs/tasks/ on
-small samples of the real files in $TUNELAB_DATA_DIR/extra, and an extractive-QA task from a small SQuAD-format
-file, from zero-shot through fine-tuning to the report, the export with its model card, and predict — on the
-tiny random Llama (the real SmolLM2 model: the slow test at the end)."""
+small samples of the real files in $TUNELAB_DATA_DIR/extra, and an extractive-QA task from a small
+SQuAD-format file, from zero-shot through fine-tuning to the report, the export with its model card, and
+predict — on the tiny random Llama (the real SmolLM2 model: the slow test at the end)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ pytestmark = pytest.mark.skipif(not DATA, reason="TUNELAB_DATA_DIR is not set (t
 TREC = ROOT / "configs" / "tasks" / "trec.yaml"
 RTE = ROOT / "configs" / "tasks" / "rte.yaml"
 TREC_LABELS = ["ABBR", "ENTY", "DESC", "HUM", "LOC", "NUM"]
-# The tiny test tokenizer splits the task files' label words into shared first tokens; one letter each does not.
+# The tiny test tokenizer splits the task files' label words into shared first tokens; one letter each does
+# not.
 TINY_TREC = {"text": "Q: {text}\nType:", "verbalizers": {k: [k[0].lower()] for k in TREC_LABELS}}
 TINY_RTE = {"text": "{text}\nQ: {text_pair}\nA:", "verbalizers": {"entailment": ["y"], "not_entailment": ["n"]}}
 
@@ -200,9 +201,9 @@ def test_shipped_label_words_are_told_apart_by_the_smollm2_tokenizer(monkeypatch
 
 @pytest.mark.slow
 def test_real_model_learns_trec_and_rte(tmp_path):
-    """SmolLM2-135M on subsets of the real files: zero-shot and fine-tuned well above the majority class on TREC
-    (measured with 100 test / 320 training questions: 58% zero-shot, 84% fine-tuned), and RTE's sentence pairs
-    through every stage (about three minutes on 2 CPU cores)."""
+    """SmolLM2-135M on subsets of the real files: zero-shot and fine-tuned well above the majority class on
+    TREC (measured with 100 test / 320 training questions: 58% zero-shot, 84% fine-tuned), and RTE's sentence
+    pairs through every stage (about three minutes on 2 CPU cores)."""
     import os
     from pathlib import Path
 

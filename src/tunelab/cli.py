@@ -325,7 +325,8 @@ def cmd_export(args) -> int:
 
     out = export(args.model_dir, args.out, overwrite=args.overwrite, base_model=args.base_model)
     files = upload_plan(out)
-    print(f"wrote {out}: {len(files)} files, {_size(sum(f['size'] for f in files))} (model card {out}/README.md)")
+    size = _size(sum(f["size"] for f in files))
+    print(f"wrote {out}: {len(files)} files, {size} (model card {out}/README.md)")
     print(f"push it with: tunelab push {out} --repo-id USER/{out.name}")
     return 0
 

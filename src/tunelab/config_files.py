@@ -7,9 +7,9 @@ from pathlib import Path
 
 
 def read_mapping(path: str | Path, what: str, keys: str, *, unreadable: str | None = None) -> dict:
-    """The mapping a YAML (or JSON) file holds; an empty file is an empty mapping. `what` names the kind of file
-    in messages, `keys` its main keys; `unreadable` replaces "cannot read {what}" (e.g. to say that a name was
-    neither a known template nor a file)."""
+    """The mapping a YAML (or JSON) file holds; an empty file is an empty mapping. `what` names the kind of
+    file in messages, `keys` its main keys; `unreadable` replaces "cannot read {what}" (e.g. to say that a
+    name was neither a known template nor a file)."""
     import yaml
 
     from tunelab.errors import UsageError

@@ -1,5 +1,5 @@
-"""Several processes (`accelerate launch`, torchrun): joining them, this process's device, which process writes,
-and splitting evaluation work across them."""
+"""Several processes (`accelerate launch`, torchrun): joining them, this process's device, which process
+writes, and splitting evaluation work across them."""
 
 from __future__ import annotations
 

@@ -29,4 +29,5 @@ class DataError(UsageError):
 
 
 class ModelError(UsageError):
-    """A model spec that cannot be resolved or loaded (not a model folder, gated without a token, offline…)."""
+    """A model spec that cannot be resolved or loaded (not a model folder, gated without a token,
+    offline…)."""

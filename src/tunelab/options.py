@@ -1,8 +1,8 @@
 """Every option a user sets, described once: type, range or choices, default and help text.
 
-The option groups are dataclasses whose fields carry an `Option` in their metadata. From them come the flags of
-`tunelab zeroshot/finetune/evaluate` (`add_flags`), the validation of training-option files and of the study
-configuration (`Option.check`, `from_mapping`) and the documented schema (`schema_text`, printed by
+The option groups are dataclasses whose fields carry an `Option` in their metadata. From them come the flags
+of `tunelab zeroshot/finetune/evaluate` (`add_flags`), the validation of training-option files and of the
+study configuration (`Option.check`, `from_mapping`) and the documented schema (`schema_text`, printed by
 `tunelab study --print-schema` and kept in docs/study-config.md). Per-task defaults live in the task
 definitions (tunelab.tasks), which override the defaults here.
 """

@@ -79,7 +79,8 @@ def atomic_output(out: str | Path, *, overwrite: bool = False, keep_partial: boo
 
 
 def write_text(path: Path, text: str) -> None:
-    """Write a file in one step: a temporary file beside it, renamed over it (readers never see half a file)."""
+    """Write a file in one step: a temporary file beside it, renamed over it (readers never see half a
+    file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")

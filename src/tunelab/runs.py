@@ -1,10 +1,10 @@
 """Zero-shot, fine-tuning and evaluation of any task, and the fine-tuned folders they write and read.
 
-Each run writes one output folder atomically (tunelab.outputs.atomic_output): metrics.json plus the task kind's
-per-example files (classification: predictions.jsonl; extractive QA: per_example.jsonl, predictions.json,
-nbest_predictions.json and, for v2, na_probs.json). A fine-tuning folder is a Hugging Face `from_pretrained`
-folder with tunelab.json (what using it again needs: task, input format, base model), training_config.json,
-train_log.jsonl, loss.png and eval/ (the evaluation of the dev examples).
+Each run writes one output folder atomically (tunelab.outputs.atomic_output): metrics.json plus the task
+kind's per-example files (classification: predictions.jsonl; extractive QA: per_example.jsonl,
+predictions.json, nbest_predictions.json and, for v2, na_probs.json). A fine-tuning folder is a Hugging Face
+`from_pretrained` folder with tunelab.json (what using it again needs: task, input format, base model),
+training_config.json, train_log.jsonl, loss.png and eval/ (the evaluation of the dev examples).
 
 Under `accelerate launch`, zero-shot and evaluation give each process a share of the examples and the first
 writes; fine-tuning trains on every process and the first saves and evaluates.
@@ -73,8 +73,8 @@ def prepare_model(spec: str, task: Task, cfg: TrainConfig, tokenizer, head_init=
 def finetune(task: Task, model_spec: str, train_examples: list, dev_examples: list, dev_data: str,
              out: str | Path, cfg: TrainConfig, options: dict | None = None, *, train_data: str = "training data",
              resume: bool = False, overwrite: bool = False) -> dict | None:
-    """Fine-tune the task's head (full, LoRA or head-only) on the training examples, save a Hugging Face folder,
-    evaluate it on the dev examples. `options`: the task kind's fine-tuning keys (classification:
+    """Fine-tune the task's head (full, LoRA or head-only) on the training examples, save a Hugging Face
+    folder, evaluate it on the dev examples. `options`: the task kind's fine-tuning keys (classification:
     input_prompt). Returns the dev metrics (None on processes that do not write)."""
     from tunelab.models.registry import resolve
 
@@ -142,8 +142,8 @@ def evaluate(model_dir: str | Path, examples: list, data: str, out: str | Path, 
 
 
 def save_finetuned(model, tokenizer, out: Path, cfg: TrainConfig, meta: dict) -> str:
-    """Write a Hugging Face folder (safetensors) with tunelab.json. LoRA: the adapter with its trained head, or
-    merged weights with `merge_lora`. Returns what was saved: full, merged or lora-adapter."""
+    """Write a Hugging Face folder (safetensors) with tunelab.json. LoRA: the adapter with its trained head,
+    or merged weights with `merge_lora`. Returns what was saved: full, merged or lora-adapter."""
     from peft import PeftModel
 
     out.mkdir(parents=True, exist_ok=True)
@@ -175,8 +175,8 @@ def read_meta(path: str | Path) -> dict:
 
 def load_finetuned(path: str | Path, task: Task | None = None, dtype: torch.dtype = torch.float32):
     """Load a fine-tuned folder back: full/merged weights, or base + LoRA adapter (the base loaded through
-    tunelab so its body really carries the pretrained weights). Returns (model, tokenizer, meta, the task it was
-    trained for); a `task` it cannot serve is refused."""
+    tunelab so its body really carries the pretrained weights). Returns (model, tokenizer, meta, the task it
+    was trained for); a `task` it cannot serve is refused."""
     from peft import PeftModel
 
     path = Path(path)

@@ -1,5 +1,5 @@
-"""`tunelab export` / `tunelab push`: Hub-ready folders from tiny fine-tuned models, model cards, uploads with a
-fake Hub client (nothing here touches the network)."""
+"""`tunelab export` / `tunelab push`: Hub-ready folders from tiny fine-tuned models, model cards, uploads with
+a fake Hub client (nothing here touches the network)."""
 
 import json
 import os
@@ -67,7 +67,7 @@ def all_files(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_file()]
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # export
 
 
@@ -211,7 +211,7 @@ def test_base_model_override_sets_llama_licence(finetuned, tmp_path):
     assert data.base_model == "meta-llama/Llama-3.2-1B" and data.license == "llama3.2"
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # SQuAD export
 
 
@@ -251,7 +251,7 @@ def test_squad_full_export(tiny_model_dir, tmp_path):
     assert (out / "model.safetensors").is_file()
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # push
 
 
@@ -319,7 +319,8 @@ def test_dry_run_lists_exactly_the_files(folder, no_login, capsys):
 
 
 def test_dry_run_matches_what_upload_folder_would_send(folder):
-    """huggingface_hub's own listing and filtering, given the ignore patterns push passes, picks the same files."""
+    """huggingface_hub's own listing and filtering, given the ignore patterns push passes, picks the same
+    files."""
     from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects
 
     rel = [p.relative_to(folder).as_posix() for p in sorted(folder.glob("**/*")) if p.is_file()]

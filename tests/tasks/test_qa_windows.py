@@ -1,11 +1,13 @@
-"""QA windows, span labels, offsets and post-processing (tunelab.tasks.extractive_qa), with tokenizers built in memory.
+"""QA windows, span labels, offsets and post-processing (tunelab.tasks.extractive_qa), with tokenizers built
+in memory.
 
 Two tiny fast tokenizers, no downloads:
 * `word_tok()`: WordLevel over whitespace-split words, one token per word, so window arithmetic is exact;
 * `bpe_tok()`: byte-level BPE trained in memory, set up like Llama 3 (BOS added by a template, ByteLevel
   post-processor with trim_offsets=False), so the token " word" carries the offset of its leading space and
   multi-byte characters (é, 中文, emoji) are split into byte tokens.
-If the real SmolLM2 tokenizer is on this machine (~/.cache/tunelab/models/smollm2-135m) it gets the same checks.
+If the real SmolLM2 tokenizer is on this machine (~/.cache/tunelab/models/smollm2-135m) it gets the same
+checks.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from tunelab.tasks.extractive_qa.windows import prepare_eval_features, prepare_t
 
 SMOLLM2_DIR = Path(os.path.expanduser("~/.cache/tunelab/models/smollm2-135m"))
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Tokenizers and examples
 
 UNICODE_PIECES = ["é", "café", "中文", "😀", "naïve", "Zoë", "ß", "🎉", "日本語", "ñ"]
@@ -126,7 +128,7 @@ def check_window_invariants(tok, examples, feats, eval_feats, max_length):
         assert (s == e == len(ids) - 1) or (offsets[s] is not None and offsets[e] is not None)
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Windows
 
 
@@ -159,7 +161,8 @@ def test_windows_cover_the_passage_with_stride_overlap(n_words, max_length, stri
 def test_answer_across_window_boundary():
     tok = word_tok()
     context = words(30)
-    # max_length 14: room = 14 - 1 (EOS) - 1 (BOS) - 2 (question) = 10, stride 3 -> windows w0-w9, w7-w16, w14-w23...
+    # max_length 14: room = 14 - 1 (EOS) - 1 (BOS) - 2 (question) = 10, stride 3 -> windows w0-w9, w7-w16,
+    # w14-w23...
     e = ex("x", context, "q0 q1", answer="w8 w9 w10 w11")
     feats = prepare_train_features([e], tok, max_length=14, stride=3)
     ev = prepare_eval_features([e], tok, max_length=14, stride=3)
@@ -258,7 +261,7 @@ def test_unicode_offsets_round_trip_smollm2(max_length, stride):
     assert found == {f"u{i}" for i in range(len(UNICODE_ANSWERS))}
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Property: labels map back to exactly the answer characters in every window that holds the answer
 
 PIECES = ["a", "bc", "Def", "é", "中文", "😀", "🎉", "naïve", "ß", "12", "3,4", "(x)", "-", "'s", "ñ", "日本"]
@@ -322,7 +325,7 @@ def check_labels_map_back(tok, case, window, question_first):
             assert s == e_ == null
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Post-processing
 
 

@@ -1,8 +1,8 @@
 """tunelab.tasks.extractive_qa.metrics against the official SQuAD v1.1 / v2.0 evaluation scripts.
 
-The reference below is a compact re-statement of `evaluate-v1.1.py` and `evaluate-v2.0.py`, kept in the shape those
-scripts use (a SQuAD `data` list of articles/paragraphs/qas, a `preds` dict, an na-prob dict), so that comparing on
-random cases also checks that tunelab's dict API maps onto the official data flow.
+The reference below is a compact re-statement of `evaluate-v1.1.py` and `evaluate-v2.0.py`, kept in the shape
+those scripts use (a SQuAD `data` list of articles/paragraphs/qas, a `preds` dict, an na-prob dict), so that
+comparing on random cases also checks that tunelab's dict API maps onto the official data flow.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from tunelab.tasks.extractive_qa import metrics as sm
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Reference: the official formulas (re-derived, compact)
 
 
@@ -115,7 +115,7 @@ def as_dataset(references):
                                      for qid, golds in references.items()]}]}]
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Hand-made cases
 
 
@@ -201,7 +201,8 @@ def test_v2_best_threshold_by_hand():
     preds = {"q1": "yes", "q2": "wrong", "q3": "x", "q4": "y"}
     na = {"q1": 0.1, "q2": 0.6, "q3": 0.9, "q4": 0.3}
     out = sm.squad_v2(preds, refs, na_probs=na)
-    # start: all predicted no-answer = 2 of 4 right; +q1 (0.1) -> 3 (best, thresh 0.1); +q4 -> 2; +q2 -> 2; +q3 -> 1
+    # start: all predicted no-answer = 2 of 4 right; +q1 (0.1) -> 3 (best, thresh 0.1); +q4 -> 2; +q2 -> 2;
+    # +q3 -> 1
     assert out["best_exact"] == pytest.approx(75.0) and out["best_exact_thresh"] == 0.1
     assert out["best_f1"] == pytest.approx(75.0) and out["best_f1_thresh"] == 0.1
     assert out["exact"] == pytest.approx(25.0)  # default threshold 1.0: nothing is turned into no-answer
@@ -221,7 +222,7 @@ def test_per_example_scores_average_to_aggregate():
     assert 100 * sum(p["exact_match"] for p in per.values()) / 3 == pytest.approx(agg["exact_match"])
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Random cases against the reference
 
 WORDS = ["the", "The", "a", "an", "An", "Denver", "denver", "Broncos", "broncos!", "1990", "1,990", "café", "CAFÉ",
@@ -274,7 +275,7 @@ def test_v2_matches_reference_on_random_cases(case, threshold):
     assert all(0.0 <= p["f1"] <= 1.0 and p["exact_match"] in (0.0, 1.0) for p in per.values())
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # A maintained implementation (a dev dependency): equal to ours on v1.1 cases where both definitions agree
 
 

@@ -1,5 +1,5 @@
-"""Task definitions: the built-in ones, the shipped examples (configs/tasks/), and bad task files, each refused
-with one message naming the file, the key and the problem (exit status 2, nothing written)."""
+"""Task definitions: the built-in ones, the shipped examples (configs/tasks/), and bad task files, each
+refused with one message naming the file, the key and the problem (exit status 2, nothing written)."""
 
 from __future__ import annotations
 

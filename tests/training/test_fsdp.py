@@ -38,7 +38,8 @@ LAUNCHED = textwrap.dedent('''
             super().__init__(*args, **kwargs)
             PartialState._shared_state["distributed_type"] = DistributedType.FSDP
             self.state.distributed_type = DistributedType.FSDP
-            self.state.fsdp_plugin = FullyShardedDataParallelPlugin()  # the FSDP_* settings accelerate launch set
+            # the FSDP_* settings accelerate launch set
+            self.state.fsdp_plugin = FullyShardedDataParallelPlugin()
 
     accelerate.Accelerator = CPUFSDPAccelerator
 
@@ -136,8 +137,9 @@ def _assert_same_run(one: Path, two: Path, *, exact: bool = False):
     assert w1.keys() == w2.keys() and w1
     for k in w1:
         if k == "qa_outputs.bias" and not exact:
-            # A constant added to every start (or end) logit leaves the softmax unchanged: this bias's gradient
-            # is zero but for rounding, which Adam scales up to steps of +-lr. Only its size is comparable.
+            # A constant added to every start (or end) logit leaves the softmax unchanged: this bias's
+            # gradient is zero but for rounding, which Adam scales up to steps of +-lr. Only its size is
+            # comparable.
             assert w1[k].abs().max() < 1e-2 and w2[k].abs().max() < 1e-2
             continue
         if exact:

@@ -1,5 +1,6 @@
-"""Out of memory during fine-tuning: the step is redone with each micro-batch in more pieces, and training ends
-with the same weights as a run that never ran out of memory (the global batch and the update are unchanged)."""
+"""Out of memory during fine-tuning: the step is redone with each micro-batch in more pieces, and training
+ends with the same weights as a run that never ran out of memory (the global batch and the update are
+unchanged)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Checkpoints and `--resume`: a fine-tuning run killed with SIGKILL at a random step and resumed ends with the same
-weights, log and metrics as an uninterrupted run; half-written checkpoints are never used."""
+"""Checkpoints and `--resume`: a fine-tuning run killed with SIGKILL at a random step and resumed ends with
+the same weights, log and metrics as an uninterrupted run; half-written checkpoints are never used."""
 
 from __future__ import annotations
 
@@ -124,7 +124,8 @@ def test_sigkill_at_a_random_step_then_resume_matches_uninterrupted(tiny_model_d
     assert comparable_metrics(out)["evals_during_training"]  # evals from before the kill were kept
 
 
-# ---- in-process tests of train(): fast, no subprocess --------------------------------------------------------
+# ---- in-process tests of train(): fast, no subprocess
+# --------------------------------------------------------
 
 def _features(n=20, seed=0, vocab=300):
     rng = np.random.default_rng(seed)

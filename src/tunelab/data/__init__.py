@@ -1,5 +1,6 @@
-"""Data files: classification tables (table), SQuAD-format JSON (squad), text and JSONL reading (text), the data
-folder (folder) and Hub datasets (hub). Which file a task reads, and how, is the task's (tunelab.tasks)."""
+"""Data files: classification tables (table), SQuAD-format JSON (squad), text and JSONL reading (text), the
+data folder (folder) and Hub datasets (hub). Which file a task reads, and how, is the task's
+(tunelab.tasks)."""
 
 from tunelab.data.folder import resolve_data_dir
 from tunelab.data.squad import SquadExample, read_squad, summarize_squad

@@ -1,5 +1,5 @@
-"""Where the data lives: the data folder (--data-dir, a study's data_dir or $TUNELAB_DATA_DIR) and the first of
-a split's candidate files that exists."""
+"""Where the data lives: the data folder (--data-dir, a study's data_dir or $TUNELAB_DATA_DIR) and the first
+of a split's candidate files that exists."""
 
 from __future__ import annotations
 

@@ -114,8 +114,8 @@ def _usage_classification(task, meta: dict, name: str) -> list[str]:
                       f"def format_input({args}):",
                       '    messages = [{"role": "system", "content": SYSTEM}] if SYSTEM else []',
                       f'    messages.append({{"role": "user", "content": {fill}}})',
-                      ("    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)"
-                       " + ANSWER_PREFIX")]
+                      "    chat = tokenizer.apply_chat_template(messages, tokenize=False,"
+                      " add_generation_prompt=True)", "    return chat + ANSWER_PREFIX"]
         else:
             prefix = f" + {prompt['answer_prefix']!r}" if prompt.get("answer_prefix") else ""
             lines += ["", f"def format_input({args}):", f"    return {fill}{prefix}"]
@@ -141,8 +141,9 @@ def _usage_extractive_qa(task, meta: dict, name: str) -> list[str]:
         "tokenizer = AutoTokenizer.from_pretrained(model_id)",
         "model = AutoModelForQuestionAnswering.from_pretrained(model_id).eval()", "",
         f"question, context = {example['question']!r}, {example['context']!r}",
-        "# Input as in training: question then passage (one pair encoding), then EOS appended as the last token",
-        "# (the no-answer position). Long passages need sliding windows: `tunelab predict` does them.",
+        "# Input as in training: question then passage (one pair encoding), then EOS appended as",
+        "# the last token (the no-answer position). Long passages need sliding windows:",
+        "# `tunelab predict` does them.",
         f"enc = tokenizer(question, context, truncation=\"only_second\", max_length={max_length - 1},",
         "                return_offsets_mapping=True)",
         "ids = torch.tensor([enc.input_ids + [tokenizer.eos_token_id]])", "with torch.no_grad():",
@@ -271,9 +272,9 @@ def card_body(task: Task, meta: dict, metrics: dict, train_cfg: dict, params: di
                  else f"A local model (`{Path(str(meta.get('base_model'))).name}`)")
     head = HEADS[task.head].auto_class.replace("AutoModelFor", "")
     out = [f"# {name}", "",
-           f"{base_link} fine-tuned for {task.description} with tunelab by {METHODS.get(method, method)}. A `{head}` "
-           "head reads the hidden state of the last token (a decoder-only model: the last token is the one that "
-           "has seen the whole input).", "", *_what_it_predicts(task, meta)]
+           f"{base_link} fine-tuned for {task.description} with tunelab by {METHODS.get(method, method)}. "
+           f"A `{head}` head reads the hidden state of the last token (a decoder-only model: the last token is "
+           "the one that has seen the whole input).", "", *_what_it_predicts(task, meta)]
     out += ["", "## How to use", "", *USAGE[task.kind](task, meta, name)]
     out += ["", "## Evaluation", "", *_evaluation(task, metrics)]
     out += ["", "## Training", "", *_training(task, meta, metrics, train_cfg, base_link)]

@@ -82,8 +82,9 @@ def export(model_dir: str | Path, out_dir: str | Path, *, overwrite: bool = Fals
             model = model.merge_and_unload()
             saved = "merged"
         # Tensor names as the exported architecture names them: a span-QA model loaded from a causal-LM
-        # checkpoint through a key mapping would otherwise be saved under the checkpoint's names (`model.` instead
-        # of `transformer.`), and `AutoModelForQuestionAnswering.from_pretrained` would leave its body random.
+        # checkpoint through a key mapping would otherwise be saved under the checkpoint's names (`model.`
+        # instead of `transformer.`), and `AutoModelForQuestionAnswering.from_pretrained` would leave its body
+        # random.
         model.save_pretrained(work, safe_serialization=True, save_original_format=False)
         tokenizer.save_pretrained(work)
         hub_id = base_model or base_hub_id(meta.get("base_model"))

@@ -67,8 +67,8 @@ def _hub_error(exc: BaseException, repo_id: str, token: str | None) -> UsageErro
     if isinstance(exc, OfflineModeIsEnabled):
         msg = "offline mode is on (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE): unset it to push"
     elif status == 401:
-        msg = ("the Hub refused the token (HTTP 401): log in again with `hf auth login` or set HF_TOKEN to a token "
-               "with write access")
+        msg = ("the Hub refused the token (HTTP 401): log in again with `hf auth login` or set HF_TOKEN "
+               "to a token with write access")
     elif status == 403:
         msg = (f"not allowed to write to {repo_id} (HTTP 403): the token needs write access, and the namespace "
                "must be your user or an organisation you can write to")
@@ -98,7 +98,8 @@ def push(folder: str | Path, repo_id: str, *, private: bool = False, dry_run: bo
     then). The token comes from `token`, HF_TOKEN or the user's login, and is never printed. `dry_run`: only
     say which files would go where, touching neither the network nor the token.
 
-    Returns {"repo_id", "url", "private", "dry_run", "files": [{"path", "size"}], "total_bytes"} (+ "commit")."""
+    Returns {"repo_id", "url", "private", "dry_run", "files": [{"path", "size"}], "total_bytes"} (+
+    "commit")."""
     validate_repo_id(repo_id)
     folder = check_folder(folder)
     files = upload_plan(folder)

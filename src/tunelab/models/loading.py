@@ -1,4 +1,5 @@
-"""Load tokenizers, causal LMs and task models (classification / span QA) that really carry pretrained weights."""
+"""Load tokenizers, causal LMs and task models (classification / span QA) that really carry pretrained
+weights."""
 
 from __future__ import annotations
 
@@ -71,9 +72,9 @@ def saved_head(path: str) -> str | None:
 
 def load_task_model(spec: str, head_name: str, *, labels: Sequence[str] = ("0", "1"),
                     dtype: torch.dtype = torch.float32, head_init: Callable | None = None):
-    """A classification or span-QA model (`head_name`: classification | span) whose body holds the checkpoint's
-    weights. A new classification head gets one output per label (`labels` name them in id2label);
-    `head_init(model)` may then set the new head's weights.
+    """A classification or span-QA model (`head_name`: classification | span) whose body holds the
+    checkpoint's weights. A new classification head gets one output per label (`labels` name them in
+    id2label); `head_init(model)` may then set the new head's weights.
 
     transformers' LlamaForQuestionAnswering names its body `transformer` while causal-LM checkpoints name it
     `model`; a plain `from_pretrained` then silently leaves the whole body random. We map the keys, and
@@ -87,9 +88,9 @@ def load_task_model(spec: str, head_name: str, *, labels: Sequence[str] = ("0", 
                       label2id={name: i for i, name in enumerate(labels)})
     elif fresh:
         kwargs["key_mapping"] = {r"^model\.": "transformer."}
-    # transformers logs a load report of the (expected) missing head; our own check below is the one that counts.
-    # Raising that logger's level also switches on a tensor-parallel plan check that warns about unsharded
-    # layers (irrelevant here: nothing is sharded), so that logger is quietened too.
+    # transformers logs a load report of the (expected) missing head; our own check below is the one that
+    # counts. Raising that logger's level also switches on a tensor-parallel plan check that warns about
+    # unsharded layers (irrelevant here: nothing is sharded), so that logger is quietened too.
     for name in ("transformers.modeling_utils", "transformers.distributed.tensor_parallel"):
         logging.getLogger(name).setLevel(logging.ERROR)
     model, info = _from_pretrained(auto_class(head_name), spec, **kwargs)

@@ -1,4 +1,5 @@
-"""Exact parameter accounting from a config alone: models are built on the meta device (no weights, no memory).
+"""Exact parameter accounting from a config alone: models are built on the meta device (no weights, no
+memory).
 
 Shared (tied) tensors count once, as `nn.Module.parameters()` yields each tensor once.
 """
@@ -89,7 +90,8 @@ def build_meta(config, head_name: str | None, num_labels: int = 2):
 
 
 def apply_method(model, head_name: str | None, method: str, lora: LoraOptions | None = None):
-    """Set requires_grad (and wrap with LoRA) the way fine-tuning with `method` does. Returns the model to train."""
+    """Set requires_grad (and wrap with LoRA) the way fine-tuning with `method` does. Returns the model to
+    train."""
     if method == "full":
         for p in model.parameters():
             p.requires_grad_(True)

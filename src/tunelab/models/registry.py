@@ -144,7 +144,8 @@ def convert_gguf(alias: Alias, gguf: Path) -> Path:
         eos_id = model.config.eos_token_id
         if isinstance(eos_id, int) and tokenizer.eos_token_id != eos_id:
             tokenizer.eos_token = tokenizer.convert_ids_to_tokens(eos_id)
-        # The dequantised weights are plain float tensors: drop the GGUF quantizer so they save as safetensors.
+        # The dequantised weights are plain float tensors: drop the GGUF quantizer so they save as
+        # safetensors.
         model.hf_quantizer = None
         model.is_quantized = False
         if hasattr(model.config, "quantization_config"):
@@ -153,7 +154,8 @@ def convert_gguf(alias: Alias, gguf: Path) -> Path:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / "SOURCE.txt").write_text(
-            f"Dequantised from {gguf.name} (package {alias.gguf_package}); the Hub original is {alias.hub_id}.\n"
+            f"Dequantised from {gguf.name} (package {alias.gguf_package}); "
+            f"the Hub original is {alias.hub_id}.\n"
         )
         if complete():  # another process (accelerate launch) finished the same conversion first: keep it
             return target

@@ -138,7 +138,8 @@ def mistakes(b: Builder, t: TaskRun) -> None:
 
 
 def _lean(t: TaskRun) -> list[str]:
-    """Predictions that lean towards a class: predicted 10 points more (or, binary, less) often than it is gold."""
+    """Predictions that lean towards a class: predicted 10 points more (or, binary, less) often than it is
+    gold."""
     out = []
     labels, positive = t.task.labels, t.task.positive
     for m, label in ((t.zs or {}, "zero-shot"), (t.ft or {}, "fine-tuned")):
@@ -170,8 +171,8 @@ def analysis(t: TaskRun) -> list[str]:
     if found:
         x = found[0]
         change = moved(x.diff, "accuracy", pct(zs.get("accuracy")) + "%", pct(ft.get("accuracy")) + "%")
-        s = (f"{t.title}: fine-tuning {change} ({x.diff:+.1f} points, 95% interval {ci(x.diff_ci)}) on {x.n} dev "
-             f"{t.task.unit}.")
+        s = (f"{t.title}: fine-tuning {change} ({x.diff:+.1f} points, 95% interval {ci(x.diff_ci)}) "
+             f"on {x.n} dev {t.task.unit}.")
         if x.significant:
             s += f" The difference is statistically significant (McNemar, {pval(x.p)}): {x.detail}."
         else:

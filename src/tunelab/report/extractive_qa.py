@@ -75,8 +75,8 @@ def section(b: Builder, t: TaskRun) -> None:
     b.add(Table(["metric (%)", "zero-shot", "fine-tuned", "difference (points)"], _metric_rows(t, em_ci)))
     found = tests(t)
     for test in found:
-        b.add(P(f"{test.metric}: {test.name} on the {n_(test.n)} {t.task.unit} both models answered: difference "
-                f"{test.diff:+.1f} points (95% interval {ci(test.diff_ci)}), {pval(test.p)}."))
+        b.add(P(f"{test.metric}: {test.name} on the {n_(test.n)} {t.task.unit} both models answered: "
+                f"difference {test.diff:+.1f} points (95% interval {ci(test.diff_ci)}), {pval(test.p)}."))
         if test.metric == "F1":
             b.summary_rows.append([t.title, "F1", num(zs.get("f1")), num(ft.get("f1")),
                                    f"{test.diff:+.1f} {ci(test.diff_ci)}", pval(test.p), n_(test.n)])

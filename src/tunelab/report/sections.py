@@ -179,14 +179,14 @@ def data_note(t: TaskRun) -> str:
     file, split = t.task.describe_file(data), t.task.split_of(data)
     if file is None:
         shown = f" ({Path(data).name})" if data else ""
-        return (f"{t.title}: the evaluation data{shown} are a file of your own, not one of the task's splits: the "
-                "scores are not comparable with published results.")
+        return (f"{t.title}: the evaluation data{shown} are a file of your own, not one of the task's "
+                "splits: the scores are not comparable with published results.")
     name = file.name or f"the {split} file {Path(file.path).name}"
     if file.note:
         return f"{t.title}: the evaluation data are {name}: {file.note}."
     if not file.official:
-        return (f"{t.title}: the evaluation data are {name}, not an official split: the scores are not comparable "
-                "with published results.")
+        return (f"{t.title}: the evaluation data are {name}, not an official split: the scores are not "
+                "comparable with published results.")
     said = f"{t.title}: the evaluation data are {name}, the official split"
     train = t.task.describe_file((t.ft or {}).get("train_data"))
     if train is not None and train.note:

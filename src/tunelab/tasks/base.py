@@ -1,10 +1,11 @@
 """What a task is: a small object, mostly configuration, with code only where a kind of task needs code.
 
 A task has a name and a title, a kind (`classification` or `extractive_qa`: tasks/classification/,
-tasks/extractive_qa/), its data (split -> candidate files, relative to the data folder or to its task file, and
-what each file is), zero-shot and fine-tuning defaults, and its Hub metadata. The kind supplies the rest: how
-files are read, the zero-shot method and prompt, the fine-tuning head, features and loss, prediction, metrics,
-the report section (tunelab.report, by kind) and the model card's wording (tunelab.hub.card, by kind).
+tasks/extractive_qa/), its data (split -> candidate files, relative to the data folder or to its task file,
+and what each file is), zero-shot and fine-tuning defaults, and its Hub metadata. The kind supplies the rest:
+how files are read, the zero-shot method and prompt, the fine-tuning head, features and loss, prediction,
+metrics, the report section (tunelab.report, by kind) and the model card's wording (tunelab.hub.card, by
+kind).
 
 Built-in tasks (tasks/builtin.py) are written in the same format as a user's task file, and read by the same
 code (`load_task`).
@@ -194,8 +195,8 @@ class Task:
         return {}
 
     def to_dict(self, *, with_data: bool = True) -> dict:
-        """The definition as a task file would hold it, with data paths made absolute (so that it reads the same
-        from anywhere); without the data files when they are local paths not to be shared (an export)."""
+        """The definition as a task file would hold it, with data paths made absolute (so that it reads the
+        same from anywhere); without the data files when they are local paths not to be shared (an export)."""
         out = copy.deepcopy(self.definition)
         out.update(name=self.name, kind=self.kind)
         if not with_data:
@@ -231,7 +232,8 @@ class Task:
         return self.read(path), str(path)
 
     def describe_file(self, path: str | None) -> DataFile | None:
-        """What a data file is, when it is one of this task's candidate files (matched by its last path parts)."""
+        """What a data file is, when it is one of this task's candidate files (matched by its last path
+        parts)."""
         if not path:
             return None
         parts = Path(path).parts
@@ -317,7 +319,8 @@ class Task:
         return self.unit[:-1] if self.unit.endswith("s") else self.unit
 
     def head_options(self) -> dict:
-        """Keyword arguments of `tunelab.models.load_task_model` for this task's head (classification: labels)."""
+        """Keyword arguments of `tunelab.models.load_task_model` for this task's head (classification:
+        labels)."""
         return {}
 
     def compatible(self, other: Task) -> str | None:
@@ -333,7 +336,8 @@ class Task:
         raise NotImplementedError
 
     def check_file(self, path: str | Path) -> dict:
-        """Read and validate a file fully; a summary with "task", "file" and the counts (DataError otherwise)."""
+        """Read and validate a file fully; a summary with "task", "file" and the counts (DataError
+        otherwise)."""
         return {"task": self.name, "file": str(path), **self.summarize(self.read(path))}
 
 
@@ -418,7 +422,8 @@ def get_task(name: str) -> Task:
 
 def load_task(spec: str | Task, *, name: str | None = None) -> Task:
     """A task: a built-in name (sst2, squad, squad_v2) or the path of a task file (YAML). `name` renames a
-    file's task (a study's key); by default a task file's task is named by its `name` key, else its file name."""
+    file's task (a study's key); by default a task file's task is named by its `name` key, else its file
+    name."""
     from tunelab.config_files import read_mapping
 
     if isinstance(spec, Task):

@@ -51,8 +51,8 @@ SST2 = {
     "finetune": {"input_prompt": "chat", "learning_rate": 2e-5, "batch_size": 32, "max_length": 128},
     "hub": {"dataset": "nyu-mll/glue", "config": "sst2"},
     "card": {"limitations": [
-        "Trained on SST-2 movie-review sentences (lower-cased, PTB-tokenised: `it 's`, `-lrb-`); other domains "
-        "and text styles will score lower.",
+        "Trained on SST-2 movie-review sentences (lower-cased, PTB-tokenised: `it 's`, `-lrb-`); "
+        "other domains and text styles will score lower.",
         "Two labels only (negative/positive): neutral or mixed text is forced into one of them.",
     ]},
 }

@@ -1,5 +1,5 @@
-"""Zero-shot prompts, for both kinds of task: a template with {placeholders}, optionally wrapped as the user turn
-of the model's chat template, and an answer prefix that starts the model's answer.
+"""Zero-shot prompts, for both kinds of task: a template with {placeholders}, optionally wrapped as the user
+turn of the model's chat template, and an answer prefix that starts the model's answer.
 
 A prompt is given as a template name (the task's own templates), a mapping, or a YAML/JSON file holding one.
 """

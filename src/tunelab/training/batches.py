@@ -1,5 +1,5 @@
-"""Batches: which examples go together (length-grouped or random, the same global order on every process), each
-process's share of a global batch, and padding."""
+"""Batches: which examples go together (length-grouped or random, the same global order on every process),
+each process's share of a global batch, and padding."""
 
 from __future__ import annotations
 
@@ -29,8 +29,8 @@ def random_order(n: int, batch_size: int, seed: int) -> list[list[int]]:
 
 def shard_batch(global_batch: list[int], world: int, rank: int) -> tuple[list[int], float]:
     """This process's part of a global batch and the weight of its mean loss, world x share, so that the
-    average DDP takes over processes equals the mean over the whole global batch. An empty part (a global batch
-    shorter than the number of processes) becomes one example with weight 0."""
+    average DDP takes over processes equals the mean over the whole global batch. An empty part (a global
+    batch shorter than the number of processes) becomes one example with weight 0."""
     from tunelab.distributed import shard_bounds
 
     lo, hi = shard_bounds(len(global_batch), world, rank)

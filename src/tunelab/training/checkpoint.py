@@ -1,8 +1,8 @@
 """Checkpoints for `--resume`: written atomically and durably, found again, and checked against the run that
 wants to resume from them.
 
-Every `save_every` steps the model, optimizer, LR schedule, every process's RNG states (Python, NumPy, torch CPU
-and CUDA), the data position, the running loss and the log so far go into `work_dir/checkpoints/step-N`,
+Every `save_every` steps the model, optimizer, LR schedule, every process's RNG states (Python, NumPy, torch
+CPU and CUDA), the data position, the running loss and the log so far go into `work_dir/checkpoints/step-N`,
 written in a temporary folder, flushed to disk, marked COMPLETE and renamed.
 """
 
@@ -88,8 +88,8 @@ def _fsync_dir(path: Path) -> None:
 
 
 def save(accelerator, ckpt_root: Path, step: int, shared: dict, own: dict) -> None:
-    """Save into a temporary folder, flush it, write COMPLETE last, then rename: a crash mid-save never leaves a
-    checkpoint that looks complete. `shared` (trainer_state.json) is the main process's; `own` (rank-R.json:
+    """Save into a temporary folder, flush it, write COMPLETE last, then rename: a crash mid-save never leaves
+    a checkpoint that looks complete. `shared` (trainer_state.json) is the main process's; `own` (rank-R.json:
     RNG states, running loss) is each process's."""
     tmp = ckpt_root / f".tmp-step-{step}"
     if accelerator.is_main_process:
@@ -150,6 +150,7 @@ def check_fingerprint(ckpt: Path, saved: dict, now: dict) -> None:
     old = saved.get("options", {})
     diffs += [f"{k} {old.get(k)!r} -> {v!r}" for k, v in now["options"].items() if old.get(k) != v]
     raise UsageError(
-        f"{ckpt}: cannot resume: this checkpoint was written by a run with other settings ({'; '.join(diffs)}). "
+        f"{ckpt}: cannot resume: this checkpoint was written by a run with other settings "
+        f"({'; '.join(diffs)}). "
         "Resume with the original settings, or start over without --resume."
     )

@@ -5,15 +5,15 @@ with dynamic padding and no per-step host synchronisation, checkpoints saved ato
 
 Batches and processes. `batch_size` is per process (as in Hugging Face): with N processes one optimizer step
 sees `batch_size x N x grad_accum` examples. Every process builds the same global order of global batches of
-`batch_size x N` (same seed everywhere) and takes its own contiguous slice of each, so N processes with batch B
-train on exactly the batches one process with batch N x B would. An epoch's last global batch may be short; it is
-split as evenly as the examples allow (no example dropped or repeated) and each process's mean loss is weighted
-by its share, so the gradient DDP averages is still the mean over the global batch. (A process whose slice is
-empty runs one example with weight 0 so the gradient all-reduce still lines up.)
+`batch_size x N` (same seed everywhere) and takes its own contiguous slice of each, so N processes with batch
+B train on exactly the batches one process with batch N x B would. An epoch's last global batch may be short;
+it is split as evenly as the examples allow (no example dropped or repeated) and each process's mean loss is
+weighted by its share, so the gradient DDP averages is still the mean over the global batch. (A process whose
+slice is empty runs one example with weight 0 so the gradient all-reduce still lines up.)
 
 Resumption (tunelab.training.checkpoint). `resume=True` continues from the newest complete checkpoint and
-replays the data order up to it, so an interrupted and resumed run ends with the same weights and metrics as an
-uninterrupted one (bit for bit on the same hardware and thread count).
+replays the data order up to it, so an interrupted and resumed run ends with the same weights and metrics as
+an uninterrupted one (bit for bit on the same hardware and thread count).
 """
 
 from __future__ import annotations
@@ -133,9 +133,9 @@ class Trainer:
             [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=cfg.learning_rate, betas=(0.9, 0.999), eps=1e-8, fused=fused,
         )
-        # The schedule is stepped here, once per optimizer step. (Passed through `accelerator.prepare` it would
-        # step once per process per optimizer step: N times too fast under N processes, since total_steps is
-        # already counted per process.) Its state is saved in trainer_state.json.
+        # The schedule is stepped here, once per optimizer step. (Passed through `accelerator.prepare` it
+        # would step once per process per optimizer step: N times too fast under N processes, since
+        # total_steps is already counted per process.) Its state is saved in trainer_state.json.
         name = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[cfg.lr_schedule]
         self.scheduler = get_scheduler(name, optimizer, num_warmup_steps=int(cfg.warmup_ratio * self.total_steps),
                                        num_training_steps=self.total_steps)
@@ -349,9 +349,10 @@ def train(model, train_features: list[dict], cfg: TrainConfig, *, pad_id: int, w
 
 def whole_model(result: TrainResult, rebuild: Callable[[], torch.nn.Module]):
     """The trained model, whole and unwrapped, on the main process (None on the others), ready to save and
-    evaluate. Every process must call it. Under FSDP the module is sharded across the processes and can neither
-    run nor save alone: the processes gather its full state dict (onto the main process's CPU), which is loaded,
-    strictly, into a fresh copy of the model that `rebuild()` makes (the same construction as before training)."""
+    evaluate. Every process must call it. Under FSDP the module is sharded across the processes and can
+    neither run nor save alone: the processes gather its full state dict (onto the main process's CPU), which
+    is loaded, strictly, into a fresh copy of the model that `rebuild()` makes (the same construction as
+    before training)."""
     from accelerate.utils import DistributedType
 
     acc = result.accelerator

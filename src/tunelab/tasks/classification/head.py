@@ -13,8 +13,8 @@ from tunelab.training.batches import pad_batch
 
 
 def format_input(prompt: ClassificationPrompt | None, tokenizer, text: str, text_pair: str | None = None) -> str:
-    """Fine-tuning input: the text inside the zero-shot prompt, or the bare text when prompt is None (run_glue.py
-    style; a pair's two texts on two lines)."""
+    """Fine-tuning input: the text inside the zero-shot prompt, or the bare text when prompt is None
+    (run_glue.py style; a pair's two texts on two lines)."""
     if prompt is None:
         return text if text_pair is None else f"{text}\n{text_pair}"
     return prompt.render(tokenizer, text, text_pair)

@@ -49,8 +49,8 @@ def generic_templates(labels: tuple[str, ...], pairs: bool) -> dict[str, dict]:
     options = ", ".join(labels)
     inputs = "Text: {text}\nSecond text: {text_pair}" if pairs else "Text: {text}"
     return {
-        "chat": {"text": f"Which of these labels fits the text best: {options}? Answer with the label.\n\n{inputs}",
-                 "chat": True, "answer_prefix": "Label:"},
+        "chat": {"text": f"Which of these labels fits the text best: {options}? "
+                         f"Answer with the label.\n\n{inputs}", "chat": True, "answer_prefix": "Label:"},
         "plain": {"text": f"{inputs}\nLabel ({options}):", "chat": False},
     }
 
@@ -298,8 +298,8 @@ class ClassificationTask(Task):
 
     def prediction_inputs(self, texts: list[str], *, pairs: list[str] | None = None, file: str | None = None,
                           questions: list[str] | None = None, context: str | None = None) -> list[dict]:
-        """[{"text", "text_pair"?, "gold"?}] from positional texts and/or a file (the task's TSV/CSV/JSONL, else
-        one text a line; a pair task's lines hold the two texts separated by a tab)."""
+        """[{"text", "text_pair"?, "gold"?}] from positional texts and/or a file (the task's TSV/CSV/JSONL,
+        else one text a line; a pair task's lines hold the two texts separated by a tab)."""
         if questions or context is not None:
             raise UsageError(f"this model classifies texts ({self.name}): give texts, not --question/--context")
         if self.pairs != bool(pairs) and (texts or pairs):
@@ -333,8 +333,8 @@ class ClassificationTask(Task):
         return rows
 
     def predict_inputs(self, model, tokenizer, meta: dict, rows: list[dict], batch_size: int = 64) -> list[dict]:
-        """Each row with "label", "probability" (of that label) and "scores" (every label), scored as tunelab's
-        evaluation scores (same input format, same classifier)."""
+        """Each row with "label", "probability" (of that label) and "scores" (every label), scored as
+        tunelab's evaluation scores (same input format, same classifier)."""
         examples = [TextExample(r["text"], None, i, r.get("text_pair")) for i, r in enumerate(rows)]
         probs = np.exp(self.predict(model, tokenizer, examples, meta, batch_size, progress=False).log_probs)
         out = []

@@ -54,9 +54,10 @@ class ClassificationPrompt(ChatPrompt):
 
 @dataclass
 class Calibration:
-    """How raw label scores are corrected. `contextual`: divide the class probabilities by those of content-free
-    inputs (Zhao et al. 2021). `batch`: subtract the mean log-probability of each class over the evaluated
-    inputs themselves (Batch Calibration, Zhou et al. 2024) — uses the inputs, never their labels. `none`."""
+    """How raw label scores are corrected. `contextual`: divide the class probabilities by those of
+    content-free inputs (Zhao et al. 2021). `batch`: subtract the mean log-probability of each class over the
+    evaluated inputs themselves (Batch Calibration, Zhou et al. 2024) — uses the inputs, never their labels.
+    `none`."""
 
     method: str = "batch"
     content_free: tuple[str, ...] = CONTENT_FREE
@@ -85,8 +86,8 @@ def verbalizer_ids(tokenizer, prompt: ClassificationPrompt) -> list[list[int]]:
 @torch.no_grad()
 def label_logprobs(model, tokenizer, texts: list[str], label_ids: list[list[int]], batch_size: int = 32,
                    max_length: int = 512, progress: bool = True) -> np.ndarray:
-    """Log-probabilities (over the whole vocabulary, log-sum-exp within a class) of each class's verbalizers at
-    the next-token position after each text: one forward pass per text, batched and sorted by length."""
+    """Log-probabilities (over the whole vocabulary, log-sum-exp within a class) of each class's verbalizers
+    at the next-token position after each text: one forward pass per text, batched and sorted by length."""
     device = next(model.parameters()).device
     # an over-long prompt loses its beginning, never the end where the label word is scored
     enc = [tokenizer(t, add_special_tokens=True).input_ids[-max_length:] for t in texts]
@@ -103,7 +104,8 @@ def label_logprobs(model, tokenizer, texts: list[str], label_ids: list[list[int]
             mask[row, : len(enc[i])] = 1
         last = mask.sum(1) - 1
         hidden = model.model(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
-        # Only the last position goes through the LM head: a full-vocabulary projection of every token is waste.
+        # Only the last position goes through the LM head: a full-vocabulary projection of every token is
+        # waste.
         h = hidden[torch.arange(len(idx), device=device), last.to(device)]
         logp = torch.log_softmax(model.lm_head(h).float(), dim=-1)
         for c, cls_ids in enumerate(label_ids):
@@ -132,9 +134,10 @@ def calibrate(scores: np.ndarray, calibration: Calibration, cf_scores: np.ndarra
 def zero_shot(model, tokenizer, texts: list[str], prompt: ClassificationPrompt, calibration: Calibration,
               batch_size: int = 32, progress: bool = True, spread: Callable | None = None,
               content_free: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Scores of rendered prompts `texts`: (raw class log-probs renormalised over the classes, calibrated ones).
-    Predictions are the argmax. `spread(fn, texts)` applies the scorer (e.g. across processes: calibration then
-    sees every text's scores). `content_free`: the rendered content-free prompts, for contextual calibration."""
+    """Scores of rendered prompts `texts`: (raw class log-probs renormalised over the classes, calibrated
+    ones). Predictions are the argmax. `spread(fn, texts)` applies the scorer (e.g. across processes:
+    calibration then sees every text's scores). `content_free`: the rendered content-free prompts, for
+    contextual calibration."""
     label_ids = verbalizer_ids(tokenizer, prompt)
 
     def score(xs):

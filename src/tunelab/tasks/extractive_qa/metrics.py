@@ -2,28 +2,29 @@
 groups questions by.
 
 Why hand-written: the maintained implementations are not usable offline here. `evaluate.load("squad")` /
-`evaluate.load("squad_v2")` download the metric's code from the Hugging Face Hub at run time (and `evaluate` is not a
-dependency), and `torchmetrics.text.SQuAD` covers v1.1 only and is not a dependency either (its F1 also differs from
-the v1.1 script on empty answers: it returns 1 when both sides normalise to nothing, the v1.1 script returns 0). So
-this module re-states the definitions of the two official scripts (`evaluate-v1.1.py` and `evaluate-v2.0.py`, the
-ones the SQuAD leaderboard ran), function for function; tests/tasks/test_squad_metrics.py checks it against a second,
-independently written copy of those formulas on hand-made and random cases (and against torchmetrics' v1.1 when that
-happens to be importable).
+`evaluate.load("squad_v2")` download the metric's code from the Hugging Face Hub at run time (and `evaluate`
+is not a dependency), and `torchmetrics.text.SQuAD` covers v1.1 only and is not a dependency either (its F1
+also differs from the v1.1 script on empty answers: it returns 1 when both sides normalise to nothing, the
+v1.1 script returns 0). So this module re-states the definitions of the two official scripts
+(`evaluate-v1.1.py` and `evaluate-v2.0.py`, the ones the SQuAD leaderboard ran), function for function;
+tests/tasks/test_squad_metrics.py checks it against a second, independently written copy of those formulas on
+hand-made and random cases (and against torchmetrics' v1.1 when that happens to be importable).
 
 The definitions (both versions share the normalisation):
 
-* normalize_answer: lower-case; drop every character of `string.punctuation`; replace the whole words a/an/the by
-  a space; collapse whitespace.
+* normalize_answer: lower-case; drop every character of `string.punctuation`; replace the whole words a/an/the
+  by a space; collapse whitespace.
 * exact match: normalised strings equal. F1: bag-of-tokens overlap (Counter intersection) of the normalised,
   whitespace-split strings. A question scores the max over its gold answers.
-* v1.1 only: every gold answer counts (even one that normalises to nothing); F1 is 0 whenever there is no overlap
-  (so an empty prediction never gets F1 credit); a question with no prediction scores 0 and still counts.
-* v2.0 only: gold answers that normalise to nothing are dropped, and a question with no gold answer left has gold
-  `[""]`; an empty prediction means "no answer"; F1 is 1 when both sides are empty, 0 when one side is. The
-  HasAns/NoAns split follows the *raw* gold list (non-empty = has an answer). `na_probs` ("no-answer probability",
-  any score where larger means "more likely unanswerable") above `na_threshold` turns a prediction into "no answer"
-  (score 1 on unanswerable, 0 on answerable); `best_exact`/`best_f1` are the scores at the best such threshold found
-  by the official `find_best_thresh` sweep.
+* v1.1 only: every gold answer counts (even one that normalises to nothing); F1 is 0 whenever there is no
+  overlap (so an empty prediction never gets F1 credit); a question with no prediction scores 0 and still
+  counts.
+* v2.0 only: gold answers that normalise to nothing are dropped, and a question with no gold answer left has
+  gold `[""]`; an empty prediction means "no answer"; F1 is 1 when both sides are empty, 0 when one side is.
+  The HasAns/NoAns split follows the *raw* gold list (non-empty = has an answer). `na_probs` ("no-answer
+  probability", any score where larger means "more likely unanswerable") above `na_threshold` turns a
+  prediction into "no answer" (score 1 on unanswerable, 0 on answerable); `best_exact`/`best_f1` are the
+  scores at the best such threshold found by the official `find_best_thresh` sweep.
 
 Scores per question are in 0..1; the aggregates are percentages (0..100), as the official scripts print them.
 """
@@ -187,11 +188,12 @@ def squad_v1(predictions: Mapping[str, str], references: Mapping[str, Sequence[s
 
 
 def find_best_thresh(preds, scores, na_probs, has_ans) -> tuple[float, float]:
-    """The official sweep: start from "every question answered 'no answer'" and, in increasing order of na_prob,
-    let each question keep its prediction; return (best score in %, the na_prob at which it was reached).
+    """The official sweep: start from "every question answered 'no answer'" and, in increasing order of
+    na_prob, let each question keep its prediction; return (best score in %, the na_prob at which it was
+    reached).
 
-    `preds` here are the raw predictions (a non-empty prediction on an unanswerable question costs 1 once it is
-    kept), `scores` the raw (un-thresholded) per-question scores.
+    `preds` here are the raw predictions (a non-empty prediction on an unanswerable question costs 1 once it
+    is kept), `scores` the raw (un-thresholded) per-question scores.
     """
     cur = sum(1 for qid in has_ans if not has_ans[qid])
     best, best_thresh = cur, 0.0
@@ -214,15 +216,16 @@ def squad_v2(
     na_probs: Mapping[str, float] | None = None,
     na_threshold: float = 1.0,
 ) -> dict:
-    """Official SQuAD v2.0. `references[id]` is the list of gold answer texts, empty for an unanswerable question;
-    a prediction of "" means "no answer". `na_probs[id]`: larger = more likely unanswerable (a probability, or
-    tunelab's null-score difference); if None, all 0.0 (the official default), so the threshold changes nothing.
+    """Official SQuAD v2.0. `references[id]` is the list of gold answer texts, empty for an unanswerable
+    question; a prediction of "" means "no answer". `na_probs[id]`: larger = more likely unanswerable (a
+    probability, or tunelab's null-score difference); if None, all 0.0 (the official default), so the
+    threshold changes nothing.
 
     Keys, named as the official script prints them: exact, f1, total, HasAns_exact, HasAns_f1, HasAns_total,
     NoAns_exact, NoAns_f1, NoAns_total (HasAns_*/NoAns_* only when such questions exist, as officially),
     best_exact, best_exact_thresh, best_f1, best_f1_thresh (the official script adds these only when given an
-    na-prob file; here always, computed with the all-zero default when na_probs is None, as HF's squad_v2 does),
-    plus exact_match (= exact) for uniformity with squad_v1.
+    na-prob file; here always, computed with the all-zero default when na_probs is None, as HF's squad_v2
+    does), plus exact_match (= exact) for uniformity with squad_v1.
     """
     if not references:
         raise ValueError("no references to score")

@@ -1,5 +1,5 @@
-"""Per-window start/end logits of a span head turned into answer texts (the n-best search over the windows of an
-example; the v2 null score is the minimum over windows). See windows.py for the window layout."""
+"""Per-window start/end logits of a span head turned into answer texts (the n-best search over the windows of
+an example; the v2 null score is the minimum over windows). See windows.py for the window layout."""
 
 from __future__ import annotations
 
@@ -33,13 +33,13 @@ def postprocess(
     """Turn per-window start/end logits into answer texts.
 
     `features`: the output of `prepare_eval_features` (or a list of its rows). `all_start_logits[i]` /
-    `all_end_logits[i]`: the logits of window i, indexed like its unpadded input_ids (a right-padded 2-D array is
-    fine, positions past the window are ignored; strip *left* padding before calling).
+    `all_end_logits[i]`: the logits of window i, indexed like its unpadded input_ids (a right-padded 2-D array
+    is fine, positions past the window are ignored; strip *left* padding before calling).
 
-    For each example, every window proposes the pairs of its top-`n_best` passage starts and ends with
-    start <= end and at most `max_answer_length` tokens; a span's score is start_logit + end_logit and its text is
-    cut from the context by character offsets. The null score is min over windows of the logits at the null index
-    (HF utils_qa's choice; see module docstring).
+    For each example, every window proposes the pairs of its top-`n_best` passage starts and ends with start
+    <= end and at most `max_answer_length` tokens; a span's score is start_logit + end_logit and its text is
+    cut from the context by character offsets. The null score is min over windows of the logits at the null
+    index (HF utils_qa's choice; see module docstring).
 
     Returns (predictions, nbest, na_scores):
       predictions[id]: the best span's text; for `version_2`, "" when na_scores[id] > null_threshold;
@@ -47,8 +47,8 @@ def postprocess(
       nbest[id]: up to n_best {"text", "score", "start", "end"} (character offsets into the context, end
         exclusive), best first, one per distinct span, null not included.
       na_scores[id]: null_score - best_span_score (inf when no span is possible); larger = more likely
-        unanswerable. Pass it as `na_probs` to `tunelab.tasks.extractive_qa.metrics.squad_v2` (with na_threshold=null_threshold)
-        to get the official best-threshold numbers.
+        unanswerable. Pass it as `na_probs` to `tunelab.tasks.extractive_qa.metrics.squad_v2` (with
+        na_threshold=null_threshold) to get the official best-threshold numbers.
     """
     if n_best < 1 or max_answer_length < 1:
         raise ValueError("n_best and max_answer_length must be >= 1")

@@ -1,6 +1,7 @@
 """Extractive question answering from SQuAD-format files (v1.1, or v2.0 with unanswerable questions).
 
-Zero-shot: greedy generation from a prompt, the answer cleaned up to a passage span (generation.py). Fine-tuning:
+Zero-shot: greedy generation from a prompt, the answer cleaned up to a passage span (generation.py).
+Fine-tuning:
 a span head over sliding windows of question + passage (windows.py), answers by n-best search (postprocess.py,
 spans.py). Metrics: the official SQuAD scripts' EM and F1 (metrics.py); a task is scored as v2.0 when its
 version says so or any of its questions is unanswerable.
@@ -37,8 +38,9 @@ VERSIONS = ("1.1", "2.0")
 
 @dataclass
 class SpanAnswers:
-    """Predictions of a QA model: the answer per question id ("" for no answer), n-best lists, no-answer scores
-    (larger: more likely unanswerable) and the threshold above which a question counts as unanswered."""
+    """Predictions of a QA model: the answer per question id ("" for no answer), n-best lists, no-answer
+    scores (larger: more likely unanswerable) and the threshold above which a question counts as
+    unanswered."""
 
     answers: dict[str, str]
     nbest: dict[str, list[dict]]
@@ -321,8 +323,9 @@ class ExtractiveQATask(Task):
                               "{context, question}")
 
     def predict_inputs(self, model, tokenizer, meta: dict, rows: list[dict], batch_size: int = 64) -> list[dict]:
-        """The best answer span per question. "score" is the span's start + end logit; "probability" is its share
-        of a softmax over the n-best spans (and, for v2 models, the no-answer option); "" means no answer."""
+        """The best answer span per question. "score" is the span's start + end logit; "probability" is its
+        share of a softmax over the n-best spans (and, for v2 models, the no-answer option); "" means no
+        answer."""
         examples = [SquadExample(id=f"_{i}", title="", context=r["context"], question=r["question"], answers=[])
                     for i, r in enumerate(rows)]
         try:

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 
 from tunelab.errors import UsageError
+
+if TYPE_CHECKING:
+    from accelerate import PartialState
 
 
 def launched_processes() -> int:
@@ -28,7 +32,7 @@ def check_joined(joined: int, world: int) -> None:
         )
 
 
-def distributed_state():
+def distributed_state() -> PartialState | None:
     """accelerate's PartialState when this is one of several processes, else None. Creating it joins the
     process group, which the training Accelerator then reuses."""
     world = launched_processes()

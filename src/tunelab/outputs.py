@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,8 @@ def _remove(path: Path) -> None:
 
 
 @contextmanager
-def atomic_output(out: str | Path, *, overwrite: bool = False, keep_partial: bool = False, resume: bool = False):
+def atomic_output(out: str | Path, *, overwrite: bool = False, keep_partial: bool = False,
+                  resume: bool = False) -> Iterator[Path]:
     """Yield a work folder; on success it becomes `out`. On failure it is removed, unless keep_partial and it
     holds a complete training checkpoint (so `--resume` can continue from it; a failure before the first
     checkpoint leaves nothing behind). Without `resume`, a partial folder left by an earlier run is cleared

@@ -61,7 +61,7 @@ def zeroshot(task: Task, model_spec: str, examples: list, data: str, out: str | 
                                   predictions=predictions, extra=extra)
 
 
-def prepare_model(spec: str, task: Task, cfg: TrainConfig, tokenizer, head_init=None):
+def prepare_model(spec: str, task: Task, cfg: TrainConfig, tokenizer, head_init=None) -> torch.nn.Module:
     """The task model with the pretrained body, set up for `cfg.method` (LoRA-wrapped, or all but the head
     frozen)."""
     model = load_task_model(spec, task.head, head_init=head_init, **task.head_options())
@@ -173,7 +173,8 @@ def read_meta(path: str | Path) -> dict:
     return meta
 
 
-def load_finetuned(path: str | Path, task: Task | None = None, dtype: torch.dtype = torch.float32):
+def load_finetuned(path: str | Path, task: Task | None = None,
+                   dtype: torch.dtype = torch.float32) -> tuple[torch.nn.Module, object, dict, Task]:
     """Load a fine-tuned folder back: full/merged weights, or base + LoRA adapter (the base loaded through
     tunelab so its body really carries the pretrained weights). Returns (model, tokenizer, meta, the task it
     was trained for); a `task` it cannot serve is refused."""

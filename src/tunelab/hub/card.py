@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tunelab.models.heads import HEADS
 from tunelab.tasks import Task
+
+if TYPE_CHECKING:
+    from huggingface_hub import ModelCardData
 
 REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
 METHODS = {"full": "full fine-tuning (every weight trained)",
@@ -58,7 +62,7 @@ def data_name(data: str | None) -> str:
     return f"{p.parent.name}/{p.name}" if p.parent.name else p.name
 
 
-def card_data(task: Task, meta: dict, metrics: dict, name: str, base_model: str | None = None):
+def card_data(task: Task, meta: dict, metrics: dict, name: str, base_model: str | None = None) -> ModelCardData:
     from huggingface_hub import EvalResult, ModelCardData
 
     hub_id = base_model or base_hub_id(meta.get("base_model"))

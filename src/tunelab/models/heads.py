@@ -27,7 +27,7 @@ def head(name: str) -> Head:
     return HEADS[name]
 
 
-def auto_class(name: str):
+def auto_class(name: str) -> type:
     import transformers
 
     return getattr(transformers, head(name).auto_class)

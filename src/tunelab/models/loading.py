@@ -7,6 +7,7 @@ import json
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -15,8 +16,11 @@ from tunelab.models.heads import auto_class, head
 from tunelab.models.registry import resolve
 from tunelab.models.remote_code import load_error, remote_code_trusted
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-def load_tokenizer(spec: str, *, padding_side: str = "right"):
+
+def load_tokenizer(spec: str, *, padding_side: str = "right") -> PreTrainedTokenizerBase:
     """A tokenizer with a pad token. Llama-family tokenizers ship none: use EOS (the model's config gets the
     same id in `align_pad_token`). Right padding for training and scoring, left for batched generation."""
     from transformers import AutoTokenizer
@@ -47,7 +51,7 @@ def _from_pretrained(cls, spec: str, **kwargs):
         raise load_error(spec, "model", exc) from exc
 
 
-def load_causal_lm(spec: str, *, dtype: torch.dtype = torch.float32):
+def load_causal_lm(spec: str, *, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
     from transformers import AutoModelForCausalLM
 
     model, info = _from_pretrained(AutoModelForCausalLM, spec, dtype=dtype)
@@ -62,7 +66,7 @@ def saved_head(path: str) -> str | None:
     cfg = Path(path) / "config.json"
     if not cfg.is_file():
         return None
-    arch = " ".join(json.loads(cfg.read_text()).get("architectures") or [])
+    arch = " ".join(json.loads(cfg.read_text(encoding="utf-8")).get("architectures") or [])
     if "ForSequenceClassification" in arch:
         return "classification"
     if "ForQuestionAnswering" in arch:
@@ -71,7 +75,7 @@ def saved_head(path: str) -> str | None:
 
 
 def load_task_model(spec: str, head_name: str, *, labels: Sequence[str] = ("0", "1"),
-                    dtype: torch.dtype = torch.float32, head_init: Callable | None = None):
+                    dtype: torch.dtype = torch.float32, head_init: Callable | None = None) -> PreTrainedModel:
     """A classification or span-QA model (`head_name`: classification | span) whose body holds the
     checkpoint's weights. A new classification head gets one output per label (`labels` name them in
     id2label); `head_init(model)` may then set the new head's weights.
@@ -105,6 +109,6 @@ def load_task_model(spec: str, head_name: str, *, labels: Sequence[str] = ("0", 
     return model
 
 
-def body(model):
+def body(model: torch.nn.Module) -> torch.nn.Module:
     """The transformer body of a causal LM or a task model, whatever the class calls it."""
     return getattr(model, model.base_model_prefix)

@@ -71,7 +71,7 @@ def _by_module(model: torch.nn.Module, prefix_map: dict[str, str]) -> dict[str, 
     return out
 
 
-def build_meta(config, head_name: str | None, num_labels: int = 2):
+def build_meta(config, head_name: str | None, num_labels: int = 2) -> torch.nn.Module:
     """The causal LM (`head_name` None) or a task model of this config, on the meta device."""
     from transformers import AutoModelForCausalLM
 
@@ -89,7 +89,8 @@ def build_meta(config, head_name: str | None, num_labels: int = 2):
         raise ModelError(f"cannot build the {what} model of this config: {short(str(exc))}") from exc
 
 
-def apply_method(model, head_name: str | None, method: str, lora: LoraOptions | None = None):
+def apply_method(model: torch.nn.Module, head_name: str | None, method: str,
+                 lora: LoraOptions | None = None) -> torch.nn.Module:
     """Set requires_grad (and wrap with LoRA) the way fine-tuning with `method` does. Returns the model to
     train."""
     if method == "full":

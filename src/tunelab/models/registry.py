@@ -13,9 +13,13 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tunelab.errors import ModelError
 from tunelab.models.remote_code import load_error, remote_code_trusted
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 
 @dataclass(frozen=True)
@@ -172,7 +176,7 @@ def convert_gguf(alias: Alias, gguf: Path) -> Path:
     return target
 
 
-def load_config(spec: str):
+def load_config(spec: str) -> PretrainedConfig:
     """The architecture config of a spec, without weights: shipped for aliases, else config.json."""
     from transformers import AutoConfig, LlamaConfig
 

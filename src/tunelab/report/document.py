@@ -131,10 +131,10 @@ class Builder:
         self.analysis: list[str] = []  # bullet sentences of the analysis section
         self.summary_rows: list[list[str]] = []
 
-    def add(self, *blocks):
+    def add(self, *blocks) -> None:
         self.blocks.extend(blocks)
 
-    def img(self, path: Path | None, alt: str):
+    def img(self, path: Path | None, alt: str) -> None:
         if path is not None and Path(path).is_file():
             self.add(Img(Path(path), os.path.relpath(path, self.run), alt))
 

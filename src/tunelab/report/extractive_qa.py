@@ -115,7 +115,7 @@ def _length_bucket(r: dict) -> str:
     return {1: "1", 2: "2", 3: "3"}.get(words, "4-5" if words <= 5 else "6+")
 
 
-def breakdown(t: TaskRun, key: str):
+def breakdown(t: TaskRun, key: str) -> tuple[list[str], list[int], list[float], list[float]]:
     """F1 per group (answer length bucket or question word) on the paired questions."""
     ft = {r["id"]: r for r in t.ft_rows}
     acc: dict[str, list] = defaultdict(lambda: [0, 0.0, 0.0])

@@ -9,6 +9,11 @@ scores are not comparable with published SQuAD 2.0 numbers.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tunelab.tasks.base import Task
+
 SST2_VERBALIZERS = {"negative": [" negative", " Negative"], "positive": [" positive", " Positive"]}
 
 SST2 = {
@@ -119,7 +124,7 @@ BUILTIN = {"sst2": SST2, "squad": SQUAD, "squad_v2": SQUAD_V2}
 BY_SUFFIX = {".json": "squad", ".tsv": "sst2", ".csv": "sst2", ".jsonl": "sst2"}
 
 
-def task_for_file(path: str):
+def task_for_file(path: str) -> Task:
     """The built-in task a data file's suffix says it is for (SQuAD JSON, SST-2 TSV/CSV/JSONL)."""
     from pathlib import Path
 

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from tunelab.distributed import check_joined, launched_processes
 from tunelab.errors import UsageError
 from tunelab.options import TrainConfig
-from tunelab.outputs import write_json, write_text
+from tunelab.outputs import read_json, write_json, write_text
 from tunelab.training import checkpoint
 from tunelab.training.batches import length_grouped_order, pad_batch, random_order, shard_batch
 
@@ -151,9 +151,9 @@ class Trainer:
         if ckpt is not None:
             if self.fingerprint is None:
                 self.fingerprint = checkpoint.fingerprint(self.cfg, self.feats, self.world)
-            shared = json.loads((ckpt / "trainer_state.json").read_text())
+            shared = read_json(ckpt / "trainer_state.json", "the checkpoint's state")
             checkpoint.check_fingerprint(ckpt, shared.get("fingerprint", {}), self.fingerprint)
-            own = json.loads((ckpt / f"rank-{self.rank}.json").read_text())
+            own = read_json(ckpt / f"rank-{self.rank}.json", "the checkpoint's process state")
             acc.load_state(str(ckpt))
             self.scheduler.load_state_dict(shared["scheduler"])
             # accelerate restores RNG states too, but a failure there is only logged; ours is checked.
@@ -347,7 +347,7 @@ def train(model, train_features: list[dict], cfg: TrainConfig, *, pad_id: int, w
     return trainer.run()
 
 
-def whole_model(result: TrainResult, rebuild: Callable[[], torch.nn.Module]):
+def whole_model(result: TrainResult, rebuild: Callable[[], torch.nn.Module]) -> torch.nn.Module | None:
     """The trained model, whole and unwrapped, on the main process (None on the others), ready to save and
     evaluate. Every process must call it. Under FSDP the module is sharded across the processes and can
     neither run nor save alone: the processes gather its full state dict (onto the main process's CPU), which

@@ -4,6 +4,8 @@ inference."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
@@ -26,7 +28,7 @@ def encode(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
     return [ids[-max_length:] for ids in (tokenizer(t).input_ids for t in texts)]
 
 
-def head_init_from_verbalizers(tokenizer, prompt: ClassificationPrompt):
+def head_init_from_verbalizers(tokenizer, prompt: ClassificationPrompt) -> Callable[[torch.nn.Module], None]:
     """Initialise the classification head from the LM head rows of the label words, so fine-tuning starts
     from the zero-shot classifier instead of a random one (the head has the same shape: hidden x labels)."""
 

@@ -95,7 +95,8 @@ def _first_token_ids(tokenizer, words: list[str]) -> list[int]:
 
 @torch.no_grad()
 def generate_answers(model, tokenizer, examples, prompt: QAPrompt, *, version_2: bool = False,
-                     batch_size: int = 32, max_new_tokens: int = 32, progress: bool = True):
+                     batch_size: int = 32, max_new_tokens: int = 32,
+                     progress: bool = True) -> tuple[list[str], list[str], dict[str, float] | None]:
     """Greedy answers, batched by prompt length with left padding; stops at a newline (or the closing quote
     of a quoting answer prefix) or the token limit.
 

@@ -17,7 +17,8 @@ def doc_stride(max_length: int) -> int:
 
 @torch.no_grad()
 def predict_spans(model, tokenizer, examples, max_length: int, stride: int, batch_size: int = 64, *,
-                  version_2: bool = False, progress: bool = True):
+                  version_2: bool = False,
+                  progress: bool = True) -> tuple[dict[str, str], dict[str, list[dict]], dict[str, float]]:
     """Answers of a span-QA model: windows, forward in length-sorted batches with right padding, logits moved
     to the CPU batch by batch, then n-best post-processing. Returns (predictions, nbest, na_scores)."""
     dev = next(model.parameters()).device

@@ -1,6 +1,6 @@
 """Wall time of the `smoke` study (`make demo`) on this machine's CPU; writes results/cpu-smoke-study.json.
 
-    .venv/bin/python benchmarks/cpu_smoke.py [--out runs/smoke-bench]
+.venv/bin/python benchmarks/cpu_smoke.py [--out runs/smoke-bench]
 """
 
 from __future__ import annotations
@@ -30,9 +30,17 @@ def main() -> int:
     stages = json.loads((Path(args.out) / "stages.json").read_text()) if rc == 0 else None
     result = {
         "case": "smoke study (make demo)",
-        "machine": {"host": platform.node(), "cpu": platform.processor() or platform.machine(),
-                    "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpu": None},
-        "rc": rc, "wall_seconds": wall, "limit_seconds": 900, "stages": stages,
+        "machine": {
+            "host": platform.node(),
+            "cpu": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "gpu": None,
+        },
+        "rc": rc,
+        "wall_seconds": wall,
+        "limit_seconds": 900,
+        "stages": stages,
         "date": time.strftime("%Y-%m-%d"),
     }
     out = Path(__file__).parent / "results" / "cpu-smoke-study.json"

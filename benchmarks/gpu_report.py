@@ -14,8 +14,11 @@ import sys
 from pathlib import Path
 
 # study task name -> (gpu_study zero-shot stage, fine-tune stage)
-TASKS = {"sst2": ("sst2-zeroshot", "sst2-full"), "squad": ("squad11-zeroshot", "squad11-full"),
-         "squad_v2": ("squad20-zeroshot", "squad20-full")}
+TASKS = {
+    "sst2": ("sst2-zeroshot", "sst2-full"),
+    "squad": ("squad11-zeroshot", "squad11-full"),
+    "squad_v2": ("squad20-zeroshot", "squad20-full"),
+}
 
 
 def main(results: str) -> int:
@@ -35,21 +38,39 @@ def main(results: str) -> int:
         for stage, sub in ((zs, "zeroshot"), (ft, "finetune")):
             if (src / stage).is_dir():
                 shutil.copytree(src / stage, run / task / sub)
-        method = json.loads((src / ft / "tunelab.json").read_text())["method"] if (src / ft).is_dir() else "full"
+        method = (
+            json.loads((src / ft / "tunelab.json").read_text())["method"] if (src / ft).is_dir() else "full"
+        )
         (run / "params").mkdir(parents=True, exist_ok=True)
-        (run / "params" / f"{task}.json").write_text(json.dumps({
-            "task": task, "model": "smollm2-135m", "method": method, "hidden_size": config.hidden_size,
-            "tie_word_embeddings": bool(config.tie_word_embeddings), "num_labels": len(labels) if labels else None,
-            "base": param_report("smollm2-135m", config, None).to_dict(),
-            "task_model": param_report("smollm2-135m", config, get_task(task).head, method).to_dict(),
-        }, indent=2))
+        (run / "params" / f"{task}.json").write_text(
+            json.dumps(
+                {
+                    "task": task,
+                    "model": "smollm2-135m",
+                    "method": method,
+                    "hidden_size": config.hidden_size,
+                    "tie_word_embeddings": bool(config.tie_word_embeddings),
+                    "num_labels": len(labels) if labels else None,
+                    "base": param_report("smollm2-135m", config, None).to_dict(),
+                    "task_model": param_report("smollm2-135m", config, get_task(task).head, method).to_dict(),
+                },
+                indent=2,
+            )
+        )
     machine = summary["machine"]
-    (run / "environment.json").write_text(json.dumps({
-        "device": {"type": "cuda", "name": machine.get("gpu")},
-        "packages": {"torch": machine.get("torch"), "transformers": machine.get("transformers")},
-        "python": machine.get("python"), "seed": 42,  # gpu_study.py runs tunelab's default seed
-        "source": "benchmarks/gpu_study.py", "started": summary.get("started"),
-    }, indent=2))
+    (run / "environment.json").write_text(
+        json.dumps(
+            {
+                "device": {"type": "cuda", "name": machine.get("gpu")},
+                "packages": {"torch": machine.get("torch"), "transformers": machine.get("transformers")},
+                "python": machine.get("python"),
+                "seed": 42,  # gpu_study.py runs tunelab's default seed
+                "source": "benchmarks/gpu_study.py",
+                "started": summary.get("started"),
+            },
+            indent=2,
+        )
+    )
     md, html = build_report(run)
     for task in TASKS:  # the stage outputs stay in the result folder; the report keeps its own files only
         shutil.rmtree(run / task, ignore_errors=True)

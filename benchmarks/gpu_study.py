@@ -27,32 +27,148 @@ SST2_COMMON = ["--task", "sst2"]
 # are the walls of the H200 run in results/h200-smollm2-study/summary.json, rounded up; the others are guesses
 # from those (LoRA about as long as full, head-only mostly forward passes, v2.0 with somewhat more data than
 # v1.1: its train file is 3.4 MB against 2.9 MB).
-SQUAD11_FULL = ["finetune", "smollm2-135m", "--task", "squad", "--version", "1.1", "--method", "full",
-                "--batch-size", "16", "--log-every", "20"]
+SQUAD11_FULL = [
+    "finetune",
+    "smollm2-135m",
+    "--task",
+    "squad",
+    "--version",
+    "1.1",
+    "--method",
+    "full",
+    "--batch-size",
+    "16",
+    "--log-every",
+    "20",
+]
 STAGES = [
     ("sst2-zeroshot", 40, ["zeroshot", "smollm2-135m", *SST2_COMMON, "--batch-size", "64"]),
-    ("sst2-full", 160, ["finetune", "smollm2-135m", *SST2_COMMON, "--method", "full", "--batch-size", "64",
-                        "--learning-rate", "3e-5", "--epochs", "1", "--log-every", "20"]),
-    ("squad11-zeroshot", 105, ["zeroshot", "smollm2-135m", "--task", "squad", "--version", "1.1",
-                               "--batch-size", "64"]),
+    (
+        "sst2-full",
+        160,
+        [
+            "finetune",
+            "smollm2-135m",
+            *SST2_COMMON,
+            "--method",
+            "full",
+            "--batch-size",
+            "64",
+            "--learning-rate",
+            "3e-5",
+            "--epochs",
+            "1",
+            "--log-every",
+            "20",
+        ],
+    ),
+    (
+        "squad11-zeroshot",
+        105,
+        ["zeroshot", "smollm2-135m", "--task", "squad", "--version", "1.1", "--batch-size", "64"],
+    ),
     ("squad11-full", 145, [*SQUAD11_FULL, "--learning-rate", "5e-5", "--epochs", "2"]),
-    ("sst2-lora", 160, ["finetune", "smollm2-135m", *SST2_COMMON, "--method", "lora", "--batch-size", "64",
-                        "--learning-rate", "5e-4", "--epochs", "1", "--log-every", "20"]),
-    ("sst2-head", 90, ["finetune", "smollm2-135m", *SST2_COMMON, "--method", "head", "--batch-size", "64",
-                       "--learning-rate", "1e-3", "--epochs", "1", "--log-every", "20"]),
-    ("squad11-lora", 145, ["finetune", "smollm2-135m", "--task", "squad", "--version", "1.1", "--method", "lora",
-                           "--batch-size", "16", "--learning-rate", "5e-4", "--epochs", "2", "--log-every", "20"]),
-    ("squad20-zeroshot", 150, ["zeroshot", "smollm2-135m", "--task", "squad", "--version", "2.0",
-                               "--batch-size", "64"]),
-    ("squad20-full", 200, ["finetune", "smollm2-135m", "--task", "squad", "--version", "2.0", "--method", "full",
-                           "--batch-size", "16", "--learning-rate", "5e-5", "--epochs", "2", "--log-every", "20"]),
+    (
+        "sst2-lora",
+        160,
+        [
+            "finetune",
+            "smollm2-135m",
+            *SST2_COMMON,
+            "--method",
+            "lora",
+            "--batch-size",
+            "64",
+            "--learning-rate",
+            "5e-4",
+            "--epochs",
+            "1",
+            "--log-every",
+            "20",
+        ],
+    ),
+    (
+        "sst2-head",
+        90,
+        [
+            "finetune",
+            "smollm2-135m",
+            *SST2_COMMON,
+            "--method",
+            "head",
+            "--batch-size",
+            "64",
+            "--learning-rate",
+            "1e-3",
+            "--epochs",
+            "1",
+            "--log-every",
+            "20",
+        ],
+    ),
+    (
+        "squad11-lora",
+        145,
+        [
+            "finetune",
+            "smollm2-135m",
+            "--task",
+            "squad",
+            "--version",
+            "1.1",
+            "--method",
+            "lora",
+            "--batch-size",
+            "16",
+            "--learning-rate",
+            "5e-4",
+            "--epochs",
+            "2",
+            "--log-every",
+            "20",
+        ],
+    ),
+    (
+        "squad20-zeroshot",
+        150,
+        ["zeroshot", "smollm2-135m", "--task", "squad", "--version", "2.0", "--batch-size", "64"],
+    ),
+    (
+        "squad20-full",
+        200,
+        [
+            "finetune",
+            "smollm2-135m",
+            "--task",
+            "squad",
+            "--version",
+            "2.0",
+            "--method",
+            "full",
+            "--batch-size",
+            "16",
+            "--learning-rate",
+            "5e-5",
+            "--epochs",
+            "2",
+            "--log-every",
+            "20",
+        ],
+    ),
     # Recipe experiments for the SQuAD F1 target (run only when named in --only): a higher learning rate with
     # a third epoch, and longer windows (fewer passages split, more context per window).
     ("squad11-full-lr1e-4-3ep", 210, [*SQUAD11_FULL, "--learning-rate", "1e-4", "--epochs", "3"]),
-    ("squad11-full-512", 190, [*SQUAD11_FULL, "--learning-rate", "5e-5", "--epochs", "2", "--max-length", "512"]),
+    (
+        "squad11-full-512",
+        190,
+        [*SQUAD11_FULL, "--learning-rate", "5e-5", "--epochs", "2", "--max-length", "512"],
+    ),
 ]
 EXPERIMENTS = {"squad11-full-lr1e-4-3ep", "squad11-full-512"}
-SMOKE = {"zeroshot": ["--limit", "8"], "finetune": ["--limit", "8", "--max-train-samples", "8", "--max-steps", "2"]}
+SMOKE = {
+    "zeroshot": ["--limit", "8"],
+    "finetune": ["--limit", "8", "--max-train-samples", "8", "--max-steps", "2"],
+}
 KEEP = (".json", ".jsonl", ".png", ".log", ".txt", ".md")
 
 
@@ -80,8 +196,10 @@ def pack(run_dir: Path, out: Path) -> None:
     with tarfile.open(tmp, "w:gz") as tar:
         for f in sorted(run_dir.rglob("*")):
             if f.is_file() and f.suffix in KEEP and ".partial" not in str(f) and "checkpoints" not in f.parts:
-                if f.name.startswith(("tokenizer", "special_tokens")) or f.name in ("config.json",
-                                                                                    "generation_config.json"):
+                if f.name.startswith(("tokenizer", "special_tokens")) or f.name in (
+                    "config.json",
+                    "generation_config.json",
+                ):
                     continue
                 tar.add(f, arcname=str(f.relative_to(run_dir.parent)))
     os.replace(tmp, out / "results.tgz")
@@ -90,10 +208,14 @@ def pack(run_dir: Path, out: Path) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--budget", type=float, default=480, help="seconds; a stage whose estimate does not fit is skipped")
+    ap.add_argument(
+        "--budget", type=float, default=480, help="seconds; a stage whose estimate does not fit is skipped"
+    )
     ap.add_argument("--smoke", action="store_true")
-    ap.add_argument("--only", help="comma-separated stage names, run in that order (the only way to run the "
-                    "recipe experiments)")
+    ap.add_argument(
+        "--only",
+        help="comma-separated stage names, run in that order (the only way to run the recipe experiments)",
+    )
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -126,8 +248,9 @@ def main() -> int:
         entry = {"stage": name, "command": "tunelab " + " ".join(cmd[3:]), "rc": rc, "wall_seconds": seconds}
         if metrics_file.is_file():
             m = json.loads(metrics_file.read_text())
-            entry["metrics"] = {k: m[k] for k in ("accuracy", "f1", "exact_match", "best_f1", "train_seconds",
-                                                  "n") if k in m}
+            entry["metrics"] = {
+                k: m[k] for k in ("accuracy", "f1", "exact_match", "best_f1", "train_seconds", "n") if k in m
+            }
         summary["stages"].append(entry)
         print(json.dumps(entry), flush=True)
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -33,13 +33,22 @@ def batching_costs(lengths: list[int], batch_size: int, max_length: int, seed: i
     real = sum(lengths)
     grouped = padded(length_grouped_order(lengths, batch_size, seed))
     rand = padded(random_order(len(lengths), batch_size, seed))
-    return {"examples": len(lengths), "batch_size": batch_size, "max_length": max_length,
-            "mean_length": real / len(lengths), "real_tokens": real,
-            "pad_to_max_tokens": len(lengths) * max_length, "length_grouped_tokens": grouped,
-            "random_dynamic_tokens": rand,
-            "real_share": {"pad_to_max": real / (len(lengths) * max_length), "length_grouped": real / grouped,
-                           "random_dynamic": real / rand},
-            "packing_saves": (grouped - real) / grouped}
+    return {
+        "examples": len(lengths),
+        "batch_size": batch_size,
+        "max_length": max_length,
+        "mean_length": real / len(lengths),
+        "real_tokens": real,
+        "pad_to_max_tokens": len(lengths) * max_length,
+        "length_grouped_tokens": grouped,
+        "random_dynamic_tokens": rand,
+        "real_share": {
+            "pad_to_max": real / (len(lengths) * max_length),
+            "length_grouped": real / grouped,
+            "random_dynamic": real / rand,
+        },
+        "packing_saves": (grouped - real) / grouped,
+    }
 
 
 def main() -> int:
@@ -63,8 +72,10 @@ def main() -> int:
     task = get_task("sst2")
     sst2 = [ex for ex in task.read(task.data_path("train", args.data_dir)) if ex.label is not None]
     prompt = task.prompt(task.finetune_extras()["input_prompt"])  # `tunelab finetune --task sst2`'s default
-    for name, texts in (("sst2-prompt", [format_input(prompt, tok, ex.text) for ex in sst2]),
-                        ("sst2-bare", [ex.text for ex in sst2])):
+    for name, texts in (
+        ("sst2-prompt", [format_input(prompt, tok, ex.text) for ex in sst2]),
+        ("sst2-bare", [ex.text for ex in sst2]),
+    ):
         lengths = [len(x) for x in encode(tok, texts, 128)]
         for batch in (32, 64):
             cases[f"{name}-b{batch}"] = batching_costs(lengths, batch, 128)
@@ -73,18 +84,28 @@ def main() -> int:
     lengths = [len(x) for x in feats["input_ids"]]
     for batch in (12, 16):
         cases[f"squad11-b{batch}"] = batching_costs(lengths, batch, 384)
-    result = {"machine": {"host": platform.node(), "cpu_count": os.cpu_count(), "gpu": None,
-                          "python": platform.python_version()},
-              "command": "python benchmarks/padding.py " + " ".join(sys.argv[1:]),
-              "tokenizer": args.model, "seconds": time.perf_counter() - t0, "cases": cases}
+    result = {
+        "machine": {
+            "host": platform.node(),
+            "cpu_count": os.cpu_count(),
+            "gpu": None,
+            "python": platform.python_version(),
+        },
+        "command": "python benchmarks/padding.py " + " ".join(sys.argv[1:]),
+        "tokenizer": args.model,
+        "seconds": time.perf_counter() - t0,
+        "cases": cases,
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     for name, c in cases.items():
         share = c["real_share"]
-        print(f"{name:16s} mean length {c['mean_length']:6.1f}  "
-              f"real share: pad-to-max {share['pad_to_max']:.3f}  random {share['random_dynamic']:.3f}  "
-              f"length-grouped {share['length_grouped']:.3f}"
-              f"  packing could save {100 * c['packing_saves']:.1f}%")
+        print(
+            f"{name:16s} mean length {c['mean_length']:6.1f}  "
+            f"real share: pad-to-max {share['pad_to_max']:.3f}  random {share['random_dynamic']:.3f}  "
+            f"length-grouped {share['length_grouped']:.3f}"
+            f"  packing could save {100 * c['packing_saves']:.1f}%"
+        )
     return 0
 
 

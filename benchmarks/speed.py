@@ -72,32 +72,49 @@ CASES = {
 # question-answering/run_qa.py (with --bf16, as their READMEs train on GPUs).
 BASELINE = {
     "sst2": {"script": "run_glue.py", "max_length": 128, "batch_size": 32, "learning_rate": 2e-5},
-    "squad": {"script": "run_qa.py", "max_length": 384, "doc_stride": 128, "batch_size": 12,
-              "learning_rate": 3e-5},
+    "squad": {
+        "script": "run_qa.py",
+        "max_length": 384,
+        "doc_stride": 128,
+        "batch_size": 12,
+        "learning_rate": 3e-5,
+    },
 }
 SST2_EPOCH = "SST-2/train.tsv"
 SQUAD_FILE = "squad/v1.1-train.json"
 TINY_EXAMPLES = 64
 TINY_BATCH = 8
-MFU_NOTE = ("mfu = 6 x non-embedding parameters x real (non-pad) tokens / seconds / peak; mfu_padded counts padded "
-            "tokens; attention FLOPs are not counted; the embedding lookup does no matmul and the task heads have "
-            "no LM head")
-TOKENIZER_NOTE = ("token ids from the SmolLM2-135M tokenizer for both models (Llama-3.2's own tokenizer is on the "
-                  "gated Hub; its token counts differ slightly); SmolLM2's 49,152 ids are valid in Llama's "
-                  "128,256-entry vocabulary")
-QUALITY_NOTE = ("speed only: models have random weights. tunelab's SmolLM2-135M quality on the same data comes from "
-                "benchmarks/gpu_study.py (benchmarks/results/gpu-study-*.json); run with --quality to copy it here")
+MFU_NOTE = (
+    "mfu = 6 x non-embedding parameters x real (non-pad) tokens / seconds / peak; mfu_padded counts padded "
+    "tokens; attention FLOPs are not counted; the embedding lookup does no matmul and the task heads have "
+    "no LM head"
+)
+TOKENIZER_NOTE = (
+    "token ids from the SmolLM2-135M tokenizer for both models (Llama-3.2's own tokenizer is on the "
+    "gated Hub; its token counts differ slightly); SmolLM2's 49,152 ids are valid in Llama's "
+    "128,256-entry vocabulary"
+)
+QUALITY_NOTE = (
+    "speed only: models have random weights. tunelab's SmolLM2-135M quality on the same data comes from "
+    "benchmarks/gpu_study.py (benchmarks/results/gpu-study-*.json); run with --quality to copy it here"
+)
 
 
 # ---- machine and output
 # ---------------------------------------------------------------------------------------
 
+
 def machine() -> dict:
     import torch
     import transformers
 
-    info = {"host": platform.node(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
-            "torch": torch.__version__, "transformers": transformers.__version__}
+    info = {
+        "host": platform.node(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
     try:
         import accelerate
 
@@ -106,8 +123,12 @@ def machine() -> dict:
         pass
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
-        info.update(gpu=torch.cuda.get_device_name(0), gpu_memory_gib=round(props.total_memory / 2**30, 1),
-                    cuda=torch.version.cuda, bf16=torch.cuda.is_bf16_supported())
+        info.update(
+            gpu=torch.cuda.get_device_name(0),
+            gpu_memory_gib=round(props.total_memory / 2**30, 1),
+            cuda=torch.version.cuda,
+            bf16=torch.cuda.is_bf16_supported(),
+        )
     else:
         info["gpu"] = None
     return info
@@ -144,6 +165,7 @@ def write_json(path: Path, obj) -> None:
 # ---- tokenizer and data
 # --------------------------------------------------------------------------------------
 
+
 def load_timing_tokenizer(folder: str | None):
     """SmolLM2's tokenizer: from a folder holding its tokenizer.json (a device call carries ~3.5 MB, not the
     model), else tunelab's cached conversion ($TUNELAB_CACHE/models/smollm2-135m), else
@@ -154,8 +176,12 @@ def load_timing_tokenizer(folder: str | None):
     if (path / "tokenizer.json").is_file():
         from transformers import PreTrainedTokenizerFast
 
-        special = {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "pad_token": "<|im_end|>",
-                   "unk_token": "<|endoftext|>"}
+        special = {
+            "bos_token": "<|im_start|>",
+            "eos_token": "<|im_end|>",
+            "pad_token": "<|im_end|>",
+            "unk_token": "<|endoftext|>",
+        }
         cfg_file = path / "tokenizer_config.json"
         if cfg_file.is_file():
             cfg = json.loads(cfg_file.read_text())
@@ -191,7 +217,10 @@ def sst2_data(tok, n: int, seed: int, tiny: bool):
         raise SystemExit(f"sst2: {n} examples needed, {len(order)} available")
     chosen = [examples[i] for i in order[:n]]
     ids = encode(tok, [ex.text for ex in chosen], BASELINE["sst2"]["max_length"])
-    feats = [{"input_ids": x, "attention_mask": [1] * len(x), "labels": ex.label} for x, ex in zip(ids, chosen, strict=True)]
+    feats = [
+        {"input_ids": x, "attention_mask": [1] * len(x), "labels": ex.label}
+        for x, ex in zip(ids, chosen, strict=True)
+    ]
     return feats, epoch, str(path)
 
 
@@ -208,9 +237,12 @@ def squad_data(tok, n: int, seed: int, tiny: bool):
         pick = np.random.default_rng(seed).permutation(len(examples))[:TINY_EXAMPLES]
         examples = [examples[i] for i in pick]
     f = prepare_train_features(examples, tok, b["max_length"], b["doc_stride"])
-    windows = [{"input_ids": x, "attention_mask": m, "start_positions": s, "end_positions": e}
-               for x, m, s, e in zip(f["input_ids"], f["attention_mask"], f["start_positions"],
-                                     f["end_positions"], strict=True)]
+    windows = [
+        {"input_ids": x, "attention_mask": m, "start_positions": s, "end_positions": e}
+        for x, m, s, e in zip(
+            f["input_ids"], f["attention_mask"], f["start_positions"], f["end_positions"], strict=True
+        )
+    ]
     order = np.random.default_rng(seed).permutation(len(windows))
     epoch = len(windows)
     if tiny:
@@ -225,13 +257,19 @@ def pad_to(feats: list[dict], width: int, pad_id: int) -> list[dict]:
     out = []
     for f in feats:
         extra = width - len(f["input_ids"])
-        out.append({**f, "input_ids": f["input_ids"] + [pad_id] * extra,
-                    "attention_mask": f["attention_mask"] + [0] * extra})
+        out.append(
+            {
+                **f,
+                "input_ids": f["input_ids"] + [pad_id] * extra,
+                "attention_mask": f["attention_mask"] + [0] * extra,
+            }
+        )
     return out
 
 
 # ---- models
 # -----------------------------------------------------------------------------------------------------
+
 
 def build_model(alias: str, task: str, *, tiny: bool, device, pad_id: int, seed: int):
     import torch
@@ -286,6 +324,7 @@ def peak_gib():
 # ---- the two runs
 # -------------------------------------------------------------------------------------------
 
+
 def run_baseline(model, feats, *, task, warmup, steps, seed, pad_id, work) -> dict:
     """transformers.Trainer as run_glue/run_qa drive it; times steps warmup+1 .. warmup+steps."""
     import torch
@@ -296,8 +335,9 @@ def run_baseline(model, feats, *, task, warmup, steps, seed, pad_id, work) -> di
     batches: list[tuple[int, int, int]] = []  # (real tokens, padded tokens, examples) per collated batch
 
     def collate(rows):
-        batches.append((sum(sum(r["attention_mask"]) for r in rows), sum(len(r["input_ids"]) for r in rows),
-                        len(rows)))
+        batches.append(
+            (sum(sum(r["attention_mask"]) for r in rows), sum(len(r["input_ids"]) for r in rows), len(rows))
+        )
         return default_data_collator(rows)
 
     marks: dict[int, float] = {}
@@ -318,28 +358,49 @@ def run_baseline(model, feats, *, task, warmup, steps, seed, pad_id, work) -> di
     padded = pad_to(feats, b["max_length"], pad_id)
     cuda = torch.cuda.is_available()
     args = TrainingArguments(
-        output_dir=str(work), per_device_train_batch_size=b["batch_size"], learning_rate=b["learning_rate"],
-        num_train_epochs=1, max_steps=total, bf16=cuda and torch.cuda.is_bf16_supported(), use_cpu=not cuda,
-        logging_strategy="no", save_strategy="no", eval_strategy="no", report_to="none",
-        dataloader_num_workers=0, disable_tqdm=True, seed=seed,
+        output_dir=str(work),
+        per_device_train_batch_size=b["batch_size"],
+        learning_rate=b["learning_rate"],
+        num_train_epochs=1,
+        max_steps=total,
+        bf16=cuda and torch.cuda.is_bf16_supported(),
+        use_cpu=not cuda,
+        logging_strategy="no",
+        save_strategy="no",
+        eval_strategy="no",
+        report_to="none",
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        seed=seed,
     )
-    trainer = Trainer(model=model, args=args, train_dataset=Rows(), data_collator=collate, callbacks=[Clock()])
+    trainer = Trainer(
+        model=model, args=args, train_dataset=Rows(), data_collator=collate, callbacks=[Clock()]
+    )
     trainer.train()
     if set(marks) != {warmup, total}:
         raise RuntimeError(f"baseline: step clock saw {sorted(marks)}, expected {warmup} and {total}")
     timed = batches[warmup:total]
-    settings = {"script": b["script"], "padding": f"max_length ({b['max_length']})",
-                "optim": getattr(args.optim, "value", str(args.optim)), "bf16": args.bf16,
-                "learning_rate": b["learning_rate"],
-                "lr_scheduler": getattr(args.lr_scheduler_type, "value", str(args.lr_scheduler_type)),
-                "weight_decay": args.weight_decay,
-                "max_grad_norm": args.max_grad_norm}
+    settings = {
+        "script": b["script"],
+        "padding": f"max_length ({b['max_length']})",
+        "optim": getattr(args.optim, "value", str(args.optim)),
+        "bf16": args.bf16,
+        "learning_rate": b["learning_rate"],
+        "lr_scheduler": getattr(args.lr_scheduler_type, "value", str(args.lr_scheduler_type)),
+        "weight_decay": args.weight_decay,
+        "max_grad_norm": args.max_grad_norm,
+    }
     if "doc_stride" in b:
         settings["doc_stride"] = b["doc_stride"]
     del trainer
-    return {"timed_s": marks[total] - marks[warmup], "batch_size": b["batch_size"],
-            "real_tokens": sum(t[0] for t in timed), "padded_tokens": sum(t[1] for t in timed),
-            "timed_examples": sum(t[2] for t in timed), "settings": settings}
+    return {
+        "timed_s": marks[total] - marks[warmup],
+        "batch_size": b["batch_size"],
+        "real_tokens": sum(t[0] for t in timed),
+        "padded_tokens": sum(t[1] for t in timed),
+        "timed_examples": sum(t[2] for t in timed),
+        "settings": settings,
+    }
 
 
 def run_tunelab(model, feats, *, task, batch_size, warmup, steps, seed, pad_id, work) -> dict:
@@ -350,9 +411,18 @@ def run_tunelab(model, feats, *, task, batch_size, warmup, steps, seed, pad_id, 
 
     b = BASELINE[task]
     total = warmup + steps
-    cfg = TrainConfig(batch_size=batch_size, learning_rate=b["learning_rate"], epochs=1.0, max_steps=total,
-                      bf16=True, group_by_length=True, max_length=b["max_length"], log_every=total,
-                      eval_every=warmup, seed=seed)
+    cfg = TrainConfig(
+        batch_size=batch_size,
+        learning_rate=b["learning_rate"],
+        epochs=1.0,
+        max_steps=total,
+        bf16=True,
+        group_by_length=True,
+        max_length=b["max_length"],
+        log_every=total,
+        eval_every=warmup,
+        seed=seed,
+    )
     marks: dict[str, float] = {}
 
     def evaluate(_model):  # called after steps warmup, 2 x warmup, ...: only the first marks the clock
@@ -361,8 +431,16 @@ def run_tunelab(model, feats, *, task, batch_size, warmup, steps, seed, pad_id, 
             marks["warm"] = time.perf_counter()
         return {}
 
-    train(model, feats, cfg, pad_id=pad_id, work_dir=work, evaluate=evaluate, progress=False,
-          loss_fn=span_loss if task == "squad" else None)  # the loss `tunelab finetune` trains with
+    train(
+        model,
+        feats,
+        cfg,
+        pad_id=pad_id,
+        work_dir=work,
+        evaluate=evaluate,
+        progress=False,
+        loss_fn=span_loss if task == "squad" else None,
+    )  # the loss `tunelab finetune` trains with
     sync()
     end = time.perf_counter()
     if "warm" not in marks:
@@ -370,26 +448,43 @@ def run_tunelab(model, feats, *, task, batch_size, warmup, steps, seed, pad_id, 
     # the batches train() formed (one process, epoch 0): the same function, the same seed
     lengths = [len(f["input_ids"]) for f in feats]
     timed = length_grouped_order(lengths, batch_size, cfg.seed)[warmup:total]
-    return {"timed_s": end - marks["warm"], "batch_size": batch_size,
-            "real_tokens": sum(sum(feats[i]["attention_mask"]) for bt in timed for i in bt),
-            "padded_tokens": sum(len(bt) * max(lengths[i] for i in bt) for bt in timed),
-            "timed_examples": sum(len(bt) for bt in timed),
-            "settings": {"padding": "dynamic, length-grouped batches", "optim": "torch.optim.AdamW(fused=True on CUDA)",
-                         "bf16": "accelerate mixed_precision=bf16 on a GPU", "learning_rate": b["learning_rate"],
-                         "lr_scheduler": cfg.lr_schedule, "warmup_ratio": cfg.warmup_ratio,
-                         "weight_decay": cfg.weight_decay, "max_grad_norm": cfg.max_grad_norm}}
+    return {
+        "timed_s": end - marks["warm"],
+        "batch_size": batch_size,
+        "real_tokens": sum(sum(feats[i]["attention_mask"]) for bt in timed for i in bt),
+        "padded_tokens": sum(len(bt) * max(lengths[i] for i in bt) for bt in timed),
+        "timed_examples": sum(len(bt) for bt in timed),
+        "settings": {
+            "padding": "dynamic, length-grouped batches",
+            "optim": "torch.optim.AdamW(fused=True on CUDA)",
+            "bf16": "accelerate mixed_precision=bf16 on a GPU",
+            "learning_rate": b["learning_rate"],
+            "lr_scheduler": cfg.lr_schedule,
+            "warmup_ratio": cfg.warmup_ratio,
+            "weight_decay": cfg.weight_decay,
+            "max_grad_norm": cfg.max_grad_norm,
+        },
+    }
 
 
-def summarise(run: dict, *, steps: int, epoch: int, nonembed: int, peak_tflops: float, cuda: bool, mem) -> dict:
+def summarise(
+    run: dict, *, steps: int, epoch: int, nonembed: int, peak_tflops: float, cuda: bool, mem
+) -> dict:
     s = run["timed_s"]
     factor = epoch / run["timed_examples"]
-    out = {**{k: v for k, v in run.items() if k != "settings"}, "s_per_step": s / steps,
-           "epoch_s": s * factor, "extrapolation_factor": factor,
-           "real_tokens_per_s": run["real_tokens"] / s, "padded_tokens_per_s": run["padded_tokens"] / s,
-           "padding_fraction": 1 - run["real_tokens"] / run["padded_tokens"],
-           "mfu": (6 * nonembed * run["real_tokens"] / s / (peak_tflops * 1e12)) if cuda else None,
-           "mfu_padded": (6 * nonembed * run["padded_tokens"] / s / (peak_tflops * 1e12)) if cuda else None,
-           "peak_memory_gib": mem, "settings": run["settings"]}
+    out = {
+        **{k: v for k, v in run.items() if k != "settings"},
+        "s_per_step": s / steps,
+        "epoch_s": s * factor,
+        "extrapolation_factor": factor,
+        "real_tokens_per_s": run["real_tokens"] / s,
+        "padded_tokens_per_s": run["padded_tokens"] / s,
+        "padding_fraction": 1 - run["real_tokens"] / run["padded_tokens"],
+        "mfu": (6 * nonembed * run["real_tokens"] / s / (peak_tflops * 1e12)) if cuda else None,
+        "mfu_padded": (6 * nonembed * run["padded_tokens"] / s / (peak_tflops * 1e12)) if cuda else None,
+        "peak_memory_gib": mem,
+        "settings": run["settings"],
+    }
     return out
 
 
@@ -411,11 +506,20 @@ def run_case(name: str, args, tok, tok_where: str) -> dict:
         loader = sst2_data if task == "sst2" else squad_data
         _DATA[key] = loader(tok, n, args.seed, args.tiny)
     feats, epoch, source = _DATA[key]
-    case = {"case": name, "model": alias + (" (tiny: 2 layers, hidden 64)" if args.tiny else ""), "task": task,
-            "gpu": gpu_name(), "data": source, "epoch_examples": epoch,
-            "examples_used": n, "warmup_steps": args.warmup, "steps_timed": args.steps,
-            "batch_size": {"baseline": b["batch_size"], "tunelab": tb}, "same_batch": tb == b["batch_size"],
-            "tokenizer": tok_where}
+    case = {
+        "case": name,
+        "model": alias + (" (tiny: 2 layers, hidden 64)" if args.tiny else ""),
+        "task": task,
+        "gpu": gpu_name(),
+        "data": source,
+        "epoch_examples": epoch,
+        "examples_used": n,
+        "warmup_steps": args.warmup,
+        "steps_timed": args.steps,
+        "batch_size": {"baseline": b["batch_size"], "tunelab": tb},
+        "same_batch": tb == b["batch_size"],
+        "tokenizer": tok_where,
+    }
     pad = tok.pad_token_id
     results = {}
     for who in ("baseline", "tunelab"):
@@ -425,28 +529,52 @@ def run_case(name: str, args, tok, tok_where: str) -> dict:
         total, nonembed = param_counts(model)
         case["params"], case["nonembedding_params"] = total, nonembed
         with tempfile.TemporaryDirectory(prefix=f"speed-{who}-") as work:
-            common = {"task": task, "warmup": args.warmup, "steps": args.steps, "seed": args.seed,
-                      "pad_id": pad, "work": Path(work)}
+            common = {
+                "task": task,
+                "warmup": args.warmup,
+                "steps": args.steps,
+                "seed": args.seed,
+                "pad_id": pad,
+                "work": Path(work),
+            }
             if who == "baseline":
                 run = run_baseline(model, feats[: (args.warmup + args.steps) * b["batch_size"]], **common)
             else:
                 run = run_tunelab(model, feats[: (args.warmup + args.steps) * tb], batch_size=tb, **common)
-        results[who] = summarise(run, steps=args.steps, epoch=epoch, nonembed=nonembed,
-                                 peak_tflops=args.peak_tflops, cuda=cuda, mem=peak_gib())
+        results[who] = summarise(
+            run,
+            steps=args.steps,
+            epoch=epoch,
+            nonembed=nonembed,
+            peak_tflops=args.peak_tflops,
+            cuda=cuda,
+            mem=peak_gib(),
+        )
         results[who]["allocated_before_gib"] = left
         del model
         free_memory()
-        print(f"  {name} {who}: {run['timed_s']:.3f} s for {args.steps} steps, "
-              f"epoch ~{results[who]['epoch_s']:.1f} s", flush=True)
+        print(
+            f"  {name} {who}: {run['timed_s']:.3f} s for {args.steps} steps, "
+            f"epoch ~{results[who]['epoch_s']:.1f} s",
+            flush=True,
+        )
     base, ours = results["baseline"], results["tunelab"]
     case.update(
-        baseline_s=base["epoch_s"], tunelab_s=ours["epoch_s"], ratio=base["epoch_s"] / ours["epoch_s"],
+        baseline_s=base["epoch_s"],
+        tunelab_s=ours["epoch_s"],
+        ratio=base["epoch_s"] / ours["epoch_s"],
         real_tokens_per_s={"baseline": base["real_tokens_per_s"], "tunelab": ours["real_tokens_per_s"]},
         padded_tokens_per_s={"baseline": base["padded_tokens_per_s"], "tunelab": ours["padded_tokens_per_s"]},
         mfu={"baseline": base["mfu"], "tunelab": ours["mfu"]},
         peak_memory_gib={"baseline": base["peak_memory_gib"], "tunelab": ours["peak_memory_gib"]},
-        extrapolation_factor={"baseline": base["extrapolation_factor"], "tunelab": ours["extrapolation_factor"]},
-        baseline=base, tunelab=ours, wall_s=time.perf_counter() - t_case, status="ok",
+        extrapolation_factor={
+            "baseline": base["extrapolation_factor"],
+            "tunelab": ours["extrapolation_factor"],
+        },
+        baseline=base,
+        tunelab=ours,
+        wall_s=time.perf_counter() - t_case,
+        status="ok",
     )
     return case
 
@@ -456,9 +584,17 @@ def quality_results() -> list[dict]:
     found = []
     for f in sorted((HERE / "results").glob("gpu-study-*.json")):
         s = json.loads(f.read_text())
-        found.append({"file": str(f.relative_to(REPO)), "gpu": s.get("machine", {}).get("gpu"),
-                      "stages": [{k: st[k] for k in ("stage", "metrics") if k in st} for st in s.get("stages", [])
-                                 if "metrics" in st]})
+        found.append(
+            {
+                "file": str(f.relative_to(REPO)),
+                "gpu": s.get("machine", {}).get("gpu"),
+                "stages": [
+                    {k: st[k] for k in ("stage", "metrics") if k in st}
+                    for st in s.get("stages", [])
+                    if "metrics" in st
+                ],
+            }
+        )
     return found
 
 
@@ -467,17 +603,32 @@ def main(argv=None) -> int:
     ap.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, of: {', '.join(CASES)}")
     ap.add_argument("--steps", type=int, default=60, help="timed optimizer steps per run (default 60)")
     ap.add_argument("--warmup", type=int, default=10, help="untimed optimizer steps before them (default 10)")
-    ap.add_argument("--tunelab-batch", type=int, default=None,
-                    help="tunelab's batch size (default: the baseline's, for an apples-to-apples ratio)")
-    ap.add_argument("--peak-tflops", type=float, default=989.0,
-                    help="the GPU's dense bf16 peak for MFU (default 989: H100/H200 SXM)")
-    ap.add_argument("--tokenizer", help="a folder with SmolLM2's tokenizer.json (default: tunelab's model cache)")
+    ap.add_argument(
+        "--tunelab-batch",
+        type=int,
+        default=None,
+        help="tunelab's batch size (default: the baseline's, for an apples-to-apples ratio)",
+    )
+    ap.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=989.0,
+        help="the GPU's dense bf16 peak for MFU (default 989: H100/H200 SXM)",
+    )
+    ap.add_argument(
+        "--tokenizer", help="a folder with SmolLM2's tokenizer.json (default: tunelab's model cache)"
+    )
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--out", help="a .json file or a folder (default benchmarks/results/speed-<gpu>.json)")
-    ap.add_argument("--quality", action="store_true", help="copy gpu_study.py's saved SmolLM2 metrics into the JSON")
-    ap.add_argument("--tiny", action="store_true",
-                    help="2-layer hidden-64 models, 1+3 steps of batch <= 8, 64 examples, SQuAD windows of 128 "
-                         "tokens: checks the script on a CPU in seconds")
+    ap.add_argument(
+        "--quality", action="store_true", help="copy gpu_study.py's saved SmolLM2 metrics into the JSON"
+    )
+    ap.add_argument(
+        "--tiny",
+        action="store_true",
+        help="2-layer hidden-64 models, 1+3 steps of batch <= 8, 64 examples, SQuAD windows of 128 "
+        "tokens: checks the script on a CPU in seconds",
+    )
     args = ap.parse_args(argv)
 
     import torch
@@ -501,16 +652,28 @@ def main(argv=None) -> int:
     tok, tok_where = load_timing_tokenizer(args.tokenizer)
     report = {
         "benchmark": "tunelab vs Hugging Face Trainer (run_glue.py / run_qa.py defaults): training speed",
-        "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "machine": machine(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "settings": {"steps_timed": args.steps, "warmup_steps": args.warmup, "seed": args.seed,
-                     "peak_tflops": args.peak_tflops, "tiny": args.tiny, "tunelab_batch": args.tunelab_batch,
-                     "baseline": BASELINE},
-        "method": ("both runs train on the same examples (the first (warmup+steps) x batch of a seeded shuffle); "
-                   "the last `steps` optimizer steps are timed (cuda synchronize + perf_counter); epoch seconds = "
-                   "timed seconds / timed examples x epoch examples; models have random weights (from_config, "
-                   "sdpa, fp32 parameters); ratio = baseline_s / tunelab_s (above 1: tunelab is faster)"),
-        "tokenizer": TOKENIZER_NOTE, "mfu_definition": MFU_NOTE, "quality": QUALITY_NOTE, "cases": [],
+        "settings": {
+            "steps_timed": args.steps,
+            "warmup_steps": args.warmup,
+            "seed": args.seed,
+            "peak_tflops": args.peak_tflops,
+            "tiny": args.tiny,
+            "tunelab_batch": args.tunelab_batch,
+            "baseline": BASELINE,
+        },
+        "method": (
+            "both runs train on the same examples (the first (warmup+steps) x batch of a seeded shuffle); "
+            "the last `steps` optimizer steps are timed (cuda synchronize + perf_counter); epoch seconds = "
+            "timed seconds / timed examples x epoch examples; models have random weights (from_config, "
+            "sdpa, fp32 parameters); ratio = baseline_s / tunelab_s (above 1: tunelab is faster)"
+        ),
+        "tokenizer": TOKENIZER_NOTE,
+        "mfu_definition": MFU_NOTE,
+        "quality": QUALITY_NOTE,
+        "cases": [],
     }
     if args.quality:
         report["quality_results"] = quality_results()
@@ -522,14 +685,23 @@ def main(argv=None) -> int:
         except Exception as exc:  # noqa: BLE001 - one case failing (e.g. out of memory) must not lose the others
             failed += 1
             traceback.print_exc()
-            case = {"case": name, "model": CASES[name][0], "task": CASES[name][1], "gpu": gpu_name(),
-                    "status": "error", "error": f"{type(exc).__name__}: {exc}"[:2000]}
+            case = {
+                "case": name,
+                "model": CASES[name][0],
+                "task": CASES[name][1],
+                "gpu": gpu_name(),
+                "status": "error",
+                "error": f"{type(exc).__name__}: {exc}"[:2000],
+            }
         free_memory()  # here, once the exception (and the model its frames hold) is gone
         report["cases"].append(case)
         write_json(out, report)
         if case["status"] == "ok":
-            print(f"{name}: baseline {case['baseline_s']:.1f} s/epoch, "
-                  f"tunelab {case['tunelab_s']:.1f} s/epoch, ratio {case['ratio']:.2f}x", flush=True)
+            print(
+                f"{name}: baseline {case['baseline_s']:.1f} s/epoch, "
+                f"tunelab {case['tunelab_s']:.1f} s/epoch, ratio {case['ratio']:.2f}x",
+                flush=True,
+            )
     write_json(out, report)
     print(f"wrote {out}")
     return 1 if failed else 0

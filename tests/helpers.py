@@ -15,8 +15,10 @@ from tunelab.tasks import get_task
 
 SST2 = get_task("sst2")
 SQUAD = get_task("squad")
-PLAIN_SPEC = {"text": "Review: {sentence}\nSentiment:",
-              "verbalizers": {"negative": [" negative", " Negative"], "positive": [" positive"]}}
+PLAIN_SPEC = {
+    "text": "Review: {sentence}\nSentiment:",
+    "verbalizers": {"negative": [" negative", " Negative"], "positive": [" positive"]},
+}
 PLAIN = SST2.prompt(PLAIN_SPEC)
 DATA = os.environ.get("TUNELAB_DATA_DIR")
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,8 +39,18 @@ def sst2_examples(n: int = 48, seed: int = 0) -> list[TextExample]:
 
 def tiny_train_config(**kw) -> TrainConfig:
     """Settings that train the tiny test model in seconds."""
-    base = {"learning_rate": 3e-3, "epochs": 1, "batch_size": 8, "max_length": 32, "warmup_ratio": 0.0, "log_every": 2,
-            "seed": 0, "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0}
+    base = {
+        "learning_rate": 3e-3,
+        "epochs": 1,
+        "batch_size": 8,
+        "max_length": 32,
+        "warmup_ratio": 0.0,
+        "log_every": 2,
+        "seed": 0,
+        "lora_r": 4,
+        "lora_alpha": 8,
+        "lora_dropout": 0.0,
+    }
     base.update(kw)
     return TrainConfig(**base)
 
@@ -52,16 +64,34 @@ def qa_examples(n):
     for i in range(n):
         who = ["Denver Broncos", "Santa Clara", "the film"][i % 3]
         ctx = f"The game was won by the {who} in the end . It was a great film and a good review ."
-        out.append(SquadExample(id=f"q{i}", title="t", context=ctx, question="Who won ?",
-                                answers=[{"text": who, "answer_start": ctx.index(who)}]))
+        out.append(
+            SquadExample(
+                id=f"q{i}",
+                title="t",
+                context=ctx,
+                question="Who won ?",
+                answers=[{"text": who, "answer_start": ctx.index(who)}],
+            )
+        )
     return out
 
 
 def squad_json(examples, path: Path) -> Path:
     """A SQuAD-format file of the examples (one article)."""
-    paragraphs = [{"context": ex.context, "qas": [{"id": ex.id, "question": ex.question, "answers": ex.answers,
-                                                   **({"is_impossible": True} if ex.is_impossible else {})}]}
-                  for ex in examples]
+    paragraphs = [
+        {
+            "context": ex.context,
+            "qas": [
+                {
+                    "id": ex.id,
+                    "question": ex.question,
+                    "answers": ex.answers,
+                    **({"is_impossible": True} if ex.is_impossible else {}),
+                }
+            ],
+        }
+        for ex in examples
+    ]
     path.write_text(json.dumps({"version": "1.1", "data": [{"title": "t", "paragraphs": paragraphs}]}))
     return path
 

@@ -33,8 +33,11 @@ def task_name_branches(tree: ast.AST) -> list[tuple[int, str]]:
                 values += _constants(key) if key is not None else []
         elif isinstance(node, ast.Subscript):
             values += _constants(node.slice)
-        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in (
-                "startswith", "endswith", "get", "index", "count"):
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in ("startswith", "endswith", "get", "index", "count")
+        ):
             for arg in node.args:
                 values += _constants(arg)
         elif isinstance(node, ast.MatchValue):
@@ -44,7 +47,7 @@ def task_name_branches(tree: ast.AST) -> list[tuple[int, str]]:
 
 
 def test_the_checker_finds_the_branches_it_is_meant_to():
-    code = '''
+    code = """
 if task == "sst2": pass
 if "squad" in name: pass
 if version == "2.0": pass
@@ -53,7 +56,7 @@ y = cfg["tasks"]["squad_v2"]
 z = name.startswith("squad")
 w = task in ("sst2", "other")
 ok = {"kind": "classification"}
-'''
+"""
     lines = sorted({line for line, _ in task_name_branches(ast.parse(code))})
     assert lines == [2, 3, 4, 5, 6, 7, 8]
 
@@ -77,8 +80,13 @@ def test_models_and_data_do_not_import_tasks_or_commands():
     for part in lower:
         for path in [SRC / part] if part.endswith(".py") else sorted((SRC / part).rglob("*.py")):
             for node in ast.walk(ast.parse(path.read_text())):
-                names = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                         else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+                names = (
+                    [a.name for a in node.names]
+                    if isinstance(node, ast.Import)
+                    else [node.module or ""]
+                    if isinstance(node, ast.ImportFrom)
+                    else []
+                )
                 offenders += [f"{path.relative_to(SRC)} imports {n}" for n in names if n.startswith(upper)]
     assert not offenders, offenders
 
@@ -96,9 +104,13 @@ def _imports(path: Path, every: bool, modules: set[str]) -> set[str]:
     for node in nodes:
         if isinstance(node, ast.Import):
             out |= {a.name for a in node.names if a.name.startswith("tunelab")}
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tunelab") and not node.level:
-            out |= {f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
-                    for a in node.names}
+        elif (
+            isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tunelab") and not node.level
+        ):
+            out |= {
+                f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
+                for a in node.names
+            }
     return out
 
 
@@ -111,7 +123,7 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(m)
         for n in sorted(graph.get(m, ())):
             if state.get(n) == 1:
-                return stack[stack.index(n):] + [n]
+                return stack[stack.index(n) :] + [n]
             if n in graph and not state.get(n) and (found := visit(n)):
                 return found
         state[m] = 2
@@ -128,8 +140,12 @@ def test_no_import_cycles():
     """Modules import each other in one direction at their top level; within tunelab.models not even inside
     functions (the registry and the loaders once imported each other)."""
     paths = {_module(p): p for p in SRC.rglob("*.py") if p.name != "__main__.py"}
-    graph = {m: {n for n in _imports(p, False, set(paths)) if n in paths and n != m} for m, p in paths.items()}
+    graph = {
+        m: {n for n in _imports(p, False, set(paths)) if n in paths and n != m} for m, p in paths.items()
+    }
     assert _cycle(graph) is None, _cycle(graph)
     models = {m: p for m, p in paths.items() if m.startswith("tunelab.models")}
-    graph = {m: {n for n in _imports(p, True, set(paths)) if n in models and n != m} for m, p in models.items()}
+    graph = {
+        m: {n for n in _imports(p, True, set(paths)) if n in models and n != m} for m, p in models.items()
+    }
     assert _cycle(graph) is None, _cycle(graph)

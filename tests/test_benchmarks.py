@@ -16,16 +16,33 @@ DATA = os.environ.get("TUNELAB_DATA_DIR")
 
 @pytest.mark.skipif(not DATA, reason="TUNELAB_DATA_DIR is not set")
 def test_speed_bench_tiny_writes_the_report(tmp_path):
-    env = dict(os.environ, TUNELAB_DATA_DIR=DATA, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false",
-               # the SmolLM2 tokenizer: the shared user cache (conftest points TUNELAB_CACHE at an empty
-               # folder)
-               TUNELAB_CACHE=os.environ.get("TUNELAB_REAL_CACHE", str(Path.home() / ".cache" / "tunelab")))
+    env = dict(
+        os.environ,
+        TUNELAB_DATA_DIR=DATA,
+        PYTHONUNBUFFERED="1",
+        TOKENIZERS_PARALLELISM="false",
+        # the SmolLM2 tokenizer: the shared user cache (conftest points TUNELAB_CACHE at an empty
+        # folder)
+        TUNELAB_CACHE=os.environ.get("TUNELAB_REAL_CACHE", str(Path.home() / ".cache" / "tunelab")),
+    )
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))
     out_dir = tmp_path / "results"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "speed.py"), "--tiny", "--cases", "sst2-smollm2,squad-smollm2",
-         "--out", str(out_dir) + "/"],
-        check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "speed.py"),
+            "--tiny",
+            "--cases",
+            "sst2-smollm2,squad-smollm2",
+            "--out",
+            str(out_dir) + "/",
+        ],
+        check=False,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     files = list(out_dir.glob("speed-*-tiny.json"))
@@ -40,9 +57,23 @@ def test_speed_bench_tiny_writes_the_report(tmp_path):
     assert [c["case"] for c in report["cases"]] == ["sst2-smollm2", "squad-smollm2"]
     for case in report["cases"]:
         assert case["status"] == "ok", case
-        for key in ("case", "model", "task", "gpu", "baseline_s", "tunelab_s", "ratio", "real_tokens_per_s",
-                    "padded_tokens_per_s", "mfu", "peak_memory_gib", "steps_timed", "batch_size",
-                    "epoch_examples", "extrapolation_factor"):
+        for key in (
+            "case",
+            "model",
+            "task",
+            "gpu",
+            "baseline_s",
+            "tunelab_s",
+            "ratio",
+            "real_tokens_per_s",
+            "padded_tokens_per_s",
+            "mfu",
+            "peak_memory_gib",
+            "steps_timed",
+            "batch_size",
+            "epoch_examples",
+            "extrapolation_factor",
+        ):
             assert key in case, (case["case"], key)
         assert case["baseline_s"] > 0 and case["tunelab_s"] > 0
         assert case["ratio"] == pytest.approx(case["baseline_s"] / case["tunelab_s"])

@@ -28,8 +28,9 @@ def no_output(out: Path) -> bool:
 def data_dir(tmp_path):
     d = tmp_path / "data" / "SST-2"
     d.mkdir(parents=True)
-    rows = "sentence\tlabel\n" + "".join(f"{w} film number {i}\t{i % 2}\n"
-                                         for i, w in enumerate(["awful", "great"] * 4))
+    rows = "sentence\tlabel\n" + "".join(
+        f"{w} film number {i}\t{i % 2}\n" for i, w in enumerate(["awful", "great"] * 4)
+    )
     (d / "train.tsv").write_text(rows)
     (d / "dev.tsv").write_text(rows)
     return d.parent
@@ -37,12 +38,28 @@ def data_dir(tmp_path):
 
 def finetune(model, data_dir, out, *extra, quick=True):
     """`tunelab finetune` arguments; `quick` adds options for a one-step run (they override a --config)."""
-    args = ["finetune", model, "--task", "sst2", "--data-dir", data_dir, "--out", out, "--input-prompt", "none"]
-    return args + (["--max-steps", "1", "--max-length", "16", "--batch-size", "4"] if quick else []) + list(extra)
+    args = [
+        "finetune",
+        model,
+        "--task",
+        "sst2",
+        "--data-dir",
+        data_dir,
+        "--out",
+        out,
+        "--input-prompt",
+        "none",
+    ]
+    return (
+        args
+        + (["--max-steps", "1", "--max-length", "16", "--batch-size", "4"] if quick else [])
+        + list(extra)
+    )
 
 
 # ---- data files
 # ---------------------------------------------------------------------------------------------
+
 
 def test_non_utf8_training_file(tiny_model_dir, data_dir, tmp_path, capsys):
     bad = tmp_path / "latin1.tsv"
@@ -77,8 +94,12 @@ def test_a_one_megabyte_passage_is_refused_or_handled_cleanly(tmp_path, capsys):
 @pytest.mark.slow
 def test_a_one_megabyte_passage_trains_and_evaluates(tiny_model_dir, tmp_path, capsys):
     huge = tmp_path / "huge.jsonl"
-    huge.write_text(json.dumps({"sentence": "a truly great film " * 55_000, "label": 1}) + "\n"
-                    + json.dumps({"sentence": "an awful film", "label": 0}) + "\n")
+    huge.write_text(
+        json.dumps({"sentence": "a truly great film " * 55_000, "label": 1})
+        + "\n"
+        + json.dumps({"sentence": "an awful film", "label": 0})
+        + "\n"
+    )
     out = tmp_path / "o"
     rc, _ = run(capsys, *finetune(tiny_model_dir, tmp_path, out, "--train-file", huge, "--data-file", huge))
     assert rc == 0 and (out / "eval" / "metrics.json").is_file()
@@ -96,28 +117,32 @@ def test_unlabelled_training_file(tiny_model_dir, data_dir, tmp_path, capsys):
 # ---- configs and options
 # ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("yaml_text,message", [
-    ("learning_rat: 0.001\n", "unknown keys ['learning_rat']"),
-    ("batch_size: big\n", "batch_size must be an integer >= 1, got 'big'"),
-    ("batch_size: 8.5\n", "batch_size must be an integer"),
-    ("batch_size: true\n", "batch_size must be an integer"),
-    ("epochs: .inf\n", "epochs must be a (finite) number"),
-    ("learning_rate: [0.1]\n", "learning_rate must be a (finite) number"),
-    ("learning_rate: 3\n", "learning_rate must be in (0, 1)"),
-    ("warmup_ratio: lots\n", "warmup_ratio must be a (finite) number"),
-    ("lr_schedule: 3\n", "lr_schedule must be one of linear, cosine, constant"),
-    ("bf16: maybe\n", "bf16 must be true or false"),
-    ("seed: -1\n", "seed must be an integer"),
-    ("log_every: 0\n", "log_every must be an integer >= 1"),
-    ("save_every: -2\n", "save_every must be an integer >= 0"),
-    ("max_steps: 0\n", "max_steps must be an integer >= 1"),
-    ("lora_dropout: 1.5\n", "lora_dropout must be in [0, 1)"),
-    ("lora_targets: []\n", "lora_targets must be a non-empty list"),
-    ("max_length: 100000000\n", "max_length must be at most"),
-    ("- a list\n- of things\n", "mapping"),
-    ("key: [unclosed\n", "cannot read config"),
-    ("7: seven\n", "unknown keys ['7']"),
-])
+
+@pytest.mark.parametrize(
+    "yaml_text,message",
+    [
+        ("learning_rat: 0.001\n", "unknown keys ['learning_rat']"),
+        ("batch_size: big\n", "batch_size must be an integer >= 1, got 'big'"),
+        ("batch_size: 8.5\n", "batch_size must be an integer"),
+        ("batch_size: true\n", "batch_size must be an integer"),
+        ("epochs: .inf\n", "epochs must be a (finite) number"),
+        ("learning_rate: [0.1]\n", "learning_rate must be a (finite) number"),
+        ("learning_rate: 3\n", "learning_rate must be in (0, 1)"),
+        ("warmup_ratio: lots\n", "warmup_ratio must be a (finite) number"),
+        ("lr_schedule: 3\n", "lr_schedule must be one of linear, cosine, constant"),
+        ("bf16: maybe\n", "bf16 must be true or false"),
+        ("seed: -1\n", "seed must be an integer"),
+        ("log_every: 0\n", "log_every must be an integer >= 1"),
+        ("save_every: -2\n", "save_every must be an integer >= 0"),
+        ("max_steps: 0\n", "max_steps must be an integer >= 1"),
+        ("lora_dropout: 1.5\n", "lora_dropout must be in [0, 1)"),
+        ("lora_targets: []\n", "lora_targets must be a non-empty list"),
+        ("max_length: 100000000\n", "max_length must be at most"),
+        ("- a list\n- of things\n", "mapping"),
+        ("key: [unclosed\n", "cannot read config"),
+        ("7: seven\n", "unknown keys ['7']"),
+    ],
+)
 def test_bad_config_files(tiny_model_dir, data_dir, tmp_path, capsys, yaml_text, message):
     cfg = tmp_path / "train.yaml"
     cfg.write_text(yaml_text)
@@ -144,17 +169,20 @@ def test_a_number_written_like_1e_4_is_read_as_a_number():
     assert TrainConfig.from_dict({"learning_rate": "1e-4"}).learning_rate == 1e-4
 
 
-@pytest.mark.parametrize("option,value,message", [
-    ("--max-length", "0", "max_length must be an integer >= 1, got 0"),
-    ("--batch-size", "0", "batch_size must be an integer >= 1"),
-    ("--grad-accum", "-1", "grad_accum must be an integer >= 1"),
-    ("--epochs", "0", "epochs must be > 0"),
-    ("--learning-rate", "nan", "learning_rate must be a (finite) number"),
-    ("--warmup-ratio", "1", "warmup_ratio must be in [0, 1)"),
-    ("--limit", "0", "--limit must be an integer >= 1"),
-    ("--train-limit", "-3", "--train-limit must be an integer >= 1"),
-    ("--lora-targets", "q_proj,", "lora_targets must be a non-empty list"),
-])
+@pytest.mark.parametrize(
+    "option,value,message",
+    [
+        ("--max-length", "0", "max_length must be an integer >= 1, got 0"),
+        ("--batch-size", "0", "batch_size must be an integer >= 1"),
+        ("--grad-accum", "-1", "grad_accum must be an integer >= 1"),
+        ("--epochs", "0", "epochs must be > 0"),
+        ("--learning-rate", "nan", "learning_rate must be a (finite) number"),
+        ("--warmup-ratio", "1", "warmup_ratio must be in [0, 1)"),
+        ("--limit", "0", "--limit must be an integer >= 1"),
+        ("--train-limit", "-3", "--train-limit must be an integer >= 1"),
+        ("--lora-targets", "q_proj,", "lora_targets must be a non-empty list"),
+    ],
+)
 def test_impossible_option_values(tiny_model_dir, data_dir, tmp_path, capsys, option, value, message):
     out = tmp_path / "o"
     rc, err = run(capsys, *finetune(tiny_model_dir, data_dir, out, option, value))
@@ -174,20 +202,40 @@ def test_squad_max_length_too_short_for_the_question(tiny_model_dir, tmp_path, c
     squad = tmp_path / "data" / "squad"
     squad.mkdir(parents=True)
     ctx = "The Denver Broncos won Super Bowl 50 in Santa Clara ."
-    qas = [{"id": f"q{i}", "question": "Who won Super Bowl 50 at the end of that long season , and where ?",
-            "answers": [{"text": "Denver Broncos", "answer_start": 4}]} for i in range(3)]
+    qas = [
+        {
+            "id": f"q{i}",
+            "question": "Who won Super Bowl 50 at the end of that long season , and where ?",
+            "answers": [{"text": "Denver Broncos", "answer_start": 4}],
+        }
+        for i in range(3)
+    ]
     doc = {"version": "1.1", "data": [{"title": "t", "paragraphs": [{"context": ctx, "qas": qas}]}]}
     for split in ("train", "dev"):
         (squad / f"v1.1-{split}.json").write_text(json.dumps(doc))
     out = tmp_path / "o"
-    rc, err = run(capsys, "finetune", tiny_model_dir, "--task", "squad", "--data-dir", squad.parent,
-                  "--out", out, "--max-length", "12", "--max-steps", "1")
+    rc, err = run(
+        capsys,
+        "finetune",
+        tiny_model_dir,
+        "--task",
+        "squad",
+        "--data-dir",
+        squad.parent,
+        "--out",
+        out,
+        "--max-length",
+        "12",
+        "--max-steps",
+        "1",
+    )
     assert rc == 2 and "max_length" in err
     assert no_output(out)
 
 
 # ---- models
 # -------------------------------------------------------------------------------------------------
+
 
 def test_model_paths_that_are_not_models(tiny_model_dir, data_dir, tmp_path, capsys):
     import shutil
@@ -203,8 +251,15 @@ def test_model_paths_that_are_not_models(tiny_model_dir, data_dir, tmp_path, cap
     shutil.copytree(tiny_model_dir, bad_config)
     (bad_config / "config.json").write_text("{not json")
     out = tmp_path / "o"
-    for spec in (empty, a_file, tmp_path / "missing", "./relative/missing", no_weights, bad_config,
-                 "no-such-alias"):
+    for spec in (
+        empty,
+        a_file,
+        tmp_path / "missing",
+        "./relative/missing",
+        no_weights,
+        bad_config,
+        "no-such-alias",
+    ):
         rc, err = run(capsys, *finetune(str(spec), data_dir, out))
         assert rc == 2 and str(spec) in err, (spec, err)
         assert no_output(out), spec
@@ -212,6 +267,7 @@ def test_model_paths_that_are_not_models(tiny_model_dir, data_dir, tmp_path, cap
 
 # ---- output folders
 # -----------------------------------------------------------------------------------------
+
 
 def test_existing_output_needs_overwrite(tiny_model_dir, data_dir, tmp_path, capsys):
     out = tmp_path / "o"
@@ -252,11 +308,24 @@ def test_launched_processes_that_did_not_join_are_refused(monkeypatch):
         launched_processes()
 
 
-def test_batch_size_below_one_and_partly_labelled_data_are_refused(tiny_model_dir, data_dir, tmp_path, capsys):
+def test_batch_size_below_one_and_partly_labelled_data_are_refused(
+    tiny_model_dir, data_dir, tmp_path, capsys
+):
     out = tmp_path / "o"
     for task in ("sst2", "squad"):
-        rc, err = run(capsys, "zeroshot", tiny_model_dir, "--task", task, "--data-dir", data_dir, "--out", out,
-                      "--batch-size", "0")
+        rc, err = run(
+            capsys,
+            "zeroshot",
+            tiny_model_dir,
+            "--task",
+            task,
+            "--data-dir",
+            data_dir,
+            "--out",
+            out,
+            "--batch-size",
+            "0",
+        )
         assert rc == 2 and "--batch-size" in err and no_output(out)
     mixed = tmp_path / "mixed.jsonl"
     mixed.write_text('{"sentence": "good", "label": 1}\n{"sentence": "bad"}\n')
@@ -272,8 +341,11 @@ def test_a_broken_tunelab_json_is_a_clear_error(tiny_model_dir, data_dir, tmp_pa
     shutil.copytree(tiny_model_dir, folder)
     (folder / "tunelab.json").write_text(content)
     out = tmp_path / "o"
-    for argv in (["evaluate", folder, "--task", "sst2", "--data-dir", data_dir, "--out", out],
-                 ["predict", folder, "a sentence"], ["export", folder, "--out", out]):
+    for argv in (
+        ["evaluate", folder, "--task", "sst2", "--data-dir", data_dir, "--out", out],
+        ["predict", folder, "a sentence"],
+        ["export", folder, "--out", out],
+    ):
         rc, err = run(capsys, *argv)
         assert rc == 2 and "tunelab.json" in err, (argv, err)
         assert no_output(out)

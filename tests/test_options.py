@@ -26,11 +26,19 @@ def _flags(command: str) -> set[str]:
 def test_every_option_is_a_flag_of_its_command():
     finetune, zeroshot = _flags("finetune"), _flags("zeroshot")
     for opt in {**TRAIN_OPTIONS, **FINETUNE_EXTRAS}.values():
-        flag = ("--no-" + opt.name.replace("_", "-")) if opt.type == "bool" and opt.default else flag_name(opt)
+        flag = (
+            ("--no-" + opt.name.replace("_", "-")) if opt.type == "bool" and opt.default else flag_name(opt)
+        )
         assert flag in finetune, flag
     assert {flag_name(o) for o in ZEROSHOT_OPTIONS.values()} <= zeroshot
     # the flags users already type keep working
-    assert {"--no-bf16", "--merge-lora", "--lora-targets", "--input-prompt", "--max-train-samples"} <= finetune
+    assert {
+        "--no-bf16",
+        "--merge-lora",
+        "--lora-targets",
+        "--input-prompt",
+        "--max-train-samples",
+    } <= finetune
 
 
 def test_one_rule_per_option_everywhere():

@@ -19,16 +19,21 @@ LABELS = SST2.labels
 TEXTS = ["a great film", "an awful , truly awful movie", "the review", "café naïve 中文 😀"]
 
 
-
-
-
 @pytest.fixture(scope="module")
 def sst2_dir(tiny_model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("pred") / "sst2"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HF_HUB_OFFLINE", "1")
-        runs.finetune(SST2, tiny_model_dir, sst2_examples(24), sst2_examples(6, seed=1), "fixture", out,
-                      tiny_train_config(epochs=2), {"input_prompt": PLAIN_SPEC})
+        runs.finetune(
+            SST2,
+            tiny_model_dir,
+            sst2_examples(24),
+            sst2_examples(6, seed=1),
+            "fixture",
+            out,
+            tiny_train_config(epochs=2),
+            {"input_prompt": PLAIN_SPEC},
+        )
     return str(out)
 
 
@@ -37,8 +42,15 @@ def squad_dir(tiny_model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("pred") / "squad"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HF_HUB_OFFLINE", "1")
-        runs.finetune(SQUAD, tiny_model_dir, qa_examples(9), qa_examples(3), "fixture", out,
-                      tiny_train_config(method="lora", batch_size=4, max_length=64, epochs=1))
+        runs.finetune(
+            SQUAD,
+            tiny_model_dir,
+            qa_examples(9),
+            qa_examples(3),
+            "fixture",
+            out,
+            tiny_train_config(method="lora", batch_size=4, max_length=64, epochs=1),
+        )
     return str(out)
 
 
@@ -50,8 +62,11 @@ def cli(argv):
 def reference_probs(model_dir, texts):
     model, tok, meta, _ = load_finetuned(model_dir, SST2)
     prompt = ClassificationPrompt(**meta["input_prompt"])
-    return np.exp(classify(model, tok, [format_input(prompt, tok, t) for t in texts], meta["max_length"],
-                           progress=False))
+    return np.exp(
+        classify(
+            model, tok, [format_input(prompt, tok, t) for t in texts], meta["max_length"], progress=False
+        )
+    )
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -118,18 +133,34 @@ def test_sst2_input_errors(sst2_dir, tmp_path):
 
 def test_squad_question_context(squad_dir, capsys):
     ctx = qa_examples(1)[0].context
-    assert cli(["predict", squad_dir, "--question", "Who won ?", "--question", "What was it ?",
-                "--context", ctx, "--json"]) == 0
+    assert (
+        cli(
+            [
+                "predict",
+                squad_dir,
+                "--question",
+                "Who won ?",
+                "--question",
+                "What was it ?",
+                "--context",
+                ctx,
+                "--json",
+            ]
+        )
+        == 0
+    )
     rows = json.loads(capsys.readouterr().out)["predictions"]
     assert [r["question"] for r in rows] == ["Who won ?", "What was it ?"]
     model, tok, meta, _ = load_finetuned(squad_dir, SQUAD)
-    exs = [SquadExample(id=f"x{i}", title="", context=ctx, question=q, answers=[])
-           for i, q in enumerate(["Who won ?", "What was it ?"])]
+    exs = [
+        SquadExample(id=f"x{i}", title="", context=ctx, question=q, answers=[])
+        for i, q in enumerate(["Who won ?", "What was it ?"])
+    ]
     preds, nbest, _ = predict_spans(model, tok, exs, meta["max_length"], meta["stride"], progress=False)
     for row, ex in zip(rows, exs, strict=True):
         assert row["answer"] == preds[ex.id] and row["answer"] in ctx
         assert row["score"] == pytest.approx(nbest[ex.id][0]["score"], abs=1e-4)
-        assert ctx[row["start"]:row["end"]] == row["answer"]
+        assert ctx[row["start"] : row["end"]] == row["answer"]
         assert 0 < row["probability"] <= 1
     assert cli(["predict", squad_dir, "--question", "Who won ?", "--context", ctx]) == 0
     answer, prob, _score, question = capsys.readouterr().out.rstrip("\n").split("\t")
@@ -140,12 +171,39 @@ def test_squad_question_context(squad_dir, capsys):
 def test_squad_files(squad_dir, tmp_path, capsys):
     ctx = qa_examples(1)[0].context
     jsonl = tmp_path / "qs.jsonl"
-    jsonl.write_text(json.dumps({"id": "mine", "context": ctx, "question": "Who won ?"}) + "\n\n"
-                     + json.dumps({"context": ctx, "question": "What was it ?"}) + "\n")
+    jsonl.write_text(
+        json.dumps({"id": "mine", "context": ctx, "question": "Who won ?"})
+        + "\n\n"
+        + json.dumps({"context": ctx, "question": "What was it ?"})
+        + "\n"
+    )
     squad_json = tmp_path / "dev.json"
-    squad_json.write_text(json.dumps({"version": "1.1", "data": [{"title": "t", "paragraphs": [
-        {"context": ctx, "qas": [{"id": "s1", "question": "Who won ?",
-                                  "answers": [{"text": "Denver Broncos", "answer_start": ctx.index("Denver")}]}]}]}]}))
+    squad_json.write_text(
+        json.dumps(
+            {
+                "version": "1.1",
+                "data": [
+                    {
+                        "title": "t",
+                        "paragraphs": [
+                            {
+                                "context": ctx,
+                                "qas": [
+                                    {
+                                        "id": "s1",
+                                        "question": "Who won ?",
+                                        "answers": [
+                                            {"text": "Denver Broncos", "answer_start": ctx.index("Denver")}
+                                        ],
+                                    }
+                                ],
+                            }
+                        ],
+                    }
+                ],
+            }
+        )
+    )
     assert cli(["predict", squad_dir, "--file", str(jsonl), "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)["predictions"]
     assert [r["id"] for r in rows] == ["mine", "line3"]
@@ -169,5 +227,7 @@ def test_squad_input_errors(squad_dir, tmp_path):
     txt.write_text("x\n")
     with pytest.raises(DataError, match="unknown file type"):
         cli(["predict", squad_dir, "--file", str(txt)])
-    with pytest.raises(UsageError, match="input 'q1'.*max_length"):  # a question longer than the model's window
+    with pytest.raises(
+        UsageError, match="input 'q1'.*max_length"
+    ):  # a question longer than the model's window
         cli(["predict", squad_dir, "--question", "why " * 80, "--context", "some passage ."])

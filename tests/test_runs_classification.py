@@ -21,7 +21,9 @@ def test_zero_shot_scores_equal_direct_logprobs(tiny_model_dir):
     model = load_causal_lm(tiny_model_dir).eval()
     sentences = [ex.text for ex in sst2_examples(7)]
     ids = verbalizer_ids(tok, PLAIN)
-    got = label_logprobs(model, tok, [PLAIN.render(tok, s) for s in sentences], ids, batch_size=3, progress=False)
+    got = label_logprobs(
+        model, tok, [PLAIN.render(tok, s) for s in sentences], ids, batch_size=3, progress=False
+    )
     for i, s in enumerate(sentences):
         enc = tok(PLAIN.render(tok, s), return_tensors="pt")
         with torch.no_grad():
@@ -62,11 +64,32 @@ def test_prompt_validation():
 
 def test_zero_shot_recipe_writes_metrics(tiny_model_dir, tmp_path):
     examples = sst2_examples(10)
-    m = runs.zeroshot(SST2, tiny_model_dir, examples, "fixture", tmp_path / "zs",
-                      zeroshot_options(prompt=PLAIN_SPEC, calibration="batch", batch_size=4))
+    m = runs.zeroshot(
+        SST2,
+        tiny_model_dir,
+        examples,
+        "fixture",
+        tmp_path / "zs",
+        zeroshot_options(prompt=PLAIN_SPEC, calibration="batch", batch_size=4),
+    )
     saved = json.loads((tmp_path / "zs" / "metrics.json").read_text())
-    for key in ["task", "model", "mode", "data", "n", "accuracy", "precision", "recall", "f1", "macro_f1",
-                "confusion_matrix", "accuracy_ci95", "predicted_positive_rate", "per_class", "labels"]:
+    for key in [
+        "task",
+        "model",
+        "mode",
+        "data",
+        "n",
+        "accuracy",
+        "precision",
+        "recall",
+        "f1",
+        "macro_f1",
+        "confusion_matrix",
+        "accuracy_ci95",
+        "predicted_positive_rate",
+        "per_class",
+        "labels",
+    ]:
         assert key in saved
     assert saved["mode"] == "zeroshot" and saved["n"] == 10 and 0 <= saved["accuracy"] <= 1
     assert m["accuracy"] == saved["accuracy"]
@@ -77,8 +100,14 @@ def test_zero_shot_recipe_writes_metrics(tiny_model_dir, tmp_path):
 
 def test_unlabelled_file_gets_predictions_only(tiny_model_dir, tmp_path):
     examples = [TextExample("a great film", None, 2), TextExample("awful", None, 3)]
-    m = runs.zeroshot(SST2, tiny_model_dir, examples, "test", tmp_path / "zs",
-                      zeroshot_options(prompt=PLAIN_SPEC, calibration="none"))
+    m = runs.zeroshot(
+        SST2,
+        tiny_model_dir,
+        examples,
+        "test",
+        tmp_path / "zs",
+        zeroshot_options(prompt=PLAIN_SPEC, calibration="none"),
+    )
     assert "accuracy" not in m and m["n"] == 2
     assert len((tmp_path / "zs" / "predictions.jsonl").read_text().splitlines()) == 2
 
@@ -95,15 +124,25 @@ def test_existing_output_is_not_overwritten(tiny_model_dir, tmp_path):
 def test_failed_run_leaves_no_output(tiny_model_dir, tmp_path):
     bad = {"text": "{sentence}", "chat": False, "verbalizers": {"negative": [" x"], "positive": [" x"]}}
     with pytest.raises(UsageError):
-        runs.zeroshot(SST2, tiny_model_dir, sst2_examples(2), "x", tmp_path / "zs", zeroshot_options(prompt=bad))
+        runs.zeroshot(
+            SST2, tiny_model_dir, sst2_examples(2), "x", tmp_path / "zs", zeroshot_options(prompt=bad)
+        )
     assert not (tmp_path / "zs").exists() and not (tmp_path / "zs.partial").exists()
 
 
 def test_finetune_learns_a_small_sst2_examples(tiny_model_dir, tmp_path):
     train = sst2_examples(48)
     dev = sst2_examples(24, seed=1)
-    m = runs.finetune(SST2, tiny_model_dir, train, dev, "fixture", tmp_path / "ft", tiny_train_config(epochs=8),
-                      {"input_prompt": None})
+    m = runs.finetune(
+        SST2,
+        tiny_model_dir,
+        train,
+        dev,
+        "fixture",
+        tmp_path / "ft",
+        tiny_train_config(epochs=8),
+        {"input_prompt": None},
+    )
     assert m["accuracy"] >= 0.9, m
     log = [json.loads(line) for line in (tmp_path / "ft" / "train_log.jsonl").read_text().splitlines()]
     assert log[-1]["loss"] < log[0]["loss"]
@@ -116,8 +155,16 @@ def test_finetune_learns_a_small_sst2_examples(tiny_model_dir, tmp_path):
 def test_save_load_gives_identical_predictions(tiny_model_dir, tmp_path, method, merge):
     train, dev = sst2_examples(16), sst2_examples(12, seed=2)
     out = tmp_path / "ft"
-    m = runs.finetune(SST2, tiny_model_dir, train, dev, "fixture", out,
-                      tiny_train_config(method=method, merge_lora=merge, epochs=1), {"input_prompt": PLAIN_SPEC})
+    m = runs.finetune(
+        SST2,
+        tiny_model_dir,
+        train,
+        dev,
+        "fixture",
+        out,
+        tiny_train_config(method=method, merge_lora=merge, epochs=1),
+        {"input_prompt": PLAIN_SPEC},
+    )
     if method == "lora" and not merge:
         assert (out / "adapter_model.safetensors").is_file()
     else:
@@ -133,11 +180,21 @@ def test_save_load_gives_identical_predictions(tiny_model_dir, tmp_path, method,
 def test_head_only_trains_only_the_head(tiny_model_dir, tmp_path):
     from safetensors.torch import load_file
 
-    runs.finetune(SST2, tiny_model_dir, sst2_examples(16), sst2_examples(4), "f", tmp_path / "ft",
-                  tiny_train_config(method="head", epochs=1), {"input_prompt": "none"})
+    runs.finetune(
+        SST2,
+        tiny_model_dir,
+        sst2_examples(16),
+        sst2_examples(4),
+        "f",
+        tmp_path / "ft",
+        tiny_train_config(method="head", epochs=1),
+        {"input_prompt": "none"},
+    )
     before = load_file(f"{tiny_model_dir}/model.safetensors")
     after = load_file(str(tmp_path / "ft" / "model.safetensors"))
-    assert torch.equal(before["model.layers.0.mlp.up_proj.weight"], after["model.layers.0.mlp.up_proj.weight"])
+    assert torch.equal(
+        before["model.layers.0.mlp.up_proj.weight"], after["model.layers.0.mlp.up_proj.weight"]
+    )
 
 
 def test_classifier_is_padding_side_independent(tiny_model_dir):
@@ -162,22 +219,32 @@ def test_head_init_from_verbalizers_reproduces_zero_shot(tiny_model_dir):
     from tunelab.tasks.classification import head_init_from_verbalizers
 
     tok = load_tokenizer(tiny_model_dir)
-    p = SST2.prompt({"text": "{sentence}\nSentiment:", "verbalizers": {"negative": [" negative"], "positive": [" positive"]}})
-    cls = load_task_model(tiny_model_dir, "classification", head_init=head_init_from_verbalizers(tok, p)).eval()
+    p = SST2.prompt(
+        {
+            "text": "{sentence}\nSentiment:",
+            "verbalizers": {"negative": [" negative"], "positive": [" positive"]},
+        }
+    )
+    cls = load_task_model(
+        tiny_model_dir, "classification", head_init=head_init_from_verbalizers(tok, p)
+    ).eval()
     lm = load_causal_lm(tiny_model_dir).eval()
     ids = verbalizer_ids(tok, p)
     enc = tok(p.render(tok, "a great film"), return_tensors="pt")
     with torch.no_grad():
         lm_logits = lm(**enc).logits[0, -1]
         cls_logits = cls(**enc).logits[0]
-    assert cls_logits[1] - cls_logits[0] == pytest.approx((lm_logits[ids[1][0]] - lm_logits[ids[0][0]]).item(),
-                                                          abs=1e-4)
+    assert cls_logits[1] - cls_logits[0] == pytest.approx(
+        (lm_logits[ids[1][0]] - lm_logits[ids[0][0]]).item(), abs=1e-4
+    )
 
 
 def test_cli_zeroshot_bad_data_exits_2(tiny_model_dir, tmp_path, capsys):
     bad = tmp_path / "bad.tsv"
     bad.write_text("sentence\tlabel\ngood film\t7\n")
-    rc = main(["zeroshot", tiny_model_dir, "--task", "sst2", "--data-file", str(bad), "--out", str(tmp_path / "o")])
+    rc = main(
+        ["zeroshot", tiny_model_dir, "--task", "sst2", "--data-file", str(bad), "--out", str(tmp_path / "o")]
+    )
     assert rc == 2
     err = capsys.readouterr().err
     assert "bad.tsv" in err and "line 2" in err
@@ -187,11 +254,35 @@ def test_cli_zeroshot_bad_data_exits_2(tiny_model_dir, tmp_path, capsys):
 def test_cli_finetune_config_errors(tiny_model_dir, tmp_path, capsys):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("learning_rat: 0.1\n")
-    rc = main(["finetune", tiny_model_dir, "--task", "sst2", "--config", str(cfg), "--data-dir", str(tmp_path),
-               "--out", str(tmp_path / "o")])
+    rc = main(
+        [
+            "finetune",
+            tiny_model_dir,
+            "--task",
+            "sst2",
+            "--config",
+            str(cfg),
+            "--data-dir",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
     assert rc == 2 and "unknown keys" in capsys.readouterr().err
-    rc = main(["finetune", tiny_model_dir, "--task", "sst2", "--batch-size", "0", "--data-dir", str(tmp_path),
-               "--out", str(tmp_path / "o")])
+    rc = main(
+        [
+            "finetune",
+            tiny_model_dir,
+            "--task",
+            "sst2",
+            "--batch-size",
+            "0",
+            "--data-dir",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
     assert rc == 2 and "batch_size" in capsys.readouterr().err
 
 
@@ -204,7 +295,9 @@ def test_over_long_inputs_keep_their_end(tiny_model_dir):
 
 def test_prompt_load_from_a_file(tmp_path):
     f = tmp_path / "p.yaml"
-    f.write_text("text: 'Movie: {sentence}\\nVerdict:'\nverbalizers: {negative: [' bad'], positive: [' good']}\n")
+    f.write_text(
+        "text: 'Movie: {sentence}\\nVerdict:'\nverbalizers: {negative: [' bad'], positive: [' good']}\n"
+    )
     p = SST2.prompt(str(f))
     assert p.text.startswith("Movie:") and p.verbalizers["positive"] == [" good"]
     assert SST2.prompt(None).chat and SST2.prompt("plain").text.startswith("Review:")

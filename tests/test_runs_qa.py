@@ -23,23 +23,35 @@ from tunelab.tasks.extractive_qa.spans import doc_stride, predict_spans
 from tunelab.training import TrainConfig
 
 CONTEXTS = [
-    ("Alice lives in Paris and works as a baker. Bob lives in Rome and works as a pilot. "
-     "Carol lives in Oslo and works as a doctor."),
+    (
+        "Alice lives in Paris and works as a baker. Bob lives in Rome and works as a pilot. "
+        "Carol lives in Oslo and works as a doctor."
+    ),
     "The red box holds seven apples. The blue box holds three pears. The green box holds nine plums.",
-    ("Maria was born in 1990 in Lima. Her brother Juan was born in 1994 in Quito. "
-     "They moved to Madrid in 2010."),
+    (
+        "Maria was born in 1990 in Lima. Her brother Juan was born in 1994 in Quito. "
+        "They moved to Madrid in 2010."
+    ),
 ]
 QUESTIONS = [  # (context, question, answer)
-    (0, "Where does Alice live?", "Paris"), (0, "What is Bob's job?", "pilot"),
-    (0, "Where does Carol live?", "Oslo"), (0, "What is Alice's job?", "baker"),
-    (1, "How many apples are in the red box?", "seven"), (1, "Which fruit is in the blue box?", "pears"),
-    (1, "What does the green box hold?", "nine plums"), (1, "How many pears are in the blue box?", "three"),
-    (2, "When was Maria born?", "1990"), (2, "Where was Juan born?", "Quito"),
-    (2, "Where did they move?", "Madrid"), (2, "When did they move to Madrid?", "2010"),
+    (0, "Where does Alice live?", "Paris"),
+    (0, "What is Bob's job?", "pilot"),
+    (0, "Where does Carol live?", "Oslo"),
+    (0, "What is Alice's job?", "baker"),
+    (1, "How many apples are in the red box?", "seven"),
+    (1, "Which fruit is in the blue box?", "pears"),
+    (1, "What does the green box hold?", "nine plums"),
+    (1, "How many pears are in the blue box?", "three"),
+    (2, "When was Maria born?", "1990"),
+    (2, "Where was Juan born?", "Quito"),
+    (2, "Where did they move?", "Madrid"),
+    (2, "When did they move to Madrid?", "2010"),
 ]
 IMPOSSIBLE = [(0, "Where does Dave live?"), (1, "How many grapes are in the box?")]
-CHAT_TEMPLATE = ("{% for m in messages %}<s>{{ m['role'] }}\n{{ m['content'] }}</s>\n{% endfor %}"
-                 "{% if add_generation_prompt %}<s>assistant\n{% endif %}")
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<s>{{ m['role'] }}\n{{ m['content'] }}</s>\n{% endfor %}"
+    "{% if add_generation_prompt %}<s>assistant\n{% endif %}"
+)
 
 
 def fixture(version_2: bool = False) -> list[SquadExample]:
@@ -54,21 +66,32 @@ def fixture(version_2: bool = False) -> list[SquadExample]:
 
 
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
-    corpus = CONTEXTS + [q for _, q, _ in QUESTIONS] + [q for _, q in IMPOSSIBLE] + [
-        "Title: Background: Question: Answer: The answer is unanswerable "
-        "user assistant system passage span",
-    ]
+    corpus = (
+        CONTEXTS
+        + [q for _, q, _ in QUESTIONS]
+        + [q for _, q in IMPOSSIBLE]
+        + [
+            "Title: Background: Question: Answer: The answer is unanswerable "
+            "user assistant system passage span",
+        ]
+    )
     tok = Tokenizer(models.BPE(unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<pad>", "<s>", "</s>"],
-                                  show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<pad>", "<s>", "</s>"],
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(corpus * 3, trainer)
     bos = tok.token_to_id("<s>")
-    tok.post_processor = processors.Sequence([  # as Llama 3: BOS added, offsets not trimmed
-        processors.ByteLevel(trim_offsets=False),
-        processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B:1", special_tokens=[("<s>", bos)]),
-    ])
+    tok.post_processor = processors.Sequence(
+        [  # as Llama 3: BOS added, offsets not trimmed
+            processors.ByteLevel(trim_offsets=False),
+            processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B:1", special_tokens=[("<s>", bos)]),
+        ]
+    )
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
     fast.chat_template = CHAT_TEMPLATE
     return fast
@@ -79,10 +102,19 @@ def base(tmp_path_factory) -> str:
     """A from_pretrained folder holding a tiny random Llama causal LM and its tokenizer."""
     path = tmp_path_factory.mktemp("tiny-llama")
     tok = tiny_tokenizer()
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
-                         max_position_embeddings=512, bos_token_id=tok.bos_token_id,
-                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+        max_position_embeddings=512,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(path)
     tok.save_pretrained(path)
@@ -90,8 +122,18 @@ def base(tmp_path_factory) -> str:
 
 
 def train_cfg(**kw) -> TrainConfig:
-    values = {"method": "full", "learning_rate": 3e-3, "epochs": 25, "batch_size": 4, "max_length": 96,
-              "warmup_ratio": 0.0, "weight_decay": 0.0, "log_every": 5, "bf16": False, "seed": 0}
+    values = {
+        "method": "full",
+        "learning_rate": 3e-3,
+        "epochs": 25,
+        "batch_size": 4,
+        "max_length": 96,
+        "warmup_ratio": 0.0,
+        "weight_decay": 0.0,
+        "log_every": 5,
+        "bf16": False,
+        "seed": 0,
+    }
     values.update(kw)
     return TrainConfig(**values)
 
@@ -110,8 +152,12 @@ def full_run(base, tmp_path_factory):
 def test_task_model_body_is_the_pretrained_causal_lm(base):
     lm = LlamaForCausalLM.from_pretrained(base)
     qa = load_task_model(base, "span")
-    for name in ("embed_tokens.weight", "layers.0.self_attn.q_proj.weight", "layers.1.mlp.down_proj.weight",
-                 "norm.weight"):
+    for name in (
+        "embed_tokens.weight",
+        "layers.0.self_attn.q_proj.weight",
+        "layers.1.mlp.down_proj.weight",
+        "norm.weight",
+    ):
         assert torch.equal(body(qa).state_dict()[name], body(lm).state_dict()[name]), name
 
 
@@ -120,8 +166,9 @@ def test_finetune_learns_the_fixture(base, full_run):
     cfg = train_cfg()
     tok = load_tokenizer(base)
     untrained = runs.prepare_model(base, SQUAD, cfg, tok)
-    preds, _, _ = predict_spans(untrained.eval(), tok, fixture(), cfg.max_length, doc_stride(cfg.max_length),
-                                progress=False)
+    preds, _, _ = predict_spans(
+        untrained.eval(), tok, fixture(), cfg.max_length, doc_stride(cfg.max_length), progress=False
+    )
     before = squad_v1(preds, {ex.id: [a["text"] for a in ex.answers] for ex in fixture()})["f1"]
     assert metrics["f1"] > 60 and metrics["f1"] > before + 30, (before, metrics["f1"])
     assert metrics["mode"] == "finetuned" and metrics["task"] == "squad" and metrics["n"] == len(fixture())
@@ -133,8 +180,18 @@ def test_outputs_have_the_official_formats(full_run):
     out, _ = full_run
     ev = out / "eval"
     m = read_json(ev / "metrics.json")
-    for key in ("task", "model", "mode", "data", "n", "exact_match", "f1", "f1_ci95", "train_seconds",
-                "saved"):
+    for key in (
+        "task",
+        "model",
+        "mode",
+        "data",
+        "n",
+        "exact_match",
+        "f1",
+        "f1_ci95",
+        "train_seconds",
+        "saved",
+    ):
         assert key in m, key
     lo, hi = m["f1_ci95"]
     assert 0 <= lo <= m["f1"] <= hi <= 100
@@ -169,7 +226,9 @@ def test_save_load_full_gives_the_same_answers(full_run, tmp_path):
 def test_save_load_lora_v2(base, tmp_path):
     out = tmp_path / "lora"
     cfg = train_cfg(method="lora", epochs=4, lora_r=4, lora_alpha=8)
-    runs.finetune(SQUAD, base, fixture(True), fixture(True), "fixture", out, cfg)  # unanswerable: scored as v2.0
+    runs.finetune(
+        SQUAD, base, fixture(True), fixture(True), "fixture", out, cfg
+    )  # unanswerable: scored as v2.0
     assert (out / "adapter_config.json").is_file()
     again, before = _same_after_reload(out, tmp_path, fixture(True))
     assert before["task"] == again["task"] == "squad_v2"
@@ -191,8 +250,14 @@ def test_save_load_lora_merged(base, tmp_path):
 
 @pytest.mark.parametrize("prompt", ["chat", "plain"])
 def test_zeroshot_runs_and_writes_files(base, tmp_path, prompt):
-    m = runs.zeroshot(SQUAD, base, fixture(), "fixture", tmp_path / "zs",
-                      zeroshot_options(SQUAD, prompt=prompt, batch_size=5, max_new_tokens=4))
+    m = runs.zeroshot(
+        SQUAD,
+        base,
+        fixture(),
+        "fixture",
+        tmp_path / "zs",
+        zeroshot_options(SQUAD, prompt=prompt, batch_size=5, max_new_tokens=4),
+    )
     assert m["mode"] == "zeroshot" and m["task"] == "squad" and 0 <= m["f1"] <= 100
     preds = read_json(tmp_path / "zs" / "predictions.json")
     assert set(preds) == {ex.id for ex in fixture()}
@@ -200,8 +265,14 @@ def test_zeroshot_runs_and_writes_files(base, tmp_path, prompt):
 
 
 def test_zeroshot_v2_gives_na_probs(base, tmp_path):
-    m = runs.zeroshot(SQUAD, base, fixture(True), "fixture", tmp_path / "zs2",
-                      zeroshot_options(SQUAD, batch_size=4, max_new_tokens=3))
+    m = runs.zeroshot(
+        SQUAD,
+        base,
+        fixture(True),
+        "fixture",
+        tmp_path / "zs2",
+        zeroshot_options(SQUAD, batch_size=4, max_new_tokens=3),
+    )
     assert m["task"] == "squad_v2" and "best_f1" in m and "NoAns_f1" in m
     na = read_json(tmp_path / "zs2" / "na_probs.json")
     preds = read_json(tmp_path / "zs2" / "predictions.json")
@@ -248,11 +319,18 @@ def test_span_loss_leaves_padding_out(tiny_model_dir):
     torch.manual_seed(0)
     model = load_task_model(tiny_model_dir, "span").eval()
     ids = torch.randint(5, 300, (3, 10))
-    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
-             "start_positions": torch.tensor([2, 9, 4]), "end_positions": torch.tensor([3, 9, 7])}
+    batch = {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "start_positions": torch.tensor([2, 9, 4]),
+        "end_positions": torch.tensor([3, 9, 7]),
+    }
     with torch.no_grad():
         assert span_loss(model, batch).item() == pytest.approx(model(**batch).loss.item(), rel=1e-6)
-        padded = dict(batch, input_ids=torch.cat([ids, torch.zeros(3, 6, dtype=ids.dtype)], 1),
-                      attention_mask=torch.cat([batch["attention_mask"], torch.zeros(3, 6, dtype=ids.dtype)], 1))
+        padded = dict(
+            batch,
+            input_ids=torch.cat([ids, torch.zeros(3, 6, dtype=ids.dtype)], 1),
+            attention_mask=torch.cat([batch["attention_mask"], torch.zeros(3, 6, dtype=ids.dtype)], 1),
+        )
         assert span_loss(model, padded).item() == pytest.approx(span_loss(model, batch).item(), rel=1e-5)
         assert model(**padded).loss.item() != pytest.approx(model(**batch).loss.item(), rel=1e-5)

@@ -42,14 +42,29 @@ def test_pytorch_model_bin_is_refused_and_never_unpickled(tiny_model_dir, tmp_pa
     from tunelab.models import load_causal_lm, load_task_model
 
     folder, marker = _pickle_only_model(tiny_model_dir, tmp_path)
-    for load in (lambda: load_causal_lm(str(folder)), lambda: load_task_model(str(folder), "classification"),
-                 lambda: load_task_model(str(folder), "span")):
+    for load in (
+        lambda: load_causal_lm(str(folder)),
+        lambda: load_task_model(str(folder), "classification"),
+        lambda: load_task_model(str(folder), "span"),
+    ):
         with pytest.raises(ModelError, match="safetensors"):
             load()
     data = _write_sst2(tmp_path / "data")
     out = tmp_path / "o"
-    rc = main(["finetune", str(folder), "--task", "sst2", "--data-dir", str(data), "--out", str(out),
-               "--max-steps", "1"])
+    rc = main(
+        [
+            "finetune",
+            str(folder),
+            "--task",
+            "sst2",
+            "--data-dir",
+            str(data),
+            "--out",
+            str(out),
+            "--max-steps",
+            "1",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "safetensors" in err and "Traceback" not in err
     assert not out.exists() and not (tmp_path / "o.partial").exists()
@@ -122,9 +137,36 @@ def test_hf_token_never_written_anywhere(tiny_model_dir, tmp_path, monkeypatch, 
     runs = tmp_path / "runs"
     ft = runs / "ft"
     common = ["--task", "sst2", "--data-dir", str(data)]
-    assert main(["finetune", tiny_model_dir, *common, "--out", str(ft), "--method", "lora", "--lora-r", "4",
-                 "--lora-alpha", "8", "--max-steps", "3", "--save-every", "1", "--eval-every", "1",
-                 "--batch-size", "4", "--max-length", "32", "--input-prompt", "none"]) == 0
+    assert (
+        main(
+            [
+                "finetune",
+                tiny_model_dir,
+                *common,
+                "--out",
+                str(ft),
+                "--method",
+                "lora",
+                "--lora-r",
+                "4",
+                "--lora-alpha",
+                "8",
+                "--max-steps",
+                "3",
+                "--save-every",
+                "1",
+                "--eval-every",
+                "1",
+                "--batch-size",
+                "4",
+                "--max-length",
+                "32",
+                "--input-prompt",
+                "none",
+            ]
+        )
+        == 0
+    )
     assert main(["evaluate", str(ft), *common, "--out", str(runs / "ev")]) == 0
     assert main(["zeroshot", tiny_model_dir, *common, "--out", str(runs / "zs")]) == 0
     assert main(["data", "check", str(data / "SST-2" / "train.tsv")]) == 0
@@ -139,8 +181,15 @@ def test_hf_token_never_written_anywhere(tiny_model_dir, tmp_path, monkeypatch, 
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train(model, feats, TrainConfig(batch_size=2, save_every=1, eval_every=2, learning_rate=1e-3), pad_id=0,
-              work_dir=runs / "stopped", evaluate=stop, progress=False)
+        train(
+            model,
+            feats,
+            TrainConfig(batch_size=2, save_every=1, eval_every=2, learning_rate=1e-3),
+            pad_id=0,
+            work_dir=runs / "stopped",
+            evaluate=stop,
+            progress=False,
+        )
     assert last_checkpoint(runs / "stopped" / "checkpoints") is not None
 
     cap = capfd.readouterr()
@@ -153,7 +202,9 @@ def test_hf_token_never_written_anywhere(tiny_model_dir, tmp_path, monkeypatch, 
 def _write_sst2(folder: Path) -> Path:
     d = folder / "SST-2"
     d.mkdir(parents=True)
-    rows = "sentence\tlabel\n" + "".join(f"{w} film {i}\t{i % 2}\n" for i, w in enumerate(["awful", "great"] * 6))
+    rows = "sentence\tlabel\n" + "".join(
+        f"{w} film {i}\t{i % 2}\n" for i, w in enumerate(["awful", "great"] * 6)
+    )
     (d / "train.tsv").write_text(rows)
     (d / "dev.tsv").write_text(rows)
     return folder
@@ -166,16 +217,22 @@ def _model_with_code(tiny_model_dir, tmp_path) -> tuple[Path, Path]:
     shutil.copytree(tiny_model_dir, folder)
     marker = tmp_path / "CODE_RAN"
     cfg = json.loads((folder / "config.json").read_text())
-    cfg.update(model_type="friendly_llama", architectures=["FriendlyForCausalLM"],
-               auto_map={"AutoConfig": "configuration_friendly.FriendlyConfig",
-                         "AutoModel": "modeling_friendly.FriendlyModel",
-                         "AutoModelForCausalLM": "modeling_friendly.FriendlyForCausalLM",
-                         "AutoModelForSequenceClassification": "modeling_friendly.FriendlyForSequenceClassification"})
+    cfg.update(
+        model_type="friendly_llama",
+        architectures=["FriendlyForCausalLM"],
+        auto_map={
+            "AutoConfig": "configuration_friendly.FriendlyConfig",
+            "AutoModel": "modeling_friendly.FriendlyModel",
+            "AutoModelForCausalLM": "modeling_friendly.FriendlyForCausalLM",
+            "AutoModelForSequenceClassification": "modeling_friendly.FriendlyForSequenceClassification",
+        },
+    )
     (folder / "config.json").write_text(json.dumps(cfg))
     (folder / "configuration_friendly.py").write_text(
         "from transformers import LlamaConfig\n"
         f"open({str(marker)!r}, 'a').write('config\\n')\n\n\n"
-        "class FriendlyConfig(LlamaConfig):\n    model_type = 'friendly_llama'\n")
+        "class FriendlyConfig(LlamaConfig):\n    model_type = 'friendly_llama'\n"
+    )
     (folder / "modeling_friendly.py").write_text(
         "import torch\n"
         "from transformers import LlamaForCausalLM, LlamaForSequenceClassification, LlamaModel\n"
@@ -193,7 +250,8 @@ def _model_with_code(tiny_model_dir, tmp_path) -> tuple[Path, Path]:
         "        self.num_labels = config.num_labels\n"
         "        self.model = FriendlyModel(config)\n"
         "        self.score = torch.nn.Linear(config.hidden_size, config.num_labels, bias=False)\n"
-        "        self.post_init()\n")
+        "        self.post_init()\n"
+    )
     return folder, marker
 
 
@@ -204,12 +262,23 @@ def test_trust_remote_code_flag_runs_the_shipped_code(tiny_model_dir, tmp_path):
 
     folder, marker = _model_with_code(tiny_model_dir, tmp_path)
     data = _write_sst2(tmp_path / "data")
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"),
-               TUNELAB_DATA_DIR=str(data), CUDA_VISIBLE_DEVICES="")
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        HF_MODULES_CACHE=str(tmp_path / "modules"),
+        TUNELAB_DATA_DIR=str(data),
+        CUDA_VISIBLE_DEVICES="",
+    )
 
     def tunelab(*args):
-        return subprocess.run([sys.executable, "-m", "tunelab", *args], env=env, capture_output=True, text=True,
-                              timeout=300, check=False)
+        return subprocess.run(
+            [sys.executable, "-m", "tunelab", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
 
     refused = tunelab("params", str(folder), "--task", "sst2")
     assert refused.returncode == 2 and "--trust-remote-code" in refused.stderr, refused.stderr
@@ -220,16 +289,33 @@ def test_trust_remote_code_flag_runs_the_shipped_code(tiny_model_dir, tmp_path):
     assert "config" in marker.read_text()
 
     out = tmp_path / "ft"
-    done = tunelab("finetune", str(folder), "--task", "sst2", "--out", str(out), "--max-steps", "2",
-                   "--batch-size", "4", "--input-prompt", "none", "--trust-remote-code")
+    done = tunelab(
+        "finetune",
+        str(folder),
+        "--task",
+        "sst2",
+        "--out",
+        str(out),
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--input-prompt",
+        "none",
+        "--trust-remote-code",
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "model" in marker.read_text()  # the shipped model class was used
-    assert json.loads((out / "config.json").read_text())["architectures"] == ["FriendlyForSequenceClassification"]
+    assert json.loads((out / "config.json").read_text())["architectures"] == [
+        "FriendlyForSequenceClassification"
+    ]
 
     # the fine-tuned folder keeps the shipped code, so using it again needs the flag again
     refused = tunelab("evaluate", str(out), "--task", "sst2", "--out", str(tmp_path / "ev"))
     assert refused.returncode == 2 and "--trust-remote-code" in refused.stderr, refused.stderr
     assert not (tmp_path / "ev").exists()
-    again = tunelab("evaluate", str(out), "--task", "sst2", "--out", str(tmp_path / "ev"), "--trust-remote-code")
+    again = tunelab(
+        "evaluate", str(out), "--task", "sst2", "--out", str(tmp_path / "ev"), "--trust-remote-code"
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["n"] == 12

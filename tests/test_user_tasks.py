@@ -19,7 +19,10 @@ TREC_LABELS = ["ABBR", "ENTY", "DESC", "HUM", "LOC", "NUM"]
 # The tiny test tokenizer splits the task files' label words into shared first tokens; one letter each does
 # not.
 TINY_TREC = {"text": "Q: {text}\nType:", "verbalizers": {k: [k[0].lower()] for k in TREC_LABELS}}
-TINY_RTE = {"text": "{text}\nQ: {text_pair}\nA:", "verbalizers": {"entailment": ["y"], "not_entailment": ["n"]}}
+TINY_RTE = {
+    "text": "{text}\nQ: {text_pair}\nA:",
+    "verbalizers": {"entailment": ["y"], "not_entailment": ["n"]},
+}
 
 
 def qa_task(folder) -> str:
@@ -28,35 +31,71 @@ def qa_task(folder) -> str:
     articles = []
     for a in range(4):
         ctx = f"Team {a} won the cup in the city of Lima {a} . The final was played in {2000 + a} ."
-        qas = [{"id": f"{a}-{q}", "question": question, "answers": [{"text": ans, "answer_start": ctx.index(ans)}]}
-               for q, (question, ans) in enumerate([("Who won the cup ?", f"Team {a}"),
-                                                    ("Where was it ?", f"Lima {a}"), ("When ?", f"{2000 + a}")])]
+        qas = [
+            {
+                "id": f"{a}-{q}",
+                "question": question,
+                "answers": [{"text": ans, "answer_start": ctx.index(ans)}],
+            }
+            for q, (question, ans) in enumerate(
+                [
+                    ("Who won the cup ?", f"Team {a}"),
+                    ("Where was it ?", f"Lima {a}"),
+                    ("When ?", f"{2000 + a}"),
+                ]
+            )
+        ]
         if a < 2:
-            qas.append({"id": f"{a}-x", "question": "Who lost the cup ?", "answers": [], "is_impossible": True})
+            qas.append(
+                {"id": f"{a}-x", "question": "Who lost the cup ?", "answers": [], "is_impossible": True}
+            )
         articles.append({"title": f"Cup_{a}", "paragraphs": [{"context": ctx, "qas": qas}]})
     (folder / "train.json").write_text(json.dumps({"version": "v2.0", "data": articles}))
     (folder / "dev.json").write_text(json.dumps({"version": "v2.0", "data": articles[:2]}))
     task = folder / "cup-qa.yaml"
-    task.write_text("title: Cup QA\nkind: extractive_qa\ndata:\n  splits: {train: train.json, dev: dev.json}\n"
-                    "card: {limitations: [Made-up cup finals.]}\n")
+    task.write_text(
+        "title: Cup QA\nkind: extractive_qa\ndata:\n  splits: {train: train.json, dev: dev.json}\n"
+        "card: {limitations: [Made-up cup finals.]}\n"
+    )
     return str(task)
 
 
 def _study_config(tmp_path, model) -> str:
     tiny = {"learning_rate": 3e-3, "epochs": 1, "batch_size": 8, "warmup_ratio": 0.0, "log_every": 1}
     cfg = {
-        "model": model, "data_dir": DATA, "seed": 0,
+        "model": model,
+        "data_dir": DATA,
+        "seed": 0,
         "tasks": {
-            "sst2": {"enabled": False}, "squad": {"enabled": False},
-            "trec": {"file": str(TREC), "zeroshot": {"limit": 24, "prompt": TINY_TREC, "batch_size": 8},
-                     "finetune": {"limit": 24, "train_limit": 48, "input_prompt": TINY_TREC, "max_length": 40,
-                                  **tiny}},
-            "rte": {"file": str(RTE), "zeroshot": {"limit": 16, "prompt": TINY_RTE, "batch_size": 8},
-                    "finetune": {"limit": 16, "train_limit": 32, "input_prompt": TINY_RTE, "max_length": 96,
-                                 **tiny}},
-            "cup": {"file": qa_task(tmp_path / "qa"), "zeroshot": {"prompt": "plain", "batch_size": 4,
-                                                                   "max_new_tokens": 4},
-                    "finetune": {"max_length": 64, **tiny}},
+            "sst2": {"enabled": False},
+            "squad": {"enabled": False},
+            "trec": {
+                "file": str(TREC),
+                "zeroshot": {"limit": 24, "prompt": TINY_TREC, "batch_size": 8},
+                "finetune": {
+                    "limit": 24,
+                    "train_limit": 48,
+                    "input_prompt": TINY_TREC,
+                    "max_length": 40,
+                    **tiny,
+                },
+            },
+            "rte": {
+                "file": str(RTE),
+                "zeroshot": {"limit": 16, "prompt": TINY_RTE, "batch_size": 8},
+                "finetune": {
+                    "limit": 16,
+                    "train_limit": 32,
+                    "input_prompt": TINY_RTE,
+                    "max_length": 96,
+                    **tiny,
+                },
+            },
+            "cup": {
+                "file": qa_task(tmp_path / "qa"),
+                "zeroshot": {"prompt": "plain", "batch_size": 4, "max_new_tokens": 4},
+                "finetune": {"max_length": 64, **tiny},
+            },
         },
     }
     path = tmp_path / "study.yaml"
@@ -123,9 +162,13 @@ def test_export_and_predict_a_six_class_model(study_run, tmp_path, capsys):
     results = {r.metric_type: r for r in card.data.eval_results}
     assert set(results) == {"accuracy", "macro_f1"} and results["accuracy"].dataset_split == "test"
     assert "F1, class NUM" in card.text and "six answer types" in card.text
-    assert json.loads((out / "config.json").read_text())["id2label"] == {str(i): n for i, n in enumerate(TREC_LABELS)}
+    assert json.loads((out / "config.json").read_text())["id2label"] == {
+        str(i): n for i, n in enumerate(TREC_LABELS)
+    }
     meta = json.loads((out / "tunelab.json").read_text())
-    assert meta["task_definition"]["labels"] == TREC_LABELS and "splits" not in meta["task_definition"]["data"]
+    assert (
+        meta["task_definition"]["labels"] == TREC_LABELS and "splits" not in meta["task_definition"]["data"]
+    )
     assert str(DATA) not in (out / "tunelab.json").read_text()
     capsys.readouterr()
     for model_dir in (folder, out):  # the fine-tuned folder and its export answer alike
@@ -133,8 +176,21 @@ def test_export_and_predict_a_six_class_model(study_run, tmp_path, capsys):
         row = json.loads(capsys.readouterr().out)["predictions"][0]
         assert row["label"] in TREC_LABELS and set(row["scores"]) == set(TREC_LABELS)
     # evaluate needs no --task: the folder knows its task
-    assert main(["evaluate", str(out), "--data-file", f"{DATA}/extra/TREC/test.tsv", "--limit", "5",
-                 "--out", str(tmp_path / "ev")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(out),
+                "--data-file",
+                f"{DATA}/extra/TREC/test.tsv",
+                "--limit",
+                "5",
+                "--out",
+                str(tmp_path / "ev"),
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["task"] == "trec"
 
 
@@ -169,16 +225,68 @@ def test_commands_take_a_task_file(tiny_model_dir, tmp_path, capsys):
     for name, spec in (("rte", TINY_RTE), ("trec", TINY_TREC)):
         prompts[name] = tmp_path / f"{name}-prompt.yaml"
         prompts[name].write_text(json.dumps(spec))
-    assert main(["finetune", tiny_model_dir, "--task", str(RTE), "--train-limit", "16", "--limit", "8",
-                 "--max-steps", "2", "--batch-size", "4", "--max-length", "64", "--input-prompt", str(prompts["rte"]),
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "finetune",
+                tiny_model_dir,
+                "--task",
+                str(RTE),
+                "--train-limit",
+                "16",
+                "--limit",
+                "8",
+                "--max-steps",
+                "2",
+                "--batch-size",
+                "4",
+                "--max-length",
+                "64",
+                "--input-prompt",
+                str(prompts["rte"]),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert "RTE finetuned: accuracy" in capsys.readouterr().out
     assert json.loads((out / "tunelab.json").read_text())["input_prompt"]["text"] == TINY_RTE["text"]
-    assert main(["zeroshot", tiny_model_dir, "--task", str(TREC), "--limit", "6", "--calibration", "contextual",
-                 "--prompt", str(prompts["trec"]), "--out", str(tmp_path / "zs")]) == 0
+    assert (
+        main(
+            [
+                "zeroshot",
+                tiny_model_dir,
+                "--task",
+                str(TREC),
+                "--limit",
+                "6",
+                "--calibration",
+                "contextual",
+                "--prompt",
+                str(prompts["trec"]),
+                "--out",
+                str(tmp_path / "zs"),
+            ]
+        )
+        == 0
+    )
     assert "TREC-6 zeroshot: accuracy" in capsys.readouterr().out
-    assert main(["zeroshot", tiny_model_dir, "--task", str(TREC), "--max-new-tokens", "3",
-                 "--out", str(tmp_path / "zs2")]) == 2
+    assert (
+        main(
+            [
+                "zeroshot",
+                tiny_model_dir,
+                "--task",
+                str(TREC),
+                "--max-new-tokens",
+                "3",
+                "--out",
+                str(tmp_path / "zs2"),
+            ]
+        )
+        == 2
+    )
     assert "--max-new-tokens applies to extractive_qa tasks" in capsys.readouterr().err
 
 
@@ -190,7 +298,9 @@ def test_shipped_label_words_are_told_apart_by_the_smollm2_tokenizer(monkeypatch
     from tunelab.tasks import load_task
     from tunelab.tasks.classification import verbalizer_ids
 
-    monkeypatch.setenv("TUNELAB_CACHE", os.environ.get("TUNELAB_REAL_CACHE", str(Path.home() / ".cache" / "tunelab")))
+    monkeypatch.setenv(
+        "TUNELAB_CACHE", os.environ.get("TUNELAB_REAL_CACHE", str(Path.home() / ".cache" / "tunelab"))
+    )
     tok = load_tokenizer("smollm2-135m")
     for path in (TREC, RTE):
         task = load_task(str(path))
@@ -207,12 +317,25 @@ def test_real_model_learns_trec_and_rte(tmp_path):
     import os
     from pathlib import Path
 
-    cfg = {"model": "smollm2-135m", "data_dir": DATA, "seed": 0, "tasks": {
-        "sst2": {"enabled": False}, "squad": {"enabled": False},
-        "trec": {"file": str(TREC), "zeroshot": {"limit": 80}, "finetune": {"limit": 80, "train_limit": 160}},
-        "rte": {"file": str(RTE), "zeroshot": {"limit": 40},
-                "finetune": {"limit": 40, "train_limit": 64, "max_length": 128}},
-    }}
+    cfg = {
+        "model": "smollm2-135m",
+        "data_dir": DATA,
+        "seed": 0,
+        "tasks": {
+            "sst2": {"enabled": False},
+            "squad": {"enabled": False},
+            "trec": {
+                "file": str(TREC),
+                "zeroshot": {"limit": 80},
+                "finetune": {"limit": 80, "train_limit": 160},
+            },
+            "rte": {
+                "file": str(RTE),
+                "zeroshot": {"limit": 40},
+                "finetune": {"limit": 40, "train_limit": 64, "max_length": 128},
+            },
+        },
+    }
     path = tmp_path / "study.yaml"
     path.write_text(json.dumps(cfg))
     real_cache = os.environ.get("TUNELAB_REAL_CACHE", str(Path.home() / ".cache" / "tunelab"))

@@ -20,7 +20,15 @@ from tunelab.options import (
 )
 
 MULTI_PROCESS = ("finetune", "zeroshot", "evaluate")  # the commands that can run under accelerate launch
-LOADS_MODELS = ("params", "zeroshot", "finetune", "evaluate", "study", "predict", "export")  # take --trust-remote-code
+LOADS_MODELS = (
+    "params",
+    "zeroshot",
+    "finetune",
+    "evaluate",
+    "study",
+    "predict",
+    "export",
+)  # take --trust-remote-code
 TASK_HELP = "a built-in task (sst2, squad, squad_v2) or a task file (YAML) of your own"
 
 
@@ -28,16 +36,22 @@ def _add_data_opts(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="data folder laid out like ../shared/data (default: $TUNELAB_DATA_DIR)")
     p.add_argument("--data-file", help="one data file instead of the task's split")
     p.add_argument("--split", default="dev", help="split of the task's data (default: dev)")
-    p.add_argument("--version", choices=["1.1", "2.0"],
-                   help="extractive QA: score as this SQuAD version (squad with 2.0 is squad_v2; a file with "
-                   "unanswerable questions is scored as 2.0 anyway)")
+    p.add_argument(
+        "--version",
+        choices=["1.1", "2.0"],
+        help="extractive QA: score as this SQuAD version (squad with 2.0 is squad_v2; a file with "
+        "unanswerable questions is scored as 2.0 anyway)",
+    )
     p.add_argument("--out", required=True, help="output folder (refused if it exists, unless --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
 
 
 def _add_model_parsers(sub) -> None:
-    p = sub.add_parser("params", help="exact parameter counts from the config alone (no weights, no download)",
-                       description="Count total and trainable parameters of a base model and its task model.")
+    p = sub.add_parser(
+        "params",
+        help="exact parameter counts from the config alone (no weights, no download)",
+        description="Count total and trainable parameters of a base model and its task model.",
+    )
     p.add_argument("model", help="alias (smollm2-135m, llama-3.2-1b), local folder or Hub id")
     p.add_argument("--task", help="count the task model (adds its head): " + TASK_HELP)
     add_flags(p, TRAIN_OPTIONS, names=("method", "lora_r", "lora_alpha", "lora_targets"), defaults=True)
@@ -45,25 +59,34 @@ def _add_model_parsers(sub) -> None:
 
     p = sub.add_parser("data", help="inspect data files", description="Inspect data files.")
     dsub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
-    c = dsub.add_parser("check", help="validate a file and say what it holds",
-                        description="Validate a data file and summarise it: by default an SST-2 (TSV/CSV/JSONL) "
-                        "or SQuAD (JSON) file; with --task, a file of that task.")
+    c = dsub.add_parser(
+        "check",
+        help="validate a file and say what it holds",
+        description="Validate a data file and summarise it: by default an SST-2 (TSV/CSV/JSONL) "
+        "or SQuAD (JSON) file; with --task, a file of that task.",
+    )
     c.add_argument("path")
     c.add_argument("--task", help="read the file as this task's: " + TASK_HELP)
     c.add_argument("--json", action="store_true")
 
 
 def _add_run_parsers(sub) -> None:
-    p = sub.add_parser("zeroshot", help="evaluate a base model zero-shot (prompting)",
-                       description="Zero-shot evaluation: classification by scoring label words, extractive QA "
-                       "by generation.")
+    p = sub.add_parser(
+        "zeroshot",
+        help="evaluate a base model zero-shot (prompting)",
+        description="Zero-shot evaluation: classification by scoring label words, extractive QA "
+        "by generation.",
+    )
     p.add_argument("model")
     p.add_argument("--task", required=True, help=TASK_HELP)
     _add_data_opts(p)
     add_flags(p, ZEROSHOT_OPTIONS)
 
-    p = sub.add_parser("finetune", help="fine-tune a task head (full, LoRA or head-only)",
-                       description="Fine-tune on the train split, evaluate on dev, save a Hugging Face folder.")
+    p = sub.add_parser(
+        "finetune",
+        help="fine-tune a task head (full, LoRA or head-only)",
+        description="Fine-tune on the train split, evaluate on dev, save a Hugging Face folder.",
+    )
     p.add_argument("model")
     p.add_argument("--task", required=True, help=TASK_HELP)
     _add_data_opts(p)
@@ -73,8 +96,11 @@ def _add_run_parsers(sub) -> None:
     add_flags(p, TRAIN_OPTIONS)
     p.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
 
-    p = sub.add_parser("evaluate", help="evaluate a fine-tuned model folder",
-                       description="Evaluate a folder written by `tunelab finetune`.")
+    p = sub.add_parser(
+        "evaluate",
+        help="evaluate a fine-tuned model folder",
+        description="Evaluate a folder written by `tunelab finetune`.",
+    )
     p.add_argument("model_dir")
     p.add_argument("--task", help="default: the task the folder was fine-tuned for; " + TASK_HELP)
     _add_data_opts(p)
@@ -85,59 +111,90 @@ def _add_study_parsers(sub) -> None:
     from tunelab.study.config import PRESETS
 
     p = sub.add_parser(
-        "study", help="the whole comparison: parameters, zero-shot, fine-tuning, evaluation, report",
+        "study",
+        help="the whole comparison: parameters, zero-shot, fine-tuning, evaluation, report",
         description="Run, for each task of the configuration, parameter counts, zero-shot evaluation, "
         "fine-tuning and evaluation of the fine-tuned model into one run folder, then write report.md and "
         "report.html. Rerunning the same command skips finished stages and resumes the unfinished one.",
     )
     p.add_argument("--config", help="study YAML file (schema: `tunelab study --print-schema`)")
-    p.add_argument("--preset", choices=PRESETS,
-                   help="built-in configuration (default smoke when no --config is given; with --config, the "
-                   "file's options go over the preset's)")
+    p.add_argument(
+        "--preset",
+        choices=PRESETS,
+        help="built-in configuration (default smoke when no --config is given; with --config, the "
+        "file's options go over the preset's)",
+    )
     p.add_argument("--out", help="run folder (default runs/<preset or config name>)")
-    p.add_argument("--set", dest="set", action="append", default=[], metavar="KEY.PATH=VALUE",
-                   help="override one option, e.g. sst2.finetune.learning_rate=1e-4 (value read as YAML; "
-                   "repeatable)")
+    p.add_argument(
+        "--set",
+        dest="set",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="override one option, e.g. sst2.finetune.learning_rate=1e-4 (value read as YAML; repeatable)",
+    )
     p.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
     p.add_argument("--print-schema", action="store_true", help="print the configuration schema and exit")
 
-    p = sub.add_parser("report", help="rebuild report.md and report.html of a study run folder",
-                       description="Rebuild report.md and a self-contained report.html from a study run folder.")
+    p = sub.add_parser(
+        "report",
+        help="rebuild report.md and report.html of a study run folder",
+        description="Rebuild report.md and a self-contained report.html from a study run folder.",
+    )
     p.add_argument("run_dir", help="the run folder written by `tunelab study`")
 
 
 def _add_use_parsers(sub) -> None:
-    p = sub.add_parser("predict", help="run a fine-tuned model on new texts or questions",
-                       description="Classify texts or answer questions about a passage with a folder written by "
-                       "`tunelab finetune` or `tunelab export` (its task says which). Output: one tab-separated "
-                       "line per input: label, probability, text (classification) or answer, probability, score, "
-                       "question (QA); --json prints one JSON object instead.")
+    p = sub.add_parser(
+        "predict",
+        help="run a fine-tuned model on new texts or questions",
+        description="Classify texts or answer questions about a passage with a folder written by "
+        "`tunelab finetune` or `tunelab export` (its task says which). Output: one tab-separated "
+        "line per input: label, probability, text (classification) or answer, probability, score, "
+        "question (QA); --json prints one JSON object instead.",
+    )
     p.add_argument("model_dir", help="a folder written by `tunelab finetune` or `tunelab export`")
     p.add_argument("texts", nargs="*", metavar="TEXT", help="classification: texts to classify")
-    p.add_argument("--pair", action="append", help="sentence-pair tasks: the second text of each TEXT (repeat)")
-    p.add_argument("--file", help="classification: one text a line (a tab between a pair's texts), or the task's "
-                   ".tsv/.csv/.jsonl; QA: a SQuAD .json or a .jsonl of {context, question}; - reads stdin")
+    p.add_argument(
+        "--pair", action="append", help="sentence-pair tasks: the second text of each TEXT (repeat)"
+    )
+    p.add_argument(
+        "--file",
+        help="classification: one text a line (a tab between a pair's texts), or the task's "
+        ".tsv/.csv/.jsonl; QA: a SQuAD .json or a .jsonl of {context, question}; - reads stdin",
+    )
     p.add_argument("--question", action="append", help="QA: a question (repeat for several on one context)")
     p.add_argument("--context", help="QA: the passage the answer is taken from")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
-    p = sub.add_parser("export", help="write a Hub-ready folder (merged weights, model card) for a fine-tuned model",
-                       description="Export a folder written by `tunelab finetune` for the Hugging Face Hub: "
-                       "safetensors weights (LoRA merged), tokenizer, and a model card with the measured metrics.")
+    p = sub.add_parser(
+        "export",
+        help="write a Hub-ready folder (merged weights, model card) for a fine-tuned model",
+        description="Export a folder written by `tunelab finetune` for the Hugging Face Hub: "
+        "safetensors weights (LoRA merged), tokenizer, and a model card with the measured metrics.",
+    )
     p.add_argument("model_dir", help="a folder written by `tunelab finetune`")
     p.add_argument("--out", required=True, help="output folder (refused if it exists, unless --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--base-model", help="Hub id of the base model for the card (default: from the alias)")
 
-    p = sub.add_parser("push", help="upload an exported folder to the Hugging Face Hub",
-                       description="Upload a folder written by `tunelab export` to a Hub model repo (created "
-                       "if missing). The token comes from HF_TOKEN or `hf auth login`.")
+    p = sub.add_parser(
+        "push",
+        help="upload an exported folder to the Hugging Face Hub",
+        description="Upload a folder written by `tunelab export` to a Hub model repo (created "
+        "if missing). The token comes from HF_TOKEN or `hf auth login`.",
+    )
     p.add_argument("folder", help="a folder written by `tunelab export`")
     p.add_argument("--repo-id", required=True, help="USER/NAME or ORG/NAME")
-    p.add_argument("--private", action="store_true", help="create the repo private (an existing repo keeps its "
-                   "visibility)")
-    p.add_argument("--dry-run", action="store_true", help="list the files that would be uploaded; send nothing")
+    p.add_argument(
+        "--private",
+        action="store_true",
+        help="create the repo private (an existing repo keeps its visibility)",
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="list the files that would be uploaded; send nothing"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -153,9 +210,11 @@ def build_parser() -> argparse.ArgumentParser:
         add(sub)
     for name in LOADS_MODELS:
         sub.choices[name].add_argument(
-            "--trust-remote-code", action="store_true",
+            "--trust-remote-code",
+            action="store_true",
             help="run Python code a model ships with it (transformers' trust_remote_code; off by default: "
-                 "pass it only for a source you trust)")
+            "pass it only for a source you trust)",
+        )
     return parser
 
 
@@ -176,8 +235,9 @@ def _options(args, opts: dict, task) -> dict:
     for name, value in values.items():
         flag = "--" + name.replace("_", "-")
         if not opts[name].applies_to(task.kind):
-            raise UsageError(f"{flag} applies to {' and '.join(opts[name].kinds)} tasks; {task.name} is a "
-                             f"{task.kind} task")
+            raise UsageError(
+                f"{flag} applies to {' and '.join(opts[name].kinds)} tasks; {task.name} is a {task.kind} task"
+            )
         values[name] = opts[name].check(value, None, flag)
     return values
 
@@ -189,10 +249,18 @@ def cmd_params(args) -> int:
     task = _task(args) if args.task else None
     targets = TRAIN_OPTIONS["lora_targets"].check(args.lora_targets, None, "--lora-targets")
     labels = task.head_options().get("labels") if task else None
-    report = param_report(args.model, load_config(args.model), task.head if task else None, args.method,
-                          LoraOptions(args.lora_r, args.lora_alpha, 0.0, tuple(targets)), len(labels or ()) or 2)
+    report = param_report(
+        args.model,
+        load_config(args.model),
+        task.head if task else None,
+        args.method,
+        LoraOptions(args.lora_r, args.lora_alpha, 0.0, tuple(targets)),
+        len(labels or ()) or 2,
+    )
     name = task.name if task else None
-    print(json.dumps({"task": name, **report.to_dict()}, indent=2) if args.json else format_report(report, name))
+    print(
+        json.dumps({"task": name, **report.to_dict()}, indent=2) if args.json else format_report(report, name)
+    )
     return 0
 
 
@@ -213,8 +281,11 @@ def cmd_zeroshot(args) -> int:
     options = ZeroShotOptions(**{**task.zeroshot_options(), **_options(args, ZEROSHOT_OPTIONS, task)})
     examples, data = task.load_split(args.split, args.data_dir, args.data_file)
     examples = examples[: options.limit] if options.limit else examples
-    return _report(task.for_data(examples), args, runs.zeroshot(task, args.model, examples, data, args.out, options,
-                                                                overwrite=args.overwrite))
+    return _report(
+        task.for_data(examples),
+        args,
+        runs.zeroshot(task, args.model, examples, data, args.out, options, overwrite=args.overwrite),
+    )
 
 
 def _train_config(args, task):
@@ -238,8 +309,19 @@ def cmd_finetune(args) -> int:
     dev_ex, dev_data = task.load_split(args.split, args.data_dir, args.data_file)
     dev_ex = dev_ex[: extras["limit"]] if extras["limit"] else dev_ex
     options = {k: v for k, v in extras.items() if k not in ("limit", "train_limit")}
-    m = runs.finetune(task, args.model, runs.sample(train_ex, extras["train_limit"], cfg.seed), dev_ex, dev_data,
-                      args.out, cfg, options, train_data=train_data, resume=args.resume, overwrite=args.overwrite)
+    m = runs.finetune(
+        task,
+        args.model,
+        runs.sample(train_ex, extras["train_limit"], cfg.seed),
+        dev_ex,
+        dev_data,
+        args.out,
+        cfg,
+        options,
+        train_data=train_data,
+        resume=args.resume,
+        overwrite=args.overwrite,
+    )
     if m is None:  # not the main process of a multi-process run
         return 0
     print(task.for_data(train_ex + dev_ex).summary_line(m))
@@ -251,15 +333,24 @@ def cmd_evaluate(args) -> int:
     from tunelab import runs
     from tunelab.tasks import task_from_meta
 
-    options = {k: EVALUATE_OPTIONS[k].check(getattr(args, k), None, "--" + k.replace("_", "-"))
-               for k in EVALUATE_OPTIONS}
+    options = {
+        k: EVALUATE_OPTIONS[k].check(getattr(args, k), None, "--" + k.replace("_", "-"))
+        for k in EVALUATE_OPTIONS
+    }
     task = _task(args) if args.task else None
     meta = runs.read_meta(args.model_dir)
     data_task = task or task_from_meta(meta, f"{args.model_dir}/{runs.META_FILE}")
     examples, data = data_task.load_split(args.split, args.data_dir, args.data_file)
     examples = examples[: options["limit"]] if options["limit"] else examples
-    m = runs.evaluate(args.model_dir, examples, data, args.out, task=task, batch_size=options["batch_size"],
-                      overwrite=args.overwrite)
+    m = runs.evaluate(
+        args.model_dir,
+        examples,
+        data,
+        args.out,
+        task=task,
+        batch_size=options["batch_size"],
+        overwrite=args.overwrite,
+    )
     return _report(data_task.for_meta(meta).for_data(examples), args, m)
 
 
@@ -305,8 +396,15 @@ def cmd_report(args) -> int:
 def cmd_predict(args) -> int:
     from tunelab.predict import predict, print_predictions
 
-    task, rows = predict(args.model_dir, texts=args.texts, pairs=args.pair, questions=args.question,
-                         context=args.context, file=args.file, batch_size=args.batch_size)
+    task, rows = predict(
+        args.model_dir,
+        texts=args.texts,
+        pairs=args.pair,
+        questions=args.question,
+        context=args.context,
+        file=args.file,
+        batch_size=args.batch_size,
+    )
     print_predictions(task, args.model_dir, rows, args.json)
     return 0
 
@@ -337,8 +435,10 @@ def cmd_push(args) -> int:
     r = push(args.folder, args.repo_id, private=args.private, dry_run=args.dry_run)
     vis = "private" if r["private"] else "public"
     if r["dry_run"]:
-        print(f"dry run: would upload {len(r['files'])} files ({_size(r['total_bytes'])}) from {r['folder']} "
-              f"to {r['url']} ({vis} if created)")
+        print(
+            f"dry run: would upload {len(r['files'])} files ({_size(r['total_bytes'])}) from {r['folder']} "
+            f"to {r['url']} ({vis} if created)"
+        )
         for f in r["files"]:
             print(f"  {f['size']:>14,}  {f['path']}")
     else:
@@ -348,9 +448,18 @@ def cmd_push(args) -> int:
     return 0
 
 
-COMMANDS = {"params": cmd_params, "data": cmd_data, "zeroshot": cmd_zeroshot, "finetune": cmd_finetune,
-            "evaluate": cmd_evaluate, "study": cmd_study, "report": cmd_report, "predict": cmd_predict,
-            "export": cmd_export, "push": cmd_push}
+COMMANDS = {
+    "params": cmd_params,
+    "data": cmd_data,
+    "zeroshot": cmd_zeroshot,
+    "finetune": cmd_finetune,
+    "evaluate": cmd_evaluate,
+    "study": cmd_study,
+    "report": cmd_report,
+    "predict": cmd_predict,
+    "export": cmd_export,
+    "push": cmd_push,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -362,8 +471,10 @@ def main(argv: list[str] | None = None) -> int:
     trust_remote_code(getattr(args, "trust_remote_code", False))  # set on every call: off unless asked
     try:
         if launched_processes() > 1 and args.command not in MULTI_PROCESS:
-            raise UsageError(f"`tunelab {args.command}` runs in one process: start it without accelerate launch or "
-                             f"torchrun (these use several: {', '.join(MULTI_PROCESS)})")
+            raise UsageError(
+                f"`tunelab {args.command}` runs in one process: start it without accelerate launch or "
+                f"torchrun (these use several: {', '.join(MULTI_PROCESS)})"
+            )
         return COMMANDS[args.command](args)
     except UsageError as exc:
         print(f"tunelab: error: {exc}", file=sys.stderr)

@@ -16,8 +16,14 @@ from tqdm.auto import tqdm
 from tunelab.errors import UsageError
 
 
-def run_batches(order: Sequence[int], batch_size: int, run: Callable[[list[int]], None], *, desc: str,
-                progress: bool = True) -> int:
+def run_batches(
+    order: Sequence[int],
+    batch_size: int,
+    run: Callable[[list[int]], None],
+    *,
+    desc: str,
+    progress: bool = True,
+) -> int:
     """Call `run(idx)` on consecutive slices of `order`; returns the batch size the run ended with."""
     size = max(1, batch_size)
     done = 0
@@ -28,8 +34,9 @@ def run_batches(order: Sequence[int], batch_size: int, run: Callable[[list[int]]
                 run(idx)
             except torch.cuda.OutOfMemoryError:
                 if size == 1:
-                    raise UsageError(f"{desc}: out of GPU memory with one example at a time: lower the "
-                                     "maximum length") from None
+                    raise UsageError(
+                        f"{desc}: out of GPU memory with one example at a time: lower the maximum length"
+                    ) from None
                 failed = True
             else:
                 failed = False

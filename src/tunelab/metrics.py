@@ -7,8 +7,15 @@ from collections.abc import Sequence
 import numpy as np
 
 
-def classification_metrics(gold, pred, *, labels: Sequence[str] = ("0", "1"), positive: int | None = 1,
-                           n_boot: int = 1000, seed: int = 0) -> dict:
+def classification_metrics(
+    gold,
+    pred,
+    *,
+    labels: Sequence[str] = ("0", "1"),
+    positive: int | None = 1,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict:
     """Accuracy with a 95% percentile-bootstrap interval, macro F1, per-class precision/recall/F1 and the
     confusion matrix (rows gold, columns predicted), as fractions in [0, 1]. With two labels, also the
     precision, recall and F1 of the `positive` class and how often it is predicted."""
@@ -20,8 +27,9 @@ def classification_metrics(gold, pred, *, labels: Sequence[str] = ("0", "1"), po
     classes = list(range(len(labels)))
     out: dict = {"n": len(gold), "accuracy": float(accuracy_score(gold, pred))}
     if len(labels) == 2 and positive is not None:
-        p, r, f, _ = precision_recall_fscore_support(gold, pred, average="binary", pos_label=positive,
-                                                     zero_division=0)
+        p, r, f, _ = precision_recall_fscore_support(
+            gold, pred, average="binary", pos_label=positive, zero_division=0
+        )
         out.update(precision=float(p), recall=float(r), f1=float(f))
     out["macro_f1"] = float(f1_score(gold, pred, average="macro", zero_division=0))
     out["confusion_matrix"] = confusion_matrix(gold, pred, labels=classes).tolist()
@@ -31,8 +39,10 @@ def classification_metrics(gold, pred, *, labels: Sequence[str] = ("0", "1"), po
         out["positive_label"] = labels[positive]
     p, r, f, support = precision_recall_fscore_support(gold, pred, labels=classes, zero_division=0)
     out["labels"] = list(labels)
-    out["per_class"] = {name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
-                               "support": int(support[i])} for i, name in enumerate(labels)}
+    out["per_class"] = {
+        name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(support[i])}
+        for i, name in enumerate(labels)
+    }
     return out
 
 

@@ -159,8 +159,15 @@ def _as_version(opt: Option, value: Any, bad) -> str:
     return value.strip().lstrip("v")
 
 
-_COERCE = {"int": _as_int, "float": _as_float, "str": _as_str, "bool": _as_bool, "list": _as_list,
-           "prompt": _as_prompt, "version": _as_version}
+_COERCE = {
+    "int": _as_int,
+    "float": _as_float,
+    "str": _as_str,
+    "bool": _as_bool,
+    "list": _as_list,
+    "prompt": _as_prompt,
+    "version": _as_version,
+}
 
 
 def option(default: Any, help: str, **rules: Any) -> Any:
@@ -171,8 +178,14 @@ def option(default: Any, help: str, **rules: Any) -> Any:
     return field(default=default, metadata=meta)
 
 
-_TYPES = {"int": "int", "float": "float", "str": "str", "bool": "bool", "list[str]": "list",
-          "str | dict": "prompt"}
+_TYPES = {
+    "int": "int",
+    "float": "float",
+    "str": "str",
+    "bool": "bool",
+    "list[str]": "list",
+    "str | dict": "prompt",
+}
 
 
 def _option(f: Field) -> Option:
@@ -188,8 +201,9 @@ def options_of(cls: type) -> dict[str, Option]:
     return {f.name: _option(f) for f in fields(cls)}
 
 
-def check_mapping(values: Any, opts: dict[str, Option], where: str, *, prefix: str = "",
-                  what: str = "options") -> dict:
+def check_mapping(
+    values: Any, opts: dict[str, Option], where: str, *, prefix: str = "", what: str = "options"
+) -> dict:
     """A mapping of option values checked key by key: unknown keys and bad values are UsageErrors that name
     `where` and the key (with `prefix`)."""
     if not isinstance(values, dict):
@@ -213,22 +227,32 @@ NOT_TRAINING = ("eval_every", "log_every", "save_every", "merge_lora")
 class TrainConfig:
     """Fine-tuning options (`tunelab finetune` flags, `--config` files, a study task's `finetune` section)."""
 
-    method: str = option("full", "what is trained: every weight, LoRA adapters and the head, or the head alone",
-                         choices=("full", "lora", "head"))
-    learning_rate: float = option(2e-5, "peak learning rate (AdamW)", low=0, high=1, low_open=True,
-                                  high_open=True)
-    epochs: float = option(1.0, "passes over the training data (a fraction stops early)", low=0, low_open=True)
+    method: str = option(
+        "full",
+        "what is trained: every weight, LoRA adapters and the head, or the head alone",
+        choices=("full", "lora", "head"),
+    )
+    learning_rate: float = option(
+        2e-5, "peak learning rate (AdamW)", low=0, high=1, low_open=True, high_open=True
+    )
+    epochs: float = option(
+        1.0, "passes over the training data (a fraction stops early)", low=0, low_open=True
+    )
     batch_size: int = option(32, "examples per micro-batch and process", low=1)
     grad_accum: int = option(1, "micro-batches per optimizer step", low=1)
-    warmup_ratio: float = option(0.06, "share of the steps with a linear warm-up", low=0, high=1,
-                                 high_open=True)
+    warmup_ratio: float = option(
+        0.06, "share of the steps with a linear warm-up", low=0, high=1, high_open=True
+    )
     weight_decay: float = option(0.01, "AdamW weight decay (not on biases and norms)", low=0)
-    lr_schedule: str = option("linear", "learning-rate decay after the warm-up",
-                              choices=("linear", "cosine", "constant"))
-    max_length: int = option(128, "tokens per input (longer inputs lose their beginning; QA: window size)",
-                             low=1, high=1_000_000)
-    seed: int = option(42, "seeds the new head, LoRA, dropout and the data order", low=0, high=2**32,
-                       high_open=True)
+    lr_schedule: str = option(
+        "linear", "learning-rate decay after the warm-up", choices=("linear", "cosine", "constant")
+    )
+    max_length: int = option(
+        128, "tokens per input (longer inputs lose their beginning; QA: window size)", low=1, high=1_000_000
+    )
+    seed: int = option(
+        42, "seeds the new head, LoRA, dropout and the data order", low=0, high=2**32, high_open=True
+    )
     bf16: bool = option(True, "bfloat16 autocast on GPUs that support it (CPUs train in float32)")
     eval_every: int = option(0, "steps between evaluations on the dev examples (0: only at the end)", low=0)
     log_every: int = option(20, "steps between lines of train_log.jsonl", low=1)
@@ -261,11 +285,19 @@ class ZeroShotOptions:
     """A study task's `zeroshot` section and the `tunelab zeroshot` flags."""
 
     limit: int | None = option(None, "evaluate on the first N examples (null: all)", low=1)
-    prompt: str | dict | None = option(None, "one of the task's template names, a prompt file or a mapping",
-                                       type="prompt", default_note="the task's default template")
-    calibration: str = option("batch", "label-score calibration: batch (the evaluated inputs' mean), "
-                                       "contextual (content-free inputs) or none",
-                              choices=("batch", "contextual", "none"), kinds=("classification",))
+    prompt: str | dict | None = option(
+        None,
+        "one of the task's template names, a prompt file or a mapping",
+        type="prompt",
+        default_note="the task's default template",
+    )
+    calibration: str = option(
+        "batch",
+        "label-score calibration: batch (the evaluated inputs' mean), "
+        "contextual (content-free inputs) or none",
+        choices=("batch", "contextual", "none"),
+        kinds=("classification",),
+    )
     batch_size: int = option(32, "examples per forward pass / generation batch", low=1)
     max_new_tokens: int = option(32, "tokens generated per answer", low=1, kinds=("extractive_qa",))
 
@@ -274,15 +306,24 @@ class ZeroShotOptions:
 class FinetuneExtras:
     """A study task's `finetune` keys besides the training options (the CLI has flags for them too)."""
 
-    limit: int | None = option(None, "dev examples the fine-tuned model is evaluated on (null: all); keep "
-                                     "it equal to zeroshot.limit so that the paired tests compare the same "
-                                     "examples", low=1)
-    train_limit: int | None = option(None, "a random sample (seeded by `seed`) of N training examples (null: "
-                                           "the whole split)", low=1)
-    input_prompt: str | dict | None = option(None, "the zero-shot template that wraps each input (its label words "
-                                                   "also initialise the head); none or null: bare text",
-                                             type="prompt", kinds=("classification",),
-                                             default_note="the task's default template")
+    limit: int | None = option(
+        None,
+        "dev examples the fine-tuned model is evaluated on (null: all); keep "
+        "it equal to zeroshot.limit so that the paired tests compare the same "
+        "examples",
+        low=1,
+    )
+    train_limit: int | None = option(
+        None, "a random sample (seeded by `seed`) of N training examples (null: the whole split)", low=1
+    )
+    input_prompt: str | dict | None = option(
+        None,
+        "the zero-shot template that wraps each input (its label words "
+        "also initialise the head); none or null: bare text",
+        type="prompt",
+        kinds=("classification",),
+        default_note="the task's default template",
+    )
 
 
 @dataclass
@@ -297,11 +338,17 @@ class EvaluateOptions:
 class StudyOptions:
     """The top level of a study configuration."""
 
-    model: str = option("smollm2-135m", "alias (smollm2-135m, llama-3.2-1b), local Hugging Face folder or "
-                                        "Hub id")
+    model: str = option(
+        "smollm2-135m", "alias (smollm2-135m, llama-3.2-1b), local Hugging Face folder or Hub id"
+    )
     data_dir: str | None = option(None, "folder laid out like ../shared/data; null: $TUNELAB_DATA_DIR")
-    seed: int = option(42, "seeds fine-tuning (unless finetune.seed is given) and the training sample",
-                       low=0, high=2**32, high_open=True)
+    seed: int = option(
+        42,
+        "seeds fine-tuning (unless finetune.seed is given) and the training sample",
+        low=0,
+        high=2**32,
+        high_open=True,
+    )
 
 
 @dataclass
@@ -309,11 +356,17 @@ class StudyTaskOptions:
     """One entry of a study configuration's `tasks` mapping (besides its zeroshot and finetune sections)."""
 
     enabled: bool = option(True, "run this task (built-in defaults: sst2 and squad on, squad_v2 off)")
-    file: str | None = option(None, "a task file (YAML) defining a task of your own; the key is its name "
-                                    "in this study")
-    version: str | None = option(None, "extractive QA: the SQuAD version of the task's files (must match "
-                                       "the task: 1.1 for squad, 2.0 for squad_v2)",
-                                 type="version", choices=("1.1", "2.0"), kinds=("extractive_qa",))
+    file: str | None = option(
+        None, "a task file (YAML) defining a task of your own; the key is its name in this study"
+    )
+    version: str | None = option(
+        None,
+        "extractive QA: the SQuAD version of the task's files (must match "
+        "the task: 1.1 for squad, 2.0 for squad_v2)",
+        type="version",
+        choices=("1.1", "2.0"),
+        kinds=("extractive_qa",),
+    )
 
 
 TRAIN_OPTIONS = options_of(TrainConfig)
@@ -336,22 +389,33 @@ def flag_name(opt: Option) -> str:
     return opt.flag or "--" + opt.name.replace("_", "-")
 
 
-def add_flags(parser: argparse.ArgumentParser, opts: dict[str, Option], *, names: tuple[str, ...] | None = None,
-              defaults: bool = False, default_note: str = "the task's") -> None:
+def add_flags(
+    parser: argparse.ArgumentParser,
+    opts: dict[str, Option],
+    *,
+    names: tuple[str, ...] | None = None,
+    defaults: bool = False,
+    default_note: str = "the task's",
+) -> None:
     """One flag per option. With `defaults`, a flag left out gives the option's default; without, None (so
     that per-task defaults and config files apply: see `given`). Booleans that default to true become
     --no-NAME."""
     for name in names or tuple(opts):
         opt = opts[name]
         default = opt.default if defaults else None
-        shown = _show(opt.default) if defaults else opt.default_note or f"{default_note}, else {_show(opt.default)}"
+        shown = (
+            _show(opt.default)
+            if defaults
+            else opt.default_note or f"{default_note}, else {_show(opt.default)}"
+        )
         only = f"; {' and '.join(opt.kinds)} tasks only" if opt.kinds else ""
         text = f"{opt.help} (default: {shown}{only})"
         if opt.type == "bool":
             flag = flag_name(opt) if not opt.default else "--no-" + name.replace("_", "-")
             action = "store_false" if opt.default else "store_true"
-            parser.add_argument(flag, dest=name, action=action, default=opt.default if defaults else None,
-                                help=text)
+            parser.add_argument(
+                flag, dest=name, action=action, default=opt.default if defaults else None, help=text
+            )
             continue
         kwargs: dict[str, Any] = {"dest": name, "default": default, "help": text}
         if opt.choices:
@@ -390,26 +454,37 @@ def _schema_lines(opts: dict[str, Option], indent: str) -> list[str]:
         only = f" [{', '.join(opt.kinds)} only]" if opt.kinds else ""
         default = opt.default_note or _show(opt.default)
         lines.append(f"{indent}{opt.name}: {opt.rule()}; default {default}{only}")
-        lines += textwrap.wrap(opt.help, 110, initial_indent=indent + "    ", subsequent_indent=indent + "    ")
+        lines += textwrap.wrap(
+            opt.help, 110, initial_indent=indent + "    ", subsequent_indent=indent + "    "
+        )
     return lines
 
 
 def schema_text(task_defaults: dict[str, dict] | None = None) -> str:
     """The study configuration's schema, generated from the option groups (YAML comment lines); with the
     defaults each named task sets (name -> {section: {option: value}})."""
-    lines = ["# Study configuration schema (generated from tunelab/options.py: `tunelab study --print-schema`).",
-             "# Every key is optional; unknown keys and wrong types are refused with a message naming the file",
-             "# and the key. Layers, each over the one before: defaults < --preset < --config FILE < --set",
-             "# KEY.PATH=VALUE (the `tasks.` prefix may be left out).", "#"]
+    lines = [
+        "# Study configuration schema (generated from tunelab/options.py: `tunelab study --print-schema`).",
+        "# Every key is optional; unknown keys and wrong types are refused with a message naming the file",
+        "# and the key. Layers, each over the one before: defaults < --preset < --config FILE < --set",
+        "# KEY.PATH=VALUE (the `tasks.` prefix may be left out).",
+        "#",
+    ]
     lines += _schema_lines(STUDY_OPTIONS, "#   ")
-    lines += ["#   tasks:", "#     <name>:     sst2, squad, squad_v2, or any name with `file:` (a task of your own)"]
+    lines += [
+        "#   tasks:",
+        "#     <name>:     sst2, squad, squad_v2, or any name with `file:` (a task of your own)",
+    ]
     lines += _schema_lines(STUDY_TASK_OPTIONS, "#       ")
     lines += ["#       zeroshot:"] + _schema_lines(ZEROSHOT_OPTIONS, "#         ")
     lines += ["#       finetune:"] + _schema_lines(FINETUNE_EXTRAS, "#         ")
     lines += ["#         ... and the training options:"] + _schema_lines(TRAIN_OPTIONS, "#         ")
     if task_defaults:
-        lines += ["#", "# What each built-in task sets over these defaults (its definition in tunelab/tasks/builtin.py;",
-                  "# a task file of your own sets its own in `zeroshot:` and `finetune:`):"]
+        lines += [
+            "#",
+            "# What each built-in task sets over these defaults (its definition in tunelab/tasks/builtin.py;",
+            "# a task file of your own sets its own in `zeroshot:` and `finetune:`):",
+        ]
         for name, sections in task_defaults.items():
             for section, values in sections.items():
                 shown = ", ".join(f"{k}: {_show(v)}" for k, v in values.items())

@@ -40,8 +40,9 @@ def _remove(path: Path) -> None:
 
 
 @contextmanager
-def atomic_output(out: str | Path, *, overwrite: bool = False, keep_partial: bool = False,
-                  resume: bool = False) -> Iterator[Path]:
+def atomic_output(
+    out: str | Path, *, overwrite: bool = False, keep_partial: bool = False, resume: bool = False
+) -> Iterator[Path]:
     """Yield a work folder; on success it becomes `out`. On failure it is removed, unless keep_partial and it
     holds a complete training checkpoint (so `--resume` can continue from it; a failure before the first
     checkpoint leaves nothing behind). Without `resume`, a partial folder left by an earlier run is cleared
@@ -70,7 +71,9 @@ def atomic_output(out: str | Path, *, overwrite: bool = False, keep_partial: boo
     if not main:
         return
     old = out.with_name(out.name + ".old")
-    if out.exists() or out.is_symlink():  # --overwrite: move the old result aside until the new one is in place
+    if (
+        out.exists() or out.is_symlink()
+    ):  # --overwrite: move the old result aside until the new one is in place
         if old.exists() or old.is_symlink():
             _remove(old)
         os.replace(out, old)

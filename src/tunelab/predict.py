@@ -13,9 +13,16 @@ import json
 from tunelab.errors import UsageError
 
 
-def predict(model_dir: str, *, texts: list[str] | None = None, pairs: list[str] | None = None,
-            questions: list[str] | None = None, context: str | None = None, file: str | None = None,
-            batch_size: int = 64) -> tuple[object, list[dict]]:
+def predict(
+    model_dir: str,
+    *,
+    texts: list[str] | None = None,
+    pairs: list[str] | None = None,
+    questions: list[str] | None = None,
+    context: str | None = None,
+    file: str | None = None,
+    batch_size: int = 64,
+) -> tuple[object, list[dict]]:
     """(the folder's task, one row per input with its prediction), scored as tunelab's evaluation does."""
     from tunelab.distributed import device
     from tunelab.runs import META_FILE, load_finetuned, read_meta
@@ -33,8 +40,13 @@ def predict(model_dir: str, *, texts: list[str] | None = None, pairs: list[str] 
 
 def print_predictions(task, model_dir: str, rows: list[dict], as_json: bool) -> None:
     if as_json:
-        print(json.dumps({"task": task.name, "model": str(model_dir), "predictions": rows}, indent=2,
-                         ensure_ascii=False))
+        print(
+            json.dumps(
+                {"task": task.name, "model": str(model_dir), "predictions": rows},
+                indent=2,
+                ensure_ascii=False,
+            )
+        )
     else:
         for row in rows:
             print(task.format_prediction(row))

@@ -40,8 +40,16 @@ def sample(examples: list, n: int | None, seed: int) -> list:
     return [examples[i] for i in keep]
 
 
-def zeroshot(task: Task, model_spec: str, examples: list, data: str, out: str | Path, options: ZeroShotOptions,
-             *, overwrite: bool = False) -> dict | None:
+def zeroshot(
+    task: Task,
+    model_spec: str,
+    examples: list,
+    data: str,
+    out: str | Path,
+    options: ZeroShotOptions,
+    *,
+    overwrite: bool = False,
+) -> dict | None:
     """Evaluate the base model by prompting; returns the metrics (None on processes that do not write)."""
     task = task.for_data(examples)
     task.check_eval(examples, data)
@@ -57,8 +65,15 @@ def zeroshot(task: Task, model_spec: str, examples: list, data: str, out: str | 
         if not main_process():
             return None
         extra.update(seconds=seconds, device=str(dev))
-        return task.write_results(work, model=model_spec, mode="zeroshot", data=data, examples=examples,
-                                  predictions=predictions, extra=extra)
+        return task.write_results(
+            work,
+            model=model_spec,
+            mode="zeroshot",
+            data=data,
+            examples=examples,
+            predictions=predictions,
+            extra=extra,
+        )
 
 
 def prepare_model(spec: str, task: Task, cfg: TrainConfig, tokenizer, head_init=None) -> torch.nn.Module:
@@ -70,9 +85,20 @@ def prepare_model(spec: str, task: Task, cfg: TrainConfig, tokenizer, head_init=
     return apply_method(model, task.head, cfg.method, lora)
 
 
-def finetune(task: Task, model_spec: str, train_examples: list, dev_examples: list, dev_data: str,
-             out: str | Path, cfg: TrainConfig, options: dict | None = None, *, train_data: str = "training data",
-             resume: bool = False, overwrite: bool = False) -> dict | None:
+def finetune(
+    task: Task,
+    model_spec: str,
+    train_examples: list,
+    dev_examples: list,
+    dev_data: str,
+    out: str | Path,
+    cfg: TrainConfig,
+    options: dict | None = None,
+    *,
+    train_data: str = "training data",
+    resume: bool = False,
+    overwrite: bool = False,
+) -> dict | None:
     """Fine-tune the task's head (full, LoRA or head-only) on the training examples, save a Hugging Face
     folder, evaluate it on the dev examples. `options`: the task kind's fine-tuning keys (classification:
     input_prompt). Returns the dev metrics (None on processes that do not write)."""
@@ -93,24 +119,54 @@ def finetune(task: Task, model_spec: str, train_examples: list, dev_examples: li
             predictions = task.predict(model, tokenizer, dev_examples, ft.meta, progress=False)
             return task.quick_scores(predictions, dev_examples)
 
-        result = train(trained, ft.features, cfg, pad_id=tokenizer.pad_token_id, work_dir=work,
-                       evaluate=evaluate if cfg.eval_every else None, loss_fn=ft.loss_fn, resume=resume)
-        trained = whole_model(result, rebuild=lambda: prepare_model(model_spec, task, cfg, tokenizer, ft.head_init))
+        result = train(
+            trained,
+            ft.features,
+            cfg,
+            pad_id=tokenizer.pad_token_id,
+            work_dir=work,
+            evaluate=evaluate if cfg.eval_every else None,
+            loss_fn=ft.loss_fn,
+            resume=resume,
+        )
+        trained = whole_model(
+            result, rebuild=lambda: prepare_model(model_spec, task, cfg, tokenizer, ft.head_init)
+        )
         if trained is None:
             return None  # under `accelerate launch`, the main process saves and evaluates
-        meta = {"task": task.name, "base_model": model_spec, "base_model_path": resolve(model_spec), **ft.meta}
+        meta = {
+            "task": task.name,
+            "base_model": model_spec,
+            "base_model_path": resolve(model_spec),
+            **ft.meta,
+        }
         if task.source is not None:  # a task of one's own travels with the model
             meta["task_definition"] = task.to_dict()
         saved = save_finetuned(trained, tokenizer, work, cfg, meta)
         save_config(cfg, work / "training_config.json")
         t0 = time.perf_counter()
         predictions = task.predict(trained, tokenizer, dev_examples, ft.meta)
-        extra = {"method": cfg.method, "train_seconds": result.train_seconds, "train_steps": result.steps,
-                 **ft.stats, "train_tokens": result.tokens, "eval_seconds": time.perf_counter() - t0,
-                 "saved": saved, "micro_batch_pieces": result.chunks, "evals_during_training": result.evals,
-                 "device": str(device())}
-        metrics = task.write_results(work / "eval", model=str(out), mode="finetuned", data=dev_data,
-                                     examples=dev_examples, predictions=predictions, extra=extra)
+        extra = {
+            "method": cfg.method,
+            "train_seconds": result.train_seconds,
+            "train_steps": result.steps,
+            **ft.stats,
+            "train_tokens": result.tokens,
+            "eval_seconds": time.perf_counter() - t0,
+            "saved": saved,
+            "micro_batch_pieces": result.chunks,
+            "evals_during_training": result.evals,
+            "device": str(device()),
+        }
+        metrics = task.write_results(
+            work / "eval",
+            model=str(out),
+            mode="finetuned",
+            data=dev_data,
+            examples=dev_examples,
+            predictions=predictions,
+            extra=extra,
+        )
         from tunelab.report.plots import loss_curve
 
         loss_curve(result.log, work / "loss.png", title=f"{task.title} {cfg.method} fine-tuning")
@@ -118,8 +174,16 @@ def finetune(task: Task, model_spec: str, train_examples: list, dev_examples: li
     return metrics
 
 
-def evaluate(model_dir: str | Path, examples: list, data: str, out: str | Path, *, task: Task | None = None,
-             batch_size: int = 64, overwrite: bool = False) -> dict | None:
+def evaluate(
+    model_dir: str | Path,
+    examples: list,
+    data: str,
+    out: str | Path,
+    *,
+    task: Task | None = None,
+    batch_size: int = 64,
+    overwrite: bool = False,
+) -> dict | None:
     """Evaluate a fine-tuned folder on `examples` (as `task`, by default the one it was trained for)."""
     model, tokenizer, meta, trained_for = load_finetuned(model_dir, task)
     task = (task or trained_for).for_meta(meta).for_data(examples)
@@ -128,13 +192,20 @@ def evaluate(model_dir: str | Path, examples: list, data: str, out: str | Path, 
     model.to(dev)
     with atomic_output(out, overwrite=overwrite) as work:
         t0 = time.perf_counter()
-        parts = sharded_map(lambda exs: task.predict(model, tokenizer, exs, meta, batch_size).per_example(),
-                            examples)  # a share per process
+        parts = sharded_map(
+            lambda exs: task.predict(model, tokenizer, exs, meta, batch_size).per_example(), examples
+        )  # a share per process
         if not main_process():
             return None
-        return task.write_results(work, model=str(model_dir), mode="finetuned", data=data, examples=examples,
-                                  predictions=task.join_predictions(parts),
-                                  extra={"seconds": time.perf_counter() - t0, "device": str(dev)})
+        return task.write_results(
+            work,
+            model=str(model_dir),
+            mode="finetuned",
+            data=data,
+            examples=examples,
+            predictions=task.join_predictions(parts),
+            extra={"seconds": time.perf_counter() - t0, "device": str(dev)},
+        )
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -173,8 +244,9 @@ def read_meta(path: str | Path) -> dict:
     return meta
 
 
-def load_finetuned(path: str | Path, task: Task | None = None,
-                   dtype: torch.dtype = torch.float32) -> tuple[torch.nn.Module, object, dict, Task]:
+def load_finetuned(
+    path: str | Path, task: Task | None = None, dtype: torch.dtype = torch.float32
+) -> tuple[torch.nn.Module, object, dict, Task]:
     """Load a fine-tuned folder back: full/merged weights, or base + LoRA adapter (the base loaded through
     tunelab so its body really carries the pretrained weights). Returns (model, tokenizer, meta, the task it
     was trained for); a `task` it cannot serve is refused."""
@@ -190,8 +262,10 @@ def load_finetuned(path: str | Path, task: Task | None = None,
     options = trained_for.head_options()
     if (path / "adapter_config.json").is_file():
         if not meta.get("base_model_path"):
-            raise ModelError(f"{path}: a LoRA adapter folder whose {META_FILE} does not name its base model "
-                             "(base_model_path)")
+            raise ModelError(
+                f"{path}: a LoRA adapter folder whose {META_FILE} does not name its base model "
+                "(base_model_path)"
+            )
         base = load_task_model(meta["base_model_path"], trained_for.head, dtype=dtype, **options)
         align_pad_token(base, tokenizer)
         model = PeftModel.from_pretrained(base, str(path))

@@ -33,6 +33,7 @@ def check_file(path):
 def format_summary(summary):
     return get_task(summary["task"]).format_summary(summary)
 
+
 SQUAD = {
     "version": "1.1",
     "data": [
@@ -139,8 +140,13 @@ def test_read_any_and_check(tmp_path):
     assert read_any(squad)[0] == "squad"
 
     summary = check_file(tsv)
-    assert summary == {"task": "sst2", "file": str(tsv), "rows": 3, "labelled": 3,
-                       "labels": {"negative": 1, "positive": 2}}
+    assert summary == {
+        "task": "sst2",
+        "file": str(tsv),
+        "rows": 3,
+        "labelled": 3,
+        "labels": {"negative": 1, "positive": 2},
+    }
     assert format_summary(summary) == f"{tsv}: SST-2, 3 rows, labels negative/positive: 1 / 2"
     assert format_summary(check_file(jsonl)) == f"{jsonl}: SST-2, 1 rows, no labels"
     summary = check_file(squad)
@@ -176,7 +182,11 @@ def test_real_folder():
     assert sst2_path(None, "validation") == Path(DATA) / "SST-2" / "dev.tsv"
     summary = check_file(squad_path(None, "1.1", "dev"))
     assert (summary["articles"], summary["paragraphs"], summary["questions"], summary["unanswerable"]) == (
-        48, 2_067, 10_570, 0)  # the official dev-v1.1.json
+        48,
+        2_067,
+        10_570,
+        0,
+    )  # the official dev-v1.1.json
     assert format_summary(summary).endswith(
         "v1.1-dev.json: SQuAD v1.1, 48 articles, 2,067 distinct paragraphs, 10,570 questions, 0 unanswerable"
     )

@@ -17,6 +17,7 @@ from tunelab.tasks import get_task
 def load_squad_hub(version, split):
     return get_task("squad").for_version(version).from_hub(split)
 
+
 CONTEXT = "Southern California, often abbreviated SoCal, is a region."
 V2 = {
     "version": "v2.0",

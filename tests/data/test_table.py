@@ -193,8 +193,11 @@ real = pytest.mark.skipif(not DATA, reason="TUNELAB_DATA_DIR is not set")
 def test_real_glue_files(split, rows, labels):
     examples = read_sst2(Path(DATA) / "SST-2" / f"{split}.tsv")
     summary = summarize_sst2(examples)
-    assert summary == {"rows": rows, "labelled": labels["0"] + labels["1"],
-                       "labels": {"negative": labels["0"], "positive": labels["1"]}}
+    assert summary == {
+        "rows": rows,
+        "labelled": labels["0"] + labels["1"],
+        "labels": {"negative": labels["0"], "positive": labels["1"]},
+    }
     assert all(ex.text == ex.text.strip() and ex.text for ex in examples)
     assert examples[0].line == 2 and examples[-1].line == rows + 1
 
@@ -204,15 +207,24 @@ def test_real_glue_files(split, rows, labels):
 
 def test_names_numbers_pairs_and_many_labels(tmp_path):
     labels = LabelSet(("ABBR", "DESC", "ENTY"))
-    path = write(tmp_path, "t.tsv", "question\tlabel\nwhat is it ?\tDESC\nwho ?\t2\nhm\t\n".replace("\t\n", "\tABBR\n"))
-    assert read_table(path, Columns("question"), labels) == [TextExample("what is it ?", 1, 2),
-                                                             TextExample("who ?", 2, 3), TextExample("hm", 0, 4)]
+    path = write(
+        tmp_path, "t.tsv", "question\tlabel\nwhat is it ?\tDESC\nwho ?\t2\nhm\t\n".replace("\t\n", "\tABBR\n")
+    )
+    assert read_table(path, Columns("question"), labels) == [
+        TextExample("what is it ?", 1, 2),
+        TextExample("who ?", 2, 3),
+        TextExample("hm", 0, 4),
+    ]
     bad = write(tmp_path, "b.tsv", "question\tlabel\nx\tHUM\n")
-    with pytest.raises(DataError, match=r"line 2: label must be 0-2 or a label name \(ABBR, DESC, ENTY\), got 'HUM'"):
+    with pytest.raises(
+        DataError, match=r"line 2: label must be 0-2 or a label name \(ABBR, DESC, ENTY\), got 'HUM'"
+    ):
         read_table(bad, Columns("question"), labels)
     pairs = Columns("sentence1", "sentence2")
     rte = LabelSet(("entailment", "not_entailment"))
-    path = write(tmp_path, "p.jsonl", json.dumps({"sentence1": "a", "sentence2": "b", "label": "entailment"}) + "\n")
+    path = write(
+        tmp_path, "p.jsonl", json.dumps({"sentence1": "a", "sentence2": "b", "label": "entailment"}) + "\n"
+    )
     assert read_table(path, pairs, rte) == [TextExample("a", 0, 1, "b")]
     path = write(tmp_path, "p.tsv", "index\tsentence1\tlabel\n0\ta\tentailment\n")
     with pytest.raises(DataError, match="header must name a 'sentence2' column"):

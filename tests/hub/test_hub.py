@@ -24,9 +24,6 @@ from tunelab.tasks.classification import classify, format_input
 SECRET = "hf_SeCrEtToKeN0123456789abcdefXYZ"
 
 
-
-
-
 def dev_set():
     return sst2_examples(12, seed=3)
 
@@ -43,8 +40,16 @@ def finetuned(tiny_model_dir, tmp_path_factory):
         mp.setenv("TUNELAB_CACHE", str(root / "cache"))
         for method in ("full", "lora"):
             d = root / method
-            runs.finetune(SST2, tiny_model_dir, sst2_examples(16), dev_set(), dev_data, d,
-                          tiny_train_config(method=method), {"input_prompt": PLAIN_SPEC})
+            runs.finetune(
+                SST2,
+                tiny_model_dir,
+                sst2_examples(16),
+                dev_set(),
+                dev_data,
+                d,
+                tiny_train_config(method=method),
+                {"input_prompt": PLAIN_SPEC},
+            )
             meta = json.loads((d / "tunelab.json").read_text())
             meta["base_model"] = "smollm2-135m"  # base_model_path still points at the tiny model's folder
             (d / "tunelab.json").write_text(json.dumps(meta))
@@ -77,8 +82,16 @@ def test_export_loads_in_transformers_with_tunelab_scores(finetuned, exported, m
 
     out = exported[method]
     names = {p.name for p in out.iterdir()}
-    assert {"model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json", "tunelab.json",
-            "README.md", "training_config.json", "eval_results.json"} <= names
+    assert {
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "tunelab.json",
+        "README.md",
+        "training_config.json",
+        "eval_results.json",
+    } <= names
     assert not any("adapter" in n for n in names), names  # LoRA is merged into full weights
     model, info = AutoModelForSequenceClassification.from_pretrained(out, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
@@ -115,8 +128,12 @@ def test_card_front_matter_round_trips_with_measured_metrics(finetuned, exported
     assert results["accuracy"].metric_value == pytest.approx(100 * metrics["accuracy"], abs=0.006)
     assert results["f1"].metric_value == pytest.approx(100 * metrics["f1"], abs=0.006)
     r = results["accuracy"]
-    assert (r.dataset_type, r.dataset_config, r.dataset_split, r.dataset_name) == \
-        ("nyu-mll/glue", "sst2", "validation", "GLUE SST-2")
+    assert (r.dataset_type, r.dataset_config, r.dataset_split, r.dataset_name) == (
+        "nyu-mll/glue",
+        "sst2",
+        "validation",
+        "GLUE SST-2",
+    )
     assert r.task_type == "text-classification"
     # the raw YAML has the model-index the Hub reads
     assert "model-index:" in card.content and "type: accuracy" in card.content
@@ -153,7 +170,10 @@ def test_export_writes_no_local_paths_or_adapter_references(exported, finetuned,
 
 def test_exported_folder_works_with_tunelab_again(exported, finetuned, tmp_path):
     again = runs.evaluate(str(exported["lora"]), dev_set(), "x", tmp_path / "ev")
-    got = [json.loads(x)["scores"]["positive"] for x in (tmp_path / "ev" / "predictions.jsonl").read_text().splitlines()]
+    got = [
+        json.loads(x)["scores"]["positive"]
+        for x in (tmp_path / "ev" / "predictions.jsonl").read_text().splitlines()
+    ]
     np.testing.assert_allclose(got, eval_scores(finetuned["lora"]), atol=1e-5)
     assert again["n"] == 12
 
@@ -216,8 +236,15 @@ def test_base_model_override_sets_llama_licence(finetuned, tmp_path):
 
 
 def _squad_finetune(tiny_model_dir, out, method):
-    return runs.finetune(SQUAD, tiny_model_dir, qa_examples(8), qa_examples(6), "/data/squad/v1.1-dev.json", out,
-                         tiny_train_config(method=method, batch_size=4, max_length=64))
+    return runs.finetune(
+        SQUAD,
+        tiny_model_dir,
+        qa_examples(8),
+        qa_examples(6),
+        "/data/squad/v1.1-dev.json",
+        out,
+        tiny_train_config(method=method, batch_size=4, max_length=64),
+    )
 
 
 def test_squad_lora_export_card_and_weights(tiny_model_dir, tmp_path):
@@ -231,8 +258,10 @@ def test_squad_lora_export_card_and_weights(tiny_model_dir, tmp_path):
     card = ModelCard.load(out / "README.md")
     assert card.data.datasets == ["rajpurkar/squad"] and card.data.pipeline_tag == "question-answering"
     results = {r.metric_type: r.metric_value for r in card.data.eval_results}
-    assert results == {"exact_match": pytest.approx(metrics["exact_match"], abs=0.006),
-                       "f1": pytest.approx(metrics["f1"], abs=0.006)}
+    assert results == {
+        "exact_match": pytest.approx(metrics["exact_match"], abs=0.006),
+        "f1": pytest.approx(metrics["f1"], abs=0.006),
+    }
     r = card.data.eval_results[0]  # squad/v1.1-dev.json is the official dev set
     assert (r.dataset_name, r.dataset_split, r.dataset_config) == ("SQuAD v1.1", "validation", "plain_text")
     assert "article-level" not in card.text and "user-supplied" not in card.text
@@ -302,8 +331,11 @@ def folder(exported, tmp_path):
 def test_dry_run_lists_exactly_the_files(folder, no_login, capsys):
     api = FakeApi()
     r = push(folder, "someone/tiny-sst2", dry_run=True, api=api)
-    expected = sorted(p.relative_to(folder).as_posix() for p in all_files(folder)
-                      if not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    expected = sorted(
+        p.relative_to(folder).as_posix()
+        for p in all_files(folder)
+        if not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
     assert [f["path"] for f in r["files"]] == expected
     assert "sub/notes.txt" in expected and ".DS_Store" not in expected
     assert all(f["size"] == (folder / f["path"]).stat().st_size for f in r["files"])
@@ -338,7 +370,9 @@ def test_push_calls_the_hub_and_never_shows_the_token(folder, monkeypatch, capsy
     assert cli(["push", str(folder), "--repo-id", "someone/tiny-sst2", "--private"]) == 0
     (name1, create), (name2, upload) = api.calls
     assert name1 == "create_repo" and name2 == "upload_folder"
-    assert create["repo_id"] == "someone/tiny-sst2" and create["private"] is True and create["exist_ok"] is True
+    assert (
+        create["repo_id"] == "someone/tiny-sst2" and create["private"] is True and create["exist_ok"] is True
+    )
     assert create.get("repo_type", "model") == "model"
     assert upload["repo_id"] == "someone/tiny-sst2" and Path(upload["folder_path"]) == folder
     assert create["token"] == SECRET and upload["token"] == SECRET  # handed to the client, nowhere else
@@ -365,11 +399,17 @@ class FakeHTTPError(Exception):
         self.response = _Response(status)
 
 
-@pytest.mark.parametrize("exc,match", [
-    (FakeHTTPError(401, f"Invalid credentials in Authorization header Bearer {SECRET}"), "refused the token"),
-    (FakeHTTPError(403, "forbidden"), "not allowed to write"),
-    (ConnectionError(f"failed to connect, token={SECRET}"), "cannot reach the Hub"),
-])
+@pytest.mark.parametrize(
+    "exc,match",
+    [
+        (
+            FakeHTTPError(401, f"Invalid credentials in Authorization header Bearer {SECRET}"),
+            "refused the token",
+        ),
+        (FakeHTTPError(403, "forbidden"), "not allowed to write"),
+        (ConnectionError(f"failed to connect, token={SECRET}"), "cannot reach the Hub"),
+    ],
+)
 def test_hub_errors_become_usage_errors_without_the_token(folder, exc, match):
     with pytest.raises(UsageError, match=match) as info:
         push(folder, "someone/tiny-sst2", token=SECRET, api=FakeApi(fail=exc))
@@ -384,8 +424,21 @@ def test_push_without_a_token_is_a_usage_error(folder, no_login):
     assert api.calls == []
 
 
-@pytest.mark.parametrize("repo_id", ["noslash", "a/b/c", "-bad/name", "user/na me", "user/name--x", "user/a..b",
-                                     "/name", "user/", "user/name.git", ""])
+@pytest.mark.parametrize(
+    "repo_id",
+    [
+        "noslash",
+        "a/b/c",
+        "-bad/name",
+        "user/na me",
+        "user/name--x",
+        "user/a..b",
+        "/name",
+        "user/",
+        "user/name.git",
+        "",
+    ],
+)
 def test_bad_repo_ids_are_refused(folder, repo_id):
     with pytest.raises(UsageError, match="repo-id"):
         push(folder, repo_id, dry_run=True)

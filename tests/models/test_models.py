@@ -23,7 +23,9 @@ def test_base_counts_from_shipped_config(spec, total):
     assert r.base_total == r.total == r.trainable == total
 
 
-@pytest.mark.parametrize("task,head,n", [("classification", "score", 2048 * 2), ("span", "qa_outputs", 2048 * 2 + 2)])
+@pytest.mark.parametrize(
+    "task,head,n", [("classification", "score", 2048 * 2), ("span", "qa_outputs", 2048 * 2 + 2)]
+)
 def test_llama_task_heads(task, head, n):
     r = param_report("llama-3.2-1b", load_config("llama-3.2-1b"), task)
     assert r.added == {head: n}
@@ -35,8 +37,9 @@ def test_llama_task_heads(task, head, n):
 
 def test_lora_count_matches_formula():
     cfg = load_config("llama-3.2-1b")
-    r = param_report("llama-3.2-1b", cfg, "classification", "lora",
-                     LoraOptions(r=8, target_modules=("q_proj", "v_proj")))
+    r = param_report(
+        "llama-3.2-1b", cfg, "classification", "lora", LoraOptions(r=8, target_modules=("q_proj", "v_proj"))
+    )
     # q: 2048->2048, v: 2048->512; LoRA adds r*(in+out) per matrix, 16 layers
     expected = 16 * 8 * ((2048 + 2048) + (2048 + 512))
     assert r.adapter == expected
@@ -46,8 +49,15 @@ def test_lora_count_matches_formula():
 def test_untied_model_reports_removed_lm_head(tmp_path):
     from transformers import LlamaConfig
 
-    cfg = LlamaConfig(vocab_size=100, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=False)
+    cfg = LlamaConfig(
+        vocab_size=100,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        tie_word_embeddings=False,
+    )
     r = param_report("x", cfg, "classification")
     assert r.removed == {"lm_head": 1600}
     assert r.added == {"score": 32}
@@ -58,7 +68,9 @@ def test_params_cli_json(capsys):
     assert main(["params", "llama-3.2-1b", "--task", "squad", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert {"model", "task", "method", "base_total", "total", "trainable", "added"} <= set(out)
-    assert out["base_total"] == 1_235_814_400 and out["added"] == {"qa_outputs": 4098} and out["task"] == "squad"
+    assert (
+        out["base_total"] == 1_235_814_400 and out["added"] == {"qa_outputs": 4098} and out["task"] == "squad"
+    )
 
 
 def test_params_cli_text(capsys):

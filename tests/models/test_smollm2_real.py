@@ -16,7 +16,9 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(autouse=True)
 def _real_cache(monkeypatch):
     # the shared user cache: the GGUF is converted once (~20 s), later loads take about a second
-    monkeypatch.setenv("TUNELAB_CACHE", os.environ.get("TUNELAB_REAL_CACHE", str(Path.home() / ".cache" / "tunelab")))
+    monkeypatch.setenv(
+        "TUNELAB_CACHE", os.environ.get("TUNELAB_REAL_CACHE", str(Path.home() / ".cache" / "tunelab"))
+    )
 
 
 def test_gguf_is_installed():
@@ -31,7 +33,7 @@ def test_real_model_loads_and_continues_text():
     enc = tok("The capital of France is", return_tensors="pt")
     with torch.no_grad():
         out = model.generate(**enc, max_new_tokens=3, do_sample=False)
-    assert tok.decode(out[0, enc.input_ids.shape[1]:]).startswith(" Paris")
+    assert tok.decode(out[0, enc.input_ids.shape[1] :]).startswith(" Paris")
 
 
 @pytest.mark.parametrize("task", ["classification", "span"])

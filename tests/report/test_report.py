@@ -16,7 +16,7 @@ from tunelab.metrics import classification_metrics
 from tunelab.report import build_report
 
 CHROMIUM = Path("/usr/bin/chromium")
-EVIL = "<script>alert(1)</script> a | pipe & \"quotes\""
+EVIL = '<script>alert(1)</script> a | pipe & "quotes"'
 
 
 def _write_jsonl(path: Path, rows):
@@ -39,8 +39,14 @@ def _sst2_model(folder: Path, gold, correct, mode: str, conf_seed: int, extra=No
         scores = {"negative": conf if p == 0 else 1 - conf, "positive": conf if p == 1 else 1 - conf}
         rows.append({"line": i + 2, "text": text, "gold": g, "prediction": p, "scores": scores})
     _write_jsonl(folder / "predictions.jsonl", rows)
-    m = {"task": "sst2", "mode": mode, "n": len(gold), "data": "/data/SST-2/dev.tsv",
-         **classification_metrics(gold, pred, labels=("negative", "positive")), **(extra or {})}
+    m = {
+        "task": "sst2",
+        "mode": mode,
+        "n": len(gold),
+        "data": "/data/SST-2/dev.tsv",
+        **classification_metrics(gold, pred, labels=("negative", "positive")),
+        **(extra or {}),
+    }
     _write_json(folder / "metrics.json", m)
     return m
 
@@ -49,30 +55,84 @@ def _squad_model(folder: Path, ids, f1s, mode: str, predictions=None, nbest=Fals
     rows = []
     for i, (qid, f) in enumerate(zip(ids, f1s, strict=True)):
         gold = ["Denver Broncos"] if i % 3 else ["Santa Clara in California state"]
-        pred = (predictions[i] if predictions else (gold[0] if f == 1 else "the wrong answer"))
-        rows.append({"id": qid, "em": int(f == 1), "f1": f, "prediction": pred, "gold": gold,
-                     "question": f"Who won game {i}?" if i % 2 else f"What was game {i}?",
-                     "question_type": "who" if i % 2 else "what", "answer_words": len(gold[0].split())})
+        pred = predictions[i] if predictions else (gold[0] if f == 1 else "the wrong answer")
+        rows.append(
+            {
+                "id": qid,
+                "em": int(f == 1),
+                "f1": f,
+                "prediction": pred,
+                "gold": gold,
+                "question": f"Who won game {i}?" if i % 2 else f"What was game {i}?",
+                "question_type": "who" if i % 2 else "what",
+                "answer_words": len(gold[0].split()),
+            }
+        )
     _write_jsonl(folder / "per_example.jsonl", rows)
     f1 = 100 * float(np.mean(f1s))
     em = 100 * float(np.mean([r["em"] for r in rows]))
-    _write_json(folder / "metrics.json", {"task": "squad", "mode": mode, "n": len(ids), "exact_match": em,
-                                          "data": "/data/squad/v1.1-dev.json", "f1": f1, "f1_ci95": [f1 - 5, f1 + 5]})
+    _write_json(
+        folder / "metrics.json",
+        {
+            "task": "squad",
+            "mode": mode,
+            "n": len(ids),
+            "exact_match": em,
+            "data": "/data/squad/v1.1-dev.json",
+            "f1": f1,
+            "f1_ci95": [f1 - 5, f1 + 5],
+        },
+    )
     if nbest:
-        _write_json(folder / "nbest_predictions.json",
-                    {qid: [{"text": "x", "score": 3.0 + (i % 5)}, {"text": "y", "score": 1.0}]
-                     for i, qid in enumerate(ids)})
+        _write_json(
+            folder / "nbest_predictions.json",
+            {
+                qid: [{"text": "x", "score": 3.0 + (i % 5)}, {"text": "y", "score": 1.0}]
+                for i, qid in enumerate(ids)
+            },
+        )
 
 
 def _params(run: Path, task: str, head: str, added: int, finetuned_total=None):
-    base = {"model": "tiny", "task": None, "method": "full", "base_total": 10_000, "total": 10_000,
-            "trainable": 10_000, "added": {}, "removed": {}, "adapter": 0, "delta": 0}
-    tm = {"model": "tiny", "task": task, "method": "full", "base_total": 10_000, "total": 10_000 + added,
-          "trainable": 10_000 + added, "added": {head: added}, "removed": {}, "adapter": 0, "delta": added}
-    doc = {"task": task, "model": "tiny", "method": "full", "hidden_size": 32, "tie_word_embeddings": True,
-           "num_labels": 2 if task == "sst2" else None, "base": base, "task_model": tm,
-           "finetuned": {"total": finetuned_total or 10_000 + added, "saved": "full",
-                         "safetensors_numel": {"model.safetensors": 10_000 + added}}}
+    base = {
+        "model": "tiny",
+        "task": None,
+        "method": "full",
+        "base_total": 10_000,
+        "total": 10_000,
+        "trainable": 10_000,
+        "added": {},
+        "removed": {},
+        "adapter": 0,
+        "delta": 0,
+    }
+    tm = {
+        "model": "tiny",
+        "task": task,
+        "method": "full",
+        "base_total": 10_000,
+        "total": 10_000 + added,
+        "trainable": 10_000 + added,
+        "added": {head: added},
+        "removed": {},
+        "adapter": 0,
+        "delta": added,
+    }
+    doc = {
+        "task": task,
+        "model": "tiny",
+        "method": "full",
+        "hidden_size": 32,
+        "tie_word_embeddings": True,
+        "num_labels": 2 if task == "sst2" else None,
+        "base": base,
+        "task_model": tm,
+        "finetuned": {
+            "total": finetuned_total or 10_000 + added,
+            "saved": "full",
+            "safetensors_numel": {"model.safetensors": 10_000 + added},
+        },
+    }
     _write_json(run / "params" / f"{task}.json", doc)
 
 
@@ -85,30 +145,62 @@ def make_run(root: Path, *, significant: bool, n_sst2: int = 100, n_squad: int =
     else:  # the same 80% right, on different sentences: balanced discordant pairs
         zs_c = [i % 5 != 0 for i in range(n_sst2)]
         ft_c = [i % 5 != 1 for i in range(n_sst2)]
-    _sst2_model(run / "sst2" / "zeroshot", gold, zs_c, "zeroshot", 1,
-                {"uncalibrated_accuracy": 0.5, "calibration": {"method": "batch"}})
-    _sst2_model(run / "sst2" / "finetune" / "eval", gold, ft_c, "finetuned", 2,
-                {"method": "full", "train_examples": 256, "train_steps": 16})
-    _write_jsonl(run / "sst2" / "finetune" / "train_log.jsonl",
-                 [{"step": s, "loss": 0.7 / s, "lr": 1e-5} for s in range(1, 9)])
-    _write_json(run / "sst2" / "finetune" / "tunelab.json", {"task": "sst2", "method": "full",
-                                                             "input_prompt": {"text": "{sentence}"}})
+    _sst2_model(
+        run / "sst2" / "zeroshot",
+        gold,
+        zs_c,
+        "zeroshot",
+        1,
+        {"uncalibrated_accuracy": 0.5, "calibration": {"method": "batch"}},
+    )
+    _sst2_model(
+        run / "sst2" / "finetune" / "eval",
+        gold,
+        ft_c,
+        "finetuned",
+        2,
+        {"method": "full", "train_examples": 256, "train_steps": 16},
+    )
+    _write_jsonl(
+        run / "sst2" / "finetune" / "train_log.jsonl",
+        [{"step": s, "loss": 0.7 / s, "lr": 1e-5} for s in range(1, 9)],
+    )
+    _write_json(
+        run / "sst2" / "finetune" / "tunelab.json",
+        {"task": "sst2", "method": "full", "input_prompt": {"text": "{sentence}"}},
+    )
     _params(run, "sst2", "score", 64)
 
     ids = [f"q{i}" for i in range(n_squad)]
     zs_f1 = [0.0 if i % 2 else 0.5 for i in range(n_squad)]
     ft_f1 = [1.0 if i % 4 else 0.0 for i in range(n_squad)] if significant else zs_f1[::-1]
-    _squad_model(run / "squad" / "zeroshot", ids, zs_f1, "zeroshot",
-                 predictions=["a long answer with many extra words in it"] * n_squad)
+    _squad_model(
+        run / "squad" / "zeroshot",
+        ids,
+        zs_f1,
+        "zeroshot",
+        predictions=["a long answer with many extra words in it"] * n_squad,
+    )
     _squad_model(run / "squad" / "finetune" / "eval", ids, ft_f1, "finetuned", nbest=True)
-    _write_jsonl(run / "squad" / "finetune" / "train_log.jsonl",
-                 [{"step": s, "loss": 5.0 - 0.3 * s, "lr": 1e-5} for s in range(1, 6)])
+    _write_jsonl(
+        run / "squad" / "finetune" / "train_log.jsonl",
+        [{"step": s, "loss": 5.0 - 0.3 * s, "lr": 1e-5} for s in range(1, 6)],
+    )
     _params(run, "squad", "qa_outputs", 66)
-    (run / "config.yaml").write_text("model: tiny\ntasks:\n  sst2: {enabled: true}\n"
-                                     "  squad: {enabled: true}\n  squad_v2: {enabled: false}\n")
-    _write_json(run / "environment.json", {"python": "3.11", "packages": {"torch": "2.x"}, "seed": 42,
-                                           "device": {"type": "cpu", "name": "test"},
-                                           "git": {"commit": "abcdef1234567890", "dirty": False}})
+    (run / "config.yaml").write_text(
+        "model: tiny\ntasks:\n  sst2: {enabled: true}\n"
+        "  squad: {enabled: true}\n  squad_v2: {enabled: false}\n"
+    )
+    _write_json(
+        run / "environment.json",
+        {
+            "python": "3.11",
+            "packages": {"torch": "2.x"},
+            "seed": 42,
+            "device": {"type": "cpu", "name": "test"},
+            "git": {"commit": "abcdef1234567890", "dirty": False},
+        },
+    )
     _write_json(run / "stages.json", {"sst2/zeroshot": {"seconds": 12.5, "finished": "2026-01-01T00:00:00"}})
     return run
 
@@ -129,17 +221,28 @@ def test_report_tables_numbers_and_images(tmp_path):
     # metric tables with intervals
     assert "| Accuracy (%) | 60.0 | 95.0 | +35.0 |" in md
     assert "95% interval (bootstrap)" in md
-    assert re.search(r"\| SST-2 \| accuracy \(%\) \| 60\.0 \| 95\.0 \| \+35\.0 \[[\d.]+, [\d.]+\] "
-                     r"\| p < 0\.001 \| 100 \|", md)
+    assert re.search(
+        r"\| SST-2 \| accuracy \(%\) \| 60\.0 \| 95\.0 \| \+35\.0 \[[\d.]+, [\d.]+\] "
+        r"\| p < 0\.001 \| 100 \|",
+        md,
+    )
     assert "| F1 | 25.0 | 75.0 | +50.0 |" in md
     # the embedded plots: every <img> is a PNG data URI, and the Markdown links the same files
     imgs = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
     assert len(imgs) >= 8
     assert all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in imgs)
-    for name in ["sst2-scores", "sst2-confusion-zero-shot", "sst2-confusion-fine-tuned", "sst2-loss",
-                 "squad-scores", "squad-f1-by-length", "squad-f1-by-question", "squad-loss"]:
+    for name in [
+        "sst2-scores",
+        "sst2-confusion-zero-shot",
+        "sst2-confusion-fine-tuned",
+        "sst2-loss",
+        "squad-scores",
+        "squad-f1-by-length",
+        "squad-f1-by-question",
+        "squad-loss",
+    ]:
         assert f"](figures/{name}.png)" in md and (run / "figures" / f"{name}.png").is_file()
-    assert "src=\"figures/" not in page  # self-contained
+    assert 'src="figures/' not in page  # self-contained
     # error analysis: most confident mistakes with their text, escaped in both formats
     assert "Most confident mistakes" in md
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "<script>" not in page
@@ -199,11 +302,21 @@ def test_report_command(tmp_path, capsys):
 
 
 def _chromium(args, tmp_path, timeout=120):
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'chrome-profile'}"]
-    return subprocess.run([str(CHROMIUM), *flags, *args], capture_output=True, text=True, timeout=timeout,
-                          check=False)
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={tmp_path / 'chrome-profile'}",
+    ]
+    return subprocess.run(
+        [str(CHROMIUM), *flags, *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium")
@@ -216,8 +329,8 @@ def test_html_renders_in_headless_chromium(tmp_path):
     dom = _chromium(["--dump-dom", url], tmp_path)
     assert dom.returncode == 0, dom.stderr[-2000:]
     page = dom.stdout
-    assert "<td class=\"r\">10,064</td>" in page  # parameter table
-    assert "<td>Accuracy (%)</td>" in page and "<td class=\"r\">95.0</td>" in page
+    assert '<td class="r">10,064</td>' in page  # parameter table
+    assert "<td>Accuracy (%)</td>" in page and '<td class="r">95.0</td>' in page
     assert len(re.findall(r'<img src="data:image/png;base64,', page)) >= 8
     assert "&lt;script&gt;alert(1)" in page  # the escaped text stayed text
 
@@ -241,8 +354,10 @@ def test_different_example_counts_are_paired_and_said(tmp_path):
     m["n"] = 80
     zs.joinpath("metrics.json").write_text(json.dumps(m))
     md = build_report(run)[0].read_text()
-    assert ("the zero-shot model was evaluated on 80 sentences and the fine-tuned one on 100; the comparison "
-            "and its test use the 80 both saw") in md
+    assert (
+        "the zero-shot model was evaluated on 80 sentences and the fine-tuned one on 100; the comparison "
+        "and its test use the 80 both saw"
+    ) in md
     assert "McNemar exact test on the 80 sentences both models labelled" in md
 
 
@@ -251,20 +366,44 @@ def test_squad_v2_rows_and_abstention(tmp_path):
     ids = [f"v{i}" for i in range(20)]
     for mode, sub, noans in (("zeroshot", "zeroshot", 30.0), ("finetuned", "finetune/eval", 80.0)):
         folder = run / "squad_v2" / sub
-        rows = [{"id": q, "em": i % 2, "f1": float(i % 2), "prediction": "" if i % 2 else "x",
-                 "gold": [] if i < 10 else ["Santa Clara"], "question": "Who?", "is_impossible": i < 10,
-                 "na_prob": 0.5} for i, q in enumerate(ids)]
+        rows = [
+            {
+                "id": q,
+                "em": i % 2,
+                "f1": float(i % 2),
+                "prediction": "" if i % 2 else "x",
+                "gold": [] if i < 10 else ["Santa Clara"],
+                "question": "Who?",
+                "is_impossible": i < 10,
+                "na_prob": 0.5,
+            }
+            for i, q in enumerate(ids)
+        ]
         _write_jsonl(folder / "per_example.jsonl", rows)
-        _write_json(folder / "metrics.json", {"task": "squad_v2", "mode": mode, "n": 20, "exact_match": 50.0,
-                                              "data": "/data/squad/v2.0-dev.json",
-                                              "f1": 50.0, "HasAns_exact": 40.0, "HasAns_f1": 45.0,
-                                              "NoAns_exact": noans, "NoAns_f1": noans, "best_f1": 55.0,
-                                              "f1_ci95": [30.0, 70.0]})
+        _write_json(
+            folder / "metrics.json",
+            {
+                "task": "squad_v2",
+                "mode": mode,
+                "n": 20,
+                "exact_match": 50.0,
+                "data": "/data/squad/v2.0-dev.json",
+                "f1": 50.0,
+                "HasAns_exact": 40.0,
+                "HasAns_f1": 45.0,
+                "NoAns_exact": noans,
+                "NoAns_f1": noans,
+                "best_f1": 55.0,
+                "f1_ci95": [30.0, 70.0],
+            },
+        )
     md = build_report(run)[0].read_text()
     assert "## SQuAD v2.0" in md
     assert "| F1 (= accuracy), unanswerable | 30.0 | 80.0 | +50.0 |" in md
     assert "| F1 at the best no-answer threshold | 55.0 | 55.0 | +0.0 |" in md
-    assert ("SQuAD v2.0: on unanswerable questions the zero-shot model abstained correctly on 30.0% and the "
-            "fine-tuned model on 80.0%") in md
+    assert (
+        "SQuAD v2.0: on unanswerable questions the zero-shot model abstained correctly on 30.0% and the "
+        "fine-tuned model on 80.0%"
+    ) in md
     assert "(no answer)" in md and (run / "figures" / "squad_v2-f1-by-length.png").is_file()
     assert "an article-level split of the official SQuAD v2.0 dev set" in md and "not comparable" in md

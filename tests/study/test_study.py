@@ -20,14 +20,24 @@ NEG = ["a bad and awful film", "truly terrible , an awful movie", "the film was 
 def _squad_doc(prefix: str, n_articles: int) -> dict:
     data = []
     for a in range(n_articles):
-        ctx = (f"The Denver Broncos won Super Bowl {50 + a} in Santa Clara . The game was played in the year "
-               f"{2016 + a} and the Broncos were the winners .")
+        ctx = (
+            f"The Denver Broncos won Super Bowl {50 + a} in Santa Clara . The game was played in the year "
+            f"{2016 + a} and the Broncos were the winners ."
+        )
         qas = []
-        pairs = [("Who won ?", "Denver Broncos"), ("Where was it ?", "Santa Clara"),
-                 ("Which Super Bowl was won ?", f"Super Bowl {50 + a}")]
+        pairs = [
+            ("Who won ?", "Denver Broncos"),
+            ("Where was it ?", "Santa Clara"),
+            ("Which Super Bowl was won ?", f"Super Bowl {50 + a}"),
+        ]
         for q, (question, answer) in enumerate(pairs):
-            qas.append({"id": f"{prefix}-{a}-{q}", "question": question,
-                        "answers": [{"text": answer, "answer_start": ctx.index(answer)}]})
+            qas.append(
+                {
+                    "id": f"{prefix}-{a}-{q}",
+                    "question": question,
+                    "answers": [{"text": answer, "answer_start": ctx.index(answer)}],
+                }
+            )
         data.append({"title": f"Article_{a}", "paragraphs": [{"context": ctx, "qas": qas}]})
     return {"version": "1.1", "data": data}
 
@@ -55,15 +65,32 @@ def _config(tmp_path, model, data_dir, **extra) -> str:
         "tasks": {
             "sst2": {
                 "zeroshot": {"limit": 8, "prompt": "plain", "batch_size": 4},
-                "finetune": {"limit": 8, "train_limit": 16, "input_prompt": "plain", "method": "full",
-                             "learning_rate": "3e-3", "epochs": 1, "batch_size": 8, "max_length": 32,
-                             "log_every": 1, "warmup_ratio": 0.0},
+                "finetune": {
+                    "limit": 8,
+                    "train_limit": 16,
+                    "input_prompt": "plain",
+                    "method": "full",
+                    "learning_rate": "3e-3",
+                    "epochs": 1,
+                    "batch_size": 8,
+                    "max_length": 32,
+                    "log_every": 1,
+                    "warmup_ratio": 0.0,
+                },
             },
             "squad": {
                 "version": 1.1,  # a YAML float: read as "1.1"
                 "zeroshot": {"limit": 4, "prompt": "plain", "batch_size": 4, "max_new_tokens": 4},
-                "finetune": {"limit": 4, "train_limit": 6, "method": "full", "learning_rate": 1e-3,
-                             "epochs": 1, "batch_size": 4, "max_length": 64, "log_every": 1},
+                "finetune": {
+                    "limit": 4,
+                    "train_limit": 6,
+                    "method": "full",
+                    "learning_rate": 1e-3,
+                    "epochs": 1,
+                    "batch_size": 4,
+                    "max_length": 64,
+                    "log_every": 1,
+                },
             },
             "squad_v2": {"enabled": False},
         },
@@ -86,12 +113,22 @@ def test_study_end_to_end_then_resume(tiny_model_dir, data_dir, tmp_path, capsys
     out = capsys.readouterr().out
     assert "[3/9] sst2: fine-tune (full) and evaluate" in out
     assert "[9/9] report" in out
-    for path in ["config.yaml", "environment.json", "stages.json", "params/sst2.json", "params/squad.json",
-                 "sst2/zeroshot/metrics.json", "sst2/zeroshot/predictions.jsonl",
-                 "sst2/finetune/config.json", "sst2/finetune/eval/metrics.json",
-                 "sst2/finetune/train_log.jsonl",
-                 "squad/zeroshot/per_example.jsonl", "squad/finetune/eval/per_example.jsonl",
-                 "report.md", "report.html"]:
+    for path in [
+        "config.yaml",
+        "environment.json",
+        "stages.json",
+        "params/sst2.json",
+        "params/squad.json",
+        "sst2/zeroshot/metrics.json",
+        "sst2/zeroshot/predictions.jsonl",
+        "sst2/finetune/config.json",
+        "sst2/finetune/eval/metrics.json",
+        "sst2/finetune/train_log.jsonl",
+        "squad/zeroshot/per_example.jsonl",
+        "squad/finetune/eval/per_example.jsonl",
+        "report.md",
+        "report.html",
+    ]:
         assert (run / path).is_file(), path
     # the --set override reached the stage and the recorded config
     assert json.loads((run / "sst2/zeroshot/metrics.json").read_text())["n"] == 6
@@ -148,8 +185,7 @@ def test_changed_config_on_existing_run_is_refused(tiny_model_dir, data_dir, tmp
     run.mkdir()
     resolved = study_config.resolve_config(config=cfg)
     (run / "config.yaml").write_text(yaml.safe_dump(resolved.data))
-    rc = main(["study", "--config", cfg, "--out", str(run),
-                     "--set", "sst2.finetune.learning_rate=1e-4"])
+    rc = main(["study", "--config", cfg, "--out", str(run), "--set", "sst2.finetune.learning_rate=1e-4"])
     assert rc == 2
     err = capsys.readouterr().err
     assert "another configuration" in err and "tasks.sst2.finetune.learning_rate" in err
@@ -163,32 +199,57 @@ def test_existing_non_run_folder_is_refused(tiny_model_dir, data_dir, tmp_path, 
     assert "not a study run folder" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("text,key,problem", [
-    ("tasks:\n  sst2:\n    zeroshot:\n      limt: 3\n", "tasks.sst2.zeroshot.limt", "unknown key"),
-    ("tasks:\n  sst2:\n    zeroshot:\n      limit: lots\n", "tasks.sst2.zeroshot.limit",
-     "must be an integer"),
-    ("tasks:\n  squad:\n    zeroshot:\n      calibration: batch\n", "tasks.squad.zeroshot.calibration",
-     "unknown key"),
-    ("tasks:\n  sst2:\n    finetune:\n      learning_rate: fast\n", "tasks.sst2.finetune.learning_rate",
-     "must be a (finite) number"),
-    ("tasks:\n  sst2:\n    finetune:\n      max_new_tokens: 3\n", "tasks.sst2.finetune.max_new_tokens",
-     "unknown key"),
-    ("tasks:\n  squad:\n    finetune:\n      input_prompt: chat\n", "tasks.squad.finetune.input_prompt",
-     "unknown key"),
-    ("tasks:\n  trec: {enabled: true}\n", "trec", "a task of your own needs `file:"),
-    ("tasks:\n  trec: {file: nowhere.yaml}\n", "tasks.trec.file", "cannot read task file"),
-    ("tasks:\n  sst2:\n    zeroshot:\n      prompt: nope\n", "tasks.sst2.zeroshot.prompt", "not a template name"),
-    ("tasks:\n  sst2:\n    finetune:\n      method: half\n", "tasks.sst2.finetune.method",
-     "one of full, lora"),
-    ("tasks:\n  sst2:\n    enabled: yes please\n", "tasks.sst2.enabled", "true or false"),
-    ("seed: -1\n", "seed", ">= 0"),
-    ("modle: x\n", "modle", "unknown key"),
-    ("tasks:\n  squad:\n    version: '2.0'\n", "tasks.squad.version", "must be 1.1"),
-    ("tasks:\n  sst2:\n    finetune:\n      batch_size: 0\n", "batch_size", ">= 1"),
-    ("- a list\n", "", "a study config is a mapping"),
-    ("tasks: [1, 2]\n", "tasks", "must be a mapping"),
-    ("tasks:\n  sst2: {enabled: false}\n  squad: {enabled: false}\n", "tasks", "no task is enabled"),
-])
+@pytest.mark.parametrize(
+    "text,key,problem",
+    [
+        ("tasks:\n  sst2:\n    zeroshot:\n      limt: 3\n", "tasks.sst2.zeroshot.limt", "unknown key"),
+        (
+            "tasks:\n  sst2:\n    zeroshot:\n      limit: lots\n",
+            "tasks.sst2.zeroshot.limit",
+            "must be an integer",
+        ),
+        (
+            "tasks:\n  squad:\n    zeroshot:\n      calibration: batch\n",
+            "tasks.squad.zeroshot.calibration",
+            "unknown key",
+        ),
+        (
+            "tasks:\n  sst2:\n    finetune:\n      learning_rate: fast\n",
+            "tasks.sst2.finetune.learning_rate",
+            "must be a (finite) number",
+        ),
+        (
+            "tasks:\n  sst2:\n    finetune:\n      max_new_tokens: 3\n",
+            "tasks.sst2.finetune.max_new_tokens",
+            "unknown key",
+        ),
+        (
+            "tasks:\n  squad:\n    finetune:\n      input_prompt: chat\n",
+            "tasks.squad.finetune.input_prompt",
+            "unknown key",
+        ),
+        ("tasks:\n  trec: {enabled: true}\n", "trec", "a task of your own needs `file:"),
+        ("tasks:\n  trec: {file: nowhere.yaml}\n", "tasks.trec.file", "cannot read task file"),
+        (
+            "tasks:\n  sst2:\n    zeroshot:\n      prompt: nope\n",
+            "tasks.sst2.zeroshot.prompt",
+            "not a template name",
+        ),
+        (
+            "tasks:\n  sst2:\n    finetune:\n      method: half\n",
+            "tasks.sst2.finetune.method",
+            "one of full, lora",
+        ),
+        ("tasks:\n  sst2:\n    enabled: yes please\n", "tasks.sst2.enabled", "true or false"),
+        ("seed: -1\n", "seed", ">= 0"),
+        ("modle: x\n", "modle", "unknown key"),
+        ("tasks:\n  squad:\n    version: '2.0'\n", "tasks.squad.version", "must be 1.1"),
+        ("tasks:\n  sst2:\n    finetune:\n      batch_size: 0\n", "batch_size", ">= 1"),
+        ("- a list\n", "", "a study config is a mapping"),
+        ("tasks: [1, 2]\n", "tasks", "must be a mapping"),
+        ("tasks:\n  sst2: {enabled: false}\n  squad: {enabled: false}\n", "tasks", "no task is enabled"),
+    ],
+)
 def test_config_errors_exit_2_naming_file_and_key(tmp_path, data_dir, capsys, text, key, problem):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
@@ -201,10 +262,22 @@ def test_config_errors_exit_2_naming_file_and_key(tmp_path, data_dir, capsys, te
 
 def test_set_overrides_and_errors(tmp_path, data_dir, capsys, monkeypatch):
     monkeypatch.setenv("TUNELAB_DATA_DIR", str(data_dir))
-    rc = main(["study", "--preset", "smoke", "--print-config",
-                     "--set", "sst2.finetune.learning_rate=1e-4",
-                     "--set", "tasks.squad.zeroshot.limit=null", "--set", "squad_v2.enabled=true",
-                     "--set", "sst2.finetune.lora_targets=q_proj,v_proj"])
+    rc = main(
+        [
+            "study",
+            "--preset",
+            "smoke",
+            "--print-config",
+            "--set",
+            "sst2.finetune.learning_rate=1e-4",
+            "--set",
+            "tasks.squad.zeroshot.limit=null",
+            "--set",
+            "squad_v2.enabled=true",
+            "--set",
+            "sst2.finetune.lora_targets=q_proj,v_proj",
+        ]
+    )
     assert rc == 0
     cfg = yaml.safe_load(capsys.readouterr().out)
     assert cfg["tasks"]["sst2"]["finetune"]["learning_rate"] == 1e-4
@@ -212,8 +285,11 @@ def test_set_overrides_and_errors(tmp_path, data_dir, capsys, monkeypatch):
     assert cfg["tasks"]["squad_v2"]["enabled"] is True
     assert cfg["tasks"]["sst2"]["finetune"]["lora_targets"] == ["q_proj", "v_proj"]
     assert cfg["data_dir"] == str(data_dir.resolve())
-    for bad, msg in [("sst2.finetune.learning_rate", "KEY.PATH=VALUE"), ("sst2.nope=1", "unknown key"),
-                     ("sst2.zeroshot.batch_size=1.5", "must be an integer")]:
+    for bad, msg in [
+        ("sst2.finetune.learning_rate", "KEY.PATH=VALUE"),
+        ("sst2.nope=1", "unknown key"),
+        ("sst2.zeroshot.batch_size=1.5", "must be an integer"),
+    ]:
         assert main(["study", "--print-config", "--set", bad]) == 2
         err = capsys.readouterr().err
         assert f"--set {bad}" in err and msg in err
@@ -252,14 +328,20 @@ def test_parsers_and_schema(capsys):
     from tunelab.cli import build_parser
 
     parser = build_parser()
-    args = parser.parse_args(["study", "--preset", "full", "--out", "runs/x",
-                              "--set", "a.b=1", "--set", "c=2"])
+    args = parser.parse_args(
+        ["study", "--preset", "full", "--out", "runs/x", "--set", "a.b=1", "--set", "c=2"]
+    )
     assert args.set == ["a.b=1", "c=2"] and args.preset == "full"
     assert parser.parse_args(["report", "runs/x"]).run_dir == "runs/x"
     assert main(["study", "--print-schema"]) == 0
     schema = capsys.readouterr().out
-    for key in ("learning_rate: a number in (0, 1)", "train_limit:", "calibration: one of batch, contextual, none",
-                "file:", "max_new_tokens:"):
+    for key in (
+        "learning_rate: a number in (0, 1)",
+        "train_limit:",
+        "calibration: one of batch, contextual, none",
+        "file:",
+        "max_new_tokens:",
+    ):
         assert key in schema, key
 
 
@@ -272,10 +354,17 @@ def test_count_finetuned_loads_the_saved_model(tiny_model_dir, tmp_path, method)
 
     ex = [TextExample(POS[i % 4], 1, i + 2) if i % 2 else TextExample(NEG[i % 4], 0, i + 2) for i in range(8)]
     cfg = TrainConfig(method=method, epochs=1, batch_size=4, max_length=32, lora_r=4, lora_alpha=8)
-    runs.finetune(get_task("sst2"), tiny_model_dir, ex, ex[:4], "x", tmp_path / "ft", cfg, {"input_prompt": None})
+    runs.finetune(
+        get_task("sst2"), tiny_model_dir, ex, ex[:4], "x", tmp_path / "ft", cfg, {"input_prompt": None}
+    )
     counted = study_run.count_finetuned(tmp_path / "ft")
-    expected = param_report(tiny_model_dir, load_config(tiny_model_dir), "classification", method,
-                            LoraOptions(4, 8, cfg.lora_dropout, tuple(cfg.lora_targets)))
+    expected = param_report(
+        tiny_model_dir,
+        load_config(tiny_model_dir),
+        "classification",
+        method,
+        LoraOptions(4, 8, cfg.lora_dropout, tuple(cfg.lora_targets)),
+    )
     assert counted["total"] == expected.total
     if method == "lora":
         assert counted["saved"] == "lora-adapter"

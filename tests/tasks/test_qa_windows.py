@@ -43,10 +43,12 @@ def word_tok():
         vocab[w] = len(vocab)
     tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B:1",
-                                                       special_tokens=[("<s>", 1)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                   unk_token="[UNK]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A $B:1", special_tokens=[("<s>", 1)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="[UNK]"
+    )
 
 
 @functools.cache
@@ -54,20 +56,27 @@ def bpe_tok():
     corpus = [
         "The Denver Broncos defeated the Carolina Panthers in Super Bowl 50, in 2016.",
         "Le café est très bon; la crème brûlée aussi. Zoë était naïve.",
-        "中文 文本 测试 日本語 のテキスト", "emoji 😀 🎉 party time! Straße ñandú",
+        "中文 文本 测试 日本語 のテキスト",
+        "emoji 😀 🎉 party time! Straße ñandú",
         "Who won? When was it? What is the name of the stadium?",
     ] * 3
     tok = Tokenizer(models.BPE(unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=420, special_tokens=["<pad>", "<s>", "</s>"], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=420,
+        special_tokens=["<pad>", "<s>", "</s>"],
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(corpus, trainer)
     bos = tok.token_to_id("<s>")
-    tok.post_processor = processors.Sequence([
-        processors.ByteLevel(trim_offsets=False),
-        processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B:1", special_tokens=[("<s>", bos)]),
-    ])
+    tok.post_processor = processors.Sequence(
+        [
+            processors.ByteLevel(trim_offsets=False),
+            processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B:1", special_tokens=[("<s>", bos)]),
+        ]
+    )
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
 
 
@@ -88,10 +97,17 @@ def ex(qid, context, question, answer=None, start=None, impossible=False):
     if answer is not None:
         if start is None:
             start = context.index(answer)
-        assert context[start:start + len(answer)] == answer
+        assert context[start : start + len(answer)] == answer
         answers = [{"text": answer, "answer_start": start}]
-    return SimpleNamespace(id=qid, title="t", context=context, question=question, answers=answers,
-                           is_impossible=impossible, plausible_answers=[])
+    return SimpleNamespace(
+        id=qid,
+        title="t",
+        context=context,
+        question=question,
+        answers=answers,
+        is_impossible=impossible,
+        plausible_answers=[],
+    )
 
 
 def words(n, first=0):
@@ -99,7 +115,7 @@ def words(n, first=0):
 
 
 def span_text(context, offsets, s, e):
-    return context[offsets[s][0]:offsets[e][1]]
+    return context[offsets[s][0] : offsets[e][1]]
 
 
 def check_window_invariants(tok, examples, feats, eval_feats, max_length):
@@ -117,7 +133,7 @@ def check_window_invariants(tok, examples, feats, eval_feats, max_length):
         assert len(offsets) == len(ids) and offsets[-1] is None
         # the whole question, untruncated, in every window
         q = q_ids[eval_feats["example_id"][i]]
-        assert any(ids[k:k + len(q)] == q for k in range(len(ids) - len(q) + 1))
+        assert any(ids[k : k + len(q)] == q for k in range(len(ids) - len(q) + 1))
         context = by_id[eval_feats["example_id"][i]].context
         for o in offsets:
             if o is not None:
@@ -136,8 +152,9 @@ def expected_windows(n_ctx, room, stride):
     return 1 if n_ctx <= room else 1 + math.ceil((n_ctx - room) / (room - stride))
 
 
-@pytest.mark.parametrize("n_words,max_length,stride", [(50, 16, 4), (11, 16, 4), (12, 16, 4), (100, 20, 0),
-                                                       (37, 12, 6)])
+@pytest.mark.parametrize(
+    "n_words,max_length,stride", [(50, 16, 4), (11, 16, 4), (12, 16, 4), (100, 20, 0), (37, 12, 6)]
+)
 def test_windows_cover_the_passage_with_stride_overlap(n_words, max_length, stride):
     tok = word_tok()
     context = words(n_words)
@@ -147,7 +164,9 @@ def test_windows_cover_the_passage_with_stride_overlap(n_words, max_length, stri
     check_window_invariants(tok, [e], feats, ev, max_length)
     room = max_length - 1 - 1 - 3  # the null EOS, BOS, 3 question tokens
     assert len(ev["input_ids"]) == expected_windows(n_words, room, stride)
-    word_starts = [context.index(f"w{i} ") if i < n_words - 1 else context.rindex(f"w{i}") for i in range(n_words)]
+    word_starts = [
+        context.index(f"w{i} ") if i < n_words - 1 else context.rindex(f"w{i}") for i in range(n_words)
+    ]
     per_window = [[word_starts.index(o[0]) for o in offs if o is not None] for offs in ev["offset_mapping"]]
     for k, idx in enumerate(per_window):
         assert idx == list(range(idx[0], idx[-1] + 1))  # contiguous
@@ -173,7 +192,7 @@ def test_answer_across_window_boundary():
     s, e_ = labels[1]  # w7-w16 holds it
     assert (s, e_) != (nulls[1], nulls[1])
     assert span_text(context, ev["offset_mapping"][1], s, e_) == "w8 w9 w10 w11"
-    assert tok.convert_ids_to_tokens(feats["input_ids"][1][s:e_ + 1]) == ["w8", "w9", "w10", "w11"]
+    assert tok.convert_ids_to_tokens(feats["input_ids"][1][s : e_ + 1]) == ["w8", "w9", "w10", "w11"]
     assert all(lab == (n, n) for lab, n in zip(labels[2:], nulls[2:], strict=True))
 
 
@@ -193,8 +212,11 @@ def test_question_last_layout():
     feats = prepare_train_features([e], tok, max_length=14, stride=3, question_first=False)
     ev = prepare_eval_features([e], tok, max_length=14, stride=3, question_first=False)
     check_window_invariants(tok, [e], feats, ev, 14)
-    hits = [(i, s, e_) for i, (s, e_) in enumerate(zip(feats["start_positions"], feats["end_positions"], strict=True))
-            if s != len(feats["input_ids"][i]) - 1]
+    hits = [
+        (i, s, e_)
+        for i, (s, e_) in enumerate(zip(feats["start_positions"], feats["end_positions"], strict=True))
+        if s != len(feats["input_ids"][i]) - 1
+    ]
     assert hits
     for i, s, e_ in hits:
         assert span_text(context, ev["offset_mapping"][i], s, e_) == "w20 w21"
@@ -225,14 +247,32 @@ def test_leading_space_quirk_is_trimmed():
     assert ev["offset_mapping"][0][len(ev["input_ids"][0]) - 3] == (19, 22)  # "Ġwon": (18, 22) trimmed
 
 
-UNICODE_CONTEXT = ("Le café  de Zoë était naïve.\nIn 2016 the Denver Broncos 😀 won 中文 文本 and 🎉🎉 "
-                   "Straße ñandú 日本語 was here, near the stadium.")
-UNICODE_ANSWERS = ["café", "Zoë", "naïve", "2016", "Denver Broncos", "😀", "中文", "中文 文本", "🎉🎉", "Straße",
-                   "ñandú 日本語", "stadium", "Le café  de", "Broncos 😀 won"]
+UNICODE_CONTEXT = (
+    "Le café  de Zoë était naïve.\nIn 2016 the Denver Broncos 😀 won 中文 文本 and 🎉🎉 "
+    "Straße ñandú 日本語 was here, near the stadium."
+)
+UNICODE_ANSWERS = [
+    "café",
+    "Zoë",
+    "naïve",
+    "2016",
+    "Denver Broncos",
+    "😀",
+    "中文",
+    "中文 文本",
+    "🎉🎉",
+    "Straße",
+    "ñandú 日本語",
+    "stadium",
+    "Le café  de",
+    "Broncos 😀 won",
+]
 
 
 def round_trip(tok, max_length, stride):
-    examples = [ex(f"u{i}", UNICODE_CONTEXT, "What is  here?", answer=a) for i, a in enumerate(UNICODE_ANSWERS)]
+    examples = [
+        ex(f"u{i}", UNICODE_CONTEXT, "What is  here?", answer=a) for i, a in enumerate(UNICODE_ANSWERS)
+    ]
     feats = prepare_train_features(examples, tok, max_length=max_length, stride=stride)
     ev = prepare_eval_features(examples, tok, max_length=max_length, stride=stride)
     check_window_invariants(tok, examples, feats, ev, max_length)
@@ -270,10 +310,18 @@ PIECES = ["a", "bc", "Def", "é", "中文", "😀", "🎉", "naïve", "ß", "12"
 @st.composite
 def context_and_answer(draw):
     n_words = draw(st.one_of(st.integers(1, 8), st.integers(8, 80)))
-    ws = draw(st.lists(st.lists(st.sampled_from(PIECES), min_size=1, max_size=3).map("".join), min_size=n_words,
-                       max_size=n_words))
-    seps = draw(st.lists(st.sampled_from([" ", " ", " ", "  ", "\n", " \n "]), min_size=len(ws) - 1,
-                         max_size=len(ws) - 1))
+    ws = draw(
+        st.lists(
+            st.lists(st.sampled_from(PIECES), min_size=1, max_size=3).map("".join),
+            min_size=n_words,
+            max_size=n_words,
+        )
+    )
+    seps = draw(
+        st.lists(
+            st.sampled_from([" ", " ", " ", "  ", "\n", " \n "]), min_size=len(ws) - 1, max_size=len(ws) - 1
+        )
+    )
     context, starts, ends = "", [], []
     for k, w in enumerate(ws):
         if k:
@@ -283,7 +331,7 @@ def context_and_answer(draw):
         ends.append(len(context))
     i = draw(st.integers(0, len(ws) - 1))
     j = draw(st.integers(i, min(len(ws) - 1, i + 4)))
-    return context, starts[i], context[starts[i]:ends[j]]
+    return context, starts[i], context[starts[i] : ends[j]]
 
 
 WINDOWS = st.sampled_from([(16, 2), (20, 6), (24, 4), (32, 10), (48, 0), (64, 16)])
@@ -306,7 +354,9 @@ def check_labels_map_back(tok, case, window, question_first):
     context, start, answer = case
     max_length, stride = window
     e = ex("p", context, "Who won?", answer=answer, start=start)
-    feats = prepare_train_features([e], tok, max_length=max_length, stride=stride, question_first=question_first)
+    feats = prepare_train_features(
+        [e], tok, max_length=max_length, stride=stride, question_first=question_first
+    )
     ev = prepare_eval_features([e], tok, max_length=max_length, stride=stride, question_first=question_first)
     check_window_invariants(tok, [e], feats, ev, max_length)
     end = start + len(answer)
@@ -345,7 +395,7 @@ def logits_for(ev, spec, default=0.0):
 def tok_pos(ev, window, word):
     """Token position of word `wN` in a word_tok window."""
     for p, o in enumerate(ev["offset_mapping"][window]):
-        if o is not None and ev["_ctx"][o[0]:o[1]] == word:
+        if o is not None and ev["_ctx"][o[0] : o[1]] == word:
             return p
     raise AssertionError(f"{word} not in window {window}")
 
@@ -362,15 +412,22 @@ def test_postprocess_picks_best_span_across_windows():
     spec = {
         0: {"start": {tok_pos(ev, 0, "w2"): 3.0}, "end": {tok_pos(ev, 0, "w3"): 3.0}},  # 6
         2: {"start": {tok_pos(ev, 2, "w15"): 5.0}, "end": {tok_pos(ev, 2, "w17"): 4.0}},  # 9: the best
-        3: {"start": {tok_pos(ev, 3, "w25"): 4.0}, "end": {tok_pos(ev, 3, "w22"): 9.0}},  # end < start: invalid
+        3: {
+            "start": {tok_pos(ev, 3, "w25"): 4.0},
+            "end": {tok_pos(ev, 3, "w22"): 9.0},
+        },  # end < start: invalid
     }
     s, en = logits_for(ev, spec)
     preds, nbest, na = postprocess([e], ev, s, en, n_best=5)
     assert preds["x"] == "w15 w16 w17"
     top = nbest["x"][0]
-    assert top == {"text": "w15 w16 w17", "score": 9.0, "start": e.context.index("w15"),
-                   "end": e.context.index("w17") + 3}
-    assert e.context[top["start"]:top["end"]] == top["text"]
+    assert top == {
+        "text": "w15 w16 w17",
+        "score": 9.0,
+        "start": e.context.index("w15"),
+        "end": e.context.index("w17") + 3,
+    }
+    assert e.context[top["start"] : top["end"]] == top["text"]
     scores = [c["score"] for c in nbest["x"]]
     assert scores == sorted(scores, reverse=True) and len(nbest["x"]) <= 5
     assert "w3 w4" not in preds["x"] and all(c["text"] for c in nbest["x"])
@@ -380,8 +437,10 @@ def test_postprocess_picks_best_span_across_windows():
 def test_postprocess_dedupes_spans_seen_in_overlapping_windows():
     e, ev = eval_setup()
     # w8 is in windows 0 and 1: give it different scores there
-    spec = {0: {"start": {tok_pos(ev, 0, "w8"): 2.0}, "end": {tok_pos(ev, 0, "w8"): 2.0}},
-            1: {"start": {tok_pos(ev, 1, "w8"): 3.0}, "end": {tok_pos(ev, 1, "w8"): 3.0}}}
+    spec = {
+        0: {"start": {tok_pos(ev, 0, "w8"): 2.0}, "end": {tok_pos(ev, 0, "w8"): 2.0}},
+        1: {"start": {tok_pos(ev, 1, "w8"): 3.0}, "end": {tok_pos(ev, 1, "w8"): 3.0}},
+    }
     s, en = logits_for(ev, spec)
     _, nbest, _ = postprocess([e], ev, s, en, n_best=20)
     spans = [(c["start"], c["end"]) for c in nbest["x"]]
@@ -392,10 +451,16 @@ def test_postprocess_dedupes_spans_seen_in_overlapping_windows():
 def test_postprocess_respects_max_answer_length():
     e, ev = eval_setup(n_words=12, max_length=30, stride=4)  # one window
     assert len(ev["input_ids"]) == 1
-    spec = {0: {"start": {tok_pos(ev, 0, "w1"): 10.0, tok_pos(ev, 0, "w6"): 1.0},
-                "end": {tok_pos(ev, 0, "w9"): 10.0, tok_pos(ev, 0, "w7"): 1.0}}}
+    spec = {
+        0: {
+            "start": {tok_pos(ev, 0, "w1"): 10.0, tok_pos(ev, 0, "w6"): 1.0},
+            "end": {tok_pos(ev, 0, "w9"): 10.0, tok_pos(ev, 0, "w7"): 1.0},
+        }
+    }
     s, en = logits_for(ev, spec)
-    assert postprocess([e], ev, s, en, max_answer_length=30)[0]["x"] == "w1 w2 w3 w4 w5 w6 w7 w8 w9"  # 9 tokens
+    assert (
+        postprocess([e], ev, s, en, max_answer_length=30)[0]["x"] == "w1 w2 w3 w4 w5 w6 w7 w8 w9"
+    )  # 9 tokens
     p, nbest, _ = postprocess([e], ev, s, en, max_answer_length=8)
     assert all(len(c["text"].split()) <= 8 for c in nbest["x"])
     assert p["x"] != "w1 w2 w3 w4 w5 w6 w7 w8 w9" and nbest["x"][0]["score"] == pytest.approx(11.0)
@@ -404,8 +469,10 @@ def test_postprocess_respects_max_answer_length():
 def test_postprocess_ignores_question_and_null_positions_and_padding():
     e, ev = eval_setup(n_words=10, max_length=30)
     # huge logits on BOS/question/null tokens must not produce a span; padded logit rows are fine
-    s = [np.concatenate([np.array([50.0, 50.0, 50.0] + [0.0] * (len(ids) - 4) + [50.0]), np.full(7, 99.0)])
-         for ids in ev["input_ids"]]
+    s = [
+        np.concatenate([np.array([50.0, 50.0, 50.0] + [0.0] * (len(ids) - 4) + [50.0]), np.full(7, 99.0)])
+        for ids in ev["input_ids"]
+    ]
     en = [x.copy() for x in s]
     s[0][tok_pos(ev, 0, "w4")] = 1.0
     en[0][tok_pos(ev, 0, "w5")] = 1.0

@@ -86,11 +86,17 @@ def ref_v2_evaluate(dataset, preds, na_probs=None, na_prob_thresh=1.0):
     ex_t, f1_t = thresh(exact_raw), thresh(f1_raw)
 
     def block(ids):
-        return {"exact": 100.0 * sum(ex_t[k] for k in ids) / len(ids),
-                "f1": 100.0 * sum(f1_t[k] for k in ids) / len(ids), "total": len(ids)}
+        return {
+            "exact": 100.0 * sum(ex_t[k] for k in ids) / len(ids),
+            "f1": 100.0 * sum(f1_t[k] for k in ids) / len(ids),
+            "total": len(ids),
+        }
 
     out = block(list(ex_t))
-    for prefix, ids in (("HasAns", [k for k in has_ans if has_ans[k]]), ("NoAns", [k for k in has_ans if not has_ans[k]])):
+    for prefix, ids in (
+        ("HasAns", [k for k in has_ans if has_ans[k]]),
+        ("NoAns", [k for k in has_ans if not has_ans[k]]),
+    ):
         if ids:
             out.update({f"{prefix}_{k}": v for k, v in block(ids).items()})
 
@@ -111,8 +117,18 @@ def ref_v2_evaluate(dataset, preds, na_probs=None, na_prob_thresh=1.0):
 
 
 def as_dataset(references):
-    return [{"paragraphs": [{"qas": [{"id": qid, "answers": [{"text": t} for t in golds]}
-                                     for qid, golds in references.items()]}]}]
+    return [
+        {
+            "paragraphs": [
+                {
+                    "qas": [
+                        {"id": qid, "answers": [{"text": t} for t in golds]}
+                        for qid, golds in references.items()
+                    ]
+                }
+            ]
+        }
+    ]
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -167,7 +183,13 @@ def test_v1_rejects_unanswerable_and_str_refs():
 
 def test_v2_no_answer_handling_and_breakdown():
     refs = {"a1": ["Denver Broncos"], "a2": ["1990"], "n1": [], "n2": [], "n3": []}
-    preds = {"a1": "Denver Broncos", "a2": "", "n1": "", "n2": "something", "n3": "the"}  # 'the' normalises to ''
+    preds = {
+        "a1": "Denver Broncos",
+        "a2": "",
+        "n1": "",
+        "n2": "something",
+        "n3": "the",
+    }  # 'the' normalises to ''
     out = sm.squad_v2(preds, refs)
     per = sm.per_example_scores(preds, refs, version_2=True)
     assert per["n1"] == {"exact_match": 1.0, "f1": 1.0}  # "" on unanswerable: correct
@@ -177,16 +199,32 @@ def test_v2_no_answer_handling_and_breakdown():
     assert out["total"] == 5 and out["HasAns_total"] == 2 and out["NoAns_total"] == 3
     assert out["exact"] == pytest.approx(60.0) and out["exact_match"] == out["exact"]
     assert out["HasAns_exact"] == pytest.approx(50.0) and out["NoAns_exact"] == pytest.approx(200 / 3)
-    expected_keys = {"exact", "f1", "total", "HasAns_exact", "HasAns_f1", "HasAns_total", "NoAns_exact",
-                     "NoAns_f1", "NoAns_total", "best_exact", "best_exact_thresh", "best_f1", "best_f1_thresh",
-                     "exact_match"}
+    expected_keys = {
+        "exact",
+        "f1",
+        "total",
+        "HasAns_exact",
+        "HasAns_f1",
+        "HasAns_total",
+        "NoAns_exact",
+        "NoAns_f1",
+        "NoAns_total",
+        "best_exact",
+        "best_exact_thresh",
+        "best_f1",
+        "best_f1_thresh",
+        "exact_match",
+    }
     assert set(out) == expected_keys
     assert {k: v for k, v in out.items() if k != "exact_match"} == pytest.approx(
-        ref_v2_evaluate(as_dataset(refs), preds))
+        ref_v2_evaluate(as_dataset(refs), preds)
+    )
 
 
 def test_v2_gold_that_normalises_to_nothing_is_no_answer_but_still_hasans():
-    refs = {"q": ["The"]}  # official: gold becomes [''], but the question counts as HasAns (answers non-empty)
+    refs = {
+        "q": ["The"]
+    }  # official: gold becomes [''], but the question counts as HasAns (answers non-empty)
     out = sm.squad_v2({"q": ""}, refs)
     assert out["exact"] == 100.0 and out["HasAns_total"] == 1 and "NoAns_total" not in out
 
@@ -225,10 +263,33 @@ def test_per_example_scores_average_to_aggregate():
 # ------------------------------------------------------------------------------------------------------------
 # Random cases against the reference
 
-WORDS = ["the", "The", "a", "an", "An", "Denver", "denver", "Broncos", "broncos!", "1990", "1,990", "café", "CAFÉ",
-         "中文", "x", "x.", "-", "'s", "theatre", "and", "(b)", "😀"]
+WORDS = [
+    "the",
+    "The",
+    "a",
+    "an",
+    "An",
+    "Denver",
+    "denver",
+    "Broncos",
+    "broncos!",
+    "1990",
+    "1,990",
+    "café",
+    "CAFÉ",
+    "中文",
+    "x",
+    "x.",
+    "-",
+    "'s",
+    "theatre",
+    "and",
+    "(b)",
+    "😀",
+]
 answer_st = st.lists(st.sampled_from(WORDS), min_size=0, max_size=5).map(
-    lambda ws: (" " * 2).join(ws) if len(ws) % 3 == 0 else " ".join(ws))
+    lambda ws: (" " * 2).join(ws) if len(ws) % 3 == 0 else " ".join(ws)
+)
 
 
 @st.composite
@@ -238,7 +299,9 @@ def qa_cases(draw, unanswerable=True):
     for i in range(n):
         golds = draw(st.lists(answer_st, min_size=0 if unanswerable else 1, max_size=3))
         refs[f"q{i}"] = golds
-        preds[f"q{i}"] = draw(st.one_of(st.just(""), answer_st, st.sampled_from(golds) if golds else answer_st))
+        preds[f"q{i}"] = draw(
+            st.one_of(st.just(""), answer_st, st.sampled_from(golds) if golds else answer_st)
+        )
         na[f"q{i}"] = draw(st.sampled_from([0.0, 0.1, 0.25, 0.5, 0.9, 1.0, 2.5]))
     return refs, preds, na
 
@@ -269,8 +332,13 @@ def test_v2_matches_reference_on_random_cases(case, threshold):
     assert set(out) == set(ref)
     for k in ref:
         assert out[k] == pytest.approx(ref[k]), k
-    per = sm.per_example_scores(preds, refs, version_2=True, na_probs=None if threshold is None else na,
-                                na_threshold=1.0 if threshold is None else threshold)
+    per = sm.per_example_scores(
+        preds,
+        refs,
+        version_2=True,
+        na_probs=None if threshold is None else na,
+        na_threshold=1.0 if threshold is None else threshold,
+    )
     assert 100 * sum(p["f1"] for p in per.values()) / len(per) == pytest.approx(out["f1"])
     assert all(0.0 <= p["f1"] <= 1.0 and p["exact_match"] in (0.0, 1.0) for p in per.values())
 

@@ -51,7 +51,11 @@ BAD = [
     ("kind: regression\n", "kind", "must be one of classification, extractive_qa"),
     ("kind: classification\ndata: {splits: {dev: d.tsv}}\n", "labels", "missing (required)"),
     ("kind: classification\nlabels: [a]\ndata: {splits: {dev: d.tsv}}\n", "labels", "at least two distinct"),
-    ("kind: classification\nlabels: [a, a]\ndata: {splits: {dev: d.tsv}}\n", "labels", "at least two distinct"),
+    (
+        "kind: classification\nlabels: [a, a]\ndata: {splits: {dev: d.tsv}}\n",
+        "labels",
+        "at least two distinct",
+    ),
     (CLASSIFICATION + "colour: red\n", "colour", "unknown keys"),
     ("kind: classification\nlabels: [a, b]\ndata: {splits: {train: t.tsv}}\n", "data.splits.dev", "missing"),
     (CLASSIFICATION.replace("{splits", "{relative_to: here, splits"), "data.relative_to", "must be one of"),
@@ -59,8 +63,11 @@ BAD = [
     (CLASSIFICATION + "verbalizers: {c: [' c']}\n", "verbalizers", "not among the task's labels"),
     (CLASSIFICATION + "verbalizers: {a: []}\n", "verbalizers.a", "a word or a list of words"),
     (CLASSIFICATION + "prompts: {p: {text: no slot}}\n", "prompts.p", "must contain {text}"),
-    (CLASSIFICATION.replace("{splits", "{text_pair: s2, splits") + "prompts: {p: {text: '{text}'}}\n",
-     "prompts.p", "must contain {text_pair}"),
+    (
+        CLASSIFICATION.replace("{splits", "{text_pair: s2, splits") + "prompts: {p: {text: '{text}'}}\n",
+        "prompts.p",
+        "must contain {text_pair}",
+    ),
     (CLASSIFICATION + "prompts: {p: {text: '{text}', colour: red}}\n", "prompts.p", "unknown keys"),
     (CLASSIFICATION + "zeroshot: {prompt: nope}\n", "zeroshot.prompt", "not one of the task's prompts"),
     (CLASSIFICATION + "zeroshot: {max_new_tokens: 3}\n", "zeroshot.max_new_tokens", "unknown keys"),
@@ -71,15 +78,24 @@ BAD = [
     (CLASSIFICATION + "name: a/b\n", "name", "letters, digits"),
     (CLASSIFICATION + "hub: {dataset: [x]}\n", "hub.dataset", "must be a string"),
     ("kind: extractive_qa\nversion: '3.0'\ndata: {splits: {dev: d.json}}\n", "version", "must be 1.1 or 2.0"),
-    ("kind: extractive_qa\ndata: {splits: {dev: d.json}}\nprompts: {p: {text: '{context}'}}\n", "prompts.p",
-     "{context} and {question}"),
-    ("kind: extractive_qa\ndata: {splits: {dev: d.json}}\ninput_prompt: chat\n", "input_prompt", "unknown keys"),
+    (
+        "kind: extractive_qa\ndata: {splits: {dev: d.json}}\nprompts: {p: {text: '{context}'}}\n",
+        "prompts.p",
+        "{context} and {question}",
+    ),
+    (
+        "kind: extractive_qa\ndata: {splits: {dev: d.json}}\ninput_prompt: chat\n",
+        "input_prompt",
+        "unknown keys",
+    ),
     ("kind: [unclosed\n", "", "cannot read task file"),
 ]
 
 
 @pytest.mark.parametrize("text,key,problem", BAD, ids=[f"{i}-{b[1] or 'file'}" for i, b in enumerate(BAD)])
-def test_bad_task_files_exit_2_naming_file_key_and_problem(tiny_model_dir, tmp_path, capsys, text, key, problem):
+def test_bad_task_files_exit_2_naming_file_key_and_problem(
+    tiny_model_dir, tmp_path, capsys, text, key, problem
+):
     task = tmp_path / "bad-task.yaml"
     task.write_text(text)
     out = tmp_path / "out"

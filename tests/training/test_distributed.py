@@ -16,7 +16,7 @@ import torch
 from tunelab.distributed import shard_bounds
 from tunelab.training import shard_batch
 
-SCRIPT = textwrap.dedent('''
+SCRIPT = textwrap.dedent("""
     import json, sys
     from pathlib import Path
 
@@ -51,13 +51,19 @@ SCRIPT = textwrap.dedent('''
             (work / "result.json").write_text(json.dumps({
                 "steps": result.steps, "tokens": result.tokens, "log": result.log, "seen": seen,
                 "processes": result.accelerator.num_processes}))
-''')
+""")
 
 
 def _env():
     # CPU processes joined with gloo, also on a machine with GPUs (two processes on one GPU would clash).
-    e = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1",
-             ACCELERATE_DISABLE_RICH="1", CUDA_VISIBLE_DEVICES="")
+    e = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        OMP_NUM_THREADS="1",
+        ACCELERATE_DISABLE_RICH="1",
+        CUDA_VISIBLE_DEVICES="",
+    )
     for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         e.pop(key, None)
     return e
@@ -81,8 +87,23 @@ def test_two_processes_match_one_with_the_same_global_batch(tiny_model_dir, tmp_
     _run([sys.executable, str(script), tiny_model_dir, str(one), "6", n], tmp_path)
     # torchrun, as `accelerate launch --multi_gpu` does (`accelerate launch --cpu` starts a single process
     # unless given an MPI hostfile); without GPUs tunelab joins the processes with gloo.
-    _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-          str(_free_port()), str(script), tiny_model_dir, str(two), "3", n], tmp_path)
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(_free_port()),
+            str(script),
+            tiny_model_dir,
+            str(two),
+            "3",
+            n,
+        ],
+        tmp_path,
+    )
 
     for out in (one, two):
         assert out.is_dir() and not out.with_name(out.name + ".partial").exists()
@@ -138,8 +159,12 @@ def test_ready_accelerate_configs_parse():
     from accelerate.utils import DistributedType
 
     folder = Path(__file__).resolve().parents[2] / "configs" / "accelerate"
-    want = {"single_gpu.yaml": (DistributedType.NO, 1), "multi_gpu_ddp.yaml": (DistributedType.MULTI_GPU, 1),
-            "fsdp.yaml": (DistributedType.FSDP, 1), "multi_node.yaml": (DistributedType.MULTI_GPU, 2)}
+    want = {
+        "single_gpu.yaml": (DistributedType.NO, 1),
+        "multi_gpu_ddp.yaml": (DistributedType.MULTI_GPU, 1),
+        "fsdp.yaml": (DistributedType.FSDP, 1),
+        "multi_node.yaml": (DistributedType.MULTI_GPU, 2),
+    }
     for name, (kind, machines) in want.items():
         cfg = load_config_from_file(str(folder / name))
         assert cfg.distributed_type == kind and cfg.num_machines == machines, name
@@ -152,8 +177,23 @@ def _tunelab_twice(args: list[str], tmp_path: Path, name: str) -> tuple[Path, Pa
     two-process run's console output."""
     one, two = tmp_path / f"{name}-one", tmp_path / f"{name}-two"
     _run([sys.executable, "-m", "tunelab", *args, "--out", str(one)], tmp_path)
-    console = _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                    str(_free_port()), "-m", "tunelab", *args, "--out", str(two)], tmp_path)
+    console = _run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(_free_port()),
+            "-m",
+            "tunelab",
+            *args,
+            "--out",
+            str(two),
+        ],
+        tmp_path,
+    )
     assert not two.with_name(two.name + ".partial").exists()
     return one, two, console
 
@@ -161,11 +201,34 @@ def _tunelab_twice(args: list[str], tmp_path: Path, name: str) -> tuple[Path, Pa
 def _evaluate_finetuned_twice(model: str, task: str, data: Path, tmp_path: Path, *options: str):
     """Fine-tune briefly on `data` (one process), then `tunelab evaluate` it in one process and in two."""
     folder = tmp_path / f"ft-{task}"
-    _run([sys.executable, "-m", "tunelab", "finetune", model, "--task", task, "--train-file", str(data),
-          "--data-file", str(data), "--max-steps", "2", "--batch-size", "4", *options, "--out", str(folder)],
-         tmp_path)
-    one, two, _ = _tunelab_twice(["evaluate", str(folder), "--task", task, "--data-file", str(data),
-                                  "--batch-size", "4"], tmp_path, f"ev-{task}")
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "tunelab",
+            "finetune",
+            model,
+            "--task",
+            task,
+            "--train-file",
+            str(data),
+            "--data-file",
+            str(data),
+            "--max-steps",
+            "2",
+            "--batch-size",
+            "4",
+            *options,
+            "--out",
+            str(folder),
+        ],
+        tmp_path,
+    )
+    one, two, _ = _tunelab_twice(
+        ["evaluate", str(folder), "--task", task, "--data-file", str(data), "--batch-size", "4"],
+        tmp_path,
+        f"ev-{task}",
+    )
     return one, two
 
 
@@ -183,9 +246,25 @@ def test_zeroshot_and_evaluate_split_across_processes(tiny_model_dir, tmp_path):
     from helpers import qa_examples, sst2_examples
 
     sst2_file = tmp_path / "dev.tsv"
-    sst2_file.write_text("sentence\tlabel\n" + "".join(f"{ex.text}\t{ex.label}\n" for ex in sst2_examples(11)))
-    one, two, console = _tunelab_twice(["zeroshot", tiny_model_dir, "--task", "sst2", "--data-file",
-                                        str(sst2_file), "--prompt", "plain", "--batch-size", "4"], tmp_path, "zs-sst2")
+    sst2_file.write_text(
+        "sentence\tlabel\n" + "".join(f"{ex.text}\t{ex.label}\n" for ex in sst2_examples(11))
+    )
+    one, two, console = _tunelab_twice(
+        [
+            "zeroshot",
+            tiny_model_dir,
+            "--task",
+            "sst2",
+            "--data-file",
+            str(sst2_file),
+            "--prompt",
+            "plain",
+            "--batch-size",
+            "4",
+        ],
+        tmp_path,
+        "zs-sst2",
+    )
     # the progress bars show the split: one process scored 6 sentences, the other 5
     assert "| 6/6 " in console and "| 5/5 " in console and "| 11/11 " not in console, console[-2000:]
     _same_metrics(one, two, ["accuracy", "f1", "uncalibrated_accuracy"])
@@ -196,21 +275,30 @@ def test_zeroshot_and_evaluate_split_across_processes(tiny_model_dir, tmp_path):
         assert (a["line"], a["prediction"]) == (b["line"], b["prediction"])
         assert b["scores"]["positive"] == pytest.approx(a["scores"]["positive"], rel=1e-5)
 
-    one, two = _evaluate_finetuned_twice(tiny_model_dir, "sst2", sst2_file, tmp_path, "--input-prompt", "none")
+    one, two = _evaluate_finetuned_twice(
+        tiny_model_dir, "sst2", sst2_file, tmp_path, "--input-prompt", "none"
+    )
     _same_metrics(one, two, ["accuracy", "f1"])
 
-    paragraphs = [{"context": ex.context, "qas": [{"id": ex.id, "question": ex.question, "answers": ex.answers}]}
-                  for ex in qa_examples(11)]
+    paragraphs = [
+        {"context": ex.context, "qas": [{"id": ex.id, "question": ex.question, "answers": ex.answers}]}
+        for ex in qa_examples(11)
+    ]
     squad_file = tmp_path / "squad.json"
     squad_file.write_text(json.dumps({"version": "1.1", "data": [{"title": "t", "paragraphs": paragraphs}]}))
-    one, two, _ = _tunelab_twice(["zeroshot", tiny_model_dir, "--task", "squad", "--data-file", str(squad_file),
-                               "--batch-size", "4"], tmp_path, "zs-squad")
+    one, two, _ = _tunelab_twice(
+        ["zeroshot", tiny_model_dir, "--task", "squad", "--data-file", str(squad_file), "--batch-size", "4"],
+        tmp_path,
+        "zs-squad",
+    )
     _same_metrics(one, two, ["exact_match", "f1"])
     assert (one / "predictions.json").read_text() == (two / "predictions.json").read_text()
 
     one, two = _evaluate_finetuned_twice(tiny_model_dir, "squad", squad_file, tmp_path, "--max-length", "48")
     _same_metrics(one, two, ["exact_match", "f1"])
-    assert json.loads((one / "predictions.json").read_text()) == json.loads((two / "predictions.json").read_text())
+    assert json.loads((one / "predictions.json").read_text()) == json.loads(
+        (two / "predictions.json").read_text()
+    )
 
 
 def test_single_process_commands_refuse_a_multi_process_launch(tiny_model_dir, monkeypatch, capsys):

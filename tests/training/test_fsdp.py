@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 FSDP_YAML = ROOT / "configs" / "accelerate" / "fsdp.yaml"
 
-LAUNCHED = textwrap.dedent('''
+LAUNCHED = textwrap.dedent("""
     import os, sys
     import accelerate, torch
     from accelerate import FullyShardedDataParallelPlugin
@@ -60,12 +60,19 @@ LAUNCHED = textwrap.dedent('''
     from tunelab.cli import main
     code = main(sys.argv[1:])
     sys.exit(code)
-''')
+""")
 
 
 def _env(**extra):
-    e = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1",
-             ACCELERATE_DISABLE_RICH="1", CUDA_VISIBLE_DEVICES="", **extra)
+    e = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        OMP_NUM_THREADS="1",
+        ACCELERATE_DISABLE_RICH="1",
+        CUDA_VISIBLE_DEVICES="",
+        **extra,
+    )
     for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         e.pop(key, None)
     return e
@@ -83,12 +90,24 @@ def _run(args, cwd, *, fsdp: bool, crash: bool = False, **env):
     if fsdp:
         script = cwd / "launched.py"
         script.write_text(LAUNCHED)
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(FSDP_YAML),
-               "--num_processes", "2", "--main_process_port", str(_free_port()), str(script), *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--config_file",
+            str(FSDP_YAML),
+            "--num_processes",
+            "2",
+            "--main_process_port",
+            str(_free_port()),
+            str(script),
+            *args,
+        ]
     else:
         cmd = [sys.executable, "-m", "tunelab", *args]
-    done = subprocess.run(cmd, env=_env(**env), cwd=cwd, capture_output=True, text=True, timeout=300,
-                          check=False)
+    done = subprocess.run(
+        cmd, env=_env(**env), cwd=cwd, capture_output=True, text=True, timeout=300, check=False
+    )
     output = (done.stdout + done.stderr)[-4000:]
     if crash:  # the launcher fails (status 1) because the processes ended with the planted crash's status
         assert done.returncode != 0 and "exitcode  : 17" in output, output
@@ -100,35 +119,81 @@ def _sst2_files(tmp_path: Path) -> tuple[Path, Path]:
     files = []
     for name, n, seed in (("train", 40, 0), ("dev", 12, 1)):
         f = tmp_path / f"{name}.tsv"
-        f.write_text("sentence\tlabel\n" + "".join(f"{ex.text}\t{ex.label}\n" for ex in sst2_examples(n, seed)))
+        f.write_text(
+            "sentence\tlabel\n" + "".join(f"{ex.text}\t{ex.label}\n" for ex in sst2_examples(n, seed))
+        )
         files.append(f)
     return files[0], files[1]
 
 
 def _squad_file(tmp_path: Path, n: int) -> Path:
-    paragraphs = [{"context": ex.context,
-                   "qas": [{"id": ex.id, "question": ex.question, "answers": ex.answers}]} for ex in qa_examples(n)]
+    paragraphs = [
+        {"context": ex.context, "qas": [{"id": ex.id, "question": ex.question, "answers": ex.answers}]}
+        for ex in qa_examples(n)
+    ]
     f = tmp_path / "squad.json"
     f.write_text(json.dumps({"version": "1.1", "data": [{"title": "t", "paragraphs": paragraphs}]}))
     return f
 
 
 def _args(task: str, model: str, tmp_path: Path, out: Path, batch_size: int, *extra: str) -> list[str]:
-    common = ["--out", str(out), "--batch-size", str(batch_size), "--learning-rate", "3e-3", "--warmup-ratio", "0",
-              "--log-every", "1", "--seed", "3", "--no-bf16", *extra]
+    common = [
+        "--out",
+        str(out),
+        "--batch-size",
+        str(batch_size),
+        "--learning-rate",
+        "3e-3",
+        "--warmup-ratio",
+        "0",
+        "--log-every",
+        "1",
+        "--seed",
+        "3",
+        "--no-bf16",
+        *extra,
+    ]
     if task == "sst2":
         train, dev = _sst2_files(tmp_path)
-        return ["finetune", model, "--task", "sst2", "--train-file", str(train), "--data-file", str(dev),
-                "--max-length", "32", "--input-prompt", "none", *common]
+        return [
+            "finetune",
+            model,
+            "--task",
+            "sst2",
+            "--train-file",
+            str(train),
+            "--data-file",
+            str(dev),
+            "--max-length",
+            "32",
+            "--input-prompt",
+            "none",
+            *common,
+        ]
     squad_file = _squad_file(tmp_path, 16)
-    return ["finetune", model, "--task", "squad", "--train-file", str(squad_file), "--data-file", str(squad_file),
-            "--max-length", "48", *common]
+    return [
+        "finetune",
+        model,
+        "--task",
+        "squad",
+        "--train-file",
+        str(squad_file),
+        "--data-file",
+        str(squad_file),
+        "--max-length",
+        "48",
+        *common,
+    ]
 
 
 def _weights(folder: Path) -> dict:
     from safetensors.torch import load_file
 
-    name = "adapter_model.safetensors" if (folder / "adapter_model.safetensors").exists() else "model.safetensors"
+    name = (
+        "adapter_model.safetensors"
+        if (folder / "adapter_model.safetensors").exists()
+        else "model.safetensors"
+    )
     return load_file(str(folder / name))
 
 
@@ -171,7 +236,9 @@ def test_fsdp_saves_the_whole_model_and_matches_one_process(tiny_model_dir, tmp_
     assert json.loads((two / "tunelab.json").read_text())["method"] == method
     # the saved folder is a complete model: `tunelab evaluate` reloads it and scores it as training's end did
     data = ["--data-file", str(tmp_path / ("dev.tsv" if task == "sst2" else "squad.json"))]
-    _run(["evaluate", str(two), "--task", task, *data, "--out", str(tmp_path / "again")], tmp_path, fsdp=False)
+    _run(
+        ["evaluate", str(two), "--task", task, *data, "--out", str(tmp_path / "again")], tmp_path, fsdp=False
+    )
     again = json.loads((tmp_path / "again" / "metrics.json").read_text())
     saved = json.loads((two / "eval" / "metrics.json").read_text())
     key = "accuracy" if task == "sst2" else "f1"
@@ -182,8 +249,13 @@ def test_fsdp_resumes_from_its_sharded_checkpoint(tiny_model_dir, tmp_path):
     straight, crashed = tmp_path / "straight", tmp_path / "crashed"
     extra = ("--epochs", "2", "--save-every", "2")
     _run(_args("sst2", tiny_model_dir, tmp_path, straight, 4, *extra), tmp_path, fsdp=True)
-    _run(_args("sst2", tiny_model_dir, tmp_path, crashed, 4, *extra), tmp_path, fsdp=True, crash=True,
-         CRASH_AFTER_CHECKPOINT="4")
+    _run(
+        _args("sst2", tiny_model_dir, tmp_path, crashed, 4, *extra),
+        tmp_path,
+        fsdp=True,
+        crash=True,
+        CRASH_AFTER_CHECKPOINT="4",
+    )
     partial = tmp_path / "crashed.partial"
     assert not crashed.exists() and (partial / "checkpoints" / "step-4").is_dir()
     # FSDP checkpoints hold the model and optimizer in shards (torch.distributed.checkpoint), one per process

@@ -18,8 +18,13 @@ def _features(n: int = 24) -> list[dict]:
     out = []
     for i in range(n):
         length = int(rng.integers(3, 12))
-        out.append({"input_ids": rng.integers(5, 300, size=length).tolist(), "attention_mask": [1] * length,
-                    "labels": i % 2})
+        out.append(
+            {
+                "input_ids": rng.integers(5, 300, size=length).tolist(),
+                "attention_mask": [1] * length,
+                "labels": i % 2,
+            }
+        )
     return out
 
 
@@ -50,8 +55,18 @@ class FakeOOM:
 
 
 def _cfg(**kw) -> TrainConfig:
-    base = {"learning_rate": 3e-3, "epochs": 2, "batch_size": 8, "grad_accum": 2, "max_length": 32,
-            "warmup_ratio": 0.0, "log_every": 1, "seed": 0, "bf16": False, "max_grad_norm": 1.0}
+    base = {
+        "learning_rate": 3e-3,
+        "epochs": 2,
+        "batch_size": 8,
+        "grad_accum": 2,
+        "max_length": 32,
+        "warmup_ratio": 0.0,
+        "log_every": 1,
+        "seed": 0,
+        "bf16": False,
+        "max_grad_norm": 1.0,
+    }
     base.update(kw)
     return TrainConfig(**base)
 
@@ -78,7 +93,9 @@ def test_out_of_memory_splits_micro_batches_and_keeps_the_update(tiny_model_dir,
     assert fake.raised >= 2 and got.chunks == 4 and ref.chunks == 1  # 8 -> pieces of 4 (fail) -> of 2
     assert got.steps == ref.steps and got.tokens == ref.tokens
     assert [e["step"] for e in got.log] == [e["step"] for e in ref.log]
-    for a, b in zip(ref.log, got.log, strict=True):  # the logged loss is summed in a float32 accumulator: ~1e-7 relative
+    for a, b in zip(
+        ref.log, got.log, strict=True
+    ):  # the logged loss is summed in a float32 accumulator: ~1e-7 relative
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-6)
     ref_state, got_state = plain.state_dict(), squeezed.state_dict()
     for k in ref_state:

@@ -23,8 +23,9 @@ from tunelab.training import TrainConfig, last_checkpoint, train
 # The CLI in a fresh interpreter. torch's generator starts from a random seed in every process, and the runs
 # initialise the new head and the LoRA matrices before `train` seeds it, so the launcher seeds torch first to
 # give every run the same initial model (see docs/reliability.md).
-LAUNCH = ("import sys, torch; torch.manual_seed(1234); from tunelab.cli import main; "
-          "sys.exit(main(sys.argv[1:]))")
+LAUNCH = (
+    "import sys, torch; torch.manual_seed(1234); from tunelab.cli import main; sys.exit(main(sys.argv[1:]))"
+)
 
 
 def sst2_tsv(n: int, seed: int) -> str:
@@ -51,11 +52,50 @@ def data_dir(tmp_path):
 def finetune_cmd(model_dir: str, data_dir: Path, out: Path, *extra: str) -> list[str]:
     # LoRA with dropout, so the RNG states must be restored; warm-up + linear decay, so must the schedule;
     # log and eval at steps that are not checkpoint steps, so must the running loss and the evals so far.
-    return [sys.executable, "-c", LAUNCH, "finetune", model_dir, "--task", "sst2", "--data-dir", str(data_dir),
-            "--out", str(out), "--method", "lora", "--lora-r", "4", "--lora-alpha", "8", "--lora-dropout", "0.1",
-            "--batch-size", "4", "--grad-accum", "1", "--epochs", "2", "--learning-rate", "3e-3",
-            "--warmup-ratio", "0.1", "--max-length", "32", "--log-every", "3", "--eval-every", "5",
-            "--save-every", "2", "--input-prompt", "none", "--seed", "7", *extra]
+    return [
+        sys.executable,
+        "-c",
+        LAUNCH,
+        "finetune",
+        model_dir,
+        "--task",
+        "sst2",
+        "--data-dir",
+        str(data_dir),
+        "--out",
+        str(out),
+        "--method",
+        "lora",
+        "--lora-r",
+        "4",
+        "--lora-alpha",
+        "8",
+        "--lora-dropout",
+        "0.1",
+        "--batch-size",
+        "4",
+        "--grad-accum",
+        "1",
+        "--epochs",
+        "2",
+        "--learning-rate",
+        "3e-3",
+        "--warmup-ratio",
+        "0.1",
+        "--max-length",
+        "32",
+        "--log-every",
+        "3",
+        "--eval-every",
+        "5",
+        "--save-every",
+        "2",
+        "--input-prompt",
+        "none",
+        "--seed",
+        "7",
+        *extra,
+    ]
 
 
 def env() -> dict:
@@ -85,14 +125,23 @@ def test_sigkill_at_a_random_step_then_resume_matches_uninterrupted(tiny_model_d
     kill_after = random.Random().choice(range(2, total_steps - 2, 2))  # a checkpoint step; printed on failure
 
     ref = tmp_path / "ref"  # the uninterrupted run, alongside the one to be killed
-    ref_proc = subprocess.Popen(finetune_cmd(tiny_model_dir, data_dir, ref), env=env(), stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
+    ref_proc = subprocess.Popen(
+        finetune_cmd(tiny_model_dir, data_dir, ref),
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
     out = tmp_path / "run"
     partial = out.with_name("run.partial")
     marker = partial / "checkpoints" / f"step-{kill_after}" / "COMPLETE"
-    proc = subprocess.Popen(finetune_cmd(tiny_model_dir, data_dir, out), env=env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        finetune_cmd(tiny_model_dir, data_dir, out),
+        env=env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 240
         while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -108,10 +157,18 @@ def test_sigkill_at_a_random_step_then_resume_matches_uninterrupted(tiny_model_d
     ckpt = last_checkpoint(partial / "checkpoints")
     assert ckpt is not None and int(ckpt.name.split("-")[1]) >= kill_after
 
-    resumed = subprocess.run(finetune_cmd(tiny_model_dir, data_dir, out, "--resume"), env=env(),
-                             capture_output=True, text=True, timeout=300, check=False)
+    resumed = subprocess.run(
+        finetune_cmd(tiny_model_dir, data_dir, out, "--resume"),
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resumed from" in resumed.stdout + resumed.stderr, f"did not resume (killed after step {kill_after})"
+    assert "resumed from" in resumed.stdout + resumed.stderr, (
+        f"did not resume (killed after step {kill_after})"
+    )
     assert not partial.exists() and not (out / "checkpoints").exists()
 
     a = load_file(str(ref / "adapter_model.safetensors"))
@@ -127,13 +184,19 @@ def test_sigkill_at_a_random_step_then_resume_matches_uninterrupted(tiny_model_d
 # ---- in-process tests of train(): fast, no subprocess
 # --------------------------------------------------------
 
+
 def _features(n=20, seed=0, vocab=300):
     rng = np.random.default_rng(seed)
     out = []
     for i in range(n):
         length = int(rng.integers(3, 12))
-        out.append({"input_ids": rng.integers(5, vocab, size=length).tolist(), "attention_mask": [1] * length,
-                    "labels": i % 2})
+        out.append(
+            {
+                "input_ids": rng.integers(5, vocab, size=length).tolist(),
+                "attention_mask": [1] * length,
+                "labels": i % 2,
+            }
+        )
     return out
 
 
@@ -144,13 +207,29 @@ def _model(model_dir, method="lora"):
     torch.manual_seed(0)
     model = load_task_model(model_dir, "classification")
     model.config.pad_token_id = 0
-    return apply_method(model, "classification", method, LoraOptions(4, 8, 0.1, ("q_proj", "v_proj", "up_proj")))
+    return apply_method(
+        model, "classification", method, LoraOptions(4, 8, 0.1, ("q_proj", "v_proj", "up_proj"))
+    )
 
 
 def _cfg(**kw):
-    base = {"method": "lora", "learning_rate": 5e-3, "epochs": 3, "batch_size": 3, "grad_accum": 2,
-            "warmup_ratio": 0.2, "max_length": 32, "seed": 3, "log_every": 2, "save_every": 3, "eval_every": 4,
-            "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.1, "lora_targets": ["q_proj", "v_proj", "up_proj"]}
+    base = {
+        "method": "lora",
+        "learning_rate": 5e-3,
+        "epochs": 3,
+        "batch_size": 3,
+        "grad_accum": 2,
+        "warmup_ratio": 0.2,
+        "max_length": 32,
+        "seed": 3,
+        "log_every": 2,
+        "save_every": 3,
+        "eval_every": 4,
+        "lora_r": 4,
+        "lora_alpha": 8,
+        "lora_dropout": 0.1,
+        "lora_targets": ["q_proj", "v_proj", "up_proj"],
+    }
     base.update(kw)
     return TrainConfig(**base)
 
@@ -187,8 +266,15 @@ def test_crash_resume_ignores_incomplete_checkpoints(tiny_model_dir, tmp_path):
 
     work = tmp_path / "run"
     with pytest.raises(Crash):  # evaluation 2 is at step 8: the newest checkpoint is step 6
-        train(_model(tiny_model_dir), feats, cfg, pad_id=0, work_dir=work, evaluate=_evaluate(crash_at=2),
-              progress=False)
+        train(
+            _model(tiny_model_dir),
+            feats,
+            cfg,
+            pad_id=0,
+            work_dir=work,
+            evaluate=_evaluate(crash_at=2),
+            progress=False,
+        )
     good = last_checkpoint(work / "checkpoints")
     assert good is not None and good.name == "step-6"
     lines = (work / "train_log.jsonl").read_text().splitlines()
@@ -207,6 +293,7 @@ def test_crash_resume_ignores_incomplete_checkpoints(tiny_model_dir, tmp_path):
     have = _trainable(model)
     for k in want:
         assert torch.equal(want[k], have[k]), k
+
     def strip(log):
         return [{k: v for k, v in e.items() if k != "tokens_per_s"} for e in log]
 
@@ -219,24 +306,54 @@ def test_crash_resume_ignores_incomplete_checkpoints(tiny_model_dir, tmp_path):
 def test_resume_refuses_a_checkpoint_of_other_settings(tiny_model_dir, tmp_path):
     feats = _features()
     with pytest.raises(Crash):
-        train(_model(tiny_model_dir), feats, _cfg(), pad_id=0, work_dir=tmp_path, evaluate=_evaluate(crash_at=1),
-              progress=False)
+        train(
+            _model(tiny_model_dir),
+            feats,
+            _cfg(),
+            pad_id=0,
+            work_dir=tmp_path,
+            evaluate=_evaluate(crash_at=1),
+            progress=False,
+        )
     assert last_checkpoint(tmp_path / "checkpoints") is not None
     with pytest.raises(UsageError, match=r"cannot resume.*learning_rate"):
-        train(_model(tiny_model_dir), feats, _cfg(learning_rate=1e-3), pad_id=0, work_dir=tmp_path, resume=True,
-              progress=False)
+        train(
+            _model(tiny_model_dir),
+            feats,
+            _cfg(learning_rate=1e-3),
+            pad_id=0,
+            work_dir=tmp_path,
+            resume=True,
+            progress=False,
+        )
     with pytest.raises(UsageError, match=r"cannot resume.*training data"):
-        train(_model(tiny_model_dir), _features(seed=1), _cfg(), pad_id=0, work_dir=tmp_path, resume=True,
-              progress=False)
+        train(
+            _model(tiny_model_dir),
+            _features(seed=1),
+            _cfg(),
+            pad_id=0,
+            work_dir=tmp_path,
+            resume=True,
+            progress=False,
+        )
 
 
 def test_without_resume_old_checkpoints_are_cleared(tiny_model_dir, tmp_path):
     feats = _features()
     with pytest.raises(Crash):
-        train(_model(tiny_model_dir), feats, _cfg(), pad_id=0, work_dir=tmp_path, evaluate=_evaluate(crash_at=1),
-              progress=False)
+        train(
+            _model(tiny_model_dir),
+            feats,
+            _cfg(),
+            pad_id=0,
+            work_dir=tmp_path,
+            evaluate=_evaluate(crash_at=1),
+            progress=False,
+        )
     assert last_checkpoint(tmp_path / "checkpoints") is not None
-    got = train(_model(tiny_model_dir), feats, _cfg(save_every=0), pad_id=0, work_dir=tmp_path, progress=False)
+    got = train(
+        _model(tiny_model_dir), feats, _cfg(save_every=0), pad_id=0, work_dir=tmp_path, progress=False
+    )
     assert got.resumed_from == 0 and not (tmp_path / "checkpoints").exists()
 
 

@@ -34,8 +34,11 @@ def read_squad(path) -> list[SquadExample]:
     for i, article in enumerate(doc["data"]):
         for ex, where in _article(path, article, f"data[{i}]"):
             if ex.id in seen:
-                raise DataError(path, f"duplicate question id (first seen at {seen[ex.id]}, again at {where})",
-                                record=ex.id)
+                raise DataError(
+                    path,
+                    f"duplicate question id (first seen at {seen[ex.id]}, again at {where})",
+                    record=ex.id,
+                )
             seen[ex.id] = where
             examples.append(ex)
     if not examples:

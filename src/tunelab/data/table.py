@@ -56,12 +56,16 @@ class LabelSet:
         return None
 
 
-def read_table(path, columns: Columns, labels: LabelSet, *, what: str = "classification") -> list[TextExample]:
+def read_table(
+    path, columns: Columns, labels: LabelSet, *, what: str = "classification"
+) -> list[TextExample]:
     """Read a classification file; the format follows the suffix: .tsv (no quoting), .csv or .jsonl."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
-        raise DataError(path, f"unknown {what} file type {suffix or '(none)'!r}: expected .tsv, .csv or .jsonl")
+        raise DataError(
+            path, f"unknown {what} file type {suffix or '(none)'!r}: expected .tsv, .csv or .jsonl"
+        )
     text = read_utf8(path)
     reader = _Rows(path, columns, labels)
     if suffix == ".jsonl":
@@ -91,7 +95,9 @@ class _Rows:
     def _label(self, value: str, line: int) -> int:
         label = self.labels.parse(value)
         if label is None:
-            raise DataError(self.path, f"label must be {self.labels.rule()}, got {value.strip()!r}", line=line)
+            raise DataError(
+                self.path, f"label must be {self.labels.rule()}, got {value.strip()!r}", line=line
+            )
         return label
 
     # TSV / CSV
@@ -120,8 +126,11 @@ class _Rows:
                 header = self._header(row, start)
                 continue
             if len(row) != len(header):
-                raise DataError(self.path, f"expected {len(header)} {sep}-separated fields ({', '.join(header)}), "
-                                f"got {len(row)}", line=start)
+                raise DataError(
+                    self.path,
+                    f"expected {len(header)} {sep}-separated fields ({', '.join(header)}), got {len(row)}",
+                    line=start,
+                )
             examples.append(self._row(dict(zip(header, row, strict=True)), start))
         if header is None:
             raise DataError(self.path, "file is empty")
@@ -133,8 +142,11 @@ class _Rows:
         header = [name.strip() for name in row]
         for column in (self.columns.text, self.columns.text_pair):
             if column and column not in header:
-                raise DataError(self.path, f"header must name a {column!r} column, got {row!r} (is the header row "
-                                "missing?)", line=line)
+                raise DataError(
+                    self.path,
+                    f"header must name a {column!r} column, got {row!r} (is the header row missing?)",
+                    line=line,
+                )
         for name in header:
             if name and header.count(name) > 1:
                 raise DataError(self.path, f"column {name!r} appears twice in the header", line=line)
@@ -155,8 +167,9 @@ class _Rows:
             first = self._field(record, c.text, number, fallback="text")
             pair = self._field(record, c.text_pair, number) if c.text_pair else None
             label = record.get(c.label)
-            examples.append(TextExample(first, None if label is None else self._json_label(label, number), number,
-                                        pair))
+            examples.append(
+                TextExample(first, None if label is None else self._json_label(label, number), number, pair)
+            )
         if not examples:
             raise DataError(self.path, "file is empty")
         return examples
@@ -167,7 +180,9 @@ class _Rows:
             alt = f" (or {fallback!r})" if fallback and fallback != column else ""
             raise DataError(self.path, f"object has no {column!r}{alt} field", line=line)
         if not isinstance(record[key], str):
-            raise DataError(self.path, f"{key!r} must be a string, got {type(record[key]).__name__}", line=line)
+            raise DataError(
+                self.path, f"{key!r} must be a string, got {type(record[key]).__name__}", line=line
+            )
         return self._text(record[key], line, column)
 
     def _json_label(self, label, line: int) -> int:

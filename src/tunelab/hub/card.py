@@ -18,10 +18,12 @@ if TYPE_CHECKING:
     from huggingface_hub import ModelCardData
 
 REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
-METHODS = {"full": "full fine-tuning (every weight trained)",
-           "lora": "LoRA (low-rank adapters on the attention and MLP projections, the new head trained in full); "
-                   "the adapters are merged into the weights here, so this is a plain transformers model",
-           "head": "head-only training (the pretrained body frozen)"}
+METHODS = {
+    "full": "full fine-tuning (every weight trained)",
+    "lora": "LoRA (low-rank adapters on the attention and MLP projections, the new head trained in full); "
+    "the adapters are merged into the weights here, so this is a plain transformers model",
+    "head": "head-only training (the pretrained body frozen)",
+}
 
 
 def base_hub_id(spec: str | None) -> str | None:
@@ -62,22 +64,42 @@ def data_name(data: str | None) -> str:
     return f"{p.parent.name}/{p.name}" if p.parent.name else p.name
 
 
-def card_data(task: Task, meta: dict, metrics: dict, name: str, base_model: str | None = None) -> ModelCardData:
+def card_data(
+    task: Task, meta: dict, metrics: dict, name: str, base_model: str | None = None
+) -> ModelCardData:
     from huggingface_hub import EvalResult, ModelCardData
 
     hub_id = base_model or base_hub_id(meta.get("base_model"))
     ds = task.eval_dataset(metrics.get("data"))
     results = [
-        EvalResult(task_type=task.pipeline_tag, task_name=task.description, dataset_type=ds["type"],
-                   dataset_name=ds["name"], dataset_config=ds["config"], dataset_split=ds["split"],
-                   metric_type=mtype, metric_name=mname, metric_value=value)
+        EvalResult(
+            task_type=task.pipeline_tag,
+            task_name=task.description,
+            dataset_type=ds["type"],
+            dataset_name=ds["name"],
+            dataset_config=ds["config"],
+            dataset_split=ds["split"],
+            metric_type=mtype,
+            metric_name=mname,
+            metric_value=value,
+        )
         for mtype, mname, value in task.metric_rows(metrics)
     ]
     method = meta.get("method", "full")
-    tags = ["tunelab", task.name, {"full": "full-fine-tuning", "lora": "lora", "head": "head-only"}.get(method, method)]
+    tags = [
+        "tunelab",
+        task.name,
+        {"full": "full-fine-tuning", "lora": "lora", "head": "head-only"}.get(method, method),
+    ]
     return ModelCardData(
-        base_model=hub_id, datasets=[task.hub.dataset] if task.hub.dataset else None, license=license_for(hub_id),
-        language=["en"], library_name="transformers", pipeline_tag=task.pipeline_tag, tags=tags, model_name=name,
+        base_model=hub_id,
+        datasets=[task.hub.dataset] if task.hub.dataset else None,
+        license=license_for(hub_id),
+        language=["en"],
+        library_name="transformers",
+        pipeline_tag=task.pipeline_tag,
+        tags=tags,
+        model_name=name,
         eval_results=results or None,
     )
 
@@ -104,34 +126,56 @@ def _usage_classification(task, meta: dict, name: str) -> list[str]:
     prompt = meta.get("input_prompt")
     pairs = task.pairs
     args = "text, text_pair" if pairs else "text"
-    lines = ["```python", "import torch", "from transformers import AutoModelForSequenceClassification, AutoTokenizer",
-             "", f'model_id = "YOUR-USER/{name}"  # or the path of this folder',
-             "tokenizer = AutoTokenizer.from_pretrained(model_id)",
-             "model = AutoModelForSequenceClassification.from_pretrained(model_id).eval()", ""]
+    lines = [
+        "```python",
+        "import torch",
+        "from transformers import AutoModelForSequenceClassification, AutoTokenizer",
+        "",
+        f'model_id = "YOUR-USER/{name}"  # or the path of this folder',
+        "tokenizer = AutoTokenizer.from_pretrained(model_id)",
+        "model = AutoModelForSequenceClassification.from_pretrained(model_id).eval()",
+        "",
+    ]
     fill = 'TEMPLATE.replace("{text}", text).replace("{sentence}", text)'
     fill += '.replace("{text_pair}", text_pair)' if pairs else ""
     if prompt:
-        lines += ["# The model was trained on inputs wrapped in this prompt; give it the same input.",
-                  f"TEMPLATE = {prompt['text']!r}"]
+        lines += [
+            "# The model was trained on inputs wrapped in this prompt; give it the same input.",
+            f"TEMPLATE = {prompt['text']!r}",
+        ]
         if prompt.get("chat"):
-            lines += [f"SYSTEM = {prompt.get('system')!r}", f"ANSWER_PREFIX = {prompt.get('answer_prefix', '')!r}", "",
-                      f"def format_input({args}):",
-                      '    messages = [{"role": "system", "content": SYSTEM}] if SYSTEM else []',
-                      f'    messages.append({{"role": "user", "content": {fill}}})',
-                      "    chat = tokenizer.apply_chat_template(messages, tokenize=False,"
-                      " add_generation_prompt=True)", "    return chat + ANSWER_PREFIX"]
+            lines += [
+                f"SYSTEM = {prompt.get('system')!r}",
+                f"ANSWER_PREFIX = {prompt.get('answer_prefix', '')!r}",
+                "",
+                f"def format_input({args}):",
+                '    messages = [{"role": "system", "content": SYSTEM}] if SYSTEM else []',
+                f'    messages.append({{"role": "user", "content": {fill}}})',
+                "    chat = tokenizer.apply_chat_template(messages, tokenize=False,"
+                " add_generation_prompt=True)",
+                "    return chat + ANSWER_PREFIX",
+            ]
         else:
             prefix = f" + {prompt['answer_prefix']!r}" if prompt.get("answer_prefix") else ""
             lines += ["", f"def format_input({args}):", f"    return {fill}{prefix}"]
     else:
-        lines += [f"def format_input({args}):  # trained on bare texts",
-                  '    return text + "\\n" + text_pair' if pairs else "    return text"]
+        lines += [
+            f"def format_input({args}):  # trained on bare texts",
+            '    return text + "\\n" + text_pair' if pairs else "    return text",
+        ]
     example = task.example or (["a first text", "a second text"] if pairs else "an example text")
     call = f"format_input({example[0]!r}, {example[1]!r})" if pairs else f"format_input({example!r})"
-    lines += ["", (f"enc = tokenizer({call}, truncation=True, max_length={meta.get('max_length', 128)},"
-                   ' return_tensors="pt")'),
-              "with torch.no_grad():", "    probs = model(**enc).logits.softmax(-1)[0]",
-              "print(model.config.id2label[int(probs.argmax())], float(probs.max()))", "```"]
+    lines += [
+        "",
+        (
+            f"enc = tokenizer({call}, truncation=True, max_length={meta.get('max_length', 128)},"
+            ' return_tensors="pt")'
+        ),
+        "with torch.no_grad():",
+        "    probs = model(**enc).logits.softmax(-1)[0]",
+        "print(model.config.id2label[int(probs.argmax())], float(probs.max()))",
+        "```",
+    ]
     cli = f'"{example[0]}" --pair "{example[1]}"' if pairs else f'"{example}"'
     return ["\n".join(lines), "", f"With tunelab installed: `tunelab predict ./this-folder {cli}`."]
 
@@ -139,24 +183,37 @@ def _usage_classification(task, meta: dict, name: str) -> list[str]:
 def _usage_extractive_qa(task, meta: dict, name: str) -> list[str]:
     max_length = meta.get("max_length", 384)
     example = task.example or {"question": "...", "context": "..."}
-    code = "\n".join([
-        "```python", "import torch", "from transformers import AutoModelForQuestionAnswering, AutoTokenizer", "",
-        f'model_id = "YOUR-USER/{name}"  # or the path of this folder',
-        "tokenizer = AutoTokenizer.from_pretrained(model_id)",
-        "model = AutoModelForQuestionAnswering.from_pretrained(model_id).eval()", "",
-        f"question, context = {example['question']!r}, {example['context']!r}",
-        "# Input as in training: question then passage (one pair encoding), then EOS appended as",
-        "# the last token (the no-answer position). Long passages need sliding windows:",
-        "# `tunelab predict` does them.",
-        f"enc = tokenizer(question, context, truncation=\"only_second\", max_length={max_length - 1},",
-        "                return_offsets_mapping=True)",
-        "ids = torch.tensor([enc.input_ids + [tokenizer.eos_token_id]])", "with torch.no_grad():",
-        "    out = model(input_ids=ids)", "ctx = [i for i, s in enumerate(enc.sequence_ids()) if s == 1]",
-        "start = max(ctx, key=lambda i: out.start_logits[0, i])",
-        "end = max((i for i in ctx if start <= i < start + 30), key=lambda i: out.end_logits[0, i])",
-        "print(context[enc.offset_mapping[start][0]:enc.offset_mapping[end][1]].strip())", "```",
-    ])
-    return [code, "", 'With tunelab installed: `tunelab predict ./this-folder --question "..." --context "..."`.']
+    code = "\n".join(
+        [
+            "```python",
+            "import torch",
+            "from transformers import AutoModelForQuestionAnswering, AutoTokenizer",
+            "",
+            f'model_id = "YOUR-USER/{name}"  # or the path of this folder',
+            "tokenizer = AutoTokenizer.from_pretrained(model_id)",
+            "model = AutoModelForQuestionAnswering.from_pretrained(model_id).eval()",
+            "",
+            f"question, context = {example['question']!r}, {example['context']!r}",
+            "# Input as in training: question then passage (one pair encoding), then EOS appended as",
+            "# the last token (the no-answer position). Long passages need sliding windows:",
+            "# `tunelab predict` does them.",
+            f'enc = tokenizer(question, context, truncation="only_second", max_length={max_length - 1},',
+            "                return_offsets_mapping=True)",
+            "ids = torch.tensor([enc.input_ids + [tokenizer.eos_token_id]])",
+            "with torch.no_grad():",
+            "    out = model(input_ids=ids)",
+            "ctx = [i for i, s in enumerate(enc.sequence_ids()) if s == 1]",
+            "start = max(ctx, key=lambda i: out.start_logits[0, i])",
+            "end = max((i for i in ctx if start <= i < start + 30), key=lambda i: out.end_logits[0, i])",
+            "print(context[enc.offset_mapping[start][0]:enc.offset_mapping[end][1]].strip())",
+            "```",
+        ]
+    )
+    return [
+        code,
+        "",
+        'With tunelab installed: `tunelab predict ./this-folder --question "..." --context "..."`.',
+    ]
 
 
 USAGE = {"classification": _usage_classification, "extractive_qa": _usage_extractive_qa}
@@ -164,11 +221,16 @@ USAGE = {"classification": _usage_classification, "extractive_qa": _usage_extrac
 
 def _what_it_predicts(task, meta: dict) -> list[str]:
     if task.kind == "extractive_qa":
-        none = (", or no answer (the appended EOS position) when the passage does not hold one."
-                if task.version_2 else ".")
+        none = (
+            ", or no answer (the appended EOS position) when the passage does not hold one."
+            if task.version_2
+            else "."
+        )
         return [f"{task.title}: the model predicts an answer span in the passage{none}"]
-    return [f"{task.title}: the model labels {task.unit} with one of {len(task.labels)} labels: "
-            f"{', '.join(task.labels)}."]
+    return [
+        f"{task.title}: the model labels {task.unit} with one of {len(task.labels)} labels: "
+        f"{', '.join(task.labels)}."
+    ]
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -179,20 +241,29 @@ def _classification_rows(task, metrics: dict) -> list[tuple[str, str]]:
     rows = []
     if task.positive is not None:
         positive = task.labels[task.positive]
-        for key, label in (("precision", f"Precision ({positive} class)"), ("recall", f"Recall ({positive} class)")):
+        for key, label in (
+            ("precision", f"Precision ({positive} class)"),
+            ("recall", f"Recall ({positive} class)"),
+        ):
             if key in metrics:
                 rows.append((label, f"{100 * metrics[key]:.2f}"))
     if "accuracy_ci95" in metrics:
         lo, hi = metrics["accuracy_ci95"]
         rows.append(("Accuracy 95% CI (bootstrap)", f"{100 * lo:.1f} – {100 * hi:.1f}"))
     if len(task.labels) > 2:
-        rows += [(f"F1, class {label}", f"{100 * c['f1']:.2f}") for label, c in (metrics.get("per_class") or {}).items()]
+        rows += [
+            (f"F1, class {label}", f"{100 * c['f1']:.2f}")
+            for label, c in (metrics.get("per_class") or {}).items()
+        ]
     return rows
 
 
 def _extractive_qa_rows(task, metrics: dict) -> list[tuple[str, str]]:
-    rows = [(label, f"{metrics[key]:.2f}") for key, label in (("HasAns_f1", "F1 on answerable"),
-                                                               ("NoAns_f1", "F1 on unanswerable")) if key in metrics]
+    rows = [
+        (label, f"{metrics[key]:.2f}")
+        for key, label in (("HasAns_f1", "F1 on answerable"), ("NoAns_f1", "F1 on unanswerable"))
+        if key in metrics
+    ]
     if "f1_ci95" in metrics:
         lo, hi = metrics["f1_ci95"]
         rows.append(("F1 95% CI (bootstrap)", f"{lo:.1f} – {hi:.1f}"))
@@ -209,45 +280,69 @@ def _evaluation(task, metrics: dict) -> list[str]:
         return ["No labelled evaluation was recorded for this model."]
     table = [(mname, f"{value:.2f}") for _, mname, value in rows] + MORE_ROWS[task.kind](task, metrics)
     table.append(("Examples", str(metrics.get("n", "?"))))
-    out = [f"Measured by tunelab on {ds['name']} (`{data_name(metrics.get('data'))}`, split `{ds['split']}`), "
-           "in percent:", "", _table(table, ("metric", "value"))]
+    out = [
+        f"Measured by tunelab on {ds['name']} (`{data_name(metrics.get('data'))}`, split `{ds['split']}`), "
+        "in percent:",
+        "",
+        _table(table, ("metric", "value")),
+    ]
     if ds["note"]:
         out += ["", f"**Note:** {ds['note']}."]
     elif ds["custom"] or not ds["official"]:
-        out += ["", f"**Note:** measured on a user-supplied file (`{data_name(metrics.get('data'))}`), not an "
-                    "official split."]
+        out += [
+            "",
+            f"**Note:** measured on a user-supplied file (`{data_name(metrics.get('data'))}`), not an "
+            "official split.",
+        ]
     return out
 
 
 def _training(task, meta: dict, metrics: dict, train_cfg: dict, base_link: str) -> list[str]:
     method = meta.get("method", "full")
-    facts = [("Base model", base_link), ("Method", method),
-             ("Weights", "LoRA adapter merged into the base weights" if method == "lora" else "full weights")]
+    facts = [
+        ("Base model", base_link),
+        ("Method", method),
+        ("Weights", "LoRA adapter merged into the base weights" if method == "lora" else "full weights"),
+    ]
     for key in ("train_examples", "train_features", "train_steps", "train_tokens", "train_seconds", "device"):
         if key in metrics:
             v = metrics[key]
-            facts.append((key.replace("_", " ").capitalize(), f"{v:.0f}" if key == "train_seconds" else _fmt(v)))
+            facts.append(
+                (key.replace("_", " ").capitalize(), f"{v:.0f}" if key == "train_seconds" else _fmt(v))
+            )
     if task.kind == "classification":
         wrapped = "text wrapped in a prompt (see How to use)" if meta.get("input_prompt") else "bare text"
         facts.append(("Input format", wrapped))
     else:
-        facts.append(("Window", f"{meta.get('max_length')} tokens, stride {meta.get('stride')}, question first"))
+        facts.append(
+            ("Window", f"{meta.get('max_length')} tokens, stride {meta.get('stride')}, question first")
+        )
     out = [_table(facts, ("", ""))]
     if train_cfg:
         keep = [k for k in train_cfg if method == "lora" or not k.startswith(("lora_", "merge_lora"))]
-        out += ["", "Training options (`training_config.json`):", "",
-                _table([(f"`{k}`", _fmt(train_cfg[k])) for k in keep], ("option", "value"))]
+        out += [
+            "",
+            "Training options (`training_config.json`):",
+            "",
+            _table([(f"`{k}`", _fmt(train_cfg[k])) for k in keep], ("option", "value")),
+        ]
     return out
 
 
 def _parameters(params: dict) -> list[str]:
     share = 100 * params["trainable"] / max(params["total"], 1)
-    rows = [("Total (as exported)", f"{params['total']:,}"), ("Base causal LM", f"{params['base_total']:,}"),
-            ("Trained during fine-tuning", f"{params['trainable']:,} ({share:.2f}%)")]
+    rows = [
+        ("Total (as exported)", f"{params['total']:,}"),
+        ("Base causal LM", f"{params['base_total']:,}"),
+        ("Trained during fine-tuning", f"{params['trainable']:,} ({share:.2f}%)"),
+    ]
     if params.get("adapter"):
         rows.append(("of which LoRA adapter (merged)", f"{params['adapter']:,}"))
-    return [_table(rows, ("", "count")), "", "Counted exactly from the config (`tunelab params`); tied embeddings "
-                                             "count once."]
+    return [
+        _table(rows, ("", "count")),
+        "",
+        "Counted exactly from the config (`tunelab params`); tied embeddings count once.",
+    ]
 
 
 def _limitations(task, meta: dict, hub_id: str | None) -> list[str]:
@@ -256,29 +351,45 @@ def _limitations(task, meta: dict, hub_id: str | None) -> list[str]:
         if not task.limitations:
             lim.append(f"Trained on {task.title}; other domains and text styles will score lower.")
         if meta.get("input_prompt"):
-            lim.append("Inputs must be wrapped in the training prompt (see How to use); the Hub widget and "
-                       "`pipeline()` pass bare text and will give different scores.")
+            lim.append(
+                "Inputs must be wrapped in the training prompt (see How to use); the Hub widget and "
+                "`pipeline()` pass bare text and will give different scores."
+            )
     else:
-        lim.insert(0, "Answers are spans of the given passage; the head was trained with tunelab's input layout "
-                      "(question first, EOS appended as the no-answer slot), which the `question-answering` "
-                      "pipeline does not reproduce: use the snippet above or `tunelab predict`.")
-    lim.append("The numbers above come from one fine-tuning run (one seed) on the evaluation data named there; "
-               "the bootstrap interval covers sampling of that data only, not run-to-run variation.")
+        lim.insert(
+            0,
+            "Answers are spans of the given passage; the head was trained with tunelab's input layout "
+            "(question first, EOS appended as the no-answer slot), which the `question-answering` "
+            "pipeline does not reproduce: use the snippet above or `tunelab predict`.",
+        )
+    lim.append(
+        "The numbers above come from one fine-tuning run (one seed) on the evaluation data named there; "
+        "the bootstrap interval covers sampling of that data only, not run-to-run variation."
+    )
     if license_for(hub_id) == "other":
         lim.append("Licence: inherits the base model's licence; check it before use.")
     return [f"- {x}" for x in lim]
 
 
-def card_body(task: Task, meta: dict, metrics: dict, train_cfg: dict, params: dict | None, name: str,
-              hub_id: str | None) -> str:
+def card_body(
+    task: Task, meta: dict, metrics: dict, train_cfg: dict, params: dict | None, name: str, hub_id: str | None
+) -> str:
     method = meta.get("method", "full")
-    base_link = (f"[{hub_id}](https://huggingface.co/{hub_id})" if hub_id
-                 else f"A local model (`{Path(str(meta.get('base_model'))).name}`)")
+    base_link = (
+        f"[{hub_id}](https://huggingface.co/{hub_id})"
+        if hub_id
+        else f"A local model (`{Path(str(meta.get('base_model'))).name}`)"
+    )
     head = HEADS[task.head].auto_class.replace("AutoModelFor", "")
-    out = [f"# {name}", "",
-           f"{base_link} fine-tuned for {task.description} with tunelab by {METHODS.get(method, method)}. "
-           f"A `{head}` head reads the hidden state of the last token (a decoder-only model: the last token is "
-           "the one that has seen the whole input).", "", *_what_it_predicts(task, meta)]
+    out = [
+        f"# {name}",
+        "",
+        f"{base_link} fine-tuned for {task.description} with tunelab by {METHODS.get(method, method)}. "
+        f"A `{head}` head reads the hidden state of the last token (a decoder-only model: the last token is "
+        "the one that has seen the whole input).",
+        "",
+        *_what_it_predicts(task, meta),
+    ]
     out += ["", "## How to use", "", *USAGE[task.kind](task, meta, name)]
     out += ["", "## Evaluation", "", *_evaluation(task, metrics)]
     out += ["", "## Training", "", *_training(task, meta, metrics, train_cfg, base_link)]

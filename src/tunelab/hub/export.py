@@ -18,11 +18,21 @@ def _param_counts(config_dir: Path, task, meta: dict, train_cfg: dict) -> dict |
     from tunelab.models.params import DEFAULT_LORA_TARGETS, LoraOptions, param_report
     from tunelab.models.registry import load_config
 
-    lora = LoraOptions(train_cfg.get("lora_r", 16), train_cfg.get("lora_alpha", 32), 0.0,
-                       tuple(train_cfg.get("lora_targets") or DEFAULT_LORA_TARGETS))
+    lora = LoraOptions(
+        train_cfg.get("lora_r", 16),
+        train_cfg.get("lora_alpha", 32),
+        0.0,
+        tuple(train_cfg.get("lora_targets") or DEFAULT_LORA_TARGETS),
+    )
     try:
-        report = param_report(str(meta.get("base_model")), load_config(str(config_dir)), task.head,
-                              meta.get("method", "full"), lora, len(task.head_options().get("labels", ())) or 2)
+        report = param_report(
+            str(meta.get("base_model")),
+            load_config(str(config_dir)),
+            task.head,
+            meta.get("method", "full"),
+            lora,
+            len(task.head_options().get("labels", ())) or 2,
+        )
     except Exception:  # noqa: BLE001 - counts are a nicety on the card, never a reason to fail the export
         return None
     return report.to_dict()
@@ -40,7 +50,9 @@ def _check_inputs(model_dir: Path, out_dir: Path, base_model: str | None) -> tup
     if not metrics_file.is_file():
         raise UsageError(f"{model_dir}: no eval/metrics.json; export a folder written by `tunelab finetune`")
     if _overlaps(model_dir, out_dir):
-        raise UsageError(f"{out_dir}: the export must go to a folder outside {model_dir} (and not contain it)")
+        raise UsageError(
+            f"{out_dir}: the export must go to a folder outside {model_dir} (and not contain it)"
+        )
     if base_model is not None and not (REPO_ID.fullmatch(base_model) and ".." not in base_model):
         raise UsageError(f"--base-model {base_model!r}: expected a Hub id, owner/name")
     cfg_file = model_dir / "training_config.json"
@@ -60,8 +72,9 @@ def _shared_meta(meta: dict, task, hub_id: str | None, saved: str) -> dict:
     return out
 
 
-def export(model_dir: str | Path, out_dir: str | Path, *, overwrite: bool = False,
-           base_model: str | None = None) -> Path:
+def export(
+    model_dir: str | Path, out_dir: str | Path, *, overwrite: bool = False, base_model: str | None = None
+) -> Path:
     """Write a Hub-ready folder for a folder written by `tunelab finetune`. `base_model` overrides the card's
     base model Hub id. Returns the folder."""
     from huggingface_hub import ModelCard
@@ -97,7 +110,9 @@ def export(model_dir: str | Path, out_dir: str | Path, *, overwrite: bool = Fals
 
         name = out_dir.name
         data = card_data(task, meta, metrics, name, base_model=hub_id)
-        body = card_body(task, meta, metrics, train_cfg, _param_counts(work, task, meta, train_cfg), name, hub_id)
+        body = card_body(
+            task, meta, metrics, train_cfg, _param_counts(work, task, meta, train_cfg), name, hub_id
+        )
         card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
         card.save(work / "README.md")
         # The card must parse back exactly as written (the Hub rejects a push whose metadata does not).

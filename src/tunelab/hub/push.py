@@ -21,7 +21,9 @@ def validate_repo_id(repo_id: str) -> str:
     from huggingface_hub.utils import validate_repo_id as hub_validate
 
     if not isinstance(repo_id, str) or not REPO_ID.fullmatch(repo_id):
-        raise UsageError(f"--repo-id {repo_id!r}: expected USER/NAME (or ORG/NAME): letters, digits, '-', '_', '.'")
+        raise UsageError(
+            f"--repo-id {repo_id!r}: expected USER/NAME (or ORG/NAME): letters, digits, '-', '_', '.'"
+        )
     try:
         hub_validate(repo_id)
     except HFValidationError as exc:
@@ -54,7 +56,9 @@ def check_folder(folder: str | Path) -> Path:
     except Exception as exc:  # noqa: BLE001 - ValueError for bad YAML, and whatever a broken file raises
         raise UsageError(f"{readme}: not a valid model card: {exc}") from None
     if not card.data.to_dict():
-        raise UsageError(f"{readme}: the model card has no YAML metadata (--- block); make it with `tunelab export`")
+        raise UsageError(
+            f"{readme}: the model card has no YAML metadata (--- block); make it with `tunelab export`"
+        )
     if not any((folder / f).is_file() for f in WEIGHT_FILES):
         raise UsageError(f"{folder}: no weights (model.safetensors or adapter_model.safetensors)")
     return folder
@@ -67,11 +71,15 @@ def _hub_error(exc: BaseException, repo_id: str, token: str | None) -> UsageErro
     if isinstance(exc, OfflineModeIsEnabled):
         msg = "offline mode is on (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE): unset it to push"
     elif status == 401:
-        msg = ("the Hub refused the token (HTTP 401): log in again with `hf auth login` or set HF_TOKEN "
-               "to a token with write access")
+        msg = (
+            "the Hub refused the token (HTTP 401): log in again with `hf auth login` or set HF_TOKEN "
+            "to a token with write access"
+        )
     elif status == 403:
-        msg = (f"not allowed to write to {repo_id} (HTTP 403): the token needs write access, and the namespace "
-               "must be your user or an organisation you can write to")
+        msg = (
+            f"not allowed to write to {repo_id} (HTTP 403): the token needs write access, and the namespace "
+            "must be your user or an organisation you can write to"
+        )
     elif status == 404:
         msg = f"{repo_id} not found (HTTP 404): check the user or organisation name"
     elif status is not None:
@@ -92,8 +100,15 @@ def _hub_api():
     return HfApi()
 
 
-def push(folder: str | Path, repo_id: str, *, private: bool = False, dry_run: bool = False,
-         token: str | None = None, api=None) -> dict:
+def push(
+    folder: str | Path,
+    repo_id: str,
+    *,
+    private: bool = False,
+    dry_run: bool = False,
+    token: str | None = None,
+    api=None,
+) -> dict:
     """Upload an exported folder to the Hub model repo `repo_id` (created if missing; `private` applies only
     then). The token comes from `token`, HF_TOKEN or the user's login, and is never printed. `dry_run`: only
     say which files would go where, touching neither the network nor the token.
@@ -103,20 +118,35 @@ def push(folder: str | Path, repo_id: str, *, private: bool = False, dry_run: bo
     validate_repo_id(repo_id)
     folder = check_folder(folder)
     files = upload_plan(folder)
-    result = {"repo_id": repo_id, "url": f"https://huggingface.co/{repo_id}", "private": private,
-              "dry_run": dry_run, "folder": str(folder), "files": files,
-              "total_bytes": sum(f["size"] for f in files)}
+    result = {
+        "repo_id": repo_id,
+        "url": f"https://huggingface.co/{repo_id}",
+        "private": private,
+        "dry_run": dry_run,
+        "folder": str(folder),
+        "files": files,
+        "total_bytes": sum(f["size"] for f in files),
+    }
     if dry_run:
         return result
     token = hub_token(token)
     if not token:
-        raise UsageError("no Hugging Face token: run `hf auth login` or set HF_TOKEN (a token with write access)")
+        raise UsageError(
+            "no Hugging Face token: run `hf auth login` or set HF_TOKEN (a token with write access)"
+        )
     api = api if api is not None else _hub_api()
     try:
-        repo = api.create_repo(repo_id=repo_id, repo_type="model", private=private, exist_ok=True, token=token)
-        info = api.upload_folder(repo_id=repo_id, repo_type="model", folder_path=str(folder), token=token,
-                                 ignore_patterns=list(HIDDEN_PATTERNS),
-                                 commit_message=f"Upload {folder.resolve().name} with tunelab")
+        repo = api.create_repo(
+            repo_id=repo_id, repo_type="model", private=private, exist_ok=True, token=token
+        )
+        info = api.upload_folder(
+            repo_id=repo_id,
+            repo_type="model",
+            folder_path=str(folder),
+            token=token,
+            ignore_patterns=list(HIDDEN_PATTERNS),
+            commit_message=f"Upload {folder.resolve().name} with tunelab",
+        )
     except UsageError:
         raise
     except Exception as exc:  # noqa: BLE001 - HTTP, network and validation errors of huggingface_hub alike

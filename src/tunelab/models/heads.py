@@ -15,8 +15,9 @@ class Head:
 
 
 HEADS = {
-    "classification": Head("classification", "score", "AutoModelForSequenceClassification", "SEQ_CLS",
-                           "sequence classification"),
+    "classification": Head(
+        "classification", "score", "AutoModelForSequenceClassification", "SEQ_CLS", "sequence classification"
+    ),
     "span": Head("span", "qa_outputs", "AutoModelForQuestionAnswering", "QUESTION_ANS", "span QA"),
 }
 

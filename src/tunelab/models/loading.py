@@ -45,8 +45,13 @@ def align_pad_token(model, tokenizer) -> None:
 def _from_pretrained(cls, spec: str, **kwargs):
     path = resolve(spec)
     try:
-        return cls.from_pretrained(path, output_loading_info=True, trust_remote_code=remote_code_trusted(),
-                                   use_safetensors=True, **kwargs)
+        return cls.from_pretrained(
+            path,
+            output_loading_info=True,
+            trust_remote_code=remote_code_trusted(),
+            use_safetensors=True,
+            **kwargs,
+        )
     except Exception as exc:
         raise load_error(spec, "model", exc) from exc
 
@@ -74,8 +79,14 @@ def saved_head(path: str) -> str | None:
     return None
 
 
-def load_task_model(spec: str, head_name: str, *, labels: Sequence[str] = ("0", "1"),
-                    dtype: torch.dtype = torch.float32, head_init: Callable | None = None) -> PreTrainedModel:
+def load_task_model(
+    spec: str,
+    head_name: str,
+    *,
+    labels: Sequence[str] = ("0", "1"),
+    dtype: torch.dtype = torch.float32,
+    head_init: Callable | None = None,
+) -> PreTrainedModel:
     """A classification or span-QA model (`head_name`: classification | span) whose body holds the
     checkpoint's weights. A new classification head gets one output per label (`labels` name them in
     id2label); `head_init(model)` may then set the new head's weights.
@@ -88,8 +99,11 @@ def load_task_model(spec: str, head_name: str, *, labels: Sequence[str] = ("0", 
     fresh = saved_head(resolve(spec)) is None
     kwargs: dict = {"dtype": dtype}
     if fresh and head_name == "classification":
-        kwargs.update(num_labels=len(labels), id2label=dict(enumerate(labels)),
-                      label2id={name: i for i, name in enumerate(labels)})
+        kwargs.update(
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id={name: i for i, name in enumerate(labels)},
+        )
     elif fresh:
         kwargs["key_mapping"] = {r"^model\.": "transformer."}
     # transformers logs a load report of the (expected) missing head; our own check below is the one that

@@ -89,8 +89,9 @@ def build_meta(config, head_name: str | None, num_labels: int = 2) -> torch.nn.M
         raise ModelError(f"cannot build the {what} model of this config: {short(str(exc))}") from exc
 
 
-def apply_method(model: torch.nn.Module, head_name: str | None, method: str,
-                 lora: LoraOptions | None = None) -> torch.nn.Module:
+def apply_method(
+    model: torch.nn.Module, head_name: str | None, method: str, lora: LoraOptions | None = None
+) -> torch.nn.Module:
     """Set requires_grad (and wrap with LoRA) the way fine-tuning with `method` does. Returns the model to
     train."""
     if method == "full":
@@ -128,8 +129,14 @@ def lora_adapter_count(peft_model) -> int:
     return sum(p.numel() for n, p in peft_model.named_parameters() if "lora_" in n)
 
 
-def param_report(spec: str, config, head_name: str | None = None, method: str = "full",
-                 lora: LoraOptions | None = None, num_labels: int = 2) -> ParamReport:
+def param_report(
+    spec: str,
+    config,
+    head_name: str | None = None,
+    method: str = "full",
+    lora: LoraOptions | None = None,
+    num_labels: int = 2,
+) -> ParamReport:
     """Total and trainable parameters of the base causal LM and of its task model with `head_name`."""
     base = build_meta(config, None)
     base_total = count(base)
@@ -150,7 +157,10 @@ def param_report(spec: str, config, head_name: str | None = None, method: str = 
 
 
 def format_report(r: ParamReport, task: str | None = None) -> str:
-    lines = [f"model      {r.model}", f"base total {r.base_total:>15,}  (causal LM, tied embeddings counted once)"]
+    lines = [
+        f"model      {r.model}",
+        f"base total {r.base_total:>15,}  (causal LM, tied embeddings counted once)",
+    ]
     if r.head:
         what = HEADS[r.head].what + (f", {r.num_labels} labels" if r.num_labels else "")
         lines.append(f"task       {task or r.head}  ({what})")
@@ -160,7 +170,9 @@ def format_report(r: ParamReport, task: str | None = None) -> str:
             lines.append(f"  - {name:<8} {n:>15,}  (untied LM head, not used by the task model)")
         lines.append(f"total      {r.total:>15,}  (delta {r.delta:+,})")
     lines.append(f"method     {r.method}")
-    lines.append(f"trainable  {r.trainable:>15,}  ({100 * r.trainable / max(r.total, 1):.4f}% of {r.total:,})")
+    lines.append(
+        f"trainable  {r.trainable:>15,}  ({100 * r.trainable / max(r.total, 1):.4f}% of {r.total:,})"
+    )
     if r.adapter:
         lines.append(f"  of which LoRA adapter {r.adapter:,} (merged into the weights on export)")
     return "\n".join(lines)

@@ -90,7 +90,9 @@ def resolve(spec: str) -> str:
                 f"`tunelab params {spec}`.)"
             )
         if is_offline():
-            raise ModelError(f"{spec}: offline and no local copy; its weights are on the Hub as {alias.hub_id}")
+            raise ModelError(
+                f"{spec}: offline and no local copy; its weights are on the Hub as {alias.hub_id}"
+            )
         return alias.hub_id
     path = Path(spec).expanduser()
     if path.exists():
@@ -140,7 +142,9 @@ def convert_gguf(alias: Alias, gguf: Path) -> Path:
     try:
         try:
             tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+            model = AutoModelForCausalLM.from_pretrained(
+                gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+            )
         except ImportError as exc:  # transformers reads GGUF files with the `gguf` package
             raise ModelError(f"{alias.name}: cannot convert {gguf}: {exc}") from None
         # The GGUF's tokenizer metadata names <|im_start|> as EOS; the model config (and the Hub's tokenizer)

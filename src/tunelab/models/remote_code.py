@@ -10,8 +10,10 @@ from __future__ import annotations
 from tunelab.errors import ModelError
 
 _REMOTE_CODE = {"trusted": False}
-REMOTE_CODE_HINT = ("it ships its own Python code, which tunelab does not run unless you pass --trust-remote-code "
-                    "(do so only for a source you trust)")
+REMOTE_CODE_HINT = (
+    "it ships its own Python code, which tunelab does not run unless you pass --trust-remote-code "
+    "(do so only for a source you trust)"
+)
 
 
 def trust_remote_code(enabled: bool) -> None:

@@ -29,8 +29,11 @@ def _read_config(run: Path) -> dict | None:
     import yaml
 
     try:
-        return yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) \
-            if (run / "config.yaml").is_file() else None
+        return (
+            yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
+            if (run / "config.yaml").is_file()
+            else None
+        )
     except (OSError, yaml.YAMLError) as exc:
         raise UsageError(f"{run / 'config.yaml'}: cannot read: {exc}") from exc
 
@@ -49,17 +52,28 @@ def _intro(run: Path, model: str | None, env: dict) -> P:
     return P(intro + ".")
 
 
-def _summary(b: Builder, summary_rows: list[list[str]], analysis: list[str], param_sentences: list[str]) -> None:
+def _summary(
+    b: Builder, summary_rows: list[list[str]], analysis: list[str], param_sentences: list[str]
+) -> None:
     b.add(H(2, "Summary"))
     if summary_rows:
-        b.add(Table(["task", "metric", "zero-shot", "fine-tuned", "difference (95% CI)", "test", "n"],
-                    summary_rows, "llrrrrr",
-                    caption="Paired tests on the examples both models were evaluated on: McNemar (classification "
-                            f"accuracy), paired bootstrap (QA F1). Significant means p < {ALPHA}."))
+        b.add(
+            Table(
+                ["task", "metric", "zero-shot", "fine-tuned", "difference (95% CI)", "test", "n"],
+                summary_rows,
+                "llrrrrr",
+                caption="Paired tests on the examples both models were evaluated on: McNemar (classification "
+                f"accuracy), paired bootstrap (QA F1). Significant means p < {ALPHA}.",
+            )
+        )
     b.add(H(2, "Analysis"))
-    b.add(P("Each statement below is generated from this run's numbers, under fixed rules: a difference "
+    b.add(
+        P(
+            "Each statement below is generated from this run's numbers, under fixed rules: a difference "
             f"is called significant only when its paired test gives p < {ALPHA}, and fewer than {SMALL_N} "
-            "paired examples are flagged as a small sample."))
+            "paired examples are flagged as a small sample."
+        )
+    )
     b.add(H(3, "Scores"))
     b.add(UL(analysis or ["No evaluation has finished yet."]))
     b.add(H(3, "Parameter counts"))
@@ -76,9 +90,16 @@ def _run_section(b: Builder, stages: dict, env: dict) -> None:
     if env:
         pk = env.get("packages") or {}
         items = [f"{k} {v}" for k, v in pk.items() if v]
-        b.add(P("Environment: Python " + str(env.get("python", "?")) + ", " + ", ".join(items)
+        b.add(
+            P(
+                "Environment: Python "
+                + str(env.get("python", "?"))
+                + ", "
+                + ", ".join(items)
                 + f"; seed {env.get('seed')}; {len(env.get('invocations', [])) or 1} invocation(s). Details "
-                  "in environment.json; the resolved configuration is config.yaml."))
+                "in environment.json; the resolved configuration is config.yaml."
+            )
+        )
 
 
 def build_report(run_dir: str | Path) -> tuple[Path, Path]:

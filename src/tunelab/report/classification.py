@@ -34,9 +34,18 @@ def tests(t: TaskRun) -> list[Test]:
     mc = mcnemar(pr.a, pr.b)
     boot = paired_bootstrap(100 * pr.a, 100 * pr.b)
     unit = t.task.unit_singular
-    return [Test("McNemar exact test", "accuracy", pr.n, boot["difference"], boot["ci95"], mc["p_value"],
-                 f"{plural(mc['only_b_correct'], unit)} right only after fine-tuning, "
-                 f"{plural(mc['only_a_correct'], unit)} right only zero-shot")]
+    return [
+        Test(
+            "McNemar exact test",
+            "accuracy",
+            pr.n,
+            boot["difference"],
+            boot["ci95"],
+            mc["p_value"],
+            f"{plural(mc['only_b_correct'], unit)} right only after fine-tuning, "
+            f"{plural(mc['only_a_correct'], unit)} right only zero-shot",
+        )
+    ]
 
 
 def _diff_points(a, b) -> str:
@@ -47,11 +56,22 @@ def _metric_rows(t: TaskRun) -> list[list[str]]:
     zs, ft = t.zs or {}, t.ft or {}
 
     def row(label, key):
-        return [label, pct(zs.get(key)) if zs else "not run yet", pct(ft.get(key)) if ft else "not run yet",
-                _diff_points(zs.get(key), ft.get(key))]
+        return [
+            label,
+            pct(zs.get(key)) if zs else "not run yet",
+            pct(ft.get(key)) if ft else "not run yet",
+            _diff_points(zs.get(key), ft.get(key)),
+        ]
 
-    rows = [row("Accuracy (%)", "accuracy"),
-            ["  95% interval (bootstrap)", ci(zs.get("accuracy_ci95"), 100), ci(ft.get("accuracy_ci95"), 100), ""]]
+    rows = [
+        row("Accuracy (%)", "accuracy"),
+        [
+            "  95% interval (bootstrap)",
+            ci(zs.get("accuracy_ci95"), 100),
+            ci(ft.get("accuracy_ci95"), 100),
+            "",
+        ],
+    ]
     if "uncalibrated_accuracy" in zs:
         rows.append(["  accuracy before calibration (%)", pct(zs["uncalibrated_accuracy"]), "", ""])
     positive = t.task.labels[t.task.positive] if t.task.positive is not None else None
@@ -59,13 +79,22 @@ def _metric_rows(t: TaskRun) -> list[list[str]]:
         rows.append(row(f"F1, {positive} class (%)", "f1"))
     rows.append(row("Macro F1 (%)", "macro_f1"))
     if positive is not None:
-        rows += [row("Precision (%)", "precision"), row("Recall (%)", "recall"),
-                 row(f"Predicted {positive} (%)", "predicted_positive_rate")]
+        rows += [
+            row("Precision (%)", "precision"),
+            row("Recall (%)", "recall"),
+            row(f"Predicted {positive} (%)", "predicted_positive_rate"),
+        ]
     else:
         for label in t.task.labels:
             rows.append([f"F1, class {label} (%)", *_class_f1(zs, ft, label)])
-    rows.append([f"{t.task.unit.capitalize()} evaluated", n_(zs["n"]) if "n" in zs else "–",
-                 n_(ft["n"]) if "n" in ft else "–", ""])
+    rows.append(
+        [
+            f"{t.task.unit.capitalize()} evaluated",
+            n_(zs["n"]) if "n" in zs else "–",
+            n_(ft["n"]) if "n" in ft else "–",
+            "",
+        ]
+    )
     return rows
 
 
@@ -84,14 +113,36 @@ def section(b: Builder, t: TaskRun) -> None:
     b.add(Table(["metric", "zero-shot", "fine-tuned", "difference (points)"], _metric_rows(t)))
     found = tests(t)
     for test in found:
-        b.add(P(f"{test.name} on the {n_(test.n)} {t.task.unit} both models labelled: accuracy difference "
+        b.add(
+            P(
+                f"{test.name} on the {n_(test.n)} {t.task.unit} both models labelled: accuracy difference "
                 f"{test.diff:+.1f} points (95% paired-bootstrap interval {ci(test.diff_ci)}), "
-                f"{pval(test.p)}; {test.detail}."))
-        b.summary_rows.append([t.title, "accuracy (%)", pct(zs.get("accuracy")), pct(ft.get("accuracy")),
-                               f"{test.diff:+.1f} {ci(test.diff_ci)}", pval(test.p), n_(test.n)])
+                f"{pval(test.p)}; {test.detail}."
+            )
+        )
+        b.summary_rows.append(
+            [
+                t.title,
+                "accuracy (%)",
+                pct(zs.get("accuracy")),
+                pct(ft.get("accuracy")),
+                f"{test.diff:+.1f} {ci(test.diff_ci)}",
+                pval(test.p),
+                n_(test.n),
+            ]
+        )
     if not found:
-        b.summary_rows.append([t.title, "accuracy (%)", pct(zs.get("accuracy")) if zs else "not run",
-                               pct(ft.get("accuracy")) if ft else "not run", "", "no paired test", ""])
+        b.summary_rows.append(
+            [
+                t.title,
+                "accuracy (%)",
+                pct(zs.get("accuracy")) if zs else "not run",
+                pct(ft.get("accuracy")) if ft else "not run",
+                "",
+                "no paired test",
+                "",
+            ]
+        )
     _plots(b, t)
     loss_section(b, t)
     mistakes(b, t)
@@ -104,17 +155,29 @@ def _plots(b: Builder, t: TaskRun) -> None:
         keys.append(("macro F1", "macro_f1"))
 
         def err(m):
-            return [[100 * v for v in m["accuracy_ci95"]] if "accuracy_ci95" in m else None] + [None] * (len(keys) - 1)
+            return [[100 * v for v in m["accuracy_ci95"]] if "accuracy_ci95" in m else None] + [None] * (
+                len(keys) - 1
+            )
 
-        path = score_bars([k for k, _ in keys], [100 * zs[k] if k in zs else None for _, k in keys],
-                          [100 * ft[k] if k in ft else None for _, k in keys], err(zs), err(ft),
-                          b.fig(f"{t.name}-scores.png"), f"{t.title}: zero-shot vs fine-tuned (error bars: 95% CI)",
-                          "%")
+        path = score_bars(
+            [k for k, _ in keys],
+            [100 * zs[k] if k in zs else None for _, k in keys],
+            [100 * ft[k] if k in ft else None for _, k in keys],
+            err(zs),
+            err(ft),
+            b.fig(f"{t.name}-scores.png"),
+            f"{t.title}: zero-shot vs fine-tuned (error bars: 95% CI)",
+            "%",
+        )
         b.img(path, f"{t.title} scores, zero-shot vs fine-tuned")
     for m, label in ((zs, "zero-shot"), (ft, "fine-tuned")):
         if m.get("confusion_matrix"):
-            path = confusion(m["confusion_matrix"], b.fig(f"{t.name}-confusion-{label}.png"),
-                             f"{t.title} {label} (n={m.get('n')})", labels=t.task.labels)
+            path = confusion(
+                m["confusion_matrix"],
+                b.fig(f"{t.name}-confusion-{label}.png"),
+                f"{t.title} {label} (n={m.get('n')})",
+                labels=t.task.labels,
+            )
             b.img(path, f"{t.title} confusion matrix, {label}")
 
 
@@ -126,15 +189,36 @@ def mistakes(b: Builder, t: TaskRun) -> None:
             continue
         wrong = [r for r in rows_ if r.get("gold") is not None and r["prediction"] != r["gold"]]
         wrong.sort(key=lambda r: -r["scores"][labels[r["prediction"]]])
-        b.add(P(f"{label}: {len(wrong)} mistakes of {len(rows_)} {t.task.unit}; the "
-                f"{min(TOP_MISTAKES, len(wrong))} the model was surest of:"))
+        b.add(
+            P(
+                f"{label}: {len(wrong)} mistakes of {len(rows_)} {t.task.unit}; the "
+                f"{min(TOP_MISTAKES, len(wrong))} the model was surest of:"
+            )
+        )
         if wrong:
             pairs = t.task.pairs
-            b.add(Table(["line", "text" + (" (and its pair)" if pairs else ""), "gold", "predicted", "confidence"],
-                        [[str(r["line"]), r["text"].strip() + (f" / {r['text_pair']}" if pairs else ""),
-                          labels[r["gold"]], labels[r["prediction"]],
-                          f"{r['scores'][labels[r['prediction']]]:.3f}"] for r in wrong[:TOP_MISTAKES]],
-                        "rlllr"))
+            b.add(
+                Table(
+                    [
+                        "line",
+                        "text" + (" (and its pair)" if pairs else ""),
+                        "gold",
+                        "predicted",
+                        "confidence",
+                    ],
+                    [
+                        [
+                            str(r["line"]),
+                            r["text"].strip() + (f" / {r['text_pair']}" if pairs else ""),
+                            labels[r["gold"]],
+                            labels[r["prediction"]],
+                            f"{r['scores'][labels[r['prediction']]]:.3f}",
+                        ]
+                        for r in wrong[:TOP_MISTAKES]
+                    ],
+                    "rlllr",
+                )
+            )
 
 
 def _lean(t: TaskRun) -> list[str]:
@@ -154,13 +238,17 @@ def _lean(t: TaskRun) -> list[str]:
             pred[k] = m.get("predicted_positive_rate", pred[k])
             if abs(pred[k] - gold[k]) >= 0.10:
                 lean = labels[k] if pred[k] > gold[k] else labels[1 - k]
-                out.append(f"{t.title} {label}: predictions lean {lean} ({pct(pred[k])}% predicted {labels[k]}, "
-                           f"{pct(gold[k])}% of the gold labels are {labels[k]}).")
+                out.append(
+                    f"{t.title} {label}: predictions lean {lean} ({pct(pred[k])}% predicted {labels[k]}, "
+                    f"{pct(gold[k])}% of the gold labels are {labels[k]})."
+                )
             continue
         k = max(range(len(cm)), key=lambda j: pred[j] - gold[j])
         if pred[k] - gold[k] >= 0.10:
-            out.append(f"{t.title} {label}: {labels[k]} is predicted for {pct(pred[k])}% of the {t.task.unit}, "
-                       f"against {pct(gold[k])}% of the gold labels.")
+            out.append(
+                f"{t.title} {label}: {labels[k]} is predicted for {pct(pred[k])}% of the {t.task.unit}, "
+                f"against {pct(gold[k])}% of the gold labels."
+            )
     return out
 
 
@@ -171,13 +259,17 @@ def analysis(t: TaskRun) -> list[str]:
     if found:
         x = found[0]
         change = moved(x.diff, "accuracy", pct(zs.get("accuracy")) + "%", pct(ft.get("accuracy")) + "%")
-        s = (f"{t.title}: fine-tuning {change} ({x.diff:+.1f} points, 95% interval {ci(x.diff_ci)}) "
-             f"on {x.n} dev {t.task.unit}.")
+        s = (
+            f"{t.title}: fine-tuning {change} ({x.diff:+.1f} points, 95% interval {ci(x.diff_ci)}) "
+            f"on {x.n} dev {t.task.unit}."
+        )
         if x.significant:
             s += f" The difference is statistically significant (McNemar, {pval(x.p)}): {x.detail}."
         else:
-            s += (f" The difference is not statistically significant (McNemar, {pval(x.p)} ≥ {ALPHA}); this "
-                  "run does not show that either model is better.")
+            s += (
+                f" The difference is not statistically significant (McNemar, {pval(x.p)} ≥ {ALPHA}); this "
+                "run does not show that either model is better."
+            )
         out.append(s)
         out += [m for m in [n_mismatch(t, x.n, t.task.unit)] if m]
         small = small_sample(x.n, x.diff_ci[1] - x.diff_ci[0], t.task.unit)
@@ -189,14 +281,18 @@ def analysis(t: TaskRun) -> list[str]:
         d = 100 * (zs["accuracy"] - zs["uncalibrated_accuracy"])
         method = (zs.get("calibration") or {}).get("method", "calibration")
         if abs(d) >= 0.05:
-            out.append(f"{t.title} zero-shot: {method} calibration of the label-word scores moved accuracy from "
-                       f"{pct(zs['uncalibrated_accuracy'])}% to {pct(zs['accuracy'])}% ({d:+.1f} points).")
+            out.append(
+                f"{t.title} zero-shot: {method} calibration of the label-word scores moved accuracy from "
+                f"{pct(zs['uncalibrated_accuracy'])}% to {pct(zs['accuracy'])}% ({d:+.1f} points)."
+            )
     out += _lean(t)
     train = train_sentence(t)
     if train:
         if (t.ft_meta or {}).get("input_prompt"):
-            train = train[:-1] + ("; its classification head started from the zero-shot prompt's label "
-                                  "words, so training started from the zero-shot classifier.")
+            train = train[:-1] + (
+                "; its classification head started from the zero-shot prompt's label "
+                "words, so training started from the zero-shot classifier."
+            )
         out.append(train)
     if zs or ft:
         out.append(data_note(t))

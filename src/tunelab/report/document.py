@@ -98,8 +98,17 @@ p.note { background: #f6f3e8; border-left: 4px solid #c9a400; padding: .4em .8em
 
 def render_html(title: str, blocks: list) -> str:
     e = html.escape
-    out = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
-           f"<title>{e(title)}</title>", f"<style>{CSS}</style>", "</head>", "<body>", f"<h1>{e(title)}</h1>"]
+    out = [
+        "<!DOCTYPE html>",
+        '<html lang="en">',
+        "<head>",
+        '<meta charset="utf-8">',
+        f"<title>{e(title)}</title>",
+        f"<style>{CSS}</style>",
+        "</head>",
+        "<body>",
+        f"<h1>{e(title)}</h1>",
+    ]
     for b in blocks:
         if isinstance(b, H):
             out.append(f"<h{b.level}>{e(b.text)}</h{b.level}>")
@@ -111,9 +120,15 @@ def render_html(title: str, blocks: list) -> str:
         elif isinstance(b, Table):
             align = b.align or ("l" + "r" * (len(b.headers) - 1))
             cls = [' class="r"' if a == "r" else "" for a in align]
-            rows = ["<tr>" + "".join(f"<th{c}>{e(h)}</th>" for c, h in zip(cls, b.headers, strict=True)) + "</tr>"]
+            rows = [
+                "<tr>" + "".join(f"<th{c}>{e(h)}</th>" for c, h in zip(cls, b.headers, strict=True)) + "</tr>"
+            ]
             for row in b.rows:
-                rows.append("<tr>" + "".join(f"<td{c}>{e(str(v))}</td>" for c, v in zip(cls, row, strict=True)) + "</tr>")
+                rows.append(
+                    "<tr>"
+                    + "".join(f"<td{c}>{e(str(v))}</td>" for c, v in zip(cls, row, strict=True))
+                    + "</tr>"
+                )
             cap = f"<caption>{e(b.caption)}</caption>" if b.caption else ""
             out.append(f"<table>{cap}" + "".join(rows) + "</table>")
         elif isinstance(b, Img):

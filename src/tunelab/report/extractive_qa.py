@@ -36,8 +36,16 @@ def tests(t: TaskRun) -> list[Test]:
         if pr is None:
             continue
         boot = paired_bootstrap(100 * pr.a, 100 * pr.b)
-        out.append(Test("paired bootstrap (2,000 resamples)", metric, pr.n, boot["difference"], boot["ci95"],
-                        boot["p_value"]))
+        out.append(
+            Test(
+                "paired bootstrap (2,000 resamples)",
+                metric,
+                pr.n,
+                boot["difference"],
+                boot["ci95"],
+                boot["p_value"],
+            )
+        )
     return out
 
 
@@ -50,17 +58,28 @@ def _metric_rows(t: TaskRun, em_ci: dict) -> list[list[str]]:
     def diff(key):
         return f"{ft[key] - zs[key]:+.1f}" if key in zs and key in ft else ""
 
-    rows = [["Exact match", val(zs, "exact_match"), val(ft, "exact_match"), diff("exact_match")],
-            ["  95% interval (bootstrap)", ci(em_ci.get("zs")), ci(em_ci.get("ft")), ""],
-            ["F1", val(zs, "f1"), val(ft, "f1"), diff("f1")],
-            ["  95% interval (bootstrap)", ci(zs.get("f1_ci95")), ci(ft.get("f1_ci95")), ""]]
-    for key, label in (("HasAns_exact", "Exact match, answerable"), ("HasAns_f1", "F1, answerable"),
-                       ("NoAns_f1", "F1 (= accuracy), unanswerable"),
-                       ("best_f1", "F1 at the best no-answer threshold")):
+    rows = [
+        ["Exact match", val(zs, "exact_match"), val(ft, "exact_match"), diff("exact_match")],
+        ["  95% interval (bootstrap)", ci(em_ci.get("zs")), ci(em_ci.get("ft")), ""],
+        ["F1", val(zs, "f1"), val(ft, "f1"), diff("f1")],
+        ["  95% interval (bootstrap)", ci(zs.get("f1_ci95")), ci(ft.get("f1_ci95")), ""],
+    ]
+    for key, label in (
+        ("HasAns_exact", "Exact match, answerable"),
+        ("HasAns_f1", "F1, answerable"),
+        ("NoAns_f1", "F1 (= accuracy), unanswerable"),
+        ("best_f1", "F1 at the best no-answer threshold"),
+    ):
         if key in zs or key in ft:
             rows.append([label, num(zs.get(key)), num(ft.get(key)), diff(key)])
-    rows.append([f"{t.task.unit.capitalize()} evaluated", n_(zs["n"]) if "n" in zs else "–",
-                 n_(ft["n"]) if "n" in ft else "–", ""])
+    rows.append(
+        [
+            f"{t.task.unit.capitalize()} evaluated",
+            n_(zs["n"]) if "n" in zs else "–",
+            n_(ft["n"]) if "n" in ft else "–",
+            "",
+        ]
+    )
     return rows
 
 
@@ -70,19 +89,44 @@ def section(b: Builder, t: TaskRun) -> None:
     if not zs and not ft:
         b.add(P("Neither the zero-shot nor the fine-tuning stage has finished for this task.", "note"))
         return
-    em_ci = {label: bootstrap_ci([100.0 * r["em"] for r in rows_])
-             for rows_, label in ((t.zs_rows, "zs"), (t.ft_rows, "ft")) if rows_}
+    em_ci = {
+        label: bootstrap_ci([100.0 * r["em"] for r in rows_])
+        for rows_, label in ((t.zs_rows, "zs"), (t.ft_rows, "ft"))
+        if rows_
+    }
     b.add(Table(["metric (%)", "zero-shot", "fine-tuned", "difference (points)"], _metric_rows(t, em_ci)))
     found = tests(t)
     for test in found:
-        b.add(P(f"{test.metric}: {test.name} on the {n_(test.n)} {t.task.unit} both models answered: "
-                f"difference {test.diff:+.1f} points (95% interval {ci(test.diff_ci)}), {pval(test.p)}."))
+        b.add(
+            P(
+                f"{test.metric}: {test.name} on the {n_(test.n)} {t.task.unit} both models answered: "
+                f"difference {test.diff:+.1f} points (95% interval {ci(test.diff_ci)}), {pval(test.p)}."
+            )
+        )
         if test.metric == "F1":
-            b.summary_rows.append([t.title, "F1", num(zs.get("f1")), num(ft.get("f1")),
-                                   f"{test.diff:+.1f} {ci(test.diff_ci)}", pval(test.p), n_(test.n)])
+            b.summary_rows.append(
+                [
+                    t.title,
+                    "F1",
+                    num(zs.get("f1")),
+                    num(ft.get("f1")),
+                    f"{test.diff:+.1f} {ci(test.diff_ci)}",
+                    pval(test.p),
+                    n_(test.n),
+                ]
+            )
     if not any(x.metric == "F1" for x in found):
-        b.summary_rows.append([t.title, "F1", num(zs.get("f1")) if zs else "not run",
-                               num(ft.get("f1")) if ft else "not run", "", "no paired test", ""])
+        b.summary_rows.append(
+            [
+                t.title,
+                "F1",
+                num(zs.get("f1")) if zs else "not run",
+                num(ft.get("f1")) if ft else "not run",
+                "",
+                "no paired test",
+                "",
+            ]
+        )
     b.add(P(data_note(t), "note"))
     _plots(b, t, em_ci)
     loss_section(b, t)
@@ -91,18 +135,27 @@ def section(b: Builder, t: TaskRun) -> None:
 
 def _plots(b: Builder, t: TaskRun, em_ci: dict) -> None:
     zs, ft = t.zs or {}, t.ft or {}
-    path = score_bars(["exact match", "F1"], [zs.get("exact_match"), zs.get("f1")],
-                      [ft.get("exact_match"), ft.get("f1")], [em_ci.get("zs"), zs.get("f1_ci95")],
-                      [em_ci.get("ft"), ft.get("f1_ci95")], b.fig(f"{t.name}-scores.png"),
-                      f"{t.title}: zero-shot vs fine-tuned (error bars: 95% CI)", "%")
+    path = score_bars(
+        ["exact match", "F1"],
+        [zs.get("exact_match"), zs.get("f1")],
+        [ft.get("exact_match"), ft.get("f1")],
+        [em_ci.get("zs"), zs.get("f1_ci95")],
+        [em_ci.get("ft"), ft.get("f1_ci95")],
+        b.fig(f"{t.name}-scores.png"),
+        f"{t.title}: zero-shot vs fine-tuned (error bars: 95% CI)",
+        "%",
+    )
     b.img(path, f"{t.title} scores, zero-shot vs fine-tuned")
     if t.zs_rows and t.ft_rows:
-        for key, xlabel, fname in (("length", "gold answer length (words)", "f1-by-length"),
-                                   ("qtype", "question word", "f1-by-question")):
+        for key, xlabel, fname in (
+            ("length", "gold answer length (words)", "f1-by-length"),
+            ("qtype", "question word", "f1-by-question"),
+        ):
             groups, counts, a, c = breakdown(t, key)
             if groups:
-                path = group_bars(groups, counts, a, c, b.fig(f"{t.name}-{fname}.png"),
-                                  f"{t.title}: F1 by {xlabel}", xlabel)
+                path = group_bars(
+                    groups, counts, a, c, b.fig(f"{t.name}-{fname}.png"), f"{t.title}: F1 by {xlabel}", xlabel
+                )
                 b.img(path, f"{t.title} F1 by {xlabel}")
 
 
@@ -122,7 +175,11 @@ def breakdown(t: TaskRun, key: str) -> tuple[list[str], list[int], list[float], 
     for r in t.zs_rows:
         if r["id"] not in ft:
             continue
-        g = _length_bucket(r) if key == "length" else (r.get("question_type") or question_type(r.get("question", "")))
+        g = (
+            _length_bucket(r)
+            if key == "length"
+            else (r.get("question_type") or question_type(r.get("question", "")))
+        )
         acc[g][0] += 1
         acc[g][1] += 100 * r["f1"]
         acc[g][2] += 100 * ft[r["id"]]["f1"]
@@ -130,8 +187,12 @@ def breakdown(t: TaskRun, key: str) -> tuple[list[str], list[int], list[float], 
         order = [g for g in ("no answer", "1", "2", "3", "4-5", "6+") if g in acc]
     else:
         order = sorted(acc, key=lambda g: (-acc[g][0], g))
-    return (order, [acc[g][0] for g in order], [acc[g][1] / acc[g][0] for g in order],
-            [acc[g][2] / acc[g][0] for g in order])
+    return (
+        order,
+        [acc[g][0] for g in order],
+        [acc[g][1] / acc[g][0] for g in order],
+        [acc[g][2] / acc[g][0] for g in order],
+    )
 
 
 def _span_confidence(nbest: list[dict] | None) -> float | None:
@@ -154,21 +215,40 @@ def mistakes(b: Builder, t: TaskRun) -> None:
             conf = {r["id"]: _span_confidence(t.ft_nbest.get(r["id"])) for r in wrong}
         if any(v is not None for v in conf.values()):
             wrong.sort(key=lambda r: -(conf.get(r["id"]) or 0.0))
-            how = ("the ones the model was surest of (confidence: softmax of the span scores over its n-best "
-                   "list)")
+            how = (
+                "the ones the model was surest of (confidence: softmax of the span scores over its n-best "
+                "list)"
+            )
         else:
             wrong.sort(key=lambda r: r["f1"])
-            how = ("greedy generation keeps no confidence score, so these are the lowest-F1 ones in file "
-                   "order" if label == "zero-shot" else "lowest F1 first")
-        b.add(P(f"{label}: {len(wrong)} of {len(rows_)} answers are not an exact match; "
-                f"{min(TOP_MISTAKES, len(wrong))} shown, {how}:"))
+            how = (
+                "greedy generation keeps no confidence score, so these are the lowest-F1 ones in file order"
+                if label == "zero-shot"
+                else "lowest F1 first"
+            )
+        b.add(
+            P(
+                f"{label}: {len(wrong)} of {len(rows_)} answers are not an exact match; "
+                f"{min(TOP_MISTAKES, len(wrong))} shown, {how}:"
+            )
+        )
         if wrong:
-            b.add(Table(["question", "gold answer(s)", "prediction", "F1", "confidence"],
-                        [[r.get("question", r["id"]),
-                          " / ".join(dict.fromkeys(r.get("gold") or ["(no answer)"])),
-                          r["prediction"] or "(no answer)", f"{100 * r['f1']:.0f}",
-                          "–" if conf.get(r["id"]) is None else f"{conf[r['id']]:.3f}"]
-                         for r in wrong[:TOP_MISTAKES]], "lllrr"))
+            b.add(
+                Table(
+                    ["question", "gold answer(s)", "prediction", "F1", "confidence"],
+                    [
+                        [
+                            r.get("question", r["id"]),
+                            " / ".join(dict.fromkeys(r.get("gold") or ["(no answer)"])),
+                            r["prediction"] or "(no answer)",
+                            f"{100 * r['f1']:.0f}",
+                            "–" if conf.get(r["id"]) is None else f"{conf[r['id']]:.3f}",
+                        ]
+                        for r in wrong[:TOP_MISTAKES]
+                    ],
+                    "lllrr",
+                )
+            )
 
 
 def _f1_sentences(t: TaskRun) -> list[str]:
@@ -178,16 +258,20 @@ def _f1_sentences(t: TaskRun) -> list[str]:
     if "F1" not in found:
         return [missing(t, t.task.unit)]
     x = found["F1"]
-    s = (f"{t.title}: fine-tuning {moved(x.diff, 'F1', num(zs.get('f1')), num(ft.get('f1')))} "
-         f"({x.diff:+.1f} points, 95% interval {ci(x.diff_ci)}) on {x.n} dev {t.task.unit}")
+    s = (
+        f"{t.title}: fine-tuning {moved(x.diff, 'F1', num(zs.get('f1')), num(ft.get('f1')))} "
+        f"({x.diff:+.1f} points, 95% interval {ci(x.diff_ci)}) on {x.n} dev {t.task.unit}"
+    )
     if "EM" in found:
         s += f", and exact match from {num(zs.get('exact_match'))} to {num(ft.get('exact_match'))}"
     s += "."
     if x.significant:
         s += f" The F1 difference is statistically significant (paired bootstrap, {pval(x.p)})."
     else:
-        s += (f" The F1 difference is not statistically significant (paired bootstrap, {pval(x.p)} ≥ "
-              f"{ALPHA}); this run does not show that either model is better.")
+        s += (
+            f" The F1 difference is not statistically significant (paired bootstrap, {pval(x.p)} ≥ "
+            f"{ALPHA}); this run does not show that either model is better."
+        )
     out = [s, *[m for m in [n_mismatch(t, x.n, t.task.unit)] if m]]
     small = small_sample(x.n, x.diff_ci[1] - x.diff_ci[0], t.task.unit)
     if small:
@@ -203,8 +287,10 @@ def _answer_sentences(t: TaskRun) -> list[str]:
         if len(answered) >= 5:
             pred_len = float(np.mean([len(r["prediction"].split()) for r in answered]))
             gold_len = float(np.mean([min(len(g.split()) for g in r["gold"]) for r in answered]))
-            lengths = (f"{t.title} {label}: answers average {pred_len:.1f} words against {gold_len:.1f} "
-                       "for the shortest gold answer")
+            lengths = (
+                f"{t.title} {label}: answers average {pred_len:.1f} words against {gold_len:.1f} "
+                "for the shortest gold answer"
+            )
             if pred_len > 1.5 * gold_len:
                 out.append(lengths + ", so extra words cost exact match even when the answer is inside.")
             elif pred_len < gold_len / 1.5:
@@ -224,9 +310,11 @@ def _question_word_sentence(t: TaskRun) -> list[str]:
         return []
     hi = max(big, key=lambda z: z[2])
     lo = min(big, key=lambda z: z[2])
-    return [f"{t.title}: among question words with at least 10 questions, the F1 change is largest for "
-            f"'{hi[0]}' ({hi[2]:+.1f} points, n={hi[1]}) and smallest for '{lo[0]}' ({lo[2]:+.1f}, n={lo[1]}); "
-            "with groups this small these are descriptive, not tested."]
+    return [
+        f"{t.title}: among question words with at least 10 questions, the F1 change is largest for "
+        f"'{hi[0]}' ({hi[2]:+.1f} points, n={hi[1]}) and smallest for '{lo[0]}' ({lo[2]:+.1f}, n={lo[1]}); "
+        "with groups this small these are descriptive, not tested."
+    ]
 
 
 def analysis(t: TaskRun) -> list[str]:
@@ -235,10 +323,14 @@ def analysis(t: TaskRun) -> list[str]:
         return []
     out = _f1_sentences(t) + _answer_sentences(t) + _question_word_sentence(t)
     if t.task.version_2 and "NoAns_f1" in zs and "NoAns_f1" in ft:
-        out.append(f"{t.title}: on unanswerable questions the zero-shot model abstained correctly on "
-                   f"{num(zs['NoAns_f1'])}% and the fine-tuned model on {num(ft['NoAns_f1'])}%.")
+        out.append(
+            f"{t.title}: on unanswerable questions the zero-shot model abstained correctly on "
+            f"{num(zs['NoAns_f1'])}% and the fine-tuned model on {num(ft['NoAns_f1'])}%."
+        )
     train = train_sentence(t)
     if train:
-        out.append(train + " Its span head was new (randomly initialised) and learnt only from these examples.")
+        out.append(
+            train + " Its span head was new (randomly initialised) and learnt only from these examples."
+        )
     out.append(data_note(t))
     return out

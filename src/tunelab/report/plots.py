@@ -26,8 +26,9 @@ def loss_curve(log: list[dict], path: Path, title: str = "training loss") -> Pat
     return path
 
 
-def confusion(matrix: list[list[int]], path: Path, title: str, labels: Sequence[str] = ("negative", "positive")
-              ) -> Path:
+def confusion(
+    matrix: list[list[int]], path: Path, title: str, labels: Sequence[str] = ("negative", "positive")
+) -> Path:
     """Counts per gold (rows) and predicted (columns) label."""
     n = len(labels)
     fig, ax = plt.subplots(figsize=(max(3.6, 0.75 * n + 2.2), max(3.2, 0.7 * n + 1.8)))
@@ -49,17 +50,28 @@ def confusion(matrix: list[list[int]], path: Path, title: str, labels: Sequence[
 ZS_COLOR, FT_COLOR = "#9a9a9a", "#d9822b"  # grey for zero-shot, orange for fine-tuned
 
 
-def score_bars(metrics: list[str], zs: list[float | None], ft: list[float | None], zs_err, ft_err, path: Path,
-               title: str, ylabel: str) -> Path:
+def score_bars(
+    metrics: list[str],
+    zs: list[float | None],
+    ft: list[float | None],
+    zs_err,
+    ft_err,
+    path: Path,
+    title: str,
+    ylabel: str,
+) -> Path:
     """Zero-shot vs fine-tuned bars per metric, with 95% intervals as error bars (err: [lo, hi] or None)."""
     fig, ax = plt.subplots(figsize=(1.8 + 1.5 * len(metrics), 3.6))
     width = 0.38
-    for k, (vals, errs, label, color) in enumerate(((zs, zs_err, "zero-shot", ZS_COLOR),
-                                                    (ft, ft_err, "fine-tuned", FT_COLOR))):
+    for k, (vals, errs, label, color) in enumerate(
+        ((zs, zs_err, "zero-shot", ZS_COLOR), (ft, ft_err, "fine-tuned", FT_COLOR))
+    ):
         xs = [i + (k - 0.5) * width for i in range(len(metrics))]
         ys = [v if v is not None else 0.0 for v in vals]
-        yerr = [[max(0.0, y - e[0]) if e else 0 for y, e in zip(ys, errs, strict=True)],
-                [max(0.0, e[1] - y) if e else 0 for y, e in zip(ys, errs, strict=True)]]
+        yerr = [
+            [max(0.0, y - e[0]) if e else 0 for y, e in zip(ys, errs, strict=True)],
+            [max(0.0, e[1] - y) if e else 0 for y, e in zip(ys, errs, strict=True)],
+        ]
         ax.bar(xs, ys, width, label=label, color=color, yerr=yerr, capsize=4, error_kw={"lw": 1})
         for x, v in zip(xs, vals, strict=True):
             ax.text(x, 1, "n/a" if v is None else f"{v:.1f}", ha="center", va="bottom", fontsize=8)
@@ -75,14 +87,23 @@ def score_bars(metrics: list[str], zs: list[float | None], ft: list[float | None
     return path
 
 
-def group_bars(groups: list[str], counts: list[int], zs: list[float], ft: list[float], path: Path, title: str,
-               xlabel: str) -> Path:
+def group_bars(
+    groups: list[str],
+    counts: list[int],
+    zs: list[float],
+    ft: list[float],
+    path: Path,
+    title: str,
+    xlabel: str,
+) -> Path:
     fig, ax = plt.subplots(figsize=(max(4.5, 1.0 + 0.9 * len(groups)), 3.6))
     width = 0.38
     for k, (vals, label, color) in enumerate(((zs, "zero-shot", ZS_COLOR), (ft, "fine-tuned", FT_COLOR))):
         xs = [i + (k - 0.5) * width for i in range(len(groups))]
         ax.bar(xs, vals, width, label=label, color=color)
-    ax.set_xticks(range(len(groups)), [f"{g}\n(n={c})" for g, c in zip(groups, counts, strict=True)], fontsize=8)
+    ax.set_xticks(
+        range(len(groups)), [f"{g}\n(n={c})" for g, c in zip(groups, counts, strict=True)], fontsize=8
+    )
     ax.set_xlabel(xlabel)
     ax.set_ylabel("F1")
     ax.set_ylim(0, 105)

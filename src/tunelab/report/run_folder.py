@@ -77,16 +77,21 @@ def task_of(run: Path, name: str, config: dict | None, metrics: dict | None) -> 
     folder = run / name
     if (folder / TASK_FILE).is_file():
         d = read_json(folder / TASK_FILE, "the task definition")
-        return parse_task(d, where=str(folder / TASK_FILE), name=name,
-                          default_root=(d.get("data") or {}).get("relative_to", "task_file"))
+        return parse_task(
+            d,
+            where=str(folder / TASK_FILE),
+            name=name,
+            default_root=(d.get("data") or {}).get("relative_to", "task_file"),
+        )
     entry = ((config or {}).get("tasks") or {}).get(name) or {}
     if isinstance(entry, dict) and isinstance(entry.get("file"), str) and Path(entry["file"]).is_file():
         return load_task(entry["file"], name=name)
     for candidate in ((metrics or {}).get("task"), name):
         if candidate in builtin_names():
             return get_task(candidate)
-    raise UsageError(f"{folder}: cannot tell which task this is (no {TASK_FILE}, and {name!r} is not a built-in "
-                     "task)")
+    raise UsageError(
+        f"{folder}: cannot tell which task this is (no {TASK_FILE}, and {name!r} is not a built-in task)"
+    )
 
 
 def load_task_run(run: Path, name: str, config: dict | None) -> TaskRun:
@@ -97,9 +102,16 @@ def load_task_run(run: Path, name: str, config: dict | None) -> TaskRun:
     rows_file = ROWS_FILE[task.kind]
     nbest = d / "finetune" / "eval" / "nbest_predictions.json"
     return TaskRun(
-        name=name, task=task, params=_json(run / "params" / f"{name}.json"), zs=zs, ft=ft,
-        zs_rows=_jsonl(d / "zeroshot" / rows_file), ft_rows=_jsonl(d / "finetune" / "eval" / rows_file),
-        train_log=_jsonl(d / "finetune" / "train_log.jsonl"), ft_meta=_json(d / "finetune" / "tunelab.json"),
+        name=name,
+        task=task,
+        params=_json(run / "params" / f"{name}.json"),
+        zs=zs,
+        ft=ft,
+        zs_rows=_jsonl(d / "zeroshot" / rows_file),
+        ft_rows=_jsonl(d / "finetune" / "eval" / rows_file),
+        train_log=_jsonl(d / "finetune" / "train_log.jsonl"),
+        ft_meta=_json(d / "finetune" / "tunelab.json"),
         train_cfg=_json(d / "finetune" / "training_config.json"),
-        ft_nbest=_json(nbest) if task.kind == "extractive_qa" else None, folder=d,
+        ft_nbest=_json(nbest) if task.kind == "extractive_qa" else None,
+        folder=d,
     )

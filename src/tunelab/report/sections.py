@@ -19,34 +19,71 @@ def param_section(b: Builder, t: TaskRun) -> None:
         return
     base, tm = p["base"], p["task_model"]
     hidden = p.get("hidden_size")
-    rows = [[f"Base causal LM ({p.get('model', tm.get('model'))})", n_(base["total"] if "total" in base
-                                                                       else base["base_total"]), "",
-             "input embeddings and LM head are one tied tensor, counted once" if p.get("tie_word_embeddings")
-             else "input embeddings and a separate LM head"]]
+    rows = [
+        [
+            f"Base causal LM ({p.get('model', tm.get('model'))})",
+            n_(base["total"] if "total" in base else base["base_total"]),
+            "",
+            "input embeddings and LM head are one tied tensor, counted once"
+            if p.get("tie_word_embeddings")
+            else "input embeddings and a separate LM head",
+        ]
+    ]
     if p.get("tie_word_embeddings"):
         rows.append(["− lm_head", "0", "", "tied to the input embeddings: dropping it removes no parameters"])
     for name, cnt in tm.get("removed", {}).items():
         rows.append([f"− {name}", f"−{n_(cnt)}", "", "untied LM head, not used by the task model"])
     for name, cnt in tm.get("added", {}).items():
         rows.append([f"+ {name}", signed(cnt), "", _explain_head(name, cnt, hidden, p.get("num_labels"))])
-    rows.append(["= Task model (counted from the config)", n_(tm["total"]), signed(tm["delta"]),
-                 "base + head − unused LM head"])
+    rows.append(
+        [
+            "= Task model (counted from the config)",
+            n_(tm["total"]),
+            signed(tm["delta"]),
+            "base + head − unused LM head",
+        ]
+    )
     fin = p.get("finetuned")
     if fin:
         same = fin["total"] == tm["total"]
         how = "loaded from the saved folder and counted" + (
-            " (LoRA adapter merged, as used for inference)" if fin.get("lora_adapter") is not None else "")
-        rows.append(["Fine-tuned model (loaded)", n_(fin["total"]), signed(fin["total"] - base["total"]),
-                     how + ("; equals the task model" if same else "; DIFFERS from the task model")])
+            " (LoRA adapter merged, as used for inference)" if fin.get("lora_adapter") is not None else ""
+        )
+        rows.append(
+            [
+                "Fine-tuned model (loaded)",
+                n_(fin["total"]),
+                signed(fin["total"] - base["total"]),
+                how + ("; equals the task model" if same else "; DIFFERS from the task model"),
+            ]
+        )
     share = 100 * tm["trainable"] / max(tm["total"], 1)
-    rows.append([f"Trained during fine-tuning ({tm['method']})", n_(tm["trainable"]), f"{share:.2f}%",
-                 _trainable_note(tm)])
+    rows.append(
+        [
+            f"Trained during fine-tuning ({tm['method']})",
+            n_(tm["trainable"]),
+            f"{share:.2f}%",
+            _trainable_note(tm),
+        ]
+    )
     if fin and fin.get("safetensors_numel"):
         saved = ", ".join(f"{k}: {n_(v)}" for k, v in fin["safetensors_numel"].items())
-        rows.append(["Tensors saved on disk", n_(sum(fin["safetensors_numel"].values())), "",
-                     f"{fin.get('saved')} ({saved})"])
-    b.add(Table(["", "parameters", "change", "where it comes from"], rows, "lrrl",
-                caption="Exact counts (no rounding); shared tensors are counted once."))
+        rows.append(
+            [
+                "Tensors saved on disk",
+                n_(sum(fin["safetensors_numel"].values())),
+                "",
+                f"{fin.get('saved')} ({saved})",
+            ]
+        )
+    b.add(
+        Table(
+            ["", "parameters", "change", "where it comes from"],
+            rows,
+            "lrrl",
+            caption="Exact counts (no rounding); shared tensors are counted once.",
+        )
+    )
 
 
 def _explain_head(name: str, cnt: int, hidden: int | None, labels: int | None) -> str:
@@ -63,8 +100,10 @@ def _trainable_note(tm: dict) -> str:
     if tm["method"] == "head":
         return "the new head only; the body is frozen"
     if tm["method"] == "lora":
-        return (f"LoRA adapter {n_(tm.get('adapter', 0))} + the head; the adapter is extra to the model's "
-                "count (merged into the weights on export)")
+        return (
+            f"LoRA adapter {n_(tm.get('adapter', 0))} + the head; the adapter is extra to the model's "
+            "count (merged into the weights on export)"
+        )
     return ""
 
 
@@ -78,8 +117,10 @@ def param_analysis(t: TaskRun) -> list[str]:
     added = tm.get("added", {})
     removed = tm.get("removed", {})
     parts = " and ".join(f"{k} ({signed(v)})" for k, v in added.items()) or "no new module"
-    s = (f"{t.title}: the task model has {n_(tm['total'])} parameters, exactly {signed(tm['delta'])} "
-         f"against the base model's {n_(base_total)}; the difference is {parts}")
+    s = (
+        f"{t.title}: the task model has {n_(tm['total'])} parameters, exactly {signed(tm['delta'])} "
+        f"against the base model's {n_(base_total)}; the difference is {parts}"
+    )
     if removed:
         s += " minus the unused LM head (" + ", ".join(f"−{n_(v)}" for v in removed.values()) + ")"
     elif p.get("tie_word_embeddings"):
@@ -89,16 +130,22 @@ def param_analysis(t: TaskRun) -> list[str]:
     if fin:
         if fin["total"] == tm["total"]:
             total = n_(fin["total"])
-            out.append(f"{t.title}: the fine-tuned model, loaded from disk, has {total} parameters, the same "
-                       "as the task model: fine-tuning changed the values of the weights, not their number.")
+            out.append(
+                f"{t.title}: the fine-tuned model, loaded from disk, has {total} parameters, the same "
+                "as the task model: fine-tuning changed the values of the weights, not their number."
+            )
         else:
-            out.append(f"{t.title}: the fine-tuned model loaded from disk has {n_(fin['total'])} parameters, "
-                       f"{signed(fin['total'] - tm['total'])} against the count from the config; check the "
-                       "saved folder.")
+            out.append(
+                f"{t.title}: the fine-tuned model loaded from disk has {n_(fin['total'])} parameters, "
+                f"{signed(fin['total'] - tm['total'])} against the count from the config; check the "
+                "saved folder."
+            )
     if tm["method"] == "lora":
-        out.append(f"{t.title}: LoRA trained {n_(tm['trainable'])} parameters "
-                   f"({100 * tm['trainable'] / max(tm['total'], 1):.2f}% of the task model's count), of "
-                   f"which {n_(tm.get('adapter', 0))} are adapter matrices.")
+        out.append(
+            f"{t.title}: LoRA trained {n_(tm['trainable'])} parameters "
+            f"({100 * tm['trainable'] / max(tm['total'], 1):.2f}% of the task model's count), of "
+            f"which {n_(tm.get('adapter', 0))} are adapter matrices."
+        )
     elif tm["method"] == "full":
         out.append(f"{t.title}: full fine-tuning updated all {n_(tm['trainable'])} parameters.")
     return out
@@ -118,8 +165,10 @@ def small_sample(n: int, width: float | None, unit: str) -> str | None:
     if n >= SMALL_N:
         return None
     w = f" (the 95% interval of the difference spans {width:.1f} points)" if width is not None else ""
-    return (f"Only {n} {unit} were compared{w}: differences much smaller than that interval cannot be told "
-            "apart from sampling noise, and the numbers are a check of the pipeline more than a measurement.")
+    return (
+        f"Only {n} {unit} were compared{w}: differences much smaller than that interval cannot be told "
+        "apart from sampling noise, and the numbers are a check of the pipeline more than a measurement."
+    )
 
 
 def train_sentence(t: TaskRun) -> str | None:
@@ -128,19 +177,23 @@ def train_sentence(t: TaskRun) -> str | None:
         return None
     parts = []
     if ft.get("train_examples") is not None and ft.get("train_steps") is not None:
-        parts.append(f"the fine-tuned model was trained on {n_(ft['train_examples'])} examples for "
-                     f"{n_(ft['train_steps'])} optimizer steps ({ft.get('method', '?')} fine-tuning)")
+        parts.append(
+            f"the fine-tuned model was trained on {n_(ft['train_examples'])} examples for "
+            f"{n_(ft['train_steps'])} optimizer steps ({ft.get('method', '?')} fine-tuning)"
+        )
     log = [e for e in t.train_log or [] if isinstance(e.get("loss"), (int, float))]
     if len(log) >= 2:
         k = max(1, len(log) // 4)  # average a quarter of the logged values at each end: one value is noisy
         first = float(np.mean([e["loss"] for e in log[:k]]))
         last = float(np.mean([e["loss"] for e in log[-k:]]))
-        trend = ("fell" if last < 0.9 * first else "barely moved" if last <= 1.1 * first else "rose")
+        trend = "fell" if last < 0.9 * first else "barely moved" if last <= 1.1 * first else "rose"
         if k == 1:
             where = f"from {first:.3f} (step {log[0]['step']}) to {last:.3f} (step {log[-1]['step']})"
         else:
-            where = (f"from {first:.3f} (mean of steps {log[0]['step']}-{log[k - 1]['step']}) to {last:.3f} "
-                     f"(mean of steps {log[-k]['step']}-{log[-1]['step']})")
+            where = (
+                f"from {first:.3f} (mean of steps {log[0]['step']}-{log[k - 1]['step']}) to {last:.3f} "
+                f"(mean of steps {log[-k]['step']}-{log[-1]['step']})"
+            )
         parts.append(f"its training loss {trend} {where}")
     if not parts:
         return None
@@ -165,8 +218,10 @@ def n_mismatch(t: TaskRun, n_paired: int, unit: str) -> str | None:
     nz, nf = (t.zs or {}).get("n"), (t.ft or {}).get("n")
     if nz is None or nf is None or nz == nf == n_paired:
         return None
-    return (f"{t.title}: the zero-shot model was evaluated on {nz} {unit} and the fine-tuned one on {nf}; "
-            f"the comparison and its test use the {n_paired} both saw.")
+    return (
+        f"{t.title}: the zero-shot model was evaluated on {nz} {unit} and the fine-tuned one on {nf}; "
+        f"the comparison and its test use the {n_paired} both saw."
+    )
 
 
 def data_note(t: TaskRun) -> str:
@@ -179,20 +234,26 @@ def data_note(t: TaskRun) -> str:
     file, split = t.task.describe_file(data), t.task.split_of(data)
     if file is None:
         shown = f" ({Path(data).name})" if data else ""
-        return (f"{t.title}: the evaluation data{shown} are a file of your own, not one of the task's "
-                "splits: the scores are not comparable with published results.")
+        return (
+            f"{t.title}: the evaluation data{shown} are a file of your own, not one of the task's "
+            "splits: the scores are not comparable with published results."
+        )
     name = file.name or f"the {split} file {Path(file.path).name}"
     if file.note:
         return f"{t.title}: the evaluation data are {name}: {file.note}."
     if not file.official:
-        return (f"{t.title}: the evaluation data are {name}, not an official split: the scores are not "
-                "comparable with published results.")
+        return (
+            f"{t.title}: the evaluation data are {name}, not an official split: the scores are not "
+            "comparable with published results."
+        )
     said = f"{t.title}: the evaluation data are {name}, the official split"
     train = t.task.describe_file((t.ft or {}).get("train_data"))
     if train is not None and train.note:
         said += f"; the training data are {train.name}: {train.note}"
     n = (t.ft or {}).get("train_examples")
     if n is not None:
-        said += (f". Published scores come from training on the whole training set; this model trained on "
-                 f"{n_(n)} examples")
+        said += (
+            f". Published scores come from training on the whole training set; this model trained on "
+            f"{n_(n)} examples"
+        )
     return said + "."

@@ -125,15 +125,20 @@ def _tasks(layers: list[Layer]) -> dict[str, Task]:
     for layer in layers:
         for name in (layer.values.get("tasks") or {}) if isinstance(layer.values.get("tasks"), dict) else ():
             if name not in tasks:
-                raise UsageError(f"{layer.source}: unknown task {name!r} in tasks (built-in: "
-                                 f"{', '.join(builtin_names())}; a task of your own needs `file: path/to/task.yaml`)")
+                raise UsageError(
+                    f"{layer.source}: unknown task {name!r} in tasks (built-in: "
+                    f"{', '.join(builtin_names())}; a task of your own needs `file: path/to/task.yaml`)"
+                )
     return tasks
 
 
 def task_schema(task: Task) -> dict:
     """The keys of one task entry: option name -> Option, sections -> their option mappings."""
-    return {**for_kind(STUDY_TASK_OPTIONS, task.kind), "zeroshot": for_kind(ZEROSHOT_OPTIONS, task.kind),
-            "finetune": {**for_kind(FINETUNE_EXTRAS, task.kind), **TRAIN_OPTIONS}}
+    return {
+        **for_kind(STUDY_TASK_OPTIONS, task.kind),
+        "zeroshot": for_kind(ZEROSHOT_OPTIONS, task.kind),
+        "finetune": {**for_kind(FINETUNE_EXTRAS, task.kind), **TRAIN_OPTIONS},
+    }
 
 
 def schema(tasks: dict[str, Task]) -> dict:
@@ -201,15 +206,26 @@ def _layers(config: str | None, preset: str | None, sets: list[str] | None) -> l
     return layers
 
 
-def resolve_config(*, config: str | None = None, preset: str | None = None, sets: list[str] | None = None,
-                   resolve_paths: bool = True) -> StudyConfig:
+def resolve_config(
+    *,
+    config: str | None = None,
+    preset: str | None = None,
+    sets: list[str] | None = None,
+    resolve_paths: bool = True,
+) -> StudyConfig:
     """defaults < preset (smoke when neither a preset nor a config file is given) < config file < --set."""
     layers = _layers(config, preset, sets)
     tasks = _tasks(layers)
     spec = schema(tasks)
     provenance: dict[str, str] = {}
-    merged = json.loads(json.dumps({**{k: o.default for k, o in STUDY_OPTIONS.items()},
-                                    "tasks": {name: task_defaults(t) for name, t in tasks.items()}}))
+    merged = json.loads(
+        json.dumps(
+            {
+                **{k: o.default for k, o in STUDY_OPTIONS.items()},
+                "tasks": {name: task_defaults(t) for name, t in tasks.items()},
+            }
+        )
+    )
     for layer in layers:
         merged = _merge(merged, validate_layer(layer.values, layer.source, spec), layer.source, provenance)
 
@@ -233,8 +249,10 @@ def _resolve_task(merged: dict, name: str, task: Task, where) -> None:
     every training option."""
     entry = merged["tasks"][name]
     if "version" in entry and entry["version"] != task.version:
-        raise UsageError(f"{where(f'tasks.{name}.version')}: tasks.{name}.version must be {task.version}, the "
-                         f"version of the task's files (squad is v1.1, squad_v2 v2.0), got {entry['version']!r}")
+        raise UsageError(
+            f"{where(f'tasks.{name}.version')}: tasks.{name}.version must be {task.version}, the "
+            f"version of the task's files (squad is v1.1, squad_v2 v2.0), got {entry['version']!r}"
+        )
     tc = train_config(merged, name, where(f"tasks.{name}.finetune"))
     extra = {k: entry["finetune"][k] for k in FINETUNE_EXTRAS if k in entry["finetune"]}
     entry["finetune"] = {**extra, **asdict(tc)}
@@ -252,8 +270,10 @@ def _resolve_paths(merged: dict, enabled: list[Task], where) -> None:
         try:
             merged["data_dir"] = str(resolve_data_dir(merged["data_dir"]).resolve())
         except UsageError as exc:
-            raise UsageError(f"{where('data_dir')}: data_dir: {exc} (in a study: the config's data_dir, "
-                             "--set data_dir=DIR or $TUNELAB_DATA_DIR)") from exc
+            raise UsageError(
+                f"{where('data_dir')}: data_dir: {exc} (in a study: the config's data_dir, "
+                "--set data_dir=DIR or $TUNELAB_DATA_DIR)"
+            ) from exc
     model = Path(merged["model"]).expanduser()
     if model.exists():
         merged["model"] = str(model.resolve())
@@ -270,6 +290,8 @@ def schema_doc() -> str:
     """`tunelab study --print-schema`: the option schema and the built-in tasks' own defaults."""
     from tunelab.options import schema_text
 
-    defaults = {name: {"zeroshot": get_task(name).zeroshot_defaults, "finetune": get_task(name).finetune_defaults}
-                for name in builtin_names()}
+    defaults = {
+        name: {"zeroshot": get_task(name).zeroshot_defaults, "finetune": get_task(name).finetune_defaults}
+        for name in builtin_names()
+    }
     return schema_text(defaults)

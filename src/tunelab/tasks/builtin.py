@@ -26,11 +26,17 @@ SST2 = {
         "text": "sentence",
         "label": "label",
         "splits": {
-            "train": [{"file": f"{d}/train.tsv", "name": "GLUE SST-2 train", "official": True}
-                      for d in ("SST-2", "sst2")],
-            "dev": [{"file": f"{d}/dev.tsv", "name": "GLUE SST-2", "official": True} for d in ("SST-2", "sst2")],
-            "test": [{"file": f"{d}/test.tsv", "name": "GLUE SST-2 test (unlabelled)", "official": True}
-                     for d in ("SST-2", "sst2")],
+            "train": [
+                {"file": f"{d}/train.tsv", "name": "GLUE SST-2 train", "official": True}
+                for d in ("SST-2", "sst2")
+            ],
+            "dev": [
+                {"file": f"{d}/dev.tsv", "name": "GLUE SST-2", "official": True} for d in ("SST-2", "sst2")
+            ],
+            "test": [
+                {"file": f"{d}/test.tsv", "name": "GLUE SST-2 test (unlabelled)", "official": True}
+                for d in ("SST-2", "sst2")
+            ],
         },
     },
     "labels": ["negative", "positive"],
@@ -43,8 +49,11 @@ SST2 = {
             "answer_prefix": "Sentiment:",
             "verbalizers": SST2_VERBALIZERS,
         },
-        "plain": {"text": "Review: {sentence}\nSentiment (positive or negative):", "chat": False,
-                  "verbalizers": SST2_VERBALIZERS},
+        "plain": {
+            "text": "Review: {sentence}\nSentiment (positive or negative):",
+            "chat": False,
+            "verbalizers": SST2_VERBALIZERS,
+        },
         "harness": {  # lm-evaluation-harness's GLUE sst2 prompt
             "text": "{sentence}\nQuestion: Is this sentence positive or negative?\nAnswer:",
             "chat": False,
@@ -55,28 +64,40 @@ SST2 = {
     "zeroshot": {"prompt": "chat", "calibration": "batch", "batch_size": 32},
     "finetune": {"input_prompt": "chat", "learning_rate": 2e-5, "batch_size": 32, "max_length": 128},
     "hub": {"dataset": "nyu-mll/glue", "config": "sst2"},
-    "card": {"limitations": [
-        "Trained on SST-2 movie-review sentences (lower-cased, PTB-tokenised: `it 's`, `-lrb-`); "
-        "other domains and text styles will score lower.",
-        "Two labels only (negative/positive): neutral or mixed text is forced into one of them.",
-    ]},
+    "card": {
+        "limitations": [
+            "Trained on SST-2 movie-review sentences (lower-cased, PTB-tokenised: `it 's`, `-lrb-`); "
+            "other domains and text styles will score lower.",
+            "Two labels only (negative/positive): neutral or mixed text is forced into one of them.",
+        ]
+    },
 }
 
-REBUILT_NOTE = ("the v1.1 training set rebuilt from the SQuAD explorer's pages (../shared/data/SOURCES.md): the "
-                "official questions and answers, but not all official question ids and answer positions")
-ARTICLE_NOTE = ("an article-level split of the official SQuAD v2.0 dev set (the v2.0 training set is not "
-                "available offline): training used other articles of the same dev set, so these scores are not "
-                "comparable with published SQuAD 2.0 numbers")
+REBUILT_NOTE = (
+    "the v1.1 training set rebuilt from the SQuAD explorer's pages (../shared/data/SOURCES.md): the "
+    "official questions and answers, but not all official question ids and answer positions"
+)
+ARTICLE_NOTE = (
+    "an article-level split of the official SQuAD v2.0 dev set (the v2.0 training set is not "
+    "available offline): training used other articles of the same dev set, so these scores are not "
+    "comparable with published SQuAD 2.0 numbers"
+)
 QA_LIMITATIONS = ["English Wikipedia passages; other domains will score lower."]
-QA_EXAMPLE = {"question": "Who won Super Bowl 50?", "context": "The Denver Broncos won Super Bowl 50 in Santa Clara."}
+QA_EXAMPLE = {
+    "question": "Who won Super Bowl 50?",
+    "context": "The Denver Broncos won Super Bowl 50 in Santa Clara.",
+}
 
 
 def _squad_files(version: str, split: str, ours: dict) -> list[dict]:
     """This project's file for a split, then the official file names (in squad/ or at the top)."""
     hub = "validation" if split == "dev" else split
     official = {"name": f"SQuAD v{version}" + ("" if split == "dev" else f" {hub}"), "official": True}
-    return [{"file": f"squad/v{version}-{split}.json", **ours}, {"file": f"squad/{split}-v{version}.json", **official},
-            {"file": f"{split}-v{version}.json", **official}]
+    return [
+        {"file": f"squad/v{version}-{split}.json", **ours},
+        {"file": f"squad/{split}-v{version}.json", **official},
+        {"file": f"{split}-v{version}.json", **official},
+    ]
 
 
 SQUAD = {
@@ -88,7 +109,9 @@ SQUAD = {
     "data": {
         "relative_to": "data_dir",
         "splits": {
-            "train": _squad_files("1.1", "train", {"name": "SQuAD v1.1 train (rebuilt)", "note": REBUILT_NOTE}),
+            "train": _squad_files(
+                "1.1", "train", {"name": "SQuAD v1.1 train (rebuilt)", "note": REBUILT_NOTE}
+            ),
             "dev": _squad_files("1.1", "dev", {"name": "SQuAD v1.1", "official": True}),
         },
     },
@@ -109,10 +132,19 @@ SQUAD_V2 = {
     "data": {
         "relative_to": "data_dir",
         "splits": {
-            "train": _squad_files("2.0", "train", {"name": "SQuAD v2.0 (article-level split of the official dev "
-                                                           "set, training part)", "note": ARTICLE_NOTE}),
-            "dev": _squad_files("2.0", "dev", {"name": "SQuAD v2.0 (article-level split of the official dev set)",
-                                               "note": ARTICLE_NOTE}),
+            "train": _squad_files(
+                "2.0",
+                "train",
+                {
+                    "name": "SQuAD v2.0 (article-level split of the official dev set, training part)",
+                    "note": ARTICLE_NOTE,
+                },
+            ),
+            "dev": _squad_files(
+                "2.0",
+                "dev",
+                {"name": "SQuAD v2.0 (article-level split of the official dev set)", "note": ARTICLE_NOTE},
+            ),
         },
     },
     "hub": {"dataset": "rajpurkar/squad_v2", "config": "squad_v2"},
@@ -135,6 +167,9 @@ def task_for_file(path: str) -> Task:
     if suffix not in BY_SUFFIX:
         if not Path(path).exists():
             raise DataError(path, "file not found")
-        raise DataError(path, f"unknown data file type {suffix or '(no suffix)'!r}: expected .json (SQuAD) or "
-                              ".tsv/.csv/.jsonl (SST-2); give --task for a task of your own")
+        raise DataError(
+            path,
+            f"unknown data file type {suffix or '(no suffix)'!r}: expected .json (SQuAD) or "
+            ".tsv/.csv/.jsonl (SST-2); give --task for a task of your own",
+        )
     return get_task(BY_SUFFIX[suffix])

@@ -53,12 +53,17 @@ class ChatPrompt:
         if not self.chat:
             return user + self.answer_prefix
         if tokenizer.chat_template is None:
-            raise UsageError("this prompt needs a chat template and the tokenizer has none: use a plain template "
-                             "(--prompt plain)")
+            raise UsageError(
+                "this prompt needs a chat template and the tokenizer has none: use a plain template "
+                "(--prompt plain)"
+            )
         messages = ([{"role": "system", "content": self.system}] if self.system else []) + [
             {"role": "user", "content": user}
         ]
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + self.answer_prefix
+        return (
+            tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            + self.answer_prefix
+        )
 
 
 def prompt_mapping(spec: str | dict | None, templates: dict[str, dict], default: str) -> dict[str, Any]:
@@ -70,5 +75,9 @@ def prompt_mapping(spec: str | dict | None, templates: dict[str, dict], default:
     if spec in templates:
         return templates[spec]
     names = ", ".join(templates) or "none"
-    return read_mapping(spec, "prompt file", "text, chat, ...",
-                        unreadable=f"not a template name ({names}) or a readable prompt file")
+    return read_mapping(
+        spec,
+        "prompt file",
+        "text, chat, ...",
+        unreadable=f"not a template name ({names}) or a readable prompt file",
+    )

@@ -7,6 +7,15 @@ from tunelab.training.checkpoint import last_checkpoint
 from tunelab.training.loop import TrainResult, save_config, set_seed, train, whole_model
 
 __all__ = [
-    "TrainConfig", "TrainResult", "last_checkpoint", "length_grouped_order", "pad_batch", "random_order",
-    "save_config", "set_seed", "shard_batch", "train", "whole_model",
+    "TrainConfig",
+    "TrainResult",
+    "last_checkpoint",
+    "length_grouped_order",
+    "pad_batch",
+    "random_order",
+    "save_config",
+    "set_seed",
+    "shard_batch",
+    "train",
+    "whole_model",
 ]

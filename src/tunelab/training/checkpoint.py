@@ -36,9 +36,11 @@ def rng_state() -> dict:
     """Python, NumPy, torch CPU and CUDA generator states as plain JSON (no pickle to load back)."""
     version, internal, gauss = random.getstate()
     kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {"python": [version, list(internal), gauss],
-             "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
-             "torch": _b64(torch.get_rng_state())}
+    state = {
+        "python": [version, list(internal), gauss],
+        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+        "torch": _b64(torch.get_rng_state()),
+    }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = [_b64(s) for s in torch.cuda.get_rng_state_all()]
     return state
@@ -146,7 +148,9 @@ def check_fingerprint(ckpt: Path, saved: dict, now: dict) -> None:
     diffs = []
     for key in ("processes", "examples", "data_sha256"):
         if saved.get(key) != now[key]:
-            diffs.append(f"{key} {saved.get(key)!r} -> {now[key]!r}" if key != "data_sha256" else "training data")
+            diffs.append(
+                f"{key} {saved.get(key)!r} -> {now[key]!r}" if key != "data_sha256" else "training data"
+            )
     old = saved.get("options", {})
     diffs += [f"{k} {old.get(k)!r} -> {v!r}" for k, v in now["options"].items() if old.get(k) != v]
     raise UsageError(

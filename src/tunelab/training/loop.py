@@ -62,10 +62,19 @@ class Trainer:
     """One run: set up (accelerator, the step plan, optimizer and schedule), restore (a checkpoint or a clean
     start), then run the optimizer steps, logging, evaluating and saving when they are due."""
 
-    def __init__(self, model, features: list[dict], cfg: TrainConfig, *, pad_id: int, work_dir: Path,
-                 evaluate: Callable[[object], dict] | None = None,
-                 loss_fn: Callable[[object, dict], torch.Tensor] | None = None, accelerator=None,
-                 progress: bool = True):
+    def __init__(
+        self,
+        model,
+        features: list[dict],
+        cfg: TrainConfig,
+        *,
+        pad_id: int,
+        work_dir: Path,
+        evaluate: Callable[[object], dict] | None = None,
+        loss_fn: Callable[[object, dict], torch.Tensor] | None = None,
+        accelerator=None,
+        progress: bool = True,
+    ):
         cfg.validate()
         self.cfg, self.pad_id, self.work_dir = cfg, pad_id, Path(work_dir)
         self.evaluate_fn, self.loss_fn, self.progress = evaluate, loss_fn, progress
@@ -95,12 +104,16 @@ class Trainer:
         if accelerator is None:
             use_bf16 = cfg.bf16 and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
             # Without a GPU, accelerate joins the launched processes (gloo) only when told to use the CPU.
-            accelerator = Accelerator(mixed_precision="bf16" if use_bf16 else "no",
-                                      gradient_accumulation_steps=cfg.grad_accum,
-                                      cpu=launched > 1 and not torch.cuda.is_available())
+            accelerator = Accelerator(
+                mixed_precision="bf16" if use_bf16 else "no",
+                gradient_accumulation_steps=cfg.grad_accum,
+                cpu=launched > 1 and not torch.cuda.is_available(),
+            )
         elif accelerator.gradient_accumulation_steps != cfg.grad_accum:
-            raise ValueError(f"accelerator accumulates {accelerator.gradient_accumulation_steps} micro-batches, "
-                             f"the config {cfg.grad_accum}")
+            raise ValueError(
+                f"accelerator accumulates {accelerator.gradient_accumulation_steps} micro-batches, "
+                f"the config {cfg.grad_accum}"
+            )
         check_joined(accelerator.num_processes, launched)
         return accelerator
 
@@ -112,7 +125,9 @@ class Trainer:
         self.lengths = [len(f["input_ids"]) for f in self.feats]
         self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
         self.global_batch = cfg.batch_size * self.world
-        self.per_epoch = math.ceil(len(self.feats) / self.global_batch)  # micro-steps per epoch, every process
+        self.per_epoch = math.ceil(
+            len(self.feats) / self.global_batch
+        )  # micro-steps per epoch, every process
         total = max(1, int(self.per_epoch * cfg.epochs) // cfg.grad_accum)
         self.total_steps = min(total, cfg.max_steps) if cfg.max_steps else total
         self.micro_total = self.total_steps * cfg.grad_accum  # whole optimizer steps: no gradient left over
@@ -131,14 +146,21 @@ class Trainer:
         fused = self.accelerator.device.type == "cuda" and not self.fsdp
         optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=cfg.learning_rate, betas=(0.9, 0.999), eps=1e-8, fused=fused,
+            lr=cfg.learning_rate,
+            betas=(0.9, 0.999),
+            eps=1e-8,
+            fused=fused,
         )
         # The schedule is stepped here, once per optimizer step. (Passed through `accelerator.prepare` it
         # would step once per process per optimizer step: N times too fast under N processes, since
         # total_steps is already counted per process.) Its state is saved in trainer_state.json.
         name = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[cfg.lr_schedule]
-        self.scheduler = get_scheduler(name, optimizer, num_warmup_steps=int(cfg.warmup_ratio * self.total_steps),
-                                       num_training_steps=self.total_steps)
+        self.scheduler = get_scheduler(
+            name,
+            optimizer,
+            num_warmup_steps=int(cfg.warmup_ratio * self.total_steps),
+            num_training_steps=self.total_steps,
+        )
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
 
     # ---- restore ----------------------------------------------------------------------------------------
@@ -165,7 +187,9 @@ class Trainer:
             self.running_n = shared["running_n"]
             if acc.is_main_process:  # drop lines the interrupted run logged after this checkpoint
                 write_text(self.log_path, "".join(json.dumps(e) + "\n" for e in self.log))
-            acc.print(f"resumed from {ckpt} (step {self.start_micro // self.cfg.grad_accum} of {self.total_steps})")
+            acc.print(
+                f"resumed from {ckpt} (step {self.start_micro // self.cfg.grad_accum} of {self.total_steps})"
+            )
         elif acc.is_main_process:
             self.work_dir.mkdir(parents=True, exist_ok=True)
             self.log_path.unlink(missing_ok=True)
@@ -181,8 +205,11 @@ class Trainer:
         the same on every process: a resume replays the order and skips what was done."""
         cfg, micro, epoch = self.cfg, 0, 0
         while micro < self.micro_total:
-            order = (length_grouped_order(self.lengths, self.global_batch, cfg.seed + epoch) if cfg.group_by_length
-                     else random_order(len(self.feats), self.global_batch, cfg.seed + epoch))
+            order = (
+                length_grouped_order(self.lengths, self.global_batch, cfg.seed + epoch)
+                if cfg.group_by_length
+                else random_order(len(self.feats), self.global_batch, cfg.seed + epoch)
+            )
             for gb in order:
                 if micro >= self.micro_total:
                     break
@@ -195,9 +222,13 @@ class Trainer:
         self.model.train()
         self.tokens_run = 0  # this process, this session (for throughput)
         self.t0 = time.perf_counter()
-        bar = tqdm(total=self.total_steps, initial=self.start_micro // cfg.grad_accum,
-                   desc=f"fine-tune ({cfg.method})", unit="step",
-                   disable=not (self.progress and self.accelerator.is_local_main_process))
+        bar = tqdm(
+            total=self.total_steps,
+            initial=self.start_micro // cfg.grad_accum,
+            desc=f"fine-tune ({cfg.method})",
+            unit="step",
+            disable=not (self.progress and self.accelerator.is_local_main_process),
+        )
         pending: list[tuple[list[int], float]] = []  # this optimizer step's micro-batches
         for epoch, micro, batch_idx, weight in self._micro_batches():
             n_tokens = sum(sum(self.feats[i]["attention_mask"]) for i in batch_idx) if weight else 0
@@ -247,17 +278,25 @@ class Trainer:
                 return self._accumulate(pending, first_micro)
             except torch.cuda.OutOfMemoryError:
                 if self.world > 1:
-                    raise UsageError(f"out of GPU memory with micro-batches of {largest} examples per process: "
-                                     "lower --batch-size and raise --grad-accum to keep the global batch") from None
+                    raise UsageError(
+                        f"out of GPU memory with micro-batches of {largest} examples per process: "
+                        "lower --batch-size and raise --grad-accum to keep the global batch"
+                    ) from None
                 if math.ceil(largest / self.chunks) <= 1:
-                    raise UsageError("out of GPU memory with one example at a time: lower --max-length, or use "
-                                     "--method lora, or shard the model with FSDP") from None
+                    raise UsageError(
+                        "out of GPU memory with one example at a time: lower --max-length, or use "
+                        "--method lora, or shard the model with FSDP"
+                    ) from None
             self.chunks *= 2  # outside the handler, so the failed attempt's tensors are free
-            self.model.zero_grad(set_to_none=True)  # (the prepared optimizer's zero_grad skips non-sync steps)
+            self.model.zero_grad(
+                set_to_none=True
+            )  # (the prepared optimizer's zero_grad skips non-sync steps)
             if self.accelerator.device.type == "cuda":
                 torch.cuda.empty_cache()
-            self.accelerator.print(f"out of memory: micro-batches of {largest} examples now run in {self.chunks} "
-                                   "pieces (same global batch, same update)")
+            self.accelerator.print(
+                f"out of memory: micro-batches of {largest} examples now run in {self.chunks} "
+                "pieces (same global batch, same update)"
+            )
 
     def _accumulate(self, pending: list[tuple[list[int], float]], first_micro: int) -> torch.Tensor:
         acc, cfg = self.accelerator, self.cfg
@@ -291,8 +330,13 @@ class Trainer:
         mean_loss = acc.reduce(self.running, "mean").item() / self.running_n
         seen = acc.reduce(torch.tensor(float(self.tokens_run), device=acc.device), "sum").item()
         elapsed = time.perf_counter() - self.t0
-        entry = {"step": step, "epoch": round(micro / self.per_epoch, 4), "loss": mean_loss,
-                 "lr": self.scheduler.get_last_lr()[0], "tokens_per_s": seen / max(elapsed, 1e-9)}
+        entry = {
+            "step": step,
+            "epoch": round(micro / self.per_epoch, 4),
+            "loss": mean_loss,
+            "lr": self.scheduler.get_last_lr()[0],
+            "tokens_per_s": seen / max(elapsed, 1e-9),
+        }
         self.log.append(entry)
         if acc.is_main_process:
             with self.log_path.open("a") as f:
@@ -308,10 +352,16 @@ class Trainer:
         self.evals.append({"step": step, **result})
 
     def _save(self, step: int, micro: int, epoch: int) -> None:
-        shared = {"micro_step": micro, "epoch": epoch, "scheduler": self.scheduler.state_dict(),
-                  "log": self.log, "evals": self.evals, "running_n": self.running_n,
-                  "train_seconds": self.seconds_before + time.perf_counter() - self.t0,
-                  "fingerprint": self.fingerprint}
+        shared = {
+            "micro_step": micro,
+            "epoch": epoch,
+            "scheduler": self.scheduler.state_dict(),
+            "log": self.log,
+            "evals": self.evals,
+            "running_n": self.running_n,
+            "train_seconds": self.seconds_before + time.perf_counter() - self.t0,
+            "fingerprint": self.fingerprint,
+        }
         own = {"rng": checkpoint.rng_state(), "running": self.running.item()}
         checkpoint.save(self.accelerator, self.ckpt_root, step, shared, own)
 
@@ -320,19 +370,39 @@ class Trainer:
         if acc.device.type == "cuda":
             torch.cuda.synchronize()
         seconds = self.seconds_before + time.perf_counter() - self.t0
-        total_tokens = int(acc.reduce(torch.tensor(self.tokens, device=acc.device, dtype=torch.long), "sum").item())
+        total_tokens = int(
+            acc.reduce(torch.tensor(self.tokens, device=acc.device, dtype=torch.long), "sum").item()
+        )
         acc.wait_for_everyone()
         prepared = self.model
         model = acc.unwrap_model(self.model)
         model.eval()
-        return TrainResult(self.total_steps, seconds, total_tokens, self.log, self.evals,
-                           self.start_micro // self.cfg.grad_accum, acc, prepared, self.chunks)
+        return TrainResult(
+            self.total_steps,
+            seconds,
+            total_tokens,
+            self.log,
+            self.evals,
+            self.start_micro // self.cfg.grad_accum,
+            acc,
+            prepared,
+            self.chunks,
+        )
 
 
-def train(model, train_features: list[dict], cfg: TrainConfig, *, pad_id: int, work_dir: Path,
-          evaluate: Callable[[object], dict] | None = None,
-          loss_fn: Callable[[object, dict], torch.Tensor] | None = None, resume: bool = False, accelerator=None,
-          progress: bool = True) -> TrainResult:
+def train(
+    model,
+    train_features: list[dict],
+    cfg: TrainConfig,
+    *,
+    pad_id: int,
+    work_dir: Path,
+    evaluate: Callable[[object], dict] | None = None,
+    loss_fn: Callable[[object, dict], torch.Tensor] | None = None,
+    resume: bool = False,
+    accelerator=None,
+    progress: bool = True,
+) -> TrainResult:
     """Fine-tune `model` (already wrapped for LoRA / frozen for head-only) on tokenised features.
 
     Each feature is a dict of lists/ints: input_ids, attention_mask, and the task's label keys. The loss,
@@ -341,8 +411,17 @@ def train(model, train_features: list[dict], cfg: TrainConfig, *, pad_id: int, w
     config; `evaluate` runs on every process (with the DDP-unwrapped model; with FSDP, the sharded one, which
     every process must call alike).
     """
-    trainer = Trainer(model, train_features, cfg, pad_id=pad_id, work_dir=work_dir, evaluate=evaluate,
-                      loss_fn=loss_fn, accelerator=accelerator, progress=progress)
+    trainer = Trainer(
+        model,
+        train_features,
+        cfg,
+        pad_id=pad_id,
+        work_dir=work_dir,
+        evaluate=evaluate,
+        loss_fn=loss_fn,
+        accelerator=accelerator,
+        progress=progress,
+    )
     trainer.restore(resume)
     return trainer.run()
 

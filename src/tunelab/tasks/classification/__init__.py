@@ -13,6 +13,16 @@ from tunelab.tasks.classification.zero_shot import (
 )
 
 __all__ = [
-    "Calibration", "ClassScores", "ClassificationPrompt", "ClassificationTask", "calibrate", "classify", "encode",
-    "format_input", "head_init_from_verbalizers", "label_logprobs", "verbalizer_ids", "zero_shot",
+    "Calibration",
+    "ClassScores",
+    "ClassificationPrompt",
+    "ClassificationTask",
+    "calibrate",
+    "classify",
+    "encode",
+    "format_input",
+    "head_init_from_verbalizers",
+    "label_logprobs",
+    "verbalizer_ids",
+    "zero_shot",
 ]

@@ -14,7 +14,9 @@ from tunelab.tasks.classification.zero_shot import ClassificationPrompt, verbali
 from tunelab.training.batches import pad_batch
 
 
-def format_input(prompt: ClassificationPrompt | None, tokenizer, text: str, text_pair: str | None = None) -> str:
+def format_input(
+    prompt: ClassificationPrompt | None, tokenizer, text: str, text_pair: str | None = None
+) -> str:
     """Fine-tuning input: the text inside the zero-shot prompt, or the bare text when prompt is None
     (run_glue.py style; a pair's two texts on two lines)."""
     if prompt is None:
@@ -45,8 +47,9 @@ def head_init_from_verbalizers(tokenizer, prompt: ClassificationPrompt) -> Calla
 
 
 @torch.no_grad()
-def classify(model, tokenizer, texts: list[str], max_length: int, batch_size: int = 64,
-             progress: bool = True) -> np.ndarray:
+def classify(
+    model, tokenizer, texts: list[str], max_length: int, batch_size: int = 64, progress: bool = True
+) -> np.ndarray:
     """Class log-probabilities of a sequence-classification model, batched by length; logits leave the GPU
     batch by batch."""
     dev = next(model.parameters()).device
@@ -55,8 +58,9 @@ def classify(model, tokenizer, texts: list[str], max_length: int, batch_size: in
     out = np.zeros((len(ids), model.config.num_labels))
 
     def run(idx):
-        batch = pad_batch([{"input_ids": ids[i], "attention_mask": [1] * len(ids[i])} for i in idx],
-                          tokenizer.pad_token_id)
+        batch = pad_batch(
+            [{"input_ids": ids[i], "attention_mask": [1] * len(ids[i])} for i in idx], tokenizer.pad_token_id
+        )
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
             logits = model(**{k: v.to(dev) for k, v in batch.items()}).logits
         out[idx] = torch.log_softmax(logits.float(), -1).cpu().numpy()

@@ -49,8 +49,12 @@ def generic_templates(labels: tuple[str, ...], pairs: bool) -> dict[str, dict]:
     options = ", ".join(labels)
     inputs = "Text: {text}\nSecond text: {text_pair}" if pairs else "Text: {text}"
     return {
-        "chat": {"text": f"Which of these labels fits the text best: {options}? "
-                         f"Answer with the label.\n\n{inputs}", "chat": True, "answer_prefix": "Label:"},
+        "chat": {
+            "text": f"Which of these labels fits the text best: {options}? "
+            f"Answer with the label.\n\n{inputs}",
+            "chat": True,
+            "answer_prefix": "Label:",
+        },
         "plain": {"text": f"{inputs}\nLabel ({options}):", "chat": False},
     }
 
@@ -87,7 +91,9 @@ class ClassificationTask(Task):
             positive = labels.index(name)
         elif "positive_label" in d.mapping:
             raise d.error("positive_label", "only binary tasks have a positive class")
-        columns = Columns(data.get("text", str, "text"), data.get("text_pair", str), data.get("label", str, "label"))
+        columns = Columns(
+            data.get("text", str, "text"), data.get("text_pair", str), data.get("label", str, "label")
+        )
         verbalizers = _verbalizers(d, labels)
         prompts = d.get("prompts", dict) or generic_templates(labels, columns.text_pair is not None)
         for name, spec in prompts.items():
@@ -98,18 +104,34 @@ class ClassificationTask(Task):
             except UsageError as exc:
                 raise d.error(f"prompts.{name}", str(exc)) from None
         example = d.get("example", (str, list))
-        if example is not None and (columns.text_pair is not None) != isinstance(example, list) or (
-                isinstance(example, list) and not (len(example) == 2 and all(isinstance(x, str) for x in example))):
+        if (
+            example is not None
+            and (columns.text_pair is not None) != isinstance(example, list)
+            or (
+                isinstance(example, list)
+                and not (len(example) == 2 and all(isinstance(x, str) for x in example))
+            )
+        ):
             raise d.error("example", "must be one text, or for sentence pairs a list of two texts")
-        return {"labels": labels, "positive": positive, "columns": columns, "verbalizers": verbalizers,
-                "prompts": prompts, "example": example}
+        return {
+            "labels": labels,
+            "positive": positive,
+            "columns": columns,
+            "verbalizers": verbalizers,
+            "prompts": prompts,
+            "example": example,
+        }
 
     def __post_init__(self):
-        for key, spec in (("zeroshot.prompt", self.zeroshot_defaults.get("prompt")),
-                          ("finetune.input_prompt", self.finetune_defaults.get("input_prompt"))):
+        for key, spec in (
+            ("zeroshot.prompt", self.zeroshot_defaults.get("prompt")),
+            ("finetune.input_prompt", self.finetune_defaults.get("input_prompt")),
+        ):
             if isinstance(spec, str) and spec not in self.prompts and spec != "none":
-                raise UsageError(f"{self.source or 'built-in task ' + self.name}: {key}: {spec!r} is not one of "
-                                 f"the task's prompts ({', '.join(self.prompts)})")
+                raise UsageError(
+                    f"{self.source or 'built-in task ' + self.name}: {key}: {spec!r} is not one of "
+                    f"the task's prompts ({', '.join(self.prompts)})"
+                )
 
     # ---- prompts ----------------------------------------------------------------------------------------
 
@@ -159,29 +181,38 @@ class ClassificationTask(Task):
 
         split = "dev" if split == "validation" else split
         if not self.hub.dataset or split not in self.splits:
-            raise UsageError(f"unknown {self.title} split {split!r}: expected {', '.join(self.splits)} "
-                             f"(validation means dev){'' if self.hub.dataset else '; no Hub dataset is named'}")
+            raise UsageError(
+                f"unknown {self.title} split {split!r}: expected {', '.join(self.splits)} "
+                f"(validation means dev){'' if self.hub.dataset else '; no Hub dataset is named'}"
+            )
         out = []
         hub_split = self.hub.splits.get(split, split)
         col = {k: self.hub.columns.get(k, getattr(self.columns, k)) for k in ("text", "text_pair", "label")}
         for i, row in enumerate(load_rows(self.hub.dataset, self.hub.config, hub_split, self.title), start=1):
             label = row.get(col["label"])
             pair = str(row[col["text_pair"]]).strip() if self.pairs else None
-            out.append(TextExample(str(row[col["text"]]).strip(), None if label is None or label < 0 else int(label),
-                                   i, pair))
+            out.append(
+                TextExample(
+                    str(row[col["text"]]).strip(), None if label is None or label < 0 else int(label), i, pair
+                )
+            )
         return out
 
     def check_eval(self, examples: list[TextExample], data: str) -> None:
         """Evaluation data is labelled on every row (metrics) or on none (predictions only), never partly."""
         labelled = sum(ex.label is not None for ex in examples)
         if 0 < labelled < len(examples):
-            raise UsageError(f"{data}: {labelled} of {len(examples)} rows have a label: label every row or none")
+            raise UsageError(
+                f"{data}: {labelled} of {len(examples)} rows have a label: label every row or none"
+            )
 
     def training_examples(self, examples: list[TextExample], data: str) -> list[TextExample]:
         labelled = [ex for ex in examples if ex.label is not None]
         if not labelled:
-            raise UsageError(f"{data}: training data needs labels (a {self.columns.label!r} column of "
-                             f"{LabelSet(self.labels).rule()})")
+            raise UsageError(
+                f"{data}: training data needs labels (a {self.columns.label!r} column of "
+                f"{LabelSet(self.labels).rule()})"
+            )
         return labelled
 
     def check_dev_labels(self, examples: list[TextExample], data: str) -> None:
@@ -190,41 +221,71 @@ class ClassificationTask(Task):
 
     # ---- zero-shot --------------------------------------------------------------------------------------
 
-    def zero_shot(self, model, tokenizer, examples: list[TextExample], options: Any,
-                  spread=None) -> tuple[ClassScores, dict]:
+    def zero_shot(
+        self, model, tokenizer, examples: list[TextExample], options: Any, spread=None
+    ) -> tuple[ClassScores, dict]:
         prompt = self.prompt(options.prompt)
         calibration = Calibration(options.calibration)
         texts = [prompt.render(tokenizer, ex.text, ex.text_pair) for ex in examples]
-        content_free = [prompt.render(tokenizer, s, s if self.pairs else None) for s in calibration.content_free]
-        raw, cal = zero_shot(model, tokenizer, texts, prompt, calibration, options.batch_size, spread=spread,
-                             content_free=content_free)
-        extra: dict = {"prompt": asdict(prompt),
-                       "calibration": {"method": calibration.method, "offset": calibration.offset}}
+        content_free = [
+            prompt.render(tokenizer, s, s if self.pairs else None) for s in calibration.content_free
+        ]
+        raw, cal = zero_shot(
+            model,
+            tokenizer,
+            texts,
+            prompt,
+            calibration,
+            options.batch_size,
+            spread=spread,
+            content_free=content_free,
+        )
+        extra: dict = {
+            "prompt": asdict(prompt),
+            "calibration": {"method": calibration.method, "offset": calibration.offset},
+        }
         if all(ex.label is not None for ex in examples):
-            extra["uncalibrated_accuracy"] = float((raw.argmax(1) == np.array([ex.label for ex in examples])).mean())
+            extra["uncalibrated_accuracy"] = float(
+                (raw.argmax(1) == np.array([ex.label for ex in examples])).mean()
+            )
         return ClassScores(cal), extra
 
     # ---- fine-tuning ------------------------------------------------------------------------------------
 
-    def prepare_fine_tuning(self, tokenizer, cfg, train: list[TextExample], dev: list[TextExample],
-                            options: dict) -> FineTuning:
+    def prepare_fine_tuning(
+        self, tokenizer, cfg, train: list[TextExample], dev: list[TextExample], options: dict
+    ) -> FineTuning:
         prompt = self.input_prompt(options.get("input_prompt", self.finetune_extras()["input_prompt"]))
         texts = [format_input(prompt, tokenizer, ex.text, ex.text_pair) for ex in train]
         ids = encode(tokenizer, texts, cfg.max_length)
-        feats = [{"input_ids": x, "attention_mask": [1] * len(x), "labels": ex.label} for x, ex in zip(ids, train, strict=True)]
-        meta = {"input_prompt": asdict(prompt) if prompt else None, "max_length": cfg.max_length,
-                "labels": list(self.labels)}
+        feats = [
+            {"input_ids": x, "attention_mask": [1] * len(x), "labels": ex.label}
+            for x, ex in zip(ids, train, strict=True)
+        ]
+        meta = {
+            "input_prompt": asdict(prompt) if prompt else None,
+            "max_length": cfg.max_length,
+            "labels": list(self.labels),
+        }
         stats = {"train_examples": min(len(feats), cfg.max_train_samples or len(feats))}
         head_init = head_init_from_verbalizers(tokenizer, prompt) if prompt else None
         return FineTuning(feats, meta, stats, head_init=head_init)
 
-    def predict(self, model, tokenizer, examples: list[TextExample], meta: dict, batch_size: int = 64,
-                progress: bool = True) -> ClassScores:
+    def predict(
+        self,
+        model,
+        tokenizer,
+        examples: list[TextExample],
+        meta: dict,
+        batch_size: int = 64,
+        progress: bool = True,
+    ) -> ClassScores:
         """Class log-probabilities of a fine-tuned classifier, with the input format it was trained on."""
         prompt = ClassificationPrompt(**meta["input_prompt"]) if meta.get("input_prompt") else None
         texts = [format_input(prompt, tokenizer, ex.text, ex.text_pair) for ex in examples]
-        return ClassScores(classify(model, tokenizer, texts, meta.get("max_length", 128), batch_size,
-                                    progress=progress))
+        return ClassScores(
+            classify(model, tokenizer, texts, meta.get("max_length", 128), batch_size, progress=progress)
+        )
 
     join_predictions = staticmethod(ClassScores.join)
 
@@ -243,8 +304,17 @@ class ClassificationTask(Task):
 
     # ---- results ----------------------------------------------------------------------------------------
 
-    def write_results(self, out: Path, *, model: str, mode: str, data: str, examples: list[TextExample],
-                      predictions: ClassScores, extra: dict | None = None) -> dict:
+    def write_results(
+        self,
+        out: Path,
+        *,
+        model: str,
+        mode: str,
+        data: str,
+        examples: list[TextExample],
+        predictions: ClassScores,
+        extra: dict | None = None,
+    ) -> dict:
         """metrics.json (when the data has labels) and predictions.jsonl (text, gold, prediction, class
         scores; gold and prediction are label numbers, the scores are keyed by label name)."""
         probs = np.exp(predictions.log_probs)
@@ -254,8 +324,11 @@ class ClassificationTask(Task):
             row = {"line": ex.line, "text": ex.text}
             if self.pairs:
                 row["text_pair"] = ex.text_pair
-            row.update(gold=ex.label, prediction=int(p),
-                       scores={name: float(probs[i, c]) for c, name in enumerate(self.labels)})
+            row.update(
+                gold=ex.label,
+                prediction=int(p),
+                scores={name: float(probs[i, c]) for c, name in enumerate(self.labels)},
+            )
             rows.append(row)
         write_jsonl(out / "predictions.jsonl", rows)
         metrics: dict = {"task": self.name, "model": model, "mode": mode, "data": data, "n": len(examples)}
@@ -263,8 +336,11 @@ class ClassificationTask(Task):
         if all(labelled):
             from tunelab.metrics import classification_metrics
 
-            metrics.update(classification_metrics([ex.label for ex in examples], pred, labels=self.labels,
-                                                  positive=self.positive))
+            metrics.update(
+                classification_metrics(
+                    [ex.label for ex in examples], pred, labels=self.labels, positive=self.positive
+                )
+            )
         elif any(labelled):
             raise UsageError(f"{data}: some rows have labels and some do not")
         else:
@@ -278,11 +354,15 @@ class ClassificationTask(Task):
         if "accuracy" not in m:
             return f"{m['n']} predictions (no labels in {m['data']})"
         lo, hi = m["accuracy_ci95"]
-        line = (f"{self.title} {m['mode']}: accuracy {100 * m['accuracy']:.2f}% (95% CI {100 * lo:.1f}-"
-                f"{100 * hi:.1f})")
+        line = (
+            f"{self.title} {m['mode']}: accuracy {100 * m['accuracy']:.2f}% (95% CI {100 * lo:.1f}-"
+            f"{100 * hi:.1f})"
+        )
         if "f1" in m:
-            line += (f", F1 {100 * m['f1']:.2f}, precision {100 * m['precision']:.2f}, recall "
-                     f"{100 * m['recall']:.2f}")
+            line += (
+                f", F1 {100 * m['f1']:.2f}, precision {100 * m['precision']:.2f}, recall "
+                f"{100 * m['recall']:.2f}"
+            )
         else:
             line += f", macro-F1 {100 * m['macro_f1']:.2f}"
         return line + f", n={m['n']}"
@@ -290,24 +370,44 @@ class ClassificationTask(Task):
     def metric_rows(self, metrics: dict) -> list[tuple[str, str, float]]:
         """(metric type, display name, value in %) for a model card's model-index."""
         keys = [("accuracy", "Accuracy")]
-        keys.append(("f1", f"F1 ({self.labels[self.positive]} class)") if self.positive is not None
-                    else ("macro_f1", "Macro F1"))
+        keys.append(
+            ("f1", f"F1 ({self.labels[self.positive]} class)")
+            if self.positive is not None
+            else ("macro_f1", "Macro F1")
+        )
         return [(k, name, round(100.0 * metrics[k], 2)) for k, name in keys if k in metrics]
 
     # ---- `tunelab predict` ------------------------------------------------------------------------------
 
-    def prediction_inputs(self, texts: list[str], *, pairs: list[str] | None = None, file: str | None = None,
-                          questions: list[str] | None = None, context: str | None = None) -> list[dict]:
+    def prediction_inputs(
+        self,
+        texts: list[str],
+        *,
+        pairs: list[str] | None = None,
+        file: str | None = None,
+        questions: list[str] | None = None,
+        context: str | None = None,
+    ) -> list[dict]:
         """[{"text", "text_pair"?, "gold"?}] from positional texts and/or a file (the task's TSV/CSV/JSONL,
         else one text a line; a pair task's lines hold the two texts separated by a tab)."""
         if questions or context is not None:
-            raise UsageError(f"this model classifies texts ({self.name}): give texts, not --question/--context")
+            raise UsageError(
+                f"this model classifies texts ({self.name}): give texts, not --question/--context"
+            )
         if self.pairs != bool(pairs) and (texts or pairs):
-            raise UsageError(f"{self.name} classifies sentence pairs: give each TEXT with a --pair" if self.pairs
-                             else f"{self.name} classifies single texts: --pair has no use here")
+            raise UsageError(
+                f"{self.name} classifies sentence pairs: give each TEXT with a --pair"
+                if self.pairs
+                else f"{self.name} classifies single texts: --pair has no use here"
+            )
         if pairs and len(pairs) != len(texts):
-            raise UsageError(f"{len(texts)} texts but {len(pairs)} --pair texts: give one --pair for each TEXT")
-        rows = [{"text": t, **({"text_pair": p} if self.pairs else {})} for t, p in zip(texts, pairs or texts, strict=True)]
+            raise UsageError(
+                f"{len(texts)} texts but {len(pairs)} --pair texts: give one --pair for each TEXT"
+            )
+        rows = [
+            {"text": t, **({"text_pair": p} if self.pairs else {})}
+            for t, p in zip(texts, pairs or texts, strict=True)
+        ]
         if file:
             rows += self._file_inputs(file)
         if not rows:
@@ -319,8 +419,14 @@ class ClassificationTask(Task):
 
     def _file_inputs(self, file: str) -> list[dict]:
         if file != "-" and Path(file).suffix.lower() in SUFFIXES:
-            return [{"text": ex.text, **({"text_pair": ex.text_pair} if self.pairs else {}),
-                     **({"gold": self.labels[ex.label]} if ex.label is not None else {})} for ex in self.read(file)]
+            return [
+                {
+                    "text": ex.text,
+                    **({"text_pair": ex.text_pair} if self.pairs else {}),
+                    **({"gold": self.labels[ex.label]} if ex.label is not None else {}),
+                }
+                for ex in self.read(file)
+            ]
         rows = []
         for n, line in read_lines(file):
             if self.pairs:
@@ -332,7 +438,9 @@ class ClassificationTask(Task):
                 rows.append({"text": line})
         return rows
 
-    def predict_inputs(self, model, tokenizer, meta: dict, rows: list[dict], batch_size: int = 64) -> list[dict]:
+    def predict_inputs(
+        self, model, tokenizer, meta: dict, rows: list[dict], batch_size: int = 64
+    ) -> list[dict]:
         """Each row with "label", "probability" (of that label) and "scores" (every label), scored as
         tunelab's evaluation scores (same input format, same classifier)."""
         examples = [TextExample(r["text"], None, i, r.get("text_pair")) for i, r in enumerate(rows)]
@@ -340,8 +448,14 @@ class ClassificationTask(Task):
         out = []
         for r, p in zip(rows, probs, strict=True):
             k = int(p.argmax())
-            out.append({**r, "label": self.labels[k], "probability": float(p[k]),
-                        "scores": {name: float(p[c]) for c, name in enumerate(self.labels)}})
+            out.append(
+                {
+                    **r,
+                    "label": self.labels[k],
+                    "probability": float(p[k]),
+                    "scores": {name: float(p[c]) for c, name in enumerate(self.labels)},
+                }
+            )
         return out
 
     def format_prediction(self, row: dict) -> str:

@@ -27,23 +27,36 @@ class ClassificationPrompt(ChatPrompt):
     verbalizers: dict[str, list[str]] = field(default_factory=dict)
 
     @classmethod
-    def from_mapping(cls, spec: dict, labels: Sequence[str], default_verbalizers: dict[str, list[str]],
-                     pairs: bool = False) -> ClassificationPrompt:
+    def from_mapping(
+        cls, spec: dict, labels: Sequence[str], default_verbalizers: dict[str, list[str]], pairs: bool = False
+    ) -> ClassificationPrompt:
         cls.check_keys(spec)
         text = spec["text"]
         if "{text}" not in text and "{sentence}" not in text:
             raise UsageError("prompt: `text` must contain {text} (or {sentence})")
         if pairs != ("{text_pair}" in text):
             need = "must contain" if pairs else "has no second text to put in"
-            raise UsageError(f"prompt: `text` {need} {{text_pair}} (the task {'has' if pairs else 'has no'} "
-                             "sentence pairs)")
+            raise UsageError(
+                f"prompt: `text` {need} {{text_pair}} (the task {'has' if pairs else 'has no'} "
+                "sentence pairs)"
+            )
         verbal = spec.get("verbalizers") or default_verbalizers
-        if not isinstance(verbal, dict) or set(verbal) != set(labels) or not all(
+        if (
+            not isinstance(verbal, dict)
+            or set(verbal) != set(labels)
+            or not all(
                 isinstance(verbal[k], list) and verbal[k] and all(isinstance(w, str) and w for w in verbal[k])
-                for k in labels):
+                for k in labels
+            )
+        ):
             raise UsageError(f"prompt: verbalizers must give a list of words for each of {tuple(labels)}")
-        return cls(text, bool(spec.get("chat", False)), spec.get("system"), spec.get("answer_prefix") or "",
-                   {k: list(verbal[k]) for k in labels})
+        return cls(
+            text,
+            bool(spec.get("chat", False)),
+            spec.get("system"),
+            spec.get("answer_prefix") or "",
+            {k: list(verbal[k]) for k in labels},
+        )
 
     def render(self, tokenizer, text: str, text_pair: str | None = None) -> str:
         values = {"text": text, "sentence": text}
@@ -77,15 +90,24 @@ def verbalizer_ids(tokenizer, prompt: ClassificationPrompt) -> list[list[int]]:
     for label, firsts in zip(prompt.verbalizers, ids, strict=True):
         for token in firsts:
             if token in seen:
-                raise UsageError(f"verbalizers of {seen[token]!r} and {label!r} start with the same token: scores "
-                                 "would be tied")
+                raise UsageError(
+                    f"verbalizers of {seen[token]!r} and {label!r} start with the same token: scores "
+                    "would be tied"
+                )
             seen[token] = label
     return ids
 
 
 @torch.no_grad()
-def label_logprobs(model, tokenizer, texts: list[str], label_ids: list[list[int]], batch_size: int = 32,
-                   max_length: int = 512, progress: bool = True) -> np.ndarray:
+def label_logprobs(
+    model,
+    tokenizer,
+    texts: list[str],
+    label_ids: list[list[int]],
+    batch_size: int = 32,
+    max_length: int = 512,
+    progress: bool = True,
+) -> np.ndarray:
     """Log-probabilities (over the whole vocabulary, log-sum-exp within a class) of each class's verbalizers
     at the next-token position after each text: one forward pass per text, batched and sorted by length."""
     device = next(model.parameters()).device
@@ -115,7 +137,9 @@ def label_logprobs(model, tokenizer, texts: list[str], label_ids: list[list[int]
     return out
 
 
-def calibrate(scores: np.ndarray, calibration: Calibration, cf_scores: np.ndarray | None = None) -> np.ndarray:
+def calibrate(
+    scores: np.ndarray, calibration: Calibration, cf_scores: np.ndarray | None = None
+) -> np.ndarray:
     """Apply a calibration to per-class log-probabilities; returns calibrated class log-probabilities."""
     if calibration.method == "none":
         offset = np.zeros(scores.shape[1])
@@ -131,9 +155,17 @@ def calibrate(scores: np.ndarray, calibration: Calibration, cf_scores: np.ndarra
     return cal - np.logaddexp.reduce(cal, axis=1, keepdims=True)
 
 
-def zero_shot(model, tokenizer, texts: list[str], prompt: ClassificationPrompt, calibration: Calibration,
-              batch_size: int = 32, progress: bool = True, spread: Callable | None = None,
-              content_free: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def zero_shot(
+    model,
+    tokenizer,
+    texts: list[str],
+    prompt: ClassificationPrompt,
+    calibration: Calibration,
+    batch_size: int = 32,
+    progress: bool = True,
+    spread: Callable | None = None,
+    content_free: list[str] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Scores of rendered prompts `texts`: (raw class log-probs renormalised over the classes, calibrated
     ones). Predictions are the argmax. `spread(fn, texts)` applies the scorer (e.g. across processes:
     calibration then sees every text's scores). `content_free`: the rendered content-free prompts, for

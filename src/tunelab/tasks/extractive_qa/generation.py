@@ -59,9 +59,14 @@ class QAPrompt(ChatPrompt):
         prompt = self
         if version_2 and "{unanswerable}" not in self.text:
             prompt = QAPrompt(note + "\n\n" + self.text, self.chat, self.system, self.answer_prefix)
-        user = prompt.fill({"unanswerable": note + "\n\n" if note and not self.chat else note,
-                            "title": ex.title.replace("_", " "), "context": ex.context,
-                            "question": ex.question.strip()})
+        user = prompt.fill(
+            {
+                "unanswerable": note + "\n\n" if note and not self.chat else note,
+                "title": ex.title.replace("_", " "),
+                "context": ex.context,
+                "question": ex.question.strip(),
+            }
+        )
         return self.wrap(tokenizer, user)
 
 
@@ -94,9 +99,17 @@ def _first_token_ids(tokenizer, words: list[str]) -> list[int]:
 
 
 @torch.no_grad()
-def generate_answers(model, tokenizer, examples, prompt: QAPrompt, *, version_2: bool = False,
-                     batch_size: int = 32, max_new_tokens: int = 32,
-                     progress: bool = True) -> tuple[list[str], list[str], dict[str, float] | None]:
+def generate_answers(
+    model,
+    tokenizer,
+    examples,
+    prompt: QAPrompt,
+    *,
+    version_2: bool = False,
+    batch_size: int = 32,
+    max_new_tokens: int = 32,
+    progress: bool = True,
+) -> tuple[list[str], list[str], dict[str, float] | None]:
     """Greedy answers, batched by prompt length with left padding; stops at a newline (or the closing quote
     of a quoting answer prefix) or the token limit.
 
@@ -109,8 +122,19 @@ def generate_answers(model, tokenizer, examples, prompt: QAPrompt, *, version_2:
     # a chat template writes its own special tokens; a plain prompt gets the tokenizer's (Llama's BOS)
     enc = [tokenizer(t, add_special_tokens=not prompt.chat).input_ids for t in texts]
     order = sorted(range(len(enc)), key=lambda i: len(enc[i]), reverse=True)
-    null_ids = _first_token_ids(tokenizer, [NO_ANSWER_WORD, " " + NO_ANSWER_WORD, NO_ANSWER_WORD.capitalize(),
-                                            " " + NO_ANSWER_WORD.capitalize()]) if version_2 else []
+    null_ids = (
+        _first_token_ids(
+            tokenizer,
+            [
+                NO_ANSWER_WORD,
+                " " + NO_ANSWER_WORD,
+                NO_ANSWER_WORD.capitalize(),
+                " " + NO_ANSWER_WORD.capitalize(),
+            ],
+        )
+        if version_2
+        else []
+    )
     raw = [""] * len(examples)
     na = np.zeros(len(examples))
     pad = tokenizer.pad_token_id
@@ -120,12 +144,19 @@ def generate_answers(model, tokenizer, examples, prompt: QAPrompt, *, version_2:
         ids = torch.full((len(idx), width), pad, dtype=torch.long)
         mask = torch.zeros((len(idx), width), dtype=torch.long)
         for row, i in enumerate(idx):  # left padding: every prompt ends at the last column
-            ids[row, width - len(enc[i]):] = torch.tensor(enc[i])
-            mask[row, width - len(enc[i]):] = 1
-        out = model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev), do_sample=False,
-                             max_new_tokens=max_new_tokens, stop_strings=prompt.stop_strings(),
-                             tokenizer=tokenizer, pad_token_id=pad, output_scores=version_2,
-                             return_dict_in_generate=True)
+            ids[row, width - len(enc[i]) :] = torch.tensor(enc[i])
+            mask[row, width - len(enc[i]) :] = 1
+        out = model.generate(
+            input_ids=ids.to(dev),
+            attention_mask=mask.to(dev),
+            do_sample=False,
+            max_new_tokens=max_new_tokens,
+            stop_strings=prompt.stop_strings(),
+            tokenizer=tokenizer,
+            pad_token_id=pad,
+            output_scores=version_2,
+            return_dict_in_generate=True,
+        )
         new = out.sequences[:, width:].cpu()
         for row, i in enumerate(idx):
             raw[i] = tokenizer.decode(new[row], skip_special_tokens=True)
@@ -137,10 +168,14 @@ def generate_answers(model, tokenizer, examples, prompt: QAPrompt, *, version_2:
             na[idx] = torch.sigmoid(lp_null - lp_answer).numpy()  # softmax over the two
 
     run_batches(order, batch_size, run, desc="zero-shot answering", progress=progress)
-    answers = [clean_answer(r, ex.context, prompt.stop_strings()) for r, ex in zip(raw, examples, strict=True)]
+    answers = [
+        clean_answer(r, ex.context, prompt.stop_strings()) for r, ex in zip(raw, examples, strict=True)
+    ]
     na_probs = None
     if version_2:
         na_probs = {ex.id: float(p) for ex, p in zip(examples, na, strict=True)}
-        answers = ["" if (says_unanswerable(a) or na_probs[ex.id] > 0.5) else a
-                   for a, ex in zip(answers, examples, strict=True)]
+        answers = [
+            "" if (says_unanswerable(a) or na_probs[ex.id] > 0.5) else a
+            for a, ex in zip(answers, examples, strict=True)
+        ]
     return raw, answers, na_probs

@@ -112,7 +112,9 @@ def _raw_scores_v1(predictions, references):
     em, f1 = {}, {}
     for qid, golds in references.items():
         if not golds:
-            raise ValueError(f"SQuAD v1.1 question {qid!r} has no gold answer (use squad_v2 for unanswerable ones)")
+            raise ValueError(
+                f"SQuAD v1.1 question {qid!r} has no gold answer (use squad_v2 for unanswerable ones)"
+            )
         if qid not in predictions:  # official v1.1: "Unanswered question will receive score 0."
             em[qid], f1[qid] = 0.0, 0.0
             continue
@@ -127,8 +129,9 @@ def _raw_scores_v2(predictions, references):
     missing = [qid for qid in references if qid not in predictions]
     if missing:
         # The official v2 script prints "Missing prediction" and then fails on the HasAns/NoAns breakdown.
-        raise ValueError(f"{len(missing)} question(s) have no prediction, e.g. {missing[0]!r} "
-                         "(predict '' for no answer)")
+        raise ValueError(
+            f"{len(missing)} question(s) have no prediction, e.g. {missing[0]!r} (predict '' for no answer)"
+        )
     em, f1 = {}, {}
     for qid, golds in references.items():
         golds = _golds_v2(golds)
@@ -139,7 +142,9 @@ def _raw_scores_v2(predictions, references):
 
 
 def _apply_no_ans_threshold(scores, na_probs, has_ans, na_threshold):
-    return {qid: (float(not has_ans[qid]) if na_probs[qid] > na_threshold else s) for qid, s in scores.items()}
+    return {
+        qid: (float(not has_ans[qid]) if na_probs[qid] > na_threshold else s) for qid, s in scores.items()
+    }
 
 
 def _na_probs_or_zero(na_probs, references):
@@ -244,8 +249,10 @@ def squad_v2(
         }
 
     out = block(list(references))
-    for prefix, qids in (("HasAns", [q for q in references if has_ans[q]]),
-                         ("NoAns", [q for q in references if not has_ans[q]])):
+    for prefix, qids in (
+        ("HasAns", [q for q in references if has_ans[q]]),
+        ("NoAns", [q for q in references if not has_ans[q]]),
+    ):
         if qids:
             out.update({f"{prefix}_{k}": v for k, v in block(qids).items()})
     out["best_exact"], out["best_exact_thresh"] = find_best_thresh(predictions, exact_raw, probs, has_ans)

@@ -56,8 +56,10 @@ def postprocess(
     offset_maps = _column(features, "offset_mapping")
     null_indices = _column(features, "null_index")
     if not (len(example_ids) == len(all_start_logits) == len(all_end_logits)):
-        raise ValueError(f"{len(example_ids)} windows but {len(all_start_logits)} start and "
-                         f"{len(all_end_logits)} end logit rows")
+        raise ValueError(
+            f"{len(example_ids)} windows but {len(all_start_logits)} start and "
+            f"{len(all_end_logits)} end logit rows"
+        )
     windows_of: dict[Any, list[int]] = defaultdict(list)
     for fi, eid in enumerate(example_ids):
         windows_of[eid].append(fi)
@@ -72,12 +74,22 @@ def postprocess(
         best_per_span: dict[tuple[int, int], float] = {}
         min_null = np.inf
         for fi in fis:
-            null = _window_spans(ex.context, offset_maps[fi], all_start_logits[fi], all_end_logits[fi],
-                                 int(null_indices[fi]), n_best, max_answer_length, best_per_span, fi)
+            null = _window_spans(
+                ex.context,
+                offset_maps[fi],
+                all_start_logits[fi],
+                all_end_logits[fi],
+                int(null_indices[fi]),
+                n_best,
+                max_answer_length,
+                best_per_span,
+                fi,
+            )
             min_null = min(min_null, null)
         ranked = sorted(best_per_span.items(), key=lambda kv: (-kv[1], kv[0]))[:n_best]
-        nbest[ex.id] = [{"text": ex.context[cs:ce], "score": score, "start": cs, "end": ce}
-                        for (cs, ce), score in ranked]
+        nbest[ex.id] = [
+            {"text": ex.context[cs:ce], "score": score, "start": cs, "end": ce} for (cs, ce), score in ranked
+        ]
         if ranked:
             best_text, best_score = nbest[ex.id][0]["text"], nbest[ex.id][0]["score"]
         else:
@@ -88,8 +100,17 @@ def postprocess(
     return predictions, nbest, na_scores
 
 
-def _window_spans(context: str, offsets, start_logits, end_logits, null: int, n_best: int,
-                  max_answer_length: int, best_per_span: dict[tuple[int, int], float], fi: int) -> float:
+def _window_spans(
+    context: str,
+    offsets,
+    start_logits,
+    end_logits,
+    null: int,
+    n_best: int,
+    max_answer_length: int,
+    best_per_span: dict[tuple[int, int], float],
+    fi: int,
+) -> float:
     """Add one window's candidate spans to `best_per_span` (character span -> best score over windows);
     returns the window's null score."""
     n = len(offsets)

@@ -16,9 +16,17 @@ def doc_stride(max_length: int) -> int:
 
 
 @torch.no_grad()
-def predict_spans(model, tokenizer, examples, max_length: int, stride: int, batch_size: int = 64, *,
-                  version_2: bool = False,
-                  progress: bool = True) -> tuple[dict[str, str], dict[str, list[dict]], dict[str, float]]:
+def predict_spans(
+    model,
+    tokenizer,
+    examples,
+    max_length: int,
+    stride: int,
+    batch_size: int = 64,
+    *,
+    version_2: bool = False,
+    progress: bool = True,
+) -> tuple[dict[str, str], dict[str, list[dict]], dict[str, float]]:
     """Answers of a span-QA model: windows, forward in length-sorted batches with right padding, logits moved
     to the CPU batch by batch, then n-best post-processing. Returns (predictions, nbest, na_scores)."""
     dev = next(model.parameters()).device
@@ -29,8 +37,10 @@ def predict_spans(model, tokenizer, examples, max_length: int, stride: int, batc
     ends: list = [None] * len(ids)
 
     def run(idx):
-        batch = pad_batch([{"input_ids": ids[i], "attention_mask": feats["attention_mask"][i]} for i in idx],
-                          tokenizer.pad_token_id)
+        batch = pad_batch(
+            [{"input_ids": ids[i], "attention_mask": feats["attention_mask"][i]} for i in idx],
+            tokenizer.pad_token_id,
+        )
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
             out = model(**{k: v.to(dev) for k, v in batch.items()})
         start, end = out.start_logits.float().cpu().numpy(), out.end_logits.float().cpu().numpy()

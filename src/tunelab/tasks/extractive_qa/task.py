@@ -53,7 +53,9 @@ class SpanAnswers:
 
     @classmethod
     def join(cls, parts: list) -> SpanAnswers:
-        return cls({q: a for q, a, _, _ in parts}, {q: n for q, _, n, _ in parts}, {q: s for q, _, _, s in parts})
+        return cls(
+            {q: a for q, a, _, _ in parts}, {q: n for q, _, n, _ in parts}, {q: s for q, _, _, s in parts}
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -66,7 +68,9 @@ class ExtractiveQATask(Task):
     UNIT: ClassVar[str] = "questions"
 
     version: str = "1.1"  # the SQuAD version of the task's files; a file with unanswerable questions is v2.0
-    versions: dict[str, str] = field(default_factory=dict)  # built-in tasks of other versions (squad -> squad_v2)
+    versions: dict[str, str] = field(
+        default_factory=dict
+    )  # built-in tasks of other versions (squad -> squad_v2)
     prompts: dict[str, dict] = field(default_factory=lambda: dict(TEMPLATES))
     example: dict | None = None  # {question, context} shown in the model card
 
@@ -84,11 +88,16 @@ class ExtractiveQATask(Task):
             except UsageError as exc:
                 raise d.error(f"prompts.{name}", str(exc)) from None
         example = d.get("example", dict)
-        if example is not None and not (isinstance(example.get("question"), str)
-                                        and isinstance(example.get("context"), str)):
+        if example is not None and not (
+            isinstance(example.get("question"), str) and isinstance(example.get("context"), str)
+        ):
             raise d.error("example", "must be a mapping {question, context}")
-        return {"version": version, "versions": {str(k): str(v) for k, v in versions.items()}, "prompts": prompts,
-                "example": example}
+        return {
+            "version": version,
+            "versions": {str(k): str(v) for k, v in versions.items()},
+            "prompts": prompts,
+            "example": example,
+        }
 
     def to_dict(self, *, with_data: bool = True) -> dict:
         out = super().to_dict(with_data=with_data)
@@ -131,8 +140,11 @@ class ExtractiveQATask(Task):
     @property
     def default_prompt(self) -> str:
         prompt = self.zeroshot_defaults.get("prompt")
-        return prompt if isinstance(prompt, str) else (DEFAULT_TEMPLATE if DEFAULT_TEMPLATE in self.prompts
-                                                       else next(iter(self.prompts)))
+        return (
+            prompt
+            if isinstance(prompt, str)
+            else (DEFAULT_TEMPLATE if DEFAULT_TEMPLATE in self.prompts else next(iter(self.prompts)))
+        )
 
     def prompt(self, spec: str | dict | None = None) -> QAPrompt:
         return load_prompt(spec if spec is not None else self.default_prompt, self.prompts)
@@ -150,9 +162,11 @@ class ExtractiveQATask(Task):
         return summarize_squad(examples)
 
     def format_summary(self, summary: dict) -> str:
-        return (f"{summary['file']}: SQuAD v{summary['version']}, {summary['articles']:,} articles, "
-                f"{summary['paragraphs']:,} distinct paragraphs, {summary['questions']:,} questions, "
-                f"{summary['unanswerable']:,} unanswerable")
+        return (
+            f"{summary['file']}: SQuAD v{summary['version']}, {summary['articles']:,} articles, "
+            f"{summary['paragraphs']:,} distinct paragraphs, {summary['questions']:,} questions, "
+            f"{summary['unanswerable']:,} unanswerable"
+        )
 
     def from_hub(self, split: str) -> list[SquadExample]:
         """The task's questions from its Hub dataset (`pip install 'tunelab[hub]'`); split train or dev."""
@@ -160,15 +174,29 @@ class ExtractiveQATask(Task):
 
         split = "dev" if split == "validation" else split
         if not self.hub.dataset or split not in self.splits:
-            raise UsageError(f"unknown {self.title} split {split!r}: expected {', '.join(self.splits)} "
-                             f"(validation means dev){'' if self.hub.dataset else '; no Hub dataset is named'}")
+            raise UsageError(
+                f"unknown {self.title} split {split!r}: expected {', '.join(self.splits)} "
+                f"(validation means dev){'' if self.hub.dataset else '; no Hub dataset is named'}"
+            )
         out = []
-        for row in load_rows(self.hub.dataset, self.hub.config, self.hub.splits.get(split, split), self.title):
+        for row in load_rows(
+            self.hub.dataset, self.hub.config, self.hub.splits.get(split, split), self.title
+        ):
             # the Hub stores answers column-wise: {"text": [...], "answer_start": [...]}
-            answers = [{"text": t, "answer_start": int(s)}
-                       for t, s in zip(row["answers"]["text"], row["answers"]["answer_start"], strict=True)]
-            out.append(SquadExample(str(row["id"]), row.get("title") or "", row["context"], row["question"], answers,
-                                    self.version_2 and not answers))
+            answers = [
+                {"text": t, "answer_start": int(s)}
+                for t, s in zip(row["answers"]["text"], row["answers"]["answer_start"], strict=True)
+            ]
+            out.append(
+                SquadExample(
+                    str(row["id"]),
+                    row.get("title") or "",
+                    row["context"],
+                    row["question"],
+                    answers,
+                    self.version_2 and not answers,
+                )
+            )
         return out
 
     def check_eval(self, examples: list[SquadExample], data: str) -> None:
@@ -182,13 +210,21 @@ class ExtractiveQATask(Task):
 
     # ---- zero-shot --------------------------------------------------------------------------------------
 
-    def zero_shot(self, model, tokenizer, examples: list[SquadExample], options: Any,
-                  spread=None) -> tuple[SpanAnswers, dict]:
+    def zero_shot(
+        self, model, tokenizer, examples: list[SquadExample], options: Any, spread=None
+    ) -> tuple[SpanAnswers, dict]:
         prompt = self.prompt(options.prompt)
 
         def answer(exs):  # per example: (generation, answer, no-answer probability)
-            raw, answers, na = generate_answers(model, tokenizer, exs, prompt, version_2=self.version_2,
-                                                batch_size=options.batch_size, max_new_tokens=options.max_new_tokens)
+            raw, answers, na = generate_answers(
+                model,
+                tokenizer,
+                exs,
+                prompt,
+                version_2=self.version_2,
+                batch_size=options.batch_size,
+                max_new_tokens=options.max_new_tokens,
+            )
             return [(r, a, na[ex.id] if na else None) for r, a, ex in zip(raw, answers, exs, strict=True)]
 
         rows = spread(answer, examples) if spread else answer(examples)
@@ -204,27 +240,56 @@ class ExtractiveQATask(Task):
 
     # ---- fine-tuning ------------------------------------------------------------------------------------
 
-    def prepare_fine_tuning(self, tokenizer, cfg, train: list[SquadExample], dev: list[SquadExample],
-                            options: dict) -> FineTuning:
+    def prepare_fine_tuning(
+        self, tokenizer, cfg, train: list[SquadExample], dev: list[SquadExample], options: dict
+    ) -> FineTuning:
         stride = doc_stride(cfg.max_length)
         try:  # a question too long for max_length is the user's error, found before any loading
             f = prepare_train_features(train, tokenizer, cfg.max_length, stride)
             prepare_eval_features(dev, tokenizer, cfg.max_length, stride)
         except ValueError as exc:
             raise UsageError(f"max_length {cfg.max_length}: {exc}") from exc
-        feats = [{"input_ids": x, "attention_mask": m, "start_positions": s, "end_positions": e}
-                 for x, m, s, e in zip(f["input_ids"], f["attention_mask"], f["start_positions"], f["end_positions"], strict=True)]
-        meta = {"version": self.version, "max_length": cfg.max_length, "stride": stride, "question_first": True}
-        stats = {"train_examples": len(train), "train_features": min(len(feats), cfg.max_train_samples or len(feats)),
-                 "max_length": cfg.max_length, "stride": stride}
+        feats = [
+            {"input_ids": x, "attention_mask": m, "start_positions": s, "end_positions": e}
+            for x, m, s, e in zip(
+                f["input_ids"], f["attention_mask"], f["start_positions"], f["end_positions"], strict=True
+            )
+        ]
+        meta = {
+            "version": self.version,
+            "max_length": cfg.max_length,
+            "stride": stride,
+            "question_first": True,
+        }
+        stats = {
+            "train_examples": len(train),
+            "train_features": min(len(feats), cfg.max_train_samples or len(feats)),
+            "max_length": cfg.max_length,
+            "stride": stride,
+        }
         return FineTuning(feats, meta, stats, loss_fn=span_loss)
 
-    def predict(self, model, tokenizer, examples: list[SquadExample], meta: dict, batch_size: int = 64,
-                progress: bool = True) -> SpanAnswers:
+    def predict(
+        self,
+        model,
+        tokenizer,
+        examples: list[SquadExample],
+        meta: dict,
+        batch_size: int = 64,
+        progress: bool = True,
+    ) -> SpanAnswers:
         max_length = meta.get("max_length", 384)
         stride = meta.get("stride", doc_stride(max_length))
-        preds, nbest, na = predict_spans(model, tokenizer, examples, max_length, stride, batch_size,
-                                         version_2=self.version_2, progress=progress)
+        preds, nbest, na = predict_spans(
+            model,
+            tokenizer,
+            examples,
+            max_length,
+            stride,
+            batch_size,
+            version_2=self.version_2,
+            progress=progress,
+        )
         return SpanAnswers(preds, nbest, na, 0.0)
 
     join_predictions = staticmethod(SpanAnswers.join)
@@ -239,8 +304,17 @@ class ExtractiveQATask(Task):
 
     # ---- results ----------------------------------------------------------------------------------------
 
-    def write_results(self, out: Path, *, model: str, mode: str, data: str, examples: list[SquadExample],
-                      predictions: SpanAnswers, extra: dict | None = None) -> dict:
+    def write_results(
+        self,
+        out: Path,
+        *,
+        model: str,
+        mode: str,
+        data: str,
+        examples: list[SquadExample],
+        predictions: SpanAnswers,
+        extra: dict | None = None,
+    ) -> dict:
         """metrics.json (official SQuAD numbers, F1 bootstrap interval), per_example.jsonl, predictions.json
         (id -> answer text, the official format), nbest_predictions.json and, for v2, na_probs.json."""
         v2, threshold = self.version_2, predictions.na_threshold
@@ -259,10 +333,19 @@ class ExtractiveQATask(Task):
         write_json(out / "nbest_predictions.json", predictions.nbest)
         if v2 and na_probs is not None:
             # strict JSON: a question with no possible span has an infinite no-answer score: the largest float
-            write_json(out / "na_probs.json", {ex.id: min(float(na_probs[ex.id]), sys.float_info.max)
-                                               for ex in examples})
-        metrics = {"task": self.name, "model": model, "mode": mode, "data": data, "n": len(examples), **scores,
-                   "f1_ci95": bootstrap_ci([100.0 * r["f1"] for r in rows])}
+            write_json(
+                out / "na_probs.json",
+                {ex.id: min(float(na_probs[ex.id]), sys.float_info.max) for ex in examples},
+            )
+        metrics = {
+            "task": self.name,
+            "model": model,
+            "mode": mode,
+            "data": data,
+            "n": len(examples),
+            **scores,
+            "f1_ci95": bootstrap_ci([100.0 * r["f1"] for r in rows]),
+        }
         if v2:
             metrics["na_threshold"] = threshold
         metrics.update(extra or {})
@@ -270,9 +353,16 @@ class ExtractiveQATask(Task):
         return metrics
 
     def _row(self, ex: SquadExample, golds: list[str], scores: dict, answers: dict, na_probs) -> dict:
-        row = {"id": ex.id, "em": scores["exact_match"], "f1": scores["f1"], "prediction": answers.get(ex.id, ""),
-               "gold": golds, "question": ex.question, "question_type": question_type(ex.question),
-               "answer_words": len(golds[0].split()) if golds else 0}
+        row = {
+            "id": ex.id,
+            "em": scores["exact_match"],
+            "f1": scores["f1"],
+            "prediction": answers.get(ex.id, ""),
+            "gold": golds,
+            "question": ex.question,
+            "question_type": question_type(ex.question),
+            "answer_words": len(golds[0].split()) if golds else 0,
+        }
         if self.version_2:
             row["is_impossible"] = ex.is_impossible
             row["na_prob"] = na_probs[ex.id] if na_probs else 0.0
@@ -281,9 +371,11 @@ class ExtractiveQATask(Task):
     def summary_line(self, m: dict) -> str:
         line = f"{self.title} {m['mode']}: EM {m['exact_match']:.2f}, F1 {m['f1']:.2f}, n={m['n']}"
         if "HasAns_f1" in m or "NoAns_f1" in m:
-            line += (f" (HasAns F1 {m.get('HasAns_f1', float('nan')):.2f}, NoAns F1 "
-                     f"{m.get('NoAns_f1', float('nan')):.2f}, best F1 {m['best_f1']:.2f} at threshold "
-                     f"{m['best_f1_thresh']:.3f})")
+            line += (
+                f" (HasAns F1 {m.get('HasAns_f1', float('nan')):.2f}, NoAns F1 "
+                f"{m.get('NoAns_f1', float('nan')):.2f}, best F1 {m['best_f1']:.2f} at threshold "
+                f"{m['best_f1_thresh']:.3f})"
+            )
         return line
 
     def metric_rows(self, metrics: dict) -> list[tuple[str, str, float]]:
@@ -292,11 +384,20 @@ class ExtractiveQATask(Task):
 
     # ---- `tunelab predict` ------------------------------------------------------------------------------
 
-    def prediction_inputs(self, texts: list[str], *, pairs: list[str] | None = None, file: str | None = None,
-                          questions: list[str] | None = None, context: str | None = None) -> list[dict]:
+    def prediction_inputs(
+        self,
+        texts: list[str],
+        *,
+        pairs: list[str] | None = None,
+        file: str | None = None,
+        questions: list[str] | None = None,
+        context: str | None = None,
+    ) -> list[dict]:
         """[{"id", "question", "context"}] from --question/--context and/or a SQuAD JSON / JSONL file."""
         if texts or pairs:
-            raise UsageError(f"this model answers questions ({self.name}): use --question and --context, or --file")
+            raise UsageError(
+                f"this model answers questions ({self.name}): use --question and --context, or --file"
+            )
         rows = []
         if questions or context is not None:
             if not questions or context is None:
@@ -319,15 +420,22 @@ class ExtractiveQATask(Task):
             return [{"id": ex.id, "question": ex.question, "context": ex.context} for ex in self.read(file)]
         if file == "-" or suffix == ".jsonl":
             return _read_qa_jsonl(file)
-        raise DataError(file, f"unknown file type {suffix or '(none)'!r}: expected SQuAD .json or .jsonl of "
-                              "{context, question}")
+        raise DataError(
+            file,
+            f"unknown file type {suffix or '(none)'!r}: expected SQuAD .json or .jsonl of "
+            "{context, question}",
+        )
 
-    def predict_inputs(self, model, tokenizer, meta: dict, rows: list[dict], batch_size: int = 64) -> list[dict]:
+    def predict_inputs(
+        self, model, tokenizer, meta: dict, rows: list[dict], batch_size: int = 64
+    ) -> list[dict]:
         """The best answer span per question. "score" is the span's start + end logit; "probability" is its
         share of a softmax over the n-best spans (and, for v2 models, the no-answer option); "" means no
         answer."""
-        examples = [SquadExample(id=f"_{i}", title="", context=r["context"], question=r["question"], answers=[])
-                    for i, r in enumerate(rows)]
+        examples = [
+            SquadExample(id=f"_{i}", title="", context=r["context"], question=r["question"], answers=[])
+            for i, r in enumerate(rows)
+        ]
         try:
             p = self.predict(model, tokenizer, examples, meta, batch_size, progress=False)
         except ValueError as exc:  # e.g. a question too long for the model's window
@@ -349,11 +457,17 @@ class ExtractiveQATask(Task):
         probs /= probs.sum()
         if row["answer"]:
             best = next(i for i, c in enumerate(cands) if c["text"] == row["answer"])
-            row.update(score=float(cands[best]["score"]), probability=float(probs[best]), start=cands[best]["start"],
-                       end=cands[best]["end"])
+            row.update(
+                score=float(cands[best]["score"]),
+                probability=float(probs[best]),
+                start=cands[best]["start"],
+                end=cands[best]["end"],
+            )
         else:
-            row.update(score=float(scores[-1]) if self.version_2 else None,
-                       probability=float(probs[-1]) if self.version_2 else None)
+            row.update(
+                score=float(scores[-1]) if self.version_2 else None,
+                probability=float(probs[-1]) if self.version_2 else None,
+            )
         return row
 
     def format_prediction(self, row: dict) -> str:
@@ -374,7 +488,9 @@ def _read_qa_jsonl(path: str) -> list[dict]:
             if not isinstance(obj.get(key), str) or not obj[key].strip():
                 what = "missing" if key not in obj else "empty or not a string"
                 raise DataError(path, f"{key!r} is {what}", line=n)
-        rows.append({"id": str(obj.get("id", f"line{n}")), "context": obj["context"], "question": obj["question"]})
+        rows.append(
+            {"id": str(obj.get("id", f"line{n}")), "context": obj["context"], "question": obj["question"]}
+        )
     if not rows:
         raise DataError(path, "no questions in the file")
     return rows

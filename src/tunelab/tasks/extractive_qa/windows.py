@@ -60,7 +60,9 @@ def _check_tokenizer(tokenizer) -> int:
         raise TypeError("QA features need a fast (Rust `tokenizers`) tokenizer for offset mappings")
     eos = tokenizer.eos_token_id
     if eos is None:
-        raise ValueError("the tokenizer has no EOS token; it is needed as the null/summary token of each window")
+        raise ValueError(
+            "the tokenizer has no EOS token; it is needed as the null/summary token of each window"
+        )
     return eos
 
 
@@ -166,7 +168,9 @@ def prepare_train_features(
     """
     examples = list(examples)
     out: dict[str, list] = {"input_ids": [], "attention_mask": [], "start_positions": [], "end_positions": []}
-    for ex_idx, ids, mask, offsets in _encode_windows(examples, tokenizer, max_length, stride, question_first):
+    for ex_idx, ids, mask, offsets in _encode_windows(
+        examples, tokenizer, max_length, stride, question_first
+    ):
         null = len(ids) - 1
         span = _answer_chars(examples[ex_idx])
         label = _label_window(offsets, *span) if span is not None else None
@@ -193,9 +197,16 @@ def prepare_eval_features(
     example's .id, and null_index the position of the null/EOS token (always the last one).
     """
     examples = list(examples)
-    out: dict[str, list] = {"input_ids": [], "attention_mask": [], "offset_mapping": [], "example_id": [],
-                            "null_index": []}
-    for ex_idx, ids, mask, offsets in _encode_windows(examples, tokenizer, max_length, stride, question_first):
+    out: dict[str, list] = {
+        "input_ids": [],
+        "attention_mask": [],
+        "offset_mapping": [],
+        "example_id": [],
+        "null_index": [],
+    }
+    for ex_idx, ids, mask, offsets in _encode_windows(
+        examples, tokenizer, max_length, stride, question_first
+    ):
         out["input_ids"].append(ids)
         out["attention_mask"].append(mask)
         out["offset_mapping"].append(offsets)
@@ -214,5 +225,7 @@ def span_loss(model, batch: dict) -> torch.Tensor:
     pad = batch["attention_mask"] == 0
     start = out.start_logits.float().masked_fill(pad, float("-inf"))
     end = out.end_logits.float().masked_fill(pad, float("-inf"))
-    return (torch.nn.functional.cross_entropy(start, batch["start_positions"])
-            + torch.nn.functional.cross_entropy(end, batch["end_positions"])) / 2
+    return (
+        torch.nn.functional.cross_entropy(start, batch["start_positions"])
+        + torch.nn.functional.cross_entropy(end, batch["end_positions"])
+    ) / 2

@@ -8,10 +8,10 @@ same weights). The harness runs as a custom task over the local TSV (`dataset_pa
 quoting); its sentence is trimmed (`{{sentence|trim}}`) because GLUE's sentences end with a space that
 tunelab's reader strips, so both see the same text.
 
-Each side runs as the command a user types (`lm_eval ...` and `tunelab zeroshot ...`), timed from start to exit
-(model loading included), `--repeats` times, alternating, so a change of machine load hits both alike.
-Reported: every wall time, the ratio of the medians (harness / tunelab), tunelab's scoring-only seconds (from its
-metrics.json), and both accuracies with their difference (the issue asks them to agree within 0.2 points).
+Each side runs as the command a user types (`lm_eval ...` and `tunelab zeroshot ...`), timed from start to
+exit (model loading included), `--repeats` times, alternating, so a change of machine load hits both alike.
+Reported: every wall time, the ratio of the medians (harness / tunelab), tunelab's scoring-only seconds (from
+its metrics.json), and both accuracies with their difference (the issue asks them to agree within 0.2 points).
 
     .venv/bin/python benchmarks/harness_sst2.py [--repeats 2] [--batch-size 16] [--limit N] [--out FILE]
 
@@ -39,24 +39,26 @@ PROMPT = "{{sentence|trim}}\nQuestion: Is this sentence positive or negative?\nA
 
 
 def task_yaml(dev_tsv: Path) -> str:
-    return "\n".join([
-        "task: sst2_local",
-        "dataset_path: csv",
-        "dataset_kwargs:",
-        f"  data_files: {{validation: {json.dumps(str(dev_tsv))}}}",
-        '  delimiter: "\\t"',
-        "  quoting: 3",
-        "output_type: multiple_choice",
-        "validation_split: validation",
-        f"doc_to_text: {json.dumps(PROMPT)}",
-        "doc_to_target: label",
-        'doc_to_choice: ["negative", "positive"]',
-        "metric_list:",
-        "  - metric: acc",
-        "metadata:",
-        "  version: 1.0",
-        "",
-    ])
+    return "\n".join(
+        [
+            "task: sst2_local",
+            "dataset_path: csv",
+            "dataset_kwargs:",
+            f"  data_files: {{validation: {json.dumps(str(dev_tsv))}}}",
+            '  delimiter: "\\t"',
+            "  quoting: 3",
+            "output_type: multiple_choice",
+            "validation_split: validation",
+            f"doc_to_text: {json.dumps(PROMPT)}",
+            "doc_to_target: label",
+            'doc_to_choice: ["negative", "positive"]',
+            "metric_list:",
+            "  - metric: acc",
+            "metadata:",
+            "  version: 1.0",
+            "",
+        ]
+    )
 
 
 def model_folder() -> Path:
@@ -101,35 +103,77 @@ def main() -> int:
         (work / "tasks" / "sst2_local.yaml").write_text(task_yaml(dev_tsv))
         # The first tunelab call converts the embedded GGUF into the cached folder the harness then reads.
         limit = ["--limit", str(args.limit)] if args.limit else []
-        tunelab = [sys.executable, "-m", "tunelab", "zeroshot", "smollm2-135m", "--task", "sst2", "--prompt", "harness",
-                   "--calibration", "none", "--batch-size", str(args.batch_size), "--data-file", str(dev_tsv),
-                   *limit]
+        tunelab = [
+            sys.executable,
+            "-m",
+            "tunelab",
+            "zeroshot",
+            "smollm2-135m",
+            "--task",
+            "sst2",
+            "--prompt",
+            "harness",
+            "--calibration",
+            "none",
+            "--batch-size",
+            str(args.batch_size),
+            "--data-file",
+            str(dev_tsv),
+            *limit,
+        ]
         run([*tunelab, "--out", str(work / "warm"), "--overwrite"], env)
-        harness = [str(BIN / "lm_eval"), "--model", "hf", "--model_args",
-                   f"pretrained={model_folder()},dtype=float32", "--tasks", "sst2_local", "--include_path",
-                   str(work / "tasks"), "--batch_size", str(args.batch_size), "--device", device, *limit]
+        harness = [
+            str(BIN / "lm_eval"),
+            "--model",
+            "hf",
+            "--model_args",
+            f"pretrained={model_folder()},dtype=float32",
+            "--tasks",
+            "sst2_local",
+            "--include_path",
+            str(work / "tasks"),
+            "--batch_size",
+            str(args.batch_size),
+            "--device",
+            device,
+            *limit,
+        ]
         walls: dict[str, list[float]] = {"harness": [], "tunelab": []}
         for r in range(args.repeats):
             walls["harness"].append(run([*harness, "--output_path", str(work / f"h{r}")], env))
             walls["tunelab"].append(run([*tunelab, "--out", str(work / f"t{r}")], env))
-            print(f"repeat {r + 1}: harness {walls['harness'][-1]:.1f} s, tunelab {walls['tunelab'][-1]:.1f} s",
-                  flush=True)
+            print(
+                f"repeat {r + 1}: harness {walls['harness'][-1]:.1f} s, tunelab {walls['tunelab'][-1]:.1f} s",
+                flush=True,
+            )
         h_acc, h_n = harness_accuracy(work / "h0")
         t_metrics = json.loads((work / "t0" / "metrics.json").read_text())
         result = {
             "case": "zero-shot SST-2 dev, harness prompt, no calibration, float32, SmolLM2-135M-Instruct",
-            "machine": {"host": platform.node(), "cpu": platform.processor() or platform.machine(),
-                        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                        "device": device,
-                        "gpu": torch.cuda.get_device_name(0) if device == "cuda" else None},
-            "versions": {"torch": torch.__version__, "lm_eval": _version("lm_eval"),
-                         "transformers": _version("transformers")},
-            "batch_size": args.batch_size, "n": t_metrics["n"], "harness_n": h_n,
+            "machine": {
+                "host": platform.node(),
+                "cpu": platform.processor() or platform.machine(),
+                "cpu_count": os.cpu_count(),
+                "torch_threads": torch.get_num_threads(),
+                "device": device,
+                "gpu": torch.cuda.get_device_name(0) if device == "cuda" else None,
+            },
+            "versions": {
+                "torch": torch.__version__,
+                "lm_eval": _version("lm_eval"),
+                "transformers": _version("transformers"),
+            },
+            "batch_size": args.batch_size,
+            "n": t_metrics["n"],
+            "harness_n": h_n,
             "wall_seconds": walls,
             "ratio_of_medians": statistics.median(walls["harness"]) / statistics.median(walls["tunelab"]),
             "tunelab_scoring_seconds": t_metrics["seconds"],
-            "accuracy": {"harness": h_acc, "tunelab": t_metrics["accuracy"],
-                         "difference_points": 100 * (t_metrics["accuracy"] - h_acc)},
+            "accuracy": {
+                "harness": h_acc,
+                "tunelab": t_metrics["accuracy"],
+                "difference_points": 100 * (t_metrics["accuracy"] - h_acc),
+            },
             "date": time.strftime("%Y-%m-%d"),
         }
     finally:

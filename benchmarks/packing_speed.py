@@ -1,9 +1,10 @@
 """What padding-free packing (tunelab.packing) would compute, against padded batches: pure counting, no model.
 
 For the real training data (SST-2 train sentences in tunelab's default input prompt and bare; SQuAD v1.1 train
-windows of 384 with stride 128) and the SmolLM2 tokenizer, each micro-batch of tunelab's order (length-grouped,
-and random for comparison) is either padded to its longest example or packed by `tunelab.packing.plan_rows`
-(first-fit decreasing) into rows of a token budget: the same examples per step, so the same update.
+windows of 384 with stride 128) and the SmolLM2 tokenizer, each micro-batch of tunelab's order
+(length-grouped, and random for comparison) is either padded to its longest example or packed by
+`tunelab.packing.plan_rows` (first-fit decreasing) into rows of a token budget: the same examples per step, so
+the same update.
 
 Per case it reports:
 
@@ -34,10 +35,12 @@ import time
 from pathlib import Path
 
 
-def costs(lengths: list[int], batches: list[list[int]], max_length: int, row_tokens: int,
-          balanced: bool) -> dict:
-    """balanced=False: first-fit decreasing into rows of row_tokens; True: into ceil(batch tokens / row_tokens)
-    rows, as narrow as first-fit decreasing allows (plan_rows with rows only)."""
+def costs(
+    lengths: list[int], batches: list[list[int]], max_length: int, row_tokens: int, balanced: bool
+) -> dict:
+    """balanced=False: first-fit decreasing into rows of row_tokens; True: into
+    ceil(batch tokens / row_tokens) rows, as narrow as first-fit decreasing allows (plan_rows with rows
+    only)."""
     from tunelab.packing import plan_rows
 
     real = sum(lengths)
@@ -59,16 +62,35 @@ def costs(lengths: list[int], batches: list[list[int]], max_length: int, row_tok
     rows_max, width_max = max(r for r, _ in shapes), max(w for _, w in shapes)
     packed_static = len(batches) * rows_max * width_max  # one shape for the whole epoch
     return {
-        "examples": len(lengths), "batches": len(batches), "mean_length": real / len(lengths),
-        "max_length": max_length, "row_tokens": row_tokens, "balanced": balanced,
-        "tokens": {"real": real, "padded": padded, "packed": packed, "padded_static_buckets": padded_static,
-                   "packed_static": packed_static},
-        "real_share": {"padded": real / padded, "packed": real / packed,
-                       "padded_static_buckets": real / padded_static, "packed_static": real / packed_static},
-        "packed_shape": {"rows_max": rows_max, "width_max": width_max,
-                         "rows_mean": sum(r for r, _ in shapes) / len(shapes)},
-        "attention_pairs": {"padded": pad_attn, "packed_dense_mask": packed_attn_dense,
-                            "packed_varlen": sum(lengths[i] ** 2 for b in batches for i in b)},
+        "examples": len(lengths),
+        "batches": len(batches),
+        "mean_length": real / len(lengths),
+        "max_length": max_length,
+        "row_tokens": row_tokens,
+        "balanced": balanced,
+        "tokens": {
+            "real": real,
+            "padded": padded,
+            "packed": packed,
+            "padded_static_buckets": padded_static,
+            "packed_static": packed_static,
+        },
+        "real_share": {
+            "padded": real / padded,
+            "packed": real / packed,
+            "padded_static_buckets": real / padded_static,
+            "packed_static": real / packed_static,
+        },
+        "packed_shape": {
+            "rows_max": rows_max,
+            "width_max": width_max,
+            "rows_mean": sum(r for r, _ in shapes) / len(shapes),
+        },
+        "attention_pairs": {
+            "padded": pad_attn,
+            "packed_dense_mask": packed_attn_dense,
+            "packed_varlen": sum(lengths[i] ** 2 for b in batches for i in b),
+        },
     }
 
 
@@ -85,14 +107,11 @@ def main() -> int:
 
     import numpy as np
 
-    from tunelab.data.folder import squad_path, sst2_path
-    from tunelab.data.squad import read_squad
-    from tunelab.data.sst2 import read_sst2
     from tunelab.models import load_tokenizer
-    from tunelab.recipes.squad import doc_stride
-    from tunelab.recipes.sst2 import encode
-    from tunelab.tasks.classification import Prompt, format_input
-    from tunelab.tasks.qa import prepare_train_features
+    from tunelab.tasks import get_task
+    from tunelab.tasks.classification.head import encode, format_input
+    from tunelab.tasks.extractive_qa.spans import doc_stride
+    from tunelab.tasks.extractive_qa.windows import prepare_train_features
 
     def length_grouped(lengths, batch_size):  # tunelab.training.length_grouped_order's rule, kept here so
         rng = np.random.default_rng(args.seed)  # this script does not depend on where that module moves
@@ -111,37 +130,60 @@ def main() -> int:
     cases = {}
 
     def add(name, lengths, batch_size, max_length):
-        for order, batches in (("grouped", length_grouped(lengths, batch_size)),
-                               ("random", random_batches(len(lengths), batch_size))):
-            for label, row_tokens, balanced in (("rows", max_length, False), ("balanced", max_length, True),
-                                                ("balanced4x", 4 * max_length, True)):
+        for order, batches in (
+            ("grouped", length_grouped(lengths, batch_size)),
+            ("random", random_batches(len(lengths), batch_size)),
+        ):
+            for label, row_tokens, balanced in (
+                ("rows", max_length, False),
+                ("balanced", max_length, True),
+                ("balanced4x", 4 * max_length, True),
+            ):
                 cases[f"{name}-b{batch_size}-{order}-{label}"] = costs(
-                    lengths, batches, max_length, row_tokens, balanced)
+                    lengths, batches, max_length, row_tokens, balanced
+                )
 
     t0 = time.perf_counter()
     tok = load_tokenizer(args.model)
-    sst2 = [ex for ex in read_sst2(sst2_path(args.data_dir, "train")) if ex.label is not None]
+    sst2_task = get_task("sst2")
+    sst2 = [ex for ex in sst2_task.load_split("train", args.data_dir)[0] if ex.label is not None]
     sst2 = sst2[: args.max_examples]
-    prompt = Prompt.load(None)  # `tunelab finetune --task sst2`'s default input prompt
-    for name, texts in (("sst2-prompt", [format_input(prompt, tok, ex.text) for ex in sst2]),
-                        ("sst2-bare", [ex.text for ex in sst2])):
+    prompt = sst2_task.input_prompt(
+        sst2_task.finetune_extras()["input_prompt"]
+    )  # `finetune --task sst2`'s default
+    for name, texts in (
+        ("sst2-prompt", [format_input(prompt, tok, ex.text) for ex in sst2]),
+        ("sst2-bare", [ex.text for ex in sst2]),
+    ):
         lengths = [len(x) for x in encode(tok, texts, 128)]
         add(name, lengths, 64, 128)
-    squad = read_squad(squad_path(args.data_dir, "1.1", "train"))[: args.max_examples]
+    squad = get_task("squad").load_split("train", args.data_dir)[0][: args.max_examples]
     feats = prepare_train_features(squad, tok, 384, doc_stride(384))
     add("squad11", [len(x) for x in feats["input_ids"]], 16, 384)
-    result = {"machine": {"host": platform.node(), "cpu_count": os.cpu_count(), "gpu": None,
-                          "python": platform.python_version()},
-              "command": "python benchmarks/packing_speed.py " + " ".join(sys.argv[1:]),
-              "tokenizer": args.model, "seconds": time.perf_counter() - t0, "cases": cases}
-    print("real share of computed tokens (dynamic: padded / packed; static shapes: buckets / packed) and "
-          "attention pairs against padded (packed with a dense mask / with varlen)")
+    result = {
+        "machine": {
+            "host": platform.node(),
+            "cpu_count": os.cpu_count(),
+            "gpu": None,
+            "python": platform.python_version(),
+        },
+        "command": "python benchmarks/packing_speed.py " + " ".join(sys.argv[1:]),
+        "tokenizer": args.model,
+        "seconds": time.perf_counter() - t0,
+        "cases": cases,
+    }
+    print(
+        "real share of computed tokens (dynamic: padded / packed; static shapes: buckets / packed) and "
+        "attention pairs against padded (packed with a dense mask / with varlen)"
+    )
     for name, c in cases.items():
         r, a = c["real_share"], c["attention_pairs"]
-        print(f"{name:34s} mean {c['mean_length']:6.1f}  dynamic {r['padded']:.3f} / {r['packed']:.3f}  "
-              f"static {r['padded_static_buckets']:.3f} / {r['packed_static']:.3f}  "
-              f"attention {a['packed_dense_mask'] / a['padded']:.2f}x"
-              f" / {a['packed_varlen'] / a['padded']:.2f}x")
+        print(
+            f"{name:34s} mean {c['mean_length']:6.1f}  dynamic {r['padded']:.3f} / {r['packed']:.3f}  "
+            f"static {r['padded_static_buckets']:.3f} / {r['packed_static']:.3f}  "
+            f"attention {a['packed_dense_mask'] / a['padded']:.2f}x"
+            f" / {a['packed_varlen'] / a['padded']:.2f}x"
+        )
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

@@ -1,4 +1,5 @@
-"""Zero-shot SQuAD v1.1: free generation against extractive decoding, on a fixed sample of the official dev set.
+"""Zero-shot SQuAD v1.1: free generation against extractive decoding, on a fixed sample of the official dev
+set.
 
 Both answer every question of the sample with SmolLM2-135M-Instruct (default) from tunelab's default zero-shot
 prompt (the chat template, the answer started as `The answer is "`), greedily, in the same batches (sorted by
@@ -8,12 +9,14 @@ piece of the passage, plus a stop. Each batch is answered both ways one after th
 the machine's load falls on both alike; each mode's wall seconds include all its own work (tokenising,
 building its constraint tables, generating, cleaning the answers).
 
-Reports the official SQuAD v1.1 exact match and F1 (tunelab.squad_metrics), F1's 95% bootstrap interval, the
-paired bootstrap of the F1 difference, the share of answers found in their passage, and the wall seconds.
+Reports the official SQuAD v1.1 exact match and F1 (tunelab.tasks.extractive_qa.metrics), F1's 95% bootstrap
+interval, the paired bootstrap of the F1 difference, the share of answers found in their passage, and the wall
+seconds.
 
-    python benchmarks/squad_zeroshot_decoding.py            # every 20th question (529): about 10+ min on 2 cores
-                                                            # -> results/squad-zeroshot-decoding-cpu.json
-    python benchmarks/squad_zeroshot_decoding.py --limit 16 # a trial: prints, writes nothing without --out
+    # every 20th question (529): about 10+ min on 2 cores -> results/squad-zeroshot-decoding-cpu.json
+    python benchmarks/squad_zeroshot_decoding.py
+    # a trial: prints, writes nothing without --out
+    python benchmarks/squad_zeroshot_decoding.py --limit 16
 """
 
 from __future__ import annotations
@@ -31,18 +34,12 @@ import torch
 import transformers
 from transformers import LogitsProcessorList
 
-# tunelab's package is being reorganised: everything this script uses from it is imported here
 from tunelab.data.squad import read_squad
 from tunelab.decoding import encode_with_passage, extractive_processor
 from tunelab.metrics import bootstrap_ci, paired_bootstrap
 from tunelab.models import load_causal_lm, load_tokenizer
-
-try:  # the reorganised package
-    from tunelab.tasks.extractive_qa.generation import clean_answer, load_prompt
-    from tunelab.tasks.extractive_qa.metrics import per_example_scores, squad_v1
-except ImportError:  # the modules as they were
-    from tunelab.squad_metrics import per_example_scores, squad_v1
-    from tunelab.tasks.qa_prompts import clean_answer, load_prompt
+from tunelab.tasks.extractive_qa.generation import clean_answer, load_prompt
+from tunelab.tasks.extractive_qa.metrics import per_example_scores, squad_v1
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "squad-zeroshot-decoding-cpu.json"
@@ -66,8 +63,9 @@ def cpu_name() -> str:
 
 def git_commit() -> str | None:
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
 
@@ -78,40 +76,64 @@ def answer_batch(model, tok, examples, prompt, *, extractive: bool, max_new_toke
     zero-shot recipe cleans them."""
     texts = [prompt.render(tok, ex, False) for ex in examples]
     # a chat template writes its own special tokens; a plain prompt gets the tokenizer's (Llama's BOS)
-    enc = [encode_with_passage(tok, t, ex.context, add_special_tokens=not prompt.chat)
-           for t, ex in zip(texts, examples)]
+    enc = [
+        encode_with_passage(tok, t, ex.context, add_special_tokens=not prompt.chat)
+        for t, ex in zip(texts, examples, strict=True)
+    ]
     width = max(len(p) for p, _ in enc)
     ids = torch.full((len(enc), width), tok.pad_token_id, dtype=torch.long)
     mask = torch.zeros((len(enc), width), dtype=torch.long)
     for row, (p, _) in enumerate(enc):
-        ids[row, width - len(p):] = torch.tensor(p)
-        mask[row, width - len(p):] = 1
+        ids[row, width - len(p) :] = torch.tensor(p)
+        mask[row, width - len(p) :] = 1
     processors = LogitsProcessorList()
     if extractive:
-        processors.append(extractive_processor(tok, [q for _, q in enc], prompt_length=width,
-                                               stop_strings=prompt.stop_strings(),
-                                               eos_token_id=model.generation_config.eos_token_id))
+        processors.append(
+            extractive_processor(
+                tok,
+                [q for _, q in enc],
+                prompt_length=width,
+                stop_strings=prompt.stop_strings(),
+                eos_token_id=model.generation_config.eos_token_id,
+            )
+        )
     dev = next(model.parameters()).device
-    out = model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev), do_sample=False,
-                         max_new_tokens=max_new_tokens, stop_strings=prompt.stop_strings(), tokenizer=tok,
-                         pad_token_id=tok.pad_token_id, logits_processor=processors)
+    out = model.generate(
+        input_ids=ids.to(dev),
+        attention_mask=mask.to(dev),
+        do_sample=False,
+        max_new_tokens=max_new_tokens,
+        stop_strings=prompt.stop_strings(),
+        tokenizer=tok,
+        pad_token_id=tok.pad_token_id,
+        logits_processor=processors,
+    )
     raw = [tok.decode(row, skip_special_tokens=True) for row in out[:, width:].cpu()]
-    return [clean_answer(r, ex.context, prompt.stop_strings()) for r, ex in zip(raw, examples)]
+    return [clean_answer(r, ex.context, prompt.stop_strings()) for r, ex in zip(raw, examples, strict=True)]
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--data", default=None, help="SQuAD v1.1 dev file (default: $TUNELAB_DATA_DIR or "
-                    "../shared/data, squad/v1.1-dev.json)")
+    ap.add_argument(
+        "--data",
+        default=None,
+        help="SQuAD v1.1 dev file (default: $TUNELAB_DATA_DIR or ../shared/data, squad/v1.1-dev.json)",
+    )
     ap.add_argument("--every", type=int, default=20, help="take every N-th question (default 20: 529)")
-    ap.add_argument("--limit", type=int, default=None, help="only the first K questions of the sample (a trial)")
+    ap.add_argument(
+        "--limit", type=int, default=None, help="only the first K questions of the sample (a trial)"
+    )
     ap.add_argument("--prompt", default=None, help="zero-shot prompt template (default: tunelab's default)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    ap.add_argument("--out", default=None, help=f"result JSON (default: {DEFAULT_OUT.relative_to(ROOT)} for "
-                    "the full every-20th sample; nothing is written for --limit or another --every without it)")
+    ap.add_argument(
+        "--out",
+        default=None,
+        help=f"result JSON (default: {DEFAULT_OUT.relative_to(ROOT)} for "
+        "the full every-20th sample; nothing is written for --limit or another --every without it)",
+    )
     args = ap.parse_args()
     if args.every < 1 or (args.limit is not None and args.limit < 1):
         ap.error("--every and --limit must be positive")
@@ -128,8 +150,14 @@ def main() -> int:
     model = load_causal_lm(args.model).eval()  # float32 on the CPU, as tunelab's eval_dtype gives there
     answer_batch(model, tok, examples[:1], prompt, extractive=False, max_new_tokens=2)  # warm-up, not timed
 
-    lengths = [len(encode_with_passage(tok, prompt.render(tok, ex, False), ex.context,
-                                       add_special_tokens=not prompt.chat)[0]) for ex in examples]
+    lengths = [
+        len(
+            encode_with_passage(
+                tok, prompt.render(tok, ex, False), ex.context, add_special_tokens=not prompt.chat
+            )[0]
+        )
+        for ex in examples
+    ]
     order = sorted(range(len(examples)), key=lambda i: lengths[i], reverse=True)
     answers = {m: [""] * len(examples) for m in MODES}
     seconds = dict.fromkeys(MODES, 0.0)
@@ -137,51 +165,80 @@ def main() -> int:
         idx = order[start : start + args.batch_size]
         for mode in MODES:
             t0 = time.perf_counter()
-            got = answer_batch(model, tok, [examples[i] for i in idx], prompt, extractive=mode == "extractive",
-                               max_new_tokens=args.max_new_tokens)
+            got = answer_batch(
+                model,
+                tok,
+                [examples[i] for i in idx],
+                prompt,
+                extractive=mode == "extractive",
+                max_new_tokens=args.max_new_tokens,
+            )
             seconds[mode] += time.perf_counter() - t0
-            for i, a in zip(idx, got):
+            for i, a in zip(idx, got, strict=True):
                 answers[mode][i] = a
-        print(f"{min(start + args.batch_size, len(order))}/{len(order)} questions, "
-              + ", ".join(f"{m} {s:.0f} s" for m, s in seconds.items()), file=sys.stderr)
+        print(
+            f"{min(start + args.batch_size, len(order))}/{len(order)} questions, "
+            + ", ".join(f"{m} {s:.0f} s" for m, s in seconds.items()),
+            file=sys.stderr,
+        )
 
     references = {ex.id: [a["text"] for a in ex.answers] for ex in examples}
     results, per = {}, {}
     for mode in MODES:
-        preds = {ex.id: a for ex, a in zip(examples, answers[mode])}
+        preds = {ex.id: a for ex, a in zip(examples, answers[mode], strict=True)}
         scores = squad_v1(preds, references)
         per[mode] = per_example_scores(preds, references)
         f1s = [100.0 * per[mode][ex.id]["f1"] for ex in examples]
-        results[mode] = {"exact_match": scores["exact_match"], "f1": scores["f1"], "f1_ci95": bootstrap_ci(f1s),
-                         "in_passage": sum(bool(a) and a in ex.context for a, ex in zip(answers[mode], examples))
-                         / len(examples),
-                         "empty": sum(not a for a in answers[mode]), "seconds": seconds[mode],
-                         "seconds_per_question": seconds[mode] / len(examples)}
+        results[mode] = {
+            "exact_match": scores["exact_match"],
+            "f1": scores["f1"],
+            "f1_ci95": bootstrap_ci(f1s),
+            "in_passage": sum(
+                bool(a) and a in ex.context for a, ex in zip(answers[mode], examples, strict=True)
+            )
+            / len(examples),
+            "empty": sum(not a for a in answers[mode]),
+            "seconds": seconds[mode],
+            "seconds_per_question": seconds[mode] / len(examples),
+        }
     f1 = {m: [100.0 * per[m][ex.id]["f1"] for ex in examples] for m in MODES}
     result = {
         "case": "zero-shot SQuAD v1.1, free vs extractive decoding",
         "trial": args.limit is not None,
         "model": args.model,
         "data": data,
-        "sample": f"every {args.every}th question of the file" + (f", the first {args.limit}" if args.limit
-                                                                   else ""),
+        "sample": f"every {args.every}th question of the file"
+        + (f", the first {args.limit}" if args.limit else ""),
         "n": len(examples),
         "prompt": args.prompt or "default",
         "batch_size": args.batch_size,
         "max_new_tokens": args.max_new_tokens,
         **results,
         "extractive_minus_free_f1": paired_bootstrap(f1["free"], f1["extractive"]),
-        "answers_changed": sum(a != b for a, b in zip(answers["free"], answers["extractive"])),
-        "machine": {"host": platform.node(), "cpu": cpu_name(), "cpu_count": os.cpu_count(),
-                    "torch_threads": torch.get_num_threads(), "device": str(next(model.parameters()).device),
-                    "python": platform.python_version(), "torch": torch.__version__,
-                    "transformers": transformers.__version__},
+        "answers_changed": sum(a != b for a, b in zip(answers["free"], answers["extractive"], strict=True)),
+        "machine": {
+            "host": platform.node(),
+            "cpu": cpu_name(),
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "device": str(next(model.parameters()).device),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+        },
         "git_commit": git_commit(),
         "command": "python benchmarks/squad_zeroshot_decoding.py " + " ".join(sys.argv[1:]),
         "date": time.strftime("%Y-%m-%d"),
-        "questions": [{"id": ex.id, "question": ex.question, "gold": references[ex.id],
-                       **{m: answers[m][k] for m in MODES},
-                       **{f"{m}_f1": per[m][ex.id]["f1"] for m in MODES}} for k, ex in enumerate(examples)],
+        "questions": [
+            {
+                "id": ex.id,
+                "question": ex.question,
+                "gold": references[ex.id],
+                **{m: answers[m][k] for m in MODES},
+                **{f"{m}_f1": per[m][ex.id]["f1"] for m in MODES},
+            }
+            for k, ex in enumerate(examples)
+        ],
     }
     summary = {k: v for k, v in result.items() if k != "questions"}
     print(json.dumps(summary, indent=2))

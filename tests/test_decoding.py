@@ -27,8 +27,12 @@ PREFIX = 'The answer is "'
 
 def chat_prompt(tok, context: str, question: str = "Who won ?") -> str:
     user = f"{context}\n\nAnswer with a span of the passage.\n\nQuestion: {question}"
-    return tok.apply_chat_template([{"role": "user", "content": user}], tokenize=False,
-                                   add_generation_prompt=True) + PREFIX
+    return (
+        tok.apply_chat_template(
+            [{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True
+        )
+        + PREFIX
+    )
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +44,18 @@ def tiny(tiny_model_dir):
     return model, tok
 
 
-def generate(model, tok, contexts, *, constrained=True, before=(), max_new_tokens=64, extra_answers=(),
-             num_beams=1, processor=None):
+def generate(
+    model,
+    tok,
+    contexts,
+    *,
+    constrained=True,
+    before=(),
+    max_new_tokens=64,
+    extra_answers=(),
+    num_beams=1,
+    processor=None,
+):
     """Greedy answers batched with left padding, as tunelab's zero-shot SQuAD does. Returns (new token ids
     per row, the processor used, its passages)."""
     enc = [encode_with_passage(tok, chat_prompt(tok, c), c) for c in contexts]
@@ -49,18 +63,31 @@ def generate(model, tok, contexts, *, constrained=True, before=(), max_new_token
     ids = torch.full((len(enc), width), tok.pad_token_id)
     mask = torch.zeros_like(ids)
     for row, (p, _) in enumerate(enc):
-        ids[row, width - len(p):] = torch.tensor(p)
-        mask[row, width - len(p):] = 1
+        ids[row, width - len(p) :] = torch.tensor(p)
+        mask[row, width - len(p) :] = 1
     procs = list(before)
     if constrained:
-        processor = processor or extractive_processor(tok, [q for _, q in enc], prompt_length=width,
-                                                      stop_strings=STOPS, extra_answers=extra_answers,
-                                                      rows_per_passage=num_beams)
+        processor = processor or extractive_processor(
+            tok,
+            [q for _, q in enc],
+            prompt_length=width,
+            stop_strings=STOPS,
+            extra_answers=extra_answers,
+            rows_per_passage=num_beams,
+        )
         procs.append(processor)
     with torch.no_grad():
-        out = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, num_beams=num_beams,
-                             max_new_tokens=max_new_tokens, stop_strings=list(STOPS), tokenizer=tok,
-                             pad_token_id=tok.pad_token_id, logits_processor=LogitsProcessorList(procs))
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            do_sample=False,
+            num_beams=num_beams,
+            max_new_tokens=max_new_tokens,
+            stop_strings=list(STOPS),
+            tokenizer=tok,
+            pad_token_id=tok.pad_token_id,
+            logits_processor=LogitsProcessorList(procs),
+        )
     return [row.tolist() for row in out[:, width:]], processor, [q for _, q in enc]
 
 
@@ -94,7 +121,8 @@ def reference_allowed(tok, passage_ids, answer: bytes, extra_answers=()) -> set[
         if any(s in cand.decode(errors="replace") for s in STOPS) and t not in stops:
             continue  # a token holding a stop string after its start
         if any(text[s : s + len(cand)] == cand for s in starts) or any(
-                w.encode()[: len(cand)] == cand for w in extra_answers):
+            w.encode()[: len(cand)] == cand for w in extra_answers
+        ):
             allowed.add(t)
     return allowed
 
@@ -124,7 +152,8 @@ def test_encode_with_passage_finds_the_passage_tokens_of_the_prompt(tiny):
         prompt, passage = encode_with_passage(tok, text, c)
         assert prompt == tok(text, add_special_tokens=False).input_ids
         assert tok.decode(passage) == c
-        at = next(i for i in range(len(prompt)) if prompt[i : i + len(passage)] == passage)  # contiguous in it
+        # contiguous in it
+        at = next(i for i in range(len(prompt)) if prompt[i : i + len(passage)] == passage)
         assert at > 0
 
 
@@ -141,7 +170,9 @@ def test_hand_built_logits_pick_the_best_allowed_token(tiny):
     passage = tok.encode(PASSAGES[0], add_special_tokens=False)  # The| Den|ver| Bron|cos| won ...
     proc = extractive_processor(tok, [passage], prompt_length=3)
     vocab = len(tok)
-    film, den, sp_den, ver, quote = (tok.convert_tokens_to_ids(t) for t in ("Ġfilm", "Den", "ĠDen", "ver", '"'))
+    film, den, sp_den, ver, quote = (
+        tok.convert_tokens_to_ids(t) for t in ("Ġfilm", "Den", "ĠDen", "ver", '"')
+    )
     scores = torch.zeros(1, vocab)
     scores[0, film] = 9.0  # the model's favourite is not in the passage
     scores[0, quote] = 8.0  # nor may the answer be empty
@@ -194,18 +225,21 @@ def test_allowed_sets_match_brute_force_along_random_answers(tiny):
 def test_tiny_model_answers_are_spans_of_their_own_passages(tiny):
     model, tok = tiny
     free, _, _ = generate(model, tok, PASSAGES, constrained=False)
-    assert any(split_answer(tok, ids)[0] not in c for ids, c in zip(free, PASSAGES))  # unconstrained it strays
+    # unconstrained it strays
+    assert any(split_answer(tok, ids)[0] not in c for ids, c in zip(free, PASSAGES, strict=True))
     new, _, passages = generate(model, tok, PASSAGES)
     stops = set(stop_token_ids(tok, STOPS).tolist())
-    for ids, c, passage in zip(new, PASSAGES, passages):
+    for ids, c, passage in zip(new, PASSAGES, passages, strict=True):
         answer, stop = split_answer(tok, ids)
         assert answer and answer in c, (answer, c)
         assert stop is not None  # no passage is 64 bytes long: every row had to stop before max_new_tokens
         k = ids.index(stop, 1)
-        assert all(t == tok.eos_token_id for t in ids[k + 1:])  # after the stop, EOS / padding only
+        assert all(t == tok.eos_token_id for t in ids[k + 1 :])  # after the stop, EOS / padding only
         # the first token starts at a passage token, or just after its space
-        assert any(tok.decode(passage[j:]).startswith(answer) or tok.decode(passage[j:]).startswith(" " + answer)
-                   for j in range(len(passage)))
+        assert any(
+            tok.decode(passage[j:]).startswith(answer) or tok.decode(passage[j:]).startswith(" " + answer)
+            for j in range(len(passage))
+        )
         assert all(t not in stops for t in ids[:k])
 
 
@@ -238,8 +272,10 @@ def test_a_stopped_row_writes_only_eos_and_leaves_the_others_alone(tiny):
     second(torch.tensor([[9, 9, a_, good]]), scores[1:].clone())
     assert allowed_set(both, 1) == allowed_set(second, 0)
     eos = tok.eos_token_id
-    out = both(torch.tensor([[9, 9, the, quote, eos], [9, 9, a_, good, tok.convert_tokens_to_ids("Ġand")]]),
-               scores.clone())
+    out = both(
+        torch.tensor([[9, 9, the, quote, eos], [9, 9, a_, good, tok.convert_tokens_to_ids("Ġand")]]),
+        scores.clone(),
+    )
     assert out[0].argmax().item() == eos and torch.isfinite(out[0]).sum() == 1
 
 
@@ -266,7 +302,7 @@ def test_no_answer_word_is_allowed_only_as_an_option(tiny):
         assert split_answer(tok, ids) == ("unanswerable", split_answer(tok, ids)[1])
         assert split_answer(tok, ids)[1] is not None  # the word is a whole answer: then a stop
     without, _, _ = generate(model, tok, contexts, before=[Push(width)])
-    for ids, c in zip(without, contexts):
+    for ids, c in zip(without, contexts, strict=True):
         answer, _ = split_answer(tok, ids)
         assert answer != "unanswerable" and answer in c
 
@@ -274,7 +310,7 @@ def test_no_answer_word_is_allowed_only_as_an_option(tiny):
 def test_beam_search_and_a_reused_processor_stay_on_the_passage(tiny):
     model, tok = tiny
     beams, proc, _ = generate(model, tok, PASSAGES[:2], num_beams=2)
-    for ids, c in zip(beams, PASSAGES[:2]):
+    for ids, c in zip(beams, PASSAGES[:2], strict=True):
         answer, _ = split_answer(tok, ids)
         assert answer and answer in c
     first, proc, _ = generate(model, tok, PASSAGES[:2])
@@ -296,11 +332,7 @@ def test_a_batch_of_the_wrong_size_is_refused(tiny):
 def test_smollm2_super_bowl_answers_are_passage_spans(capsys):
     from tunelab.data.squad import read_squad
     from tunelab.models import load_causal_lm, load_tokenizer
-
-    try:  # tunelab's package is being reorganised
-        from tunelab.tasks.extractive_qa.metrics import exact_match_score
-    except ImportError:
-        from tunelab.squad_metrics import exact_match_score
+    from tunelab.tasks.extractive_qa.metrics import exact_match_score
 
     examples = read_squad("/work/shared/data/squad/v1.1-dev.json")[:10]  # Super Bowl 50
     assert examples[0].question == "Which NFL team represented the AFC at Super Bowl 50?"
@@ -309,35 +341,54 @@ def test_smollm2_super_bowl_answers_are_passage_spans(capsys):
 
     def answers(constrained):
         texts = [chat_prompt_smol(tok, ex) for ex in examples]
-        enc = [encode_with_passage(tok, t, ex.context) for t, ex in zip(texts, examples)]
+        enc = [encode_with_passage(tok, t, ex.context) for t, ex in zip(texts, examples, strict=True)]
         width = max(len(p) for p, _ in enc)
         ids = torch.full((len(enc), width), tok.pad_token_id)
         mask = torch.zeros_like(ids)
         for row, (p, _) in enumerate(enc):
-            ids[row, width - len(p):] = torch.tensor(p)
-            mask[row, width - len(p):] = 1
+            ids[row, width - len(p) :] = torch.tensor(p)
+            mask[row, width - len(p) :] = 1
         procs = [extractive_processor(tok, [q for _, q in enc], prompt_length=width)] if constrained else []
         with torch.no_grad():
-            out = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=32,
-                                 stop_strings=list(STOPS), tokenizer=tok, pad_token_id=tok.pad_token_id,
-                                 logits_processor=LogitsProcessorList(procs))
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                do_sample=False,
+                max_new_tokens=32,
+                stop_strings=list(STOPS),
+                tokenizer=tok,
+                pad_token_id=tok.pad_token_id,
+                logits_processor=LogitsProcessorList(procs),
+            )
         raw = [tok.decode(row[width:], skip_special_tokens=True) for row in out]
         return [r.split('"')[0].split("\n")[0] for r in raw]
 
     free, extractive = answers(False), answers(True)
-    for ex, a in zip(examples, extractive):
+    for ex, a in zip(examples, extractive, strict=True):
         assert a and a in ex.context, (ex.question, a)
-    em = {name: sum(max(exact_match_score(a, g["text"]) for g in ex.answers) for ex, a in zip(examples, got))
-          for name, got in (("free", free), ("extractive", extractive))}
+    em = {
+        name: sum(
+            max(exact_match_score(a, g["text"]) for g in ex.answers)
+            for ex, a in zip(examples, got, strict=True)
+        )
+        for name, got in (("free", free), ("extractive", extractive))
+    }
     with capsys.disabled():
         print(f"\nSmolLM2 on the first {len(examples)} dev questions, exact matches: {em}")
-        for ex, f, e in zip(examples, free, extractive):
+        for ex, f, e in zip(examples, free, extractive, strict=True):
             print(f"  {ex.question!r}: gold {ex.answers[0]['text']!r}, free {f!r}, extractive {e!r}")
 
 
 def chat_prompt_smol(tok, ex) -> str:
-    """tunelab's default zero-shot SQuAD prompt (tasks/qa_prompts.py, template "chat"), written out here."""
-    user = (f"{ex.context}\n\nAnswer the question with a short span copied exactly from the passage above. "
-            f"\n\nQuestion: {ex.question.strip()}")
-    return tok.apply_chat_template([{"role": "user", "content": user}], tokenize=False,
-                                   add_generation_prompt=True) + PREFIX
+    """tunelab's default zero-shot SQuAD prompt (tasks/extractive_qa/generation.py, template "chat"), written
+    out here."""
+    user = (
+        f"{ex.context}\n\nAnswer the question with a short span copied exactly from the passage above. "
+        f"\n\nQuestion: {ex.question.strip()}"
+    )
+    return (
+        tok.apply_chat_template(
+            [{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True
+        )
+        + PREFIX
+    )

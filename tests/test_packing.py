@@ -1,5 +1,5 @@
-"""Padding-free packing (tunelab.packing): the packer's bookkeeping, and packed losses and gradients equal to the
-padded path's for both heads and every method (full, LoRA, head-only).
+"""Padding-free packing (tunelab.packing): the packer's bookkeeping, and packed losses and gradients equal to
+the padded path's for both heads and every method (full, LoRA, head-only).
 
 Equivalence runs the tiny Llama in float64. The packed and padded paths add up the same terms in different
 groupings (other matmul shapes, a masked row instead of a padded one), so they may differ by rounding only:
@@ -19,16 +19,16 @@ import torch
 from tunelab.models import align_pad_token, load_task_model, load_tokenizer
 from tunelab.models.params import LoraOptions, apply_method
 from tunelab.packing import first_fit_decreasing, pack, packed_logits, packed_loss, plan_rows
-from tunelab.tasks.qa import span_loss
-from tunelab.training import pad_batch
+from tunelab.tasks.extractive_qa.windows import span_loss
+from tunelab.training.batches import pad_batch
 
 TOL = {"rtol": 1e-10, "atol": 1e-12}
-TASK = {"classification": "sst2", "span": "squad"}
 LENGTHS = [7, 19, 1, 12, 30, 4, 23, 9, 15, 2]  # varied, one single-token example; budget 40 packs 2-4 a row
 BUDGET = 40
 
 
 # ---- the packer --------------------------------------------------------------------------------------------
+
 
 def _features(lengths, seed=0, span=False):
     rng = random.Random(seed)
@@ -126,14 +126,15 @@ def test_pool_index_follows_the_padded_rule():
 
 # ---- equivalence with the padded path ----------------------------------------------------------------------
 
+
 def _model(model_dir, kind, method, attn="sdpa"):
     torch.manual_seed(0)  # the new head's and LoRA A's initialisation: the same model on every run
     tok = load_tokenizer(model_dir)
-    model = load_task_model(model_dir, TASK[kind], dtype=torch.float64)
+    model = load_task_model(model_dir, kind, dtype=torch.float64)
     align_pad_token(model, tok)
     if attn != "sdpa":
         model.set_attn_implementation(attn)
-    model = apply_method(model, TASK[kind], method, LoraOptions(r=4, alpha=8, dropout=0.0))
+    model = apply_method(model, kind, method, LoraOptions(r=4, alpha=8, dropout=0.0))
     if method == "lora":  # B starts at zero, which would make every A gradient zero: test real ones
         g = torch.Generator().manual_seed(0)
         for name, p in model.named_parameters():
@@ -144,10 +145,11 @@ def _model(model_dir, kind, method, attn="sdpa"):
 
 
 def _real_features(pad_id, kind, seed=0):
-    """Token ids from the vocabulary, never the pad id (except one example ending with it, for the classifier)."""
+    """Token ids from the vocabulary, never the pad id (except one example ending with it, for the
+    classifier)."""
     rng = random.Random(seed)
     feats = []
-    for i, n in enumerate(LENGTHS):
+    for n in LENGTHS:
         ids = [rng.choice([t for t in range(3, 380) if t != pad_id]) for _ in range(n)]
         f = {"input_ids": ids, "attention_mask": [1] * n}
         if kind == "span":
@@ -162,15 +164,18 @@ def _real_features(pad_id, kind, seed=0):
 
 
 def _span_loss_f64(model, batch):
-    """tunelab.tasks.qa.span_loss line for line, less its `.float()`: on a float64 model that cast to float32
-    would cap the comparison at float32's precision (test_span_loss_itself compares with span_loss as it is)."""
+    """tunelab.tasks.extractive_qa.windows.span_loss line for line, less its `.float()`: on a float64 model
+    that cast to float32 would cap the comparison at float32's precision (test_span_loss_itself compares with
+    span_loss as it is)."""
     inputs = {k: v for k, v in batch.items() if k not in ("start_positions", "end_positions")}
     out = model(**inputs)
     pad = batch["attention_mask"] == 0
     start = out.start_logits.masked_fill(pad, float("-inf"))
     end = out.end_logits.masked_fill(pad, float("-inf"))
-    return (torch.nn.functional.cross_entropy(start, batch["start_positions"])
-            + torch.nn.functional.cross_entropy(end, batch["end_positions"])) / 2
+    return (
+        torch.nn.functional.cross_entropy(start, batch["start_positions"])
+        + torch.nn.functional.cross_entropy(end, batch["end_positions"])
+    ) / 2
 
 
 def _padded_loss(model, feats, pad_id, kind, span_fn=_span_loss_f64):
@@ -220,8 +225,15 @@ def test_span_loss_itself(tiny_model_dir, method):
     model, pad_id = _model(tiny_model_dir, "span", method)
     feats = _real_features(pad_id, "span")
     packed = pack(feats, BUDGET, pad_id=pad_id)
-    _assert_same(model, feats, pad_id, "span", lambda: packed_loss(model, packed, "span"), span_fn=span_loss,
-                 tol={"rtol": 2e-5, "atol": 1e-6, "check_dtype": False})
+    _assert_same(
+        model,
+        feats,
+        pad_id,
+        "span",
+        lambda: packed_loss(model, packed, "span"),
+        span_fn=span_loss,
+        tol={"rtol": 2e-5, "atol": 1e-6, "check_dtype": False},
+    )
 
 
 @pytest.mark.parametrize("attn,mask", [("sdpa", "explicit"), ("eager", "positions"), ("eager", "explicit")])
@@ -236,8 +248,8 @@ def test_other_masks_and_static_shapes(tiny_model_dir, kind, attn, mask):
 
 @pytest.mark.parametrize("kind", ["classification", "span"])
 def test_negative_control_without_document_mask(tiny_model_dir, kind):
-    """Packing with a plain causal mask over the row (examples see the ones before them) gives another loss and
-    other gradients: the equivalence test can fail. Same positions, same tokens; only the mask differs."""
+    """Packing with a plain causal mask over the row (examples see the ones before them) gives another loss
+    and other gradients: the equivalence test can fail. Same positions, same tokens; only the mask differs."""
     model, pad_id = _model(tiny_model_dir, kind, "full")
     feats = _real_features(pad_id, kind)
     packed = pack(feats, BUDGET, pad_id=pad_id)

@@ -9,18 +9,18 @@ takes the model's favourite *allowed* token.
 The constraint, per batch row; the passage is the token ids it has inside the prompt, read as the bytes they
 spell:
 
-* **first answer token**: a token that spells the passage's text from the start of one of the passage's tokens,
-  or from one byte later when that token starts with a space - the **space-less variant**. After an answer
-  prefix such as `The answer is "` the model writes `Denver`, not ` Denver`, while the passage holds ` Denver`
-  (byte-level BPE folds the space before a word into the word's token), so an answer must be able to start
-  after that space;
+* **first answer token**: a token that spells the passage's text from the start of one of the passage's
+  tokens, or from one byte later when that token starts with a space - the **space-less variant**. After an
+  answer prefix such as `The answer is "` the model writes `Denver`, not ` Denver`, while the passage holds
+  ` Denver` (byte-level BPE folds the space before a word into the word's token), so an answer must be able
+  to start after that space;
 * **every later token**: a token whose bytes continue the passage from where some occurrence of the answer so
   far ends - in any tokenization, not only the passage's own: the model spells "AFC" `A` + `FC` where the
   passage, "(AFC)", holds `AF` + `C`, and a token-by-token match would forbid the model's own spelling;
 * **stops** - EOS and every token whose text starts, after optional spaces, with a stop string (`"`, a
   newline) - only after at least one answer token; a row that has stopped may only write EOS afterwards (so
-  `generate` ends it even where its stop criteria would not notice a stop token such as `".`). Tokens that hold
-  a stop string further in (`."`) are never allowed;
+  `generate` ends it even where its stop criteria would not notice a stop token such as `".`). Tokens that
+  hold a stop string further in (`."`) are never allowed;
 * optionally **extra answers**, allowed as whole answers from the first token whatever the passage (the
   no-answer word of SQuAD v2.0).
 
@@ -69,7 +69,9 @@ def _cache(tokenizer) -> dict:
 
 def _byte_level_alphabet() -> dict[str, int]:
     """GPT-2's printable stand-ins for the 256 bytes (as in its `bytes_to_unicode`), character -> byte."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
+    bs = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
+    )
     cs = bs[:]
     n = 0
     for b in range(256):
@@ -77,7 +79,7 @@ def _byte_level_alphabet() -> dict[str, int]:
             bs.append(b)
             cs.append(256 + n)
             n += 1
-    return {chr(c): b for b, c in zip(bs, cs)}
+    return {chr(c): b for b, c in zip(bs, cs, strict=True)}
 
 
 def token_bytes(tokenizer) -> list[bytes | None]:
@@ -109,13 +111,16 @@ def _is_stop(text: str, stop_strings: Sequence[str]) -> bool:
 
 
 def stop_token_ids(tokenizer, stop_strings: Sequence[str] = DEFAULT_STOP_STRINGS) -> np.ndarray:
-    """Ids of the tokens that end an answer: every token whose text, after optional spaces or tabs, starts with
-    one of `stop_strings`, and the tokenizer's EOS. Computed once per tokenizer and cached."""
+    """Ids of the tokens that end an answer: every token whose text, after optional spaces or tabs, starts
+    with one of `stop_strings`, and the tokenizer's EOS. Computed once per tokenizer and cached."""
     key = ("stops", tuple(stop_strings))
     cache = _cache(tokenizer)
     if key not in cache:
-        ids = {i for i, b in enumerate(token_bytes(tokenizer))
-               if b is not None and _is_stop(b.decode("utf-8", errors="replace"), stop_strings)}
+        ids = {
+            i
+            for i, b in enumerate(token_bytes(tokenizer))
+            if b is not None and _is_stop(b.decode("utf-8", errors="replace"), stop_strings)
+        }
         if tokenizer.eos_token_id is not None:
             ids.add(tokenizer.eos_token_id)
         cache[key] = np.array(sorted(ids), dtype=np.int64)
@@ -159,13 +164,20 @@ class SpanTable:
     `segments` are the passage's bytes and each extra answer's; position p is a byte of their concatenation
     with one empty position after each segment (segment k starts at the sum of len + 1 of those before it).
     Entry e of the table says that token `tok[e]` spells the bytes from position `pos[e]` on for `length[e]`
-    bytes, never across a segment's end; entries are sorted by position; `off[p]:off[p+1]` are position p's. `starts` are the positions a first
-    answer token may start at: each passage token's start, one byte later where that byte is a space, and each
-    extra answer's start. A row's state is the array of positions where its answer so far can end.
+    bytes, never across a segment's end; entries are sorted by position; `off[p]:off[p+1]` are position p's.
+    `starts` are the positions a first answer token may start at: each passage token's start, one byte later
+    where that byte is a space, and each extra answer's start. A row's state is the array of positions where
+    its answer so far can end.
     """
 
-    def __init__(self, segments: Sequence[bytes], starts: np.ndarray, spelled: dict[bytes, int],
-                 prefixes: set[bytes], stop_ids: np.ndarray):
+    def __init__(
+        self,
+        segments: Sequence[bytes],
+        starts: np.ndarray,
+        spelled: dict[bytes, int],
+        prefixes: set[bytes],
+        stop_ids: np.ndarray,
+    ):
         pos, tok, length = [], [], []
         base = 0
         for seg in segments:  # one empty position after each segment, so that none runs on into the next
@@ -199,8 +211,13 @@ class SpanTable:
         return np.unique(self.pos[idx] + self.length[idx])
 
 
-def span_table(tokenizer, passage_ids: Sequence[int], *, extra_answers: Sequence[str] = (),
-               stop_strings: Sequence[str] = DEFAULT_STOP_STRINGS) -> SpanTable:
+def span_table(
+    tokenizer,
+    passage_ids: Sequence[int],
+    *,
+    extra_answers: Sequence[str] = (),
+    stop_strings: Sequence[str] = DEFAULT_STOP_STRINGS,
+) -> SpanTable:
     """The `SpanTable` of a passage given as the token ids it has in the prompt."""
     spelled, prefixes = _vocabulary(tokenizer, stop_strings)
     pieces = token_bytes(tokenizer)
@@ -217,8 +234,9 @@ def span_table(tokenizer, passage_ids: Sequence[int], *, extra_answers: Sequence
     for seg in segments[1:]:
         starts.append(at)
         at += len(seg) + 1
-    return SpanTable(segments, np.array(starts, dtype=np.int64), spelled, prefixes,
-                     stop_token_ids(tokenizer, stop_strings))
+    return SpanTable(
+        segments, np.array(starts, dtype=np.int64), spelled, prefixes, stop_token_ids(tokenizer, stop_strings)
+    )
 
 
 class ExtractiveSpans(LogitsProcessor):
@@ -235,8 +253,15 @@ class ExtractiveSpans(LogitsProcessor):
     for another `generate` call), its state is rebuilt from its tokens.
     """
 
-    def __init__(self, tables: Sequence[SpanTable], stop_ids: np.ndarray, *, prompt_length: int | None = None,
-                 eos_ids: Sequence[int] = (), rows_per_table: int = 1):
+    def __init__(
+        self,
+        tables: Sequence[SpanTable],
+        stop_ids: np.ndarray,
+        *,
+        prompt_length: int | None = None,
+        eos_ids: Sequence[int] = (),
+        rows_per_table: int = 1,
+    ):
         self.tables = list(tables)
         self.stop_ids = np.asarray(stop_ids, dtype=np.int64)
         self._stop_set = frozenset(int(t) for t in self.stop_ids)
@@ -288,13 +313,17 @@ class ExtractiveSpans(LogitsProcessor):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
         batch, length = input_ids.shape
         if batch != len(self._seen):
-            raise ValueError(f"ExtractiveSpans was built for {len(self._seen)} rows "
-                             f"({len(self.tables)} passages x {self.rows_per_table}), got a batch of {batch}")
+            raise ValueError(
+                f"ExtractiveSpans was built for {len(self._seen)} rows "
+                f"({len(self.tables)} passages x {self.rows_per_table}), got a batch of {batch}"
+            )
         if self.prompt_length is None:
             self.prompt_length = length
         if length < self.prompt_length:
-            raise ValueError(f"input of {length} tokens is shorter than the prompt length {self.prompt_length}")
-        self._sync(input_ids[:, self.prompt_length:].cpu().numpy())
+            raise ValueError(
+                f"input of {length} tokens is shorter than the prompt length {self.prompt_length}"
+            )
+        self._sync(input_ids[:, self.prompt_length :].cpu().numpy())
         cols = [self.allowed(r) for r in range(batch)]
         rows = np.repeat(np.arange(batch), [len(c) for c in cols])
         cols = np.concatenate(cols)
@@ -306,8 +335,9 @@ class ExtractiveSpans(LogitsProcessor):
         return out
 
 
-def encode_with_passage(tokenizer, text: str, context: str, *, add_special_tokens: bool = False
-                        ) -> tuple[list[int], list[int]]:
+def encode_with_passage(
+    tokenizer, text: str, context: str, *, add_special_tokens: bool = False
+) -> tuple[list[int], list[int]]:
     """(prompt ids, passage ids): `text` encoded once, and those of its tokens that lie inside the passage
     `context` (its first occurrence in `text`), so the passage is exactly what the model reads in the prompt.
     `add_special_tokens` as for the prompt itself (False for a chat template, which writes its own).
@@ -322,28 +352,51 @@ def encode_with_passage(tokenizer, text: str, context: str, *, add_special_token
         return list(ids), list(tokenizer.encode(context, add_special_tokens=False))
     end = start + len(context)
     enc = tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
-    passage = [t for t, (a, b) in zip(enc.input_ids, enc.offset_mapping) if start <= a < b <= end]
+    spans = zip(enc.input_ids, enc.offset_mapping, strict=True)
+    passage = [t for t, (a, b) in spans if start <= a < b <= end]
     return list(enc.input_ids), passage
 
 
-def extractive_processor(tokenizer, passages: Sequence[Sequence[int]], *, prompt_length: int | None = None,
-                         stop_strings: Sequence[str] = DEFAULT_STOP_STRINGS, extra_answers: Sequence[str] = (),
-                         eos_token_id: int | Sequence[int] | None = None, rows_per_passage: int = 1
-                         ) -> ExtractiveSpans:
+def extractive_processor(
+    tokenizer,
+    passages: Sequence[Sequence[int]],
+    *,
+    prompt_length: int | None = None,
+    stop_strings: Sequence[str] = DEFAULT_STOP_STRINGS,
+    extra_answers: Sequence[str] = (),
+    eos_token_id: int | Sequence[int] | None = None,
+    rows_per_passage: int = 1,
+) -> ExtractiveSpans:
     """An `ExtractiveSpans` for a batch: `passages[i]` the passage token ids of row i (from
     `encode_with_passage`), `prompt_length` the padded prompt width, `stop_strings` those given to `generate`.
     `extra_answers`: texts allowed as whole answers whatever the passage; for SQuAD v2.0 the no-answer word as
     the model would write it after the answer prefix ("unanswerable", "Unanswerable"). `eos_token_id` adds to
     the tokenizer's EOS (e.g. the model's `generation_config.eos_token_id`)."""
-    eos = [] if eos_token_id is None else [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+    eos = (
+        []
+        if eos_token_id is None
+        else [eos_token_id]
+        if isinstance(eos_token_id, int)
+        else list(eos_token_id)
+    )
     if tokenizer.eos_token_id is not None:
         eos.append(tokenizer.eos_token_id)
     stops = np.union1d(stop_token_ids(tokenizer, stop_strings), np.array(eos, dtype=np.int64))
-    tables = [span_table(tokenizer, ids, extra_answers=extra_answers, stop_strings=stop_strings)
-              for ids in passages]
-    return ExtractiveSpans(tables, stops, prompt_length=prompt_length, eos_ids=eos,
-                           rows_per_table=rows_per_passage)
+    tables = [
+        span_table(tokenizer, ids, extra_answers=extra_answers, stop_strings=stop_strings) for ids in passages
+    ]
+    return ExtractiveSpans(
+        tables, stops, prompt_length=prompt_length, eos_ids=eos, rows_per_table=rows_per_passage
+    )
 
 
-__all__ = ["DEFAULT_STOP_STRINGS", "ExtractiveSpans", "SpanTable", "encode_with_passage", "extractive_processor",
-           "span_table", "stop_token_ids", "token_bytes"]
+__all__ = [
+    "DEFAULT_STOP_STRINGS",
+    "ExtractiveSpans",
+    "SpanTable",
+    "encode_with_passage",
+    "extractive_processor",
+    "span_table",
+    "stop_token_ids",
+    "token_bytes",
+]

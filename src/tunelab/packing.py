@@ -1,8 +1,9 @@
-"""Padding-free packing for tunelab's two task heads: several examples in one row, each attending only to itself.
+"""Padding-free packing for tunelab's two task heads: several examples in one row, each attending only to
+itself.
 
-A padded batch computes on `batch × longest` tokens; a packed batch puts the examples one after another in rows
-of a token budget and computes on (nearly) only real tokens. For that to train the same model, three things must
-hold, and `packed_loss` makes them hold:
+A padded batch computes on `batch × longest` tokens; a packed batch puts the examples one after another in
+rows of a token budget and computes on (nearly) only real tokens. For that to train the same model, three
+things must hold, and `packed_loss` makes them hold:
 
 * **no token attends across examples**: a document-masked (block-diagonal) causal attention;
 * **each example sees the positions it has unpacked**: `position_ids` restart at 0 for each example, so RoPE
@@ -11,21 +12,21 @@ hold, and `packed_loss` makes them hold:
   per row), and the span head takes *each* example's softmax over its own positions only (not across the row).
   transformers' `DataCollatorWithFlattening` does neither for these heads (transformers issue #41652).
 
-The mask mechanism is transformers' own packed-sequence detection: given `position_ids` that restart at 0 inside
-a row, `attention_mask=None` and no cache, `masking_utils.create_causal_mask` (read and tested on transformers
-5.24) builds the document causal mask itself: dense and block-diagonal for sdpa and eager, a `BlockMask` that
-skips the empty blocks for flex_attention. One batch format serves every backend, and on a GPU flex gets a real
-variable-length attention, not a dense mask. Flash attention does not take that path: transformers infers
-packing from position_ids there only for a batch of one row, so for `flash_attention_*` the batch's cu_seqlens
-are passed as its varlen kwargs (`cu_seq_lens_q/k`, `max_length_q/k`), which it accepts for any row count
-(read in modeling_flash_attention_utils.py, not run: no flash-attn on the CPU).
+The mask mechanism is transformers' own packed-sequence detection: given `position_ids` that restart at 0
+inside a row, `attention_mask=None` and no cache, `masking_utils.create_causal_mask` (read and tested on
+transformers 5.24) builds the document causal mask itself: dense and block-diagonal for sdpa and eager, a
+`BlockMask` that skips the empty blocks for flex_attention. One batch format serves every backend, and on a
+GPU flex gets a real variable-length attention, not a dense mask. Flash attention does not take that path:
+transformers infers packing from position_ids there only for a batch of one row, so for `flash_attention_*`
+the batch's cu_seqlens are passed as its varlen kwargs (`cu_seq_lens_q/k`, `max_length_q/k`), which it
+accepts for any row count (read in modeling_flash_attention_utils.py, not run: no flash-attn on the CPU).
 
 Conditions that are easy to break silently, all enforced by `packed_loss`: no 2-D attention_mask is passed;
-`use_cache=False` is passed explicitly (Llama configs say `use_cache=True`; the model then builds a DynamicCache
-even in training, and with a cache transformers skips the packed detection and attends across the whole row:
-tested); and position_ids reach the task model, which a wrapper may not let through (peft's QA wrapper drops
-them: see `_forward`). `mask="explicit"` instead passes a 4-D block-diagonal causal mask built here (sdpa or
-eager only): a check on the detection, and a fallback should a transformers release change it.
+`use_cache=False` is passed explicitly (Llama configs say `use_cache=True`; the model then builds a
+DynamicCache even in training, and with a cache transformers skips the packed detection and attends across
+the whole row: tested); and position_ids reach the task model, which a wrapper may not let through (peft's QA
+wrapper drops them: see `_forward`). `mask="explicit"` instead passes a 4-D block-diagonal causal mask built
+here (sdpa or eager only): a check on the detection, and a fallback should a transformers release change it.
 
 Cost notes. With sdpa and eager the document mask is dense: attention still computes `rows × width²` scores
 (the masked ones are wasted), so keep the row budget near the longest example (SST-2: 128, SQuAD: 384) there;
@@ -33,16 +34,16 @@ only flex_attention (block skipping) and flash varlen make wider rows free. flex
 the CPU (torch 2.13), so CPU training uses sdpa.
 
 Packing algorithm: first-fit decreasing (sort by length, longest first; put each example into the first row
-with room, else open a row). It needs at most 11/9 of the fewest rows possible (+ 6/9), is deterministic, costs
-O(examples × rows) Python steps: well under a millisecond for a micro-batch of 64. A greedy next-fit over the
-sorted order is as simple but leaves a gap in every row it closes, i.e. more rows and more filler.
+with room, else open a row). It needs at most 11/9 of the fewest rows possible (+ 6/9), is deterministic,
+costs O(examples × rows) Python steps: well under a millisecond for a micro-batch of 64. A greedy next-fit
+over the sorted order is as simple but leaves a gap in every row it closes, i.e. more rows and more filler.
 
-Intended use: pack the examples of one micro-batch (the ones the padded path would have padded together), so an
-optimizer step sees the same examples and the same mean loss; only the tokens computed change. Where that pays
-(`benchmarks/packing_speed.py`, counting on the real data): against random batches, a lot (SST-2 prompts 66% ->
-87% real tokens, bare sentences 26% -> 91-99%, SQuAD windows 57% -> 87-99%); against tunelab's length-grouped
-batches, which are already 94-99% real tokens, nothing: packing same-length examples into fixed rows leaves
-gaps (91-97%).
+Intended use: pack the examples of one micro-batch (the ones the padded path would have padded together), so
+an optimizer step sees the same examples and the same mean loss; only the tokens computed change. Where that
+pays (`benchmarks/packing_speed.py`, counting on the real data): against random batches, a lot (SST-2 prompts
+66% -> 87% real tokens, bare sentences 26% -> 91-99%, SQuAD windows 57% -> 87-99%); against tunelab's
+length-grouped batches, which are already 94-99% real tokens, nothing: packing same-length examples into
+fixed rows leaves gaps (91-97%).
 """
 
 from __future__ import annotations
@@ -129,8 +130,8 @@ def plan_rows(lengths: list[int], max_tokens: int | None = None, rows: int | Non
     """Which examples go into which row.
 
     max_tokens only: first-fit decreasing into as many rows as needed.
-    rows only: the narrowest row budget for which first-fit decreasing needs at most `rows` rows (binary search
-      from max(longest, ceil(total / rows))); e.g. a micro-batch of 64 examples in 8 rows.
+    rows only: the narrowest row budget for which first-fit decreasing needs at most `rows` rows (binary
+      search from max(longest, ceil(total / rows))); e.g. a micro-batch of 64 examples in 8 rows.
     both: first-fit decreasing with max_tokens; a ValueError if it needs more than `rows` rows.
     """
     if not lengths:
@@ -142,8 +143,10 @@ def plan_rows(lengths: list[int], max_tokens: int | None = None, rows: int | Non
     if max_tokens is not None:
         plan = first_fit_decreasing(lengths, max_tokens)
         if rows is not None and len(plan) > rows:
-            raise ValueError(f"{len(lengths)} examples ({sum(lengths)} tokens) need {len(plan)} rows of "
-                             f"{max_tokens} tokens, more than rows={rows}")
+            raise ValueError(
+                f"{len(lengths)} examples ({sum(lengths)} tokens) need {len(plan)} rows of "
+                f"{max_tokens} tokens, more than rows={rows}"
+            )
         return plan
     # Binary search on the width. First-fit decreasing is not quite monotone in the width (bin-packing
     # anomalies), so the width found is feasible and near-minimal, not always the minimum.
@@ -159,16 +162,9 @@ def plan_rows(lengths: list[int], max_tokens: int | None = None, rows: int | Non
     return best
 
 
-def pack(features: list[dict], max_tokens: int | None = None, *, pad_id: int, rows: int | None = None,
-         fixed_width: bool = False) -> PackedBatch:
-    """Pack tokenised features (dicts with input_ids and optionally attention_mask, labels, start_positions,
-    end_positions: tunelab's training features) into rows; see `plan_rows` for max_tokens and rows.
-
-    Width: the longest row's tokens, or max_tokens with `fixed_width` (static shapes, e.g. for torch.compile).
-    With `rows`, the batch has exactly that many rows (rows beyond the plan are all filler). Filler tokens are
-    pad_id. Every token of a feature must be real: a feature whose attention_mask has a 0 is refused (packing
-    would make that token visible).
-    """
+def _check_features(features: list[dict]) -> set[str]:
+    """The keys every feature shares; a ValueError for no features, features with different keys, padding
+    in an attention_mask, or only one of start_positions and end_positions."""
     if not features:
         raise ValueError("no examples to pack")
     keys = set(features[0])
@@ -179,6 +175,40 @@ def pack(features: list[dict], max_tokens: int | None = None, *, pad_id: int, ro
             raise ValueError(f"feature {i} has padding in its attention_mask: pack unpadded features")
     if ("start_positions" in keys) != ("end_positions" in keys):
         raise ValueError("features have only one of start_positions and end_positions")
+    return keys
+
+
+def _span_labels(
+    features: list[dict], start: torch.Tensor, length: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The features' start and end positions shifted by each example's start in its row; a ValueError for a
+    label outside its example's tokens."""
+    sp = torch.tensor([int(f["start_positions"]) for f in features], dtype=torch.long)
+    ep = torch.tensor([int(f["end_positions"]) for f in features], dtype=torch.long)
+    outside = (sp < 0) | (sp >= length) | (ep < 0) | (ep >= length)
+    if bool(outside.any()):
+        bad = int(outside.nonzero()[0])
+        raise ValueError(f"feature {bad}: span label outside its {int(length[bad])} tokens")
+    return sp + start, ep + start
+
+
+def pack(
+    features: list[dict],
+    max_tokens: int | None = None,
+    *,
+    pad_id: int,
+    rows: int | None = None,
+    fixed_width: bool = False,
+) -> PackedBatch:
+    """Pack tokenised features (dicts with input_ids and optionally attention_mask, labels, start_positions,
+    end_positions: tunelab's training features) into rows; see `plan_rows` for max_tokens and rows.
+
+    Width: the longest row's tokens, or max_tokens with `fixed_width` (static shapes, e.g. for torch.compile).
+    With `rows`, the batch has exactly that many rows (rows beyond the plan are all filler). Filler tokens are
+    pad_id. Every token of a feature must be real: a feature whose attention_mask has a 0 is refused (packing
+    would make that token visible).
+    """
+    keys = _check_features(features)
     ids = [list(f["input_ids"]) for f in features]
     lengths = [len(x) for x in ids]
     plan = plan_rows(lengths, max_tokens, rows)
@@ -213,24 +243,28 @@ def pack(features: list[dict], max_tokens: int | None = None, *, pad_id: int, ro
             seg_lengths.append(width - at)
     cu = torch.zeros(len(seg_lengths) + 1, dtype=torch.int32)
     cu[1:] = torch.cumsum(torch.tensor(seg_lengths), 0)
-    out = PackedBatch(input_ids=input_ids, position_ids=position_ids, segment_ids=segment_ids, cu_seqlens=cu,
-                      max_seqlen=max(seg_lengths), row=row, start=start,
-                      length=torch.tensor(lengths, dtype=torch.long), pool_index=pool,
-                      real_tokens=sum(lengths), longest=max(lengths))
+    out = PackedBatch(
+        input_ids=input_ids,
+        position_ids=position_ids,
+        segment_ids=segment_ids,
+        cu_seqlens=cu,
+        max_seqlen=max(seg_lengths),
+        row=row,
+        start=start,
+        length=torch.tensor(lengths, dtype=torch.long),
+        pool_index=pool,
+        real_tokens=sum(lengths),
+        longest=max(lengths),
+    )
     if "labels" in keys:
         out.labels = torch.tensor([f["labels"] for f in features])
     if "start_positions" in keys:
-        sp = torch.tensor([int(f["start_positions"]) for f in features], dtype=torch.long)
-        ep = torch.tensor([int(f["end_positions"]) for f in features], dtype=torch.long)
-        length = out.length
-        if bool(((sp < 0) | (sp >= length) | (ep < 0) | (ep >= length)).any()):
-            bad = int(((sp < 0) | (sp >= length) | (ep < 0) | (ep >= length)).nonzero()[0])
-            raise ValueError(f"feature {bad}: span label outside its {lengths[bad]} tokens")
-        out.start_positions, out.end_positions = sp + start, ep + start
+        out.start_positions, out.end_positions = _span_labels(features, start, out.length)
     return out
 
 
 # ---- the loss ----------------------------------------------------------------------------------------------
+
 
 def task_model(model):
     """The transformers task model inside DDP/FSDP (`.module`), torch.compile (`._orig_mod`) and peft
@@ -259,8 +293,10 @@ def document_mask(batch: PackedBatch, attn_implementation: str, dtype: torch.dty
     if attn_implementation == "eager":
         blocked = torch.finfo(dtype).min
         return torch.zeros(keep.shape, dtype=dtype, device=seg.device).masked_fill(~keep, blocked)
-    raise ValueError(f"mask='explicit' supports sdpa and eager attention, not {attn_implementation!r}: "
-                     "use mask='positions'")
+    raise ValueError(
+        f"mask='explicit' supports sdpa and eager attention, not {attn_implementation!r}: "
+        "use mask='positions'"
+    )
 
 
 def _forward(model, batch: PackedBatch, mask: str):
@@ -272,22 +308,30 @@ def _forward(model, batch: PackedBatch, mask: str):
     would see positions 0..width-1 over the whole row (RoPE offsets and no document mask: a silent leak,
     caught by the LoRA span test)."""
     task = task_model(model)
-    pinned = {"position_ids": batch.position_ids,
-              # Explicitly off: with a cache, transformers skips the packed-sequence detection (see the top).
-              "use_cache": False}
+    pinned = {
+        "position_ids": batch.position_ids,
+        # Explicitly off: with a cache, transformers skips the packed-sequence detection (see the top).
+        "use_cache": False,
+    }
     attn = str(task.config._attn_implementation)
     if mask == "explicit":
         pinned["attention_mask"] = document_mask(batch, attn, task.dtype)
     elif mask != "positions":
         raise ValueError(f"unknown mask {mask!r}: expected positions or explicit")
     elif "flash" in attn:  # flash infers packing from position_ids only for one row: give it the segments
-        pinned.update(cu_seq_lens_q=batch.cu_seqlens, cu_seq_lens_k=batch.cu_seqlens,
-                      max_length_q=batch.max_seqlen, max_length_k=batch.max_seqlen)
+        pinned.update(
+            cu_seq_lens_q=batch.cu_seqlens,
+            cu_seq_lens_k=batch.cu_seqlens,
+            max_length_q=batch.max_seqlen,
+            max_length_k=batch.max_seqlen,
+        )
 
     def pin(module, args, kwargs):
         if len(args) > 1:
-            raise RuntimeError(f"{type(module).__name__} was called with {len(args)} positional arguments; "
-                               "packing passes everything but input_ids by name")
+            raise RuntimeError(
+                f"{type(module).__name__} was called with {len(args)} positional arguments; "
+                "packing passes everything but input_ids by name"
+            )
         return args, {**kwargs, **pinned}
 
     handle = task.register_forward_pre_hook(pin, with_kwargs=True)
@@ -339,7 +383,7 @@ def packed_loss(model, batch: PackedBatch, kind: str, *, mask: str = "positions"
     classification: mean cross-entropy over the examples of each example's pooled logits (what
       LlamaForSequenceClassification computes on the padded batch: `model(**pad_batch(...)).loss`);
     span: (cross-entropy of the start + of the end) / 2, each a mean over examples of a softmax over the
-      example's own positions only (`tunelab.tasks.qa.span_loss` on the padded batch).
+      example's own positions only (`tunelab.tasks.extractive_qa.windows.span_loss` on the padded batch).
     Works with the bare task model (full fine-tuning, or head-only with the body frozen) and with a peft
     LoRA model; `model` is what the training loop calls (it may be wrapped by accelerate/DDP).
     mask: "positions" (transformers builds the document mask from the restarting position_ids) or "explicit"
@@ -358,6 +402,8 @@ def packed_loss(model, batch: PackedBatch, kind: str, *, mask: str = "positions"
             raise ValueError("span needs start_positions and end_positions")
         start_logits, end_logits = packed_logits(model, batch, kind, mask)
         # The gathered logits are example-local: position 0 is the example's first token.
-        return (F.cross_entropy(start_logits, batch.start_positions - batch.start)
-                + F.cross_entropy(end_logits, batch.end_positions - batch.start)) / 2
+        return (
+            F.cross_entropy(start_logits, batch.start_positions - batch.start)
+            + F.cross_entropy(end_logits, batch.end_positions - batch.start)
+        ) / 2
     raise ValueError(f"unknown kind {kind!r}: expected one of {', '.join(KINDS)}")

@@ -319,3 +319,46 @@ def test_trust_remote_code_flag_runs_the_shipped_code(tiny_model_dir, tmp_path):
     )
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["n"] == 12
+
+
+def test_a_lora_adapter_without_safetensors_is_refused_before_peft_unpickles_it(
+    tiny_model_dir, tmp_path, capsys, monkeypatch
+):
+    """A real peft-saved adapter whose adapter_model.safetensors was converted to adapter_model.bin: peft
+    would `torch.load` the pickle; tunelab refuses the folder first, in every command that loads one."""
+    import peft
+    import torch
+    from helpers import SST2, sst2_examples, tiny_train_config
+    from safetensors.torch import load_file
+
+    from tunelab.runs import finetune, load_finetuned
+
+    folder = tmp_path / "lora"
+    examples = sst2_examples(8)
+    finetune(SST2, tiny_model_dir, examples, examples, "dev", folder, tiny_train_config(method="lora"))
+    weights = folder / "adapter_model.safetensors"
+    assert weights.is_file() and (folder / "adapter_config.json").is_file()
+    torch.save(load_file(str(weights)), folder / "adapter_model.bin")
+    weights.unlink()
+
+    calls = []
+    real = peft.utils.save_and_load.torch_load
+    monkeypatch.setattr(
+        peft.utils.save_and_load, "torch_load", lambda *a, **k: calls.append(a) or real(*a, **k)
+    )
+    with pytest.raises(
+        ModelError, match=r"without adapter_model\.safetensors \(it holds adapter_model\.bin\)"
+    ):
+        load_finetuned(folder)
+    data = _write_sst2(tmp_path / "data")
+    out = tmp_path / "o"
+    for argv in (
+        ["evaluate", folder, "--task", "sst2", "--data-dir", data, "--out", out],
+        ["predict", folder, "a great film"],
+        ["export", folder, "--out", out],
+    ):
+        rc = main([str(a) for a in argv])
+        err = capsys.readouterr().err
+        assert rc == 2 and "adapter_model.safetensors" in err and "Traceback" not in err, (argv, err)
+        assert not out.exists() and not (tmp_path / "o.partial").exists()
+    assert calls == [], "peft unpickled the adapter"

@@ -250,7 +250,7 @@ def load_finetuned(
     """Load a fine-tuned folder back: full/merged weights, or base + LoRA adapter (the base loaded through
     tunelab so its body really carries the pretrained weights). Returns (model, tokenizer, meta, the task it
     was trained for); a `task` it cannot serve is refused."""
-    from peft import PeftModel
+    from tunelab.models.loading import check_adapter_folder, load_adapter
 
     path = Path(path)
     meta = read_meta(path)
@@ -258,9 +258,12 @@ def load_finetuned(
     why = task.compatible(trained_for) if task is not None else None
     if why:
         raise ModelError(f"{path}: cannot be used as task {task.name!r}: {why}")
+    adapter = (path / "adapter_config.json").is_file()
+    if adapter:
+        check_adapter_folder(path)  # before anything is loaded
     tokenizer = load_tokenizer(str(path))
     options = trained_for.head_options()
-    if (path / "adapter_config.json").is_file():
+    if adapter:
         if not meta.get("base_model_path"):
             raise ModelError(
                 f"{path}: a LoRA adapter folder whose {META_FILE} does not name its base model "
@@ -268,7 +271,7 @@ def load_finetuned(
             )
         base = load_task_model(meta["base_model_path"], trained_for.head, dtype=dtype, **options)
         align_pad_token(base, tokenizer)
-        model = PeftModel.from_pretrained(base, str(path))
+        model = load_adapter(base, path)
     else:
         model = load_task_model(str(path), trained_for.head, dtype=dtype, **options)
         align_pad_token(model, tokenizer)

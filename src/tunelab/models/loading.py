@@ -123,6 +123,32 @@ def load_task_model(
     return model
 
 
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+def check_adapter_folder(path: str | Path) -> None:
+    """Refuse a LoRA adapter folder whose weights are not `adapter_model.safetensors`: peft falls back to
+    `torch.load` of `adapter_model.bin` (a pickle, which can run code) and has no switch to forbid it."""
+    path = Path(path)
+    if (path / ADAPTER_WEIGHTS).is_file():
+        return
+    others = sorted(p.name for p in path.glob("adapter_model.*"))
+    found = f"it holds {', '.join(others)}" if others else "it holds no adapter weights"
+    raise ModelError(
+        f"{path}: a LoRA adapter folder without {ADAPTER_WEIGHTS} ({found}); tunelab loads weights only "
+        "from safetensors and never unpickles a .bin file: convert the adapter to safetensors "
+        "(peft: save_pretrained(..., safe_serialization=True))"
+    )
+
+
+def load_adapter(base: torch.nn.Module, path: str | Path) -> torch.nn.Module:
+    """`base` with the LoRA adapter of `path`, from its safetensors file only (`check_adapter_folder`)."""
+    from peft import PeftModel
+
+    check_adapter_folder(path)
+    return PeftModel.from_pretrained(base, str(path))
+
+
 def body(model: torch.nn.Module) -> torch.nn.Module:
     """The transformer body of a causal LM or a task model, whatever the class calls it."""
     return getattr(model, model.base_model_prefix)

@@ -35,7 +35,7 @@ def _sst2_model(folder: Path, gold, correct, mode: str, conf_seed: int, extra=No
     rows = []
     for i, (g, p) in enumerate(zip(gold, pred, strict=True)):
         conf = float(rng.uniform(0.5, 0.99))
-        text = EVIL if (i == 0 and p != g) else f"sentence number {i} ."
+        text = EVIL if i == 0 else f"sentence number {i} ."  # the same examples for both models
         scores = {"negative": conf if p == 0 else 1 - conf, "positive": conf if p == 1 else 1 - conf}
         rows.append({"line": i + 2, "text": text, "gold": g, "prediction": p, "scores": scores})
     _write_jsonl(folder / "predictions.jsonl", rows)
@@ -359,6 +359,53 @@ def test_different_example_counts_are_paired_and_said(tmp_path):
         "and its test use the 80 both saw"
     ) in md
     assert "McNemar exact test on the 80 sentences both models labelled" in md
+
+
+def _rewrite_rows(path: Path, change) -> None:
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    path.write_text("".join(json.dumps(change(i, r)) + "\n" for i, r in enumerate(rows)))
+
+
+def test_rows_that_share_a_line_but_not_the_text_are_never_paired(tmp_path):
+    """Item 5 of issue 14: the dev file changed between the stages (ten sentences edited): rows are paired by
+    line *and* text, the ten are left out of McNemar and the report says why."""
+    run = make_run(tmp_path, significant=True)
+    _rewrite_rows(
+        run / "sst2" / "finetune" / "eval" / "predictions.jsonl",
+        lambda i, r: {**r, "text": f"an edited sentence {i}"} if 10 <= i < 20 else r,
+    )
+    md = build_report(run)[0].read_text()
+    assert "McNemar exact test on the 90 sentences both models labelled" in md
+    assert (
+        "SST-2: WARNING: 10 sentences carry the same line in the zero-shot and the fine-tuned results but "
+        "are different examples (line 12: 'sentence number 10 .' zero-shot, 'an edited sentence 10' "
+        "fine-tuned): the evaluation data changed between the two stages"
+    ) in md
+    assert "which uses only the 90 sentences that are the same in both" in analysis_of(md)
+    assert "evaluated on 100 sentences and the fine-tuned one on 100" not in md
+
+    # every sentence changed: no paired test at all (before, McNemar compared them by position)
+    _rewrite_rows(
+        run / "sst2" / "finetune" / "eval" / "predictions.jsonl", lambda i, r: {**r, "text": f"new {i}"}
+    )
+    md = build_report(run)[0].read_text()
+    assert "McNemar exact test" not in md
+    assert "no sentence is the same in both, so there is no paired test" in analysis_of(md)
+
+
+def test_questions_that_share_an_id_but_not_the_question_are_never_paired(tmp_path):
+    run = make_run(tmp_path, significant=True)
+    _rewrite_rows(
+        run / "squad" / "zeroshot" / "per_example.jsonl",
+        lambda i, r: {**r, "question": "Which team lost?"} if i < 6 else r,
+    )
+    md = build_report(run)[0].read_text()
+    assert "F1: paired bootstrap (2,000 resamples) on the 54 questions both models answered" in md
+    assert (
+        "SQuAD v1.1: WARNING: 6 questions carry the same question id in the zero-shot and the fine-tuned "
+        "results but are different examples (question id q0: 'Which team lost?' zero-shot, "
+        "'What was game 0?' fine-tuned)"
+    ) in md
 
 
 def test_squad_v2_rows_and_abstention(tmp_path):

@@ -8,6 +8,7 @@ from tunelab.report.document import Builder, H, P, Table
 from tunelab.report.plots import confusion, score_bars
 from tunelab.report.run_folder import TaskRun
 from tunelab.report.sections import (
+    changed_examples,
     data_note,
     loss_section,
     missing,
@@ -19,6 +20,7 @@ from tunelab.report.sections import (
 from tunelab.report.stats import ALPHA, TOP_MISTAKES, Test, ci, n_, pair_rows, pct, plural, pval
 
 TEST_NAME = "McNemar"
+KEY, SAME = "line", ("text", "text_pair")  # a row's line, and what makes it the same example
 
 
 def _correct(r: dict) -> float | None:
@@ -28,7 +30,7 @@ def _correct(r: dict) -> float | None:
 def tests(t: TaskRun) -> list[Test]:
     from tunelab.metrics import mcnemar, paired_bootstrap
 
-    pr = pair_rows(t.zs_rows, t.ft_rows, "line", _correct)
+    pr = pair_rows(t.zs_rows, t.ft_rows, KEY, _correct, SAME)
     if pr is None:
         return []
     mc = mcnemar(pr.a, pr.b)
@@ -131,6 +133,9 @@ def section(b: Builder, t: TaskRun) -> None:
                 n_(test.n),
             ]
         )
+    warning = changed_examples(t, KEY, SAME, found[0].n if found else None)
+    if warning:
+        b.add(P(warning, "note"))
     if not found:
         b.summary_rows.append(
             [
@@ -277,6 +282,7 @@ def analysis(t: TaskRun) -> list[str]:
             out.append(f"{t.title}: " + small[0].lower() + small[1:])
     elif zs or ft:
         out.append(missing(t, t.task.unit))
+    out += [w for w in [changed_examples(t, KEY, SAME, found[0].n if found else None)] if w]
     if "uncalibrated_accuracy" in zs and "accuracy" in zs:
         d = 100 * (zs["accuracy"] - zs["uncalibrated_accuracy"])
         method = (zs.get("calibration") or {}).get("method", "calibration")

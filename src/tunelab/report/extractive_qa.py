@@ -13,6 +13,7 @@ from tunelab.report.document import Builder, H, P, Table
 from tunelab.report.plots import group_bars, score_bars
 from tunelab.report.run_folder import TaskRun
 from tunelab.report.sections import (
+    changed_examples,
     data_note,
     loss_section,
     missing,
@@ -25,6 +26,7 @@ from tunelab.report.stats import ALPHA, TOP_MISTAKES, Test, ci, n_, num, pair_ro
 from tunelab.tasks.extractive_qa.metrics import question_type
 
 TEST_NAME = "paired bootstrap"
+KEY, SAME = "id", ("question",)  # a row's question id, and what makes it the same question
 
 
 def tests(t: TaskRun) -> list[Test]:
@@ -32,7 +34,7 @@ def tests(t: TaskRun) -> list[Test]:
 
     out = []
     for metric, key in (("F1", "f1"), ("EM", "em")):
-        pr = pair_rows(t.zs_rows, t.ft_rows, "id", lambda r, k=key: float(r[k]) if k in r else None)
+        pr = pair_rows(t.zs_rows, t.ft_rows, KEY, lambda r, k=key: float(r[k]) if k in r else None, SAME)
         if pr is None:
             continue
         boot = paired_bootstrap(100 * pr.a, 100 * pr.b)
@@ -127,6 +129,10 @@ def section(b: Builder, t: TaskRun) -> None:
                 "",
             ]
         )
+    f1 = next((x for x in found if x.metric == "F1"), None)
+    warning = changed_examples(t, KEY, SAME, f1.n if f1 else None)
+    if warning:
+        b.add(P(warning, "note"))
     b.add(P(data_note(t), "note"))
     _plots(b, t, em_ci)
     loss_section(b, t)
@@ -173,7 +179,7 @@ def breakdown(t: TaskRun, key: str) -> tuple[list[str], list[int], list[float], 
     ft = {r["id"]: r for r in t.ft_rows}
     acc: dict[str, list] = defaultdict(lambda: [0, 0.0, 0.0])
     for r in t.zs_rows:
-        if r["id"] not in ft:
+        if r["id"] not in ft or any(r.get(f) != ft[r["id"]].get(f) for f in SAME):
             continue
         g = (
             _length_bucket(r)
@@ -255,8 +261,9 @@ def _f1_sentences(t: TaskRun) -> list[str]:
     """The paired F1 comparison, or what is missing for one."""
     zs, ft = t.zs or {}, t.ft or {}
     found = {x.metric: x for x in tests(t)}
+    warning = [w for w in [changed_examples(t, KEY, SAME, found["F1"].n if "F1" in found else None)] if w]
     if "F1" not in found:
-        return [missing(t, t.task.unit)]
+        return [missing(t, t.task.unit), *warning]
     x = found["F1"]
     s = (
         f"{t.title}: fine-tuning {moved(x.diff, 'F1', num(zs.get('f1')), num(ft.get('f1')))} "
@@ -272,7 +279,7 @@ def _f1_sentences(t: TaskRun) -> list[str]:
             f" The F1 difference is not statistically significant (paired bootstrap, {pval(x.p)} ≥ "
             f"{ALPHA}); this run does not show that either model is better."
         )
-    out = [s, *[m for m in [n_mismatch(t, x.n, t.task.unit)] if m]]
+    out = [s, *[m for m in [n_mismatch(t, x.n, t.task.unit)] if m], *warning]
     small = small_sample(x.n, x.diff_ci[1] - x.diff_ci[0], t.task.unit)
     if small:
         out.append(f"{t.title}: " + small[0].lower() + small[1:])

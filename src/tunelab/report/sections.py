@@ -216,12 +216,39 @@ def missing(t: TaskRun, unit: str) -> str:
 
 def n_mismatch(t: TaskRun, n_paired: int, unit: str) -> str | None:
     nz, nf = (t.zs or {}).get("n"), (t.ft or {}).get("n")
-    if nz is None or nf is None or nz == nf == n_paired:
+    if nz is None or nf is None or nz == nf:  # the same count but fewer pairs: see changed_examples
         return None
     return (
         f"{t.title}: the zero-shot model was evaluated on {nz} {unit} and the fine-tuned one on {nf}; "
         f"the comparison and its test use the {n_paired} both saw."
     )
+
+
+def _shown(identity: dict) -> str:
+    parts = [repr(v if not isinstance(v, str) or len(v) <= 60 else v[:57] + "...") for v in identity.values()]
+    return " / ".join(p for p in parts if p != "None")
+
+
+def changed_examples(t: TaskRun, key: str, same: tuple[str, ...], n_paired: int | None) -> str | None:
+    """A warning when rows of the two models share a line (question id) but not the example: the data file
+    changed between the zero-shot and the fine-tuning stage."""
+    from tunelab.report.stats import mismatched, plural
+
+    m = mismatched(t.zs_rows, t.ft_rows, key, same)
+    if m is None:
+        return None
+    unit, what = t.task.unit, {"line": "line", "id": "question id"}.get(key, key)
+    s = (
+        f"{t.title}: WARNING: {plural(m.count, t.task.unit_singular)} carry the same {what} in the zero-shot "
+        f"and the fine-tuned results but are different examples ({what} {m.first}: {_shown(m.zs)} "
+        f"zero-shot, {_shown(m.ft)} fine-tuned): the evaluation data changed between the two stages. "
+        "They are left out of the paired comparison"
+    )
+    if n_paired:
+        s += f", which uses only the {n_paired} {unit} that are the same in both"
+    else:
+        s += f"; no {t.task.unit_singular} is the same in both, so there is no paired test"
+    return s + ". Rerun the study with the data you mean: it redoes the stages whose data changed."
 
 
 def data_note(t: TaskRun) -> str:

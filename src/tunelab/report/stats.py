@@ -52,15 +52,47 @@ class Paired:
     keys: list
 
 
-def pair_rows(zs_rows, ft_rows, key: str, value: Callable[[dict], float | None]) -> Paired | None:
-    """Per-example values of both models on the examples both were evaluated on, matched by `key`."""
+@dataclass
+class Mismatch:
+    """Rows of the two models that share a key (line, question id) but are not the same example."""
+
+    key: str
+    count: int
+    first: object  # the first such key
+    zs: dict  # its identity fields in the zero-shot rows
+    ft: dict
+
+
+def _identity(row: dict, same: tuple[str, ...]) -> dict:
+    return {f: row.get(f) for f in same}
+
+
+def mismatched(zs_rows, ft_rows, key: str, same: tuple[str, ...]) -> Mismatch | None:
+    """Rows with the same `key` whose `same` fields (the text, the question) differ: the data changed between
+    the two evaluations, so the key no longer names one example."""
+    if not zs_rows or not ft_rows:
+        return None
+    ft = {r[key]: r for r in ft_rows}
+    bad = [r for r in zs_rows if r[key] in ft and _identity(r, same) != _identity(ft[r[key]], same)]
+    if not bad:
+        return None
+    k = bad[0][key]
+    return Mismatch(key, len(bad), k, _identity(bad[0], same), _identity(ft[k], same))
+
+
+def pair_rows(
+    zs_rows, ft_rows, key: str, value: Callable[[dict], float | None], same: tuple[str, ...] = ()
+) -> Paired | None:
+    """Per-example values of both models on the examples both were evaluated on: matched by `key` and, so that
+    a position never stands in for an example, only where the `same` fields (the example's text) agree too."""
     if not zs_rows or not ft_rows:
         return None
     ft = {r[key]: r for r in ft_rows}
     keys, a, b = [], [], []
     for r in zs_rows:
-        if r[key] in ft:
-            va, vb = value(r), value(ft[r[key]])
+        other = ft.get(r[key])
+        if other is not None and _identity(r, same) == _identity(other, same):
+            va, vb = value(r), value(other)
             if va is None or vb is None:
                 continue
             keys.append(r[key])

@@ -172,6 +172,49 @@ def test_study_end_to_end_then_resume(tiny_model_dir, data_dir, tmp_path, capsys
     assert json.loads((run / "params/squad.json").read_text())["finetuned"]["total"] == 1
 
 
+def test_a_rerun_whose_data_changed_redoes_the_stages_that_read_it(
+    tiny_model_dir, data_dir, tmp_path, capsys, monkeypatch
+):
+    """Item 5 of issue 14: each stage records a digest of the data it read; after the dev file is edited, a
+    rerun redoes zero-shot, fine-tuning and the fine-tuned count (saying why) instead of reusing results of
+    the old sentences, and the report pairs the same sentences."""
+    cfg = _config(tmp_path, tiny_model_dir, data_dir)
+    run = tmp_path / "run"
+    args = ["study", "--config", cfg, "--out", str(run), "--set", "squad.enabled=false"]
+    assert main(args) == 0
+    dev = data_dir / "SST-2" / "dev.tsv"
+    stages = json.loads((run / "stages.json").read_text())
+    assert stages["sst2/zeroshot"]["data"] == {
+        "dev": {"file": str(dev), "sha256": study_run.file_digest(dev), "examples": 8}
+    }
+    assert stages["sst2/finetune"]["data"]["train"]["examples"] == 16
+    assert stages["sst2/finetune"]["data"]["dev"]["examples"] == 8
+    capsys.readouterr()
+
+    before = dev.read_text()
+    dev.write_text(before.replace("truly wonderful , a great movie indeed", "a fixed , great film"))
+    assert dev.read_text() != before
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "sst2: parameters (base and task model): done earlier, skipped" in out
+    assert re.search(r"sst2: zero-shot: done earlier, but the dev file \S+dev\.tsv changed since", out), out
+    assert "fine-tune (full) and evaluate: done earlier, but the dev file" in out
+    assert "parameters (fine-tuned model): done earlier, but sst2/finetune was redone: redoing it" in out
+    for rows in ("zeroshot/predictions.jsonl", "finetune/eval/predictions.jsonl"):
+        texts = [json.loads(line)["text"] for line in (run / "sst2" / rows).read_text().splitlines()]
+        assert "a fixed , great film" in texts and "truly wonderful , a great movie indeed" not in texts, rows
+    stages = json.loads((run / "stages.json").read_text())
+    assert stages["sst2/zeroshot"]["data"]["dev"]["sha256"] == study_run.file_digest(dev)
+    assert "WARNING" not in (run / "report.md").read_text()
+
+    # the same data again: everything is reused
+    monkeypatch.setattr(runs, "zeroshot", _fail)
+    monkeypatch.setattr(runs, "finetune", _fail)
+    monkeypatch.setattr(study_run, "count_finetuned", _fail)
+    assert main(args) == 0
+    assert len(re.findall(r"done earlier, skipped", capsys.readouterr().out)) == 4
+
+
 def _fake_finetune(out):
     from pathlib import Path
 

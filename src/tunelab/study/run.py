@@ -11,7 +11,7 @@ and finally writes report.md and report.html (tunelab.report). Layout of a run f
 
     RUN/config.yaml              the resolved configuration (defaults < preset < --config < --set)
     RUN/environment.json         package versions, device, seed, tunelab's git commit (+ earlier invocations)
-    RUN/stages.json              when each stage finished and how long it took
+    RUN/stages.json              when each stage finished, how long it took, and the data it read
     RUN/params/<task>.json       base / task-model / fine-tuned parameter counts
     RUN/<task>/task.json         the definition of a task of one's own (the report reads it)
     RUN/<task>/zeroshot/         metrics.json and the per-example files (tunelab.runs)
@@ -22,10 +22,15 @@ and finally writes report.md and report.html (tunelab.report). Layout of a run f
 A stage is finished when its output exists (outputs are written atomically: `NAME.partial/` renamed to `NAME/`
 at the end), so rerunning the same command skips finished stages and continues the unfinished one; fine-tuning
 is resumed from the last checkpoint in `finetune.partial/` (set `save_every` to get checkpoints).
+
+Every stage that reads data records in stages.json what it read: per split the file, its sha256 and the number
+of examples used. A rerun whose data files differ from those records redoes the stages that read them (and the
+fine-tuned parameter count after a redone fine-tuning), saying so, instead of reusing results of other data.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import os
 import platform
@@ -127,14 +132,25 @@ def environment(seed: int) -> dict:
     }
 
 
+def file_digest(path: str | Path) -> str:
+    """The sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 @dataclass
 class Stage:
     id: str
     task: str | None
     label: str
     done: Callable[[], bool]
-    run: Callable[[], None]
+    run: Callable[[bool], None]  # the argument: redo (replace the stage's earlier output)
     always: bool = False  # the report: rebuilt on every invocation
+    reads: tuple[str, ...] = ()  # the data splits it reads (their digests are recorded in stages.json)
+    after: str | None = None  # a stage whose rerun makes this one stale
 
 
 class Study:
@@ -143,6 +159,8 @@ class Study:
         self.c = cfg.data
         self.run = Path(run_dir)
         self.log = log
+        self.read: dict[str, dict] = {}  # stage id -> split -> what the stage read (file, sha256, examples)
+        self._digests: dict[str, str] = {}  # file -> sha256, computed once per invocation
 
     # paths and data
     def task_dir(self, name: str) -> Path:
@@ -151,9 +169,45 @@ class Study:
     def params_file(self, name: str) -> Path:
         return self.run / "params" / f"{name}.json"
 
-    def _split(self, name: str, split: str, limit: int | None) -> tuple[list, str]:
+    def _split(self, stage: str, name: str, split: str, limit: int | None) -> tuple[list, str]:
+        path = self.cfg.tasks[name].data_path(split, self.c["data_dir"])
+        digest = file_digest(path)  # of the bytes about to be read (not a digest computed earlier)
         examples, data = self.cfg.tasks[name].load_split(split, self.c["data_dir"])
-        return (examples[:limit] if limit else examples), data
+        examples = examples[:limit] if limit else examples
+        self.read.setdefault(stage, {})[split] = {"file": data, "sha256": digest, "examples": len(examples)}
+        return examples, data
+
+    def data_now(self, name: str, splits: tuple[str, ...]) -> dict:
+        """The data files the splits of a task read now, with their digests."""
+        out = {}
+        for split in splits:
+            path = str(self.cfg.tasks[name].data_path(split, self.c["data_dir"]))
+            if path not in self._digests:
+                self._digests[path] = file_digest(path)
+            out[split] = {"file": path, "sha256": self._digests[path]}
+        return out
+
+    def stale(self, st: Stage, record: dict | None, rerun: set[str]) -> str | None:
+        """Why a finished stage must be redone (its data differ from what it read, or the stage it builds on
+        was redone), or None to reuse it."""
+        if st.after in rerun:
+            return f"{st.after} was redone"
+        if not st.reads:
+            return None
+        before = (record or {}).get("data")
+        if before is None:
+            return None  # a run folder from before digests were recorded: nothing to compare
+        changed = []
+        for split, now in self.data_now(st.task, st.reads).items():
+            was = before.get(split) or {}
+            if was.get("file") != now["file"]:
+                changed.append(f"the {split} file is now {now['file']} (was {was.get('file')})")
+            elif was.get("sha256") != now["sha256"]:
+                changed.append(
+                    f"the {split} file {now['file']} changed since (sha256 {str(was.get('sha256'))[:12]}... "
+                    f"-> {now['sha256'][:12]}...)"
+                )
+        return "; ".join(changed) or None
 
     # stages
     def stages(self) -> list[Stage]:
@@ -166,31 +220,36 @@ class Study:
                     name,
                     "parameters (base and task model)",
                     lambda name=name: self.params_file(name).is_file(),
-                    lambda name=name: self.stage_params_base(name),
+                    lambda redo, name=name: self.stage_params_base(name),
                 ),
                 Stage(
                     f"{name}/zeroshot",
                     name,
                     "zero-shot",
                     lambda name=name: (self.task_dir(name) / "zeroshot" / "metrics.json").is_file(),
-                    lambda name=name: self.stage_zeroshot(name),
+                    lambda redo, name=name: self.stage_zeroshot(name, redo),
+                    reads=("dev",),
                 ),
                 Stage(
                     f"{name}/finetune",
                     name,
                     f"fine-tune ({method}) and evaluate",
                     lambda name=name: (self.task_dir(name) / "finetune/eval/metrics.json").is_file(),
-                    lambda name=name: self.stage_finetune(name),
+                    lambda redo, name=name: self.stage_finetune(name, redo),
+                    reads=("train", "dev"),
                 ),
                 Stage(
                     f"{name}/params-finetuned",
                     name,
                     "parameters (fine-tuned model)",
                     lambda name=name: self._params_done(name),
-                    lambda name=name: self.stage_params_finetuned(name),
+                    lambda redo, name=name: self.stage_params_finetuned(name),
+                    after=f"{name}/finetune",
                 ),
             ]
-        out.append(Stage("report", None, "report", lambda: False, self.stage_report, always=True))
+        out.append(
+            Stage("report", None, "report", lambda: False, lambda redo: self.stage_report(), always=True)
+        )
         return out
 
     def _params_done(self, name: str) -> bool:
@@ -221,9 +280,9 @@ class Study:
             },
         )
 
-    def stage_zeroshot(self, name: str) -> None:
+    def stage_zeroshot(self, name: str, redo: bool = False) -> None:
         z = self.c["tasks"][name]["zeroshot"]
-        examples, data = self._split(name, "dev", z["limit"])
+        examples, data = self._split(f"{name}/zeroshot", name, "dev", z["limit"])
         runs.zeroshot(
             self.cfg.tasks[name],
             self.c["model"],
@@ -231,14 +290,17 @@ class Study:
             data,
             self.task_dir(name) / "zeroshot",
             ZeroShotOptions(**z),
+            overwrite=redo,
         )
 
-    def stage_finetune(self, name: str) -> None:
+    def stage_finetune(self, name: str, redo: bool = False) -> None:
         task = self.cfg.tasks[name]
         f = self.c["tasks"][name]["finetune"]
-        train_ex, train_data = self._split(name, "train", None)
-        dev_ex, dev_data = self._split(name, "dev", f["limit"])
+        stage = f"{name}/finetune"
+        train_ex, train_data = self._split(stage, name, "train", None)
+        dev_ex, dev_data = self._split(stage, name, "dev", f["limit"])
         train_ex = runs.sample(train_ex, f["train_limit"], self.c["seed"])
+        self.read[stage]["train"]["examples"] = len(train_ex)
         options = {
             k: v for k, v in f.items() if k in task.finetune_extras() and k not in ("limit", "train_limit")
         }
@@ -253,6 +315,7 @@ class Study:
             options,
             train_data=train_data,
             resume=True,
+            overwrite=redo,
         )
 
     def stage_params_finetuned(self, name: str) -> None:
@@ -311,19 +374,26 @@ class Study:
         env_written = False
         for i, st in enumerate(stages, 1):
             head = f"[{i}/{len(stages)}] " + (f"{st.task}: " if st.task else "") + st.label
+            redo = False
             if not st.always and st.done():
-                self.log(f"{head}: done earlier, skipped", flush=True)
-                continue
+                why = self.stale(st, times.get(st.id), set(ran))
+                if why is None:
+                    self.log(f"{head}: done earlier, skipped", flush=True)
+                    continue
+                self.log(f"{head}: done earlier, but {why}: redoing it", flush=True)
+                redo = True
             if not env_written:  # before the first real work, so a crash still leaves the environment
                 self.record_environment(ran=[s.id for s in stages if s.always or not s.done()])
                 env_written = True
-            self.log(head, flush=True)
+            if not redo:
+                self.log(head, flush=True)
             t0 = time.perf_counter()
-            st.run()
+            st.run(redo)
             seconds = time.perf_counter() - t0
             times[st.id] = {
                 "seconds": round(seconds, 2),
                 "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+                **({"data": self.read[st.id]} if st.id in self.read else {}),
             }
             write_json(times_file, times)
             ran.append(st.id)

@@ -175,7 +175,7 @@ def test_a_number_written_like_1e_4_is_read_as_a_number():
         ("--max-length", "0", "max_length must be an integer >= 1, got 0"),
         ("--batch-size", "0", "batch_size must be an integer >= 1"),
         ("--grad-accum", "-1", "grad_accum must be an integer >= 1"),
-        ("--epochs", "0", "epochs must be > 0"),
+        ("--epochs", "0", "epochs must be in (0, 1000]"),
         ("--learning-rate", "nan", "learning_rate must be a (finite) number"),
         ("--warmup-ratio", "1", "warmup_ratio must be in [0, 1)"),
         ("--limit", "0", "--limit must be an integer >= 1"),

@@ -12,15 +12,21 @@ def read_mapping(path: str | Path, what: str, keys: str, *, unreadable: str | No
     name was neither a known template nor a file)."""
     import yaml
 
-    from tunelab.errors import UsageError
+    from tunelab.data.text import find_surrogate, read_file_bytes, surrogate_problem
+    from tunelab.errors import DataError, UsageError
 
     try:
-        with open(path, encoding="utf-8") as f:
-            loaded = yaml.safe_load(f)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        # read_file_bytes: a FIFO or a device is refused, not read (or waited on) for ever
+        loaded = yaml.safe_load(read_file_bytes(path).decode("utf-8"))
+    except DataError as exc:
+        raise UsageError(f"{path}: {unreadable or 'cannot read ' + what}: {exc.problem}") from None
+    except (UnicodeDecodeError, yaml.YAMLError) as exc:
         raise UsageError(f"{path}: {unreadable or 'cannot read ' + what}: {exc}") from exc
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):
         raise UsageError(f"{path}: a {what} is a mapping ({keys}), got {type(loaded).__name__}")
+    found = find_surrogate(loaded)  # YAML's "\ud800" escape, like JSON's, is no text
+    if found:
+        raise UsageError(f"{path}: {surrogate_problem(*found)}")
     return loaded

@@ -218,6 +218,12 @@ def check_mapping(
 # The option groups
 
 
+# Upper bounds far above any real use, so that a value that passes cannot overflow or hang later (`--epochs
+# 1e308` overflowed turning the step count into an integer; `--grad-accum 1e20` spun for ever on one step).
+MAX_EPOCHS = 1000
+MAX_BATCH = 65_536  # examples per batch, micro-batches per step, LoRA rank and alpha
+MAX_COUNT = 1_000_000_000  # steps, examples, limits
+MAX_NEW_TOKENS = 4096
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 # Options that do not change what is trained: a checkpoint resumes a run that differs only in these.
 NOT_TRAINING = ("eval_every", "log_every", "save_every", "merge_lora")
@@ -236,14 +242,14 @@ class TrainConfig:
         2e-5, "peak learning rate (AdamW)", low=0, high=1, low_open=True, high_open=True
     )
     epochs: float = option(
-        1.0, "passes over the training data (a fraction stops early)", low=0, low_open=True
+        1.0, "passes over the training data (a fraction stops early)", low=0, low_open=True, high=MAX_EPOCHS
     )
-    batch_size: int = option(32, "examples per micro-batch and process", low=1)
-    grad_accum: int = option(1, "micro-batches per optimizer step", low=1)
+    batch_size: int = option(32, "examples per micro-batch and process", low=1, high=MAX_BATCH)
+    grad_accum: int = option(1, "micro-batches per optimizer step", low=1, high=MAX_BATCH)
     warmup_ratio: float = option(
         0.06, "share of the steps with a linear warm-up", low=0, high=1, high_open=True
     )
-    weight_decay: float = option(0.01, "AdamW weight decay (not on biases and norms)", low=0)
+    weight_decay: float = option(0.01, "AdamW weight decay (not on biases and norms)", low=0, high=10)
     lr_schedule: str = option(
         "linear", "learning-rate decay after the warm-up", choices=("linear", "cosine", "constant")
     )
@@ -254,15 +260,19 @@ class TrainConfig:
         42, "seeds the new head, LoRA, dropout and the data order", low=0, high=2**32, high_open=True
     )
     bf16: bool = option(True, "bfloat16 autocast on GPUs that support it (CPUs train in float32)")
-    eval_every: int = option(0, "steps between evaluations on the dev examples (0: only at the end)", low=0)
-    log_every: int = option(20, "steps between lines of train_log.jsonl", low=1)
-    save_every: int = option(0, "steps between checkpoints, for --resume (0: none)", low=0)
-    max_train_samples: int | None = option(None, "train on the first N features only", low=1)
-    max_steps: int | None = option(None, "stop after N optimizer steps", low=1)
+    eval_every: int = option(
+        0, "steps between evaluations on the dev examples (0: only at the end)", low=0, high=MAX_COUNT
+    )
+    log_every: int = option(20, "steps between lines of train_log.jsonl", low=1, high=MAX_COUNT)
+    save_every: int = option(0, "steps between checkpoints, for --resume (0: none)", low=0, high=MAX_COUNT)
+    max_train_samples: int | None = option(None, "train on the first N features only", low=1, high=MAX_COUNT)
+    max_steps: int | None = option(None, "stop after N optimizer steps", low=1, high=MAX_COUNT)
     group_by_length: bool = option(True, "batches of similar length (less padding)")
-    max_grad_norm: float = option(1.0, "gradient clipping norm (0: no clipping)", low=0)
-    lora_r: int = option(16, "LoRA rank", low=1)
-    lora_alpha: int = option(32, "LoRA scaling numerator (alpha / r scales the update)", low=1)
+    max_grad_norm: float = option(1.0, "gradient clipping norm (0: no clipping)", low=0, high=1e6)
+    lora_r: int = option(16, "LoRA rank", low=1, high=MAX_BATCH)
+    lora_alpha: int = option(
+        32, "LoRA scaling numerator (alpha / r scales the update)", low=1, high=MAX_BATCH
+    )
     lora_dropout: float = option(0.05, "dropout on the LoRA input", low=0, high=1, high_open=True)
     lora_targets: list[str] = option(LORA_TARGETS, "module names LoRA adapts (default: attention and MLP)")
     merge_lora: bool = option(False, "save LoRA merged into the weights instead of as an adapter")
@@ -284,7 +294,7 @@ class TrainConfig:
 class ZeroShotOptions:
     """A study task's `zeroshot` section and the `tunelab zeroshot` flags."""
 
-    limit: int | None = option(None, "evaluate on the first N examples (null: all)", low=1)
+    limit: int | None = option(None, "evaluate on the first N examples (null: all)", low=1, high=MAX_COUNT)
     prompt: str | dict | None = option(
         None,
         "one of the task's template names, a prompt file or a mapping",
@@ -298,8 +308,10 @@ class ZeroShotOptions:
         choices=("batch", "contextual", "none"),
         kinds=("classification",),
     )
-    batch_size: int = option(32, "examples per forward pass / generation batch", low=1)
-    max_new_tokens: int = option(32, "tokens generated per answer", low=1, kinds=("extractive_qa",))
+    batch_size: int = option(32, "examples per forward pass / generation batch", low=1, high=MAX_BATCH)
+    max_new_tokens: int = option(
+        32, "tokens generated per answer", low=1, high=MAX_NEW_TOKENS, kinds=("extractive_qa",)
+    )
 
 
 @dataclass
@@ -312,9 +324,13 @@ class FinetuneExtras:
         "it equal to zeroshot.limit so that the paired tests compare the same "
         "examples",
         low=1,
+        high=MAX_COUNT,
     )
     train_limit: int | None = option(
-        None, "a random sample (seeded by `seed`) of N training examples (null: the whole split)", low=1
+        None,
+        "a random sample (seeded by `seed`) of N training examples (null: the whole split)",
+        low=1,
+        high=MAX_COUNT,
     )
     input_prompt: str | dict | None = option(
         None,
@@ -330,8 +346,8 @@ class FinetuneExtras:
 class EvaluateOptions:
     """`tunelab evaluate` flags."""
 
-    limit: int | None = option(None, "evaluate on the first N examples", low=1)
-    batch_size: int = option(64, "examples per forward pass", low=1)
+    limit: int | None = option(None, "evaluate on the first N examples", low=1, high=MAX_COUNT)
+    batch_size: int = option(64, "examples per forward pass", low=1, high=MAX_BATCH)
 
 
 @dataclass

@@ -35,8 +35,12 @@ def split_name(split: str, allowed: tuple[str, ...]) -> str:
 
 
 def first_existing(what: str, candidates: list[Path]) -> Path:
+    from tunelab.data.text import not_regular
+
     for path in candidates:
         if path.is_file():
             return path
+        if path.exists() and not path.is_dir():  # a FIFO, a device: say so rather than "not found"
+            raise UsageError(f"{path}: the {what} file {not_regular(path, path.stat().st_mode)}")
     tried = "\n  ".join(str(p) for p in candidates)
     raise UsageError(f"no {what} file found; tried:\n  {tried}")

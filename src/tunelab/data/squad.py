@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunelab.data.text import read_utf8
+from tunelab.data.text import find_surrogate, may_hold_surrogates, read_utf8, surrogate_problem
 from tunelab.errors import DataError
 
 
@@ -59,7 +59,22 @@ def _document(path: Path, text: str) -> dict:
     if not isinstance(doc.get("data"), list):
         what = "missing" if "data" not in doc else f"a {type(doc['data']).__name__}, not a list"
         raise DataError(path, f"top-level 'data' is {what} (is this a SQuAD file?)")
+    found = find_surrogate(doc) if may_hold_surrogates(text) else None
+    if found:
+        raise DataError(path, surrogate_problem(*found), record=_question_id(doc, found[0]))
     return doc
+
+
+def _question_id(doc: dict, where: str) -> str | None:
+    """The id of the question a JSON path (data[i].paragraphs[j].qas[k]...) lies in, when it has one."""
+    import re
+
+    m = re.match(r"data\[(\d+)\]\.paragraphs\[(\d+)\]\.qas\[(\d+)\]", where)
+    try:
+        qid = doc["data"][int(m[1])]["paragraphs"][int(m[2])]["qas"][int(m[3])]["id"] if m else None
+    except (KeyError, IndexError, TypeError):
+        return None
+    return qid if isinstance(qid, str) and find_surrogate(qid) is None else None
 
 
 def _article(path: Path, article, where: str):

@@ -3,23 +3,78 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
 from tunelab.errors import DataError
 
+# A data or config file larger than this is refused rather than read into memory (SQuAD v1.1 train is 30 MB).
+MAX_FILE_BYTES = 2**30
+
+
+def _kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def not_regular(path: Path, mode: int) -> str:
+    """What a path that is not a regular file is, as a message ("a symlink to /dev/zero, a character
+    device")."""
+    kind = _kind(mode)
+    if path.is_symlink():
+        kind = f"a symlink to {os.path.realpath(path)}, {kind}"
+    return f"is {kind}, not a regular file"
+
+
+def read_file_bytes(path, limit: int | None = None) -> bytes:
+    """The bytes of a regular file (symlinks resolved), at most `limit` (default MAX_FILE_BYTES) of them.
+    FIFOs, devices, sockets and directories are refused without blocking on them (the file is opened
+    non-blocking and checked with fstat, so a path swapped for a FIFO after a check cannot hang the read);
+    DataError otherwise."""
+    path = Path(path)
+    limit = MAX_FILE_BYTES if limit is None else limit
+    if not path.exists():
+        raise DataError(path, "file not found")
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except IsADirectoryError:
+        raise DataError(path, "is a directory, not a data file") from None
+    except OSError as e:
+        raise DataError(path, f"cannot read the file: {e.strerror or e}") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        if stat.S_ISDIR(mode):
+            raise DataError(path, "is a directory, not a data file")
+        raise DataError(path, not_regular(path, mode))
+    with os.fdopen(fd, "rb") as f:
+        try:
+            raw = f.read(limit + 1)  # bounded: a file that grows while it is read cannot exhaust memory
+        except OSError as e:
+            raise DataError(path, f"cannot read the file: {e.strerror or e}") from None
+    if len(raw) > limit:
+        raise DataError(
+            path,
+            f"larger than {limit:,} bytes, the most tunelab reads from one file (split it, or use a subset)",
+        )
+    return raw
+
 
 def read_utf8(path) -> str:
     """The whole file as text, strictly UTF-8 (a leading BOM is dropped); DataError names the bad line."""
     path = Path(path)
-    if not path.exists():
-        raise DataError(path, "file not found")
-    if path.is_dir():
-        raise DataError(path, "is a directory, not a data file")
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise DataError(path, f"cannot read the file: {e.strerror or e}") from None
+    raw = read_file_bytes(path)
     try:
         text = raw.decode("utf-8-sig")  # strict: errors="strict" is the default
     except UnicodeDecodeError as e:
@@ -30,6 +85,42 @@ def read_utf8(path) -> str:
     if not text.strip():
         raise DataError(path, "file is empty")
     return text
+
+
+# A JSON escape of a UTF-16 surrogate (\ud800-\udfff): the only way a surrogate gets into text read from
+# strict UTF-8. A pair of them is a real character; a lone one is valid JSON but not text: it cannot be
+# encoded (UTF-8, a tokenizer), so such a file is refused where it is read.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def find_surrogate(value, where: str = "") -> tuple[str, str] | None:
+    """(where, the code point) of the first lone surrogate in a parsed JSON value's strings (keys too), as a
+    path like `data[0].paragraphs[2].qas[1].question`; None if there is none."""
+    if isinstance(value, str):
+        m = _SURROGATE.search(value)
+        return (where or "the value", f"U+{ord(m.group()):04X}") if m else None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        at = f"{where}[{key}]" if isinstance(key, int) else f"{where}.{key}" if where else str(key)
+        found = (
+            find_surrogate(key, f"a key in {where or 'the object'}") if isinstance(key, str) else None
+        ) or (find_surrogate(item, at))
+        if found:
+            return found
+    return None
+
+
+def surrogate_problem(where: str, code: str) -> str:
+    return (
+        f"{where!r} holds a lone surrogate {code} (the JSON escape \\u{code[2:].lower()} with no "
+        "partner): valid JSON, but not text that can be encoded as UTF-8 or tokenized"
+    )
+
+
+def may_hold_surrogates(text: str) -> bool:
+    """Whether JSON text has a surrogate escape (only then can its parsed strings hold a lone surrogate)."""
+    return _SURROGATE_ESCAPE.search(text) is not None
 
 
 def iter_jsonl_objects(path, text: str) -> Iterator[tuple[int, dict]]:
@@ -46,6 +137,9 @@ def iter_jsonl_objects(path, text: str) -> Iterator[tuple[int, dict]]:
             raise DataError(path, f"not valid JSON: {e}", line=number) from None
         if not isinstance(record, dict):
             raise DataError(path, f"expected a JSON object, got {type(record).__name__}", line=number)
+        found = find_surrogate(record) if may_hold_surrogates(line) else None
+        if found:
+            raise DataError(path, surrogate_problem(*found), line=number)
         yield number, record
 
 

@@ -1,0 +1,234 @@
+"""Classes of hostile input (issue 14), each covered as a class through the command line: paths that are not
+regular files, numbers that pass a loose check but overflow later, valid JSON that is not text, configs of
+absurd size or another model family, and messages that must say what is really wrong. Each ends with exit
+status 2, one clear message naming the file / record / option and the problem, and nothing written."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import ROOT
+
+from tunelab.cli import main
+from tunelab.options import (
+    EVALUATE_OPTIONS,
+    FINETUNE_EXTRAS,
+    STUDY_OPTIONS,
+    TRAIN_OPTIONS,
+    ZEROSHOT_OPTIONS,
+)
+
+
+def run(capsys, *argv) -> tuple[int, str]:
+    rc = main([str(a) for a in argv])
+    cap = capsys.readouterr()
+    assert "Traceback" not in cap.err + cap.out
+    return rc, cap.err
+
+
+def no_output(out: Path) -> bool:
+    return not out.exists() and not out.with_name(out.name + ".partial").exists()
+
+
+SST2_ROWS = "sentence\tlabel\n" + "".join(
+    f"{w} film {i}\t{i % 2}\n" for i, w in enumerate(["awful", "great"] * 4)
+)
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    d = tmp_path / "data" / "SST-2"
+    d.mkdir(parents=True)
+    (d / "train.tsv").write_text(SST2_ROWS)
+    (d / "dev.tsv").write_text(SST2_ROWS)
+    return d.parent
+
+
+# ---- paths that are not regular files ------------------------------------------------------------------
+
+_CASES = r"""
+import json, sys
+from tunelab.cli import main
+out = []
+for argv in json.loads(sys.argv[1]):
+    rc = main(argv)
+    out.append(rc)
+print("RESULT " + json.dumps(out))
+"""
+
+
+def _cli_in_subprocess(cases: list[list[str]], timeout: float = 180) -> tuple[list[int], str]:
+    """Run `tunelab` argument lists in a fresh interpreter under a timeout (a FIFO that is opened for reading
+    blocks until a writer comes: in-process, the test itself would hang)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _CASES, json.dumps(cases)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"tunelab hung on a path that is not a regular file (no answer in {timeout} s)")
+    line = next(x for x in done.stdout.splitlines() if x.startswith("RESULT "))
+    assert "Traceback" not in done.stderr, done.stderr
+    return json.loads(line[len("RESULT ") :]), done.stderr
+
+
+def test_fifos_and_devices_are_refused_without_reading_them(tiny_model_dir, data_dir, tmp_path):
+    fifo = tmp_path / "pipe.tsv"
+    os.mkfifo(fifo)
+    fifo_yaml = tmp_path / "pipe.yaml"
+    os.mkfifo(fifo_yaml)
+    zero = tmp_path / "zero.jsonl"
+    zero.symlink_to("/dev/zero")  # read to the end, this never ends
+    piped_dir = tmp_path / "piped"
+    (piped_dir / "SST-2").mkdir(parents=True)
+    (piped_dir / "SST-2" / "train.tsv").write_text(SST2_ROWS)
+    os.mkfifo(piped_dir / "SST-2" / "dev.tsv")
+    out = str(tmp_path / "o")
+    m, d = tiny_model_dir, str(data_dir)
+    cases = [
+        ["data", "check", str(fifo)],
+        ["data", "check", str(zero)],
+        ["zeroshot", m, "--task", "sst2", "--data-file", str(fifo), "--out", out],
+        ["finetune", m, "--task", "sst2", "--data-dir", d, "--train-file", str(zero), "--out", out],
+        ["finetune", m, "--task", "sst2", "--data-dir", d, "--config", str(fifo_yaml), "--out", out],
+        ["zeroshot", m, "--task", str(fifo_yaml), "--data-dir", d, "--out", out],
+        ["zeroshot", m, "--task", "sst2", "--data-dir", str(piped_dir), "--out", out],
+        ["study", "--config", str(fifo_yaml), "--out", out],
+    ]
+    codes, err = _cli_in_subprocess(cases)
+    assert codes == [2] * len(cases), (codes, err)
+    lines = [x for x in err.splitlines() if x.startswith("tunelab: error:")]
+    assert len(lines) == len(cases), err
+    assert f"{fifo}: is a FIFO (named pipe), not a regular file" in lines[0]
+    assert f"{zero}: is a symlink to /dev/zero, a character device, not a regular file" in lines[1]
+    assert "pipe.tsv: is a FIFO" in lines[2] and "zero.jsonl: is a symlink to /dev/zero" in lines[3]
+    assert all("pipe.yaml" in x and "is a FIFO" in x for x in (lines[4], lines[5], lines[7])), lines
+    assert "SST-2/dev.tsv: the SST-2 dev file is a FIFO (named pipe), not a regular file" in lines[6]
+    assert no_output(Path(out))
+
+
+def test_what_is_read_from_one_file_is_bounded(tmp_path, capsys, monkeypatch):
+    from tunelab.data import text
+
+    big = tmp_path / "big.tsv"
+    big.write_text(SST2_ROWS * 50)
+    monkeypatch.setattr(text, "MAX_FILE_BYTES", 1000)
+    rc, err = run(capsys, "data", "check", big)
+    assert rc == 2 and f"{big}: larger than 1,000 bytes, the most tunelab reads from one file" in err
+    small = tmp_path / "small.tsv"
+    small.write_text(SST2_ROWS)
+    assert run(capsys, "data", "check", small)[0] == 0
+
+
+# ---- numbers that pass a loose check but overflow later -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "option,value,message",
+    [
+        ("--epochs", "1e308", "epochs must be in (0, 1000], got 1e+308"),
+        ("--epochs", "inf", "epochs must be a (finite) number"),
+        ("--learning-rate", "inf", "learning_rate must be a (finite) number"),
+        ("--learning-rate=-inf", None, "learning_rate must be a (finite) number"),
+        ("--max-steps", "1" + "0" * 24, "max_steps must be at most 1000000000"),
+        ("--batch-size", "100000000000000", "batch_size must be at most 65536"),
+        ("--grad-accum", "100000000000000000000", "grad_accum must be at most 65536"),
+        ("--log-every", "1" + "0" * 30, "log_every must be at most 1000000000"),
+        ("--weight-decay", "1e300", "weight_decay must be in [0, 10]"),
+        ("--lora-r", "10000000000", "lora_r must be at most 65536"),
+        ("--limit", "1" + "0" * 20, "--limit must be at most 1000000000"),
+    ],
+)
+def test_absurd_numbers_are_refused_before_any_work(
+    tiny_model_dir, data_dir, tmp_path, capsys, option, value, message
+):
+    out = tmp_path / "o"
+    argv = ["finetune", tiny_model_dir, "--task", "sst2", "--data-dir", data_dir, "--out", out]
+    rc, err = run(capsys, *argv, option, *([value] if value is not None else []))
+    assert rc == 2 and message in err, err
+    assert no_output(out)
+
+
+def test_absurd_numbers_in_zeroshot_evaluate_and_study(tiny_model_dir, data_dir, tmp_path, capsys):
+    out = tmp_path / "o"
+    big = "1" + "0" * 20
+    rc, err = run(capsys, "zeroshot", tiny_model_dir, "--task", "sst2", "--data-dir", data_dir, "--out", out,
+                  "--batch-size", big)  # fmt: skip
+    assert rc == 2 and "--batch-size must be at most 65536" in err
+    rc, err = run(capsys, "zeroshot", tiny_model_dir, "--task", "squad", "--data-dir", data_dir, "--out", out,
+                  "--max-new-tokens", big)  # fmt: skip
+    assert rc == 2 and "--max-new-tokens must be at most 4096" in err
+    rc, err = run(capsys, "study", "--out", out, "--set", "sst2.finetune.epochs=1e308")
+    assert rc == 2 and "epochs must be in (0, 1000]" in err
+    rc, err = run(capsys, "study", "--out", out, "--set", "squad.zeroshot.batch_size=" + big)
+    assert rc == 2 and "batch_size must be at most 65536" in err
+    assert no_output(out)
+
+
+def test_every_number_option_has_finite_bounds():
+    """The class, not the examples: every integer or number a user sets has an upper bound in the schema
+    (the one description that makes the flags and checks study configs)."""
+    groups = (TRAIN_OPTIONS, ZEROSHOT_OPTIONS, FINETUNE_EXTRAS, EVALUATE_OPTIONS, STUDY_OPTIONS)
+    for opts in groups:
+        for opt in opts.values():
+            if opt.type in ("int", "float"):
+                assert opt.low is not None and opt.high is not None, opt.name
+                assert float(opt.high) <= 2**32, opt.name
+
+
+# ---- valid JSON that is not text ------------------------------------------------------------------------
+
+
+def _squad_doc(question: str, qid: str = "q1") -> dict:
+    ctx = "The Denver Broncos won Super Bowl 50 ."
+    qa = {"id": qid, "question": question, "answers": [{"text": "Denver Broncos", "answer_start": 4}]}
+    return {"version": "1.1", "data": [{"title": "t", "paragraphs": [{"context": ctx, "qas": [qa]}]}]}
+
+
+def test_lone_surrogates_are_refused_naming_file_and_line_or_record(
+    tiny_model_dir, data_dir, tmp_path, capsys
+):
+    ok = '{"sentence": "a great film \\ud83d\\ude00", "label": 1}\n'  # a real pair: an emoji
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(ok + '{"sentence": "an awful \\ud800 film", "label": 0}\n')
+    rc, err = run(capsys, "data", "check", bad)
+    assert rc == 2 and f"{bad}, line 2: 'sentence' holds a lone surrogate U+D800" in err, err
+    assert "not text that can be encoded as UTF-8" in err
+    out = tmp_path / "o"
+    argv = ["finetune", tiny_model_dir, "--task", "sst2", "--data-dir", data_dir, "--out", out]
+    rc, err = run(capsys, *argv, "--train-file", bad)
+    assert rc == 2 and "bad.jsonl, line 2" in err and no_output(out)
+    low = tmp_path / "low.jsonl"  # a low surrogate alone, in a field tunelab does not even use
+    low.write_text(ok + '{"sentence": "fine", "label": 0, "note": ["x", "\\udc00"]}\n')
+    rc, err = run(capsys, "data", "check", low)
+    assert rc == 2 and "line 2: 'note[1]' holds a lone surrogate U+DC00" in err
+
+    good = tmp_path / "good.jsonl"
+    good.write_text(ok + '{"sentence": "a \\\\ud800 that is only a backslash and letters", "label": 0}\n')
+    assert run(capsys, "data", "check", good)[0] == 0
+
+    squad = tmp_path / "squad.json"
+    squad.write_text(json.dumps(_squad_doc("Who won \ud800 ?", "q7")))  # json.dumps writes the escape
+    rc, err = run(capsys, "data", "check", squad)
+    assert rc == 2 and f"{squad}, record 'q7': 'data[0].paragraphs[0].qas[0].question' holds" in err, err
+    rc, err = run(capsys, "zeroshot", tiny_model_dir, "--task", "squad", "--data-file", squad, "--out", out)
+    assert rc == 2 and "record 'q7'" in err and no_output(out)
+
+
+def test_a_lone_surrogate_in_a_yaml_file_is_refused(tiny_model_dir, data_dir, tmp_path, capsys):
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text('lora_targets: ["q_proj", "v\\ud800"]\n')
+    out = tmp_path / "o"
+    argv = ["finetune", tiny_model_dir, "--task", "sst2", "--data-dir", data_dir, "--out", out]
+    rc, err = run(capsys, *argv, "--config", cfg)
+    assert rc == 2 and f"{cfg}: 'lora_targets[1]' holds a lone surrogate U+D800" in err, err
+    assert no_output(out)

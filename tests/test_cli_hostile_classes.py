@@ -232,3 +232,124 @@ def test_a_lone_surrogate_in_a_yaml_file_is_refused(tiny_model_dir, data_dir, tm
     rc, err = run(capsys, *argv, "--config", cfg)
     assert rc == 2 and f"{cfg}: 'lora_targets[1]' holds a lone surrogate U+D800" in err, err
     assert no_output(out)
+
+
+# ---- configs of absurd size or of another model family --------------------------------------------------
+
+
+def test_params_refuses_another_model_family(tmp_path, capsys):
+    from transformers import BertConfig
+
+    bert = tmp_path / "bert"
+    BertConfig(
+        num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=2
+    ).save_pretrained(bert)
+    for argv in (["params", bert], ["params", bert, "--task", "sst2"], ["params", bert, "--task", "squad"]):
+        rc, err = run(capsys, *argv)
+        assert rc == 2 and f"{bert}/config.json: not a Llama-architecture model (model_type 'bert'" in err, (
+            err
+        )
+
+
+def test_configs_of_absurd_size_are_refused_without_building_them(tiny_model_dir, tmp_path):
+    cases, folders = [], {}
+    for key, value in (("num_hidden_layers", 1_000_000_000), ("hidden_size", 10**12), ("vocab_size", 0)):
+        folder = tmp_path / key
+        folder.mkdir()
+        cfg = json.loads((Path(tiny_model_dir) / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**cfg, key: value}))
+        folders[key] = (folder, value)
+        cases.append(["params", str(folder), "--task", "sst2"])
+    cases.append(["zeroshot", str(folders["num_hidden_layers"][0]), "--task", "sst2", "--data-file",
+                  str(tmp_path / "none.tsv"), "--out", str(tmp_path / "o")])  # fmt: skip
+    codes, err = _cli_in_subprocess(cases, timeout=240)  # before: counting 10^9 layers never ended
+    assert codes == [2] * len(cases), (codes, err)
+    for key, (folder, value) in folders.items():
+        assert f"{folder}/config.json: {key} must be an integer from 1 to" in err and f"got {value}" in err
+
+
+# ---- messages that must say what is wrong ---------------------------------------------------------------
+
+
+def test_a_broken_config_json_is_reported_as_such(tiny_model_dir, data_dir, tmp_path, capsys):
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    (folder / "config.json").write_text('{"model_type": "llama",\n  "hidden_size": 32,,\n}')
+    out = tmp_path / "o"
+    for argv in (
+        ["finetune", folder, "--task", "sst2", "--data-dir", data_dir, "--out", out],
+        ["zeroshot", folder, "--task", "sst2", "--data-dir", data_dir, "--out", out],
+        ["params", folder],
+    ):
+        rc, err = run(capsys, *argv)
+        assert rc == 2 and f"{folder}/config.json: broken model config: not valid JSON" in err, err
+        assert "line 2, column 21" in err and "tokenizer" not in err
+        assert no_output(out)
+    (folder / "config.json").write_text("[1, 2]")
+    rc, err = run(capsys, "params", folder)
+    assert rc == 2 and "broken model config: expected a JSON object, got list" in err
+
+
+def _squad_with_answer(tmp_path: Path, context: str, text: str, start: int) -> Path:
+    qa = {"id": "q1", "question": "What ?", "answers": [{"text": text, "answer_start": start}]}
+    doc = {"version": "1.1", "data": [{"title": "t", "paragraphs": [{"context": context, "qas": [qa]}]}]}
+    path = tmp_path / "squad.json"
+    path.write_text(json.dumps(doc, ensure_ascii=False))
+    return path
+
+
+def test_answer_start_messages_say_what_is_wrong(tmp_path, capsys):
+    path = _squad_with_answer(tmp_path, "The café opened in 1900 .", "The", -3)
+    rc, err = run(capsys, "data", "check", path)
+    assert rc == 2 and "record 'q1': answers[0]: answer_start -3 is negative" in err, err
+    assert "context there reads" not in err
+
+    nfd, nfc = "cafe\u0301", "caf\u00e9"  # print alike: "café"
+    path = _squad_with_answer(tmp_path, f"The {nfc} opened in 1900 .", nfd, 4)
+    rc, err = run(capsys, "data", "check", path)
+    assert rc == 2 and "differ only in Unicode normalization" in err, err
+    assert "answer NFD: U+0063 U+0061 U+0066 U+0065 U+0301; context NFC: U+0063 U+0061 U+0066 U+00E9" in err
+    path = _squad_with_answer(tmp_path, f"The {nfd} opened in 1900 .", nfc, 4)  # the other way round
+    rc, err = run(capsys, "data", "check", path)
+    assert rc == 2 and "answer NFC: U+0063 U+0061 U+0066 U+00E9; context NFD:" in err, err
+
+    path = _squad_with_answer(tmp_path, "The cafe opened in 1900 .", "cake", 4)  # a plain mismatch
+    rc, err = run(capsys, "data", "check", path)
+    assert rc == 2 and "does not point at the answer text 'cake' (the context there reads 'cafe')" in err
+
+
+def test_the_squad_max_length_hint_names_only_options_that_exist(tiny_model_dir, tmp_path, capsys):
+    import re
+
+    squad = tmp_path / "data" / "squad"
+    squad.mkdir(parents=True)
+    ctx = "The Denver Broncos won Super Bowl 50 in Santa Clara ."
+    qas = [
+        {
+            "id": f"q{i}",
+            "question": "Who won Super Bowl 50 at the end of that long season , and where ?",
+            "answers": [{"text": "Denver Broncos", "answer_start": 4}],
+        }
+        for i in range(2)
+    ]
+    doc = {"version": "1.1", "data": [{"title": "t", "paragraphs": [{"context": ctx, "qas": qas}]}]}
+    for split in ("train", "dev"):
+        (squad / f"v1.1-{split}.json").write_text(json.dumps(doc))
+    argv = [
+        "finetune",
+        tiny_model_dir,
+        "--task",
+        "squad",
+        "--data-dir",
+        squad.parent,
+        "--out",
+        tmp_path / "o",
+    ]
+    rc, err = run(capsys, *argv, "--max-length", "12", "--max-steps", "1")
+    assert rc == 2 and "raise max_length" in err and "no passage token fits" in err, err
+    flags = set(re.findall(r"--[a-z][a-z-]+", err))
+    keys = {k for k in re.findall(r"\b[a-z]+(?:_[a-z]+)+\b", err)}
+    assert flags <= {"--" + k.replace("_", "-") for k in TRAIN_OPTIONS} and "--max-length" in flags
+    assert keys <= set(TRAIN_OPTIONS) and "lower stride" not in err and "stride" not in TRAIN_OPTIONS

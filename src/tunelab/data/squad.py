@@ -151,16 +151,60 @@ def _answers(path: Path, qa: dict, key: str, qid: str, context: str) -> list[dic
             raise DataError(path, f"{at}: answer text is missing or empty", record=qid)
         if isinstance(start, bool) or not isinstance(start, int):
             raise DataError(path, f"{at}: answer_start must be an integer, got {_show(start)}", record=qid)
-        if start < 0 or context[start : start + len(text)] != text:
-            found = context[max(start, 0) : max(start, 0) + len(text)]
+        if start < 0:
             raise DataError(
                 path,
-                f"{at}: answer_start {start} does not point at the answer text {text!r} "
-                f"(the context there reads {found!r})",
+                f"{at}: answer_start {start} is negative (it is the answer's character offset in the "
+                "context, 0 or more)",
                 record=qid,
             )
+        if start >= len(context):
+            raise DataError(
+                path,
+                f"{at}: answer_start {start} is past the end of the context ({len(context)} characters)",
+                record=qid,
+            )
+        if context[start : start + len(text)] != text:
+            raise DataError(path, f"{at}: {_misplaced(context, start, text)}", record=qid)
         answers.append({"text": text, "answer_start": start})
     return answers
+
+
+def _codepoints(s: str, limit: int = 12) -> str:
+    shown = " ".join(f"U+{ord(c):04X}" for c in s[:limit])
+    return shown + (" ..." if len(s) > limit else "")
+
+
+def _form(s: str) -> str:
+    import unicodedata
+
+    return "/".join(f for f in ("NFC", "NFD") if unicodedata.is_normalized(f, s)) or "neither NFC nor NFD"
+
+
+def _misplaced(context: str, start: int, text: str) -> str:
+    """Why the context at answer_start is not the answer text; when the two differ only in Unicode
+    normalization (NFC vs NFD: "é" as one code point or as "e" + a combining accent) they print alike, so
+    say so and show the code points."""
+    import unicodedata
+
+    nfc = unicodedata.normalize("NFC", text)
+    for end in range(start + 1, min(len(context), start + 2 * len(text) + 2) + 1):
+        there = context[start:end]
+        if unicodedata.normalize("NFC", there) == nfc:
+            forms = [f for f in ("NFC", "NFD") if unicodedata.is_normalized(f, text)] or [
+                "neither NFC nor NFD"
+            ]
+            ctx_forms = [f for f in ("NFC", "NFD") if unicodedata.is_normalized(f, there)] or ["neither"]
+            return (
+                f"answer_start {start}: the answer text {text!r} and the context there {there!r} differ only "
+                f"in Unicode normalization (answer {'/'.join(forms)}: {_codepoints(text)}; context "
+                f"{'/'.join(ctx_forms)}: {_codepoints(there)}); normalize the file (e.g. to NFC) so that "
+                "they match"
+            )
+    found = context[start : start + len(text)]
+    return (
+        f"answer_start {start} does not point at the answer text {text!r} (the context there reads {found!r})"
+    )
 
 
 def _show(value) -> str:

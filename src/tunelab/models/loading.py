@@ -43,7 +43,10 @@ def align_pad_token(model, tokenizer) -> None:
 
 
 def _from_pretrained(cls, spec: str, **kwargs):
+    from tunelab.models.registry import load_config
+
     path = resolve(spec)
+    load_config(spec)  # another model family or an absurd size is refused before any weights are read
     try:
         return cls.from_pretrained(
             path,

@@ -98,6 +98,7 @@ def resolve(spec: str) -> str:
     if path.exists():
         if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
             raise ModelError(f"{spec}: not a model folder (no config.json or adapter_config.json in it)")
+        check_config_json(path / "config.json")
         return str(path)
     if spec.count("/") != 1 or spec.startswith(("/", ".")):
         raise ModelError(
@@ -180,8 +181,69 @@ def convert_gguf(alias: Alias, gguf: Path) -> Path:
     return target
 
 
+def check_config_json(path: Path) -> None:
+    """A folder's config.json must be a JSON object: a broken one is reported as what it is (transformers
+    would report it as whatever it was loading, e.g. the tokenizer). A folder without one (a LoRA adapter)
+    passes."""
+    from tunelab.data.text import read_file_bytes
+    from tunelab.errors import DataError
+
+    if not (path.exists() or path.is_symlink()):
+        return
+    try:
+        doc = json.loads(read_file_bytes(path).decode("utf-8"))
+    except DataError as exc:
+        raise ModelError(f"{path}: broken model config: {exc.problem}") from None
+    except UnicodeDecodeError:
+        raise ModelError(f"{path}: broken model config: not valid UTF-8") from None
+    except json.JSONDecodeError as exc:
+        raise ModelError(
+            f"{path}: broken model config: not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
+        ) from None
+    except (ValueError, RecursionError) as exc:
+        raise ModelError(f"{path}: broken model config: not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ModelError(f"{path}: broken model config: expected a JSON object, got {type(doc).__name__}")
+
+
+# Sizes far above any Llama-architecture model (Llama 3.1 405B: 126 layers, hidden 16,384, MLP 53,248, 128
+# heads, vocabulary 128,256), so that a config that passes cannot make a count or a model build run for ever.
+ARCHITECTURE_LIMITS = {
+    "num_hidden_layers": 1024,
+    "hidden_size": 65_536,
+    "intermediate_size": 1_048_576,
+    "num_attention_heads": 1024,
+    "num_key_value_heads": 1024,
+    "vocab_size": 16_777_216,
+}
+
+
+def check_architecture(config: PretrainedConfig, spec: str) -> None:
+    """Refuse a config of another model family (tunelab's heads, key mapping and counts are Llama's) or of
+    absurd size, before anything is built from it."""
+    from transformers import LlamaConfig
+
+    where = f"{spec}/config.json" if Path(spec).expanduser().is_dir() else spec
+    if not isinstance(config, LlamaConfig):
+        raise ModelError(
+            f"{where}: not a Llama-architecture model (model_type {getattr(config, 'model_type', None)!r}, "
+            f"{type(config).__name__}): tunelab counts, loads and fine-tunes Llama-architecture causal LMs "
+            "(model_type 'llama', such as SmolLM2 and Llama 3.2)"
+        )
+    for key, high in ARCHITECTURE_LIMITS.items():
+        value = getattr(config, key, None)
+        if key == "num_key_value_heads" and value is None:
+            continue  # defaults to num_attention_heads
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
+            raise ModelError(
+                f"{where}: {key} must be an integer from 1 to {high:,}, got {value!r} (far beyond any "
+                "Llama-architecture model; refused before building it)"
+            )
+
+
 def load_config(spec: str) -> PretrainedConfig:
-    """The architecture config of a spec, without weights: shipped for aliases, else config.json."""
+    """The architecture config of a spec, without weights: shipped for aliases, else config.json. A config of
+    another model family or of absurd size is refused (`check_architecture`)."""
     from transformers import AutoConfig, LlamaConfig
 
     if spec in ALIASES:
@@ -190,8 +252,10 @@ def load_config(spec: str) -> PretrainedConfig:
         cfg.pop("model_type", None)
         return LlamaConfig(**cfg)
     try:
-        return AutoConfig.from_pretrained(resolve(spec), trust_remote_code=remote_code_trusted())
+        config = AutoConfig.from_pretrained(resolve(spec), trust_remote_code=remote_code_trusted())
     except ModelError:
         raise
     except Exception as exc:
         raise load_error(spec, "its config", exc) from exc
+    check_architecture(config, spec)
+    return config

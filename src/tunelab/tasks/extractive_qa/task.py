@@ -248,7 +248,10 @@ class ExtractiveQATask(Task):
             f = prepare_train_features(train, tokenizer, cfg.max_length, stride)
             prepare_eval_features(dev, tokenizer, cfg.max_length, stride)
         except ValueError as exc:
-            raise UsageError(f"max_length {cfg.max_length}: {exc}") from exc
+            raise UsageError(
+                f"max_length {cfg.max_length}: {exc} (--max-length, or finetune.max_length in a study; the "
+                "overlap of the windows follows from it: a third of max_length, 128 tokens above 256)"
+            ) from exc
         feats = [
             {"input_ids": x, "attention_mask": m, "start_positions": s, "end_positions": e}
             for x, m, s, e in zip(

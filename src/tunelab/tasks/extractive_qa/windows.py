@@ -87,11 +87,11 @@ def _encode_windows(examples, tokenizer, max_length: int, stride: int, question_
     for ex, q_len in zip(examples, q_lens, strict=True):
         room = budget - q_len
         if room <= stride:
+            fit = f"only {room} passage tokens fit" if room > 0 else "no passage token fits"
             raise ValueError(
                 f"question of example {getattr(ex, 'id', '?')!r} takes {q_len} tokens: with max_length="
-                f"{max_length} (one slot reserved for the null EOS) only {room} passage tokens fit per "
-                "window, "
-                f"which must be more than stride={stride}; raise max_length or lower stride"
+                f"{max_length} (one slot reserved for the null EOS) {fit} per window, which must be more "
+                f"than the {stride} tokens consecutive windows share; raise max_length"
             )
     first, second = (questions, contexts) if question_first else (contexts, questions)
     enc = tokenizer(

@@ -158,7 +158,7 @@ def test_absurd_numbers_are_refused_before_any_work(
     assert no_output(out)
 
 
-def test_absurd_numbers_in_zeroshot_evaluate_and_study(tiny_model_dir, data_dir, tmp_path, capsys):
+def test_absurd_numbers_in_the_other_commands_and_the_study(tiny_model_dir, data_dir, tmp_path, capsys):
     out = tmp_path / "o"
     big = "1" + "0" * 20
     rc, err = run(capsys, "zeroshot", tiny_model_dir, "--task", "sst2", "--data-dir", data_dir, "--out", out,
@@ -167,6 +167,10 @@ def test_absurd_numbers_in_zeroshot_evaluate_and_study(tiny_model_dir, data_dir,
     rc, err = run(capsys, "zeroshot", tiny_model_dir, "--task", "squad", "--data-dir", data_dir, "--out", out,
                   "--max-new-tokens", big)  # fmt: skip
     assert rc == 2 and "--max-new-tokens must be at most 4096" in err
+    rc, err = run(capsys, "params", tiny_model_dir, "--task", "sst2", "--method", "lora", "--lora-r", big)
+    assert rc == 2 and "--lora-r must be at most 65536" in err
+    rc, err = run(capsys, "predict", tiny_model_dir, "a film", "--batch-size", "0")
+    assert rc == 2 and "--batch-size must be an integer >= 1" in err
     rc, err = run(capsys, "study", "--out", out, "--set", "sst2.finetune.epochs=1e308")
     assert rc == 2 and "epochs must be in (0, 1000]" in err
     rc, err = run(capsys, "study", "--out", out, "--set", "squad.zeroshot.batch_size=" + big)

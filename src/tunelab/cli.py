@@ -248,6 +248,8 @@ def cmd_params(args) -> int:
 
     task = _task(args) if args.task else None
     targets = TRAIN_OPTIONS["lora_targets"].check(args.lora_targets, None, "--lora-targets")
+    for name in ("lora_r", "lora_alpha"):  # the schema's bounds, as for finetune
+        TRAIN_OPTIONS[name].check(getattr(args, name), None, "--" + name.replace("_", "-"))
     labels = task.head_options().get("labels") if task else None
     report = param_report(
         args.model,
@@ -396,6 +398,7 @@ def cmd_report(args) -> int:
 def cmd_predict(args) -> int:
     from tunelab.predict import predict, print_predictions
 
+    EVALUATE_OPTIONS["batch_size"].check(args.batch_size, None, "--batch-size")
     task, rows = predict(
         args.model_dir,
         texts=args.texts,

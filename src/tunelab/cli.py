@@ -35,6 +35,13 @@ TASK_HELP = "a built-in task (sst2, squad, squad_v2) or a task file (YAML) of yo
 def _add_data_opts(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="data folder laid out like ../shared/data (default: $TUNELAB_DATA_DIR)")
     p.add_argument("--data-file", help="one data file instead of the task's split")
+    p.add_argument(
+        "--dataset",
+        metavar="ID[:CONFIG]",
+        help="read the split through `datasets` instead of files: a Hub id with an optional config "
+        "(nyu-mll/glue:sst2, rajpurkar/squad, rajpurkar/squad_v2) or a local dataset folder (save_to_disk, "
+        "or parquet/JSON/CSV files); dev is its `validation` split; pip install 'tunelab[hub]'",
+    )
     p.add_argument("--split", default="dev", help="split of the task's data (default: dev)")
     p.add_argument(
         "--version",
@@ -279,7 +286,7 @@ def cmd_zeroshot(args) -> int:
 
     task = _task(args)
     options = ZeroShotOptions(**{**task.zeroshot_options(), **_options(args, ZEROSHOT_OPTIONS, task)})
-    examples, data = task.load_split(args.split, args.data_dir, args.data_file)
+    examples, data = task.load_split(args.split, args.data_dir, args.data_file, args.dataset)
     examples = examples[: options.limit] if options.limit else examples
     return _report(
         task.for_data(examples),
@@ -305,8 +312,8 @@ def cmd_finetune(args) -> int:
     task = _task(args)
     cfg = _train_config(args, task)
     extras = {**task.finetune_extras(), **_options(args, FINETUNE_EXTRAS, task)}
-    train_ex, train_data = task.load_split("train", args.data_dir, args.train_file)
-    dev_ex, dev_data = task.load_split(args.split, args.data_dir, args.data_file)
+    train_ex, train_data = task.load_split("train", args.data_dir, args.train_file, args.dataset)
+    dev_ex, dev_data = task.load_split(args.split, args.data_dir, args.data_file, args.dataset)
     dev_ex = dev_ex[: extras["limit"]] if extras["limit"] else dev_ex
     options = {k: v for k, v in extras.items() if k not in ("limit", "train_limit")}
     m = runs.finetune(
@@ -340,7 +347,7 @@ def cmd_evaluate(args) -> int:
     task = _task(args) if args.task else None
     meta = runs.read_meta(args.model_dir)
     data_task = task or task_from_meta(meta, f"{args.model_dir}/{runs.META_FILE}")
-    examples, data = data_task.load_split(args.split, args.data_dir, args.data_file)
+    examples, data = data_task.load_split(args.split, args.data_dir, args.data_file, args.dataset)
     examples = examples[: options["limit"]] if options["limit"] else examples
     m = runs.evaluate(
         args.model_dir,

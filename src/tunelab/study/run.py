@@ -152,7 +152,8 @@ class Study:
         return self.run / "params" / f"{name}.json"
 
     def _split(self, name: str, split: str, limit: int | None) -> tuple[list, str]:
-        examples, data = self.cfg.tasks[name].load_split(split, self.c["data_dir"])
+        dataset = self.c["tasks"][name].get("dataset")
+        examples, data = self.cfg.tasks[name].load_split(split, self.c["data_dir"], dataset=dataset)
         return (examples[:limit] if limit else examples), data
 
     # stages

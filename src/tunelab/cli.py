@@ -11,6 +11,7 @@ import sys
 from tunelab import __version__
 from tunelab.errors import UsageError
 from tunelab.options import (
+    ECO_RUN_OPTIONS,
     EVALUATE_OPTIONS,
     FINETUNE_EXTRAS,
     TRAIN_OPTIONS,
@@ -101,6 +102,7 @@ def _add_run_parsers(sub) -> None:
     p.add_argument("--config", help="YAML file of training options (keys as below, with _ for -)")
     add_flags(p, FINETUNE_EXTRAS)
     add_flags(p, TRAIN_OPTIONS)
+    add_flags(p, ECO_RUN_OPTIONS, default_note="")
     p.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
 
     p = sub.add_parser(
@@ -142,6 +144,13 @@ def _add_study_parsers(sub) -> None:
     )
     p.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
     p.add_argument("--print-schema", action="store_true", help="print the configuration schema and exit")
+    p.add_argument(
+        "--report-to",
+        metavar="TRACKERS",
+        help="experiment trackers (tensorboard, wandb, mlflow, trackio or none; = --set report_to=...); "
+        "TensorBoard logs go to RUN/tracking/",
+    )
+    p.add_argument("--seeds", metavar="A,B,...", help="fine-tune once per seed (= --set seeds=[A,B,...])")
 
     p = sub.add_parser(
         "report",
@@ -308,14 +317,22 @@ def _train_config(args, task):
 
 def cmd_finetune(args) -> int:
     from tunelab import runs
+    from tunelab.tracking import check_available
 
     task = _task(args)
     cfg = _train_config(args, task)
     extras = {**task.finetune_extras(), **_options(args, FINETUNE_EXTRAS, task)}
+    report_to = ECO_RUN_OPTIONS["report_to"].check(args.report_to or "none", None, "--report-to")
+    seeds = ECO_RUN_OPTIONS["seeds"].check(args.seeds, None, "--seeds")
+    check_available(report_to)  # before any work
     train_ex, train_data = task.load_split("train", args.data_dir, args.train_file, args.dataset)
     dev_ex, dev_data = task.load_split(args.split, args.data_dir, args.data_file, args.dataset)
     dev_ex = dev_ex[: extras["limit"]] if extras["limit"] else dev_ex
     options = {k: v for k, v in extras.items() if k not in ("limit", "train_limit")}
+    if seeds:
+        return _finetune_seeds(
+            args, task, cfg, seeds, train_ex, dev_ex, dev_data, train_data, extras, report_to
+        )
     m = runs.finetune(
         task,
         args.model,
@@ -328,11 +345,61 @@ def cmd_finetune(args) -> int:
         train_data=train_data,
         resume=args.resume,
         overwrite=args.overwrite,
+        report_to=report_to,
     )
     if m is None:  # not the main process of a multi-process run
         return 0
     print(task.for_data(train_ex + dev_ex).summary_line(m))
     print(f"wrote {args.out} (evaluation in {args.out}/eval)")
+    return 0
+
+
+def _finetune_seeds(args, task, cfg, seeds, train_ex, dev_ex, dev_data, train_data, extras, report_to) -> int:
+    """`--seeds`: one model per seed in OUT/seed-N/, and OUT/seeds.json with each seed's metrics and their
+    mean and standard deviation."""
+    import dataclasses
+    import statistics
+    from pathlib import Path
+
+    from tunelab import runs
+    from tunelab.outputs import atomic_output, write_json
+
+    options = {k: v for k, v in extras.items() if k not in ("limit", "train_limit")}
+    per_seed = {}
+    with atomic_output(args.out, overwrite=args.overwrite, keep_partial=True, resume=args.resume) as work:
+        for seed in seeds:
+            m = runs.finetune(
+                task,
+                args.model,
+                runs.sample(train_ex, extras["train_limit"], seed),
+                dev_ex,
+                dev_data,
+                Path(work) / f"seed-{seed}",
+                dataclasses.replace(cfg, seed=seed),
+                options,
+                train_data=train_data,
+                resume=args.resume,
+                report_to=report_to,
+                tracking_dir=Path(work) / "tracking",
+                run_name=f"seed-{seed}",
+            )
+            if m is None:
+                continue
+            per_seed[seed] = m
+            print(task.for_data(train_ex + dev_ex).summary_line(m) + f" (seed {seed})")
+        if not per_seed:
+            return 0
+        keys = [k for k, _, _ in task.for_metrics(per_seed[seeds[0]]).metric_rows(per_seed[seeds[0]])]
+        summary = {}
+        for key in keys:
+            vals = [float(per_seed[s][key]) for s in seeds]
+            summary[key] = {
+                "mean": statistics.fmean(vals),
+                "sd": statistics.stdev(vals) if len(vals) > 1 else 0.0,
+            }
+            print(f"{key}: {summary[key]['mean']:.4g} ± {summary[key]['sd']:.2g} over seeds {seeds}")
+        write_json(Path(work) / "seeds.json", {"seeds": seeds, "summary": summary, "per_seed": per_seed})
+    print(f"wrote {args.out} (one model per seed: {args.out}/seed-N)")
     return 0
 
 
@@ -381,13 +448,21 @@ def cmd_study(args) -> int:
     if args.print_schema:
         print(schema_doc(), end="")
         return 0
-    cfg = resolve_config(config=args.config, preset=args.preset, sets=args.set)
+    sets = list(args.set)
+    if args.report_to is not None:
+        sets.append(f"report_to={args.report_to}")
+    if args.seeds is not None:
+        sets.append(f"seeds={args.seeds}")
+    cfg = resolve_config(config=args.config, preset=args.preset, sets=sets)
     if args.print_config:
         print(yaml.safe_dump(cfg.data, sort_keys=False, allow_unicode=True), end="")
         return 0
     out = Path(args.out or Path("runs") / cfg.name)
     t0 = time.perf_counter()
-    run_study(cfg, out)
+    study = run_study(cfg, out)
+    from tunelab.study.summary import print_summary, summary_rows
+
+    print_summary(summary_rows(study), out / "report.html")
     print(f"study finished in {time.perf_counter() - t0:.0f} s: {out}/report.md, {out}/report.html")
     return 0
 

@@ -151,6 +151,20 @@ class Study:
     def params_file(self, name: str) -> Path:
         return self.run / "params" / f"{name}.json"
 
+    @property
+    def seeds(self) -> list[int]:
+        """The fine-tuning seeds: `seeds`, else the one `seed`."""
+        return list(self.c.get("seeds") or [self.c["seed"]])
+
+    def finetune_dir(self, name: str, seed: int | None = None) -> Path:
+        """The first seed's model is `<task>/finetune/` (what the report and parameter count read); each
+        further seed's `<task>/finetune-seed<N>/`."""
+        first = seed is None or seed == self.seeds[0]
+        return self.task_dir(name) / ("finetune" if first else f"finetune-seed{seed}")
+
+    def finetune_metrics_files(self, name: str) -> list[Path]:
+        return [self.finetune_dir(name, s) / "eval" / "metrics.json" for s in self.seeds]
+
     def _split(self, name: str, split: str, limit: int | None) -> tuple[list, str]:
         dataset = self.c["tasks"][name].get("dataset")
         examples, data = self.cfg.tasks[name].load_split(split, self.c["data_dir"], dataset=dataset)
@@ -176,13 +190,21 @@ class Study:
                     lambda name=name: (self.task_dir(name) / "zeroshot" / "metrics.json").is_file(),
                     lambda name=name: self.stage_zeroshot(name),
                 ),
-                Stage(
-                    f"{name}/finetune",
-                    name,
-                    f"fine-tune ({method}) and evaluate",
-                    lambda name=name: (self.task_dir(name) / "finetune/eval/metrics.json").is_file(),
-                    lambda name=name: self.stage_finetune(name),
-                ),
+            ]
+            for seed in self.seeds:
+                several = len(self.seeds) > 1
+                out.append(
+                    Stage(
+                        f"{name}/finetune" + (f"-seed{seed}" if seed != self.seeds[0] else ""),
+                        name,
+                        f"fine-tune ({method}) and evaluate" + (f", seed {seed}" if several else ""),
+                        lambda name=name, seed=seed: (
+                            self.finetune_dir(name, seed) / "eval/metrics.json"
+                        ).is_file(),
+                        lambda name=name, seed=seed: self.stage_finetune(name, seed),
+                    )
+                )
+            out += [
                 Stage(
                     f"{name}/params-finetuned",
                     name,
@@ -234,12 +256,16 @@ class Study:
             ZeroShotOptions(**z),
         )
 
-    def stage_finetune(self, name: str) -> None:
+    def stage_finetune(self, name: str, seed: int | None = None) -> None:
         task = self.cfg.tasks[name]
         f = self.c["tasks"][name]["finetune"]
         train_ex, train_data = self._split(name, "train", None)
         dev_ex, dev_data = self._split(name, "dev", f["limit"])
-        train_ex = runs.sample(train_ex, f["train_limit"], self.c["seed"])
+        several = len(self.seeds) > 1
+        cfg = train_config(self.c, name)
+        if several:  # each seed seeds its training and its training sample
+            cfg.seed = seed
+        train_ex = runs.sample(train_ex, f["train_limit"], seed if several else self.c["seed"])
         options = {
             k: v for k, v in f.items() if k in task.finetune_extras() and k not in ("limit", "train_limit")
         }
@@ -249,11 +275,15 @@ class Study:
             train_ex,
             dev_ex,
             dev_data,
-            self.task_dir(name) / "finetune",
-            train_config(self.c, name),
+            self.finetune_dir(name, seed),
+            cfg,
             options,
             train_data=train_data,
             resume=True,
+            report_to=self.c.get("report_to") or [],
+            tracking_dir=self.run / "tracking",
+            run_name=name + (f"-seed{seed}" if several else ""),
+            hparams=self.c,
         )
 
     def stage_params_finetuned(self, name: str) -> None:
@@ -263,9 +293,11 @@ class Study:
 
     def stage_report(self) -> None:
         from tunelab.report import build_report
+        from tunelab.study.summary import log_summary, summary_rows
 
         md, html = build_report(self.run)
         self.log(f"      wrote {md} and {html}")
+        log_summary(self.c.get("report_to") or [], self.run / "tracking", self.c, summary_rows(self))
 
     # driver
     def prepare(self) -> None:
@@ -381,9 +413,13 @@ def count_finetuned(folder: Path) -> dict:
     return out
 
 
-def run_study(cfg: StudyConfig, out: Path) -> list[str]:
-    """Every stage of the study into `out` (finished stages skipped)."""
+def run_study(cfg: StudyConfig, out: Path) -> Study:
+    """Every stage of the study into `out` (finished stages skipped); the Study (`ran`: the stages run)."""
     from tunelab.study.config import check_data
+    from tunelab.tracking import check_available
 
     check_data(cfg)
-    return Study(cfg, out).execute()
+    check_available(cfg.data.get("report_to") or [])  # before any work
+    study = Study(cfg, out)
+    study.ran = study.execute()
+    return study

@@ -224,6 +224,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_model_parsers, _add_run_parsers, _add_study_parsers, _add_use_parsers):
         add(sub)
+    for p in sub.choices.values():
+        p.add_argument(
+            "--verbose",
+            action="store_true",
+            help="also show the libraries' progress bars, log messages and warnings (transformers, "
+            "datasets, accelerate, ...); by default only tunelab's own bar per stage and its results",
+        )
     for name in LOADS_MODELS:
         sub.choices[name].add_argument(
             "--trust-remote-code",
@@ -551,6 +558,9 @@ def main(argv: list[str] | None = None) -> int:
     from tunelab.models.remote_code import trust_remote_code
 
     trust_remote_code(getattr(args, "trust_remote_code", False))  # set on every call: off unless asked
+    from tunelab.console import configure
+
+    configure(args.verbose, models=args.command in LOADS_MODELS)
     try:
         if launched_processes() > 1 and args.command not in MULTI_PROCESS:
             raise UsageError(

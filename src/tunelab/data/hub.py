@@ -50,6 +50,9 @@ def load_rows(dataset: str, config: str | None, split: str, what: str) -> list[d
             f"loading {what} from the Hub needs the `datasets` package: pip install 'tunelab[hub]' "
             "(or use local files with --data-dir / TUNELAB_DATA_DIR)"
         ) from None
+    from tunelab.console import datasets_bars
+
+    datasets_bars(datasets)
     name = dataset + (f", {config}" if config else "")
     try:
         path = Path(dataset).expanduser()

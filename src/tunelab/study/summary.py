@@ -72,14 +72,16 @@ def print_summary(rows: list[dict], report: Path) -> None:
     table = Table(title="zero-shot vs fine-tuned")
     for col in ("task", "metric", "zero-shot", "fine-tuned", "params before", "params after"):
         table.add_column(col, justify="left" if col in ("task", "metric") else "right")
-    for r in rows:
+    for i, r in enumerate(rows):
+        first = i == 0 or rows[i - 1]["task"] != r["task"]  # a task's name and parameters once
         table.add_row(
-            r["task"],
+            r["task"] if first else "",
             r["metric"],
             f"{r['zeroshot']:.2f}",
             _tuned(r),
-            _count(r["params_base"]),
-            _count(r["params_finetuned"]),
+            _count(r["params_base"]) if first else "",
+            _count(r["params_finetuned"]) if first else "",
+            end_section=i + 1 < len(rows) and rows[i + 1]["task"] != r["task"],
         )
     console = Console()
     console.print(table)

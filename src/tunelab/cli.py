@@ -1,5 +1,8 @@
 """The `tunelab` command: every subcommand's flags (the option flags generated from tunelab.options) and what
-it calls. A `--task` is a built-in task (sst2, squad, squad_v2) or a task file; user errors exit with 2."""
+it calls. A `--task` is a built-in task (sst2, squad, squad_v2) or a task file; user errors exit with 2.
+
+argparse (the standard library) rather than click/typer: the flags are generated from tunelab.options, which
+argparse takes as they are, and nothing here needs another dependency."""
 
 from __future__ import annotations
 

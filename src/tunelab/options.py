@@ -21,6 +21,8 @@ KINDS = ("classification", "extractive_qa")
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
+# Hand-written rather than pydantic / jsonschema: one description gives the CLI flags, the checks and the
+# documented schema, and every message names the file, the dotted key and the rule (a library's does not).
 @dataclass(frozen=True)
 class Option:
     """One option. `type` is int, float, str, bool, list (of strings), prompt (a template name, a file or a

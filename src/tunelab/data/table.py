@@ -1,7 +1,9 @@
 """Text-classification files: TSV, CSV or JSONL with a text column, an optional second text column (sentence
 pairs) and an optional label column (label names or their numbers 0..N-1), validated row by row.
 
-Every problem raises `DataError` naming the file, the 1-based line and what is wrong.
+Every problem raises `DataError` naming the file, the 1-based line and what is wrong. Read with the standard
+`csv` module rather than pandas or `datasets`: they do not say which line is bad, and GLUE's TSV needs no
+quoting at all. Rows of a dataset (tunelab.data.hub) go through the same checks (`read_records`).
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""The report's plots and the fine-tuning loss curve (matplotlib, headless Agg backend)."""
+"""The report's plots and the fine-tuning loss curve (matplotlib, headless Agg backend).
+
+Plain matplotlib, no seaborn: a handful of bar, line and strip plots does not need another dependency."""
 
 from __future__ import annotations
 

@@ -39,6 +39,8 @@ _DATASET_WHERE = re.compile(
 RELATIVE_TO = ("task_file", "data_dir")
 
 
+# Task files are checked by hand (not a JSON Schema): the kinds add keys and cross-field rules, and each error
+# names the file, the key and the problem in one line.
 class Definition:
     """A task definition being read: typed access to its keys; every error names the file, the key and the
     problem."""

@@ -368,9 +368,8 @@ class Task:
         hub = _DATASET_WHERE.fullmatch(data or "")
         if hub and not Path(data).exists():
             ref = DatasetRef(hub["id"], hub["config"])
-            official = ref == DatasetRef(self.hub.dataset or "", self.hub.config) and hub["split"] in set(
-                self.hub.splits.values()
-            )
+            own = ref.id == self.hub.dataset and ref.config in (None, self.hub.config)  # None: its default
+            official = own and hub["split"] in set(self.hub.splits.values())
             return {
                 "type": ref.id,
                 "config": ref.config,

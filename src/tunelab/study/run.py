@@ -305,6 +305,8 @@ class Study:
         cfg_file = self.run / "config.yaml"
         if cfg_file.is_file():
             before = yaml.safe_load(cfg_file.read_text(encoding="utf-8")) or {}
+            # a run folder from before the seeds / report_to options had them at their defaults
+            before = {"seeds": None, "report_to": [], **before} if isinstance(before, dict) else before
             diff = _diff(before, self.c)
             if diff:
                 raise UsageError(

@@ -90,3 +90,25 @@ def test_unknown_tracker_and_hparams(capsys, tiny_model_dir, tmp_path):
     )
     assert rc == 2 and "--report-to must be none, or a list of tensorboard" in capsys.readouterr().err
     assert flat_hparams({"a": {"b": 1, "c": [1, 2], "d": None}}) == {"a.b": 1, "a.c": "[1, 2]", "a.d": "null"}
+
+
+def test_tracking_leaves_accelerate_state_to_the_training_loop(tmp_path):
+    """A tracker set up before training must not fix accelerate's process-wide state (mixed precision): the
+    loop's Accelerator(mixed_precision="bf16") on a GPU would be refused."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    code = (
+        "from tunelab.tracking import Tracking\n"
+        f"t = Tracking(['tensorboard'], {str(tmp_path)!r}, 'run', {{'a': 1}})\n"
+        "from accelerate import Accelerator\n"
+        "Accelerator(mixed_precision='bf16', cpu=True)\n"
+        "t.log({'x': 1.0}, 0); t.finish()\n"
+    )
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": src}
+    )
+    assert r.returncode == 0, r.stderr
+    assert list((tmp_path / "run").glob("events.out.tfevents.*"))

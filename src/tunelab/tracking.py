@@ -1,6 +1,8 @@
-"""Experiment trackers (`--report-to`, a study's `report_to:`) through accelerate's tracker API:
-`Accelerator(log_with=...)`, `init_trackers` with the resolved config as hyperparameters, `log`,
-`end_training`. A tracker's package is imported only when it is asked for; a missing one is one message."""
+"""Experiment trackers (`--report-to`, a study's `report_to:`) through accelerate's tracker API: its tracker
+classes (`accelerate.tracking`), set up as `Accelerator.init_trackers` does (start, the resolved config as
+hyperparameters), then `log` and `finish`. Not through a second `Accelerator`: that would fix accelerate's
+process-wide state (mixed precision) before the training loop's own Accelerator sets it. A tracker's package
+is imported only when it is asked for; a missing one is one message."""
 
 from __future__ import annotations
 
@@ -52,18 +54,23 @@ class Tracking:
 
     def __init__(self, names: list[str], logging_dir: str | Path, run_name: str, config: dict):
         check_available(names)
-        from accelerate import Accelerator
+        from accelerate.tracking import LOGGER_TYPE_TO_CLASS
 
         self.names = list(names)
-        self.accelerator = Accelerator(log_with=self.names, project_dir=str(logging_dir))
-        self.accelerator.init_trackers(run_name, config=flat_hparams(config))
-        self.step = 0
+        self.trackers = []
+        for name in self.names:
+            cls = LOGGER_TYPE_TO_CLASS[name]
+            tracker = cls(run_name, str(logging_dir)) if cls.requires_logging_directory else cls(run_name)
+            tracker.start()
+            tracker.store_init_configuration(flat_hparams(config))
+            self.trackers.append(tracker)
 
     def log(self, values: dict[str, Any], step: int | None = None) -> None:
-        self.accelerator.log(
-            {k: v for k, v in values.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)},
-            step=step,
-        )
+        values = {
+            k: v for k, v in values.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)
+        }
+        for tracker in self.trackers:
+            tracker.log(values, step=step)
 
     def on_log(self, kind: str, entry: dict) -> None:
         """The training loop's hook: a train_log.jsonl line, or an evaluation during training."""
@@ -74,7 +81,8 @@ class Tracking:
             self.log({f"eval/{k}": v for k, v in entry.items() if k != "step"}, step)
 
     def finish(self) -> None:
-        self.accelerator.end_training()
+        for tracker in self.trackers:
+            tracker.finish()
 
 
 def tracking(names: list[str], logging_dir: str | Path, run_name: str, config: dict) -> Tracking | None:

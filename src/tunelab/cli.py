@@ -76,8 +76,15 @@ def _add_model_parsers(sub) -> None:
         description="Validate a data file and summarise it: by default an SST-2 (TSV/CSV/JSONL) "
         "or SQuAD (JSON) file; with --task, a file of that task.",
     )
-    c.add_argument("path")
+    c.add_argument("path", nargs="?", help="the data file (or give --dataset)")
     c.add_argument("--task", help="read the file as this task's: " + TASK_HELP)
+    c.add_argument(
+        "--dataset",
+        metavar="ID[:CONFIG]",
+        help="check a split of a dataset read through `datasets` instead (a Hub id or a local folder; "
+        "with --task, default: the built-in task whose Hub dataset it is)",
+    )
+    c.add_argument("--split", default="dev", help="with --dataset: the task's split (default: dev)")
     c.add_argument("--json", action="store_true")
 
 
@@ -293,10 +300,29 @@ def cmd_params(args) -> int:
 def cmd_data(args) -> int:
     from tunelab.tasks.builtin import task_for_file
 
-    task = _task(args) if args.task else task_for_file(args.path)
-    summary = task.check_file(args.path)
+    if (args.path is None) == (args.dataset is None):
+        raise UsageError("data check: give a data file or --dataset ID[:CONFIG] (one of them)")
+    if args.dataset is not None:
+        task = _task(args) if args.task else _task_of_dataset(args.dataset)
+        examples, where = task.load_split(args.split, dataset=args.dataset)
+        summary = {"task": task.name, "file": where, **task.summarize(examples)}
+    else:
+        task = _task(args) if args.task else task_for_file(args.path)
+        summary = task.check_file(args.path)
     print(json.dumps(summary, indent=2) if args.json else task.format_summary(summary))
     return 0
+
+
+def _task_of_dataset(spec: str):
+    from tunelab.data.hub import DatasetRef
+    from tunelab.tasks import builtin_names, get_task
+
+    ref = DatasetRef.parse(spec)
+    for name in builtin_names():
+        task = get_task(name)
+        if task.hub.dataset == ref.id:
+            return task
+    raise UsageError(f"--dataset {spec}: not the Hub dataset of a built-in task; give --task")
 
 
 def cmd_zeroshot(args) -> int:

@@ -124,6 +124,14 @@ def test_zeroshot_and_finetune_commands_with_dataset(tmp_path, tiny_model_dir, c
     assert main(["finetune", tiny_model_dir, *args, str(ft), *train]) == 0
     assert json.loads((ft / "eval" / "metrics.json").read_text())["n"] == 6
     assert (ft / "train_log.jsonl").is_file()
+    ev = tmp_path / "ev"
+    assert main(["evaluate", str(ft), "--dataset", disk, "--split", "train", "--out", str(ev)]) == 0
+    assert json.loads((ev / "metrics.json").read_text())["data"] == f"{disk} [train]"
+    capsys.readouterr()
+    assert main(["data", "check", "--dataset", disk, "--task", "sst2", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["rows"] == 6 and summary["labels"] == {"negative": 3, "positive": 3}
+    assert main(["data", "check", "--dataset", disk]) == 2  # a local folder names no built-in task
     # SQuAD in the Hub's layout
     sq = squad_disk(tmp_path / "squad")
     out = tmp_path / "zs-squad"

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,3 +83,24 @@ def test_verbose_brings_the_library_bars_back(tmp_path, tiny_model_dir):
     loud = _run([*args, "--out", "v", "--verbose"], tmp_path)
     assert quiet.returncode == loud.returncode == 0
     assert "Loading weights" not in quiet.stderr and "Loading weights" in loud.stderr
+
+
+@pytest.mark.slow
+def test_gguf_conversion_bar_is_quiet_unless_verbose(tmp_path):
+    """The embedded SmolLM2 GGUF, converted for real: transformers' "Converting and de-quantizing" bar only
+    with verbose."""
+    code = (
+        "import sys\nfrom tunelab.console import configure\nfrom tunelab.models.registry import resolve\n"
+        "configure(sys.argv[1] == 'verbose')\nprint(resolve('smollm2-135m'))\n"
+    )
+    out = {}
+    for mode in ("quiet", "verbose"):
+        env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1"}
+        env["TUNELAB_CACHE"] = str(tmp_path / mode)
+        r = subprocess.run(
+            [sys.executable, "-c", code, mode], capture_output=True, text=True, env=env, timeout=600
+        )
+        assert r.returncode == 0, r.stderr
+        out[mode] = r.stderr
+    assert "Converting and de-quantizing" not in out["quiet"] and "Loading weights" not in out["quiet"]
+    assert "Converting and de-quantizing" in out["verbose"]

@@ -398,12 +398,24 @@ def _finetune_seeds(args, task, cfg, seeds, train_ex, dev_ex, dev_data, train_da
     from pathlib import Path
 
     from tunelab import runs
-    from tunelab.outputs import atomic_output, write_json
+    from tunelab.outputs import atomic_output, read_json, write_json
 
     options = {k: v for k, v in extras.items() if k not in ("limit", "train_limit")}
     per_seed = {}
-    with atomic_output(args.out, overwrite=args.overwrite, keep_partial=True, resume=args.resume) as work:
+
+    def resumable(work: Path) -> bool:  # a finished seed, or a seed's checkpoint
+        return any(work.glob("seed-*/eval/metrics.json")) or any(
+            work.glob("seed-*.partial/checkpoints/step-*/COMPLETE")
+        )
+
+    with atomic_output(
+        args.out, overwrite=args.overwrite, keep_partial=resumable, resume=args.resume
+    ) as work:
         for seed in seeds:
+            done = Path(work) / f"seed-{seed}" / "eval" / "metrics.json"
+            if args.resume and done.is_file():  # finished before the interruption
+                per_seed[seed] = read_json(done)
+                continue
             m = runs.finetune(
                 task,
                 args.model,

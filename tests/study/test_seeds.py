@@ -108,3 +108,27 @@ def test_finetune_seeds(tmp_path, tiny_model_dir, capsys):
     assert summary["summary"]["accuracy"]["mean"] == statistics.fmean(accs)
     assert "over seeds [5, 6]" in capsys.readouterr().out
     assert main([*args[:-1], "5,5"]) == 2  # repeats refused
+
+
+def test_finetune_seeds_resume_keeps_finished_seeds(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    from tunelab import runs
+
+    data = _data(tmp_path)
+    out = tmp_path / "ft"
+    args = ["finetune", tiny_model_dir, "--task", "sst2", "--data-dir", str(data), "--out", str(out)]
+    args += ["--input-prompt", "plain", "--batch-size", "8", "--max-length", "32", "--seeds", "5,6"]
+    real = runs.finetune
+
+    def crash_on_6(*a, **k):
+        if str(a[5]).endswith("seed-6"):
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(runs, "finetune", crash_on_6)
+    assert main(args) == 130
+    assert not out.exists() and (tmp_path / "ft.partial" / "seed-5" / "eval" / "metrics.json").is_file()
+    trained = []
+    monkeypatch.setattr(runs, "finetune", lambda *a, **k: trained.append(str(a[5])) or real(*a, **k))
+    assert main([*args, "--resume"]) == 0
+    assert [p.rsplit("/", 1)[1] for p in trained] == ["seed-6"]
+    assert json.loads((out / "seeds.json").read_text())["seeds"] == [5, 6]

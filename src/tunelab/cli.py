@@ -1,5 +1,8 @@
 """The `tunelab` command: every subcommand's flags (the option flags generated from tunelab.options) and what
-it calls. A `--task` is a built-in task (sst2, squad, squad_v2) or a task file; user errors exit with 2."""
+it calls. A `--task` is a built-in task (sst2, squad, squad_v2) or a task file; user errors exit with 2.
+
+argparse (the standard library) rather than click/typer: the flags are generated from tunelab.options, which
+argparse takes as they are, and nothing here needs another dependency."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import sys
 from tunelab import __version__
 from tunelab.errors import UsageError
 from tunelab.options import (
+    ECO_RUN_OPTIONS,
     EVALUATE_OPTIONS,
     FINETUNE_EXTRAS,
     TRAIN_OPTIONS,
@@ -35,6 +39,13 @@ TASK_HELP = "a built-in task (sst2, squad, squad_v2) or a task file (YAML) of yo
 def _add_data_opts(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="data folder laid out like ../shared/data (default: $TUNELAB_DATA_DIR)")
     p.add_argument("--data-file", help="one data file instead of the task's split")
+    p.add_argument(
+        "--dataset",
+        metavar="ID[:CONFIG]",
+        help="read the split through `datasets` instead of files: a Hub id with an optional config "
+        "(nyu-mll/glue:sst2, rajpurkar/squad, rajpurkar/squad_v2) or a local dataset folder (save_to_disk, "
+        "or parquet/JSON/CSV files); dev is its `validation` split; pip install 'tunelab[hub]'",
+    )
     p.add_argument("--split", default="dev", help="split of the task's data (default: dev)")
     p.add_argument(
         "--version",
@@ -65,8 +76,15 @@ def _add_model_parsers(sub) -> None:
         description="Validate a data file and summarise it: by default an SST-2 (TSV/CSV/JSONL) "
         "or SQuAD (JSON) file; with --task, a file of that task.",
     )
-    c.add_argument("path")
+    c.add_argument("path", nargs="?", help="the data file (or give --dataset)")
     c.add_argument("--task", help="read the file as this task's: " + TASK_HELP)
+    c.add_argument(
+        "--dataset",
+        metavar="ID[:CONFIG]",
+        help="check a split of a dataset read through `datasets` instead (a Hub id or a local folder; "
+        "with --task, default: the built-in task whose Hub dataset it is)",
+    )
+    c.add_argument("--split", default="dev", help="with --dataset: the task's split (default: dev)")
     c.add_argument("--json", action="store_true")
 
 
@@ -94,6 +112,7 @@ def _add_run_parsers(sub) -> None:
     p.add_argument("--config", help="YAML file of training options (keys as below, with _ for -)")
     add_flags(p, FINETUNE_EXTRAS)
     add_flags(p, TRAIN_OPTIONS)
+    add_flags(p, ECO_RUN_OPTIONS, default_note="")
     p.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
 
     p = sub.add_parser(
@@ -135,6 +154,13 @@ def _add_study_parsers(sub) -> None:
     )
     p.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
     p.add_argument("--print-schema", action="store_true", help="print the configuration schema and exit")
+    p.add_argument(
+        "--report-to",
+        metavar="TRACKERS",
+        help="experiment trackers (tensorboard, wandb, mlflow, trackio or none; = --set report_to=...); "
+        "TensorBoard logs go to RUN/tracking/",
+    )
+    p.add_argument("--seeds", metavar="A,B,...", help="fine-tune once per seed (= --set seeds=[A,B,...])")
 
     p = sub.add_parser(
         "report",
@@ -208,6 +234,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_model_parsers, _add_run_parsers, _add_study_parsers, _add_use_parsers):
         add(sub)
+    for p in sub.choices.values():
+        p.add_argument(
+            "--verbose",
+            action="store_true",
+            help="also show the libraries' progress bars, log messages and warnings (transformers, "
+            "datasets, accelerate, ...); by default only tunelab's own bar per stage and its results",
+        )
     for name in LOADS_MODELS:
         sub.choices[name].add_argument(
             "--trust-remote-code",
@@ -269,10 +302,29 @@ def cmd_params(args) -> int:
 def cmd_data(args) -> int:
     from tunelab.tasks.builtin import task_for_file
 
-    task = _task(args) if args.task else task_for_file(args.path)
-    summary = task.check_file(args.path)
+    if (args.path is None) == (args.dataset is None):
+        raise UsageError("data check: give a data file or --dataset ID[:CONFIG] (one of them)")
+    if args.dataset is not None:
+        task = _task(args) if args.task else _task_of_dataset(args.dataset)
+        examples, where = task.load_split(args.split, dataset=args.dataset)
+        summary = {"task": task.name, "file": where, **task.summarize(examples)}
+    else:
+        task = _task(args) if args.task else task_for_file(args.path)
+        summary = task.check_file(args.path)
     print(json.dumps(summary, indent=2) if args.json else task.format_summary(summary))
     return 0
+
+
+def _task_of_dataset(spec: str):
+    from tunelab.data.hub import DatasetRef
+    from tunelab.tasks import builtin_names, get_task
+
+    ref = DatasetRef.parse(spec)
+    for name in builtin_names():
+        task = get_task(name)
+        if task.hub.dataset == ref.id:
+            return task
+    raise UsageError(f"--dataset {spec}: not the Hub dataset of a built-in task; give --task")
 
 
 def cmd_zeroshot(args) -> int:
@@ -281,7 +333,7 @@ def cmd_zeroshot(args) -> int:
 
     task = _task(args)
     options = ZeroShotOptions(**{**task.zeroshot_options(), **_options(args, ZEROSHOT_OPTIONS, task)})
-    examples, data = task.load_split(args.split, args.data_dir, args.data_file)
+    examples, data = task.load_split(args.split, args.data_dir, args.data_file, args.dataset)
     examples = examples[: options.limit] if options.limit else examples
     return _report(
         task.for_data(examples),
@@ -303,14 +355,22 @@ def _train_config(args, task):
 
 def cmd_finetune(args) -> int:
     from tunelab import runs
+    from tunelab.tracking import check_available
 
     task = _task(args)
     cfg = _train_config(args, task)
     extras = {**task.finetune_extras(), **_options(args, FINETUNE_EXTRAS, task)}
-    train_ex, train_data = task.load_split("train", args.data_dir, args.train_file)
-    dev_ex, dev_data = task.load_split(args.split, args.data_dir, args.data_file)
+    report_to = ECO_RUN_OPTIONS["report_to"].check(args.report_to or "none", None, "--report-to")
+    seeds = ECO_RUN_OPTIONS["seeds"].check(args.seeds, None, "--seeds")
+    check_available(report_to)  # before any work
+    train_ex, train_data = task.load_split("train", args.data_dir, args.train_file, args.dataset)
+    dev_ex, dev_data = task.load_split(args.split, args.data_dir, args.data_file, args.dataset)
     dev_ex = dev_ex[: extras["limit"]] if extras["limit"] else dev_ex
     options = {k: v for k, v in extras.items() if k not in ("limit", "train_limit")}
+    if seeds:
+        return _finetune_seeds(
+            args, task, cfg, seeds, train_ex, dev_ex, dev_data, train_data, extras, report_to
+        )
     m = runs.finetune(
         task,
         args.model,
@@ -323,11 +383,73 @@ def cmd_finetune(args) -> int:
         train_data=train_data,
         resume=args.resume,
         overwrite=args.overwrite,
+        report_to=report_to,
     )
     if m is None:  # not the main process of a multi-process run
         return 0
     print(task.for_data(train_ex + dev_ex).summary_line(m))
     print(f"wrote {args.out} (evaluation in {args.out}/eval)")
+    return 0
+
+
+def _finetune_seeds(args, task, cfg, seeds, train_ex, dev_ex, dev_data, train_data, extras, report_to) -> int:
+    """`--seeds`: one model per seed in OUT/seed-N/, and OUT/seeds.json with each seed's metrics and their
+    mean and standard deviation."""
+    import dataclasses
+    import statistics
+    from pathlib import Path
+
+    from tunelab import runs
+    from tunelab.outputs import atomic_output, read_json, write_json
+
+    options = {k: v for k, v in extras.items() if k not in ("limit", "train_limit")}
+    per_seed = {}
+
+    def resumable(work: Path) -> bool:  # a finished seed, or a seed's checkpoint
+        return any(work.glob("seed-*/eval/metrics.json")) or any(
+            work.glob("seed-*.partial/checkpoints/step-*/COMPLETE")
+        )
+
+    with atomic_output(
+        args.out, overwrite=args.overwrite, keep_partial=resumable, resume=args.resume
+    ) as work:
+        for seed in seeds:
+            done = Path(work) / f"seed-{seed}" / "eval" / "metrics.json"
+            if args.resume and done.is_file():  # finished before the interruption
+                per_seed[seed] = read_json(done)
+                continue
+            m = runs.finetune(
+                task,
+                args.model,
+                runs.sample(train_ex, extras["train_limit"], seed),
+                dev_ex,
+                dev_data,
+                Path(work) / f"seed-{seed}",
+                dataclasses.replace(cfg, seed=seed),
+                options,
+                train_data=train_data,
+                resume=args.resume,
+                report_to=report_to,
+                tracking_dir=Path(work) / "tracking",
+                run_name=f"seed-{seed}",
+            )
+            if m is None:
+                continue
+            per_seed[seed] = m
+            print(task.for_data(train_ex + dev_ex).summary_line(m) + f" (seed {seed})")
+        if not per_seed:
+            return 0
+        keys = [k for k, _, _ in task.for_metrics(per_seed[seeds[0]]).metric_rows(per_seed[seeds[0]])]
+        summary = {}
+        for key in keys:
+            vals = [float(per_seed[s][key]) for s in seeds]
+            summary[key] = {
+                "mean": statistics.fmean(vals),
+                "sd": statistics.stdev(vals) if len(vals) > 1 else 0.0,
+            }
+            print(f"{key}: {summary[key]['mean']:.4g} ± {summary[key]['sd']:.2g} over seeds {seeds}")
+        write_json(Path(work) / "seeds.json", {"seeds": seeds, "summary": summary, "per_seed": per_seed})
+    print(f"wrote {args.out} (one model per seed: {args.out}/seed-N)")
     return 0
 
 
@@ -342,7 +464,7 @@ def cmd_evaluate(args) -> int:
     task = _task(args) if args.task else None
     meta = runs.read_meta(args.model_dir)
     data_task = task or task_from_meta(meta, f"{args.model_dir}/{runs.META_FILE}")
-    examples, data = data_task.load_split(args.split, args.data_dir, args.data_file)
+    examples, data = data_task.load_split(args.split, args.data_dir, args.data_file, args.dataset)
     examples = examples[: options["limit"]] if options["limit"] else examples
     m = runs.evaluate(
         args.model_dir,
@@ -376,13 +498,21 @@ def cmd_study(args) -> int:
     if args.print_schema:
         print(schema_doc(), end="")
         return 0
-    cfg = resolve_config(config=args.config, preset=args.preset, sets=args.set)
+    sets = list(args.set)
+    if args.report_to is not None:
+        sets.append(f"report_to={args.report_to}")
+    if args.seeds is not None:
+        sets.append(f"seeds={args.seeds}")
+    cfg = resolve_config(config=args.config, preset=args.preset, sets=sets)
     if args.print_config:
         print(yaml.safe_dump(cfg.data, sort_keys=False, allow_unicode=True), end="")
         return 0
     out = Path(args.out or Path("runs") / cfg.name)
     t0 = time.perf_counter()
-    run_study(cfg, out)
+    study = run_study(cfg, out)
+    from tunelab.study.summary import print_summary, summary_rows
+
+    print_summary(summary_rows(study), out / "report.html")
     print(f"study finished in {time.perf_counter() - t0:.0f} s: {out}/report.md, {out}/report.html")
     return 0
 
@@ -472,6 +602,9 @@ def main(argv: list[str] | None = None) -> int:
     from tunelab.models.remote_code import trust_remote_code
 
     trust_remote_code(getattr(args, "trust_remote_code", False))  # set on every call: off unless asked
+    from tunelab.console import configure
+
+    configure(args.verbose, models=args.command in LOADS_MODELS)
     try:
         if launched_processes() > 1 and args.command not in MULTI_PROCESS:
             raise UsageError(

@@ -46,6 +46,8 @@ def classification_metrics(
     return out
 
 
+# The bootstraps are a few lines of numpy: scipy.stats.bootstrap gives intervals but no paired p-value, and a
+# fixed seed keeps the report's numbers reproducible. McNemar uses scipy's exact binomial test.
 def bootstrap_ci(values, *, n_boot: int = 1000, seed: int = 0, scale: float = 1.0) -> list[float]:
     """95% percentile-bootstrap interval of the mean of per-example values."""
     values = np.asarray(values, dtype=float)

@@ -21,6 +21,8 @@ KINDS = ("classification", "extractive_qa")
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
+# Hand-written rather than pydantic / jsonschema: one description gives the CLI flags, the checks and the
+# documented schema, and every message names the file, the dotted key and the rule (a library's does not).
 @dataclass(frozen=True)
 class Option:
     """One option. `type` is int, float, str, bool, list (of strings), prompt (a template name, a file or a
@@ -56,6 +58,7 @@ class Option:
                 "list": "a list of strings (or one comma-separated string)",
                 "prompt": "a template name, a prompt file or a mapping",
                 "version": "1.1 or 2.0",
+                **_ECO_RULES,
             }[self.type]
             bounds = self._bounds()
             if bounds:
@@ -167,7 +170,7 @@ _COERCE = {
     "list": _as_list,
     "prompt": _as_prompt,
     "version": _as_version,
-}
+}  # + the ecosystem block's types (below)
 
 
 def option(default: Any, help: str, **rules: Any) -> Any:
@@ -185,6 +188,7 @@ _TYPES = {
     "bool": "bool",
     "list[str]": "list",
     "str | dict": "prompt",
+    "list[int]": "seeds",
 }
 
 
@@ -385,12 +389,97 @@ class StudyTaskOptions:
     )
 
 
+# ------------------------------------------------------------------------------------------------------------
+# Ecosystem options (issue 15): Hub datasets, experiment trackers, several seeds. Kept in one block (their
+# types, groups and registration) so that other option additions merge cleanly.
+
+TRACKERS = ("tensorboard", "wandb", "mlflow", "trackio")  # accelerate's names; `none` logs to none
+_ECO_RULES = {
+    "seeds": "a list of integers in [0, 2^32) (or one comma-separated string)",
+    "trackers": f"none, or a list of {', '.join(TRACKERS)} (or one comma-separated string)",
+}
+
+
+def _as_seeds(opt: Option, value: Any, bad) -> list[int]:
+    if isinstance(value, str):
+        parts = [v.strip() for v in value.split(",")]
+        value = [int(v) if v.isdigit() else v for v in parts]
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value]
+    ok = isinstance(value, (list, tuple)) and value
+    ok = ok and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**32 for v in value)
+    if not ok or len(set(value)) != len(value):
+        raise bad(_ECO_RULES["seeds"] + ", without repeats")
+    return list(value)
+
+
+def _as_trackers(opt: Option, value: Any, bad) -> list[str]:
+    names = [v.strip() for v in value.split(",")] if isinstance(value, str) else value
+    if not isinstance(names, (list, tuple)) or not names or not all(isinstance(v, str) for v in names):
+        raise bad()
+    names = [v.strip().lower() for v in names]
+    if names == ["none"]:
+        return []
+    if any(v not in TRACKERS for v in names):
+        raise bad()
+    return list(dict.fromkeys(names))
+
+
+_COERCE.update(seeds=_as_seeds, trackers=_as_trackers)
+
+
+@dataclass
+class EcoStudyOptions:
+    """The study's top-level ecosystem options."""
+
+    seeds: list[int] | None = option(
+        None,
+        "fine-tune one model per seed (seeding the head, LoRA, dropout, data order and the training sample); "
+        "the report gives mean +- sd and each seed; null: the one `seed`",
+        type="seeds",
+    )
+    report_to: list[str] = option(
+        [],
+        "experiment trackers (accelerate's): training loss, learning rate, tokens/s, evaluation metrics, "
+        "the resolved config and the final zero-shot vs fine-tuned table",
+        type="trackers",
+        default_note="none",
+    )
+
+
+@dataclass
+class EcoStudyTaskOptions:
+    """A study task entry's ecosystem options."""
+
+    dataset: str | None = option(
+        None,
+        "read the task's data through `datasets` instead of files: a Hub id with an optional config "
+        "(nyu-mll/glue:sst2, rajpurkar/squad) or a local dataset folder",
+    )
+
+
+@dataclass
+class EcoRunOptions:
+    """`tunelab zeroshot/finetune/evaluate` ecosystem flags (`--seeds`: finetune only)."""
+
+    report_to: list[str] = option(
+        [], "experiment trackers: " + ", ".join(TRACKERS) + " or none", type="trackers", default_note="none"
+    )
+    seeds: list[int] | None = option(
+        None, "fine-tune one model per seed into OUT/seed-N/ (with a mean +- sd summary)", type="seeds"
+    )
+
+
+ECO_RUN_OPTIONS = options_of(EcoRunOptions)
+
+# ------------------------------------------------------------------------------------------------------------
+
 TRAIN_OPTIONS = options_of(TrainConfig)
 ZEROSHOT_OPTIONS = options_of(ZeroShotOptions)
 FINETUNE_EXTRAS = options_of(FinetuneExtras)
 EVALUATE_OPTIONS = options_of(EvaluateOptions)
-STUDY_OPTIONS = options_of(StudyOptions)
-STUDY_TASK_OPTIONS = options_of(StudyTaskOptions)
+STUDY_OPTIONS = {**options_of(StudyOptions), **options_of(EcoStudyOptions)}
+STUDY_TASK_OPTIONS = {**options_of(StudyTaskOptions), **options_of(EcoStudyTaskOptions)}
 
 
 def for_kind(opts: dict[str, Option], kind: str) -> dict[str, Option]:

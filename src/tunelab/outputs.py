@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -41,12 +41,17 @@ def _remove(path: Path) -> None:
 
 @contextmanager
 def atomic_output(
-    out: str | Path, *, overwrite: bool = False, keep_partial: bool = False, resume: bool = False
+    out: str | Path,
+    *,
+    overwrite: bool = False,
+    keep_partial: bool | Callable[[Path], bool] = False,
+    resume: bool = False,
 ) -> Iterator[Path]:
     """Yield a work folder; on success it becomes `out`. On failure it is removed, unless keep_partial and it
     holds a complete training checkpoint (so `--resume` can continue from it; a failure before the first
     checkpoint leaves nothing behind). Without `resume`, a partial folder left by an earlier run is cleared
-    first. An existing `out` is refused unless overwrite, and then replaced only once the new one is done."""
+    first. An existing `out` is refused unless overwrite, and then replaced only once the new one is done.
+    `keep_partial` may instead be a test of the work folder (a folder of several runs keeps finished ones)."""
     out = Path(out)
     if out.exists() and not overwrite:
         raise UsageError(f"{out} already exists: choose another --out or pass --overwrite")
@@ -65,7 +70,10 @@ def atomic_output(
     try:
         yield work
     except BaseException:
-        if main and not (keep_partial and has_resumable_checkpoint(work)):
+        keep = (
+            keep_partial(work) if callable(keep_partial) else keep_partial and has_resumable_checkpoint(work)
+        )
+        if main and not keep:
             shutil.rmtree(work, ignore_errors=True)
         raise
     if not main:

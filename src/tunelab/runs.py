@@ -98,12 +98,16 @@ def finetune(
     train_data: str = "training data",
     resume: bool = False,
     overwrite: bool = False,
+    report_to: list[str] | None = None,
+    tracking_dir: str | Path | None = None,
+    run_name: str = "finetune",
+    hparams: dict | None = None,
 ) -> dict | None:
     """Fine-tune the task's head (full, LoRA or head-only) on the training examples, save a Hugging Face
     folder, evaluate it on the dev examples. `options`: the task kind's fine-tuning keys (classification:
-    input_prompt). Returns the dev metrics (None on processes that do not write)."""
-    from tunelab.models.registry import resolve
-
+    input_prompt). `report_to`: experiment trackers (tunelab.tracking), logging under `tracking_dir` (default
+    OUT/tracking) as `run_name`, with `hparams` (default: the training config). Returns the dev metrics (None
+    on processes that do not write)."""
     cfg.validate()
     task = task.for_data(train_examples + dev_examples)
     train_examples = task.training_examples(train_examples, train_data)
@@ -112,65 +116,90 @@ def finetune(
     ft = task.prepare_fine_tuning(tokenizer, cfg, train_examples, dev_examples, options or {})
     set_seed(cfg.seed)  # the new head (and LoRA matrices) are initialised from this seed
     with atomic_output(out, overwrite=overwrite, keep_partial=True, resume=resume) as work:
-        trained = prepare_model(model_spec, task, cfg, tokenizer, ft.head_init)
-        trained.to(device())
-
-        def evaluate(model):
-            predictions = task.predict(model, tokenizer, dev_examples, ft.meta, progress=False)
-            return task.quick_scores(predictions, dev_examples)
-
-        result = train(
-            trained,
-            ft.features,
-            cfg,
-            pad_id=tokenizer.pad_token_id,
-            work_dir=work,
-            evaluate=evaluate if cfg.eval_every else None,
-            loss_fn=ft.loss_fn,
-            resume=resume,
+        tracker = _tracking(
+            report_to, Path(tracking_dir or work / "tracking"), run_name, hparams or cfg.to_dict()
         )
-        trained = whole_model(
-            result, rebuild=lambda: prepare_model(model_spec, task, cfg, tokenizer, ft.head_init)
-        )
-        if trained is None:
-            return None  # under `accelerate launch`, the main process saves and evaluates
-        meta = {
-            "task": task.name,
-            "base_model": model_spec,
-            "base_model_path": resolve(model_spec),
-            **ft.meta,
-        }
-        if task.source is not None:  # a task of one's own travels with the model
-            meta["task_definition"] = task.to_dict()
-        saved = save_finetuned(trained, tokenizer, work, cfg, meta)
-        save_config(cfg, work / "training_config.json")
-        t0 = time.perf_counter()
-        predictions = task.predict(trained, tokenizer, dev_examples, ft.meta)
-        extra = {
-            "method": cfg.method,
-            "train_seconds": result.train_seconds,
-            "train_steps": result.steps,
-            **ft.stats,
-            "train_tokens": result.tokens,
-            "eval_seconds": time.perf_counter() - t0,
-            "saved": saved,
-            "micro_batch_pieces": result.chunks,
-            "evals_during_training": result.evals,
-            "device": str(device()),
-        }
-        metrics = task.write_results(
-            work / "eval",
-            model=str(out),
-            mode="finetuned",
-            data=dev_data,
-            examples=dev_examples,
-            predictions=predictions,
-            extra=extra,
-        )
-        from tunelab.report.plots import loss_curve
+        try:
+            return _finetune_in(
+                task, model_spec, dev_examples, dev_data, out, cfg, tokenizer, ft, work, resume, tracker
+            )
+        finally:
+            if tracker is not None:
+                tracker.finish()
 
-        loss_curve(result.log, work / "loss.png", title=f"{task.title} {cfg.method} fine-tuning")
-        shutil.rmtree(work / "checkpoints", ignore_errors=True)
+
+def _tracking(names, logging_dir: Path, run_name: str, config: dict):
+    from tunelab.tracking import tracking
+
+    return tracking(list(names or []), logging_dir, run_name, config) if main_process() else None
+
+
+def _finetune_in(task, model_spec, dev_examples, dev_data, out, cfg, tokenizer, ft, work, resume, tracker):
+    """The fine-tuning run inside its output folder `work`: train, save, evaluate."""
+    from tunelab.models.registry import resolve
+
+    trained = prepare_model(model_spec, task, cfg, tokenizer, ft.head_init)
+    trained.to(device())
+
+    def evaluate(model):
+        predictions = task.predict(model, tokenizer, dev_examples, ft.meta, progress=False)
+        return task.quick_scores(predictions, dev_examples)
+
+    result = train(
+        trained,
+        ft.features,
+        cfg,
+        pad_id=tokenizer.pad_token_id,
+        work_dir=work,
+        evaluate=evaluate if cfg.eval_every else None,
+        loss_fn=ft.loss_fn,
+        resume=resume,
+        on_log=tracker.on_log if tracker else None,
+    )
+    trained = whole_model(
+        result, rebuild=lambda: prepare_model(model_spec, task, cfg, tokenizer, ft.head_init)
+    )
+    if trained is None:
+        return None  # under `accelerate launch`, the main process saves and evaluates
+    meta = {
+        "task": task.name,
+        "base_model": model_spec,
+        "base_model_path": resolve(model_spec),
+        **ft.meta,
+    }
+    if task.source is not None:  # a task of one's own travels with the model
+        meta["task_definition"] = task.to_dict()
+    saved = save_finetuned(trained, tokenizer, work, cfg, meta)
+    save_config(cfg, work / "training_config.json")
+    t0 = time.perf_counter()
+    predictions = task.predict(trained, tokenizer, dev_examples, ft.meta)
+    extra = {
+        "method": cfg.method,
+        "train_seconds": result.train_seconds,
+        "train_steps": result.steps,
+        **ft.stats,
+        "train_tokens": result.tokens,
+        "eval_seconds": time.perf_counter() - t0,
+        "saved": saved,
+        "micro_batch_pieces": result.chunks,
+        "evals_during_training": result.evals,
+        "device": str(device()),
+    }
+    metrics = task.write_results(
+        work / "eval",
+        model=str(out),
+        mode="finetuned",
+        data=dev_data,
+        examples=dev_examples,
+        predictions=predictions,
+        extra=extra,
+    )
+    if tracker is not None:
+        tracker.log({f"dev/{k}": v for k, v in metrics.items()}, result.steps)
+    from tunelab.report.plots import loss_curve
+
+    loss_curve(result.log, work / "loss.png", title=f"{task.title} {cfg.method} fine-tuning")
+    shutil.rmtree(work / "checkpoints", ignore_errors=True)
     return metrics
 
 

@@ -4,7 +4,6 @@ import copy
 import json
 import os
 import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -329,7 +328,7 @@ def test_missing_file(tmp_path):
         read_squad(tmp_path / "missing.json")
 
 
-# --- the Hugging Face Hub, with a stand-in `datasets` module (no network in tests) ---
+# --- Hub datasets: the split and id mapping, and rows in the Hub's layout read by the real `datasets` ---
 
 HUB_ROWS = [
     {
@@ -349,38 +348,37 @@ HUB_ROWS = [
 ]
 
 
-def test_hub_converts_rows(monkeypatch):
-    calls = []
+def test_hub_ids_and_splits():
+    from tunelab.data.hub import DatasetRef
 
-    def load_dataset(*args, **kwargs):
-        calls.append((args, kwargs))
-        return HUB_ROWS
+    v2, v1 = get_task("squad").for_version("2.0"), get_task("squad")
+    assert (v2.hub.dataset, v2.hub.config) == ("rajpurkar/squad_v2", "squad_v2")
+    assert v2.dataset_split("dev", DatasetRef("rajpurkar/squad_v2")) == "validation"
+    assert (v1.hub.dataset, v1.dataset_split("train", DatasetRef("rajpurkar/squad"))) == (
+        "rajpurkar/squad",
+        "train",
+    )
 
-    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
-    examples = load_squad_hub("2.0", "dev")
-    assert calls == [(("rajpurkar/squad_v2", "squad_v2"), {"split": "validation"})]
+
+def test_hub_rows_convert(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    datasets.DatasetDict({"validation": datasets.Dataset.from_list(HUB_ROWS)}).save_to_disk(
+        str(tmp_path / "d")
+    )
+    examples, _ = get_task("squad").load_split("dev", dataset=str(tmp_path / "d"))
     assert examples == [
         SquadExample("a", "T", "abc def", "q?", [{"text": "def", "answer_start": 4}], False),
         SquadExample("b", "T", "abc def", "r?", [], True),
     ]
-    load_squad_hub("1.1", "train")
-    assert calls[-1] == (("rajpurkar/squad", "plain_text"), {"split": "train"})
+    bad = [{**HUB_ROWS[0], "answers": {"text": ["xyz"], "answer_start": [4]}}]
+    datasets.DatasetDict({"validation": datasets.Dataset.from_list(bad)}).save_to_disk(str(tmp_path / "b"))
+    with pytest.raises(DataError, match=r"\[validation\], record 'a': answers\[0\]: answer_start 4"):
+        get_task("squad").load_split("dev", dataset=str(tmp_path / "b"))
 
 
 def test_hub_without_datasets_package(monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)
     with pytest.raises(UsageError, match="needs the `datasets` package"):
-        load_squad_hub("1.1", "dev")
-
-
-def test_hub_offline_is_a_usage_error(monkeypatch):
-    def load_dataset(*args, **kwargs):
-        raise OSError("couldn't reach the Hub")
-
-    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
-    with pytest.raises(
-        UsageError, match=r"could not load SQuAD v1.1 split 'validation'.*rajpurkar/squad\b.*reach"
-    ):
         load_squad_hub("1.1", "dev")
 
 

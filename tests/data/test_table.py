@@ -4,7 +4,6 @@ kind of broken file, and the Hub."""
 import json
 import os
 import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -140,7 +139,7 @@ def test_directory_is_not_a_file(tmp_path):
         read_sst2(tmp_path / "d.tsv")
 
 
-# --- the Hugging Face Hub, with a stand-in `datasets` module (no network in tests) ---
+# --- the Hugging Face Hub (real `datasets` reads: tests/data/test_hub_datasets.py) ---
 
 
 def test_hub_without_datasets_package(monkeypatch):
@@ -149,25 +148,12 @@ def test_hub_without_datasets_package(monkeypatch):
         SST2.from_hub("validation")
 
 
-def test_hub_converts_rows_and_maps_dev(monkeypatch):
-    calls = []
+def test_hub_maps_dev_to_validation():
+    from tunelab.data.hub import DatasetRef
 
-    def load_dataset(*args, **kwargs):
-        calls.append((args, kwargs))
-        return [{"sentence": "good ", "label": 1, "idx": 0}, {"sentence": "hidden", "label": -1, "idx": 1}]
-
-    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
-    assert SST2.from_hub("dev") == [SST2Example("good", 1, 1), SST2Example("hidden", None, 2)]
-    assert calls == [(("nyu-mll/glue", "sst2"), {"split": "validation"})]
-
-
-def test_hub_offline_is_a_usage_error(monkeypatch):
-    def load_dataset(*args, **kwargs):
-        raise ConnectionError("no network")
-
-    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
-    with pytest.raises(UsageError, match=r"could not load SST-2 split 'train'.*no network.*Offline"):
-        SST2.from_hub("train")
+    assert (SST2.hub.dataset, SST2.hub.config) == ("nyu-mll/glue", "sst2")
+    assert SST2.dataset_split("dev", DatasetRef("nyu-mll/glue", "sst2")) == "validation"
+    # rows read by the real `datasets`: tests/data/test_hub_datasets.py
 
 
 def test_hub_unknown_split():

@@ -416,3 +416,16 @@ def test_count_finetuned_loads_the_saved_model(tiny_model_dir, tmp_path, method)
         assert sum(counted["safetensors_numel"].values()) == expected.adapter + 32 * 2
     else:
         assert sum(counted["safetensors_numel"].values()) == expected.total
+
+
+def test_run_folder_from_before_seeds_and_trackers_continues(tiny_model_dir, data_dir, tmp_path):
+    cfg = _config(tmp_path, tiny_model_dir, data_dir)
+    run = tmp_path / "run"
+    run.mkdir()
+    old = study_config.resolve_config(config=cfg).data
+    (run / "config.yaml").write_text(
+        yaml.safe_dump({k: v for k, v in old.items() if k not in ("seeds", "report_to")})
+    )
+    study_run.Study(study_config.resolve_config(config=cfg), run).prepare()  # the defaults match: accepted
+    with pytest.raises(UsageError, match="another configuration.*seeds"):
+        study_run.Study(study_config.resolve_config(config=cfg, sets=["seeds=[1,2]"]), run).prepare()

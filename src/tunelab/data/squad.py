@@ -46,6 +46,48 @@ def read_squad(path) -> list[SquadExample]:
     return examples
 
 
+def read_squad_rows(where: str, rows: list[dict]) -> list[SquadExample]:
+    """Questions from the rows of a dataset in the Hub's SQuAD layout (id, title, context, question,
+    answers {text: [...], answer_start: [...]}; no answers: unanswerable), checked as a file's questions are;
+    errors name `where` and the row."""
+    examples, seen = [], {}
+    for n, row in enumerate(rows, start=1):
+        at = f"row {n}"
+        context, answers = row.get("context"), row.get("answers")
+        if not isinstance(context, str) or not context.strip():
+            raise DataError(
+                where, f"{at}: context is {'missing' if context is None else 'empty or not a string'}"
+            )
+        if not isinstance(answers, dict) or not all(
+            isinstance(answers.get(k), list) for k in ("text", "answer_start")
+        ):
+            raise DataError(
+                where, f"{at}: 'answers' must be {{text: [...], answer_start: [...]}}, got {answers!r}"
+            )
+        if len(answers["text"]) != len(answers["answer_start"]):
+            raise DataError(where, f"{at}: answers.text and answers.answer_start differ in length")
+        qa = {
+            "id": row.get("id"),
+            "question": row.get("question"),
+            "answers": [
+                {"text": t, "answer_start": s}
+                for t, s in zip(answers["text"], answers["answer_start"], strict=True)
+            ],
+            "is_impossible": not answers["text"],
+        }
+        title = row.get("title") or ""
+        ex = _question(Path(where), qa, at, title if isinstance(title, str) else str(title), context)
+        if ex.id in seen:
+            raise DataError(
+                where, f"duplicate question id (first seen at {seen[ex.id]}, again at {at})", record=ex.id
+            )
+        seen[ex.id] = at
+        examples.append(ex)
+    if not examples:
+        raise DataError(where, "no questions in the dataset split")
+    return examples
+
+
 def _document(path: Path, text: str) -> dict:
     """The parsed file: an object with a `data` list."""
     try:

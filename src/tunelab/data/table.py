@@ -1,7 +1,9 @@
 """Text-classification files: TSV, CSV or JSONL with a text column, an optional second text column (sentence
 pairs) and an optional label column (label names or their numbers 0..N-1), validated row by row.
 
-Every problem raises `DataError` naming the file, the 1-based line and what is wrong.
+Every problem raises `DataError` naming the file, the 1-based line and what is wrong. Read with the standard
+`csv` module rather than pandas or `datasets`: they do not say which line is bad, and GLUE's TSV needs no
+quoting at all. Rows of a dataset (tunelab.data.hub) go through the same checks (`read_records`).
 """
 
 from __future__ import annotations
@@ -82,22 +84,36 @@ def summarize(examples: list[TextExample], labels: LabelSet) -> dict:
     return {"rows": len(examples), "labelled": sum(counts.values()), "labels": counts}
 
 
+def read_records(
+    where: str, records: list[dict], columns: Columns, labels: LabelSet, *, unlabelled: int | None = None
+) -> list[TextExample]:
+    """Classification examples from the rows of a dataset (tunelab.data.hub), checked as JSONL lines are;
+    errors name `where` and the 1-based row. A label equal to `unlabelled` (the Hub's -1) means none."""
+    reader = _Rows(where, columns, labels, unit="row")
+    if unlabelled is not None:
+        records = [{**r, columns.label: None} if r.get(columns.label) == unlabelled else r for r in records]
+    return reader.records(enumerate(records, start=1))
+
+
 class _Rows:
-    def __init__(self, path: Path, columns: Columns, labels: LabelSet):
-        self.path, self.columns, self.labels = path, columns, labels
+    def __init__(self, path: Path | str, columns: Columns, labels: LabelSet, unit: str = "line"):
+        self.path, self.columns, self.labels, self.unit = path, columns, labels, unit
+
+    def _error(self, problem: str, line: int) -> DataError:
+        if self.unit == "line":
+            return DataError(self.path, problem, line=line)
+        return DataError(f"{self.path}, {self.unit} {line}", problem)
 
     def _text(self, value: str, line: int, column: str) -> str:
         text = value.strip()  # GLUE sentences end with a space
         if not text:
-            raise DataError(self.path, f"{column} is empty", line=line)
+            raise self._error(f"{column} is empty", line)
         return text
 
     def _label(self, value: str, line: int) -> int:
         label = self.labels.parse(value)
         if label is None:
-            raise DataError(
-                self.path, f"label must be {self.labels.rule()}, got {value.strip()!r}", line=line
-            )
+            raise self._error(f"label must be {self.labels.rule()}, got {value.strip()!r}", line)
         return label
 
     # TSV / CSV
@@ -161,9 +177,13 @@ class _Rows:
     # JSONL
 
     def jsonl(self, text: str) -> list[TextExample]:
+        return self.records(iter_jsonl_objects(self.path, text))
+
+    def records(self, numbered) -> list[TextExample]:
+        """Examples from (line or row number, object) pairs."""
         c = self.columns
         examples = []
-        for number, record in iter_jsonl_objects(self.path, text):
+        for number, record in numbered:
             first = self._field(record, c.text, number, fallback="text")
             pair = self._field(record, c.text_pair, number) if c.text_pair else None
             label = record.get(c.label)
@@ -171,23 +191,21 @@ class _Rows:
                 TextExample(first, None if label is None else self._json_label(label, number), number, pair)
             )
         if not examples:
-            raise DataError(self.path, "file is empty")
+            raise DataError(self.path, "no rows" if self.unit == "row" else "file is empty")
         return examples
 
     def _field(self, record: dict, column: str, line: int, fallback: str | None = None) -> str:
         key = column if column in record or not fallback else fallback
         if key not in record:
             alt = f" (or {fallback!r})" if fallback and fallback != column else ""
-            raise DataError(self.path, f"object has no {column!r}{alt} field", line=line)
+            raise self._error(f"object has no {column!r}{alt} field", line)
         if not isinstance(record[key], str):
-            raise DataError(
-                self.path, f"{key!r} must be a string, got {type(record[key]).__name__}", line=line
-            )
+            raise self._error(f"{key!r} must be a string, got {type(record[key]).__name__}", line)
         return self._text(record[key], line, column)
 
     def _json_label(self, label, line: int) -> int:
         # a name, or a number (as a number or a string); bool is an int in Python but not a label here
         if isinstance(label, bool) or not isinstance(label, (int, str)):
             shown = json.dumps(label) if isinstance(label, (bool, float)) else type(label).__name__
-            raise DataError(self.path, f"label must be {self.labels.rule()}, got {shown}", line=line)
+            raise self._error(f"label must be {self.labels.rule()}, got {shown}", line)
         return self._label(str(label), line)

@@ -142,10 +142,15 @@ def convert_gguf(alias: Alias, gguf: Path) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{alias.name}-", dir=target.parent))
     try:
         try:
-            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-            model = AutoModelForCausalLM.from_pretrained(
-                gguf.parent, gguf_file=gguf.name, dtype=torch.float32
-            )
+            import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+            from tunelab.console import quiet_module_tqdm
+
+            with quiet_module_tqdm(gguf_utils):  # its "Converting and de-quantizing" bar
+                tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+                model = AutoModelForCausalLM.from_pretrained(
+                    gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+                )
         except ImportError as exc:  # transformers reads GGUF files with the `gguf` package
             raise ModelError(f"{alias.name}: cannot convert {gguf}: {exc}") from None
         # The GGUF's tokenizer metadata names <|im_start|> as EOS; the model config (and the Hub's tokenizer)

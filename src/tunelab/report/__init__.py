@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tunelab.errors import UsageError
 from tunelab.outputs import read_json, write_text
-from tunelab.report import classification, extractive_qa
+from tunelab.report import classification, extractive_qa, seeds
 from tunelab.report.document import UL, Builder, H, Img, P, Table, render_html, render_md
 from tunelab.report.run_folder import discover, load_task_run
 from tunelab.report.sections import param_analysis, param_section
@@ -122,6 +122,7 @@ def build_report(run_dir: str | Path) -> tuple[Path, Path]:
         param_section(body, t)
         KINDS[t.kind].section(body, t)
         analysis += KINDS[t.kind].analysis(t)
+        analysis += seeds.section(body, t, KINDS[t.kind].tests)  # several fine-tuning seeds
     b = Builder(run)
     b.add(_intro(run, model, env))
     _summary(b, body.summary_rows, analysis, [s for t in tasks for s in param_analysis(t)])

@@ -1,5 +1,8 @@
 """The report as a list of blocks (headings, paragraphs, tables, images, lists), rendered to Markdown and to a
-self-contained HTML page (images embedded as base64), so that both say the same thing."""
+self-contained HTML page (images embedded as base64), so that both say the same thing.
+
+Rendered by hand rather than with a template engine or a Markdown library: the block types are five, both
+outputs come from the same blocks, and no dependency is needed to escape data text for each."""
 
 from __future__ import annotations
 

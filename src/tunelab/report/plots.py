@@ -1,4 +1,6 @@
-"""The report's plots and the fine-tuning loss curve (matplotlib, headless Agg backend)."""
+"""The report's plots and the fine-tuning loss curve (matplotlib, headless Agg backend).
+
+Plain matplotlib, no seaborn: a handful of bar, line and strip plots does not need another dependency."""
 
 from __future__ import annotations
 
@@ -109,6 +111,45 @@ def group_bars(
     ax.set_ylim(0, 105)
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def seed_spread(
+    metrics: list[str], zs: list[float], per_seed: list[list[float]], path: Path, title: str, ylabel: str
+) -> Path:
+    """Each seed's fine-tuned score as a dot, their mean +- sd as a bar, and the zero-shot score as a line."""
+    import statistics
+
+    fig, ax = plt.subplots(figsize=(1.8 + 1.5 * len(metrics), 3.6))
+    for i, (z, vals) in enumerate(zip(zs, per_seed, strict=True)):
+        ax.hlines(z, i - 0.3, i + 0.3, color=ZS_COLOR, lw=2, label="zero-shot" if i == 0 else None)
+        ax.scatter(
+            [i] * len(vals),
+            vals,
+            color=FT_COLOR,
+            s=18,
+            zorder=3,
+            label="fine-tuned seeds" if i == 0 else None,
+        )
+        sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        ax.errorbar(
+            i + 0.12,
+            statistics.fmean(vals),
+            yerr=sd,
+            fmt="D",
+            color="black",
+            capsize=4,
+            ms=4,
+            label="mean ± sd" if i == 0 else None,
+        )
+    ax.set_xticks(range(len(metrics)), metrics)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="best")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

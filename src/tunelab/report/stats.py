@@ -1,5 +1,5 @@
 """Numbers as the report writes them, and the paired comparison of the zero-shot and the fine-tuned model on
-the examples both were evaluated on."""
+the examples both were evaluated on (the tests themselves: tunelab.metrics)."""
 
 from __future__ import annotations
 

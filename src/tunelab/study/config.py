@@ -239,7 +239,7 @@ def resolve_config(
     if not enabled:
         raise UsageError(f"{where('tasks')}: no task is enabled (set tasks.<task>.enabled: true)")
     if resolve_paths:
-        _resolve_paths(merged, [tasks[t] for t in enabled], where)
+        _resolve_paths(merged, {t: tasks[t] for t in enabled}, where)
     name = Path(config).stem if config and not preset else (preset or "smoke")
     return StudyConfig(merged, [layer.source for layer in layers], name, tasks)
 
@@ -263,10 +263,11 @@ def _resolve_task(merged: dict, name: str, task: Task, where) -> None:
         raise UsageError(f"{where(f'tasks.{name}')}: {key}: {exc}") from exc
 
 
-def _resolve_paths(merged: dict, enabled: list[Task], where) -> None:
+def _resolve_paths(merged: dict, enabled: dict[str, Task], where) -> None:
     from tunelab.data.folder import resolve_data_dir
 
-    if any(t.needs_data_dir() for t in enabled) or merged["data_dir"] is not None:
+    on_files = [t for name, t in enabled.items() if not merged["tasks"][name].get("dataset")]
+    if any(t.needs_data_dir() for t in on_files) or merged["data_dir"] is not None:
         try:
             merged["data_dir"] = str(resolve_data_dir(merged["data_dir"]).resolve())
         except UsageError as exc:
@@ -282,6 +283,8 @@ def _resolve_paths(merged: dict, enabled: list[Task], where) -> None:
 def check_data(cfg: StudyConfig) -> None:
     """Fail before any work when a data file of an enabled task is missing."""
     for name in cfg.enabled:
+        if cfg.task(name).get("dataset") or cfg.tasks[name].dataset is not None:
+            continue  # read through `datasets` when the stage runs
         for split in ("train", "dev"):
             cfg.tasks[name].data_path(split, cfg.data["data_dir"])
 

@@ -45,6 +45,7 @@ from pathlib import Path
 import yaml
 
 from tunelab import runs
+from tunelab.data.hub import DatasetRef
 from tunelab.errors import UsageError
 from tunelab.options import ZeroShotOptions
 from tunelab.outputs import read_json, write_json, write_text
@@ -169,23 +170,44 @@ class Study:
     def params_file(self, name: str) -> Path:
         return self.run / "params" / f"{name}.json"
 
+    @property
+    def seeds(self) -> list[int]:
+        """The fine-tuning seeds: `seeds`, else the one `seed`."""
+        return list(self.c.get("seeds") or [self.c["seed"]])
+
+    def finetune_dir(self, name: str, seed: int | None = None) -> Path:
+        """The first seed's model is `<task>/finetune/` (what the report and parameter count read); each
+        further seed's `<task>/finetune-seed<N>/`."""
+        first = seed is None or seed == self.seeds[0]
+        return self.task_dir(name) / ("finetune" if first else f"finetune-seed{seed}")
+
+    def finetune_metrics_files(self, name: str) -> list[Path]:
+        return [self.finetune_dir(name, s) / "eval" / "metrics.json" for s in self.seeds]
+
+    def _source(self, name: str, split: str) -> dict:
+        """Where a split is read from now: a file with its sha256, or a dataset by its identity (datasets'
+        cache pins a Hub dataset's revision; only which dataset and split is compared)."""
+        task = self.cfg.tasks[name]
+        dataset = self.c["tasks"][name].get("dataset")
+        ref = DatasetRef.parse(dataset) if isinstance(dataset, str) else dataset or task.dataset
+        if ref is not None:
+            return {"file": ref.where(task.dataset_split(split, ref)), "sha256": None}
+        path = str(task.data_path(split, self.c["data_dir"]))
+        if path not in self._digests:
+            self._digests[path] = file_digest(path)
+        return {"file": path, "sha256": self._digests[path]}
+
     def _split(self, stage: str, name: str, split: str, limit: int | None) -> tuple[list, str]:
-        path = self.cfg.tasks[name].data_path(split, self.c["data_dir"])
-        digest = file_digest(path)  # of the bytes about to be read (not a digest computed earlier)
-        examples, data = self.cfg.tasks[name].load_split(split, self.c["data_dir"])
+        source = self._source(name, split)  # digested before the read, so the record is of these bytes
+        dataset = self.c["tasks"][name].get("dataset")
+        examples, data = self.cfg.tasks[name].load_split(split, self.c["data_dir"], dataset=dataset)
         examples = examples[:limit] if limit else examples
-        self.read.setdefault(stage, {})[split] = {"file": data, "sha256": digest, "examples": len(examples)}
+        self.read.setdefault(stage, {})[split] = {**source, "examples": len(examples)}
         return examples, data
 
     def data_now(self, name: str, splits: tuple[str, ...]) -> dict:
-        """The data files the splits of a task read now, with their digests."""
-        out = {}
-        for split in splits:
-            path = str(self.cfg.tasks[name].data_path(split, self.c["data_dir"]))
-            if path not in self._digests:
-                self._digests[path] = file_digest(path)
-            out[split] = {"file": path, "sha256": self._digests[path]}
-        return out
+        """The data the splits of a task read now, with their digests."""
+        return {split: self._source(name, split) for split in splits}
 
     def stale(self, st: Stage, record: dict | None, rerun: set[str]) -> str | None:
         """Why a finished stage must be redone (its data differ from what it read, or the stage it builds on
@@ -202,7 +224,7 @@ class Study:
             was = before.get(split) or {}
             if was.get("file") != now["file"]:
                 changed.append(f"the {split} file is now {now['file']} (was {was.get('file')})")
-            elif was.get("sha256") != now["sha256"]:
+            elif now["sha256"] is not None and was.get("sha256") != now["sha256"]:
                 changed.append(
                     f"the {split} file {now['file']} changed since (sha256 {str(was.get('sha256'))[:12]}... "
                     f"-> {now['sha256'][:12]}...)"
@@ -230,14 +252,23 @@ class Study:
                     lambda redo, name=name: self.stage_zeroshot(name, redo),
                     reads=("dev",),
                 ),
-                Stage(
-                    f"{name}/finetune",
-                    name,
-                    f"fine-tune ({method}) and evaluate",
-                    lambda name=name: (self.task_dir(name) / "finetune/eval/metrics.json").is_file(),
-                    lambda redo, name=name: self.stage_finetune(name, redo),
-                    reads=("train", "dev"),
-                ),
+            ]
+            for seed in self.seeds:
+                several = len(self.seeds) > 1
+                fid = f"{name}/finetune" + (f"-seed{seed}" if seed != self.seeds[0] else "")
+                out.append(
+                    Stage(
+                        fid,
+                        name,
+                        f"fine-tune ({method}) and evaluate" + (f", seed {seed}" if several else ""),
+                        lambda name=name, seed=seed: (
+                            self.finetune_dir(name, seed) / "eval/metrics.json"
+                        ).is_file(),
+                        lambda redo, name=name, seed=seed: self.stage_finetune(name, seed, redo),
+                        reads=("train", "dev"),
+                    )
+                )
+            out += [
                 Stage(
                     f"{name}/params-finetuned",
                     name,
@@ -293,13 +324,17 @@ class Study:
             overwrite=redo,
         )
 
-    def stage_finetune(self, name: str, redo: bool = False) -> None:
+    def stage_finetune(self, name: str, seed: int | None = None, redo: bool = False) -> None:
         task = self.cfg.tasks[name]
         f = self.c["tasks"][name]["finetune"]
-        stage = f"{name}/finetune"
+        several = len(self.seeds) > 1
+        stage = f"{name}/finetune" + (f"-seed{seed}" if several and seed != self.seeds[0] else "")
         train_ex, train_data = self._split(stage, name, "train", None)
         dev_ex, dev_data = self._split(stage, name, "dev", f["limit"])
-        train_ex = runs.sample(train_ex, f["train_limit"], self.c["seed"])
+        cfg = train_config(self.c, name)
+        if several:  # each seed seeds its training and its training sample
+            cfg.seed = seed
+        train_ex = runs.sample(train_ex, f["train_limit"], seed if several else self.c["seed"])
         self.read[stage]["train"]["examples"] = len(train_ex)
         options = {
             k: v for k, v in f.items() if k in task.finetune_extras() and k not in ("limit", "train_limit")
@@ -310,12 +345,16 @@ class Study:
             train_ex,
             dev_ex,
             dev_data,
-            self.task_dir(name) / "finetune",
-            train_config(self.c, name),
+            self.finetune_dir(name, seed),
+            cfg,
             options,
             train_data=train_data,
             resume=True,
             overwrite=redo,
+            report_to=self.c.get("report_to") or [],
+            tracking_dir=self.run / "tracking",
+            run_name=name + (f"-seed{seed}" if several else ""),
+            hparams=self.c,
         )
 
     def stage_params_finetuned(self, name: str) -> None:
@@ -325,9 +364,11 @@ class Study:
 
     def stage_report(self) -> None:
         from tunelab.report import build_report
+        from tunelab.study.summary import log_summary, summary_rows
 
         md, html = build_report(self.run)
         self.log(f"      wrote {md} and {html}")
+        log_summary(self.c.get("report_to") or [], self.run / "tracking", self.c, summary_rows(self))
 
     # driver
     def prepare(self) -> None:
@@ -335,6 +376,8 @@ class Study:
         cfg_file = self.run / "config.yaml"
         if cfg_file.is_file():
             before = yaml.safe_load(cfg_file.read_text(encoding="utf-8")) or {}
+            # a run folder from before the seeds / report_to options had them at their defaults
+            before = {"seeds": None, "report_to": [], **before} if isinstance(before, dict) else before
             diff = _diff(before, self.c)
             if diff:
                 raise UsageError(
@@ -450,9 +493,13 @@ def count_finetuned(folder: Path) -> dict:
     return out
 
 
-def run_study(cfg: StudyConfig, out: Path) -> list[str]:
-    """Every stage of the study into `out` (finished stages skipped)."""
+def run_study(cfg: StudyConfig, out: Path) -> Study:
+    """Every stage of the study into `out` (finished stages skipped); the Study (`ran`: the stages run)."""
     from tunelab.study.config import check_data
+    from tunelab.tracking import check_available
 
     check_data(cfg)
-    return Study(cfg, out).execute()
+    check_available(cfg.data.get("report_to") or [])  # before any work
+    study = Study(cfg, out)
+    study.ran = study.execute()
+    return study

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from tunelab.data.folder import first_existing, resolve_data_dir, split_name
+from tunelab.data.hub import DEFAULT_SPLITS, DatasetRef, load_rows
 from tunelab.errors import UsageError
 from tunelab.options import (
     FINETUNE_EXTRAS,
@@ -32,9 +33,14 @@ from tunelab.options import (
 )
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_DATASET_WHERE = re.compile(
+    r"(?P<id>[^:\[]+?)(?::(?P<config>[^ ]+))? \[(?P<split>[^\]]+)\]"
+)  # DatasetRef.where
 RELATIVE_TO = ("task_file", "data_dir")
 
 
+# Task files are checked by hand (not a JSON Schema): the kinds add keys and cross-field rules, and each error
+# names the file, the key and the problem in one line.
 class Definition:
     """A task definition being read: typed access to its keys; every error names the file, the key and the
     problem."""
@@ -169,6 +175,7 @@ class Task:
     limitations: tuple[str, ...] = ()  # for model cards
     unit: str = "examples"  # what the examples are, in reports ("sentences", "questions")
     study_enabled: bool = True  # whether a study runs it unless told otherwise
+    dataset: DatasetRef | None = None  # data.dataset: read through `datasets`; splits name its splits
     definition: dict = field(default_factory=dict, compare=False)  # the mapping it was read from
 
     # ---- reading a definition ---------------------------------------------------------------------------
@@ -208,7 +215,10 @@ class Task:
             raise d.error("name", f"must be letters, digits and _ . - (it names folders), got {name!r}")
         title = d.get("title", str, name)
         data = d.section("data")
-        data.only(("relative_to", "splits") + cls.DATA_KEYS)
+        data.only(("relative_to", "splits", "dataset", "config") + cls.DATA_KEYS)
+        dataset = data.get("dataset", str)
+        if data.get("config", str) and not dataset:
+            raise data.error("config", "names a config of `dataset`, which is missing")
         relative_to = data.get("relative_to", str, default_root)
         if relative_to not in RELATIVE_TO:
             raise data.error("relative_to", f"must be one of {', '.join(RELATIVE_TO)}, got {relative_to!r}")
@@ -216,7 +226,9 @@ class Task:
             name=name,
             title=title,
             description=d.get("description", str, title),
-            splits=_splits(data.section("splits")) if "splits" in data.mapping else {},
+            splits=_splits(data.section("splits"))
+            if "splits" in data.mapping
+            else ({k: (DataFile(v),) for k, v in DEFAULT_SPLITS.items()} if dataset else {}),
             relative_to=relative_to,
             base_dir=base_dir,
             source=source,
@@ -239,6 +251,7 @@ class Task:
             study_enabled=d.get("enabled", bool, True),
             unit=d.get("unit", str, cls.UNIT),
             definition=copy.deepcopy(mapping),
+            dataset=DatasetRef(dataset, data.get("config", str)) if dataset else None,
         )
         return cls(**common, **cls.parse_kind(d, data))
 
@@ -257,7 +270,7 @@ class Task:
             return out
         data = out.setdefault("data", {})
         data["relative_to"] = self.relative_to
-        if self.relative_to == "task_file" and self.base_dir:
+        if self.relative_to == "task_file" and self.base_dir and self.dataset is None:
             data["splits"] = {
                 split: [{**_file_dict(f), "file": str(Path(self.base_dir) / f.path)} for f in files]
                 for split, files in self.splits.items()
@@ -268,6 +281,8 @@ class Task:
 
     def data_path(self, split: str, data_dir: str | None = None) -> Path:
         """The file of `split`: the first of its candidates that exists."""
+        if self.dataset is not None:
+            raise UsageError(f"task {self.name} reads the dataset {self.dataset.id}, not files")
         if not self.splits:
             raise UsageError(
                 f"task {self.name} names no data files (a model's copy of its definition leaves them "
@@ -281,14 +296,54 @@ class Task:
         return first_existing(f"{self.title} {split}", [root / f.path for f in self.splits[split]])
 
     def needs_data_dir(self) -> bool:
-        return self.relative_to == "data_dir"
+        return self.relative_to == "data_dir" and self.dataset is None
 
     def load_split(
-        self, split: str, data_dir: str | None = None, data_file: str | None = None
+        self,
+        split: str,
+        data_dir: str | None = None,
+        data_file: str | None = None,
+        dataset: str | DatasetRef | None = None,
     ) -> tuple[list, str]:
-        """(examples, the file they came from) of a split, or of `data_file` when given."""
-        path = Path(data_file) if data_file else self.data_path(split, data_dir)
-        return self.read(path), str(path)
+        """(examples, where they came from) of a split: `data_file` when given, else the `dataset` (a Hub id
+        `ID[:CONFIG]` or a local folder, read through `datasets`), else the task's own dataset or files."""
+        if data_file:
+            return self.read(Path(data_file)), str(data_file)
+        ref = DatasetRef.parse(dataset) if isinstance(dataset, str) else dataset or self.dataset
+        if ref is None:
+            path = self.data_path(split, data_dir)
+            return self.read(path), str(path)
+        hub_split = self.dataset_split(split, ref)
+        where = ref.where(hub_split)
+        rows = load_rows(ref.id, ref.config, hub_split, self.title)
+        return self.from_rows(rows, where, self.dataset_columns(ref)), where
+
+    def dataset_split(self, split: str, ref: DatasetRef) -> str:
+        """The dataset's name of the task's split (`validation` means dev; other names pass through)."""
+        split = "dev" if split == "validation" else split
+        if ref == self.dataset and split in self.splits:
+            return self.splits[split][0].path
+        if self.hub.dataset and ref.id == self.hub.dataset:
+            return self.hub.splits.get(split, split)
+        return DEFAULT_SPLITS.get(split, split)
+
+    def dataset_columns(self, ref: DatasetRef) -> dict[str, str]:
+        """The dataset's names of the task's columns: the `hub.columns` of the task's Hub dataset."""
+        return dict(self.hub.columns) if self.hub.dataset and ref.id == self.hub.dataset else {}
+
+    def from_rows(self, rows: list[dict], where: str, columns: dict[str, str]) -> list:
+        """The examples of a dataset split's rows, checked as a file's are (errors name `where`, the row)."""
+        raise NotImplementedError
+
+    def from_hub(self, split: str) -> list:
+        """The task's examples from its Hub dataset (`pip install 'tunelab[hub]'`); split train, dev, test."""
+        split = "dev" if split == "validation" else split
+        if not self.hub.dataset or split not in self.splits:
+            raise UsageError(
+                f"unknown {self.title} split {split!r}: expected {', '.join(self.splits)} "
+                f"(validation means dev){'' if self.hub.dataset else '; no Hub dataset is named'}"
+            )
+        return self.load_split(split, dataset=DatasetRef(self.hub.dataset, self.hub.config))[0]
 
     def describe_file(self, path: str | None) -> DataFile | None:
         """What a data file is, when it is one of this task's candidate files (matched by its last path
@@ -310,6 +365,20 @@ class Task:
     def eval_dataset(self, data: str | None) -> dict:
         """What metrics on the file `data` were measured on, for model cards: the Hub dataset and split, a
         display name, whether it is the official split, and a caveat."""
+        hub = _DATASET_WHERE.fullmatch(data or "")
+        if hub and not Path(data).exists():
+            ref = DatasetRef(hub["id"], hub["config"])
+            own = ref.id == self.hub.dataset and ref.config in (None, self.hub.config)  # None: its default
+            official = own and hub["split"] in set(self.hub.splits.values())
+            return {
+                "type": ref.id,
+                "config": ref.config,
+                "split": hub["split"],
+                "name": f"{ref.id} {hub['split']}" if official else f"{self.title} data from {data}",
+                "official": official,
+                "note": None,
+                "custom": not official,
+            }
         file, split = self.describe_file(data), self.split_of(data)
         shown = Path(data).name if data else "unknown"
         hub_split = self.hub.splits.get(split, split) if split else (Path(data).stem if data else "unknown")

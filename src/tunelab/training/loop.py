@@ -74,8 +74,10 @@ class Trainer:
         loss_fn: Callable[[object, dict], torch.Tensor] | None = None,
         accelerator=None,
         progress: bool = True,
+        on_log: Callable[[str, dict], None] | None = None,
     ):
         cfg.validate()
+        self.on_log = on_log  # ("train" | "eval", entry) on the main process: experiment trackers
         self.cfg, self.pad_id, self.work_dir = cfg, pad_id, Path(work_dir)
         self.evaluate_fn, self.loss_fn, self.progress = evaluate, loss_fn, progress
         set_seed(cfg.seed)
@@ -341,6 +343,8 @@ class Trainer:
         if acc.is_main_process:
             with self.log_path.open("a") as f:
                 f.write(json.dumps(entry) + "\n")
+            if self.on_log:
+                self.on_log("train", entry)
         bar.set_postfix(loss=f"{mean_loss:.4f}", tok_s=f"{entry['tokens_per_s']:.0f}")
         self.running.zero_()
         self.running_n = 0
@@ -350,6 +354,8 @@ class Trainer:
         result = self.evaluate_fn(self.model if self.fsdp else self.accelerator.unwrap_model(self.model))
         self.model.train()
         self.evals.append({"step": step, **result})
+        if self.on_log and self.accelerator.is_main_process:
+            self.on_log("eval", self.evals[-1])
 
     def _save(self, step: int, micro: int, epoch: int) -> None:
         shared = {
@@ -402,6 +408,7 @@ def train(
     resume: bool = False,
     accelerator=None,
     progress: bool = True,
+    on_log: Callable[[str, dict], None] | None = None,
 ) -> TrainResult:
     """Fine-tune `model` (already wrapped for LoRA / frozen for head-only) on tokenised features.
 
@@ -421,6 +428,7 @@ def train(
         loss_fn=loss_fn,
         accelerator=accelerator,
         progress=progress,
+        on_log=on_log,
     )
     trainer.restore(resume)
     return trainer.run()

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from tunelab.data.table import SUFFIXES, Columns, LabelSet, TextExample, read_table, summarize
+from tunelab.data.table import SUFFIXES, Columns, LabelSet, TextExample, read_records, read_table, summarize
 from tunelab.data.text import read_lines
 from tunelab.errors import DataError, UsageError
 from tunelab.outputs import write_json, write_jsonl
@@ -175,28 +175,14 @@ class ClassificationTask(Task):
                 text += f" ({summary['rows'] - summary['labelled']:,} unlabelled)"
         return f"{summary['file']}: {self.title}, {summary['rows']:,} rows, {text}"
 
-    def from_hub(self, split: str) -> list[TextExample]:
-        """The task's examples from its Hub dataset (`pip install 'tunelab[hub]'`); split train, dev, test."""
-        from tunelab.data.hub import load_rows
-
-        split = "dev" if split == "validation" else split
-        if not self.hub.dataset or split not in self.splits:
-            raise UsageError(
-                f"unknown {self.title} split {split!r}: expected {', '.join(self.splits)} "
-                f"(validation means dev){'' if self.hub.dataset else '; no Hub dataset is named'}"
-            )
-        out = []
-        hub_split = self.hub.splits.get(split, split)
-        col = {k: self.hub.columns.get(k, getattr(self.columns, k)) for k in ("text", "text_pair", "label")}
-        for i, row in enumerate(load_rows(self.hub.dataset, self.hub.config, hub_split, self.title), start=1):
-            label = row.get(col["label"])
-            pair = str(row[col["text_pair"]]).strip() if self.pairs else None
-            out.append(
-                TextExample(
-                    str(row[col["text"]]).strip(), None if label is None or label < 0 else int(label), i, pair
-                )
-            )
-        return out
+    def from_rows(self, rows: list[dict], where: str, columns: dict[str, str]) -> list[TextExample]:
+        mapped = Columns(
+            **{k: columns.get(k, getattr(self.columns, k)) for k in ("text", "text_pair", "label")}
+        )
+        if not self.pairs:
+            mapped = Columns(mapped.text, None, mapped.label)
+        # GLUE marks unlabelled (test) rows with -1
+        return read_records(where, rows, mapped, LabelSet(self.labels), unlabelled=-1)
 
     def check_eval(self, examples: list[TextExample], data: str) -> None:
         """Evaluation data is labelled on every row (metrics) or on none (predictions only), never partly."""

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from tunelab.data.squad import SquadExample, read_squad, summarize_squad
+from tunelab.data.squad import SquadExample, read_squad, read_squad_rows, summarize_squad
 from tunelab.errors import DataError, UsageError
 from tunelab.metrics import bootstrap_ci
 from tunelab.outputs import write_json, write_jsonl
@@ -168,36 +168,8 @@ class ExtractiveQATask(Task):
             f"{summary['unanswerable']:,} unanswerable"
         )
 
-    def from_hub(self, split: str) -> list[SquadExample]:
-        """The task's questions from its Hub dataset (`pip install 'tunelab[hub]'`); split train or dev."""
-        from tunelab.data.hub import load_rows
-
-        split = "dev" if split == "validation" else split
-        if not self.hub.dataset or split not in self.splits:
-            raise UsageError(
-                f"unknown {self.title} split {split!r}: expected {', '.join(self.splits)} "
-                f"(validation means dev){'' if self.hub.dataset else '; no Hub dataset is named'}"
-            )
-        out = []
-        for row in load_rows(
-            self.hub.dataset, self.hub.config, self.hub.splits.get(split, split), self.title
-        ):
-            # the Hub stores answers column-wise: {"text": [...], "answer_start": [...]}
-            answers = [
-                {"text": t, "answer_start": int(s)}
-                for t, s in zip(row["answers"]["text"], row["answers"]["answer_start"], strict=True)
-            ]
-            out.append(
-                SquadExample(
-                    str(row["id"]),
-                    row.get("title") or "",
-                    row["context"],
-                    row["question"],
-                    answers,
-                    self.version_2 and not answers,
-                )
-            )
-        return out
+    def from_rows(self, rows: list[dict], where: str, columns: dict[str, str]) -> list[SquadExample]:
+        return read_squad_rows(where, rows)
 
     def check_eval(self, examples: list[SquadExample], data: str) -> None:
         pass  # every question has answers or is marked unanswerable (the reader checks)

@@ -1,0 +1,106 @@
+"""The study's final zero-shot vs fine-tuned table, for the console (with `rich`) and trackers."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+from tunelab.outputs import read_json
+
+
+def summary_rows(study) -> list[dict]:
+    """One row per task and headline metric (the model card's): zero-shot, fine-tuned (mean and sd over the
+    seeds when there are several) and the parameters before and after."""
+    rows = []
+    for name in study.cfg.enabled:
+        task = study.cfg.tasks[name]
+        zs_file = study.task_dir(name) / "zeroshot" / "metrics.json"
+        ft = [read_json(f) for f in study.finetune_metrics_files(name) if f.is_file()]
+        if not zs_file.is_file() or not ft:
+            continue
+        zs = read_json(zs_file)
+        params = read_json(study.params_file(name)) if study.params_file(name).is_file() else {}
+        zs_task = task.for_metrics(zs)
+        for key, label, value in zs_task.metric_rows(zs):
+            tuned = [v for m in ft for k, _, v in task.for_metrics(m).metric_rows(m) if k == key]
+            rows.append(
+                {
+                    "task": name,
+                    "metric": label,
+                    "key": key,
+                    "zeroshot": value,
+                    "finetuned": statistics.fmean(tuned) if tuned else None,
+                    "finetuned_sd": statistics.stdev(tuned) if len(tuned) > 1 else None,
+                    "seeds": len(tuned),
+                    "params_base": (params.get("base") or {}).get("total"),
+                    "params_finetuned": params.get("finetuned_total"),
+                }
+            )
+    return rows
+
+
+def _tuned(row: dict) -> str:
+    if row["finetuned"] is None:
+        return "-"
+    sd = f" ± {row['finetuned_sd']:.2f}" if row["finetuned_sd"] is not None else ""
+    return f"{row['finetuned']:.2f}{sd}"
+
+
+def _count(n) -> str:
+    return f"{n:,}" if isinstance(n, int) else "-"
+
+
+def markdown_table(rows: list[dict]) -> str:
+    lines = [
+        "| task | metric | zero-shot | fine-tuned | params before | params after |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['task']} | {r['metric']} | {r['zeroshot']:.2f} | {_tuned(r)} | {_count(r['params_base'])} "
+            f"| {_count(r['params_finetuned'])} |"
+        )
+    return "\n".join(lines)
+
+
+def print_summary(rows: list[dict], report: Path) -> None:
+    """The table in the terminal with rich (aligned columns that fit the terminal; a printed Markdown table
+    is hard to read)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="zero-shot vs fine-tuned")
+    for col in ("task", "metric", "zero-shot", "fine-tuned", "params before", "params after"):
+        table.add_column(col, justify="left" if col in ("task", "metric") else "right")
+    for i, r in enumerate(rows):
+        first = i == 0 or rows[i - 1]["task"] != r["task"]  # a task's name and parameters once
+        table.add_row(
+            r["task"] if first else "",
+            r["metric"],
+            f"{r['zeroshot']:.2f}",
+            _tuned(r),
+            _count(r["params_base"]) if first else "",
+            _count(r["params_finetuned"]) if first else "",
+            end_section=i + 1 < len(rows) and rows[i + 1]["task"] != r["task"],
+        )
+    console = Console()
+    console.print(table)
+    console.print(f"report: {report}", highlight=False, soft_wrap=True)
+
+
+def log_summary(names: list[str], logging_dir: Path, config: dict, rows: list[dict]) -> None:
+    """The table to the experiment trackers: one scalar per task, metric and model, and the table as text."""
+    if not names:
+        return
+    from tunelab.tracking import Tracking
+
+    tracker = Tracking(names, logging_dir, "summary", config)
+    try:
+        values: dict = {"summary/table": markdown_table(rows)}
+        for r in rows:
+            values[f"summary/{r['task']}/{r['key']}/zeroshot"] = r["zeroshot"]
+            if r["finetuned"] is not None:
+                values[f"summary/{r['task']}/{r['key']}/finetuned"] = r["finetuned"]
+        tracker.log(values, step=0)
+    finally:
+        tracker.finish()

@@ -1,0 +1,106 @@
+"""The console of a tiny study, captured from a real subprocess: tunelab's own bar per stage (with its ETA),
+the stage lines and the final summary table; none of the libraries' bars, logs or warnings unless verbose."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+NOISE = ("Loading weights", "Writing model shards", "Converting and de-quantizing", "Generating", "Warning")
+
+
+def _run(args, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1"}
+    env["TUNELAB_CACHE"] = str(tmp_path / "cache")
+    env["COLUMNS"] = "120"
+    return subprocess.run(
+        [sys.executable, "-m", "tunelab", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=600,
+    )
+
+
+def _data(tmp_path):
+    root = tmp_path / "data" / "SST-2"
+    root.mkdir(parents=True)
+    rows = [("a good and great film", 1), ("a bad and awful film", 0)] * 6
+    for name in ("train", "dev"):
+        (root / f"{name}.tsv").write_text("sentence\tlabel\n" + "".join(f"{s}\t{y}\n" for s, y in rows))
+    return root.parent
+
+
+def test_study_console_is_quiet_and_ends_with_a_summary(tmp_path, tiny_model_dir):
+    cfg = {
+        "model": tiny_model_dir,
+        "data_dir": str(_data(tmp_path)),
+        "tasks": {
+            "sst2": {
+                "zeroshot": {"prompt": "plain", "batch_size": 4},
+                "finetune": {
+                    "input_prompt": "plain",
+                    "batch_size": 4,
+                    "max_length": 32,
+                    "learning_rate": 1e-3,
+                },
+            },
+            "squad": {"enabled": False},
+        },
+    }
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(cfg))
+    r = _run(["study", "--config", "study.yaml", "--out", "run"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    for noise in NOISE:
+        assert noise not in r.stderr and noise not in r.stdout, noise
+    bars = {
+        m.group(1)
+        for m in re.finditer(r"(zero-shot scoring|fine-tune \(full\)|evaluating):\s+100%", r.stderr)
+    }
+    assert bars == {"zero-shot scoring", "fine-tune (full)", "evaluating"}
+    assert re.search(r"fine-tune \(full\):.*\[\d\d:\d\d<\d\d:\d\d", r.stderr)  # elapsed<ETA
+    # everything on stderr is a bar line (carriage-return updates), nothing else
+    for line in r.stderr.replace("\r", "\n").splitlines():
+        assert not line.strip() or re.match(r"(zero-shot scoring|fine-tune \(full\)|evaluating):", line), line
+    out = r.stdout
+    assert "[1/5] sst2: parameters (base and task model)" in out
+    assert "zero-shot vs fine-tuned" in out and "params before" in out and "sst2" in out and "Accuracy" in out
+    params = yaml.safe_load((tmp_path / "run" / "params" / "sst2.json").read_text())
+    assert f"{params['base']['total']:,}" in out and f"{params['finetuned_total']:,}" in out
+    assert "report:" in out and "report.html" in out
+
+
+def test_verbose_brings_the_library_bars_back(tmp_path, tiny_model_dir):
+    data = _data(tmp_path)
+    args = ["zeroshot", tiny_model_dir, "--task", "sst2", "--data-dir", str(data), "--prompt", "plain"]
+    quiet = _run([*args, "--out", "q"], tmp_path)
+    loud = _run([*args, "--out", "v", "--verbose"], tmp_path)
+    assert quiet.returncode == loud.returncode == 0
+    assert "Loading weights" not in quiet.stderr and "Loading weights" in loud.stderr
+
+
+@pytest.mark.slow
+def test_gguf_conversion_bar_is_quiet_unless_verbose(tmp_path):
+    """The embedded SmolLM2 GGUF, converted for real: transformers' "Converting and de-quantizing" bar only
+    with verbose."""
+    code = (
+        "import sys\nfrom tunelab.console import configure\nfrom tunelab.models.registry import resolve\n"
+        "configure(sys.argv[1] == 'verbose')\nprint(resolve('smollm2-135m'))\n"
+    )
+    out = {}
+    for mode in ("quiet", "verbose"):
+        env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1"}
+        env["TUNELAB_CACHE"] = str(tmp_path / mode)
+        r = subprocess.run(
+            [sys.executable, "-c", code, mode], capture_output=True, text=True, env=env, timeout=600
+        )
+        assert r.returncode == 0, r.stderr
+        out[mode] = r.stderr
+    assert "Converting and de-quantizing" not in out["quiet"] and "Loading weights" not in out["quiet"]
+    assert "Converting and de-quantizing" in out["verbose"]

@@ -242,6 +242,20 @@ def _options(args, opts: dict, task) -> dict:
     return values
 
 
+def _inputs(args, task) -> list[tuple[str, str | None]]:
+    """What a command reads besides its model and data files (runs.* add those), for `--out` to keep
+    apart from: the data folder, a training-options file, a task file."""
+    from tunelab.data.folder import ENV_VAR, resolve_data_dir
+
+    read = [("training-options file", getattr(args, "config", None)), ("task file", task.source)]
+    if args.data_dir or (task.needs_data_dir() and os.environ.get(ENV_VAR)):
+        try:
+            read.append(("data folder", str(resolve_data_dir(args.data_dir))))
+        except UsageError:
+            pass  # not a folder: nothing there to protect (loading the data says what is wrong)
+    return read
+
+
 def cmd_params(args) -> int:
     from tunelab.models import LoraOptions, load_config, param_report
     from tunelab.models.params import format_report
@@ -284,7 +298,16 @@ def cmd_zeroshot(args) -> int:
     return _report(
         task.for_data(examples),
         args,
-        runs.zeroshot(task, args.model, examples, data, args.out, options, overwrite=args.overwrite),
+        runs.zeroshot(
+            task,
+            args.model,
+            examples,
+            data,
+            args.out,
+            options,
+            overwrite=args.overwrite,
+            inputs=_inputs(args, task),
+        ),
     )
 
 
@@ -321,6 +344,7 @@ def cmd_finetune(args) -> int:
         train_data=train_data,
         resume=args.resume,
         overwrite=args.overwrite,
+        inputs=_inputs(args, task),
     )
     if m is None:  # not the main process of a multi-process run
         return 0
@@ -350,6 +374,7 @@ def cmd_evaluate(args) -> int:
         task=task,
         batch_size=options["batch_size"],
         overwrite=args.overwrite,
+        inputs=_inputs(args, data_task),
     )
     return _report(data_task.for_meta(meta).for_data(examples), args, m)
 
@@ -380,7 +405,7 @@ def cmd_study(args) -> int:
         return 0
     out = Path(args.out or Path("runs") / cfg.name)
     t0 = time.perf_counter()
-    run_study(cfg, out)
+    run_study(cfg, out, inputs=[("study config file", args.config)])
     print(f"study finished in {time.perf_counter() - t0:.0f} s: {out}/report.md, {out}/report.html")
     return 0
 

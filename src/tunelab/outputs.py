@@ -22,9 +22,59 @@ from typing import Any
 from tunelab.distributed import distributed_state
 from tunelab.errors import UsageError
 
+Inputs = Iterable[tuple[str, "str | os.PathLike | None"]]  # (what it is, path): what a command reads
+
 
 def partial_dir(out: Path) -> Path:
     return out.with_name(out.name + ".partial")
+
+
+def _real(path: str | os.PathLike) -> Path:
+    """The path with `~`, `..` and every symlink resolved (the path need not exist)."""
+    return Path(os.path.realpath(Path(path).expanduser()))
+
+
+def _shown(path: str | os.PathLike) -> str:
+    real = str(_real(path))
+    return str(path) if os.path.abspath(Path(path).expanduser()) == real else f"{path} (= {real})"
+
+
+def check_apart(out: str | os.PathLike, inputs: Inputs = (), *, flag: str = "--out") -> None:
+    """Refuse an output folder that could destroy what the command reads or where it runs: `out` (or its
+    OUT.partial / OUT.old / OUT.lock companions) equal to, or containing, an input; `out` inside an input
+    folder; `out` the current folder or one above it. Paths are compared with symlinks resolved.
+    (--overwrite replaces OUT as a whole, so any of these would delete the input.)"""
+    given = Path(out)
+    norm = Path(os.path.normpath(given.expanduser()))
+    target = _real(given)
+    cwd = Path.cwd().resolve()
+    if target == cwd or target in cwd.parents:
+        where = "the current folder" if target == cwd else "a folder above the current one"
+        raise UsageError(
+            f"{flag} {_shown(given)} is {where}: an output folder is written and replaced as a whole, so "
+            f"choose a new folder for it (e.g. {flag} runs/NAME)"
+        )
+    companions = [(f"{flag} {_shown(given)}", target)] + [
+        (f"{flag} {given}'s work folder {norm.name}{suffix}", _real(norm.with_name(norm.name + suffix)))
+        for suffix in (".partial", ".old", ".lock")
+    ]
+    for what, path in inputs:
+        if path is None or str(path) == "" or not os.path.lexists(Path(path).expanduser()):
+            continue  # (a Hub id, or a description rather than a path: nothing here to destroy)
+        real = _real(path)
+        for name, place in companions:
+            if place == real:
+                relation = "is"
+            elif place in real.parents:
+                relation = "contains"
+            elif real in place.parents and place == target:
+                relation = "lies inside"
+            else:
+                continue
+            raise UsageError(
+                f"{name} {relation} the {what} {_shown(path)}, an input of this command: writing there "
+                f"could destroy it; choose an {flag} outside every input (and not containing one)"
+            )
 
 
 def has_resumable_checkpoint(work: Path) -> bool:
@@ -41,13 +91,20 @@ def _remove(path: Path) -> None:
 
 @contextmanager
 def atomic_output(
-    out: str | Path, *, overwrite: bool = False, keep_partial: bool = False, resume: bool = False
+    out: str | Path,
+    *,
+    overwrite: bool = False,
+    keep_partial: bool = False,
+    resume: bool = False,
+    inputs: Inputs = (),
 ) -> Iterator[Path]:
     """Yield a work folder; on success it becomes `out`. On failure it is removed, unless keep_partial and it
     holds a complete training checkpoint (so `--resume` can continue from it; a failure before the first
     checkpoint leaves nothing behind). Without `resume`, a partial folder left by an earlier run is cleared
-    first. An existing `out` is refused unless overwrite, and then replaced only once the new one is done."""
-    out = Path(out)
+    first. An existing `out` is refused unless overwrite, and then replaced only once the new one is done.
+    An `out` that could destroy one of `inputs` is refused (check_apart), with or without overwrite."""
+    check_apart(out, inputs)
+    out = Path(os.path.normpath(Path(out).expanduser()))
     if out.exists() and not overwrite:
         raise UsageError(f"{out} already exists: choose another --out or pass --overwrite")
     state = distributed_state()

@@ -42,7 +42,7 @@ import yaml
 from tunelab import runs
 from tunelab.errors import UsageError
 from tunelab.options import ZeroShotOptions
-from tunelab.outputs import read_json, write_json, write_text
+from tunelab.outputs import Inputs, check_apart, read_json, write_json, write_text
 from tunelab.study.config import StudyConfig, train_config
 
 TASK_FILE = "task.json"
@@ -138,11 +138,22 @@ class Stage:
 
 
 class Study:
-    def __init__(self, cfg: StudyConfig, run_dir: str | Path, *, log=print):
+    def __init__(self, cfg: StudyConfig, run_dir: str | Path, *, log=print, inputs: Inputs = ()):
         self.cfg = cfg
         self.c = cfg.data
         self.run = Path(run_dir)
         self.log = log
+        self.inputs = list(inputs)  # what the caller read (the config file), kept apart from the run folder
+
+    def read(self) -> list[tuple[str, str | None]]:
+        """What the study reads: the model, the data folder, task files and the caller's inputs."""
+        tasks = [("task file", self.cfg.tasks[name].source) for name in self.cfg.enabled]
+        return [
+            ("model folder", self.c["model"]),
+            ("data folder", self.c.get("data_dir")),
+            *tasks,
+            *self.inputs,
+        ]
 
     # paths and data
     def task_dir(self, name: str) -> Path:
@@ -270,6 +281,8 @@ class Study:
     def prepare(self) -> None:
         """Create the run folder with config.yaml, or check that an existing one has the same config."""
         cfg_file = self.run / "config.yaml"
+        # The run's own config.yaml may be given back as --config: it is the study's file, not an input.
+        check_apart(self.run, [(w, p) for w, p in self.read() if not _same_file(p, cfg_file)])
         if cfg_file.is_file():
             before = yaml.safe_load(cfg_file.read_text(encoding="utf-8")) or {}
             diff = _diff(before, self.c)
@@ -332,6 +345,13 @@ class Study:
         return ran
 
 
+def _same_file(a: str | Path | None, b: Path) -> bool:
+    try:
+        return a is not None and Path(a).is_file() and b.is_file() and Path(a).samefile(b)
+    except OSError:
+        return False
+
+
 def _diff(a, b, prefix: str = "") -> list[str]:
     if isinstance(a, dict) and isinstance(b, dict):
         out = []
@@ -380,9 +400,10 @@ def count_finetuned(folder: Path) -> dict:
     return out
 
 
-def run_study(cfg: StudyConfig, out: Path) -> list[str]:
-    """Every stage of the study into `out` (finished stages skipped)."""
+def run_study(cfg: StudyConfig, out: Path, *, inputs: Inputs = ()) -> list[str]:
+    """Every stage of the study into `out` (finished stages skipped). `inputs`: what else the caller read
+    (the config file), which `out` must not touch."""
     from tunelab.study.config import check_data
 
     check_data(cfg)
-    return Study(cfg, out).execute()
+    return Study(cfg, out, inputs=inputs).execute()

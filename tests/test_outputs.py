@@ -1,0 +1,244 @@
+"""Output folders (tunelab.outputs): an --out that could destroy an input is refused by every command that
+writes, with or without --overwrite; two runs never share an output folder (the lock); a partial folder that
+holds a complete checkpoint is not thrown away by a rerun without --resume."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tunelab.cli import main
+from tunelab.errors import UsageError
+from tunelab.outputs import atomic_output, check_apart
+
+
+def run(capsys, *argv) -> tuple[int, str]:
+    rc = main([str(a) for a in argv])
+    cap = capsys.readouterr()
+    assert "Traceback" not in cap.err + cap.out
+    return rc, cap.err
+
+
+def digest(root: Path) -> dict[str, str]:
+    """Every file under root with its content hash: a folder is intact when this is unchanged."""
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    d = tmp_path / "data" / "SST-2"
+    d.mkdir(parents=True)
+    rows = "sentence\tlabel\n" + "".join(
+        f"{w} film number {i}\t{i % 2}\n" for i, w in enumerate(["awful", "great"] * 4)
+    )
+    (d / "train.tsv").write_text(rows)
+    (d / "dev.tsv").write_text(rows)
+    return d.parent
+
+
+def finetune(model, data_dir, out, *extra):
+    return [
+        "finetune",
+        model,
+        "--task",
+        "sst2",
+        "--data-dir",
+        data_dir,
+        "--out",
+        out,
+        "--input-prompt",
+        "none",
+        "--max-steps",
+        "1",
+        "--max-length",
+        "16",
+        "--batch-size",
+        "4",
+        *extra,
+    ]
+
+
+# ---- --out apart from every input
+# ---------------------------------------------------------------------------
+
+
+def test_check_apart_equal_containing_inside_and_companions(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    model = tmp_path / "runs" / "model"
+    model.mkdir(parents=True)
+    data = tmp_path / "data.tsv"
+    data.write_text("x")
+    inputs = [("model folder", model), ("data file", data)]
+    check_apart(tmp_path / "runs" / "other", inputs)  # beside an input: fine
+    check_apart(tmp_path / "runs" / "model-2", inputs)
+    for out, words in [
+        (model, "is the model folder"),
+        (tmp_path / "runs", "contains the model folder"),
+        (model / "eval", "lies inside the model folder"),
+        (data, "is the data file"),
+        (tmp_path / "runs" / "model" / ".." / "model", "is the model folder"),
+    ]:
+        with pytest.raises(UsageError, match=words):
+            check_apart(out, inputs)
+    # OUT.partial (cleared by a new run) and OUT.old (deleted after --overwrite) are OUT's too
+    partial = tmp_path / "x.partial"
+    partial.mkdir()
+    with pytest.raises(UsageError, match=r"work folder x\.partial is the model folder"):
+        check_apart(tmp_path / "x", [("model folder", partial)])
+    check_apart(tmp_path / "x", [("model folder", tmp_path / "missing")])  # nothing there to destroy
+
+
+def test_check_apart_resolves_symlinks_and_refuses_the_current_folder(tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    (data / "SST-2").mkdir(parents=True)
+    link = tmp_path / "link"
+    link.symlink_to(data)
+    for out in (link, link / "SST-2", tmp_path / "link" / "SST-2" / "..", link / "SST-2" / "run"):
+        with pytest.raises(UsageError, match=r"data folder .*data"):
+            check_apart(out, [("data folder", data)])
+    with pytest.raises(UsageError, match=r"\(= .*data\)"):  # the message shows where the link leads
+        check_apart(link, [("data folder", data)])
+    work = tmp_path / "work" / "sub"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    for out in (".", "..", "", "./", str(tmp_path), "../sub", os.path.relpath("/", work)):
+        with pytest.raises(UsageError, match=r"current folder|a folder above"):
+            check_apart(out)
+    check_apart("run")  # inside the current folder: fine
+
+
+@pytest.fixture(scope="module")
+def finetuned(tiny_model_dir, tmp_path_factory):
+    """A fine-tuned folder (one step) and the data folder it was trained on."""
+    root = tmp_path_factory.mktemp("finetuned")
+    d = root / "data" / "SST-2"
+    d.mkdir(parents=True)
+    rows = "sentence\tlabel\n" + "".join(
+        f"{w} film {i}\t{i % 2}\n" for i, w in enumerate(["awful", "great"] * 4)
+    )
+    (d / "train.tsv").write_text(rows)
+    (d / "dev.tsv").write_text(rows)
+    assert main([str(a) for a in finetune(tiny_model_dir, root / "data", root / "run")]) == 0
+    return root / "run", root / "data"
+
+
+def test_evaluate_into_its_own_model_folder_is_refused(finetuned, tmp_path, capsys):
+    model, data = finetuned
+    before = digest(model)
+    for out in (model, model / "eval", model.parent):
+        rc, err = run(capsys, "evaluate", model, "--data-dir", data, "--out", out, "--overwrite")
+        assert rc == 2 and "fine-tuned model folder" in err and "input" in err, err
+        assert digest(model) == before
+    rc, err = run(capsys, "evaluate", model, "--data-dir", data, "--out", data / "SST-2", "--overwrite")
+    assert rc == 2 and "data" in err and digest(model) == before
+    rc, err = run(capsys, "evaluate", model, "--data-dir", data, "--out", tmp_path / "ev")
+    assert rc == 0, err
+
+
+def test_finetune_and_zeroshot_into_an_input_are_refused(tiny_model_dir, data_dir, tmp_path, capsys):
+    data_before, model_before = digest(data_dir), digest(Path(tiny_model_dir))
+    config = tmp_path / "cfgs" / "train.yaml"
+    config.parent.mkdir()
+    config.write_text("learning_rate: 1e-3\n")
+    train = data_dir / "SST-2" / "train.tsv"
+    data = "data folder|training file|data file"  # whichever of them is found first
+    cases = [
+        (finetune(tiny_model_dir, data_dir, data_dir, "--overwrite"), data),
+        (finetune(tiny_model_dir, data_dir, data_dir / "SST-2", "--overwrite"), data),
+        (finetune(tiny_model_dir, data_dir, data_dir.parent, "--overwrite"), "current folder|contains"),
+        (finetune(tiny_model_dir, data_dir, train, "--overwrite"), "training file"),
+        (finetune(tiny_model_dir, data_dir, tiny_model_dir, "--overwrite"), "is the model folder"),
+        (
+            finetune(tiny_model_dir, data_dir, config.parent, "--overwrite", "--config", config),
+            "options file",
+        ),
+        (
+            [
+                "zeroshot",
+                tiny_model_dir,
+                "--task",
+                "sst2",
+                "--data-dir",
+                data_dir,
+                "--out",
+                data_dir,
+                "--overwrite",
+            ],
+            data,
+        ),
+        (
+            ["zeroshot", tiny_model_dir, "--task", "sst2", "--data-dir", data_dir, "--out", tiny_model_dir],
+            "is the model folder",
+        ),
+    ]
+    for argv, words in cases:
+        rc, err = run(capsys, *argv)
+        assert rc == 2, (argv, err)
+        assert "input of this command" in err and re.search(words, err), (argv, err)
+    assert digest(data_dir) == data_before and digest(Path(tiny_model_dir)) == model_before
+    assert config.read_text() == "learning_rate: 1e-3\n"
+
+
+def test_unusual_output_paths(tiny_model_dir, data_dir, tmp_path, monkeypatch, capsys):
+    work = tmp_path / "here"
+    work.mkdir()
+    (work / "mine.txt").write_text("keep")
+    monkeypatch.chdir(work)
+    for out in (".", "..", "./"):
+        rc, err = run(capsys, *finetune(tiny_model_dir, data_dir, out, "--overwrite"))
+        assert rc == 2 and ("current folder" in err or "above the current" in err), (out, err)
+    link = tmp_path / "to-data"
+    link.symlink_to(data_dir)
+    rc, err = run(capsys, *finetune(tiny_model_dir, data_dir, link / "SST-2", "--overwrite"))
+    assert rc == 2 and "input of this command" in err and "(= " in err  # where the link leads
+    assert (work / "mine.txt").read_text() == "keep" and sorted(os.listdir(work)) == ["mine.txt"]
+    assert (data_dir / "SST-2" / "train.tsv").is_file()
+
+
+def test_study_into_the_data_folder_is_refused(tiny_model_dir, data_dir, tmp_path, capsys):
+    before = digest(data_dir)
+    rc, err = run(
+        capsys,
+        "study",
+        "--preset",
+        "smoke",
+        "--set",
+        f"model={tiny_model_dir}",
+        "--set",
+        f"data_dir={data_dir}",
+        "--set",
+        "squad.enabled=false",
+        "--out",
+        data_dir,
+    )
+    assert rc == 2 and "data folder" in err and "input" in err, err
+    assert digest(data_dir) == before
+
+
+def test_export_into_its_model_folder_is_refused(finetuned, capsys):
+    model, _ = finetuned
+    before = digest(model)
+    rc, err = run(capsys, "export", model, "--out", model / "hub", "--overwrite")
+    assert rc == 2 and "fine-tuned model folder" in err and digest(model) == before
+
+
+def test_atomic_output_refuses_inputs_even_with_overwrite(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_text("x")
+    with (
+        pytest.raises(UsageError, match="is the model folder"),
+        atomic_output(src, overwrite=True, inputs=[("model folder", src)]),
+    ):
+        pass
+    assert (src / "f").read_text() == "x"
+    shutil.rmtree(src)

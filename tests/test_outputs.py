@@ -242,3 +242,87 @@ def test_atomic_output_refuses_inputs_even_with_overwrite(tmp_path):
         pass
     assert (src / "f").read_text() == "x"
     shutil.rmtree(src)
+
+
+# ---- one run per output folder
+# ------------------------------------------------------------------------------
+
+HOLD = """
+import sys, time
+from pathlib import Path
+from tunelab.outputs import atomic_output
+with atomic_output(sys.argv[1]) as work:
+    (work / "train_log.jsonl").write_text("the first run's\\n")
+    print("ready", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_second_run_is_refused_naming_the_holder_and_a_dead_ones_lock_is_taken_over(
+    tiny_model_dir, data_dir, tmp_path, capsys
+):
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "o"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    first = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        assert first.stdout.readline().strip() == "ready"
+        for extra in ((), ("--overwrite",), ("--resume",)):
+            rc, err = run(capsys, *finetune(tiny_model_dir, data_dir, out, *extra))
+            assert rc == 2 and "being written by another tunelab run" in err, err
+            assert f"pid {first.pid} on " in err and "started 20" in err and "o.lock" in err
+        # the first run's work was left alone
+        assert (tmp_path / "o.partial" / "train_log.jsonl").read_text() == "the first run's\n"
+    finally:
+        first.send_signal(signal.SIGKILL)  # dies holding the lock: OUT.lock stays behind, stale
+        first.wait()
+    assert (tmp_path / "o.lock").exists()
+    rc, err = run(capsys, *finetune(tiny_model_dir, data_dir, out))
+    assert rc == 0, err
+    assert (out / "eval" / "metrics.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "o"]  # lock released, no partial
+
+
+def test_output_lock_in_one_process_and_its_release(tmp_path):
+    from tunelab.outputs import output_lock
+
+    out = tmp_path / "o"
+    with output_lock(out):
+        info = (tmp_path / "o.lock").read_text()
+        assert f'"pid": {os.getpid()}' in info and '"host"' in info and '"started"' in info
+        with pytest.raises(UsageError, match=rf"o is being written .*pid {os.getpid()}"), output_lock(out):
+            pass
+        with pytest.raises(UsageError, match="being written"), atomic_output(out, overwrite=True):
+            pass
+    assert not (tmp_path / "o.lock").exists()
+    with pytest.raises(RuntimeError), output_lock(out):  # released on an error too
+        raise RuntimeError
+    with output_lock(out):
+        pass
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_second_study_in_the_same_run_folder_is_refused(tiny_model_dir, data_dir, tmp_path, capsys):
+    from tunelab.outputs import output_lock
+
+    run_dir = tmp_path / "study"
+    with output_lock(run_dir):
+        rc, err = run(
+            capsys,
+            "study",
+            "--set",
+            f"model={tiny_model_dir}",
+            "--set",
+            f"data_dir={data_dir}",
+            "--set",
+            "squad.enabled=false",
+            "--out",
+            run_dir,
+        )
+    assert rc == 2 and "being written by another tunelab run" in err, err
+    assert not run_dir.exists()

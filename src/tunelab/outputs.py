@@ -11,11 +11,16 @@ should let the main process alone write the final files.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
 import shutil
+import socket
+import sys
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +94,86 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
+def lock_path(out: Path) -> Path:
+    return out.with_name(out.name + ".lock")
+
+
+def _holder(fd: int) -> str:
+    """Who holds a lock, from what it wrote into the lock file."""
+    try:
+        info = json.loads(os.pread(fd, 4096, 0).decode("utf-8"))
+        return f"pid {info['pid']} on {info['host']}, started {info['started']}: `{info['command']}`"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "a process that has not yet said who it is"
+
+
+def _take_lock(lock: Path, out: Path) -> int | None:
+    """An open descriptor holding an exclusive flock on `lock` (None where the file system has no locks).
+    The holder may remove the file between our open and our flock, and a third process create a new one:
+    the lock counts only if the path still names the file we locked."""
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(fd)
+            os.close(fd)
+            raise UsageError(
+                f"{out} is being written by another "
+                f"tunelab run ({holder}); wait for it to end or choose another --out (lock file: {lock})"
+            ) from None
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                print(
+                    f"tunelab: warning: {lock}: this file system has no file locks ({exc.strerror}); "
+                    "nothing stops two runs writing the same --out",
+                    file=sys.stderr,
+                )
+                return None
+            raise
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(lock))
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)
+
+
+@contextmanager
+def output_lock(out: str | Path) -> Iterator[None]:
+    """Hold OUT.lock (beside OUT) for the block, so that no two runs write one output folder. The lock is a
+    kernel flock, hand-written rather than `filelock` because the refusal names the holder (pid, host, start
+    time, command), which it writes into the file. It ends with the process however that ends, so the file a
+    killed run leaves behind is stale and simply taken over; it is removed on a normal exit."""
+    out = Path(out)
+    lock = lock_path(out)
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        fd = _take_lock(lock, out)
+    except (NotADirectoryError, FileExistsError, PermissionError) as exc:
+        raise UsageError(f"cannot create the output folder {out}: {exc.strerror or exc}") from None
+    if fd is not None:
+        info = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": datetime.now(UTC).isoformat(timespec="seconds"),
+            "command": " ".join(["tunelab", *sys.argv[1:]]),
+        }
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode("utf-8"), 0)
+    try:
+        yield
+    finally:
+        if fd is not None:
+            try:
+                os.unlink(lock)  # while still holding it (see _take_lock)
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+
+
 @contextmanager
 def atomic_output(
     out: str | Path,
@@ -102,13 +187,19 @@ def atomic_output(
     holds a complete training checkpoint (so `--resume` can continue from it; a failure before the first
     checkpoint leaves nothing behind). Without `resume`, a partial folder left by an earlier run is cleared
     first. An existing `out` is refused unless overwrite, and then replaced only once the new one is done.
-    An `out` that could destroy one of `inputs` is refused (check_apart), with or without overwrite."""
+    An `out` that could destroy one of `inputs` is refused (check_apart), with or without overwrite; one
+    that another run is writing is refused too (output_lock, held until the end)."""
     check_apart(out, inputs)
     out = Path(os.path.normpath(Path(out).expanduser()))
-    if out.exists() and not overwrite:
-        raise UsageError(f"{out} already exists: choose another --out or pass --overwrite")
     state = distributed_state()
     main = state is None or state.is_main_process
+    with output_lock(out) if main else nullcontext():
+        yield from _atomic_output(out, state, main, overwrite, keep_partial, resume)
+
+
+def _atomic_output(out: Path, state, main: bool, overwrite: bool, keep_partial: bool, resume: bool):
+    if out.exists() and not overwrite:
+        raise UsageError(f"{out} already exists: choose another --out or pass --overwrite")
     work = partial_dir(out)
     if main:
         try:

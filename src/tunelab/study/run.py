@@ -42,7 +42,7 @@ import yaml
 from tunelab import runs
 from tunelab.errors import UsageError
 from tunelab.options import ZeroShotOptions
-from tunelab.outputs import Inputs, check_apart, read_json, write_json, write_text
+from tunelab.outputs import Inputs, check_apart, output_lock, read_json, write_json, write_text
 from tunelab.study.config import StudyConfig, train_config
 
 TASK_FILE = "task.json"
@@ -316,6 +316,10 @@ class Study:
         write_json(f, {**env, "invocations": [*doc.get("invocations", []), env]})
 
     def execute(self) -> list[str]:
+        with output_lock(self.run):  # no two studies in one run folder
+            return self._execute()
+
+    def _execute(self) -> list[str]:
         self.prepare()
         stages = self.stages()
         times_file = self.run / "stages.json"

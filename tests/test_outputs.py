@@ -326,3 +326,62 @@ def test_a_second_study_in_the_same_run_folder_is_refused(tiny_model_dir, data_d
         )
     assert rc == 2 and "being written by another tunelab run" in err, err
     assert not run_dir.exists()
+
+
+# ---- a checkpoint left by an interrupted run
+# ----------------------------------------------------------------
+
+
+def _checkpointed(work: Path, step: int) -> Path:
+    ckpt = work / "checkpoints" / f"step-{step}"
+    ckpt.mkdir(parents=True)
+    (ckpt / "trainer_state.json").write_text("{}")
+    (ckpt / "COMPLETE").write_text("{}")
+    return ckpt
+
+
+def test_an_interrupted_run_says_which_checkpoint_it_kept(tmp_path):
+    out = tmp_path / "o"
+    with pytest.raises(KeyboardInterrupt) as info, atomic_output(out, keep_partial=True) as work:
+        _checkpointed(work, 2)
+        _checkpointed(work, 10)
+        raise KeyboardInterrupt
+    notes = "\n".join(info.value.__notes__)
+    assert "kept the checkpoint" in notes and "step-10 (step 10)" in notes and "--resume" in notes
+    with pytest.raises(KeyboardInterrupt) as info, atomic_output(tmp_path / "p", keep_partial=True):
+        raise KeyboardInterrupt
+    assert "no checkpoint was kept" in info.value.__notes__[0]
+    assert not (tmp_path / "p.partial").exists()
+
+
+def test_a_rerun_without_resume_keeps_a_complete_checkpoint(tmp_path):
+    out = tmp_path / "o"
+    ckpt = _checkpointed(partial := tmp_path / "o.partial", 4)
+    with pytest.raises(UsageError, match=r"holds a complete checkpoint .*step-4.*--resume.*--overwrite"):
+        with atomic_output(out, keep_partial=True):
+            pass
+    assert ckpt.is_dir()
+    with pytest.raises(RuntimeError), atomic_output(out, keep_partial=True, resume=True) as work:
+        assert (work / "checkpoints" / "step-4").is_dir()  # resume continues from it
+        raise RuntimeError
+    with atomic_output(out, keep_partial=True, overwrite=True) as work:  # --overwrite: start over
+        assert not (work / "checkpoints").exists()
+    assert out.is_dir() and not partial.exists()
+    (tmp_path / "q.partial").mkdir()  # a partial folder without a checkpoint is simply cleared
+    with atomic_output(tmp_path / "q"):
+        pass
+
+
+def test_the_cli_prints_what_was_kept(monkeypatch, tmp_path, capsys):
+    import tunelab.cli as cli
+
+    def interrupted(args):
+        with atomic_output(tmp_path / "o", keep_partial=True) as work:
+            _checkpointed(work, 6)
+            raise KeyboardInterrupt
+
+    monkeypatch.setitem(cli.COMMANDS, "report", interrupted)
+    assert main(["report", str(tmp_path)]) == 130
+    err = capsys.readouterr().err
+    assert "tunelab: interrupted by SIGINT" in err
+    assert f"tunelab: kept the checkpoint {tmp_path / 'o.partial' / 'checkpoints' / 'step-6'} (step 6)" in err

@@ -8,7 +8,7 @@ import json
 import os
 import sys
 
-from tunelab import __version__
+from tunelab import __version__, signals
 from tunelab.errors import UsageError
 from tunelab.options import (
     EVALUATE_OPTIONS,
@@ -495,18 +495,25 @@ def main(argv: list[str] | None = None) -> int:
 
     trust_remote_code(getattr(args, "trust_remote_code", False))  # set on every call: off unless asked
     try:
-        if launched_processes() > 1 and args.command not in MULTI_PROCESS:
-            raise UsageError(
-                f"`tunelab {args.command}` runs in one process: start it without accelerate launch or "
-                f"torchrun (these use several: {', '.join(MULTI_PROCESS)})"
-            )
-        return COMMANDS[args.command](args)
+        with signals.handled():  # SIGTERM ends a run as Ctrl-C does (tunelab.signals)
+            if launched_processes() > 1 and args.command not in MULTI_PROCESS:
+                raise UsageError(
+                    f"`tunelab {args.command}` runs in one process: start it without accelerate launch or "
+                    f"torchrun (these use several: {', '.join(MULTI_PROCESS)})"
+                )
+            return COMMANDS[args.command](args)
     except UsageError as exc:
-        print(f"tunelab: error: {exc}", file=sys.stderr)
+        _say(f"tunelab: error: {exc}", exc)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("tunelab: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # tunelab.signals.Interrupted, or a KeyboardInterrupt raised elsewhere
+        name = getattr(exc, "signame", "SIGINT")
+        _say(f"tunelab: interrupted by {name}", exc)
+        return getattr(exc, "exit_code", 130)  # 128 + the signal's number: 130 SIGINT, 143 SIGTERM
+
+
+def _say(message: str, exc: BaseException) -> None:
+    """The message and the notes added on the way out (what was kept, how to continue)."""
+    print("\n".join([message, *(f"tunelab: {n}" for n in getattr(exc, "__notes__", ()))]), file=sys.stderr)
 
 
 if __name__ == "__main__":

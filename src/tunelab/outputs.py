@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from tunelab import signals
 from tunelab.distributed import distributed_state
 from tunelab.errors import UsageError
 
@@ -82,9 +83,31 @@ def check_apart(out: str | os.PathLike, inputs: Inputs = (), *, flag: str = "--o
             )
 
 
+def newest_checkpoint(work: Path) -> Path | None:
+    """The newest checkpoint marked COMPLETE in a work folder (see tunelab.training.checkpoint), if any."""
+    steps = [
+        (int(p.parent.name[5:]), p.parent)
+        for p in (Path(work) / "checkpoints").glob("step-*/COMPLETE")
+        if p.parent.name[5:].isdigit()
+    ]
+    return max(steps, default=(None, None))[1]
+
+
 def has_resumable_checkpoint(work: Path) -> bool:
     """Whether a work folder holds a complete training checkpoint (see tunelab.training)."""
-    return any((work / "checkpoints").glob("step-*/COMPLETE"))
+    return newest_checkpoint(work) is not None
+
+
+def _what_was_kept(exc: BaseException, work: Path, keep_partial: bool) -> None:
+    """Say, on the exception (a note the CLI prints), what a failed or interrupted run left behind."""
+    ckpt = newest_checkpoint(work) if keep_partial else None
+    if ckpt is not None:
+        exc.add_note(
+            f"kept the checkpoint {ckpt} (step {ckpt.name[5:]}): run the same command with --resume to "
+            "continue from it"
+        )
+    elif keep_partial:
+        exc.add_note("no checkpoint was kept (--save-every N saves one every N steps for --resume)")
 
 
 def _remove(path: Path) -> None:
@@ -202,26 +225,41 @@ def _atomic_output(out: Path, state, main: bool, overwrite: bool, keep_partial: 
         raise UsageError(f"{out} already exists: choose another --out or pass --overwrite")
     work = partial_dir(out)
     if main:
-        try:
-            if (work.exists() or work.is_symlink()) and not resume:
-                _remove(work)
-            work.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UsageError(f"cannot create the output folder {work}: {exc.strerror or exc}") from None
+        _prepare(work, overwrite, resume)
     if state is not None:
         state.wait_for_everyone()
     try:
         yield work
-    except BaseException:
-        if main and not (keep_partial and has_resumable_checkpoint(work)):
-            shutil.rmtree(work, ignore_errors=True)
+    except BaseException as exc:
+        if main:
+            if not (keep_partial and has_resumable_checkpoint(work)):
+                shutil.rmtree(work, ignore_errors=True)
+            _what_was_kept(exc, work, keep_partial)
         raise
-    if not main:
-        return
+    if main:
+        with signals.deferred():  # a signal here would leave OUT moved aside and the new one not yet in
+            _publish(out, work)
+
+
+def _prepare(work: Path, overwrite: bool, resume: bool) -> None:
+    """Clear an earlier run's work folder (unless resuming), never silently discarding a checkpoint."""
+    ckpt = newest_checkpoint(work) if not resume and work.is_dir() else None
+    if ckpt is not None and not overwrite:
+        raise UsageError(
+            f"{work} holds a complete checkpoint from an interrupted run ({ckpt.name}): run the same "
+            "command with --resume to continue from it, or pass --overwrite to discard it and start over"
+        )
+    try:
+        if (work.exists() or work.is_symlink()) and not resume:
+            _remove(work)
+        work.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create the output folder {work}: {exc.strerror or exc}") from None
+
+
+def _publish(out: Path, work: Path) -> None:
     old = out.with_name(out.name + ".old")
-    if (
-        out.exists() or out.is_symlink()
-    ):  # --overwrite: move the old result aside until the new one is in place
+    if out.exists() or out.is_symlink():  # --overwrite: the old result moves aside until the new one is in
         if old.exists() or old.is_symlink():
             _remove(old)
         os.replace(out, old)

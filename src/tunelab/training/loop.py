@@ -22,6 +22,7 @@ import json
 import math
 import random
 import shutil
+import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -31,6 +32,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from tunelab import signals
 from tunelab.distributed import check_joined, launched_processes
 from tunelab.errors import UsageError
 from tunelab.options import TrainConfig
@@ -229,6 +231,15 @@ class Trainer:
             unit="step",
             disable=not (self.progress and self.accelerator.is_local_main_process),
         )
+        try:
+            with signals.deferred():  # SIGINT/SIGTERM: finish the step, checkpoint it, stop (_after_step)
+                self._steps(bar)
+        finally:
+            bar.close()
+        return self._finish()
+
+    def _steps(self, bar) -> None:
+        cfg = self.cfg
         pending: list[tuple[list[int], float]] = []  # this optimizer step's micro-batches
         for epoch, micro, batch_idx, weight in self._micro_batches():
             n_tokens = sum(sum(self.feats[i]["attention_mask"]) for i in batch_idx) if weight else 0
@@ -245,8 +256,6 @@ class Trainer:
             step = micro // cfg.grad_accum
             bar.update(1)
             self._after_step(step, micro, epoch, bar)
-        bar.close()
-        return self._finish()
 
     def _forward_backward(self, batch_idx: list[int], weight: float) -> torch.Tensor:
         """One micro-batch's forward and backward, in `chunks` pieces whose losses are weighted by their share
@@ -320,10 +329,29 @@ class Trainer:
         last = step == self.total_steps
         if step % cfg.log_every == 0 or last:
             self._log(step, micro, bar)
-        if self.evaluate_fn and cfg.eval_every and step % cfg.eval_every == 0 and not last:
-            self._evaluate(step)
+        eval_due = bool(self.evaluate_fn and cfg.eval_every and step % cfg.eval_every == 0 and not last)
+        signum = self._signalled()
+        if signum is not None:
+            # Stopped by a signal during this step: checkpoint the state after it, unless an evaluation was
+            # due (its result belongs to the state; the checkpoint before is kept instead).
+            if cfg.save_every and not eval_due:
+                self._save(step, micro, epoch)
+            raise signals.stop(signum)
+        if eval_due:
+            with signals.immediate():  # may be long; a signal abandons it (the last checkpoint is kept)
+                self._evaluate(step)
         if cfg.save_every and step % cfg.save_every == 0 and not last:
             self._save(step, micro, epoch)
+
+    def _signalled(self) -> int | None:
+        """The signal received during this step, if any. Under several processes every process stops at the
+        same step: the flag is summed over them (one small all-reduce per step)."""
+        mine = signals.pending()
+        if self.world == 1:
+            return mine
+        acc = self.accelerator
+        anyone = acc.reduce(torch.tensor(float(mine is not None), device=acc.device), "sum").item()
+        return (mine or signal.SIGTERM) if anyone else None  # (a process that got no signal itself)
 
     def _log(self, step: int, micro: int, bar) -> None:
         acc = self.accelerator

@@ -98,6 +98,53 @@ def has_resumable_checkpoint(work: Path) -> bool:
     return newest_checkpoint(work) is not None
 
 
+FULL_DISK_WORDS = (  # what a full disk looks like when a library reports it in a message of its own
+    "No space left on device",
+    "StorageFull",  # safetensors (Rust's io::ErrorKind)
+    "file write failed",  # torch.save (PyTorchStreamWriter)
+    "unexpected pos",  # torch.save: inline_container.cc, a short write
+)
+
+
+def _full_disk(exc: BaseException) -> OSError | BaseException | None:
+    """The error in exc's chain that says the disk (or quota) is full, if any."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return exc
+        if not isinstance(exc, OSError) and any(w in str(exc) for w in FULL_DISK_WORDS):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _size(n: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _full_disk_error(exc: BaseException, work: Path, out: Path) -> UsageError | None:
+    """One clear message for a full disk: which file was being written, the free space, what is kept."""
+    cause = _full_disk(exc)
+    if cause is None:
+        return None
+    written = getattr(cause, "filename", None)
+    if not written:  # torch and safetensors do not say: the file written last
+        files = [p for p in work.rglob("*") if p.is_file()] if work.is_dir() else []
+        written = max(files, key=lambda p: p.stat().st_mtime_ns) if files else work
+    place = next((p for p in [work, *work.parents] if p.exists()), Path("/"))
+    free = _size(shutil.disk_usage(place).free)
+    unchanged = f"; {out} is unchanged" if out.exists() else ""
+    return UsageError(
+        f"no space left on the device while writing {written} ({free} free on the file system of "
+        f"{place}){unchanged}: free some space (or choose an --out on another disk) and run again"
+    )
+
+
 def _what_was_kept(exc: BaseException, work: Path, keep_partial: bool) -> None:
     """Say, on the exception (a note the CLI prints), what a failed or interrupted run left behind."""
     ckpt = newest_checkpoint(work) if keep_partial else None
@@ -231,10 +278,14 @@ def _atomic_output(out: Path, state, main: bool, overwrite: bool, keep_partial: 
     try:
         yield work
     except BaseException as exc:
-        if main:
-            if not (keep_partial and has_resumable_checkpoint(work)):
-                shutil.rmtree(work, ignore_errors=True)
-            _what_was_kept(exc, work, keep_partial)
+        if not main:
+            raise
+        full = _full_disk_error(exc, work, out)  # (before the clean-up: it names the file written last)
+        if not (keep_partial and has_resumable_checkpoint(work)):
+            shutil.rmtree(work, ignore_errors=True)
+        _what_was_kept(full or exc, work, keep_partial)
+        if full is not None:
+            raise full from None
         raise
     if main:
         with signals.deferred():  # a signal here would leave OUT moved aside and the new one not yet in

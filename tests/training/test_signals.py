@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from tests.training.test_resume import (
+from test_resume import (
     _cfg,
     _evaluate,
     _features,
@@ -28,6 +27,7 @@ from tests.training.test_resume import (
     finetune_cmd,
     sst2_tsv,
 )
+
 from tunelab import signals
 from tunelab.training import last_checkpoint, train
 

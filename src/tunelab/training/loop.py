@@ -168,30 +168,11 @@ class Trainer:
     # ---- restore ----------------------------------------------------------------------------------------
 
     def restore(self, resume: bool) -> None:
-        """Continue from the newest complete checkpoint (`resume`), or start clean: an earlier run's log and
-        checkpoints must not mix with this one's."""
+        """Continue from the newest complete checkpoint that is sound (`resume`), or start clean: an earlier
+        run's log and checkpoints must not mix with this one's."""
         acc = self.accelerator
-        ckpt = checkpoint.last_checkpoint(self.ckpt_root) if resume else None
-        if ckpt is not None:
-            if self.fingerprint is None:
-                self.fingerprint = checkpoint.fingerprint(self.cfg, self.feats, self.world)
-            shared = read_json(ckpt / "trainer_state.json", "the checkpoint's state")
-            checkpoint.check_fingerprint(ckpt, shared.get("fingerprint", {}), self.fingerprint)
-            own = read_json(ckpt / f"rank-{self.rank}.json", "the checkpoint's process state")
-            acc.load_state(str(ckpt))
-            self.scheduler.load_state_dict(shared["scheduler"])
-            # accelerate restores RNG states too, but a failure there is only logged; ours is checked.
-            checkpoint.set_rng_state(own["rng"])
-            self.start_micro = shared["micro_step"]
-            self.log, self.evals = shared["log"], shared["evals"]
-            self.seconds_before = shared["train_seconds"]
-            self.running.fill_(own["running"])
-            self.running_n = shared["running_n"]
-            if acc.is_main_process:  # drop lines the interrupted run logged after this checkpoint
-                write_text(self.log_path, "".join(json.dumps(e) + "\n" for e in self.log))
-            acc.print(
-                f"resumed from {ckpt} (step {self.start_micro // self.cfg.grad_accum} of {self.total_steps})"
-            )
+        if resume:
+            self._resume()
         elif acc.is_main_process:
             self.work_dir.mkdir(parents=True, exist_ok=True)
             self.log_path.unlink(missing_ok=True)
@@ -199,6 +180,52 @@ class Trainer:
                 shutil.rmtree(self.ckpt_root)
         acc.wait_for_everyone()
         acc.step = self.start_micro  # accumulation boundaries follow the micro-step count
+
+    def _resume(self) -> None:
+        """Load the newest complete checkpoint; one whose files are missing, of the wrong size or damaged is
+        skipped, saying what is broken, for the one before (two are kept). All broken: a clear error."""
+        acc, broken = self.accelerator, []
+        for ckpt in checkpoint.complete_checkpoints(self.ckpt_root):
+            found = checkpoint.problems(ckpt)
+            if not found:
+                try:
+                    self._load(ckpt)
+                    return
+                except UsageError:
+                    raise  # other settings: an older checkpoint has them too
+                except Exception as exc:  # noqa: BLE001 - whatever a damaged file makes the loaders raise
+                    if self.world > 1:  # the processes must agree on one checkpoint: no fallback
+                        raise UsageError(f"{ckpt}: cannot be loaded: {type(exc).__name__}: {exc}") from None
+                    found = [f"cannot be loaded: {type(exc).__name__}: {exc}"]
+            broken.append(f"{ckpt.name}: {'; '.join(found)}")
+            acc.print(f"tunelab: warning: the checkpoint {ckpt} is broken ({'; '.join(found)})")
+        if broken:
+            raise UsageError(
+                f"{self.ckpt_root}: cannot resume: no sound checkpoint is left ({' | '.join(broken)}); "
+                "start over with --overwrite instead of --resume"
+            )
+
+    def _load(self, ckpt: Path) -> None:
+        acc = self.accelerator
+        if self.fingerprint is None:
+            self.fingerprint = checkpoint.fingerprint(self.cfg, self.feats, self.world)
+        shared = read_json(ckpt / "trainer_state.json", "the checkpoint's state")
+        checkpoint.check_fingerprint(ckpt, shared.get("fingerprint", {}), self.fingerprint)
+        own = read_json(ckpt / f"rank-{self.rank}.json", "the checkpoint's process state")
+        acc.load_state(str(ckpt))
+        self.scheduler.load_state_dict(shared["scheduler"])
+        # accelerate restores RNG states too, but a failure there is only logged; ours is checked.
+        checkpoint.set_rng_state(own["rng"])
+        self.start_micro = shared["micro_step"]
+        self.log, self.evals = shared["log"], shared["evals"]
+        self.seconds_before = shared["train_seconds"]
+        self.running.fill_(own["running"])
+        self.running_n = shared["running_n"]
+        if acc.is_main_process:  # drop lines the interrupted run logged after this checkpoint
+            write_text(self.log_path, "".join(json.dumps(e) + "\n" for e in self.log))
+        acc.print(
+            f"resumed from {ckpt} (step {self.start_micro // self.cfg.grad_accum} of {self.total_steps})"
+        )
 
     # ---- the steps --------------------------------------------------------------------------------------
 

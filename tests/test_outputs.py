@@ -385,3 +385,70 @@ def test_the_cli_prints_what_was_kept(monkeypatch, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "tunelab: interrupted by SIGINT" in err
     assert f"tunelab: kept the checkpoint {tmp_path / 'o.partial' / 'checkpoints' / 'step-6'} (step 6)" in err
+
+
+# ---- a full disk
+# --------------------------------------------------------------------------------------------
+
+
+def test_a_full_disk_is_one_message_naming_the_file_and_the_free_space(tmp_path):
+    import errno
+
+    out = tmp_path / "o"
+    with pytest.raises(UsageError) as info, atomic_output(out) as work:
+        raise OSError(errno.ENOSPC, "No space left on device", str(work / "metrics.json"))
+    msg = str(info.value)
+    assert msg.startswith(
+        f"no space left on the device while writing {tmp_path / 'o.partial' / 'metrics.json'}"
+    )
+    assert " free on the file system of " in msg and not (tmp_path / "o.partial").exists()
+    with pytest.raises(OSError), atomic_output(out):  # other errors stay what they are
+        raise OSError(errno.EACCES, "Permission denied")
+
+
+def _disk_full_run(monkeypatch, capsys, tiny_model_dir, data_dir, tmp_path, writer, fail_at, error=None):
+    from helpers import full_disk
+
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "mine.txt").write_text("an earlier result")
+    calls = full_disk(monkeypatch, writer, fail_at, error)
+    argv = finetune(tiny_model_dir, data_dir, out, "--epochs", "2", "--max-steps", "3", "--save-every", "1")
+    argv.append("--overwrite")
+    rc, err = run(capsys, *argv)
+    assert len(calls) == fail_at, calls
+    assert rc == 2 and "tunelab: error: no space left on the device while writing " in err, err
+    assert " free on the file system of " in err and f"{out} is unchanged" in err
+    assert (out / "mine.txt").read_text() == "an earlier result"
+    return err, tmp_path / "o.partial" / "checkpoints"
+
+
+@pytest.mark.parametrize("at", [2, 3], ids=["checkpoint", "final model"])
+def test_a_full_disk_while_saving_keeps_the_checkpoint_before_and_the_users_files(
+    tiny_model_dir, data_dir, tmp_path, monkeypatch, capsys, at
+):
+    """Three steps, a checkpoint after steps 1 and 2; the disk fills while writing the weights of the
+    checkpoint at step 2 or of the final model."""
+    import safetensors.torch
+
+    from tunelab.training import checkpoint
+
+    err, root = _disk_full_run(
+        monkeypatch, capsys, tiny_model_dir, data_dir, tmp_path, safetensors.torch.save_file, at
+    )
+    kept = root / f"step-{at - 1}"
+    assert f"tunelab: kept the checkpoint {kept} (step {at - 1})" in err and "--resume" in err
+    assert checkpoint.complete_checkpoints(root)[0] == kept and checkpoint.problems(kept) == []
+    assert not list(root.glob(".tmp-*"))
+    assert len([line for line in err.splitlines() if "tunelab:" in line]) == 2  # the error, what was kept
+
+
+def test_torchs_cryptic_full_disk_error_is_the_same_clear_message(
+    tiny_model_dir, data_dir, tmp_path, monkeypatch, capsys
+):
+    import torch
+
+    cryptic = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+    err, _ = _disk_full_run(monkeypatch, capsys, tiny_model_dir, data_dir, tmp_path, torch.save, 1, cryptic)
+    assert "checkpoints/.tmp-step-1/" in err and "(checkpoint step 1)" in err  # the file written last
+    assert "no checkpoint was kept" in err and not (tmp_path / "o.partial").exists()

@@ -106,7 +106,7 @@ FULL_DISK_WORDS = (  # what a full disk looks like when a library reports it in 
 )
 
 
-def _full_disk(exc: BaseException) -> OSError | BaseException | None:
+def full_disk(exc: BaseException) -> OSError | BaseException | None:
     """The error in exc's chain that says the disk (or quota) is full, if any."""
     seen = set()
     while exc is not None and id(exc) not in seen:
@@ -119,6 +119,12 @@ def _full_disk(exc: BaseException) -> OSError | BaseException | None:
     return None
 
 
+def newest_file(folder: Path) -> Path | None:
+    """The file modified last under a folder (None when it holds none)."""
+    files = [p for p in Path(folder).rglob("*") if p.is_file()] if Path(folder).is_dir() else []
+    return max(files, key=lambda p: p.stat().st_mtime_ns) if files else None
+
+
 def _size(n: float) -> str:
     for unit in ("bytes", "KB", "MB", "GB", "TB"):
         if n < 1024 or unit == "TB":
@@ -129,14 +135,14 @@ def _size(n: float) -> str:
 
 def _full_disk_error(exc: BaseException, work: Path, out: Path) -> UsageError | None:
     """One clear message for a full disk: which file was being written, the free space, what is kept."""
-    cause = _full_disk(exc)
+    cause = full_disk(exc)
     if cause is None:
         return None
     written = getattr(cause, "filename", None)
-    if not written:  # torch and safetensors do not say: the file written last
-        files = [p for p in work.rglob("*") if p.is_file()] if work.is_dir() else []
-        written = max(files, key=lambda p: p.stat().st_mtime_ns) if files else work
-    place = next((p for p in [work, *work.parents] if p.exists()), Path("/"))
+    if not written:  # torch and safetensors do not say which file: name the one written last
+        last = newest_file(work)
+        written = f"{last.parent} (the file written last: {last.name})" if last else work
+    place = next((p for p in work.parents if p.exists()), Path("/"))
     free = _size(shutil.disk_usage(place).free)
     unchanged = f"; {out} is unchanged" if out.exists() else ""
     return UsageError(
@@ -154,7 +160,7 @@ def _what_was_kept(exc: BaseException, work: Path, keep_partial: bool) -> None:
             "continue from it"
         )
     elif keep_partial:
-        exc.add_note("no checkpoint was kept (--save-every N saves one every N steps for --resume)")
+        exc.add_note("no checkpoint was kept (none was complete yet; --save-every N saves one every N steps)")
 
 
 def _remove(path: Path) -> None:

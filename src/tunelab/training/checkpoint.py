@@ -11,6 +11,7 @@ falls back to the one before.
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import json
 import os
@@ -25,6 +26,7 @@ import torch
 
 from tunelab.errors import UsageError
 from tunelab.options import NOT_TRAINING, TrainConfig
+from tunelab.outputs import full_disk, newest_file
 
 KEEP = 2  # complete checkpoints kept: a broken newest one falls back to the one before
 
@@ -121,9 +123,15 @@ def save(accelerator, ckpt_root: Path, step: int, shared: dict, own: dict) -> No
             os.replace(tmp, final)
             _fsync_dir(ckpt_root)
             _prune(ckpt_root)
-    except BaseException:
-        if accelerator.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException as exc:
+        if not accelerator.is_main_process:
+            raise
+        last = newest_file(tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
+        if full_disk(exc) is not None and last is not None:  # name the file (torch's error does not)
+            raise OSError(
+                errno.ENOSPC, os.strerror(errno.ENOSPC), f"{last} (checkpoint step {step})"
+            ) from exc
         raise
     accelerator.wait_for_everyone()
 

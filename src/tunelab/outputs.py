@@ -151,14 +151,12 @@ def _full_disk_error(exc: BaseException, work: Path, out: Path) -> UsageError | 
     )
 
 
-def _what_was_kept(exc: BaseException, work: Path, keep_partial: bool) -> None:
+def _what_was_kept(exc: BaseException, work: Path, keep_partial: bool, resume: bool) -> None:
     """Say, on the exception (a note the CLI prints), what a failed or interrupted run left behind."""
     ckpt = newest_checkpoint(work) if keep_partial else None
     if ckpt is not None:
-        exc.add_note(
-            f"kept the checkpoint {ckpt} (step {ckpt.name[5:]}): run the same command with --resume to "
-            "continue from it"
-        )
+        how = "run the same command again" if resume else "run the same command with --resume"
+        exc.add_note(f"kept the checkpoint {ckpt} (step {ckpt.name[5:]}): {how} to continue from it")
     elif keep_partial:
         exc.add_note("no checkpoint was kept (none was complete yet; --save-every N saves one every N steps)")
 
@@ -289,7 +287,7 @@ def _atomic_output(out: Path, state, main: bool, overwrite: bool, keep_partial: 
         full = _full_disk_error(exc, work, out)  # (before the clean-up: it names the file written last)
         if not (keep_partial and has_resumable_checkpoint(work)):
             shutil.rmtree(work, ignore_errors=True)
-        _what_was_kept(full or exc, work, keep_partial)
+        _what_was_kept(full or exc, work, keep_partial, resume)
         if full is not None:
             raise full from None
         raise

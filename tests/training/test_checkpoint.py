@@ -33,8 +33,10 @@ def reference(tiny_model_dir, tmp_path_factory):
     return ref, _trainable(model)
 
 
-def _crashed(tiny_model_dir, work):
+@pytest.fixture(scope="module")
+def stopped(tiny_model_dir, tmp_path_factory):
     """A run stopped at step 8 (its second evaluation): checkpoints at steps 3 and 6 are kept."""
+    work = tmp_path_factory.mktemp("stopped") / "run"
     with pytest.raises(Crash):
         train(
             _model(tiny_model_dir),
@@ -45,9 +47,14 @@ def _crashed(tiny_model_dir, work):
             evaluate=_evaluate(crash_at=2),
             progress=False,
         )
-    root = work / "checkpoints"
-    assert [p.name for p in checkpoint.complete_checkpoints(root)] == ["step-6", "step-3"]
-    return root
+    assert [p.name for p in checkpoint.complete_checkpoints(work / "checkpoints")] == ["step-6", "step-3"]
+    return work
+
+
+def _crashed(stopped, work):
+    """A copy of the stopped run's work folder (each test damages its own)."""
+    shutil.copytree(stopped, work)
+    return work / "checkpoints"
 
 
 def _truncate(path):
@@ -72,16 +79,21 @@ DAMAGE = {
 
 
 @pytest.mark.parametrize("damage", list(DAMAGE))
-def test_a_broken_newest_checkpoint_falls_back_to_the_one_before(
-    tiny_model_dir, tmp_path, reference, capsys, damage
-):
+def test_what_is_broken_in_a_checkpoint_is_named(stopped, tmp_path, damage):
     name, spoil, words = DAMAGE[damage]
-    root = _crashed(tiny_model_dir, tmp_path / "run")
+    root = _crashed(stopped, tmp_path / "run")
+    assert checkpoint.problems(root / "step-6") == []
     spoil(root / "step-6" / name)
+    found = checkpoint.problems(root / "step-6")
+    assert any(p.startswith(words) for p in found), found
     assert checkpoint.problems(root / "step-3") == []
-    assert any(p.startswith(words) for p in checkpoint.problems(root / "step-6")), checkpoint.problems(
-        root / "step-6"
-    )
+
+
+def test_a_broken_newest_checkpoint_falls_back_to_the_one_before(
+    tiny_model_dir, stopped, tmp_path, reference, capsys
+):
+    root = _crashed(stopped, tmp_path / "run")
+    _scramble(root / "step-6" / "optimizer.bin")
     capsys.readouterr()
     model = _model(tiny_model_dir)
     got = train(
@@ -95,7 +107,9 @@ def test_a_broken_newest_checkpoint_falls_back_to_the_one_before(
         progress=False,
     )
     out = capsys.readouterr().out
-    assert f"the checkpoint {root / 'step-6'} is broken ({words}" in out and "resumed from" in out
+    assert (
+        f"the checkpoint {root / 'step-6'} is broken (optimizer.bin: damaged" in out and "resumed from" in out
+    )
     assert got.resumed_from == 3
     ref, want = reference
     have = _trainable(model)
@@ -104,10 +118,10 @@ def test_a_broken_newest_checkpoint_falls_back_to_the_one_before(
     assert got.evals == ref.evals and [e["loss"] for e in got.log] == [e["loss"] for e in ref.log]
 
 
-def test_a_checkpoint_that_cannot_be_loaded_falls_back(tiny_model_dir, tmp_path, reference, capsys):
+def test_a_checkpoint_that_cannot_be_loaded_falls_back(tiny_model_dir, stopped, tmp_path, capsys):
     """Damage the checks do not see (a sound file with the wrong content): loading fails, the one before is
     used."""
-    root = _crashed(tiny_model_dir, tmp_path / "run")
+    root = _crashed(stopped, tmp_path / "run")
     shutil.copy(root / "step-3" / "rank-0.json", root / "step-6" / "rank-0.json")
     (root / "step-6" / "rank-0.json").write_text('{"rng": {"python": [], "numpy": []}, "running": 0}')
     marker = root / "step-6" / "COMPLETE"
@@ -125,8 +139,8 @@ def test_a_checkpoint_that_cannot_be_loaded_falls_back(tiny_model_dir, tmp_path,
     assert got.resumed_from == 3 and "cannot be loaded" in capsys.readouterr().out
 
 
-def test_no_sound_checkpoint_left_is_one_clear_error(tiny_model_dir, tmp_path):
-    root = _crashed(tiny_model_dir, tmp_path / "run")
+def test_no_sound_checkpoint_left_is_one_clear_error(tiny_model_dir, stopped, tmp_path):
+    root = _crashed(stopped, tmp_path / "run")
     (root / "step-6" / "optimizer.bin").unlink()
     _truncate(root / "step-3" / "model.safetensors")
     with pytest.raises(UsageError) as info:

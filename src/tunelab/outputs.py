@@ -19,7 +19,7 @@ import shutil
 import socket
 import sys
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -61,8 +61,8 @@ def check_apart(out: str | os.PathLike, inputs: Inputs = (), *, flag: str = "--o
             f"choose a new folder for it (e.g. {flag} runs/NAME)"
         )
     companions = [(f"{flag} {_shown(given)}", target)] + [
-        (f"{flag} {given}'s work folder {norm.name}{suffix}", _real(norm.with_name(norm.name + suffix)))
-        for suffix in (".partial", ".old", ".lock")
+        (f"{flag} {given}'s {role} {norm.name}{suffix}", _real(norm.with_name(norm.name + suffix)))
+        for suffix, role in ((".partial", "work folder"), (".old", "old copy"), (".lock", "lock file"))
     ]
     for what, path in inputs:
         if path is None or str(path) == "" or not os.path.lexists(Path(path).expanduser()):
@@ -109,7 +109,7 @@ FULL_DISK_WORDS = (  # what a full disk looks like when a library reports it in 
 def full_disk(exc: BaseException) -> OSError | BaseException | None:
     """The error in exc's chain that says the disk (or quota) is full, if any."""
     seen = set()
-    while exc is not None and id(exc) not in seen:
+    while exc is not None and id(exc) not in seen and not isinstance(exc, UsageError):  # (already clear)
         seen.add(id(exc))
         if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
             return exc
@@ -267,18 +267,28 @@ def atomic_output(
     out = Path(os.path.normpath(Path(out).expanduser()))
     state = distributed_state()
     main = state is None or state.is_main_process
-    with output_lock(out) if main else nullcontext():
-        yield from _atomic_output(out, state, main, overwrite, keep_partial, resume)
-
-
-def _atomic_output(out: Path, state, main: bool, overwrite: bool, keep_partial: bool, resume: bool):
-    if out.exists() and not overwrite:
-        raise UsageError(f"{out} already exists: choose another --out or pass --overwrite")
     work = partial_dir(out)
-    if main:
-        _prepare(work, overwrite, resume)
-    if state is not None:
-        state.wait_for_everyone()
+    with ExitStack() as held:
+        problem = None
+        if main:  # the lock, the existing OUT, an earlier run's work folder
+            try:
+                held.enter_context(output_lock(out))
+                if out.exists() and not overwrite:
+                    raise UsageError(f"{out} already exists: choose another --out or pass --overwrite")
+                _prepare(work, overwrite, resume)
+            except UsageError as exc:
+                problem = exc
+        if state is not None:  # every process stops when the main one cannot go on (none waits alone)
+            from accelerate.utils import broadcast_object_list
+
+            said = broadcast_object_list([str(problem) if problem else None], from_process=0)[0]
+            problem = problem or (UsageError(said) if said else None)
+        if problem is not None:
+            raise problem
+        yield from _written(out, work, main, keep_partial, resume)
+
+
+def _written(out: Path, work: Path, main: bool, keep_partial: bool, resume: bool) -> Iterator[Path]:
     try:
         yield work
     except BaseException as exc:
@@ -287,7 +297,8 @@ def _atomic_output(out: Path, state, main: bool, overwrite: bool, keep_partial: 
         full = _full_disk_error(exc, work, out)  # (before the clean-up: it names the file written last)
         if not (keep_partial and has_resumable_checkpoint(work)):
             shutil.rmtree(work, ignore_errors=True)
-        _what_was_kept(full or exc, work, keep_partial, resume)
+        if full is not None or not isinstance(exc, UsageError):  # (a usage error loses no progress)
+            _what_was_kept(full or exc, work, keep_partial, resume)
         if full is not None:
             raise full from None
         raise

@@ -51,8 +51,9 @@ def handled() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = {s: signal.getsignal(s) for s in SIGNALS}
-    for s in SIGNALS:
+    # A signal the process was started to ignore (SIGINT for a background job of a script) stays ignored.
+    old = {s: signal.getsignal(s) for s in SIGNALS if signal.getsignal(s) is not signal.SIG_IGN}
+    for s in old:
         signal.signal(s, _handler)
     try:
         yield

@@ -452,3 +452,20 @@ def test_torchs_cryptic_full_disk_error_is_the_same_clear_message(
     err, _ = _disk_full_run(monkeypatch, capsys, tiny_model_dir, data_dir, tmp_path, torch.save, 1, cryptic)
     assert "checkpoints/.tmp-step-1/" in err and "(checkpoint step 1)" in err  # the file written last
     assert "no checkpoint was kept" in err and not (tmp_path / "o.partial").exists()
+
+
+def test_a_full_disk_outside_an_output_folder_is_the_same_clear_message(monkeypatch, tmp_path, capsys):
+    import errno
+
+    import tunelab.cli as cli
+
+    def writes(args):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "run" / "stages.json"))
+
+    monkeypatch.setitem(cli.COMMANDS, "report", writes)
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(
+        f"tunelab: error: no space left on the device while writing {tmp_path}/run/stages.json"
+    )
+    assert "MB free on the file system of" in err and "Traceback" not in err

@@ -505,10 +505,31 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         _say(f"tunelab: error: {exc}", exc)
         return exc.exit_code
+    except Exception as exc:
+        from tunelab.outputs import full_disk
+
+        cause = full_disk(exc)  # outside an output folder (a study's own files): the same clear message
+        if cause is None:
+            raise
+        _say(f"tunelab: error: {_no_space(cause)}", exc)
+        return 2
     except KeyboardInterrupt as exc:  # tunelab.signals.Interrupted, or a KeyboardInterrupt raised elsewhere
         name = getattr(exc, "signame", "SIGINT")
         _say(f"tunelab: interrupted by {name}", exc)
         return getattr(exc, "exit_code", 130)  # 128 + the signal's number: 130 SIGINT, 143 SIGTERM
+
+
+def _no_space(cause: BaseException) -> str:
+    import shutil
+    from pathlib import Path
+
+    written = getattr(cause, "filename", None)
+    place = next((p for p in Path(os.path.abspath(written or ".")).parents if p.exists()), Path("/"))
+    free = shutil.disk_usage(place).free / 2**20
+    return (
+        f"no space left on the device while writing {written or 'a file'} ({free:.1f} MB free on the file "
+        f"system of {place}): free some space and run the same command again"
+    )
 
 
 def _say(message: str, exc: BaseException) -> None:

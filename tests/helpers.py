@@ -99,3 +99,25 @@ def squad_json(examples, path: Path) -> Path:
 def sst2_tsv(examples, path: Path) -> Path:
     path.write_text("sentence\tlabel\n" + "".join(f"{ex.text}\t{ex.label}\n" for ex in examples))
     return path
+
+
+def full_disk(monkeypatch, writer, fail_at: int, error: BaseException | None = None) -> list:
+    """Make the `fail_at`-th call of `writer` (a function such as safetensors.torch.save_file) fail as on a
+    full disk, by default with OSError(ENOSPC), wherever it was imported under whatever name. Returns the
+    list of calls so far."""
+    import errno
+    import sys
+
+    calls: list = []
+
+    def failing(*args, **kwargs):
+        calls.append(args[1] if len(args) > 1 else kwargs.get("filename"))
+        if len(calls) == fail_at:
+            raise error or OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return writer(*args, **kwargs)
+
+    for module in list(sys.modules.values()):
+        for name, value in list(getattr(module, "__dict__", {}).items()):
+            if value is writer:
+                monkeypatch.setattr(module, name, failing)
+    return calls

@@ -11,7 +11,7 @@ import json
 import os
 import sys
 
-from tunelab import __version__
+from tunelab import __version__, signals
 from tunelab.errors import UsageError
 from tunelab.options import (
     ECO_RUN_OPTIONS,
@@ -275,6 +275,20 @@ def _options(args, opts: dict, task) -> dict:
     return values
 
 
+def _inputs(args, task) -> list[tuple[str, str | None]]:
+    """What a command reads besides its model and data files (runs.* add those), for `--out` to keep
+    apart from: the data folder, a training-options file, a task file."""
+    from tunelab.data.folder import ENV_VAR, resolve_data_dir
+
+    read = [("training-options file", getattr(args, "config", None)), ("task file", task.source)]
+    if args.data_dir or (task.needs_data_dir() and os.environ.get(ENV_VAR)):
+        try:
+            read.append(("data folder", str(resolve_data_dir(args.data_dir))))
+        except UsageError:
+            pass  # not a folder: nothing there to protect (loading the data says what is wrong)
+    return read
+
+
 def cmd_params(args) -> int:
     from tunelab.models import LoraOptions, load_config, param_report
     from tunelab.models.params import format_report
@@ -338,7 +352,16 @@ def cmd_zeroshot(args) -> int:
     return _report(
         task.for_data(examples),
         args,
-        runs.zeroshot(task, args.model, examples, data, args.out, options, overwrite=args.overwrite),
+        runs.zeroshot(
+            task,
+            args.model,
+            examples,
+            data,
+            args.out,
+            options,
+            overwrite=args.overwrite,
+            inputs=_inputs(args, task),
+        ),
     )
 
 
@@ -384,6 +407,7 @@ def cmd_finetune(args) -> int:
         resume=args.resume,
         overwrite=args.overwrite,
         report_to=report_to,
+        inputs=_inputs(args, task),
     )
     if m is None:  # not the main process of a multi-process run
         return 0
@@ -410,8 +434,13 @@ def _finetune_seeds(args, task, cfg, seeds, train_ex, dev_ex, dev_data, train_da
             work.glob("seed-*.partial/checkpoints/step-*/COMPLETE")
         )
 
+    read = [("model folder", args.model), ("training file", train_data), ("data file", dev_data)]
     with atomic_output(
-        args.out, overwrite=args.overwrite, keep_partial=resumable, resume=args.resume
+        args.out,
+        overwrite=args.overwrite,
+        keep_partial=resumable,
+        resume=args.resume,
+        inputs=read + _inputs(args, task),
     ) as work:
         for seed in seeds:
             done = Path(work) / f"seed-{seed}" / "eval" / "metrics.json"
@@ -474,6 +503,7 @@ def cmd_evaluate(args) -> int:
         task=task,
         batch_size=options["batch_size"],
         overwrite=args.overwrite,
+        inputs=_inputs(args, data_task),
     )
     return _report(data_task.for_meta(meta).for_data(examples), args, m)
 
@@ -509,7 +539,7 @@ def cmd_study(args) -> int:
         return 0
     out = Path(args.out or Path("runs") / cfg.name)
     t0 = time.perf_counter()
-    study = run_study(cfg, out)
+    study = run_study(cfg, out, inputs=[("study config file", args.config)])
     from tunelab.study.summary import print_summary, summary_rows
 
     print_summary(summary_rows(study), out / "report.html")
@@ -606,18 +636,46 @@ def main(argv: list[str] | None = None) -> int:
 
     configure(args.verbose, models=args.command in LOADS_MODELS)
     try:
-        if launched_processes() > 1 and args.command not in MULTI_PROCESS:
-            raise UsageError(
-                f"`tunelab {args.command}` runs in one process: start it without accelerate launch or "
-                f"torchrun (these use several: {', '.join(MULTI_PROCESS)})"
-            )
-        return COMMANDS[args.command](args)
+        with signals.handled():  # SIGTERM ends a run as Ctrl-C does (tunelab.signals)
+            if launched_processes() > 1 and args.command not in MULTI_PROCESS:
+                raise UsageError(
+                    f"`tunelab {args.command}` runs in one process: start it without accelerate launch or "
+                    f"torchrun (these use several: {', '.join(MULTI_PROCESS)})"
+                )
+            return COMMANDS[args.command](args)
     except UsageError as exc:
-        print(f"tunelab: error: {exc}", file=sys.stderr)
+        _say(f"tunelab: error: {exc}", exc)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("tunelab: interrupted", file=sys.stderr)
-        return 130
+    except Exception as exc:
+        from tunelab.outputs import full_disk
+
+        cause = full_disk(exc)  # outside an output folder (a study's own files): the same clear message
+        if cause is None:
+            raise
+        _say(f"tunelab: error: {_no_space(cause)}", exc)
+        return 2
+    except KeyboardInterrupt as exc:  # tunelab.signals.Interrupted, or a KeyboardInterrupt raised elsewhere
+        name = getattr(exc, "signame", "SIGINT")
+        _say(f"tunelab: interrupted by {name}", exc)
+        return getattr(exc, "exit_code", 130)  # 128 + the signal's number: 130 SIGINT, 143 SIGTERM
+
+
+def _no_space(cause: BaseException) -> str:
+    import shutil
+    from pathlib import Path
+
+    written = getattr(cause, "filename", None)
+    place = next((p for p in Path(os.path.abspath(written or ".")).parents if p.exists()), Path("/"))
+    free = shutil.disk_usage(place).free / 2**20
+    return (
+        f"no space left on the device while writing {written or 'a file'} ({free:.1f} MB free on the file "
+        f"system of {place}): free some space and run the same command again"
+    )
+
+
+def _say(message: str, exc: BaseException) -> None:
+    """The message and the notes added on the way out (what was kept, how to continue)."""
+    print("\n".join([message, *(f"tunelab: {n}" for n in getattr(exc, "__notes__", ()))]), file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from tunelab.errors import ModelError
 from tunelab.models import align_pad_token, load_causal_lm, load_task_model, load_tokenizer
 from tunelab.models.params import LoraOptions, apply_method
 from tunelab.options import TrainConfig, ZeroShotOptions
-from tunelab.outputs import atomic_output, read_json, write_json
+from tunelab.outputs import Inputs, atomic_output, check_apart, read_json, write_json
 from tunelab.tasks import Task, task_from_meta
 from tunelab.training import save_config, set_seed, train, whole_model
 
@@ -49,13 +49,16 @@ def zeroshot(
     options: ZeroShotOptions,
     *,
     overwrite: bool = False,
+    inputs: Inputs = (),
 ) -> dict | None:
-    """Evaluate the base model by prompting; returns the metrics (None on processes that do not write)."""
+    """Evaluate the base model by prompting; returns the metrics (None on processes that do not write).
+    `inputs`: what else the caller read (a data folder, a config file), which `out` must not touch."""
     task = task.for_data(examples)
     task.check_eval(examples, data)
     task.check_prompts(options.prompt, None)
     dev = device()
-    with atomic_output(out, overwrite=overwrite) as work:
+    read = [("model folder", model_spec), ("data file", data), *inputs]
+    with atomic_output(out, overwrite=overwrite, inputs=read) as work:
         tokenizer = load_tokenizer(model_spec, padding_side=task.zero_shot_padding_side)
         model = load_causal_lm(model_spec, dtype=eval_dtype(dev)).to(dev).eval()
         t0 = time.perf_counter()
@@ -102,20 +105,24 @@ def finetune(
     tracking_dir: str | Path | None = None,
     run_name: str = "finetune",
     hparams: dict | None = None,
+    inputs: Inputs = (),
 ) -> dict | None:
     """Fine-tune the task's head (full, LoRA or head-only) on the training examples, save a Hugging Face
     folder, evaluate it on the dev examples. `options`: the task kind's fine-tuning keys (classification:
     input_prompt). `report_to`: experiment trackers (tunelab.tracking), logging under `tracking_dir` (default
-    OUT/tracking) as `run_name`, with `hparams` (default: the training config). Returns the dev metrics (None
+    OUT/tracking) as `run_name`, with `hparams` (default: the training config). `inputs`: what else the
+    caller read (a data folder, a config file), which `out` must not touch. Returns the dev metrics (None
     on processes that do not write)."""
     cfg.validate()
+    read = [("model folder", model_spec), ("training file", train_data), ("data file", dev_data), *inputs]
+    check_apart(out, read)  # before the (slow) tokenisation
     task = task.for_data(train_examples + dev_examples)
     train_examples = task.training_examples(train_examples, train_data)
     task.check_dev_labels(dev_examples, dev_data)
     tokenizer = load_tokenizer(model_spec, padding_side="right")
     ft = task.prepare_fine_tuning(tokenizer, cfg, train_examples, dev_examples, options or {})
     set_seed(cfg.seed)  # the new head (and LoRA matrices) are initialised from this seed
-    with atomic_output(out, overwrite=overwrite, keep_partial=True, resume=resume) as work:
+    with atomic_output(out, overwrite=overwrite, keep_partial=True, resume=resume, inputs=read) as work:
         tracker = _tracking(
             report_to, Path(tracking_dir or work / "tracking"), run_name, hparams or cfg.to_dict()
         )
@@ -212,14 +219,19 @@ def evaluate(
     task: Task | None = None,
     batch_size: int = 64,
     overwrite: bool = False,
+    inputs: Inputs = (),
 ) -> dict | None:
-    """Evaluate a fine-tuned folder on `examples` (as `task`, by default the one it was trained for)."""
+    """Evaluate a fine-tuned folder on `examples` (as `task`, by default the one it was trained for).
+    `inputs`: what else the caller read (a data folder, a task file), which `out` must not touch."""
+    read = [("fine-tuned model folder", model_dir), ("data file", data), *inputs]
+    check_apart(out, read)  # before loading the model
     model, tokenizer, meta, trained_for = load_finetuned(model_dir, task)
+    read.append(("base model folder", meta.get("base_model_path")))
     task = (task or trained_for).for_meta(meta).for_data(examples)
     task.check_eval(examples, data)
     dev = device()
     model.to(dev)
-    with atomic_output(out, overwrite=overwrite) as work:
+    with atomic_output(out, overwrite=overwrite, inputs=read) as work:
         t0 = time.perf_counter()
         parts = sharded_map(
             lambda exs: task.predict(model, tokenizer, exs, meta, batch_size).per_example(), examples

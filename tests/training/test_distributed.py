@@ -308,3 +308,37 @@ def test_single_process_commands_refuse_a_multi_process_launch(tiny_model_dir, m
     assert main(["params", tiny_model_dir]) == 2
     err = capsys.readouterr().err
     assert "`tunelab params` runs in one process" in err and "finetune, zeroshot, evaluate" in err
+
+
+REFUSED = textwrap.dedent("""
+    import sys
+    from tunelab.distributed import distributed_state
+    from tunelab.errors import UsageError
+    from tunelab.outputs import atomic_output
+
+    state = distributed_state()
+    try:
+        with atomic_output(sys.argv[1]):
+            pass
+    except UsageError as exc:
+        print(f"process {state.process_index} refused: {exc}", flush=True)
+        sys.exit(2)
+""")
+
+
+def test_every_process_stops_when_the_output_folder_is_refused(tmp_path):
+    """Only the first process takes the lock and looks at the work folder; when it cannot go on, the others
+    must stop too rather than wait for it forever."""
+    from tunelab.outputs import output_lock
+
+    script = tmp_path / "refused.py"
+    script.write_text(REFUSED)
+    out = tmp_path / "o"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    cmd += ["--master_port", str(_free_port()), str(script), str(out)]
+    with output_lock(out):  # another run holds it
+        done = subprocess.run(cmd, env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    said = done.stdout + done.stderr
+    assert done.returncode != 0
+    for rank in (0, 1):
+        assert f"process {rank} refused: {out} is being written by another tunelab run" in said, said[-3000:]

@@ -38,21 +38,12 @@ def _param_counts(config_dir: Path, task, meta: dict, train_cfg: dict) -> dict |
     return report.to_dict()
 
 
-def _overlaps(a: Path, b: Path) -> bool:
-    a, b = a.resolve(), b.resolve()
-    return a == b or a in b.parents or b in a.parents
-
-
-def _check_inputs(model_dir: Path, out_dir: Path, base_model: str | None) -> tuple[dict, dict]:
+def _check_inputs(model_dir: Path, base_model: str | None) -> tuple[dict, dict]:
     if not any((model_dir / f).is_file() for f in WEIGHT_FILES):
         raise UsageError(f"{model_dir}: no weights (expected model.safetensors or adapter_model.safetensors)")
     metrics_file = model_dir / "eval" / "metrics.json"
     if not metrics_file.is_file():
         raise UsageError(f"{model_dir}: no eval/metrics.json; export a folder written by `tunelab finetune`")
-    if _overlaps(model_dir, out_dir):
-        raise UsageError(
-            f"{out_dir}: the export must go to a folder outside {model_dir} (and not contain it)"
-        )
     if base_model is not None and not (REPO_ID.fullmatch(base_model) and ".." not in base_model):
         raise UsageError(f"--base-model {base_model!r}: expected a Hub id, owner/name")
     cfg_file = model_dir / "training_config.json"
@@ -80,15 +71,17 @@ def export(
     from huggingface_hub import ModelCard
     from peft import PeftModel
 
-    from tunelab.outputs import atomic_output, write_json
+    from tunelab.outputs import atomic_output, check_apart, write_json
     from tunelab.runs import META_FILE, load_finetuned, read_meta
     from tunelab.tasks import task_from_meta
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     meta = read_meta(model_dir)
     task = task_from_meta(meta, str(model_dir / META_FILE))
-    metrics, train_cfg = _check_inputs(model_dir, out_dir, base_model)
-    with atomic_output(out_dir, overwrite=overwrite) as work:
+    read = [("fine-tuned model folder", model_dir), ("base model folder", meta.get("base_model_path"))]
+    check_apart(out_dir, read)
+    metrics, train_cfg = _check_inputs(model_dir, base_model)
+    with atomic_output(out_dir, overwrite=overwrite, inputs=read) as work:
         model, tokenizer, _, _ = load_finetuned(model_dir)
         saved = meta.get("saved", "full")
         if isinstance(model, PeftModel):

@@ -48,7 +48,7 @@ from tunelab import runs
 from tunelab.data.hub import DatasetRef
 from tunelab.errors import UsageError
 from tunelab.options import ZeroShotOptions
-from tunelab.outputs import read_json, write_json, write_text
+from tunelab.outputs import Inputs, check_apart, output_lock, read_json, write_json, write_text
 from tunelab.study.config import StudyConfig, train_config
 
 TASK_FILE = "task.json"
@@ -155,13 +155,24 @@ class Stage:
 
 
 class Study:
-    def __init__(self, cfg: StudyConfig, run_dir: str | Path, *, log=print):
+    def __init__(self, cfg: StudyConfig, run_dir: str | Path, *, log=print, inputs: Inputs = ()):
         self.cfg = cfg
         self.c = cfg.data
         self.run = Path(run_dir)
         self.log = log
         self.read: dict[str, dict] = {}  # stage id -> split -> what the stage read (file, sha256, examples)
         self._digests: dict[str, str] = {}  # file -> sha256, computed once per invocation
+        self.inputs = list(inputs)  # what the caller read (the config file), kept apart from the run folder
+
+    def reads(self) -> list[tuple[str, str | None]]:
+        """What the study reads: the model, the data folder, task files and the caller's inputs."""
+        tasks = [("task file", self.cfg.tasks[name].source) for name in self.cfg.enabled]
+        return [
+            ("model folder", self.c["model"]),
+            ("data folder", self.c.get("data_dir")),
+            *tasks,
+            *self.inputs,
+        ]
 
     # paths and data
     def task_dir(self, name: str) -> Path:
@@ -374,6 +385,8 @@ class Study:
     def prepare(self) -> None:
         """Create the run folder with config.yaml, or check that an existing one has the same config."""
         cfg_file = self.run / "config.yaml"
+        # The run's own config.yaml may be given back as --config: it is the study's file, not an input.
+        check_apart(self.run, [(w, p) for w, p in self.reads() if not _same_file(p, cfg_file)])
         if cfg_file.is_file():
             before = yaml.safe_load(cfg_file.read_text(encoding="utf-8")) or {}
             # a run folder from before the seeds / report_to options had them at their defaults
@@ -409,6 +422,10 @@ class Study:
         write_json(f, {**env, "invocations": [*doc.get("invocations", []), env]})
 
     def execute(self) -> list[str]:
+        with output_lock(self.run):  # no two studies in one run folder
+            return self._execute()
+
+    def _execute(self) -> list[str]:
         self.prepare()
         stages = self.stages()
         times_file = self.run / "stages.json"
@@ -443,6 +460,13 @@ class Study:
             if not st.always:
                 self.log(f"      {st.id} finished in {seconds:.1f} s", flush=True)
         return ran
+
+
+def _same_file(a: str | Path | None, b: Path) -> bool:
+    try:
+        return a is not None and Path(a).is_file() and b.is_file() and Path(a).samefile(b)
+    except OSError:
+        return False
 
 
 def _diff(a, b, prefix: str = "") -> list[str]:
@@ -493,13 +517,14 @@ def count_finetuned(folder: Path) -> dict:
     return out
 
 
-def run_study(cfg: StudyConfig, out: Path) -> Study:
-    """Every stage of the study into `out` (finished stages skipped); the Study (`ran`: the stages run)."""
+def run_study(cfg: StudyConfig, out: Path, *, inputs: Inputs = ()) -> Study:
+    """Every stage of the study into `out` (finished stages skipped); the Study (`ran`: the stages run).
+    `inputs`: what else the caller read (the config file), which `out` must not touch."""
     from tunelab.study.config import check_data
     from tunelab.tracking import check_available
 
     check_data(cfg)
     check_available(cfg.data.get("report_to") or [])  # before any work
-    study = Study(cfg, out)
+    study = Study(cfg, out, inputs=inputs)
     study.ran = study.execute()
     return study

@@ -3,17 +3,21 @@ wants to resume from them.
 
 Every `save_every` steps the model, optimizer, LR schedule, every process's RNG states (Python, NumPy, torch
 CPU and CUDA), the data position, the running loss and the log so far go into `work_dir/checkpoints/step-N`,
-written in a temporary folder, flushed to disk, marked COMPLETE and renamed.
+written in a temporary folder, flushed to disk, marked COMPLETE and renamed. COMPLETE lists every file with
+its size; the two newest complete checkpoints are kept, so that one found broken (`problems`) when resuming
+falls back to the one before.
 """
 
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import json
 import os
 import random
 import shutil
+import zipfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -22,6 +26,9 @@ import torch
 
 from tunelab.errors import UsageError
 from tunelab.options import NOT_TRAINING, TrainConfig
+from tunelab.outputs import full_disk, newest_file
+
+KEEP = 2  # complete checkpoints kept: a broken newest one falls back to the one before
 
 
 def _b64(t: torch.Tensor) -> str:
@@ -91,42 +98,117 @@ def _fsync_dir(path: Path) -> None:
 
 def save(accelerator, ckpt_root: Path, step: int, shared: dict, own: dict) -> None:
     """Save into a temporary folder, flush it, write COMPLETE last, then rename: a crash mid-save never leaves
-    a checkpoint that looks complete. `shared` (trainer_state.json) is the main process's; `own` (rank-R.json:
-    RNG states, running loss) is each process's."""
+    a checkpoint that looks complete, and a failed save (a full disk) leaves no temporary folder behind.
+    `shared` (trainer_state.json) is the main process's; `own` (rank-R.json: RNG states, running loss) is
+    each process's."""
     tmp = ckpt_root / f".tmp-step-{step}"
     if accelerator.is_main_process:
         ckpt_root.mkdir(parents=True, exist_ok=True)
         if tmp.exists():  # left by a save that was killed
             shutil.rmtree(tmp)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=True)
-    tmp.mkdir(parents=True, exist_ok=True)
-    _write_json_durably(tmp / f"rank-{accelerator.process_index}.json", own)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        _write_json_durably(tmp / "trainer_state.json", {"step": step, **shared})
-        _fsync_tree(tmp)
-        _write_json_durably(tmp / "COMPLETE", {"step": step})
-        _fsync_dir(tmp)
-        final = ckpt_root / f"step-{step}"
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _fsync_dir(ckpt_root)
-        for old in list(ckpt_root.glob("step-*")) + list(ckpt_root.glob(".tmp-step-*")):  # keep the newest
-            if old != final:
-                shutil.rmtree(old, ignore_errors=True)
+    try:
+        accelerator.save_state(str(tmp), safe_serialization=True)
+        tmp.mkdir(parents=True, exist_ok=True)
+        _write_json_durably(tmp / f"rank-{accelerator.process_index}.json", own)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            _write_json_durably(tmp / "trainer_state.json", {"step": step, **shared})
+            _fsync_tree(tmp)
+            _write_json_durably(tmp / "COMPLETE", {"step": step, "files": _sizes(tmp)})
+            _fsync_dir(tmp)
+            final = ckpt_root / f"step-{step}"
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            _fsync_dir(ckpt_root)
+            _prune(ckpt_root)
+    except BaseException as exc:
+        if not accelerator.is_main_process:
+            raise
+        last = newest_file(tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
+        if full_disk(exc) is not None and last is not None:  # name the file (torch's error does not)
+            raise OSError(
+                errno.ENOSPC, os.strerror(errno.ENOSPC), f"{last} (checkpoint step {step})"
+            ) from exc
+        raise
     accelerator.wait_for_everyone()
 
 
-def last_checkpoint(ckpt_root: Path) -> Path | None:
-    """The newest checkpoint marked COMPLETE (folders without the marker are half-written and ignored)."""
+def _sizes(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _prune(ckpt_root: Path) -> None:
+    """Keep the KEEP newest complete checkpoints; remove the others, half-written ones, `.tmp-*` leftovers."""
+    keep = set(complete_checkpoints(ckpt_root)[:KEEP])
+    for old in list(ckpt_root.glob("step-*")) + list(ckpt_root.glob(".tmp-step-*")):
+        if old not in keep:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def complete_checkpoints(ckpt_root: Path) -> list[Path]:
+    """The checkpoints marked COMPLETE, newest first (folders without the marker are half-written)."""
     done = []
     for p in Path(ckpt_root).glob("step-*"):
         suffix = p.name.split("-", 1)[1]
         if suffix.isdigit() and (p / "COMPLETE").is_file() and (p / "trainer_state.json").is_file():
             done.append((int(suffix), p))
-    return max(done, default=(None, None))[1]
+    return [p for _, p in sorted(done, reverse=True)]
+
+
+def last_checkpoint(ckpt_root: Path) -> Path | None:
+    """The newest checkpoint marked COMPLETE (folders without the marker are half-written and ignored)."""
+    done = complete_checkpoints(ckpt_root)
+    return done[0] if done else None
+
+
+def problems(ckpt: Path) -> list[str]:
+    """What is wrong with a checkpoint marked COMPLETE, file by file (empty: nothing found): files missing or
+    of another size than written, JSON that does not parse, torch files whose zip CRCs fail, safetensors
+    files whose header does not parse. (A flipped bit inside a safetensors tensor is not detected.)"""
+    try:
+        marker = json.loads((ckpt / "COMPLETE").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        return [f"COMPLETE: unreadable ({exc})"]
+    found = []
+    for name, size in (marker.get("files") or {}).items() if isinstance(marker, dict) else ():
+        path = ckpt / name
+        if not path.is_file():
+            found.append(f"{name}: missing")
+        elif path.stat().st_size != size:
+            found.append(f"{name}: {path.stat().st_size} bytes, {size} were written")
+    if found:
+        return found
+    for path in sorted(ckpt.rglob("*")):
+        why = _damage(path) if path.is_file() else None
+        if why:
+            found.append(f"{path.relative_to(ckpt)}: {why}")
+    return found
+
+
+def _damage(path: Path) -> str | None:
+    try:
+        if path.suffix == ".json":
+            json.loads(path.read_text(encoding="utf-8"))
+        elif path.suffix in (".bin", ".pt", ".pth") and zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                bad = z.testzip()  # every member's CRC
+            if bad is not None:
+                return f"damaged (CRC of {bad} fails)"
+        elif path.suffix in (".bin", ".pt", ".pth"):
+            return "damaged (not a torch zip file)"
+        elif path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                f.keys()
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        return f"damaged ({exc})"
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error type
+        return f"damaged ({type(exc).__name__}: {exc})"
+    return None
 
 
 def fingerprint(cfg: TrainConfig, feats: list[dict], world: int) -> dict:

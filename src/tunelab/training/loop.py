@@ -22,6 +22,7 @@ import json
 import math
 import random
 import shutil
+import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -31,6 +32,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from tunelab import signals
 from tunelab.distributed import check_joined, launched_processes
 from tunelab.errors import UsageError
 from tunelab.options import TrainConfig
@@ -168,30 +170,11 @@ class Trainer:
     # ---- restore ----------------------------------------------------------------------------------------
 
     def restore(self, resume: bool) -> None:
-        """Continue from the newest complete checkpoint (`resume`), or start clean: an earlier run's log and
-        checkpoints must not mix with this one's."""
+        """Continue from the newest complete checkpoint that is sound (`resume`), or start clean: an earlier
+        run's log and checkpoints must not mix with this one's."""
         acc = self.accelerator
-        ckpt = checkpoint.last_checkpoint(self.ckpt_root) if resume else None
-        if ckpt is not None:
-            if self.fingerprint is None:
-                self.fingerprint = checkpoint.fingerprint(self.cfg, self.feats, self.world)
-            shared = read_json(ckpt / "trainer_state.json", "the checkpoint's state")
-            checkpoint.check_fingerprint(ckpt, shared.get("fingerprint", {}), self.fingerprint)
-            own = read_json(ckpt / f"rank-{self.rank}.json", "the checkpoint's process state")
-            acc.load_state(str(ckpt))
-            self.scheduler.load_state_dict(shared["scheduler"])
-            # accelerate restores RNG states too, but a failure there is only logged; ours is checked.
-            checkpoint.set_rng_state(own["rng"])
-            self.start_micro = shared["micro_step"]
-            self.log, self.evals = shared["log"], shared["evals"]
-            self.seconds_before = shared["train_seconds"]
-            self.running.fill_(own["running"])
-            self.running_n = shared["running_n"]
-            if acc.is_main_process:  # drop lines the interrupted run logged after this checkpoint
-                write_text(self.log_path, "".join(json.dumps(e) + "\n" for e in self.log))
-            acc.print(
-                f"resumed from {ckpt} (step {self.start_micro // self.cfg.grad_accum} of {self.total_steps})"
-            )
+        if resume:
+            self._resume()
         elif acc.is_main_process:
             self.work_dir.mkdir(parents=True, exist_ok=True)
             self.log_path.unlink(missing_ok=True)
@@ -199,6 +182,52 @@ class Trainer:
                 shutil.rmtree(self.ckpt_root)
         acc.wait_for_everyone()
         acc.step = self.start_micro  # accumulation boundaries follow the micro-step count
+
+    def _resume(self) -> None:
+        """Load the newest complete checkpoint; one whose files are missing, of the wrong size or damaged is
+        skipped, saying what is broken, for the one before (two are kept). All broken: a clear error."""
+        acc, broken = self.accelerator, []
+        for ckpt in checkpoint.complete_checkpoints(self.ckpt_root):
+            found = checkpoint.problems(ckpt)
+            if not found:
+                try:
+                    self._load(ckpt)
+                    return
+                except UsageError:
+                    raise  # other settings: an older checkpoint has them too
+                except Exception as exc:  # noqa: BLE001 - whatever a damaged file makes the loaders raise
+                    if self.world > 1:  # the processes must agree on one checkpoint: no fallback
+                        raise UsageError(f"{ckpt}: cannot be loaded: {type(exc).__name__}: {exc}") from None
+                    found = [f"cannot be loaded: {type(exc).__name__}: {exc}"]
+            broken.append(f"{ckpt.name}: {'; '.join(found)}")
+            acc.print(f"tunelab: warning: the checkpoint {ckpt} is broken ({'; '.join(found)})")
+        if broken:
+            raise UsageError(
+                f"{self.ckpt_root}: cannot resume: no sound checkpoint is left ({' | '.join(broken)}); "
+                "start over with --overwrite instead of --resume"
+            )
+
+    def _load(self, ckpt: Path) -> None:
+        acc = self.accelerator
+        if self.fingerprint is None:
+            self.fingerprint = checkpoint.fingerprint(self.cfg, self.feats, self.world)
+        shared = read_json(ckpt / "trainer_state.json", "the checkpoint's state")
+        checkpoint.check_fingerprint(ckpt, shared.get("fingerprint", {}), self.fingerprint)
+        own = read_json(ckpt / f"rank-{self.rank}.json", "the checkpoint's process state")
+        acc.load_state(str(ckpt))
+        self.scheduler.load_state_dict(shared["scheduler"])
+        # accelerate restores RNG states too, but a failure there is only logged; ours is checked.
+        checkpoint.set_rng_state(own["rng"])
+        self.start_micro = shared["micro_step"]
+        self.log, self.evals = shared["log"], shared["evals"]
+        self.seconds_before = shared["train_seconds"]
+        self.running.fill_(own["running"])
+        self.running_n = shared["running_n"]
+        if acc.is_main_process:  # drop lines the interrupted run logged after this checkpoint
+            write_text(self.log_path, "".join(json.dumps(e) + "\n" for e in self.log))
+        acc.print(
+            f"resumed from {ckpt} (step {self.start_micro // self.cfg.grad_accum} of {self.total_steps})"
+        )
 
     # ---- the steps --------------------------------------------------------------------------------------
 
@@ -231,6 +260,15 @@ class Trainer:
             unit="step",
             disable=not (self.progress and self.accelerator.is_local_main_process),
         )
+        try:
+            with signals.deferred():  # SIGINT/SIGTERM: finish the step, checkpoint it, stop (_after_step)
+                self._steps(bar)
+        finally:
+            bar.close()
+        return self._finish()
+
+    def _steps(self, bar) -> None:
+        cfg = self.cfg
         pending: list[tuple[list[int], float]] = []  # this optimizer step's micro-batches
         for epoch, micro, batch_idx, weight in self._micro_batches():
             n_tokens = sum(sum(self.feats[i]["attention_mask"]) for i in batch_idx) if weight else 0
@@ -247,8 +285,6 @@ class Trainer:
             step = micro // cfg.grad_accum
             bar.update(1)
             self._after_step(step, micro, epoch, bar)
-        bar.close()
-        return self._finish()
 
     def _forward_backward(self, batch_idx: list[int], weight: float) -> torch.Tensor:
         """One micro-batch's forward and backward, in `chunks` pieces whose losses are weighted by their share
@@ -322,10 +358,29 @@ class Trainer:
         last = step == self.total_steps
         if step % cfg.log_every == 0 or last:
             self._log(step, micro, bar)
-        if self.evaluate_fn and cfg.eval_every and step % cfg.eval_every == 0 and not last:
-            self._evaluate(step)
+        eval_due = bool(self.evaluate_fn and cfg.eval_every and step % cfg.eval_every == 0 and not last)
+        signum = self._signalled()
+        if signum is not None:
+            # Stopped by a signal during this step: checkpoint the state after it, unless an evaluation was
+            # due (its result belongs to the state; the checkpoint before is kept instead).
+            if cfg.save_every and not eval_due:
+                self._save(step, micro, epoch)
+            raise signals.stop(signum)
+        if eval_due:
+            with signals.immediate():  # may be long; a signal abandons it (the last checkpoint is kept)
+                self._evaluate(step)
         if cfg.save_every and step % cfg.save_every == 0 and not last:
             self._save(step, micro, epoch)
+
+    def _signalled(self) -> int | None:
+        """The signal received during this step, if any. Under several processes every process stops at the
+        same step: the flag is summed over them (one small all-reduce per step)."""
+        mine = signals.pending()
+        if self.world == 1:
+            return mine
+        acc = self.accelerator
+        anyone = acc.reduce(torch.tensor(float(mine is not None), device=acc.device), "sum").item()
+        return (mine or signal.SIGTERM) if anyone else None  # (a process that got no signal itself)
 
     def _log(self, step: int, micro: int, bar) -> None:
         acc = self.accelerator

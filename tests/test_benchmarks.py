@@ -91,3 +91,34 @@ def test_speed_bench_tiny_writes_the_report(tmp_path):
         width = report["settings"]["baseline"][case["task"]]["max_length"]
         assert case["baseline"]["padded_tokens"] == case["baseline"]["timed_examples"] * width
         assert case["tunelab"]["padded_tokens"] <= case["baseline"]["padded_tokens"]
+
+
+@pytest.mark.skipif(not DATA, reason="TUNELAB_DATA_DIR is not set")
+def test_squad_windows_bench_tiny_writes_the_report(tmp_path):
+    """benchmarks/squad_windows.py on the first 200 training questions: the three stages timed, the cached
+    windows as many as the cold ones, the machine named."""
+    env = dict(
+        os.environ,
+        TUNELAB_DATA_DIR=DATA,
+        TOKENIZERS_PARALLELISM="false",
+        TUNELAB_CACHE=os.environ.get("TUNELAB_REAL_CACHE", str(Path.home() / ".cache" / "tunelab")),
+    )
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))
+    out = tmp_path / "w.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "squad_windows.py"), "--limit", "200", "--repeats", "2"]
+        + ["--out", str(out)],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["questions"] == 200 and report["windows"] >= 200 and report["limit"] == 200
+    assert {"cpu", "cores", "host", "transformers", "tokenizers"} <= set(report["machine"])
+    assert set(report["seconds_median"]) == {"read", "windows_cold", "windows_cached"}
+    for stage, runs in report["seconds_runs"].items():
+        assert len(runs) == 2 and all(t > 0 for t in runs), stage
+    assert report["tokenizer"] == "smollm2-135m" and report["max_length"] == 384

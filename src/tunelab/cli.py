@@ -80,6 +80,7 @@ def _add_run_parsers(sub) -> None:
     p.add_argument("model")
     p.add_argument("--task", required=True, help=TASK_HELP)
     _add_data_opts(p)
+    p.add_argument("--train-file", help="where --shots examples come from, instead of the task's train split")
     add_flags(p, ZEROSHOT_OPTIONS)
 
     p = sub.add_parser(
@@ -281,10 +282,13 @@ def cmd_zeroshot(args) -> int:
     options = ZeroShotOptions(**{**task.zeroshot_options(), **_options(args, ZEROSHOT_OPTIONS, task)})
     examples, data = task.load_split(args.split, args.data_dir, args.data_file)
     examples = examples[: options.limit] if options.limit else examples
+    pool = task.load_split("train", args.data_dir, args.train_file)[0] if options.shots else None
     return _report(
         task.for_data(examples),
         args,
-        runs.zeroshot(task, args.model, examples, data, args.out, options, overwrite=args.overwrite),
+        runs.zeroshot(
+            task, args.model, examples, data, args.out, options, shot_pool=pool, overwrite=args.overwrite
+        ),
     )
 
 

@@ -300,6 +300,24 @@ class ZeroShotOptions:
     )
     batch_size: int = option(32, "examples per forward pass / generation batch", low=1)
     max_new_tokens: int = option(32, "tokens generated per answer", low=1, kinds=("extractive_qa",))
+    # ---- SQuAD issue 12 (branch squad): decoding and k-shot prompting ------------------------------------
+    decoding: str = option(
+        "free",
+        "how answers are generated: free greedy generation, or extractive (greedy, constrained to spans of "
+        "the passage); free is the default because it scored higher on every 20th official v1.1 dev question "
+        "(benchmarks/results/squad-zeroshot-decoding-cpu.json)",
+        choices=("free", "extractive"),
+        kinds=("extractive_qa",),
+    )
+    shots: int = option(
+        0,
+        "K solved examples from the task's training split (drawn with shot_seed, never from the evaluated "
+        "file) shown before each input; 0: zero-shot",
+        low=0,
+        high=64,
+    )
+    shot_seed: int = option(1234, "seeds the draw of the k-shot examples", low=0, high=2**32, high_open=True)
+    # ---- end of the SQuAD issue 12 block -----------------------------------------------------------------
 
 
 @dataclass

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from tunelab.distributed import device, eval_dtype, main_process, sharded_map
-from tunelab.errors import ModelError
+from tunelab.errors import ModelError, UsageError
 from tunelab.models import align_pad_token, load_causal_lm, load_task_model, load_tokenizer
 from tunelab.models.params import LoraOptions, apply_method
 from tunelab.options import TrainConfig, ZeroShotOptions
@@ -48,23 +48,35 @@ def zeroshot(
     out: str | Path,
     options: ZeroShotOptions,
     *,
+    shot_pool: list | None = None,
     overwrite: bool = False,
 ) -> dict | None:
-    """Evaluate the base model by prompting; returns the metrics (None on processes that do not write)."""
+    """Evaluate the base model by prompting; returns the metrics (None on processes that do not write).
+    With `options.shots` = K > 0, K examples drawn from `shot_pool` (the task's training split, never the
+    evaluated examples) are shown solved before each input (k-shot)."""
     task = task.for_data(examples)
     task.check_eval(examples, data)
     task.check_prompts(options.prompt, None)
+    shots = []
+    if options.shots:
+        if shot_pool is None:
+            raise UsageError(f"shots: {options.shots} needs the task's training split to draw examples from")
+        shots = task.draw_shots(shot_pool, options.shots, options.shot_seed, examples)
     dev = device()
     with atomic_output(out, overwrite=overwrite) as work:
         tokenizer = load_tokenizer(model_spec, padding_side=task.zero_shot_padding_side)
         model = load_causal_lm(model_spec, dtype=eval_dtype(dev)).to(dev).eval()
         t0 = time.perf_counter()
         # under `accelerate launch`, each process scores a share
-        predictions, extra = task.zero_shot(model, tokenizer, examples, options, spread=sharded_map)
+        predictions, extra = task.zero_shot(
+            model, tokenizer, examples, options, spread=sharded_map, shots=shots
+        )
         seconds = time.perf_counter() - t0
         if not main_process():
             return None
-        extra.update(seconds=seconds, device=str(dev))
+        extra.update(seconds=seconds, device=str(dev), shots=options.shots)
+        if shots:
+            extra.update(shot_seed=options.shot_seed, shot_examples=[_shot_ref(ex) for ex in shots])
         return task.write_results(
             work,
             model=model_spec,
@@ -74,6 +86,11 @@ def zeroshot(
             predictions=predictions,
             extra=extra,
         )
+
+
+def _shot_ref(ex) -> dict:
+    """Which training example a k-shot example was: its id (QA) or line (classification)."""
+    return {"id": ex.id} if hasattr(ex, "id") else {"line": ex.line}
 
 
 def prepare_model(spec: str, task: Task, cfg: TrainConfig, tokenizer, head_init=None) -> torch.nn.Module:

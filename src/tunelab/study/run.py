@@ -224,6 +224,7 @@ class Study:
     def stage_zeroshot(self, name: str) -> None:
         z = self.c["tasks"][name]["zeroshot"]
         examples, data = self._split(name, "dev", z["limit"])
+        pool = self._split(name, "train", None)[0] if z.get("shots") else None
         runs.zeroshot(
             self.cfg.tasks[name],
             self.c["model"],
@@ -231,6 +232,7 @@ class Study:
             data,
             self.task_dir(name) / "zeroshot",
             ZeroShotOptions(**z),
+            shot_pool=pool,
         )
 
     def stage_finetune(self, name: str) -> None:

@@ -414,6 +414,26 @@ class Task:
         otherwise)."""
         return {"task": self.name, "file": str(path), **self.summarize(self.read(path))}
 
+    # ---- k-shot prompting -------------------------------------------------------------------------------
+
+    def shot_key(self, ex: Any) -> Any:
+        """What makes two examples the same input, for keeping k-shot examples out of the evaluated ones."""
+        raise NotImplementedError
+
+    def draw_shots(self, pool: list, k: int, seed: int, evaluated: list) -> list:
+        """k examples of `pool` (the training split) drawn with `seed`, none of them the same input as an
+        evaluated example (nor, for QA, from an evaluated passage); UsageError when too few are left."""
+        import random
+
+        taken = {self.shot_key(ex) for ex in evaluated}
+        candidates = [ex for ex in pool if self.shot_key(ex) not in taken]
+        if len(candidates) < k:
+            raise UsageError(
+                f"shots: {k} asked for, but the training split has only {len(candidates)} examples that are "
+                "not among the evaluated ones"
+            )
+        return random.Random(seed).sample(candidates, k)
+
 
 def _file_dict(f: DataFile) -> dict:
     return {

@@ -266,6 +266,13 @@ class TrainConfig:
     lora_dropout: float = option(0.05, "dropout on the LoRA input", low=0, high=1, high_open=True)
     lora_targets: list[str] = option(LORA_TARGETS, "module names LoRA adapts (default: attention and MLP)")
     merge_lora: bool = option(False, "save LoRA merged into the weights instead of as an adapter")
+    # ---- SQuAD issue 12 (branch squad): bidirectional attention ------------------------------------------
+    bidirectional: bool = option(
+        False,
+        "no causal mask in the task model while fine-tuning and evaluating: every token attends to the whole "
+        "input (for the span head: passage tokens see what follows them); kept by the saved model",
+    )
+    # ---- end of the SQuAD issue 12 block -----------------------------------------------------------------
 
     @classmethod
     def from_dict(cls, values: Any, where: str = "training options") -> TrainConfig:

@@ -21,6 +21,7 @@ import torch
 from tunelab.distributed import device, eval_dtype, main_process, sharded_map
 from tunelab.errors import ModelError, UsageError
 from tunelab.models import align_pad_token, load_causal_lm, load_task_model, load_tokenizer
+from tunelab.models.attention import make_bidirectional
 from tunelab.models.params import LoraOptions, apply_method
 from tunelab.options import TrainConfig, ZeroShotOptions
 from tunelab.outputs import atomic_output, read_json, write_json
@@ -98,6 +99,8 @@ def prepare_model(spec: str, task: Task, cfg: TrainConfig, tokenizer, head_init=
     frozen)."""
     model = load_task_model(spec, task.head, head_init=head_init, **task.head_options())
     align_pad_token(model, tokenizer)
+    if cfg.bidirectional:
+        make_bidirectional(model)
     lora = LoraOptions(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, tuple(cfg.lora_targets))
     return apply_method(model, task.head, cfg.method, lora)
 
@@ -156,6 +159,7 @@ def finetune(
             "base_model": model_spec,
             "base_model_path": resolve(model_spec),
             **ft.meta,
+            "bidirectional": cfg.bidirectional,
         }
         if task.source is not None:  # a task of one's own travels with the model
             meta["task_definition"] = task.to_dict()
@@ -165,6 +169,7 @@ def finetune(
         predictions = task.predict(trained, tokenizer, dev_examples, ft.meta)
         extra = {
             "method": cfg.method,
+            "bidirectional": cfg.bidirectional,
             "train_seconds": result.train_seconds,
             "train_steps": result.steps,
             **ft.stats,
@@ -285,8 +290,12 @@ def load_finetuned(
             )
         base = load_task_model(meta["base_model_path"], trained_for.head, dtype=dtype, **options)
         align_pad_token(base, tokenizer)
+        if meta.get("bidirectional"):
+            make_bidirectional(base)
         model = PeftModel.from_pretrained(base, str(path))
     else:
         model = load_task_model(str(path), trained_for.head, dtype=dtype, **options)
         align_pad_token(model, tokenizer)
+        if meta.get("bidirectional"):
+            make_bidirectional(model)
     return model.eval(), tokenizer, meta, trained_for

@@ -312,7 +312,10 @@ def cmd_finetune(args) -> int:
     train_ex, train_data = task.load_split("train", args.data_dir, args.train_file)
     dev_ex, dev_data = task.load_split(args.split, args.data_dir, args.data_file)
     dev_ex = dev_ex[: extras["limit"]] if extras["limit"] else dev_ex
-    options = {k: v for k, v in extras.items() if k not in ("limit", "train_limit")}
+    more, more_data = task.extra_training(extras.get("extra_train"), args.data_dir, dev_ex)
+    if more:
+        train_ex, train_data = train_ex + more, f"{train_data} + {more_data}"
+    options = {k: v for k, v in extras.items() if k not in ("limit", "train_limit", "extra_train")}
     m = runs.finetune(
         task,
         args.model,

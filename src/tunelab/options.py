@@ -350,6 +350,16 @@ class FinetuneExtras:
         default_note="the task's default template",
     )
 
+    # ---- SQuAD issue 12 (branch squad): more training data ------------------------------------------------
+    extra_train: list[str] | None = option(
+        None,
+        "more training data read with the task's reader, each TASK:SPLIT (a built-in task's split in the "
+        "same data folder, e.g. squad:train to add SQuAD v1.1 train to squad_v2) or a file; refused when "
+        "it shares a passage or an input with the evaluated split",
+        kinds=("extractive_qa", "classification"),
+    )
+    # ---- end of the SQuAD issue 12 block -----------------------------------------------------------------
+
 
 @dataclass
 class EvaluateOptions:

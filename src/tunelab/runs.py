@@ -170,6 +170,7 @@ def finetune(
         extra = {
             "method": cfg.method,
             "bidirectional": cfg.bidirectional,
+            "train_data": train_data,
             "train_seconds": result.train_seconds,
             "train_steps": result.steps,
             **ft.stats,

@@ -240,9 +240,14 @@ class Study:
         f = self.c["tasks"][name]["finetune"]
         train_ex, train_data = self._split(name, "train", None)
         dev_ex, dev_data = self._split(name, "dev", f["limit"])
+        more, more_data = task.extra_training(f.get("extra_train"), self.c["data_dir"], dev_ex)
+        if more:
+            train_ex, train_data = train_ex + more, f"{train_data} + {more_data}"
         train_ex = runs.sample(train_ex, f["train_limit"], self.c["seed"])
         options = {
-            k: v for k, v in f.items() if k in task.finetune_extras() and k not in ("limit", "train_limit")
+            k: v
+            for k, v in f.items()
+            if k in task.finetune_extras() and k not in ("limit", "train_limit", "extra_train")
         }
         runs.finetune(
             task,

@@ -414,6 +414,35 @@ class Task:
         otherwise)."""
         return {"task": self.name, "file": str(path), **self.summarize(self.read(path))}
 
+    def extra_training(
+        self, specs: list[str] | None, data_dir: str | None, evaluated: list
+    ) -> tuple[list, str]:
+        """(examples, their description) of the `extra_train` specs: TASK:SPLIT (a built-in task's split,
+        from `data_dir`) or a file, each read by this task's reader. UsageError when one shares an input (for
+        QA: a passage) with the evaluated examples, or is of another kind of task."""
+        if not specs:
+            return [], ""
+        out, names = [], []
+        taken = {self.shot_key(ex) for ex in evaluated}
+        for spec in specs:
+            name, _, split = spec.partition(":")
+            if split and name in builtin_names():
+                other = get_task(name)
+                if other.kind != self.kind:
+                    raise UsageError(f"extra_train: {spec}: {name} is a {other.kind} task, not {self.kind}")
+                path = other.data_path(split, data_dir)
+            else:
+                path = Path(spec)
+            examples = self.read(path)
+            shared = sum(self.shot_key(ex) in taken for ex in examples)
+            if shared:
+                raise UsageError(
+                    f"extra_train: {path} shares {shared} inputs with the evaluated split; it must not"
+                )
+            out += examples
+            names.append(str(path))
+        return out, " + ".join(names)
+
     # ---- k-shot prompting -------------------------------------------------------------------------------
 
     def shot_key(self, ex: Any) -> Any:

@@ -91,3 +91,61 @@ def test_speed_bench_tiny_writes_the_report(tmp_path):
         width = report["settings"]["baseline"][case["task"]]["max_length"]
         assert case["baseline"]["padded_tokens"] == case["baseline"]["timed_examples"] * width
         assert case["tunelab"]["padded_tokens"] <= case["baseline"]["padded_tokens"]
+
+
+@pytest.mark.skipif(not DATA, reason="TUNELAB_DATA_DIR is not set")
+def test_squad_windows_bench_tiny_writes_the_report(tmp_path):
+    """benchmarks/squad_windows.py on the first 200 training questions: the three stages timed, the cached
+    windows as many as the cold ones, the machine named."""
+    env = dict(
+        os.environ,
+        TUNELAB_DATA_DIR=DATA,
+        TOKENIZERS_PARALLELISM="false",
+        TUNELAB_CACHE=os.environ.get("TUNELAB_REAL_CACHE", str(Path.home() / ".cache" / "tunelab")),
+    )
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))
+    out = tmp_path / "w.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "squad_windows.py"), "--limit", "200", "--repeats", "2"]
+        + ["--out", str(out)],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["questions"] == 200 and report["windows"] >= 200 and report["limit"] == 200
+    assert {"cpu", "cores", "host", "transformers", "tokenizers"} <= set(report["machine"])
+    assert set(report["seconds_median"]) == {"read", "windows_cold", "windows_cached"}
+    for stage, runs in report["seconds_runs"].items():
+        assert len(runs) == 2 and all(t > 0 for t in runs), stage
+    assert report["tokenizer"] == "smollm2-135m" and report["max_length"] == 384
+
+
+@pytest.mark.slow  # eleven tunelab runs: about 2-3 minutes on 2 cores
+@pytest.mark.skipif(not DATA, reason="TUNELAB_DATA_DIR is not set")
+def test_squad_experiments_tiny_runs_every_experiment(tiny_model_dir, tmp_path):
+    """benchmarks/squad_experiments.py --tiny: every experiment is a tunelab run on the real SQuAD files with
+    the tiny model; summary.json holds each one's command, status and metrics; a rerun skips them."""
+    env = dict(os.environ, TUNELAB_DATA_DIR=DATA, TOKENIZERS_PARALLELISM="false")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "squad_experiments.py"), "--tiny", "--model"]
+    cmd += [tiny_model_dir, "--out", str(tmp_path / "x")]
+    proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "x" / "summary.json").read_text())
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from squad_experiments import EXPERIMENTS
+
+    assert set(summary["experiments"]) == set(EXPERIMENTS) and summary["tiny"] is True
+    for name, entry in summary["experiments"].items():
+        assert entry["status"] == "ok", (name, entry)
+        assert 0 <= entry["metrics"]["f1"] <= 100 and entry["command"].startswith("tunelab ")
+    e = summary["experiments"]
+    assert e["zs-extractive"]["decoding"] == "extractive" and e["zs-3shot-free"]["shots"] == 3
+    assert e["full-lr3e-5-2ep-bidir"]["bidirectional"] is True and e["lora-lr3e-4-2ep"]["method"] == "lora"
+    assert "v1.1-train.json" in e["v2-plus-v11-train"]["train_data"] and "best_f1" in e["v2-alone"]["metrics"]
+    again = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and again.stdout.count("done before, skipped") == len(EXPERIMENTS)

@@ -281,6 +281,27 @@ def test_zeroshot_v2_gives_na_probs(base, tmp_path):
     assert all(preds[k] == "" for k, p in na.items() if p > 0.5)
 
 
+@pytest.mark.parametrize("version_2", [False, True])
+def test_zeroshot_extractive_decoding_answers_only_with_passage_spans(base, tmp_path, version_2):
+    """decoding: extractive makes every answer a non-empty span of its passage (or, v2, the no-answer word);
+    the choice is recorded in metrics.json, and free stays the default."""
+    examples = fixture(version_2)
+    outs = {}
+    for decoding in ("free", "extractive"):
+        options = zeroshot_options(SQUAD, batch_size=5, max_new_tokens=6, decoding=decoding)
+        m = runs.zeroshot(SQUAD, base, examples, "fixture", tmp_path / decoding, options)
+        assert m["decoding"] == decoding
+        outs[decoding] = read_json(tmp_path / decoding / "nbest_predictions.json")
+    by_id = {ex.id: ex for ex in examples}
+    raw = {d: {q: n[0]["generated"] for q, n in outs[d].items()} for d in outs}
+    for qid, text in raw["extractive"].items():
+        answer = text.split('"')[0].split("\n")[0]
+        assert answer and (answer in by_id[qid].context or answer.lower().startswith("unanswerable"))
+    # this random model closes the quote at once when free; the constraint allows a stop only after an answer
+    assert all(text.startswith('"') for text in raw["free"].values())
+    assert SQUAD.zeroshot_options()["decoding"] == "free"
+
+
 def test_prompts_render_and_validate(tmp_path):
     tok = tiny_tokenizer()
     ex = fixture()[0]

@@ -98,6 +98,7 @@ def _add_run_parsers(sub) -> None:
     p.add_argument("model")
     p.add_argument("--task", required=True, help=TASK_HELP)
     _add_data_opts(p)
+    p.add_argument("--train-file", help="where --shots examples come from, instead of the task's train split")
     add_flags(p, ZEROSHOT_OPTIONS)
 
     p = sub.add_parser(
@@ -349,6 +350,9 @@ def cmd_zeroshot(args) -> int:
     options = ZeroShotOptions(**{**task.zeroshot_options(), **_options(args, ZEROSHOT_OPTIONS, task)})
     examples, data = task.load_split(args.split, args.data_dir, args.data_file, args.dataset)
     examples = examples[: options.limit] if options.limit else examples
+    pool = (
+        task.load_split("train", args.data_dir, args.train_file, args.dataset)[0] if options.shots else None
+    )
     return _report(
         task.for_data(examples),
         args,
@@ -359,6 +363,7 @@ def cmd_zeroshot(args) -> int:
             data,
             args.out,
             options,
+            shot_pool=pool,
             overwrite=args.overwrite,
             inputs=_inputs(args, task),
         ),
@@ -389,7 +394,10 @@ def cmd_finetune(args) -> int:
     train_ex, train_data = task.load_split("train", args.data_dir, args.train_file, args.dataset)
     dev_ex, dev_data = task.load_split(args.split, args.data_dir, args.data_file, args.dataset)
     dev_ex = dev_ex[: extras["limit"]] if extras["limit"] else dev_ex
-    options = {k: v for k, v in extras.items() if k not in ("limit", "train_limit")}
+    more, more_data = task.extra_training(extras.get("extra_train"), args.data_dir, dev_ex)
+    if more:
+        train_ex, train_data = train_ex + more, f"{train_data} + {more_data}"
+    options = {k: v for k, v in extras.items() if k not in ("limit", "train_limit", "extra_train")}
     if seeds:
         return _finetune_seeds(
             args, task, cfg, seeds, train_ex, dev_ex, dev_data, train_data, extras, report_to
@@ -426,7 +434,7 @@ def _finetune_seeds(args, task, cfg, seeds, train_ex, dev_ex, dev_data, train_da
     from tunelab import runs
     from tunelab.outputs import atomic_output, read_json, write_json
 
-    options = {k: v for k, v in extras.items() if k not in ("limit", "train_limit")}
+    options = {k: v for k, v in extras.items() if k not in ("limit", "train_limit", "extra_train")}
     per_seed = {}
 
     def resumable(work: Path) -> bool:  # a finished seed, or a seed's checkpoint

@@ -339,14 +339,15 @@ def encode_with_passage(
     tokenizer, text: str, context: str, *, add_special_tokens: bool = False
 ) -> tuple[list[int], list[int]]:
     """(prompt ids, passage ids): `text` encoded once, and those of its tokens that lie inside the passage
-    `context` (its first occurrence in `text`), so the passage is exactly what the model reads in the prompt.
+    `context` (its last occurrence in `text`: a k-shot prompt's demonstrations come before it), so the passage
+    is exactly what the model reads in the prompt.
     `add_special_tokens` as for the prompt itself (False for a chat template, which writes its own).
 
     tunelab's zero-shot prompts are not truncated (SQuAD passages are under 1 k tokens; SmolLM2 reads 8 k); a
     caller that truncates a prompt should keep only the passage ids that survive. Needs a fast tokenizer (for
     offsets); otherwise, or where the passage is not in `text` as written, the passage is encoded on its own.
     """
-    start = text.find(context)
+    start = text.rfind(context)
     if start < 0 or not getattr(tokenizer, "is_fast", False):
         ids = tokenizer(text, add_special_tokens=add_special_tokens).input_ids
         return list(ids), list(tokenizer.encode(context, add_special_tokens=False))

@@ -280,6 +280,13 @@ class TrainConfig:
     lora_dropout: float = option(0.05, "dropout on the LoRA input", low=0, high=1, high_open=True)
     lora_targets: list[str] = option(LORA_TARGETS, "module names LoRA adapts (default: attention and MLP)")
     merge_lora: bool = option(False, "save LoRA merged into the weights instead of as an adapter")
+    # ---- SQuAD issue 12 (branch squad): bidirectional attention ------------------------------------------
+    bidirectional: bool = option(
+        False,
+        "no causal mask in the task model while fine-tuning and evaluating: every token attends to the whole "
+        "input (for the span head: passage tokens see what follows them); kept by the saved model",
+    )
+    # ---- end of the SQuAD issue 12 block -----------------------------------------------------------------
 
     @classmethod
     def from_dict(cls, values: Any, where: str = "training options") -> TrainConfig:
@@ -316,6 +323,24 @@ class ZeroShotOptions:
     max_new_tokens: int = option(
         32, "tokens generated per answer", low=1, high=MAX_NEW_TOKENS, kinds=("extractive_qa",)
     )
+    # ---- SQuAD issue 12 (branch squad): decoding and k-shot prompting ------------------------------------
+    decoding: str = option(
+        "free",
+        "how answers are generated: free greedy generation, or extractive (greedy, constrained to spans of "
+        "the passage); free is the default because it scored higher on every 20th official v1.1 dev question "
+        "(benchmarks/results/squad-zeroshot-decoding-cpu.json)",
+        choices=("free", "extractive"),
+        kinds=("extractive_qa",),
+    )
+    shots: int = option(
+        0,
+        "K solved examples from the task's training split (drawn with shot_seed, never from the evaluated "
+        "file) shown before each input; 0: zero-shot",
+        low=0,
+        high=64,
+    )
+    shot_seed: int = option(1234, "seeds the draw of the k-shot examples", low=0, high=2**32, high_open=True)
+    # ---- end of the SQuAD issue 12 block -----------------------------------------------------------------
 
 
 @dataclass
@@ -344,6 +369,16 @@ class FinetuneExtras:
         kinds=("classification",),
         default_note="the task's default template",
     )
+
+    # ---- SQuAD issue 12 (branch squad): more training data ------------------------------------------------
+    extra_train: list[str] | None = option(
+        None,
+        "more training data read with the task's reader, each TASK:SPLIT (a built-in task's split in the "
+        "same data folder, e.g. squad:train to add SQuAD v1.1 train to squad_v2) or a file; refused when "
+        "it shares a passage or an input with the evaluated split",
+        kinds=("extractive_qa", "classification"),
+    )
+    # ---- end of the SQuAD issue 12 block -----------------------------------------------------------------
 
 
 @dataclass

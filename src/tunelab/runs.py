@@ -19,8 +19,9 @@ from pathlib import Path
 import torch
 
 from tunelab.distributed import device, eval_dtype, main_process, sharded_map
-from tunelab.errors import ModelError
+from tunelab.errors import ModelError, UsageError
 from tunelab.models import align_pad_token, load_causal_lm, load_task_model, load_tokenizer
+from tunelab.models.attention import make_bidirectional
 from tunelab.models.params import LoraOptions, apply_method
 from tunelab.options import TrainConfig, ZeroShotOptions
 from tunelab.outputs import Inputs, atomic_output, check_apart, read_json, write_json
@@ -48,14 +49,22 @@ def zeroshot(
     out: str | Path,
     options: ZeroShotOptions,
     *,
+    shot_pool: list | None = None,
     overwrite: bool = False,
     inputs: Inputs = (),
 ) -> dict | None:
     """Evaluate the base model by prompting; returns the metrics (None on processes that do not write).
-    `inputs`: what else the caller read (a data folder, a config file), which `out` must not touch."""
+    `inputs`: what else the caller read (a data folder, a config file), which `out` must not touch.
+    With `options.shots` = K > 0, K examples drawn from `shot_pool` (the task's training split, never the
+    evaluated examples) are shown solved before each input (k-shot)."""
     task = task.for_data(examples)
     task.check_eval(examples, data)
     task.check_prompts(options.prompt, None)
+    shots = []
+    if options.shots:
+        if shot_pool is None:
+            raise UsageError(f"shots: {options.shots} needs the task's training split to draw examples from")
+        shots = task.draw_shots(shot_pool, options.shots, options.shot_seed, examples)
     dev = device()
     read = [("model folder", model_spec), ("data file", data), *inputs]
     with atomic_output(out, overwrite=overwrite, inputs=read) as work:
@@ -63,11 +72,15 @@ def zeroshot(
         model = load_causal_lm(model_spec, dtype=eval_dtype(dev)).to(dev).eval()
         t0 = time.perf_counter()
         # under `accelerate launch`, each process scores a share
-        predictions, extra = task.zero_shot(model, tokenizer, examples, options, spread=sharded_map)
+        predictions, extra = task.zero_shot(
+            model, tokenizer, examples, options, spread=sharded_map, shots=shots
+        )
         seconds = time.perf_counter() - t0
         if not main_process():
             return None
-        extra.update(seconds=seconds, device=str(dev))
+        extra.update(seconds=seconds, device=str(dev), shots=options.shots)
+        if shots:
+            extra.update(shot_seed=options.shot_seed, shot_examples=[_shot_ref(ex) for ex in shots])
         return task.write_results(
             work,
             model=model_spec,
@@ -79,11 +92,18 @@ def zeroshot(
         )
 
 
+def _shot_ref(ex) -> dict:
+    """Which training example a k-shot example was: its id (QA) or line (classification)."""
+    return {"id": ex.id} if hasattr(ex, "id") else {"line": ex.line}
+
+
 def prepare_model(spec: str, task: Task, cfg: TrainConfig, tokenizer, head_init=None) -> torch.nn.Module:
     """The task model with the pretrained body, set up for `cfg.method` (LoRA-wrapped, or all but the head
     frozen)."""
     model = load_task_model(spec, task.head, head_init=head_init, **task.head_options())
     align_pad_token(model, tokenizer)
+    if cfg.bidirectional:
+        make_bidirectional(model)
     lora = LoraOptions(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, tuple(cfg.lora_targets))
     return apply_method(model, task.head, cfg.method, lora)
 
@@ -128,7 +148,18 @@ def finetune(
         )
         try:
             return _finetune_in(
-                task, model_spec, dev_examples, dev_data, out, cfg, tokenizer, ft, work, resume, tracker
+                task,
+                model_spec,
+                dev_examples,
+                dev_data,
+                out,
+                cfg,
+                tokenizer,
+                ft,
+                work,
+                resume,
+                tracker,
+                train_data,
             )
         finally:
             if tracker is not None:
@@ -141,7 +172,9 @@ def _tracking(names, logging_dir: Path, run_name: str, config: dict):
     return tracking(list(names or []), logging_dir, run_name, config) if main_process() else None
 
 
-def _finetune_in(task, model_spec, dev_examples, dev_data, out, cfg, tokenizer, ft, work, resume, tracker):
+def _finetune_in(
+    task, model_spec, dev_examples, dev_data, out, cfg, tokenizer, ft, work, resume, tracker, train_data
+):
     """The fine-tuning run inside its output folder `work`: train, save, evaluate."""
     from tunelab.models.registry import resolve
 
@@ -173,6 +206,7 @@ def _finetune_in(task, model_spec, dev_examples, dev_data, out, cfg, tokenizer, 
         "base_model": model_spec,
         "base_model_path": resolve(model_spec),
         **ft.meta,
+        "bidirectional": cfg.bidirectional,
     }
     if task.source is not None:  # a task of one's own travels with the model
         meta["task_definition"] = task.to_dict()
@@ -182,6 +216,8 @@ def _finetune_in(task, model_spec, dev_examples, dev_data, out, cfg, tokenizer, 
     predictions = task.predict(trained, tokenizer, dev_examples, ft.meta)
     extra = {
         "method": cfg.method,
+        "bidirectional": cfg.bidirectional,
+        "train_data": train_data,
         "train_seconds": result.train_seconds,
         "train_steps": result.steps,
         **ft.stats,
@@ -312,8 +348,12 @@ def load_finetuned(
             )
         base = load_task_model(meta["base_model_path"], trained_for.head, dtype=dtype, **options)
         align_pad_token(base, tokenizer)
+        if meta.get("bidirectional"):
+            make_bidirectional(base)
         model = load_adapter(base, path)
     else:
         model = load_task_model(str(path), trained_for.head, dtype=dtype, **options)
         align_pad_token(model, tokenizer)
+        if meta.get("bidirectional"):
+            make_bidirectional(model)
     return model.eval(), tokenizer, meta, trained_for

@@ -222,7 +222,7 @@ def test_report_tables_numbers_and_images(tmp_path):
     assert "| Accuracy (%) | 60.0 | 95.0 | +35.0 |" in md
     assert "95% interval (bootstrap)" in md
     assert re.search(
-        r"\| SST-2 \| accuracy \(%\) \| 60\.0 \| 95\.0 \| \+35\.0 \[[\d.]+, [\d.]+\] "
+        r"\| SST-2 \| accuracy \(%\) \| zero-shot \| 60\.0 \| 95\.0 \| \+35\.0 \[[\d.]+, [\d.]+\] "
         r"\| p < 0\.001 \| 100 \|",
         md,
     )
@@ -454,3 +454,18 @@ def test_squad_v2_rows_and_abstention(tmp_path):
     ) in md
     assert "(no answer)" in md and (run / "figures" / "squad_v2-f1-by-length.png").is_file()
     assert "an article-level split of the official SQuAD v2.0 dev set" in md and "not comparable" in md
+
+
+def test_k_shot_rows_are_labelled_k_shot_and_decoding_is_shown(tmp_path):
+    """A prompted stage run with `shots: 3` is reported as 3-shot (never as zero-shot), with its decoding."""
+    run = make_run(tmp_path, significant=True)
+    for task, extra in (("sst2", {}), ("squad", {"decoding": "extractive"})):
+        f = run / task / "zeroshot" / "metrics.json"
+        _write_json(f, {**json.loads(f.read_text()), "shots": 3, **extra})
+    md = build_report(run)[0].read_text()
+    assert re.search(r"\| SST-2 \| accuracy \(%\) \| 3-shot \| 60\.0 \|", md)
+    assert re.search(r"\| SQuAD v1\.1 \| F1 \| 3-shot, extractive decoding \|", md)
+    assert "### 3-shot vs fine-tuned" in md
+    body = md.split("## Summary", 1)[1].splitlines()
+    assert not [line for line in body if "zero-shot" in line and line.startswith(("|", "#"))]
+    assert "right only 3-shot" in md

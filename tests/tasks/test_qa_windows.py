@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
+from tunelab.tasks.extractive_qa import windows
 from tunelab.tasks.extractive_qa.postprocess import postprocess
 from tunelab.tasks.extractive_qa.windows import prepare_eval_features, prepare_train_features
 
@@ -529,3 +530,90 @@ def test_postprocess_with_real_tokenizer_offsets_gives_exact_text():
         en.append(b)
     preds, _, _ = postprocess(examples, ev, s, en, max_answer_length=30)
     assert preds == {e.id: e.answers[0]["text"] for e in examples}
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The fast windowing (each passage and question tokenised once) gives the reference's windows exactly
+
+DATA_DIR = os.environ.get("TUNELAB_DATA_DIR")
+
+
+def reference_and_fast(tok, examples, max_length, stride, question_first):
+    """(reference windows with their labels, fast windows) as comparable lists."""
+    ref = [
+        (i, ids, mask, offsets, windows._label_window(offsets, *s) if s else None)
+        for i, ids, mask, offsets in windows._reference_windows(
+            examples, tok, max_length, stride, question_first
+        )
+        for s in [windows._answer_chars(examples[i])]
+    ]
+    enc = windows.encode(examples, tok, max_length, stride, question_first)
+    assert enc is not None
+    return ref, list(enc.expand())
+
+
+def assert_same_windows(tok, examples, max_length, stride, question_first=True):
+    ref, fast = reference_and_fast(tok, examples, max_length, stride, question_first)
+    assert len(fast) == len(ref)
+    for r, f in zip(ref, fast, strict=True):
+        assert f == r
+    return ref
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(context_and_answer(), min_size=1, max_size=4), WINDOWS, st.booleans(), st.booleans())
+def test_fast_windows_equal_the_reference(cases, window, question_first, shared_passage):
+    """Random unicode passages with odd whitespace, several questions per passage (shared_passage), both
+    layouts, a byte-level BPE with a BOS template and a word-level tokenizer."""
+    examples = []
+    for k, (context, start, answer) in enumerate(cases):
+        if shared_passage:  # later questions ask about the first passage
+            context, start, answer = cases[0]
+        examples.append(
+            ex(f"p{k}", context, " " * k + ("Who won?" if k % 2 else "Where?"), answer=answer, start=start)
+        )
+    examples.append(ex("none", cases[0][0], "Why?", impossible=True))
+    assert_same_windows(bpe_tok(), examples, *window, question_first)
+
+
+def test_fast_windows_equal_the_reference_word_level():
+    examples = [ex(f"e{n}", words(n), "q1 q2 q3", answer=words(2, n // 2)) for n in (3, 11, 12, 50, 101)]
+    for max_length, stride in [(16, 4), (12, 6), (20, 0)]:
+        for question_first in (True, False):
+            assert_same_windows(word_tok(), examples, max_length, stride, question_first)
+
+
+def test_fast_windows_keep_the_reference_errors():
+    e = ex("long", words(20), " ".join(f"q{i}" for i in range(12)))
+    with pytest.raises(ValueError, match="'long' takes 12 tokens") as fast:
+        windows.encode([e], word_tok(), 16, 4, True)
+    with pytest.raises(ValueError) as ref:
+        windows._reference_windows([e], word_tok(), 16, 4, True)
+    assert str(fast.value) == str(ref.value)
+
+
+def squad_sample(name, every):
+    from tunelab.data.squad import read_squad
+
+    path = Path(DATA_DIR or "") / "squad" / name
+    if not DATA_DIR or not path.is_file():
+        pytest.skip(f"no {path} (set TUNELAB_DATA_DIR)")
+    return read_squad(path)[::every]
+
+
+@pytest.mark.skipif(smollm2_tok() is None, reason=f"no SmolLM2 tokenizer at {SMOLLM2_DIR}")
+@pytest.mark.parametrize("name", ["v1.1-dev.json", "v2.0-dev.json"])
+def test_fast_windows_equal_the_reference_on_real_squad_smollm2(name):
+    examples = squad_sample(name, 97)  # ~110 (v1.1) / ~60 (v2.0) real questions, all articles
+    for max_length, stride, question_first in [(384, 128, True), (96, 24, True), (80, 16, False)]:
+        ref = assert_same_windows(smollm2_tok(), examples, max_length, stride, question_first)
+        assert len(ref) > len(examples) or max_length == 384  # short windows really split passages
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(smollm2_tok() is None, reason=f"no SmolLM2 tokenizer at {SMOLLM2_DIR}")
+@pytest.mark.parametrize("name", ["v1.1-dev.json", "v2.0-dev.json", "v2.0-train.json", "v1.1-train.json"])
+def test_fast_windows_equal_the_reference_on_whole_squad_files(name):
+    """Every question of each file, the default window settings (v1.1-train: a few minutes)."""
+    examples = squad_sample(name, 1)
+    assert_same_windows(smollm2_tok(), examples, 384, 128)

@@ -59,9 +59,9 @@ def _summary(
     if summary_rows:
         b.add(
             Table(
-                ["task", "metric", "zero-shot", "fine-tuned", "difference (95% CI)", "test", "n"],
+                ["task", "metric", "prompting", "prompted", "fine-tuned", "difference (95% CI)", "test", "n"],
                 summary_rows,
-                "llrrrrr",
+                "lllrrrrr",
                 caption="Paired tests on the examples both models were evaluated on: McNemar (classification "
                 f"accuracy), paired bootstrap (QA F1). Significant means p < {ALPHA}.",
             )

@@ -45,7 +45,7 @@ def tests(t: TaskRun) -> list[Test]:
             boot["ci95"],
             mc["p_value"],
             f"{plural(mc['only_b_correct'], unit)} right only after fine-tuning, "
-            f"{plural(mc['only_a_correct'], unit)} right only zero-shot",
+            f"{plural(mc['only_a_correct'], unit)} right only {t.prompting}",
         )
     ]
 
@@ -108,11 +108,11 @@ def _class_f1(zs: dict, ft: dict, label: str) -> list[str]:
 
 def section(b: Builder, t: TaskRun) -> None:
     zs, ft = t.zs or {}, t.ft or {}
-    b.add(H(3, "Zero-shot vs fine-tuned"))
+    b.add(H(3, f"{t.prompting.capitalize()} vs fine-tuned"))
     if not zs and not ft:
-        b.add(P("Neither the zero-shot nor the fine-tuning stage has finished for this task.", "note"))
+        b.add(P(f"Neither the {t.prompting} nor the fine-tuning stage has finished for this task.", "note"))
         return
-    b.add(Table(["metric", "zero-shot", "fine-tuned", "difference (points)"], _metric_rows(t)))
+    b.add(Table(["metric", t.prompting, "fine-tuned", "difference (points)"], _metric_rows(t)))
     found = tests(t)
     for test in found:
         b.add(
@@ -126,6 +126,7 @@ def section(b: Builder, t: TaskRun) -> None:
             [
                 t.title,
                 "accuracy (%)",
+                t.prompting_label,
                 pct(zs.get("accuracy")),
                 pct(ft.get("accuracy")),
                 f"{test.diff:+.1f} {ci(test.diff_ci)}",
@@ -141,6 +142,7 @@ def section(b: Builder, t: TaskRun) -> None:
             [
                 t.title,
                 "accuracy (%)",
+                t.prompting_label,
                 pct(zs.get("accuracy")) if zs else "not run",
                 pct(ft.get("accuracy")) if ft else "not run",
                 "",
@@ -171,11 +173,11 @@ def _plots(b: Builder, t: TaskRun) -> None:
             err(zs),
             err(ft),
             b.fig(f"{t.name}-scores.png"),
-            f"{t.title}: zero-shot vs fine-tuned (error bars: 95% CI)",
+            f"{t.title}: {t.prompting} vs fine-tuned (error bars: 95% CI)",
             "%",
         )
-        b.img(path, f"{t.title} scores, zero-shot vs fine-tuned")
-    for m, label in ((zs, "zero-shot"), (ft, "fine-tuned")):
+        b.img(path, f"{t.title} scores, {t.prompting} vs fine-tuned")
+    for m, label in ((zs, t.prompting), (ft, "fine-tuned")):
         if m.get("confusion_matrix"):
             path = confusion(
                 m["confusion_matrix"],
@@ -189,7 +191,7 @@ def _plots(b: Builder, t: TaskRun) -> None:
 def mistakes(b: Builder, t: TaskRun) -> None:
     labels = t.task.labels
     b.add(H(3, "Most confident mistakes"))
-    for rows_, label in ((t.zs_rows, "zero-shot"), (t.ft_rows, "fine-tuned")):
+    for rows_, label in ((t.zs_rows, t.prompting), (t.ft_rows, "fine-tuned")):
         if not rows_:
             continue
         wrong = [r for r in rows_ if r.get("gold") is not None and r["prediction"] != r["gold"]]
@@ -231,7 +233,7 @@ def _lean(t: TaskRun) -> list[str]:
     gold."""
     out = []
     labels, positive = t.task.labels, t.task.positive
-    for m, label in ((t.zs or {}, "zero-shot"), (t.ft or {}, "fine-tuned")):
+    for m, label in ((t.zs or {}, t.prompting), (t.ft or {}, "fine-tuned")):
         cm = m.get("confusion_matrix")
         total = sum(map(sum, cm)) if cm else 0
         if not total:
@@ -288,7 +290,7 @@ def analysis(t: TaskRun) -> list[str]:
         method = (zs.get("calibration") or {}).get("method", "calibration")
         if abs(d) >= 0.05:
             out.append(
-                f"{t.title} zero-shot: {method} calibration of the label-word scores moved accuracy from "
+                f"{t.title} {t.prompting}: {method} calibration of the label-word scores moved accuracy from "
                 f"{pct(zs['uncalibrated_accuracy'])}% to {pct(zs['accuracy'])}% ({d:+.1f} points)."
             )
     out += _lean(t)

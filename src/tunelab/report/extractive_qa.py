@@ -87,16 +87,16 @@ def _metric_rows(t: TaskRun, em_ci: dict) -> list[list[str]]:
 
 def section(b: Builder, t: TaskRun) -> None:
     zs, ft = t.zs or {}, t.ft or {}
-    b.add(H(3, "Zero-shot vs fine-tuned"))
+    b.add(H(3, f"{t.prompting.capitalize()} vs fine-tuned"))
     if not zs and not ft:
-        b.add(P("Neither the zero-shot nor the fine-tuning stage has finished for this task.", "note"))
+        b.add(P(f"Neither the {t.prompting} nor the fine-tuning stage has finished for this task.", "note"))
         return
     em_ci = {
         label: bootstrap_ci([100.0 * r["em"] for r in rows_])
         for rows_, label in ((t.zs_rows, "zs"), (t.ft_rows, "ft"))
         if rows_
     }
-    b.add(Table(["metric (%)", "zero-shot", "fine-tuned", "difference (points)"], _metric_rows(t, em_ci)))
+    b.add(Table(["metric (%)", t.prompting, "fine-tuned", "difference (points)"], _metric_rows(t, em_ci)))
     found = tests(t)
     for test in found:
         b.add(
@@ -110,6 +110,7 @@ def section(b: Builder, t: TaskRun) -> None:
                 [
                     t.title,
                     "F1",
+                    t.prompting_label,
                     num(zs.get("f1")),
                     num(ft.get("f1")),
                     f"{test.diff:+.1f} {ci(test.diff_ci)}",
@@ -122,6 +123,7 @@ def section(b: Builder, t: TaskRun) -> None:
             [
                 t.title,
                 "F1",
+                t.prompting_label,
                 num(zs.get("f1")) if zs else "not run",
                 num(ft.get("f1")) if ft else "not run",
                 "",
@@ -148,10 +150,10 @@ def _plots(b: Builder, t: TaskRun, em_ci: dict) -> None:
         [em_ci.get("zs"), zs.get("f1_ci95")],
         [em_ci.get("ft"), ft.get("f1_ci95")],
         b.fig(f"{t.name}-scores.png"),
-        f"{t.title}: zero-shot vs fine-tuned (error bars: 95% CI)",
+        f"{t.title}: {t.prompting} vs fine-tuned (error bars: 95% CI)",
         "%",
     )
-    b.img(path, f"{t.title} scores, zero-shot vs fine-tuned")
+    b.img(path, f"{t.title} scores, {t.prompting} vs fine-tuned")
     if t.zs_rows and t.ft_rows:
         for key, xlabel, fname in (
             ("length", "gold answer length (words)", "f1-by-length"),
@@ -212,7 +214,7 @@ def _span_confidence(nbest: list[dict] | None) -> float | None:
 
 def mistakes(b: Builder, t: TaskRun) -> None:
     b.add(H(3, "Most confident mistakes"))
-    for rows_, label in ((t.zs_rows, "zero-shot"), (t.ft_rows, "fine-tuned")):
+    for rows_, label in ((t.zs_rows, t.prompting), (t.ft_rows, "fine-tuned")):
         if not rows_:
             continue
         wrong = [r for r in rows_ if not r["em"]]
@@ -229,7 +231,7 @@ def mistakes(b: Builder, t: TaskRun) -> None:
             wrong.sort(key=lambda r: r["f1"])
             how = (
                 "greedy generation keeps no confidence score, so these are the lowest-F1 ones in file order"
-                if label == "zero-shot"
+                if label == t.prompting
                 else "lowest F1 first"
             )
         b.add(
@@ -289,7 +291,7 @@ def _f1_sentences(t: TaskRun) -> list[str]:
 def _answer_sentences(t: TaskRun) -> list[str]:
     """How long the answers are against the gold ones, and how many are empty."""
     out = []
-    for rows_, label in ((t.zs_rows, "zero-shot"), (t.ft_rows, "fine-tuned")):
+    for rows_, label in ((t.zs_rows, t.prompting), (t.ft_rows, "fine-tuned")):
         answered = [r for r in rows_ or [] if r.get("prediction") and r.get("gold")]
         if len(answered) >= 5:
             pred_len = float(np.mean([len(r["prediction"].split()) for r in answered]))
@@ -331,7 +333,7 @@ def analysis(t: TaskRun) -> list[str]:
     out = _f1_sentences(t) + _answer_sentences(t) + _question_word_sentence(t)
     if t.task.version_2 and "NoAns_f1" in zs and "NoAns_f1" in ft:
         out.append(
-            f"{t.title}: on unanswerable questions the zero-shot model abstained correctly on "
+            f"{t.title}: on unanswerable questions the {t.prompting} model abstained correctly on "
             f"{num(zs['NoAns_f1'])}% and the fine-tuned model on {num(ft['NoAns_f1'])}%."
         )
     train = train_sentence(t)

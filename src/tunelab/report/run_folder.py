@@ -54,6 +54,20 @@ class TaskRun:
     def kind(self) -> str:
         return self.task.kind
 
+    @property
+    def prompting(self) -> str:
+        """How the prompted model was run: "zero-shot", or "K-shot" when its prompts held K solved
+        examples."""
+        shots = int((self.zs or {}).get("shots") or 0)
+        return f"{shots}-shot" if shots else "zero-shot"
+
+    @property
+    def prompting_label(self) -> str:
+        """`prompting`, with the decoding of generated answers where there is one ("3-shot, free
+        decoding")."""
+        decoding = (self.zs or {}).get("decoding")
+        return f"{self.prompting}, {decoding} decoding" if decoding else self.prompting
+
 
 def discover(run: Path, config: dict | None) -> list[str]:
     """The run's task names: the configuration's enabled tasks (built-ins first, in their order), then any

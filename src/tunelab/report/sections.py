@@ -208,7 +208,7 @@ def moved(diff: float, metric: str, a: str, b: str) -> str:
 
 def missing(t: TaskRun, unit: str) -> str:
     if not t.zs:
-        return f"{t.title}: the zero-shot stage has not finished, so there is nothing to compare yet."
+        return f"{t.title}: the {t.prompting} stage has not finished, so there is nothing to compare yet."
     if not t.ft:
         return f"{t.title}: the fine-tuning stage has not finished, so there is nothing to compare yet."
     return f"{t.title}: the two models were not evaluated on the same {unit}, so there is no paired test."
@@ -219,7 +219,7 @@ def n_mismatch(t: TaskRun, n_paired: int, unit: str) -> str | None:
     if nz is None or nf is None or nz == nf:  # the same count but fewer pairs: see changed_examples
         return None
     return (
-        f"{t.title}: the zero-shot model was evaluated on {nz} {unit} and the fine-tuned one on {nf}; "
+        f"{t.title}: the {t.prompting} model was evaluated on {nz} {unit} and the fine-tuned one on {nf}; "
         f"the comparison and its test use the {n_paired} both saw."
     )
 

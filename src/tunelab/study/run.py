@@ -261,7 +261,7 @@ class Study:
                     "zero-shot",
                     lambda name=name: (self.task_dir(name) / "zeroshot" / "metrics.json").is_file(),
                     lambda redo, name=name: self.stage_zeroshot(name, redo),
-                    reads=("dev",),
+                    reads=("dev", "train") if self.c["tasks"][name]["zeroshot"].get("shots") else ("dev",),
                 ),
             ]
             for seed in self.seeds:
@@ -324,7 +324,9 @@ class Study:
 
     def stage_zeroshot(self, name: str, redo: bool = False) -> None:
         z = self.c["tasks"][name]["zeroshot"]
-        examples, data = self._split(f"{name}/zeroshot", name, "dev", z["limit"])
+        stage = f"{name}/zeroshot"
+        examples, data = self._split(stage, name, "dev", z["limit"])
+        pool = self._split(stage, name, "train", None)[0] if z.get("shots") else None
         runs.zeroshot(
             self.cfg.tasks[name],
             self.c["model"],
@@ -333,6 +335,7 @@ class Study:
             self.task_dir(name) / "zeroshot",
             ZeroShotOptions(**z),
             overwrite=redo,
+            shot_pool=pool,
         )
 
     def stage_finetune(self, name: str, seed: int | None = None, redo: bool = False) -> None:
@@ -342,13 +345,18 @@ class Study:
         stage = f"{name}/finetune" + (f"-seed{seed}" if several and seed != self.seeds[0] else "")
         train_ex, train_data = self._split(stage, name, "train", None)
         dev_ex, dev_data = self._split(stage, name, "dev", f["limit"])
+        more, more_data = task.extra_training(f.get("extra_train"), self.c["data_dir"], dev_ex)
+        if more:
+            train_ex, train_data = train_ex + more, f"{train_data} + {more_data}"
         cfg = train_config(self.c, name)
         if several:  # each seed seeds its training and its training sample
             cfg.seed = seed
         train_ex = runs.sample(train_ex, f["train_limit"], seed if several else self.c["seed"])
         self.read[stage]["train"]["examples"] = len(train_ex)
         options = {
-            k: v for k, v in f.items() if k in task.finetune_extras() and k not in ("limit", "train_limit")
+            k: v
+            for k, v in f.items()
+            if k in task.finetune_extras() and k not in ("limit", "train_limit", "extra_train")
         }
         runs.finetune(
             task,

@@ -483,6 +483,55 @@ class Task:
         otherwise)."""
         return {"task": self.name, "file": str(path), **self.summarize(self.read(path))}
 
+    def extra_training(
+        self, specs: list[str] | None, data_dir: str | None, evaluated: list
+    ) -> tuple[list, str]:
+        """(examples, their description) of the `extra_train` specs: TASK:SPLIT (a built-in task's split,
+        from `data_dir`) or a file, each read by this task's reader. UsageError when one shares an input (for
+        QA: a passage) with the evaluated examples, or is of another kind of task."""
+        if not specs:
+            return [], ""
+        out, names = [], []
+        taken = {self.shot_key(ex) for ex in evaluated}
+        for spec in specs:
+            name, _, split = spec.partition(":")
+            if split and name in builtin_names():
+                other = get_task(name)
+                if other.kind != self.kind:
+                    raise UsageError(f"extra_train: {spec}: {name} is a {other.kind} task, not {self.kind}")
+                path = other.data_path(split, data_dir)
+            else:
+                path = Path(spec)
+            examples = self.read(path)
+            shared = sum(self.shot_key(ex) in taken for ex in examples)
+            if shared:
+                raise UsageError(
+                    f"extra_train: {path} shares {shared} inputs with the evaluated split; it must not"
+                )
+            out += examples
+            names.append(str(path))
+        return out, " + ".join(names)
+
+    # ---- k-shot prompting -------------------------------------------------------------------------------
+
+    def shot_key(self, ex: Any) -> Any:
+        """What makes two examples the same input, for keeping k-shot examples out of the evaluated ones."""
+        raise NotImplementedError
+
+    def draw_shots(self, pool: list, k: int, seed: int, evaluated: list) -> list:
+        """k examples of `pool` (the training split) drawn with `seed`, none of them the same input as an
+        evaluated example (nor, for QA, from an evaluated passage); UsageError when too few are left."""
+        import random
+
+        taken = {self.shot_key(ex) for ex in evaluated}
+        candidates = [ex for ex in pool if self.shot_key(ex) not in taken]
+        if len(candidates) < k:
+            raise UsageError(
+                f"shots: {k} asked for, but the training split has only {len(candidates)} examples that are "
+                "not among the evaluated ones"
+            )
+        return random.Random(seed).sample(candidates, k)
+
 
 def _file_dict(f: DataFile) -> dict:
     return {

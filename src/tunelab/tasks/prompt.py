@@ -7,6 +7,7 @@ A prompt is given as a template name (the task's own templates), a mapping, or a
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -48,18 +49,25 @@ class ChatPrompt:
         read again as a placeholder. Unknown placeholders stay as they are."""
         return PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), self.text)
 
-    def wrap(self, tokenizer, user: str) -> str:
-        """The model's input: the user text, in the chat template when `chat`, then the answer prefix."""
+    def wrap(self, tokenizer, user: str, demos: Sequence[tuple[str, str]] = ()) -> str:
+        """The model's input: the user text, in the chat template when `chat`, then the answer prefix.
+        `demos` (k-shot): (user text, answer) pairs shown first, each answered after the answer prefix - as
+        earlier user and assistant turns of the chat, or as paragraphs before a plain prompt."""
         if not self.chat:
-            return user + self.answer_prefix
+            shown = "".join(f"{u}{self.answer_prefix}{a}\n\n" for u, a in demos)
+            return shown + user + self.answer_prefix
         if tokenizer.chat_template is None:
             raise UsageError(
                 "this prompt needs a chat template and the tokenizer has none: use a plain template "
                 "(--prompt plain)"
             )
-        messages = ([{"role": "system", "content": self.system}] if self.system else []) + [
-            {"role": "user", "content": user}
-        ]
+        messages = [{"role": "system", "content": self.system}] if self.system else []
+        for u, a in demos:
+            messages += [
+                {"role": "user", "content": u},
+                {"role": "assistant", "content": self.answer_prefix + a},
+            ]
+        messages.append({"role": "user", "content": user})
         return (
             tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
             + self.answer_prefix

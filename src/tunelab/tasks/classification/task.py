@@ -207,14 +207,17 @@ class ClassificationTask(Task):
 
     # ---- zero-shot --------------------------------------------------------------------------------------
 
+    def shot_key(self, ex: TextExample) -> tuple:
+        return (ex.text.strip(), (ex.text_pair or "").strip())
+
     def zero_shot(
-        self, model, tokenizer, examples: list[TextExample], options: Any, spread=None
+        self, model, tokenizer, examples: list[TextExample], options: Any, spread=None, shots: list = ()
     ) -> tuple[ClassScores, dict]:
         prompt = self.prompt(options.prompt)
         calibration = Calibration(options.calibration)
-        texts = [prompt.render(tokenizer, ex.text, ex.text_pair) for ex in examples]
+        texts = [prompt.render(tokenizer, ex.text, ex.text_pair, shots) for ex in examples]
         content_free = [
-            prompt.render(tokenizer, s, s if self.pairs else None) for s in calibration.content_free
+            prompt.render(tokenizer, s, s if self.pairs else None, shots) for s in calibration.content_free
         ]
         raw, cal = zero_shot(
             model,

@@ -58,11 +58,18 @@ class ClassificationPrompt(ChatPrompt):
             {k: list(verbal[k]) for k in labels},
         )
 
-    def render(self, tokenizer, text: str, text_pair: str | None = None) -> str:
+    def render(self, tokenizer, text: str, text_pair: str | None = None, shots: Sequence = ()) -> str:
+        """The prompt for one input; `shots`: labelled examples (.text, .text_pair, .label: the label's
+        index) shown first (k-shot), each answered with its label's first verbalizer word."""
+        words = [w[0] for w in self.verbalizers.values()]
+        demos = [(self._user(s.text, s.text_pair), words[s.label]) for s in shots]
+        return self.wrap(tokenizer, self._user(text, text_pair), demos)
+
+    def _user(self, text: str, text_pair: str | None) -> str:
         values = {"text": text, "sentence": text}
         if text_pair is not None:
             values["text_pair"] = text_pair
-        return self.wrap(tokenizer, self.fill(values))
+        return self.fill(values)
 
 
 @dataclass

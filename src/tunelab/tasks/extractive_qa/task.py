@@ -171,6 +171,9 @@ class ExtractiveQATask(Task):
     def from_rows(self, rows: list[dict], where: str, columns: dict[str, str]) -> list[SquadExample]:
         return read_squad_rows(where, rows)
 
+    def shot_key(self, ex: SquadExample) -> str:
+        return ex.context  # a shot from an evaluated passage could give its answer away
+
     def check_eval(self, examples: list[SquadExample], data: str) -> None:
         pass  # every question has answers or is marked unanswerable (the reader checks)
 
@@ -183,7 +186,7 @@ class ExtractiveQATask(Task):
     # ---- zero-shot --------------------------------------------------------------------------------------
 
     def zero_shot(
-        self, model, tokenizer, examples: list[SquadExample], options: Any, spread=None
+        self, model, tokenizer, examples: list[SquadExample], options: Any, spread=None, shots: list = ()
     ) -> tuple[SpanAnswers, dict]:
         prompt = self.prompt(options.prompt)
 
@@ -196,6 +199,8 @@ class ExtractiveQATask(Task):
                 version_2=self.version_2,
                 batch_size=options.batch_size,
                 max_new_tokens=options.max_new_tokens,
+                decoding=options.decoding,
+                shots=shots,
             )
             return [(r, a, na[ex.id] if na else None) for r, a, ex in zip(raw, answers, exs, strict=True)]
 
@@ -207,7 +212,12 @@ class ExtractiveQATask(Task):
             na_threshold=0.5,
         )
         spec = options.prompt if options.prompt is not None else self.default_prompt
-        extra = {"prompt": spec, "prompt_template": asdict(prompt), "max_new_tokens": options.max_new_tokens}
+        extra = {
+            "prompt": spec,
+            "prompt_template": asdict(prompt),
+            "max_new_tokens": options.max_new_tokens,
+            "decoding": options.decoding,
+        }
         return predictions, extra
 
     # ---- fine-tuning ------------------------------------------------------------------------------------

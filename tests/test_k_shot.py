@@ -1,0 +1,109 @@
+"""k-shot prompting (`shots: K`) for both kinds of task: K solved training examples, drawn with a fixed seed
+and never from the evaluated examples, are shown before each input; the metrics record which."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+from helpers import PLAIN_SPEC, SQUAD, SST2, sst2_examples, zeroshot_options
+from test_runs_qa import base, fixture, tiny_tokenizer  # noqa: F401  (the tiny QA model fixture)
+
+from tunelab import runs
+from tunelab.data.squad import SquadExample
+from tunelab.data.table import TextExample
+from tunelab.errors import UsageError
+
+
+def qa_pool(n: int = 6) -> list[SquadExample]:
+    ctx = "Zed keeps bees in Bergen. Yan keeps goats in Turku."
+    return [
+        SquadExample(
+            f"t{i}",
+            "Train",
+            ctx + f" Note {i}.",
+            "Where does Zed keep bees?",
+            [{"text": "Bergen", "answer_start": ctx.index("Bergen")}],
+        )
+        for i in range(n)
+    ]
+
+
+def test_draw_is_seeded_and_never_takes_an_evaluated_input():
+    dev = sst2_examples(20, seed=1)
+    pool = sst2_examples(40, seed=2) + [replace(ex, line=1000 + ex.line) for ex in dev]  # dev copied in
+    a = SST2.draw_shots(pool, 5, 7, dev)
+    assert a == SST2.draw_shots(pool, 5, 7, dev)  # fixed seed, same draw
+    assert a != SST2.draw_shots(pool, 5, 8, dev) or len({ex.line for ex in a}) == 5
+    evaluated = {(ex.text, ex.text_pair) for ex in dev}
+    for seed in range(20):
+        assert not {(ex.text, ex.text_pair) for ex in SST2.draw_shots(pool, 5, seed, dev)} & evaluated
+    # QA: no shot from an evaluated passage, even under another id
+    qa_dev = fixture()
+    qa_pool_ = qa_pool() + [replace(ex, id="copy-" + ex.id) for ex in qa_dev]
+    for seed in range(20):
+        shots = SQUAD.draw_shots(qa_pool_, 3, seed, qa_dev)
+        assert not {ex.context for ex in shots} & {ex.context for ex in qa_dev}
+    with pytest.raises(UsageError, match="only 6 examples"):
+        SQUAD.draw_shots(qa_pool_, 7, 0, qa_dev)
+
+
+def test_prompts_show_the_shots_solved_before_the_input():
+    tok = tiny_tokenizer()
+    prompt = SQUAD.prompt("chat")
+    shots = qa_pool(2)
+    text = prompt.render(tok, fixture()[0], False, shots)
+    assert text.count("<s>user\n") == 3 and text.count("<s>assistant\n") == 3  # 2 solved turns + the question
+    assert text.count('The answer is "Bergen"</s>') == 2 and text.endswith('<s>assistant\nThe answer is "')
+    assert text.rindex(fixture()[0].context) > text.rindex("Bergen")
+    plain = SQUAD.prompt("plain").render(tok, fixture()[0], False, shots)
+    assert plain.count("Answer: Bergen\n\n") == 2 and plain.endswith("Answer:")
+    cls = SST2.prompt(PLAIN_SPEC)
+    demo = [TextExample("so great", 1, 2), TextExample("so awful", 0, 3)]
+    out = cls.render(None, "a film", None, demo)
+    words = [w[0] for w in cls.verbalizers.values()]
+    assert out == cls.render(None, "so great") + words[1] + "\n\n" + cls.render(None, "so awful") + words[
+        0
+    ] + "\n\n" + cls.render(None, "a film")
+
+
+def test_k_shot_classification_run_records_its_shots(tiny_model_dir, tmp_path):
+    dev, pool = sst2_examples(8, seed=1), sst2_examples(30, seed=2)
+    zs = runs.zeroshot(SST2, tiny_model_dir, dev, "d", tmp_path / "zs", zeroshot_options(prompt=PLAIN_SPEC))
+    k = runs.zeroshot(
+        SST2,
+        tiny_model_dir,
+        dev,
+        "d",
+        tmp_path / "k",
+        zeroshot_options(prompt=PLAIN_SPEC, shots=3),
+        shot_pool=pool,
+    )
+    assert zs["shots"] == 0 and "shot_examples" not in zs
+    assert k["shots"] == 3 and k["shot_seed"] == 1234 and len(k["shot_examples"]) == 3
+    lines = {ex.line for ex in SST2.draw_shots(pool, 3, 1234, dev)}
+    assert {s["line"] for s in k["shot_examples"]} == lines
+    scores = [
+        json.loads(x)["scores"] for x in (tmp_path / "k" / "predictions.jsonl").read_text().splitlines()
+    ]
+    scores0 = [
+        json.loads(x)["scores"] for x in (tmp_path / "zs" / "predictions.jsonl").read_text().splitlines()
+    ]
+    assert scores != scores0  # the prompts really changed
+    with pytest.raises(UsageError, match="needs the task's training split"):
+        runs.zeroshot(
+            SST2, tiny_model_dir, dev, "d", tmp_path / "x", zeroshot_options(prompt=PLAIN_SPEC, shots=3)
+        )
+
+
+@pytest.mark.parametrize("decoding", ["free", "extractive"])
+def test_k_shot_qa_run_records_its_shots(base, tmp_path, decoding):  # noqa: F811
+    dev = fixture()
+    options = zeroshot_options(SQUAD, shots=2, batch_size=6, max_new_tokens=4, decoding=decoding)
+    m = runs.zeroshot(SQUAD, base, dev, "fixture", tmp_path / "k", options, shot_pool=qa_pool() + dev)
+    assert m["shots"] == 2 and m["decoding"] == decoding
+    ids = {s["id"] for s in m["shot_examples"]}
+    assert len(ids) == 2 and ids <= {ex.id for ex in qa_pool()}  # never an evaluated question
+    preds = json.loads((tmp_path / "k" / "predictions.json").read_text())
+    assert set(preds) == {ex.id for ex in dev}

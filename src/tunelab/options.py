@@ -56,8 +56,9 @@ class Option:
                 "list": "a list of strings (or one comma-separated string)",
                 "prompt": "a template name, a prompt file or a mapping",
                 "version": "1.1 or 2.0",
+                "size": f"an integer >= {_num(self.low or 1)} or auto",
             }[self.type]
-            bounds = self._bounds()
+            bounds = self._bounds() if self.type != "size" else ""  # (its rule names the bound)
             if bounds:
                 text += " " + bounds
         return text + (" or null" if self.nullable else "")
@@ -145,6 +146,16 @@ def _as_list(opt: Option, value: Any, bad) -> list[str]:
     return value
 
 
+def _as_size(opt: Option, value: Any, bad) -> int | str:
+    """An integer >= low, or the word auto (also from the command line, where every value is a string)."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    whole = isinstance(value, int) and not isinstance(value, bool)
+    if value == "auto" or (whole and value >= (opt.low or 1)):
+        return value
+    raise bad()
+
+
 def _as_prompt(opt: Option, value: Any, bad) -> str | dict:
     if not isinstance(value, (str, dict)):
         raise bad()
@@ -167,6 +178,7 @@ _COERCE = {
     "list": _as_list,
     "prompt": _as_prompt,
     "version": _as_version,
+    "size": _as_size,
 }
 
 
@@ -221,6 +233,9 @@ def check_mapping(
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 # Options that do not change what is trained: a checkpoint resumes a run that differs only in these.
 NOT_TRAINING = ("eval_every", "log_every", "save_every", "merge_lora")
+# The speed options (issue 11; the block at the end of TrainConfig) change how the steps run, not what they
+# compute: a checkpoint resumes under other values of them too.
+SPEED_OPTIONS = ("compile", "compile_mode", "packing", "micro_batch_size", "fused_optimizer", "pin_memory")
 
 
 @dataclass
@@ -266,6 +281,36 @@ class TrainConfig:
     lora_dropout: float = option(0.05, "dropout on the LoRA input", low=0, high=1, high_open=True)
     lora_targets: list[str] = option(LORA_TARGETS, "module names LoRA adapts (default: attention and MLP)")
     merge_lora: bool = option(False, "save LoRA merged into the weights instead of as an adapter")
+
+    # ---- speed (issue 11): how the steps run, never what they compute. Each is off unless measured faster
+    # with equal quality (benchmarks/speed.py); the loop's docstring says how each keeps the loss the same.
+    compile: bool = option(
+        False,
+        "torch.compile each decoder layer; batches are padded up to a few length buckets (static shapes: "
+        "no recompiles after warm-up)",
+    )
+    compile_mode: str = option(
+        "default",
+        "torch.compile mode when compile is on (reduce-overhead adds CUDA graphs)",
+        choices=("default", "reduce-overhead", "max-autotune-no-cudagraphs"),
+    )
+    packing: bool = option(
+        False,
+        "padding-free packing: a micro-batch's examples share rows of max_length tokens, each attending to "
+        "itself; same examples and loss (tunelab.packing)",
+    )
+    micro_batch_size: int | str | None = option(
+        None,
+        "examples per forward/backward piece of a micro-batch (same update); auto: the largest that fits "
+        "the GPU's memory, found before training (out-of-memory halving stays the fallback); null: the "
+        "whole batch",
+        type="size",
+        low=1,
+    )
+    fused_optimizer: bool = option(
+        True, "fused AdamW on CUDA (foreach elsewhere) and foreach gradient clipping; false: per-tensor loops"
+    )
+    pin_memory: bool = option(False, "page-locked host memory for batches on CUDA (copies overlap compute)")
 
     @classmethod
     def from_dict(cls, values: Any, where: str = "training options") -> TrainConfig:
@@ -424,6 +469,8 @@ def add_flags(
             kwargs["type"] = int if opt.type == "int" else float
         if opt.type == "list":
             kwargs["metavar"] = "A,B,..."
+        if opt.type == "size":
+            kwargs["metavar"] = "N|auto"
         parser.add_argument(flag_name(opt), **kwargs)
 
 

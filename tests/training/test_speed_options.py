@@ -142,7 +142,7 @@ def test_micro_batch_size_is_an_integer_or_auto():
     assert opt.check("auto", "f") == "auto" and opt.check("6", "f") == 6 and opt.check(6, "f") == 6
     assert opt.check(None, "f") is None
     for bad in (0, "0", "big", 2.5, True):
-        with pytest.raises(UsageError, match="micro_batch_size must be an integer >= 1 or auto"):
+        with pytest.raises(UsageError, match="micro_batch_size must be an integer >= 1 or auto or null"):
             opt.check(bad, "f")
     assert TrainConfig.from_dict({"micro_batch_size": "auto", "packing": True}).micro_batch_size == "auto"
 
@@ -170,3 +170,34 @@ def test_compile_trains_like_eager(tiny_model_dir, tmp_path, packing):
         tiny_model_dir, tmp_path, "compiled", dtype=torch.float32, packing=packing, epochs=1, compile=True
     )
     _assert_same(ref, got, rtol=1e-3, atol=1e-4, loss_rtol=1e-4)
+
+
+def test_the_finetune_flags_reach_the_training_config():
+    from tunelab.cli import _train_config, build_parser
+    from tunelab.tasks import get_task
+
+    args = build_parser().parse_args(
+        [
+            "finetune",
+            "m",
+            "--task",
+            "sst2",
+            "--out",
+            "o",
+            "--packing",
+            "--compile",
+            "--micro-batch-size",
+            "auto",
+        ]
+    )
+    cfg = _train_config(args, get_task("sst2"))
+    assert (cfg.packing, cfg.compile, cfg.micro_batch_size, cfg.fused_optimizer) == (True, True, "auto", True)
+    args = build_parser().parse_args(
+        ["finetune", "m", "--task", "sst2", "--out", "o", "--micro-batch-size", "4"]
+    )
+    assert _train_config(args, get_task("sst2")).micro_batch_size == 4
+    args = build_parser().parse_args(
+        ["finetune", "m", "--task", "sst2", "--out", "o", "--micro-batch-size", "x"]
+    )
+    with pytest.raises(UsageError, match="micro_batch_size must be an integer >= 1 or auto or null, got 'x'"):
+        _train_config(args, get_task("sst2"))

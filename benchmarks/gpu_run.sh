@@ -12,7 +12,7 @@
 # (default 540; a stage that would start with under 30 s left is skipped and marked so); VARIANTS (default
 # packing,compile-packing,all); SQUAD_FLAGS (default --packing); STEPS (speed's timed steps, default 40).
 # TINY=1: the dry run on a CPU (tiny speed cases with variant packing only, 32 SQuAD training questions, 16 dev
-# questions, 8 harness sentences): checks this script end to end, in a few minutes.
+# questions, 8 harness sentences): checks this script end to end (13 minutes on the shared 2-core CPU).
 #
 # On the lent GPU machine (the `run` tool), after ../shared/tools/device-stage (its header): two runs back to back,
 #   run 1: carry [".carry/s1"]   command: bash .carry/s1/stage

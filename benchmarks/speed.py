@@ -10,6 +10,14 @@ For each case (a model architecture x a task) it trains, one after the other in 
 - tunelab: `tunelab.training.train` (length-grouped batches, dynamic padding, fused AdamW, bf16 autocast
   through accelerate) with the same batch size and learning rate (`--tunelab-batch` to try another batch).
 
+Rows. The baseline runs once per case; tunelab runs once per (inputs, variant), each row's `ratio` against
+that same baseline run: for SST-2 two inputs, `bare` (the baseline's own inputs, the sentences alone) and
+`prompt` (tunelab's default recipe: each sentence inside the chat input prompt, ~64 tokens instead of ~11;
+needs the tokenizer's chat template), for SQuAD the windows; `--variants` picks sets of tunelab's speed
+options (VARIANTS below: default, packing, compile, compile-packing, all, no-fused). The case's top-level
+`tunelab_s` / `ratio` are its first row's (bare inputs, first variant), `tunelab_rows` has every row.
+`padded_tokens` counts what the loop computed on (padding, bucket padding, packing filler).
+
 Both train on the SAME examples: the first (warm-up + steps) x batch examples of a seeded shuffle of SST-2
 train sentences / SQuAD `v1.1-train.json` windows (tunelab's `prepare_train_features` windows, also used,
 padded to 384, for the baseline). Each run is `--warmup` + `--steps` optimizer steps; only the last `--steps`
@@ -33,6 +41,7 @@ here (random weights): tunelab's SmolLM2 quality on the same data is benchmarks/
 Usage (GPU; see benchmarks/README.md for the device call):
 
     python benchmarks/speed.py --tokenizer DIR --steps 60 --out benchmarks/results/
+    python benchmarks/speed.py --tokenizer DIR --steps 60 --variants default,packing,compile,all --out DIR/
     python benchmarks/speed.py --tiny --cases sst2-smollm2,squad-smollm2 --out /tmp/speed.json   # CPU check
 
 The JSON (written again after every case, so a run cut short keeps what it finished) goes to --out: a file, or
@@ -187,6 +196,8 @@ def load_timing_tokenizer(folder: str | None):
             cfg = json.loads(cfg_file.read_text())
             special.update({k: cfg[k] for k in special if isinstance(cfg.get(k), str)})
         tok = PreTrainedTokenizerFast(tokenizer_file=str(path / "tokenizer.json"), **special)
+        if (path / "chat_template.jinja").is_file():  # the default SST-2 recipe's prompt needs it
+            tok.chat_template = (path / "chat_template.jinja").read_text()
         where = str(path)
     elif folder:
         raise SystemExit(f"--tokenizer {folder}: no tokenizer.json there")
@@ -202,9 +213,12 @@ def load_timing_tokenizer(folder: str | None):
 
 
 def sst2_data(tok, n: int, seed: int, tiny: bool):
-    """(features for the first n of a seeded shuffle of SST-2 train, epoch size, source file)."""
+    """({inputs: features} for the first n of a seeded shuffle of SST-2 train, epoch size, source file).
+    inputs `bare`: the sentences alone (the baseline's, run_glue.py's inputs); `prompt`: each sentence inside
+    the task's default fine-tuning input prompt (tunelab's default recipe), truncated like it (max_length
+    128, the start dropped); missing when the tokenizer has no chat template (PROMPT_MISSING says why)."""
     from tunelab.tasks import get_task
-    from tunelab.tasks.classification import encode
+    from tunelab.tasks.classification import encode, format_input
 
     task = get_task("sst2")
     path = task.data_path("train")
@@ -216,11 +230,19 @@ def sst2_data(tok, n: int, seed: int, tiny: bool):
     if n > len(order):
         raise SystemExit(f"sst2: {n} examples needed, {len(order)} available")
     chosen = [examples[i] for i in order[:n]]
-    ids = encode(tok, [ex.text for ex in chosen], BASELINE["sst2"]["max_length"])
-    feats = [
-        {"input_ids": x, "attention_mask": [1] * len(x), "labels": ex.label}
-        for x, ex in zip(ids, chosen, strict=True)
-    ]
+    width = BASELINE["sst2"]["max_length"]
+
+    def features(texts):
+        ids = encode(tok, texts, width)
+        return [
+            {"input_ids": x, "attention_mask": [1] * len(x), "labels": ex.label}
+            for x, ex in zip(ids, chosen, strict=True)
+        ]
+
+    feats = {"bare": features([ex.text for ex in chosen])}
+    if tok.chat_template is not None:
+        prompt = task.input_prompt(task.finetune_extras()["input_prompt"])
+        feats["prompt"] = features([format_input(prompt, tok, ex.text) for ex in chosen])
     return feats, epoch, str(path)
 
 
@@ -249,7 +271,7 @@ def squad_data(tok, n: int, seed: int, tiny: bool):
         order, epoch = order[:TINY_EXAMPLES], min(TINY_EXAMPLES, len(windows))
     if n > len(order):
         raise SystemExit(f"squad: {n} windows needed, {len(order)} available")
-    return [windows[i] for i in order[:n]], epoch, str(path)
+    return {"windows": [windows[i] for i in order[:n]]}, epoch, str(path)
 
 
 def pad_to(feats: list[dict], width: int, pad_id: int) -> list[dict]:
@@ -403,9 +425,40 @@ def run_baseline(model, feats, *, task, warmup, steps, seed, pad_id, work) -> di
     }
 
 
-def run_tunelab(model, feats, *, task, batch_size, warmup, steps, seed, pad_id, work) -> dict:
+# tunelab's speed options (tunelab.options.TrainConfig's last block), by the name --variants uses. `default`
+# is TrainConfig's defaults (fused AdamW on CUDA, the rest off); each other variant turns options on over it.
+VARIANTS = {
+    "default": {},
+    "packing": {"packing": True},
+    "compile": {"compile": True},
+    "compile-packing": {"compile": True, "packing": True},
+    "all": {"compile": True, "packing": True, "pin_memory": True, "micro_batch_size": "auto"},
+    "no-fused": {"fused_optimizer": False},
+}
+
+
+def computed_tokens(feats: list[dict], batches: list[list[int]], cfg, chunks: int, pad_id: int) -> int:
+    """Tokens the loop computed on for these micro-batches (padding and packing filler included), built by
+    the loop's own functions (tunelab.training.speed) with the pieces the run ended with."""
+    from tunelab.training import speed
+
+    total = 0
+    for bt in batches:
+        size = -(-len(bt) // chunks)
+        for s in range(0, len(bt), size):
+            part = [feats[i] for i in bt[s : s + size]]
+            if cfg.packing:
+                total += speed.packed(part, pad_id, cfg.max_length, static=cfg.compile).input_ids.numel()
+            else:
+                total += speed.padded(part, pad_id, cfg.max_length, static=cfg.compile)["input_ids"].numel()
+    return total
+
+
+def run_tunelab(model, feats, *, task, batch_size, warmup, steps, seed, pad_id, work, options=None) -> dict:
     """tunelab.training.train on the same examples; times steps warmup+1 .. warmup+steps (the end of step
-    `warmup` is marked by the evaluate hook, the end of the last step after train() returns)."""
+    `warmup` is marked by the evaluate hook, the end of the last step after train() returns). `options`:
+    TrainConfig speed options (VARIANTS)."""
+    from tunelab.options import SPEED_OPTIONS
     from tunelab.tasks.extractive_qa.windows import span_loss
     from tunelab.training import TrainConfig, length_grouped_order, train
 
@@ -422,6 +475,7 @@ def run_tunelab(model, feats, *, task, batch_size, warmup, steps, seed, pad_id, 
         log_every=total,
         eval_every=warmup,
         seed=seed,
+        **(options or {}),
     )
     marks: dict[str, float] = {}
 
@@ -431,7 +485,7 @@ def run_tunelab(model, feats, *, task, batch_size, warmup, steps, seed, pad_id, 
             marks["warm"] = time.perf_counter()
         return {}
 
-    train(
+    result = train(
         model,
         feats,
         cfg,
@@ -452,17 +506,21 @@ def run_tunelab(model, feats, *, task, batch_size, warmup, steps, seed, pad_id, 
         "timed_s": end - marks["warm"],
         "batch_size": batch_size,
         "real_tokens": sum(sum(feats[i]["attention_mask"]) for bt in timed for i in bt),
-        "padded_tokens": sum(len(bt) * max(lengths[i] for i in bt) for bt in timed),
+        "padded_tokens": computed_tokens(feats, timed, cfg, result.chunks, pad_id),
         "timed_examples": sum(len(bt) for bt in timed),
+        "micro_batch_pieces": result.chunks,
         "settings": {
-            "padding": "dynamic, length-grouped batches",
-            "optim": "torch.optim.AdamW(fused=True on CUDA)",
+            "padding": "packed rows" if cfg.packing else "dynamic, length-grouped batches",
+            "optim": "torch.optim.AdamW(fused=True on CUDA)"
+            if cfg.fused_optimizer
+            else "torch.optim.AdamW(for-loop)",
             "bf16": "accelerate mixed_precision=bf16 on a GPU",
             "learning_rate": b["learning_rate"],
             "lr_scheduler": cfg.lr_schedule,
             "warmup_ratio": cfg.warmup_ratio,
             "weight_decay": cfg.weight_decay,
             "max_grad_norm": cfg.max_grad_norm,
+            "speed_options": {k: getattr(cfg, k) for k in SPEED_OPTIONS},
         },
     }
 
@@ -491,7 +549,46 @@ def summarise(
 _DATA: dict[tuple[str, int], tuple[list[dict], int, str]] = {}
 
 
+INPUTS_NOTE = {
+    "bare": "the baseline's inputs: the bare sentences (run_glue.py)",
+    "prompt": "tunelab's default SST-2 recipe: each sentence inside the chat input prompt",
+    "windows": "SQuAD windows, the same for both",
+}
+PROMPT_MISSING = "the tokenizer has no chat template (chat_template.jinja beside tokenizer.json)"
+
+
+def one_run(who: str, case: dict, args, run_fn, *, nonembed_from, epoch: int, cuda: bool) -> dict:
+    """Build a fresh model, run `run_fn(model, work)` on it, and summarise the timing."""
+    import torch
+
+    free_memory()
+    left = round(torch.cuda.memory_allocated() / 2**30, 3) if cuda else None  # > 0: an earlier run leaked
+    model = nonembed_from()
+    total, nonembed = param_counts(model)
+    case["params"], case["nonembedding_params"] = total, nonembed
+    with tempfile.TemporaryDirectory(prefix=f"speed-{who}-") as work:
+        run = run_fn(model, Path(work))
+    out = summarise(
+        run,
+        steps=args.steps,
+        epoch=epoch,
+        nonembed=nonembed,
+        peak_tflops=args.peak_tflops,
+        cuda=cuda,
+        mem=peak_gib(),
+    )
+    out["allocated_before_gib"] = left
+    del model
+    free_memory()
+    took = f"{run['timed_s']:.3f} s for {args.steps} steps"
+    print(f"  {case['case']} {who}: {took}, epoch ~{out['epoch_s']:.1f} s", flush=True)
+    return out
+
+
 def run_case(name: str, args, tok, tok_where: str) -> dict:
+    """The baseline once, then one tunelab row per (inputs, variant): SST-2 with the baseline's bare
+    sentences and with tunelab's default prompt recipe; each variant a set of speed options. Every row's
+    ratio is against the same baseline run."""
     import torch
 
     alias, task = CASES[name]
@@ -505,7 +602,8 @@ def run_case(name: str, args, tok, tok_where: str) -> dict:
     if key not in _DATA:  # both models of a task train on the same token ids: tokenise once
         loader = sst2_data if task == "sst2" else squad_data
         _DATA[key] = loader(tok, n, args.seed, args.tiny)
-    feats, epoch, source = _DATA[key]
+    inputs, epoch, source = _DATA[key]
+    base_inputs = "bare" if task == "sst2" else "windows"
     case = {
         "case": name,
         "model": alias + (" (tiny: 2 layers, hidden 64)" if args.tiny else ""),
@@ -519,60 +617,81 @@ def run_case(name: str, args, tok, tok_where: str) -> dict:
         "batch_size": {"baseline": b["batch_size"], "tunelab": tb},
         "same_batch": tb == b["batch_size"],
         "tokenizer": tok_where,
+        "baseline_inputs": INPUTS_NOTE[base_inputs],
     }
     pad = tok.pad_token_id
-    results = {}
-    for who in ("baseline", "tunelab"):
-        free_memory()
-        left = round(torch.cuda.memory_allocated() / 2**30, 3) if cuda else None  # > 0: an earlier run leaked
-        model = build_model(alias, task, tiny=args.tiny, device=device, pad_id=pad, seed=args.seed)
-        total, nonembed = param_counts(model)
-        case["params"], case["nonembedding_params"] = total, nonembed
-        with tempfile.TemporaryDirectory(prefix=f"speed-{who}-") as work:
-            common = {
-                "task": task,
-                "warmup": args.warmup,
-                "steps": args.steps,
-                "seed": args.seed,
-                "pad_id": pad,
-                "work": Path(work),
-            }
-            if who == "baseline":
-                run = run_baseline(model, feats[: (args.warmup + args.steps) * b["batch_size"]], **common)
-            else:
-                run = run_tunelab(model, feats[: (args.warmup + args.steps) * tb], batch_size=tb, **common)
-        results[who] = summarise(
-            run,
-            steps=args.steps,
-            epoch=epoch,
-            nonembed=nonembed,
-            peak_tflops=args.peak_tflops,
-            cuda=cuda,
-            mem=peak_gib(),
-        )
-        results[who]["allocated_before_gib"] = left
-        del model
-        free_memory()
-        print(
-            f"  {name} {who}: {run['timed_s']:.3f} s for {args.steps} steps, "
-            f"epoch ~{results[who]['epoch_s']:.1f} s",
-            flush=True,
-        )
-    base, ours = results["baseline"], results["tunelab"]
+    common = {"task": task, "warmup": args.warmup, "steps": args.steps, "seed": args.seed, "pad_id": pad}
+
+    def build():
+        return build_model(alias, task, tiny=args.tiny, device=device, pad_id=pad, seed=args.seed)
+
+    size = (args.warmup + args.steps) * b["batch_size"]
+    base = one_run(
+        "baseline",
+        case,
+        args,
+        lambda model, work: run_baseline(model, inputs[base_inputs][:size], work=work, **common),
+        nonembed_from=build,
+        epoch=epoch,
+        cuda=cuda,
+    )
+    rows, skipped = [], []
+    wanted = ["bare", "prompt"] if task == "sst2" else ["windows"]
+    for kind in wanted:
+        if kind not in inputs:
+            skipped.append({"inputs": kind, "why": PROMPT_MISSING})
+            continue
+        feats = inputs[kind][: (args.warmup + args.steps) * tb]
+        for variant in args.variants:
+            label = f"tunelab {variant}, {kind}"
+            try:
+                row = one_run(
+                    label,
+                    case,
+                    args,
+                    lambda model, work, feats=feats, variant=variant: run_tunelab(
+                        model, feats, batch_size=tb, work=work, options=VARIANTS[variant], **common
+                    ),
+                    nonembed_from=build,
+                    epoch=epoch,
+                    cuda=cuda,
+                )
+            except Exception as exc:  # noqa: BLE001 - one variant failing must not lose the others
+                traceback.print_exc()
+                free_memory()
+                error = f"{type(exc).__name__}: {exc}"[:2000]
+                rows.append(
+                    {"label": label, "inputs": kind, "variant": variant, "status": "error", "error": error}
+                )
+                continue
+            ratio = base["epoch_s"] / row["epoch_s"]
+            row.update(label=label, inputs=kind, inputs_note=INPUTS_NOTE[kind], variant=variant)
+            row.update(options=VARIANTS[variant], ratio=ratio, status="ok")
+            rows.append(row)
+    ok = [r for r in rows if r["status"] == "ok"]
+    if not ok:
+        raise RuntimeError(f"every tunelab row failed: {[r.get('error') for r in rows]}")
+    first = ok[0]  # the baseline's own inputs with the first variant: the apples-to-apples figure
     case.update(
         baseline_s=base["epoch_s"],
-        tunelab_s=ours["epoch_s"],
-        ratio=base["epoch_s"] / ours["epoch_s"],
-        real_tokens_per_s={"baseline": base["real_tokens_per_s"], "tunelab": ours["real_tokens_per_s"]},
-        padded_tokens_per_s={"baseline": base["padded_tokens_per_s"], "tunelab": ours["padded_tokens_per_s"]},
-        mfu={"baseline": base["mfu"], "tunelab": ours["mfu"]},
-        peak_memory_gib={"baseline": base["peak_memory_gib"], "tunelab": ours["peak_memory_gib"]},
+        tunelab_s=first["epoch_s"],
+        ratio=base["epoch_s"] / first["epoch_s"],
+        headline_row=first["label"],
+        real_tokens_per_s={"baseline": base["real_tokens_per_s"], "tunelab": first["real_tokens_per_s"]},
+        padded_tokens_per_s={
+            "baseline": base["padded_tokens_per_s"],
+            "tunelab": first["padded_tokens_per_s"],
+        },
+        mfu={"baseline": base["mfu"], "tunelab": first["mfu"]},
+        peak_memory_gib={"baseline": base["peak_memory_gib"], "tunelab": first["peak_memory_gib"]},
         extrapolation_factor={
             "baseline": base["extrapolation_factor"],
-            "tunelab": ours["extrapolation_factor"],
+            "tunelab": first["extrapolation_factor"],
         },
         baseline=base,
-        tunelab=ours,
+        tunelab=first,
+        tunelab_rows=rows,
+        skipped_rows=skipped,
         wall_s=time.perf_counter() - t_case,
         status="ok",
     )
@@ -598,6 +717,23 @@ def quality_results() -> list[dict]:
     return found
 
 
+def parse_variants(ap, text: str) -> list[str]:
+    variants = [v.strip() for v in text.split(",") if v.strip()]
+    if not variants or any(v not in VARIANTS for v in variants):
+        ap.error(f"--variants: of {', '.join(VARIANTS)}, got {variants}")
+    return variants
+
+
+def print_rows(case: dict) -> None:
+    for row in case["tunelab_rows"]:
+        if row["status"] == "ok":
+            print(
+                f"{case['case']}: baseline {case['baseline_s']:.1f} s/epoch, {row['label']} "
+                f"{row['epoch_s']:.1f} s/epoch, ratio {row['ratio']:.2f}x",
+                flush=True,
+            )
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, of: {', '.join(CASES)}")
@@ -617,6 +753,12 @@ def main(argv=None) -> int:
     )
     ap.add_argument(
         "--tokenizer", help="a folder with SmolLM2's tokenizer.json (default: tunelab's model cache)"
+    )
+    ap.add_argument(
+        "--variants",
+        default="default",
+        help=f"tunelab rows, comma-separated, of: {', '.join(VARIANTS)} (default: default, i.e. the "
+        "options' defaults)",
     )
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--out", help="a .json file or a folder (default benchmarks/results/speed-<gpu>.json)")
@@ -640,6 +782,7 @@ def main(argv=None) -> int:
     if args.tiny:
         args.steps, args.warmup = 3, 1
         torch.set_num_threads(1)  # light on a shared CPU (and no OpenMP barrier stalls when it is busy)
+    args.variants = parse_variants(ap, args.variants)
     if args.steps < 1 or args.warmup < 1:
         ap.error("--steps and --warmup must be at least 1")
     if args.tiny:  # CPU-sized: batches of at most 8, SQuAD windows of 128 tokens (stride 32)
@@ -662,6 +805,7 @@ def main(argv=None) -> int:
             "peak_tflops": args.peak_tflops,
             "tiny": args.tiny,
             "tunelab_batch": args.tunelab_batch,
+            "variants": {v: VARIANTS[v] for v in args.variants},
             "baseline": BASELINE,
         },
         "method": (
@@ -697,11 +841,7 @@ def main(argv=None) -> int:
         report["cases"].append(case)
         write_json(out, report)
         if case["status"] == "ok":
-            print(
-                f"{name}: baseline {case['baseline_s']:.1f} s/epoch, "
-                f"tunelab {case['tunelab_s']:.1f} s/epoch, ratio {case['ratio']:.2f}x",
-                flush=True,
-            )
+            print_rows(case)
     write_json(out, report)
     print(f"wrote {out}")
     return 1 if failed else 0

@@ -34,6 +34,8 @@ def test_speed_bench_tiny_writes_the_report(tmp_path):
             "--tiny",
             "--cases",
             "sst2-smollm2,squad-smollm2",
+            "--variants",
+            "default,packing",
             "--out",
             str(out_dir) + "/",
         ],
@@ -91,6 +93,23 @@ def test_speed_bench_tiny_writes_the_report(tmp_path):
         width = report["settings"]["baseline"][case["task"]]["max_length"]
         assert case["baseline"]["padded_tokens"] == case["baseline"]["timed_examples"] * width
         assert case["tunelab"]["padded_tokens"] <= case["baseline"]["padded_tokens"]
+        # one tunelab row per (inputs, variant), each against the same baseline, labelled which is which
+        inputs = ["bare", "prompt"] if case["task"] == "sst2" else ["windows"]
+        rows = case["tunelab_rows"]
+        assert [(r["inputs"], r["variant"]) for r in rows] == [
+            (i, v) for i in inputs for v in ("default", "packing")
+        ]
+        assert case["headline_row"] == rows[0]["label"] == f"tunelab default, {inputs[0]}"
+        for row in rows:
+            assert row["status"] == "ok", row
+            assert row["ratio"] == pytest.approx(case["baseline_s"] / row["epoch_s"])
+            assert 0 < row["real_tokens"] <= row["padded_tokens"] and row["inputs_note"]
+            assert row["settings"]["speed_options"]["packing"] == (row["variant"] == "packing")
+        by = {(r["inputs"], r["variant"]): r for r in rows}
+        for i in inputs:  # the same examples, however they are batched
+            assert by[(i, "packing")]["real_tokens"] == by[(i, "default")]["real_tokens"]
+        if case["task"] == "sst2":  # the same sentences: in the prompt they are longer
+            assert by[("prompt", "default")]["real_tokens"] > by[("bare", "default")]["real_tokens"]
 
 
 @pytest.mark.skipif(not DATA, reason="TUNELAB_DATA_DIR is not set")

@@ -58,9 +58,10 @@ class Option:
                 "list": "a list of strings (or one comma-separated string)",
                 "prompt": "a template name, a prompt file or a mapping",
                 "version": "1.1 or 2.0",
+                "size": f"an integer >= {_num(self.low or 1)} or auto",
                 **_ECO_RULES,
             }[self.type]
-            bounds = self._bounds()
+            bounds = self._bounds() if self.type != "size" else ""  # (its rule names the bound)
             if bounds:
                 text += " " + bounds
         return text + (" or null" if self.nullable else "")
@@ -148,6 +149,16 @@ def _as_list(opt: Option, value: Any, bad) -> list[str]:
     return value
 
 
+def _as_size(opt: Option, value: Any, bad) -> int | str:
+    """An integer >= low, or the word auto (also from the command line, where every value is a string)."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    whole = isinstance(value, int) and not isinstance(value, bool)
+    if value == "auto" or (whole and value >= (opt.low or 1)):
+        return value
+    raise bad()
+
+
 def _as_prompt(opt: Option, value: Any, bad) -> str | dict:
     if not isinstance(value, (str, dict)):
         raise bad()
@@ -170,6 +181,7 @@ _COERCE = {
     "list": _as_list,
     "prompt": _as_prompt,
     "version": _as_version,
+    "size": _as_size,
 }  # + the ecosystem block's types (below)
 
 
@@ -231,6 +243,9 @@ MAX_NEW_TOKENS = 4096
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 # Options that do not change what is trained: a checkpoint resumes a run that differs only in these.
 NOT_TRAINING = ("eval_every", "log_every", "save_every", "merge_lora")
+# The speed options (issue 11; the block at the end of TrainConfig) change how the steps run, not what they
+# compute: a checkpoint resumes under other values of them too.
+SPEED_OPTIONS = ("compile", "compile_mode", "packing", "micro_batch_size", "fused_optimizer", "pin_memory")
 
 
 @dataclass
@@ -280,13 +295,43 @@ class TrainConfig:
     lora_dropout: float = option(0.05, "dropout on the LoRA input", low=0, high=1, high_open=True)
     lora_targets: list[str] = option(LORA_TARGETS, "module names LoRA adapts (default: attention and MLP)")
     merge_lora: bool = option(False, "save LoRA merged into the weights instead of as an adapter")
-    # ---- SQuAD issue 12 (branch squad): bidirectional attention ------------------------------------------
+    # bidirectional attention (the span head; SQuAD experiments)
     bidirectional: bool = option(
         False,
         "no causal mask in the task model while fine-tuning and evaluating: every token attends to the whole "
         "input (for the span head: passage tokens see what follows them); kept by the saved model",
     )
-    # ---- end of the SQuAD issue 12 block -----------------------------------------------------------------
+
+    # Speed: how the steps run, never what they compute. Each is off unless measured faster
+    # with equal quality (benchmarks/speed.py); the loop's docstring says how each keeps the loss the same.
+    compile: bool = option(
+        False,
+        "torch.compile each decoder layer; batches are padded up to a few length buckets (static shapes: "
+        "no recompiles after warm-up)",
+    )
+    compile_mode: str = option(
+        "default",
+        "torch.compile mode when compile is on (reduce-overhead adds CUDA graphs)",
+        choices=("default", "reduce-overhead", "max-autotune-no-cudagraphs"),
+    )
+    packing: bool = option(
+        False,
+        "padding-free packing: a micro-batch's examples share rows of max_length tokens, each attending to "
+        "itself; same examples and loss (tunelab.packing)",
+    )
+    micro_batch_size: int | str | None = option(
+        None,
+        "examples per forward/backward piece of a micro-batch (same update); auto: the largest that fits "
+        "the GPU's memory, found before training (out-of-memory halving stays the fallback); null: the "
+        "whole batch",
+        type="size",
+        low=1,
+        high=MAX_BATCH,
+    )
+    fused_optimizer: bool = option(
+        True, "fused AdamW on CUDA (foreach elsewhere) and foreach gradient clipping; false: per-tensor loops"
+    )
+    pin_memory: bool = option(False, "page-locked host memory for batches on CUDA (copies overlap compute)")
 
     @classmethod
     def from_dict(cls, values: Any, where: str = "training options") -> TrainConfig:
@@ -323,7 +368,7 @@ class ZeroShotOptions:
     max_new_tokens: int = option(
         32, "tokens generated per answer", low=1, high=MAX_NEW_TOKENS, kinds=("extractive_qa",)
     )
-    # ---- SQuAD issue 12 (branch squad): decoding and k-shot prompting ------------------------------------
+    # decoding and k-shot prompting
     decoding: str = option(
         "free",
         "how answers are generated: free greedy generation, or extractive (greedy, constrained to spans of "
@@ -340,7 +385,6 @@ class ZeroShotOptions:
         high=64,
     )
     shot_seed: int = option(1234, "seeds the draw of the k-shot examples", low=0, high=2**32, high_open=True)
-    # ---- end of the SQuAD issue 12 block -----------------------------------------------------------------
 
 
 @dataclass
@@ -370,7 +414,7 @@ class FinetuneExtras:
         default_note="the task's default template",
     )
 
-    # ---- SQuAD issue 12 (branch squad): more training data ------------------------------------------------
+    # more training data
     extra_train: list[str] | None = option(
         None,
         "more training data read with the task's reader, each TASK:SPLIT (a built-in task's split in the "
@@ -378,7 +422,6 @@ class FinetuneExtras:
         "it shares a passage or an input with the evaluated split",
         kinds=("extractive_qa", "classification"),
     )
-    # ---- end of the SQuAD issue 12 block -----------------------------------------------------------------
 
 
 @dataclass
@@ -564,6 +607,8 @@ def add_flags(
             kwargs["type"] = int if opt.type == "int" else float
         if opt.type == "list":
             kwargs["metavar"] = "A,B,..."
+        if opt.type == "size":
+            kwargs["metavar"] = "N|auto"
         parser.add_argument(flag_name(opt), **kwargs)
 
 

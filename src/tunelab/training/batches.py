@@ -39,9 +39,12 @@ def shard_batch(global_batch: list[int], world: int, rank: int) -> tuple[list[in
     return global_batch[lo:hi], world * (hi - lo) / len(global_batch)
 
 
-def pad_batch(features: list[dict], pad_id: int, keys_to_pad=("input_ids", "attention_mask")) -> dict:
-    """Right-pad token lists to the batch's longest; other keys become tensors as they are."""
-    width = max(len(f["input_ids"]) for f in features)
+def pad_batch(
+    features: list[dict], pad_id: int, keys_to_pad=("input_ids", "attention_mask"), width: int | None = None
+) -> dict:
+    """Right-pad token lists to the batch's longest (or to `width`, at least that); other keys become tensors
+    as they are."""
+    width = max([len(f["input_ids"]) for f in features] + [width or 0])
     out = {}
     for key in features[0]:
         vals = [f[key] for f in features]

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from tunelab.errors import UsageError
-from tunelab.options import NOT_TRAINING, TrainConfig
+from tunelab.options import NOT_TRAINING, SPEED_OPTIONS, TrainConfig
 from tunelab.outputs import full_disk, newest_file
 
 KEEP = 2  # complete checkpoints kept: a broken newest one falls back to the one before
@@ -219,7 +219,7 @@ def fingerprint(cfg: TrainConfig, feats: list[dict], world: int) -> dict:
         ids = f["input_ids"]
         rest = [(k, v) for k, v in sorted(f.items()) if k not in ("input_ids", "attention_mask")]
         h.update(repr((len(ids), ids[:8], ids[-8:], rest)).encode())
-    options = {k: v for k, v in asdict(cfg).items() if k not in NOT_TRAINING}
+    options = {k: v for k, v in asdict(cfg).items() if k not in NOT_TRAINING + SPEED_OPTIONS}
     fp = {"options": options, "processes": world, "examples": len(feats), "data_sha256": h.hexdigest()}
     return json.loads(json.dumps(fp))  # as it reads back from trainer_state.json (tuples become lists)
 

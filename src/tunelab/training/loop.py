@@ -14,6 +14,15 @@ slice is empty runs one example with weight 0 so the gradient all-reduce still l
 Resumption (tunelab.training.checkpoint). `resume=True` continues from the newest complete checkpoint and
 replays the data order up to it, so an interrupted and resumed run ends with the same weights and metrics as
 an uninterrupted one (bit for bit on the same hardware and thread count).
+
+Speed options (TrainConfig's last block; tunelab.training.speed), each leaving the step's arithmetic as it is:
+`packing` puts a micro-batch's examples into shared rows and computes the same mean loss with
+`tunelab.packing.packed_loss` (each example pooled / span-softmaxed on its own tokens); `compile` compiles the
+decoder layers and pads batches up to a few length buckets (masked tokens: same loss); `micro_batch_size`
+runs each micro-batch in pieces (the out-of-memory mechanism below, chosen up front; `auto` probes the
+longest batch on the GPU first); `fused_optimizer` picks fused (CUDA) or foreach AdamW and foreach clipping;
+`pin_memory` copies batches through page-locked memory. The loss is summed on the device and read back only
+every `log_every` steps: no host synchronisation per step.
 """
 
 from __future__ import annotations
@@ -37,8 +46,9 @@ from tunelab.distributed import check_joined, launched_processes
 from tunelab.errors import UsageError
 from tunelab.options import TrainConfig
 from tunelab.outputs import read_json, write_json, write_text
-from tunelab.training import checkpoint
-from tunelab.training.batches import length_grouped_order, pad_batch, random_order, shard_batch
+from tunelab.packing import packed_loss
+from tunelab.training import checkpoint, speed
+from tunelab.training.batches import length_grouped_order, random_order, shard_batch
 
 
 def set_seed(seed: int) -> None:
@@ -85,6 +95,8 @@ class Trainer:
         set_seed(cfg.seed)
         self.accelerator = self._accelerator(accelerator)
         self._plan(features)
+        self.kind = speed.head_kind(self.feats) if cfg.packing else None
+        self.compiled = speed.compile_layers(model, cfg.compile_mode) if cfg.compile else []
         self._optimizer(model)
         self.ckpt_root = self.work_dir / "checkpoints"
         self.log_path = self.work_dir / "train_log.jsonl"
@@ -96,7 +108,9 @@ class Trainer:
         self.tokens = 0  # this process, from the start of training (a resume recounts the replayed batches)
         self.running = torch.zeros((), device=self.accelerator.device)  # summed on the device: no host sync
         self.running_n = 0
-        self.chunks = 1  # each micro-batch runs in this many pieces; doubled on out-of-memory (one process)
+        # each micro-batch runs in this many pieces: from micro_batch_size, doubled on out-of-memory
+        micro = cfg.micro_batch_size
+        self.chunks = math.ceil(cfg.batch_size / micro) if isinstance(micro, int) else 1
 
     # ---- setup ------------------------------------------------------------------------------------------
 
@@ -147,14 +161,18 @@ class Trainer:
         decay = [p for p in params if p.ndim >= 2]
         no_decay = [p for p in params if p.ndim < 2]
         self.fsdp = self.accelerator.distributed_type == DistributedType.FSDP
-        fused = self.accelerator.device.type == "cuda" and not self.fsdp
+        # fused: one kernel for every parameter's update (CUDA; not under FSDP's sharded parameters);
+        # foreach: one call per group of tensors instead of one per tensor; neither changes the arithmetic.
+        fused = cfg.fused_optimizer and self.accelerator.device.type == "cuda" and not self.fsdp
         optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=cfg.learning_rate,
             betas=(0.9, 0.999),
             eps=1e-8,
             fused=fused,
+            foreach=cfg.fused_optimizer and not fused,
         )
+        self.params = params
         # The schedule is stepped here, once per optimizer step. (Passed through `accelerator.prepare` it
         # would step once per process per optimizer step: N times too fast under N processes, since
         # total_steps is already counted per process.) Its state is saved in trainer_state.json.
@@ -251,6 +269,8 @@ class Trainer:
     def run(self) -> TrainResult:
         cfg = self.cfg
         self.model.train()
+        if cfg.micro_batch_size == "auto" and self.accelerator.device.type == "cuda":
+            self.chunks = self._auto_chunks()
         self.tokens_run = 0  # this process, this session (for throughput)
         self.t0 = time.perf_counter()
         bar = tqdm(
@@ -294,15 +314,67 @@ class Trainer:
         total = torch.zeros((), device=device)
         for s in range(0, len(batch_idx), size):
             part = batch_idx[s : s + size]
-            batch = pad_batch([self.feats[i] for i in part], self.pad_id)
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            loss = self.loss_fn(self.model, batch) if self.loss_fn else self.model(**batch).loss
+            loss = self._loss([self.feats[i] for i in part])
             share = weight * len(part) / len(batch_idx)
             if share != 1.0:
                 loss = loss * share
             self.accelerator.backward(loss)
             total += loss.detach()
         return total
+
+    def _loss(self, feats: list[dict]) -> torch.Tensor:
+        """The mean loss over these examples: packed (`packing`), or padded to their longest (to its bucket
+        under `compile`) and computed by `loss_fn` or the model's own loss."""
+        cfg, device = self.cfg, self.accelerator.device
+        if self.kind:
+            batch = speed.packed(feats, self.pad_id, cfg.max_length, static=cfg.compile)
+            return packed_loss(self.model, speed.to_device(batch, device, cfg.pin_memory), self.kind)
+        batch = speed.padded(feats, self.pad_id, cfg.max_length, static=cfg.compile)
+        batch = speed.to_device(batch, device, cfg.pin_memory)
+        return self.loss_fn(self.model, batch) if self.loss_fn else self.model(**batch).loss
+
+    def _auto_chunks(self) -> int:
+        """micro_batch_size auto: the fewest pieces in which a forward and backward of the batch_size longest
+        examples fits the GPU's memory (halving the piece on out-of-memory), found before the first step; the
+        probe's gradients are dropped and the random state restored, so training is as if it had not run.
+        Out-of-memory halving during training stays the fallback (e.g. for memory fragmentation)."""
+        if self.world > 1:
+            raise UsageError(
+                "micro_batch_size auto needs one process (processes cannot probe their memory apart "
+                "without their collectives going out of step): give a number"
+            )
+        longest = sorted(range(len(self.feats)), key=lambda i: -self.lengths[i])[: self.cfg.batch_size]
+        state = checkpoint.rng_state()
+        chunks = self.chunks
+        try:
+            while True:
+                self.chunks = chunks
+                try:
+                    self._forward_backward(longest, 1.0)
+                    break
+                except torch.cuda.OutOfMemoryError:
+                    if math.ceil(len(longest) / chunks) <= 1:
+                        raise UsageError(
+                            "out of GPU memory with one example at a time: lower --max-length, or use "
+                            "--method lora"
+                        ) from None
+                chunks *= 2  # outside the handler, so the failed attempt's tensors are free
+                self.model.zero_grad(set_to_none=True)
+                torch.cuda.empty_cache()
+        finally:
+            self.model.zero_grad(set_to_none=True)
+            checkpoint.set_rng_state(state)
+        size = math.ceil(len(longest) / chunks)
+        self.accelerator.print(f"micro_batch_size auto: pieces of {size} examples ({chunks} per micro-batch)")
+        return chunks
+
+    def _clip(self) -> None:
+        acc, cfg = self.accelerator, self.cfg
+        if cfg.fused_optimizer and not self.fsdp:  # what accelerate does here, with foreach asked for
+            acc.unscale_gradients()
+            torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm, foreach=True)
+        else:
+            acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
 
     def _optimizer_step(self, pending: list[tuple[list[int], float]], first_micro: int) -> torch.Tensor:
         """The micro-batches of one optimizer step. On out-of-memory in a forward or backward pass the step's
@@ -344,7 +416,7 @@ class Trainer:
             with acc.accumulate(self.model):
                 total += self._forward_backward(batch_idx, weight)
                 if acc.sync_gradients and cfg.max_grad_norm:
-                    acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+                    self._clip()
                 self.optimizer.step()  # accelerate steps only where gradients sync: after the last one
                 if acc.sync_gradients:
                     self.scheduler.step()
@@ -406,7 +478,9 @@ class Trainer:
 
     def _evaluate(self, step: int) -> None:
         self.model.eval()
-        result = self.evaluate_fn(self.model if self.fsdp else self.accelerator.unwrap_model(self.model))
+        # eager for evaluation: its batches' shapes would each compile anew
+        with torch.compiler.set_stance("force_eager"):
+            result = self.evaluate_fn(self.model if self.fsdp else self.accelerator.unwrap_model(self.model))
         self.model.train()
         self.evals.append({"step": step, **result})
         if self.on_log and self.accelerator.is_main_process:
@@ -435,6 +509,7 @@ class Trainer:
             acc.reduce(torch.tensor(self.tokens, device=acc.device, dtype=torch.long), "sum").item()
         )
         acc.wait_for_everyone()
+        speed.uncompile(self.compiled)
         prepared = self.model
         model = acc.unwrap_model(self.model)
         model.eval()

@@ -5,6 +5,8 @@ calibration corrects the classes' prior bias.
 
 from __future__ import annotations
 
+import copy
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -105,6 +107,23 @@ def verbalizer_ids(tokenizer, prompt: ClassificationPrompt) -> list[list[int]]:
     return ids
 
 
+MIN_PREFIX = 4  # shared prefixes shorter than this are recomputed: copying their cache costs about as much
+
+
+def shared_prefix(encoded: list[list[int]]) -> int:
+    """The number of leading tokens every encoded prompt shares (the chat template, system prompt and
+    instruction before the text), leaving each prompt at least one token of its own (the position scored)."""
+    if not encoded:
+        return 0
+    first, n = encoded[0], min(len(e) for e in encoded) - 1
+    for e in encoded[1:]:
+        k = 0
+        while k < n and e[k] == first[k]:
+            k += 1
+        n = k
+    return max(n, 0)
+
+
 @torch.no_grad()
 def label_logprobs(
     model,
@@ -114,25 +133,48 @@ def label_logprobs(
     batch_size: int = 32,
     max_length: int = 512,
     progress: bool = True,
+    reuse_prefix: bool = True,
 ) -> np.ndarray:
     """Log-probabilities (over the whole vocabulary, log-sum-exp within a class) of each class's verbalizers
-    at the next-token position after each text: one forward pass per text, batched and sorted by length."""
+    at the next-token position after each text: one forward pass per text, batched and sorted by length.
+
+    reuse_prefix: the tokens every prompt starts with are run once, and their key/value cache serves every
+    batch, which then computes only each prompt's own tokens (for SST-2's chat prompt, well over half the
+    tokens are the shared prefix). The prefix is found on the token ids themselves, so every prompt's tokens
+    are exactly those of the whole-prompt path, and so are its scores, up to float rounding."""
     device = next(model.parameters()).device
     # an over-long prompt loses its beginning, never the end where the label word is scored
     enc = [tokenizer(t, add_special_tokens=True).input_ids[-max_length:] for t in texts]
     order = sorted(range(len(enc)), key=lambda i: len(enc[i]), reverse=True)
     out = np.zeros((len(texts), len(label_ids)), dtype=np.float64)
     pad = tokenizer.pad_token_id
+    start = shared_prefix(enc) if reuse_prefix else 0
+    prefix_cache = None
+    if start >= MIN_PREFIX:
+        prefix = torch.tensor([enc[order[0]][:start]], device=device)
+        ran = model.model(input_ids=prefix, use_cache=True)
+        # transformers >= 5.2x names the cache `cache` (argument and output); earlier, `past_key_values`
+        named = inspect.signature(model.model.forward).parameters
+        cache_key = "cache" if "cache" in named else "past_key_values"
+        prefix_cache = getattr(ran, "cache", None) or ran.past_key_values
+    else:
+        start = 0
 
     def run(idx):
-        width = max(len(enc[i]) for i in idx)
+        width = max(len(enc[i]) for i in idx) - start
         ids = torch.full((len(idx), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        mask = torch.zeros((len(idx), start + width), dtype=torch.long)
         for row, i in enumerate(idx):  # right padding: the last real token sits at len-1
-            ids[row, : len(enc[i])] = torch.tensor(enc[i])
+            ids[row, : len(enc[i]) - start] = torch.tensor(enc[i][start:])
             mask[row, : len(enc[i])] = 1
-        last = mask.sum(1) - 1
-        hidden = model.model(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
+        last = mask.sum(1) - 1 - start
+        inputs = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+        if prefix_cache is not None:
+            cache = copy.deepcopy(prefix_cache)  # each batch appends its own tokens to the cache
+            cache.batch_repeat_interleave(len(idx))
+            positions = torch.arange(start, start + width, device=device).expand(len(idx), -1)
+            inputs.update({cache_key: cache, "position_ids": positions, "use_cache": True})
+        hidden = model.model(**inputs).last_hidden_state
         # Only the last position goes through the LM head: a full-vocabulary projection of every token is
         # waste.
         h = hidden[torch.arange(len(idx), device=device), last.to(device)]

@@ -459,8 +459,10 @@ def span_loss(model, batch: dict) -> torch.Tensor:
     inputs = {k: v for k, v in batch.items() if k not in ("start_positions", "end_positions")}
     out = model(**inputs)
     pad = batch["attention_mask"] == 0
-    start = out.start_logits.float().masked_fill(pad, float("-inf"))
-    end = out.end_logits.float().masked_fill(pad, float("-inf"))
+    # at least float32 (bf16 logits are upcast); a float64 model keeps float64, as tunelab.packing does
+    dtype = torch.promote_types(out.start_logits.dtype, torch.float32)
+    start = out.start_logits.to(dtype).masked_fill(pad, float("-inf"))
+    end = out.end_logits.to(dtype).masked_fill(pad, float("-inf"))
     return (
         torch.nn.functional.cross_entropy(start, batch["start_positions"])
         + torch.nn.functional.cross_entropy(end, batch["end_positions"])

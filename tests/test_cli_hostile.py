@@ -100,9 +100,9 @@ def test_a_one_megabyte_passage_trains_and_evaluates(tiny_model_dir, tmp_path, c
         + json.dumps({"sentence": "an awful film", "label": 0})
         + "\n"
     )
-    out = tmp_path / "o"
-    rc, _ = run(capsys, *finetune(tiny_model_dir, tmp_path, out, "--train-file", huge, "--data-file", huge))
-    assert rc == 0 and (out / "eval" / "metrics.json").is_file()
+    out = tmp_path.parent / f"{tmp_path.name}-o"  # (not inside --data-dir: that is an input)
+    rc, err = run(capsys, *finetune(tiny_model_dir, tmp_path, out, "--train-file", huge, "--data-file", huge))
+    assert rc == 0 and (out / "eval" / "metrics.json").is_file(), err
 
 
 def test_unlabelled_training_file(tiny_model_dir, data_dir, tmp_path, capsys):

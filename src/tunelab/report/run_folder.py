@@ -125,7 +125,7 @@ def task_of(run: Path, name: str, config: dict | None, metrics: dict | None) -> 
 
 
 def _variant_names(folder: Path, entry: dict) -> list[str]:
-    """The configured variants (in their order), then any other finetune-<name>/ folder that is not a seed's."""
+    """The configured variants (in their order), then any other finetune-<name>/ folder (not a seed's)."""
     names = list(entry.get("variants") or {}) if isinstance(entry.get("variants"), dict) else []
     for p in sorted(folder.glob("finetune-*")) if folder.is_dir() else []:
         v = p.name.removeprefix("finetune-")

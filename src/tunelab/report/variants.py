@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 
-from tunelab.report.document import Builder, H, P, Table
+from tunelab.report.document import Builder, H, Table
 from tunelab.report.run_folder import TaskRun, VariantRun
 from tunelab.report.stats import Test, ci, n_, num, pct, pval
 
@@ -106,8 +106,8 @@ def section(b: Builder, t: TaskRun, tests: Callable[[TaskRun], list[Test]]) -> l
             ],
             rows,
             "ll" + "r" * (len(labels) + 4),
-            caption=f"Every model is evaluated on the same dev {t.task.unit}; each paired test compares it with "
-            f"the {t.prompting} model on the examples both were evaluated on. Variants are trained with the "
+            caption=f"Every model is evaluated on the same dev {t.task.unit}; each paired test compares it "
+            f"with the {t.prompting} model on the examples both were evaluated on. Variants are trained with the "
             "first seed.",
         )
     )

@@ -41,7 +41,7 @@ from tunelab.tasks import Task, builtin_names, get_task, load_task
 PRESETS = ("smoke", "full")
 SECTIONS = ("zeroshot", "finetune")
 PROMPT_KEYS = ("prompt", "input_prompt")  # a prompt mapping replaces another, it never merges into it
-# A variant's name is part of a folder and a stage id (`<task>/finetune-<name>`); `seed<N>` is a seed's folder.
+# A variant's name is part of a folder and a stage id (`<task>/finetune-<name>`); seed<N> is a seed's folder.
 VARIANT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}")
 SEED_FOLDER = re.compile(r"seed\d+")
 
@@ -197,7 +197,8 @@ def _validate_variants(layer: Any, source: str, spec: Variants, prefix: str) -> 
     out = {}
     for name, value in layer.items():
         spec.check_name(name, source, prefix)
-        out[name] = None if value is None else validate_layer(value, source, spec.finetune, f"{prefix}{name}.")
+        path = f"{prefix}{name}."
+        out[name] = None if value is None else validate_layer(value, source, spec.finetune, path)
     return out
 
 

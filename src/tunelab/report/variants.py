@@ -107,8 +107,8 @@ def section(b: Builder, t: TaskRun, tests: Callable[[TaskRun], list[Test]]) -> l
             rows,
             "ll" + "r" * (len(labels) + 4),
             caption=f"Every model is evaluated on the same dev {t.task.unit}; each paired test compares it "
-            f"with the {t.prompting} model on the examples both were evaluated on. Variants are trained with the "
-            "first seed.",
+            f"with the {t.prompting} model on the examples both were evaluated on. Variants are trained "
+            "with the first seed.",
         )
     )
     _summary_rows(b, t, tests)

@@ -167,8 +167,10 @@ def _param_table(b: Builder, t: TaskRun) -> None:
 def _sentence(t: TaskRun, v: VariantRun, tests) -> str | None:
     if not v.metrics:
         return f"{t.title}: the fine-tuning variant {v.name} has not finished yet."
-    label, key, shown, _ = SUMMARY[t.kind]
-    s = f"{t.title}: variant {v.name} ({v.method} fine-tuning) reached {label} {shown(v.metrics.get(key))}"
+    _, key, shown, metric = SUMMARY[t.kind]
+    unit = "%" if t.kind == "classification" else ""
+    value = shown(v.metrics.get(key)) + unit
+    s = f"{t.title}: variant {v.name} ({v.method} fine-tuning) reached {metric} {value}"
     test = _test(t, v.metrics, v.rows, tests)
     if test:
         verdict = "significant" if test.significant else "not significant"
@@ -177,7 +179,7 @@ def _sentence(t: TaskRun, v: VariantRun, tests) -> str | None:
             f"{pval(test.p)}: {verdict})"
         )
     if t.ft and key in t.ft:
-        s += f"; the main fine-tuned model ({_main_method(t)}) reached {shown(t.ft[key])}"
+        s += f"; the main fine-tuned model ({_main_method(t)}) reached {shown(t.ft[key])}{unit}"
     tm = (v.params or {}).get("task_model")
     if tm:
         s += f"; it trained {_trained(tm)} parameters"

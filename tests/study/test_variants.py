@@ -207,7 +207,26 @@ def test_variants_layer_like_other_keys(monkeypatch, tmp_path):
     # a null variant removes one a lower layer defined; the smoke preset has none
     cfg = study_config.resolve_config(preset="full", sets=["sst2.variants.lora=null"])
     assert list(cfg.task("sst2")["variants"]) == ["head-only"]
+    cfg = study_config.resolve_config(preset="full", sets=["sst2.variants=null", "sst2.variants.x.lora_r=2"])
+    assert (
+        list(cfg.task("sst2")["variants"]) == ["x"] and cfg.task("sst2")["variants"]["x"]["method"] == "full"
+    )
     smoke = study_config.resolve_config(preset="smoke")
     assert all(not smoke.task(t)["variants"] for t in smoke.data["tasks"])
     with pytest.raises(study_config.UsageError, match=r"tasks\.sst2\.variants\.lora\.method must be one of"):
         study_config.resolve_config(preset="full", sets=["sst2.variants.lora.method=half"])
+
+
+def test_run_folder_from_before_variants_continues(tmp_path, tiny_model_dir):
+    cfg = _config(tmp_path, tiny_model_dir, _data(tmp_path))
+    old = study_config.resolve_config(config=cfg, sets=["sst2.variants=null", "squad.variants=null"])
+    assert all(not entry["variants"] for entry in old.data["tasks"].values())
+    before = json.loads(json.dumps(old.data))
+    for entry in before["tasks"].values():
+        del entry["variants"]  # config.yaml as a study before variants wrote it
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump(before))
+    study_run.Study(old, run).prepare()  # no variants then, none now: accepted
+    with pytest.raises(study_config.UsageError, match=r"another configuration.*tasks\.sst2\.variants\.lora"):
+        study_run.Study(study_config.resolve_config(config=cfg), run).prepare()

@@ -49,7 +49,7 @@ SEED_FOLDER = re.compile(r"seed\d+")
 @dataclass(frozen=True)
 class Variants:
     """The schema of a task's `variants`: names of one's choosing, each a mapping of `finetune` keys (or null,
-    which removes a variant a lower layer defined)."""
+    which removes a variant a lower layer defined; `variants: null` removes them all)."""
 
     finetune: dict
 
@@ -179,8 +179,8 @@ def validate_layer(layer: Any, source: str, spec: dict, prefix: str = "") -> dic
         path = f"{prefix}{key}"
         if not isinstance(key, str) or key not in spec:
             raise UsageError(f"{source}: unknown key {path!r} (known here: {', '.join(sorted(spec))})")
-        if isinstance(spec[key], Variants):
-            out[key] = _validate_variants(value if value is not None else {}, source, spec[key], path + ".")
+        if isinstance(spec[key], Variants):  # null: no variants (those of lower layers removed)
+            out[key] = None if value is None else _validate_variants(value, source, spec[key], path + ".")
         elif isinstance(spec[key], dict):
             out[key] = validate_layer(value if value is not None else {}, source, spec[key], path + ".")
         else:

@@ -4,6 +4,7 @@ skips them, and the config errors that name the key path."""
 
 import json
 import re
+import shutil
 
 import pytest
 import yaml
@@ -166,6 +167,24 @@ def test_study_with_variants(tmp_path, tiny_model_dir, capsys, monkeypatch):
     assert "sst2: parameters (variant head-only): done earlier, skipped" in out
     total = int(re.search(r"\[\d+/(\d+)\] report", out).group(1))
     assert total == 2 * 4 + 3 * 2 + 1 and len(re.findall("done earlier, skipped", out)) == total - 1
+
+    # an unfinished variant is continued (from its checkpoints, if any) into its own folder; nothing else runs
+    shutil.rmtree(run / "sst2" / "finetune-lora")
+    (run / "sst2" / "finetune-lora.partial").mkdir()
+    calls = []
+
+    def fake(*a, **k):
+        calls.append((a[5], a[6].method, k["resume"]))
+        (a[5] / "eval").mkdir(parents=True)
+        (a[5] / "eval" / "metrics.json").write_text(json.dumps({**m, "accuracy": 0.25}))
+
+    monkeypatch.setattr(runs, "finetune", fake)
+    monkeypatch.setattr(study_run, "count_finetuned", lambda folder: {"total": 7, "folder": str(folder)})
+    assert main(["study", "--config", cfg, "--out", str(run)]) == 0
+    assert calls == [(run / "sst2" / "finetune-lora", "lora", True)]
+    assert json.loads((run / "params/sst2.json").read_text())["variants"]["lora"]["finetuned_total"] == 7
+    assert "| SST-2, variant lora (lora) | accuracy (%) | zero-shot |" in (run / "report.md").read_text()
+    assert "| 25.0 [" in _rows((run / "report.md").read_text(), "| variant lora |", 2)[0]
 
 
 @pytest.mark.parametrize(

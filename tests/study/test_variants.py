@@ -106,6 +106,7 @@ def test_study_with_variants(tmp_path, tiny_model_dir, capsys, monkeypatch):
     assert "sst2: fine-tune variant lora (lora) and evaluate" in out
     assert "sst2: fine-tune variant head-only (head) and evaluate" in out
     assert "squad: fine-tune variant head-only (head) and evaluate" in out
+    assert re.search(r"│ \+ lora +│ Accuracy", out)  # the console summary's row of the variant
 
     # each variant's folder, trained with its own method, and its data recorded like the main fine-tuning
     stages = json.loads((run / "stages.json").read_text())

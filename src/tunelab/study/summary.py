@@ -51,7 +51,8 @@ def summary_rows(study) -> list[dict]:
 
 def _model(row: dict) -> str:
     """The fine-tuned model of a row: its method, and the variant's name for a variant."""
-    return f"{row['variant']} ({row['method']})" if row.get("variant") else str(row.get("method", "-"))
+    v, method = row.get("variant"), str(row.get("method", "-"))
+    return method if not v else v if v == method else f"{v} ({method})"
 
 
 def _tuned(row: dict) -> str:
@@ -67,7 +68,7 @@ def _count(n) -> str:
 
 def markdown_table(rows: list[dict]) -> str:
     lines = [
-        "| task | fine-tuning | metric | zero-shot | fine-tuned | params before | params after |",
+        "| task | model | metric | zero-shot | fine-tuned | params before | params after |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
@@ -80,19 +81,22 @@ def markdown_table(rows: list[dict]) -> str:
 
 def print_summary(rows: list[dict], report: Path) -> None:
     """The table in the terminal with rich (aligned columns that fit the terminal; a printed Markdown table
-    is hard to read)."""
+    is hard to read). A task's variants follow its main rows, named `+ <variant> (<method>)`."""
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title="zero-shot vs fine-tuned")
-    for col in ("task", "fine-tuning", "metric", "zero-shot", "fine-tuned", "params before", "params after"):
-        table.add_column(col, justify="left" if col in ("task", "fine-tuning", "metric") else "right")
+    table.add_column("task", overflow="fold")  # in a narrow terminal text folds; numbers are never cut
+    table.add_column("metric", overflow="fold")
+    table.add_column("zero-shot", justify="right", no_wrap=True)
+    table.add_column("fine-tuned", justify="right")  # "mean ±" / "sd" may wrap
+    for col in ("params before", "params after"):
+        table.add_column(col, justify="right", no_wrap=True)
     for i, r in enumerate(rows):
         first = i == 0 or rows[i - 1]["task"] != r["task"]  # a task's name and parameters once
-        new_model = first or rows[i - 1].get("variant") != r.get("variant")  # a model's once
+        new_model = first or rows[i - 1].get("variant") != r.get("variant")  # a variant's name once
         table.add_row(
-            r["task"] if first else "",
-            _model(r) if new_model else "",
+            r["task"] if first else f"+ {r['variant']}" if new_model else "",
             r["metric"],
             f"{r['zeroshot']:.2f}",
             _tuned(r),

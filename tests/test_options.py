@@ -67,3 +67,17 @@ def test_the_documented_schema_is_the_generated_one():
         assert f"{name}:" in text, name
     doc = (ROOT / "docs" / "study-config.md").read_text()
     assert text in doc, "docs/study-config.md is out of date: paste `tunelab study --print-schema` into it"
+
+
+def test_options_that_are_valid_alone_but_not_together_are_refused():
+    with pytest.raises(UsageError, match="packing and bidirectional cannot be used together"):
+        TrainConfig.from_dict({"packing": True, "bidirectional": True})
+    with pytest.raises(UsageError, match="packing and bidirectional"):
+        TrainConfig(packing=True, bidirectional=True).validate()
+
+
+def test_a_size_option_keeps_its_upper_bound():
+    assert TrainConfig.from_dict({"micro_batch_size": "auto"}).micro_batch_size == "auto"
+    assert TrainConfig.from_dict({"micro_batch_size": 8}).micro_batch_size == 8
+    with pytest.raises(UsageError, match=r"micro_batch_size must be an integer in \[1, 65536\] or auto"):
+        TrainConfig.from_dict({"micro_batch_size": 99_999_999_999_999})

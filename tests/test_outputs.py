@@ -469,3 +469,28 @@ def test_a_full_disk_outside_an_output_folder_is_the_same_clear_message(monkeypa
         f"tunelab: error: no space left on the device while writing {tmp_path}/run/stages.json"
     )
     assert "MB free on the file system of" in err and "Traceback" not in err
+
+
+def test_training_files_outside_the_data_folder_are_inputs_too(tiny_model_dir, data_dir, tmp_path, capsys):
+    """--train-file and --extra-train files (not under the data folder) are protected like the data files,
+    also when extra_train joins them into one training-data description."""
+    own, extra = tmp_path / "own", tmp_path / "extra"
+    own.mkdir(), extra.mkdir()
+    shutil.copy(data_dir / "SST-2" / "train.tsv", own / "train.tsv")
+    (extra / "more.tsv").write_text("sentence\tlabel\nan extra good line\t1\nan extra bad line\t0\n")
+    before = digest(tmp_path / "own"), digest(tmp_path / "extra")
+    cases = [
+        finetune(tiny_model_dir, data_dir, own, "--overwrite", "--train-file", own / "train.tsv"),
+        finetune(tiny_model_dir, data_dir, extra, "--overwrite", "--extra-train", extra / "more.tsv"),
+    ]
+    for argv in cases:
+        rc, err = run(capsys, *argv)
+        assert rc == 2 and "input of this command" in err and "training file" in err, (argv, err)
+    assert (digest(tmp_path / "own"), digest(tmp_path / "extra")) == before
+
+
+def test_an_output_folder_that_cannot_be_made_is_one_message(tmp_path, capsys):
+    """Any OSError making the folder or its lock (here: a path under /proc) is a usage error, exit 2."""
+    with pytest.raises(UsageError, match="cannot create the output folder"):
+        with atomic_output("/proc/tunelab-no-such/out"):
+            pass

@@ -278,10 +278,16 @@ def _options(args, opts: dict, task) -> dict:
 
 def _inputs(args, task) -> list[tuple[str, str | None]]:
     """What a command reads besides its model and data files (runs.* add those), for `--out` to keep
-    apart from: the data folder, a training-options file, a task file."""
+    apart from: the data folder, a training-options file, a task file, a training file, a local dataset
+    folder."""
     from tunelab.data.folder import ENV_VAR, resolve_data_dir
 
-    read = [("training-options file", getattr(args, "config", None)), ("task file", task.source)]
+    read = [
+        ("training-options file", getattr(args, "config", None)),
+        ("task file", task.source),
+        ("training file", getattr(args, "train_file", None)),
+        ("dataset folder", getattr(args, "dataset", None)),  # (a Hub id is no path: nothing to protect)
+    ]
     if args.data_dir or (task.needs_data_dir() and os.environ.get(ENV_VAR)):
         try:
             read.append(("data folder", str(resolve_data_dir(args.data_dir))))
@@ -424,6 +430,24 @@ def cmd_finetune(args) -> int:
     return 0
 
 
+def _same_recipe(seed_dir, cfg, train_data: str) -> None:
+    """A finished seed is reused by --resume only when it was trained with these options and data."""
+    from tunelab.options import NOT_TRAINING, SPEED_OPTIONS
+    from tunelab.outputs import read_json
+
+    was = read_json(seed_dir / "training_config.json")
+    now = cfg.to_dict()
+    differ = [k for k in now if k not in (*NOT_TRAINING, *SPEED_OPTIONS) and was.get(k) != now[k]]
+    data_was = read_json(seed_dir / "eval" / "metrics.json").get("train_data", train_data)
+    if data_was != train_data:
+        differ.append(f"training data ({data_was} -> {train_data})")
+    if differ:
+        raise UsageError(
+            f"{seed_dir} was trained with other options ({', '.join(differ)}): rerun with the options it was "
+            "started with, or pass --overwrite instead of --resume to start over"
+        )
+
+
 def _finetune_seeds(args, task, cfg, seeds, train_ex, dev_ex, dev_data, train_data, extras, report_to) -> int:
     """`--seeds`: one model per seed in OUT/seed-N/, and OUT/seeds.json with each seed's metrics and their
     mean and standard deviation."""
@@ -442,7 +466,8 @@ def _finetune_seeds(args, task, cfg, seeds, train_ex, dev_ex, dev_data, train_da
             work.glob("seed-*.partial/checkpoints/step-*/COMPLETE")
         )
 
-    read = [("model folder", args.model), ("training file", train_data), ("data file", dev_data)]
+    trained_on = [("training file", p) for p in str(train_data).split(" + ")]  # (+: extra_train's files)
+    read = [("model folder", args.model), *trained_on, ("data file", dev_data)]
     with atomic_output(
         args.out,
         overwrite=args.overwrite,
@@ -453,6 +478,7 @@ def _finetune_seeds(args, task, cfg, seeds, train_ex, dev_ex, dev_data, train_da
         for seed in seeds:
             done = Path(work) / f"seed-{seed}" / "eval" / "metrics.json"
             if args.resume and done.is_file():  # finished before the interruption
+                _same_recipe(done.parent.parent, dataclasses.replace(cfg, seed=seed), train_data)
                 per_seed[seed] = read_json(done)
                 continue
             m = runs.finetune(

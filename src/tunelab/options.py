@@ -58,7 +58,9 @@ class Option:
                 "list": "a list of strings (or one comma-separated string)",
                 "prompt": "a template name, a prompt file or a mapping",
                 "version": "1.1 or 2.0",
-                "size": f"an integer >= {_num(self.low or 1)} or auto",
+                "size": f"an integer in [{_num(self.low or 1)}, {_num(self.high)}] or auto"
+                if self.high is not None
+                else f"an integer >= {_num(self.low or 1)} or auto",
                 **_ECO_RULES,
             }[self.type]
             bounds = self._bounds() if self.type != "size" else ""  # (its rule names the bound)
@@ -154,7 +156,7 @@ def _as_size(opt: Option, value: Any, bad) -> int | str:
     if isinstance(value, str) and value.strip().isdigit():
         value = int(value.strip())
     whole = isinstance(value, int) and not isinstance(value, bool)
-    if value == "auto" or (whole and value >= (opt.low or 1)):
+    if value == "auto" or (whole and (opt.low or 1) <= value <= (opt.high or value)):
         return value
     raise bad()
 
@@ -335,12 +337,23 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: Any, where: str = "training options") -> TrainConfig:
-        return cls(**check_mapping(values, TRAIN_OPTIONS, where, what="training options"))
+        cfg = cls(**check_mapping(values, TRAIN_OPTIONS, where, what="training options"))
+        cfg.check_together(where)
+        return cfg
 
     def validate(self, where: str = "training options") -> None:
         """Every field against its Option (for configs built in code rather than read from a file)."""
         for name, opt in TRAIN_OPTIONS.items():
             opt.check(getattr(self, name), where)
+        self.check_together(where)
+
+    def check_together(self, where: str = "training options") -> None:
+        """Options that are valid alone but not together."""
+        if self.packing and self.bidirectional:  # a packed row's examples would attend to each other
+            raise UsageError(
+                f"{where}: packing and bidirectional cannot be used together (without the causal mask the "
+                "examples packed into one row would see each other); turn one of them off"
+            )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -372,8 +385,8 @@ class ZeroShotOptions:
     decoding: str = option(
         "free",
         "how answers are generated: free greedy generation, or extractive (greedy, constrained to spans of "
-        "the passage); free is the default because it scored higher on every 20th official v1.1 dev question "
-        "(benchmarks/results/squad-zeroshot-decoding-cpu.json)",
+        "the passage); free is the default because it had the higher F1 on every 20th official v1.1 dev "
+        "question (benchmarks/results/squad-zeroshot-decoding-cpu.json)",
         choices=("free", "extractive"),
         kinds=("extractive_qa",),
     )
@@ -538,7 +551,7 @@ class EcoStudyTaskOptions:
 
 @dataclass
 class EcoRunOptions:
-    """`tunelab zeroshot/finetune/evaluate` ecosystem flags (`--seeds`: finetune only)."""
+    """`tunelab finetune` ecosystem flags (the study's are `report_to` and `seeds` in its config)."""
 
     report_to: list[str] = option(
         [], "experiment trackers: " + ", ".join(TRACKERS) + " or none", type="trackers", default_note="none"

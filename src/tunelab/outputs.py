@@ -233,7 +233,9 @@ def output_lock(out: str | Path) -> Iterator[None]:
     try:
         lock.parent.mkdir(parents=True, exist_ok=True)
         fd = _take_lock(lock, out)
-    except (NotADirectoryError, FileExistsError, PermissionError) as exc:
+    except OSError as exc:
+        if full_disk(exc) is not None:
+            raise
         raise UsageError(f"cannot create the output folder {out}: {exc.strerror or exc}") from None
     if fd is not None:
         info = {
@@ -283,8 +285,8 @@ def atomic_output(
                 held.enter_context(output_lock(out))
                 if out.exists() and not overwrite:
                     raise UsageError(f"{out} already exists: choose another --out or pass --overwrite")
-                _prepare(work, overwrite, resume)
-            except UsageError as exc:
+                _prepare(work, overwrite, resume, keep_partial)
+            except Exception as exc:  # (told to the other processes before it is raised: none waits alone)
                 problem = exc
         if state is not None:  # every process stops when the main one cannot go on (none waits alone)
             from accelerate.utils import broadcast_object_list
@@ -311,7 +313,8 @@ def _written(
         full = _full_disk_error(exc, work, out)  # (before the clean-up: it names the file written last)
         if not _keeps(keep_partial, work):
             shutil.rmtree(work, ignore_errors=True)
-        if full is not None or not isinstance(exc, UsageError):  # (a usage error loses no progress)
+        # (a usage error loses no progress, except in a folder of several runs: say which were kept)
+        if full is not None or not isinstance(exc, UsageError) or callable(keep_partial):
             _what_was_kept(full or exc, work, keep_partial, resume)
         if full is not None:
             raise full from None
@@ -321,13 +324,22 @@ def _written(
             _publish(out, work)
 
 
-def _prepare(work: Path, overwrite: bool, resume: bool) -> None:
-    """Clear an earlier run's work folder (unless resuming), never silently discarding a checkpoint."""
-    ckpt = newest_checkpoint(work) if not resume and work.is_dir() else None
-    if ckpt is not None and not overwrite:
+def _prepare(
+    work: Path, overwrite: bool, resume: bool, keep_partial: bool | Callable[[Path], bool] = False
+) -> None:
+    """Clear an earlier run's work folder (unless resuming), never silently discarding a checkpoint or the
+    finished runs of a folder of several (keep_partial callable)."""
+    earlier = not resume and not overwrite and work.is_dir()
+    ckpt = newest_checkpoint(work) if earlier else None
+    if ckpt is not None:
         raise UsageError(
             f"{work} holds a complete checkpoint from an interrupted run ({ckpt.name}): run the same "
             "command with --resume to continue from it, or pass --overwrite to discard it and start over"
+        )
+    if earlier and callable(keep_partial) and keep_partial(work):
+        raise UsageError(
+            f"{work} holds finished runs of an interrupted command: run the same command with --resume to "
+            "continue with the rest, or pass --overwrite to discard them and start over"
         )
     try:
         if (work.exists() or work.is_symlink()) and not resume:

@@ -134,7 +134,8 @@ def finetune(
     caller read (a data folder, a config file), which `out` must not touch. Returns the dev metrics (None
     on processes that do not write)."""
     cfg.validate()
-    read = [("model folder", model_spec), ("training file", train_data), ("data file", dev_data), *inputs]
+    trained_on = [("training file", p) for p in str(train_data).split(" + ")]  # (+: extra_train's files)
+    read = [("model folder", model_spec), *trained_on, ("data file", dev_data), *inputs]
     check_apart(out, read)  # before the (slow) tokenisation
     task = task.for_data(train_examples + dev_examples)
     train_examples = task.training_examples(train_examples, train_data)

@@ -126,9 +126,26 @@ def test_finetune_seeds_resume_keeps_finished_seeds(tmp_path, tiny_model_dir, mo
 
     monkeypatch.setattr(runs, "finetune", crash_on_6)
     assert main(args) == 130
-    assert not out.exists() and (tmp_path / "ft.partial" / "seed-5" / "eval" / "metrics.json").is_file()
+    finished = tmp_path / "ft.partial" / "seed-5" / "eval" / "metrics.json"
+    assert not out.exists() and finished.is_file()
+    assert "kept the finished runs" in capsys.readouterr().err
+    # the same command without --resume must not discard the finished seed
+    assert main(args) == 2
+    assert "holds finished runs" in capsys.readouterr().err and finished.is_file()
+    monkeypatch.setattr(runs, "finetune", lambda *a, **k: pytest.fail("nothing may be trained"))
+    assert main([*args, "--resume", "--learning-rate", "1e-2"]) == 2  # seed 5 was trained otherwise
+    assert "seed-5 was trained with other options (learning_rate)" in capsys.readouterr().err
     trained = []
     monkeypatch.setattr(runs, "finetune", lambda *a, **k: trained.append(str(a[5])) or real(*a, **k))
     assert main([*args, "--resume"]) == 0
     assert [p.rsplit("/", 1)[1] for p in trained] == ["seed-6"]
     assert json.loads((out / "seeds.json").read_text())["seeds"] == [5, 6]
+
+
+def test_one_seed_in_a_study_seeds_its_training(tmp_path, tiny_model_dir):
+    """`seeds: [7]` trains with seed 7 (not the study's `seed`)."""
+    data = _data(tmp_path)
+    run = tmp_path / "run"
+    config = _study(tmp_path, tiny_model_dir, data, seeds=[7])
+    assert main(["study", "--config", config, "--out", str(run)]) == 0
+    assert json.loads((run / "sst2" / "finetune" / "training_config.json").read_text())["seed"] == 7

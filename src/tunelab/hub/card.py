@@ -362,6 +362,12 @@ def _limitations(task, meta: dict, hub_id: str | None) -> list[str]:
             "(question first, EOS appended as the no-answer slot), which the `question-answering` "
             "pipeline does not reproduce: use the snippet above or `tunelab predict`.",
         )
+    if meta.get("bidirectional"):
+        lim.append(
+            "Fine-tuned and evaluated with bidirectional attention (tunelab's `bidirectional: true`); "
+            "loaded with plain `transformers` the model is causal and scores differently: load it with "
+            "tunelab (`tunelab evaluate` / `tunelab predict`) to reproduce the numbers above."
+        )
     lim.append(
         "The numbers above come from one fine-tuning run (one seed) on the evaluation data named there; "
         "the bootstrap interval covers sampling of that data only, not run-to-run variation."

@@ -169,7 +169,12 @@ class Study:
 
     def reads(self) -> list[tuple[str, str | None]]:
         """What the study reads: the model, the data folder, task files and the caller's inputs."""
-        tasks = [("task file", self.cfg.tasks[name].source) for name in self.cfg.enabled]
+        tasks = []
+        for name in self.cfg.enabled:
+            t = self.c["tasks"][name]
+            tasks += [("task file", self.cfg.tasks[name].source), ("dataset folder", t.get("dataset"))]
+            for section in [t.get("finetune") or {}, *(t.get("variants") or {}).values()]:
+                tasks += [("extra training file", s) for s in section.get("extra_train") or ()]
         return [
             ("model folder", self.c["model"]),
             ("data folder", self.c.get("data_dir")),
@@ -404,9 +409,10 @@ class Study:
         if more:
             train_ex, train_data = train_ex + more, f"{train_data} + {more_data}"
         cfg = train_config(self.c, name, variant=variant)
-        if several:  # each seed seeds its training and its training sample
+        seeded = bool(self.c.get("seeds"))  # each of `seeds` (even one) seeds its training and its sample
+        if seeded:
             cfg.seed = seed
-        train_ex = runs.sample(train_ex, f["train_limit"], seed if several else self.c["seed"])
+        train_ex = runs.sample(train_ex, f["train_limit"], seed if seeded else self.c["seed"])
         self.read[stage]["train"]["examples"] = len(train_ex)
         options = {
             k: v

@@ -3,7 +3,8 @@
 Both are rendered from one list of blocks (document.py). Every sentence of the analysis is generated from the
 run's numbers under explicit conditions (significance only when p < ALPHA, a warning when n is small, ...).
 The run folder is read by run_folder.py; each task gets the parameter section (sections.py) and its kind's
-section and analysis (classification.py, extractive_qa.py); stats.py formats numbers and pairs the examples.
+section and analysis (classification.py, extractive_qa.py), then its seeds and fine-tuning variants
+(seeds.py, variants.py); stats.py formats numbers and pairs the examples.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from tunelab.errors import UsageError
 from tunelab.outputs import read_json, write_text
-from tunelab.report import classification, extractive_qa, seeds
+from tunelab.report import classification, extractive_qa, seeds, variants
 from tunelab.report.document import UL, Builder, H, Img, P, Table, render_html, render_md
 from tunelab.report.run_folder import discover, load_task_run
 from tunelab.report.sections import param_analysis, param_section
@@ -123,6 +124,7 @@ def build_report(run_dir: str | Path) -> tuple[Path, Path]:
         KINDS[t.kind].section(body, t)
         analysis += KINDS[t.kind].analysis(t)
         analysis += seeds.section(body, t, KINDS[t.kind].tests)  # several fine-tuning seeds
+        analysis += variants.section(body, t, KINDS[t.kind].tests)  # other fine-tuning methods
     b = Builder(run)
     b.add(_intro(run, model, env))
     _summary(b, body.summary_rows, analysis, [s for t in tasks for s in param_analysis(t)])

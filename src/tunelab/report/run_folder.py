@@ -4,13 +4,15 @@ missing part is reported):
   task.json (the task definition, written by the study), zeroshot/metrics.json, finetune/eval/metrics.json,
   the per-example files of both (classification: predictions.jsonl, paired by `line`; extractive QA:
   per_example.jsonl, paired by `id`, and finetune/eval/nbest_predictions.json for the span scores),
-  finetune/train_log.jsonl, finetune/tunelab.json, finetune/training_config.json
+  finetune/train_log.jsonl, finetune/tunelab.json, finetune/training_config.json; the same files of each
+  fine-tuning variant in finetune-<variant>/ (the config's `variants`)
 
 and RUN/params/<task>.json, RUN/config.yaml, RUN/environment.json, RUN/stages.json.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +34,19 @@ def _jsonl(path: Path) -> list[dict] | None:
 
 
 @dataclass
+class VariantRun:
+    """One of a task's fine-tuning variants: RUN/<task>/finetune-<name>/ (every part optional)."""
+
+    name: str
+    folder: Path
+    metrics: dict | None
+    rows: list[dict] | None
+    meta: dict | None  # tunelab.json
+    params: dict | None  # params/<task>.json's variants.<name>: task_model, finetuned
+    method: str | None  # from the saved folder, else the configuration
+
+
+@dataclass
 class TaskRun:
     name: str
     task: Task
@@ -45,6 +60,7 @@ class TaskRun:
     train_cfg: dict | None
     ft_nbest: dict | None
     folder: Path = field(default_factory=Path)
+    variants: list[VariantRun] = field(default_factory=list)
 
     @property
     def title(self) -> str:
@@ -108,6 +124,38 @@ def task_of(run: Path, name: str, config: dict | None, metrics: dict | None) -> 
     )
 
 
+def _variant_names(folder: Path, entry: dict) -> list[str]:
+    """The configured variants (in their order), then any other finetune-<name>/ folder (not a seed's)."""
+    names = list(entry.get("variants") or {}) if isinstance(entry.get("variants"), dict) else []
+    for p in sorted(folder.glob("finetune-*")) if folder.is_dir() else []:
+        v = p.name.removeprefix("finetune-")
+        if p.is_dir() and v not in names and not re.fullmatch(r"seed\d+|.*\.partial", v):
+            names.append(v)
+    return names
+
+
+def load_variants(run: Path, name: str, config: dict | None, rows_file: str, params: dict | None):
+    entry = ((config or {}).get("tasks") or {}).get(name) or {}
+    entry = entry if isinstance(entry, dict) else {}
+    out = []
+    for v in _variant_names(run / name, entry):
+        d = run / name / f"finetune-{v}"
+        meta = _json(d / "tunelab.json")
+        configured = ((entry.get("variants") or {}).get(v) or {}).get("method")
+        out.append(
+            VariantRun(
+                name=v,
+                folder=d,
+                metrics=_json(d / "eval" / "metrics.json"),
+                rows=_jsonl(d / "eval" / rows_file),
+                meta=meta,
+                params=((params or {}).get("variants") or {}).get(v),
+                method=(meta or {}).get("method") or configured,
+            )
+        )
+    return out
+
+
 def load_task_run(run: Path, name: str, config: dict | None) -> TaskRun:
     d = run / name
     zs = _json(d / "zeroshot" / "metrics.json")
@@ -115,10 +163,11 @@ def load_task_run(run: Path, name: str, config: dict | None) -> TaskRun:
     task = task_of(run, name, config, zs or ft).for_metrics(zs or ft)
     rows_file = ROWS_FILE[task.kind]
     nbest = d / "finetune" / "eval" / "nbest_predictions.json"
+    params = _json(run / "params" / f"{name}.json")
     return TaskRun(
         name=name,
         task=task,
-        params=_json(run / "params" / f"{name}.json"),
+        params=params,
         zs=zs,
         ft=ft,
         zs_rows=_jsonl(d / "zeroshot" / rows_file),
@@ -128,4 +177,5 @@ def load_task_run(run: Path, name: str, config: dict | None) -> TaskRun:
         train_cfg=_json(d / "finetune" / "training_config.json"),
         ft_nbest=_json(nbest) if task.kind == "extractive_qa" else None,
         folder=d,
+        variants=load_variants(run, name, config, rows_file, params),
     )

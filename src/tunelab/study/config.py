@@ -8,6 +8,7 @@ task's options filled in from its definition's defaults, paths made absolute.
         enabled, file, version                 (options.StudyTaskOptions)
         zeroshot: {limit, prompt, ...}         (options.ZeroShotOptions, the keys of the task's kind)
         finetune: {limit, train_limit, input_prompt, <training options>}   (FinetuneExtras, TrainConfig)
+        variants: {<name>: {<finetune keys>}}   extra fine-tuned models: each overrides keys of `finetune`
 
 A task file named in a config file is found relative to that file's folder; one named by --set, relative to
 the current folder. The full schema: `tunelab study --print-schema` (docs/study-config.md).
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import importlib.resources
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,25 @@ from tunelab.tasks import Task, builtin_names, get_task, load_task
 PRESETS = ("smoke", "full")
 SECTIONS = ("zeroshot", "finetune")
 PROMPT_KEYS = ("prompt", "input_prompt")  # a prompt mapping replaces another, it never merges into it
+# A variant's name is part of a folder and a stage id (`<task>/finetune-<name>`); seed<N> is a seed's folder.
+VARIANT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}")
+SEED_FOLDER = re.compile(r"seed\d+")
+
+
+@dataclass(frozen=True)
+class Variants:
+    """The schema of a task's `variants`: names of one's choosing, each a mapping of `finetune` keys (or null,
+    which removes a variant a lower layer defined; `variants: null` removes them all)."""
+
+    finetune: dict
+
+    def check_name(self, name: Any, source: str, path: str) -> str:
+        if not isinstance(name, str) or not VARIANT_NAME.fullmatch(name) or SEED_FOLDER.fullmatch(name):
+            raise UsageError(
+                f"{source}: {path}{name}: a variant's name must be 1-40 lower-case letters, digits, '-' or "
+                "'_' (starting with a letter or digit), and not seed<N> (the folder of a fine-tuning seed)"
+            )
+        return name
 
 
 @dataclass
@@ -134,10 +155,12 @@ def _tasks(layers: list[Layer]) -> dict[str, Task]:
 
 def task_schema(task: Task) -> dict:
     """The keys of one task entry: option name -> Option, sections -> their option mappings."""
+    finetune = {**for_kind(FINETUNE_EXTRAS, task.kind), **TRAIN_OPTIONS}
     return {
         **for_kind(STUDY_TASK_OPTIONS, task.kind),
         "zeroshot": for_kind(ZEROSHOT_OPTIONS, task.kind),
-        "finetune": {**for_kind(FINETUNE_EXTRAS, task.kind), **TRAIN_OPTIONS},
+        "finetune": finetune,
+        "variants": Variants(finetune),
     }
 
 
@@ -156,10 +179,26 @@ def validate_layer(layer: Any, source: str, spec: dict, prefix: str = "") -> dic
         path = f"{prefix}{key}"
         if not isinstance(key, str) or key not in spec:
             raise UsageError(f"{source}: unknown key {path!r} (known here: {', '.join(sorted(spec))})")
-        if isinstance(spec[key], dict):
+        if isinstance(spec[key], Variants):  # null: no variants (those of lower layers removed)
+            out[key] = None if value is None else _validate_variants(value, source, spec[key], path + ".")
+        elif isinstance(spec[key], dict):
             out[key] = validate_layer(value if value is not None else {}, source, spec[key], path + ".")
         else:
             out[key] = spec[key].check(value, source, path)
+    return out
+
+
+def _validate_variants(layer: Any, source: str, spec: Variants, prefix: str) -> dict:
+    if not isinstance(layer, dict):
+        raise UsageError(
+            f"{source}: {prefix.rstrip('.')} must be a mapping of variant names to finetune keys, "
+            f"e.g. {{lora: {{method: lora}}}}, got {type(layer).__name__}"
+        )
+    out = {}
+    for name, value in layer.items():
+        spec.check_name(name, source, prefix)
+        path = f"{prefix}{name}."
+        out[name] = None if value is None else validate_layer(value, source, spec.finetune, path)
     return out
 
 
@@ -170,7 +209,12 @@ def validate_layer(layer: Any, source: str, spec: dict, prefix: str = "") -> dic
 def task_defaults(task: Task) -> dict:
     """A task's study entry before any layer: its definition's defaults over the options' own."""
     finetune = {**task.finetune_extras(), **task.training_defaults()}
-    return {**task.entry_defaults(), "zeroshot": task.zeroshot_options(), "finetune": finetune}
+    return {
+        **task.entry_defaults(),
+        "zeroshot": task.zeroshot_options(),
+        "finetune": finetune,
+        "variants": {},
+    }
 
 
 def _merge(base: dict, over: dict, source: str, provenance: dict, prefix: str = "") -> dict:
@@ -185,12 +229,16 @@ def _merge(base: dict, over: dict, source: str, provenance: dict, prefix: str = 
     return out
 
 
-def train_config(cfg: dict, task: str, where: str = "config") -> TrainConfig:
-    """The TrainConfig of a task's finetune section (study-only keys removed; the study seed by default)."""
-    section = {k: v for k, v in cfg["tasks"][task]["finetune"].items() if k not in FINETUNE_EXTRAS}
+def train_config(cfg: dict, task: str, where: str = "config", variant: str | None = None) -> TrainConfig:
+    """The TrainConfig of a task's finetune section, or of one of its variants (study-only keys removed; the
+    study seed by default)."""
+    entry = cfg["tasks"][task]
+    source = entry["variants"][variant] if variant else entry["finetune"]
+    section = {k: v for k, v in source.items() if k not in FINETUNE_EXTRAS}
     if section.get("seed") is None:
         section["seed"] = cfg["seed"]
-    return TrainConfig.from_dict(section, where=f"{where}: tasks.{task}.finetune")
+    key = f"tasks.{task}.variants.{variant}" if variant else f"tasks.{task}.finetune"
+    return TrainConfig.from_dict(section, where=f"{where}: {key}")
 
 
 def _layers(config: str | None, preset: str | None, sets: list[str] | None) -> list[Layer]:
@@ -256,11 +304,20 @@ def _resolve_task(merged: dict, name: str, task: Task, where) -> None:
     tc = train_config(merged, name, where(f"tasks.{name}.finetune"))
     extra = {k: entry["finetune"][k] for k in FINETUNE_EXTRAS if k in entry["finetune"]}
     entry["finetune"] = {**extra, **asdict(tc)}
-    try:
-        task.check_prompts(entry["zeroshot"]["prompt"], extra.get("input_prompt"))
-    except UsageError as exc:
-        key = f"tasks.{name}.zeroshot.prompt / finetune.input_prompt"
-        raise UsageError(f"{where(f'tasks.{name}')}: {key}: {exc}") from exc
+    # each variant: the resolved finetune section with its overrides (a null variant is removed)
+    variants = {v: over for v, over in (entry.get("variants") or {}).items() if over is not None}
+    entry["variants"] = {v: {**entry["finetune"], **over} for v, over in variants.items()}
+    for v in variants:
+        section = entry["variants"][v]
+        tc = train_config(merged, name, where(f"tasks.{name}.variants.{v}"), variant=v)
+        entry["variants"][v] = {**{k: section[k] for k in FINETUNE_EXTRAS if k in section}, **asdict(tc)}
+    sections = {"finetune": entry["finetune"], **{f"variants.{v}": f for v, f in entry["variants"].items()}}
+    for key, section in sections.items():
+        try:
+            task.check_prompts(entry["zeroshot"]["prompt"], section.get("input_prompt"))
+        except UsageError as exc:
+            key = f"tasks.{name}.zeroshot.prompt / {key}.input_prompt"
+            raise UsageError(f"{where(f'tasks.{name}')}: {key}: {exc}") from exc
 
 
 def _resolve_paths(merged: dict, enabled: dict[str, Task], where) -> None:

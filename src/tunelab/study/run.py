@@ -6,6 +6,8 @@ For each enabled task the study runs four stages:
 2. zero-shot evaluation of the base model (prompting),
 3. fine-tuning, then evaluation of the fine-tuned model on the dev examples (tunelab.runs does both),
 4. parameters of the fine-tuned model, counted by loading the saved folder,
+5. for each of the task's `variants` (other fine-tuning methods or options), its fine-tuning and evaluation
+   (`<task>/finetune-<variant>`) and its parameter count (`<task>/params-<variant>`),
 
 and finally writes report.md and report.html (tunelab.report). Layout of a run folder::
 
@@ -16,6 +18,7 @@ and finally writes report.md and report.html (tunelab.report). Layout of a run f
     RUN/<task>/task.json         the definition of a task of one's own (the report reads it)
     RUN/<task>/zeroshot/         metrics.json and the per-example files (tunelab.runs)
     RUN/<task>/finetune/         the Hugging Face folder, train_log.jsonl, loss.png, eval/ (metrics, rows)
+    RUN/<task>/finetune-<variant>/   the same for each variant
     RUN/figures/*.png            the report's plots
     RUN/report.md, RUN/report.html
 
@@ -170,7 +173,8 @@ class Study:
         for name in self.cfg.enabled:
             t = self.c["tasks"][name]
             tasks += [("task file", self.cfg.tasks[name].source), ("dataset folder", t.get("dataset"))]
-            tasks += [("extra training file", s) for s in (t.get("finetune") or {}).get("extra_train") or ()]
+            for section in [t.get("finetune") or {}, *(t.get("variants") or {}).values()]:
+                tasks += [("extra training file", s) for s in section.get("extra_train") or ()]
         return [
             ("model folder", self.c["model"]),
             ("data folder", self.c.get("data_dir")),
@@ -195,6 +199,12 @@ class Study:
         further seed's `<task>/finetune-seed<N>/`."""
         first = seed is None or seed == self.seeds[0]
         return self.task_dir(name) / ("finetune" if first else f"finetune-seed{seed}")
+
+    def variant_dir(self, name: str, variant: str) -> Path:
+        return self.task_dir(name) / f"finetune-{variant}"
+
+    def variants(self, name: str) -> list[str]:
+        return list(self.c["tasks"][name].get("variants") or {})
 
     def finetune_metrics_files(self, name: str) -> list[Path]:
         return [self.finetune_dir(name, s) / "eval" / "metrics.json" for s in self.seeds]
@@ -293,25 +303,63 @@ class Study:
                     after=f"{name}/finetune",
                 ),
             ]
+            out += self._variant_stages(name)
         out.append(
             Stage("report", None, "report", lambda: False, lambda redo: self.stage_report(), always=True)
         )
         return out
 
-    def _params_done(self, name: str) -> bool:
+    def _variant_stages(self, name: str) -> list[Stage]:
+        """Each variant's fine-tuning (trained with the first seed) and its parameter count."""
+        out = []
+        for v in self.variants(name):
+            method = self.c["tasks"][name]["variants"][v]["method"]
+            out += [
+                Stage(
+                    f"{name}/finetune-{v}",
+                    name,
+                    f"fine-tune variant {v} ({method}) and evaluate",
+                    lambda name=name, v=v: (self.variant_dir(name, v) / "eval/metrics.json").is_file(),
+                    lambda redo, name=name, v=v: self.stage_finetune(name, redo=redo, variant=v),
+                    reads=("train", "dev"),
+                ),
+                Stage(
+                    f"{name}/params-{v}",
+                    name,
+                    f"parameters (variant {v})",
+                    lambda name=name, v=v: self._params_done(name, v),
+                    lambda redo, name=name, v=v: self.stage_params_variant(name, v),
+                    after=f"{name}/finetune-{v}",
+                ),
+            ]
+        return out
+
+    def _params_done(self, name: str, variant: str | None = None) -> bool:
         f = self.params_file(name)
-        return f.is_file() and "finetuned" in read_json(f)
+        if not f.is_file():
+            return False
+        doc = read_json(f)
+        return "finetuned" in (doc.get("variants", {}).get(variant, {}) if variant else doc)
+
+    def _task_model(self, name: str, t: dict):
+        """The parameter report of the task model a finetune section (or variant) trains."""
+        from tunelab.models import LoraOptions, load_config, param_report
+
+        task = self.cfg.tasks[name]
+        config = load_config(self.c["model"])
+        lora = LoraOptions(t["lora_r"], t["lora_alpha"], t["lora_dropout"], tuple(t["lora_targets"]))
+        labels = task.head_options().get("labels")
+        return param_report(self.c["model"], config, task.head, t["method"], lora, len(labels or ()) or 2)
 
     def stage_params_base(self, name: str) -> None:
-        from tunelab.models import LoraOptions, load_config, param_report
+        from tunelab.models import load_config, param_report
 
         task = self.cfg.tasks[name]
         t = self.c["tasks"][name]["finetune"]
         config = load_config(self.c["model"])
-        lora = LoraOptions(t["lora_r"], t["lora_alpha"], t["lora_dropout"], tuple(t["lora_targets"]))
         labels = task.head_options().get("labels")
         base = param_report(self.c["model"], config, None)
-        model = param_report(self.c["model"], config, task.head, t["method"], lora, len(labels or ()) or 2)
+        model = self._task_model(name, t)
         write_json(
             self.params_file(name),
             {
@@ -342,17 +390,25 @@ class Study:
             shot_pool=pool,
         )
 
-    def stage_finetune(self, name: str, seed: int | None = None, redo: bool = False) -> None:
+    def stage_finetune(
+        self, name: str, seed: int | None = None, redo: bool = False, variant: str | None = None
+    ) -> None:
+        """Fine-tune and evaluate the task's model for one seed, or one variant (with the first seed)."""
         task = self.cfg.tasks[name]
-        f = self.c["tasks"][name]["finetune"]
+        f = self.c["tasks"][name]["variants"][variant] if variant else self.c["tasks"][name]["finetune"]
         several = len(self.seeds) > 1
-        stage = f"{name}/finetune" + (f"-seed{seed}" if several and seed != self.seeds[0] else "")
+        if variant:
+            seed = self.seeds[0]
+            stage, out, run_name = f"{name}/finetune-{variant}", self.variant_dir(name, variant), variant
+        else:
+            stage = f"{name}/finetune" + (f"-seed{seed}" if several and seed != self.seeds[0] else "")
+            out, run_name = self.finetune_dir(name, seed), f"seed{seed}" if several else None
         train_ex, train_data = self._split(stage, name, "train", None)
         dev_ex, dev_data = self._split(stage, name, "dev", f["limit"])
         more, more_data = task.extra_training(f.get("extra_train"), self.c["data_dir"], dev_ex)
         if more:
             train_ex, train_data = train_ex + more, f"{train_data} + {more_data}"
-        cfg = train_config(self.c, name)
+        cfg = train_config(self.c, name, variant=variant)
         seeded = bool(self.c.get("seeds"))  # each of `seeds` (even one) seeds its training and its sample
         if seeded:
             cfg.seed = seed
@@ -369,7 +425,7 @@ class Study:
             train_ex,
             dev_ex,
             dev_data,
-            self.finetune_dir(name, seed),
+            out,
             cfg,
             options,
             train_data=train_data,
@@ -377,7 +433,7 @@ class Study:
             overwrite=redo,
             report_to=self.c.get("report_to") or [],
             tracking_dir=self.run / "tracking",
-            run_name=name + (f"-seed{seed}" if several else ""),
+            run_name=name + (f"-{run_name}" if run_name else ""),
             hparams=self.c,
         )
 
@@ -385,6 +441,14 @@ class Study:
         counted = count_finetuned(self.task_dir(name) / "finetune")
         doc = read_json(self.params_file(name))
         write_json(self.params_file(name), {**doc, "finetuned": counted, "finetuned_total": counted["total"]})
+
+    def stage_params_variant(self, name: str, variant: str) -> None:
+        """A variant's task model (counted from the config: what its method trains) and its saved folder."""
+        model = self._task_model(name, self.c["tasks"][name]["variants"][variant])
+        counted = count_finetuned(self.variant_dir(name, variant))
+        doc = read_json(self.params_file(name))
+        entry = {"task_model": model.to_dict(), "finetuned": counted, "finetuned_total": counted["total"]}
+        write_json(self.params_file(name), {**doc, "variants": {**doc.get("variants", {}), variant: entry}})
 
     def stage_report(self) -> None:
         from tunelab.report import build_report
@@ -404,6 +468,9 @@ class Study:
             before = yaml.safe_load(cfg_file.read_text(encoding="utf-8")) or {}
             # a run folder from before the seeds / report_to options had them at their defaults
             before = {"seeds": None, "report_to": [], **before} if isinstance(before, dict) else before
+            for entry in (before.get("tasks") or {}).values() if isinstance(before, dict) else ():
+                if isinstance(entry, dict):  # and no variants
+                    entry.setdefault("variants", {})
             diff = _diff(before, self.c)
             if diff:
                 raise UsageError(

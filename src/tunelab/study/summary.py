@@ -9,8 +9,9 @@ from tunelab.outputs import read_json
 
 
 def summary_rows(study) -> list[dict]:
-    """One row per task and headline metric (the model card's): zero-shot, fine-tuned (mean and sd over the
-    seeds when there are several) and the parameters before and after."""
+    """One row per task, fine-tuned model and headline metric (the model card's): zero-shot, fine-tuned (mean
+    and sd over the seeds when there are several) and the parameters before and after; the main fine-tuning
+    first, then each of the task's variants (`variant` names it; None for the main one)."""
     rows = []
     for name in study.cfg.enabled:
         task = study.cfg.tasks[name]
@@ -20,23 +21,38 @@ def summary_rows(study) -> list[dict]:
             continue
         zs = read_json(zs_file)
         params = read_json(study.params_file(name)) if study.params_file(name).is_file() else {}
+        models = [(None, study.c["tasks"][name]["finetune"]["method"], ft, params)]
+        for v in study.variants(name):
+            f = study.variant_dir(name, v) / "eval" / "metrics.json"
+            if f.is_file():
+                method = study.c["tasks"][name]["variants"][v]["method"]
+                models.append((v, method, [read_json(f)], (params.get("variants") or {}).get(v) or {}))
         zs_task = task.for_metrics(zs)
-        for key, label, value in zs_task.metric_rows(zs):
-            tuned = [v for m in ft for k, _, v in task.for_metrics(m).metric_rows(m) if k == key]
-            rows.append(
-                {
-                    "task": name,
-                    "metric": label,
-                    "key": key,
-                    "zeroshot": value,
-                    "finetuned": statistics.fmean(tuned) if tuned else None,
-                    "finetuned_sd": statistics.stdev(tuned) if len(tuned) > 1 else None,
-                    "seeds": len(tuned),
-                    "params_base": (params.get("base") or {}).get("total"),
-                    "params_finetuned": params.get("finetuned_total"),
-                }
-            )
+        for variant, method, metrics, counts in models:
+            for key, label, value in zs_task.metric_rows(zs):
+                tuned = [v for m in metrics for k, _, v in task.for_metrics(m).metric_rows(m) if k == key]
+                rows.append(
+                    {
+                        "task": name,
+                        "variant": variant,
+                        "method": method,
+                        "metric": label,
+                        "key": key,
+                        "zeroshot": value,
+                        "finetuned": statistics.fmean(tuned) if tuned else None,
+                        "finetuned_sd": statistics.stdev(tuned) if len(tuned) > 1 else None,
+                        "seeds": len(tuned),
+                        "params_base": (params.get("base") or {}).get("total"),
+                        "params_finetuned": counts.get("finetuned_total"),
+                    }
+                )
     return rows
+
+
+def _model(row: dict) -> str:
+    """The fine-tuned model of a row: its method, and the variant's name for a variant."""
+    v, method = row.get("variant"), str(row.get("method", "-"))
+    return method if not v else v if v == method else f"{v} ({method})"
 
 
 def _tuned(row: dict) -> str:
@@ -52,35 +68,40 @@ def _count(n) -> str:
 
 def markdown_table(rows: list[dict]) -> str:
     lines = [
-        "| task | metric | zero-shot | fine-tuned | params before | params after |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| task | model | metric | zero-shot | fine-tuned | params before | params after |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         lines.append(
-            f"| {r['task']} | {r['metric']} | {r['zeroshot']:.2f} | {_tuned(r)} | {_count(r['params_base'])} "
-            f"| {_count(r['params_finetuned'])} |"
+            f"| {r['task']} | {_model(r)} | {r['metric']} | {r['zeroshot']:.2f} | {_tuned(r)} "
+            f"| {_count(r['params_base'])} | {_count(r['params_finetuned'])} |"
         )
     return "\n".join(lines)
 
 
 def print_summary(rows: list[dict], report: Path) -> None:
     """The table in the terminal with rich (aligned columns that fit the terminal; a printed Markdown table
-    is hard to read)."""
+    is hard to read). A task's variants follow its main rows, named `+ <variant> (<method>)`."""
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title="zero-shot vs fine-tuned")
-    for col in ("task", "metric", "zero-shot", "fine-tuned", "params before", "params after"):
-        table.add_column(col, justify="left" if col in ("task", "metric") else "right")
+    table.add_column("task", overflow="fold")  # in a narrow terminal text folds; numbers are never cut
+    table.add_column("metric", overflow="fold")
+    table.add_column("zero-shot", justify="right", no_wrap=True)
+    table.add_column("fine-tuned", justify="right")  # "mean ±" / "sd" may wrap
+    for col in ("params before", "params after"):
+        table.add_column(col, justify="right", no_wrap=True)
     for i, r in enumerate(rows):
         first = i == 0 or rows[i - 1]["task"] != r["task"]  # a task's name and parameters once
+        new_model = first or rows[i - 1].get("variant") != r.get("variant")  # a variant's name once
         table.add_row(
-            r["task"] if first else "",
+            r["task"] if first else f"+ {r['variant']}" if new_model else "",
             r["metric"],
             f"{r['zeroshot']:.2f}",
             _tuned(r),
             _count(r["params_base"]) if first else "",
-            _count(r["params_finetuned"]) if first else "",
+            _count(r["params_finetuned"]) if new_model else "",
             end_section=i + 1 < len(rows) and rows[i + 1]["task"] != r["task"],
         )
     console = Console()
@@ -98,9 +119,10 @@ def log_summary(names: list[str], logging_dir: Path, config: dict, rows: list[di
     try:
         values: dict = {"summary/table": markdown_table(rows)}
         for r in rows:
+            tuned = "finetuned" + (f"-{r['variant']}" if r.get("variant") else "")
             values[f"summary/{r['task']}/{r['key']}/zeroshot"] = r["zeroshot"]
             if r["finetuned"] is not None:
-                values[f"summary/{r['task']}/{r['key']}/finetuned"] = r["finetuned"]
+                values[f"summary/{r['task']}/{r['key']}/{tuned}"] = r["finetuned"]
         tracker.log(values, step=0)
     finally:
         tracker.finish()

@@ -215,6 +215,28 @@ def test_a_rerun_whose_data_changed_redoes_the_stages_that_read_it(
     assert len(re.findall(r"done earlier, skipped", capsys.readouterr().out)) == 4
 
 
+def test_a_changed_extra_training_file_redoes_the_fine_tuning(
+    tiny_model_dir, data_dir, tmp_path, capsys, monkeypatch
+):
+    """extra_train files are recorded with their digest like the splits; editing one redoes fine-tuning."""
+    extra = tmp_path / "more.tsv"
+    extra.write_text("sentence\tlabel\nan extra good line\t1\nan extra bad line\t0\n")
+    cfg = _config(tmp_path, tiny_model_dir, data_dir)
+    run = tmp_path / "run"
+    args = ["study", "--config", cfg, "--out", str(run), "--set", "squad.enabled=false"]
+    args += ["--set", f"sst2.finetune.extra_train=[{extra}]"]
+    assert main(args) == 0
+    record = json.loads((run / "stages.json").read_text())["sst2/finetune"]["data"]["extra_train"]
+    assert record["file"] == str(extra) and record["examples"] == 2 and record["sha256"]
+    capsys.readouterr()
+    monkeypatch.setattr(runs, "zeroshot", _fail)  # zero-shot does not read the extra data
+    extra.write_text("sentence\tlabel\nanother good line\t1\nanother bad line\t0\n")
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "zero-shot: done earlier, skipped" in out
+    assert f"fine-tune (full) and evaluate: done earlier, but the extra training data {extra} changed" in out
+
+
 def _fake_finetune(out):
     from pathlib import Path
 

@@ -230,6 +230,16 @@ class Study:
         self.read.setdefault(stage, {})[split] = {**source, "examples": len(examples)}
         return examples, data
 
+    def _files_digest(self, paths: list[str]) -> str | None:
+        """One sha256 over several files' digests (extra_train's files), or None when one is gone."""
+        try:
+            for path in paths:
+                if path not in self._digests:
+                    self._digests[path] = file_digest(path)
+        except OSError:
+            return None
+        return hashlib.sha256(" ".join(self._digests[p] for p in paths).encode()).hexdigest()
+
     def data_now(self, name: str, splits: tuple[str, ...]) -> dict:
         """The data the splits of a task read now, with their digests."""
         return {split: self._source(name, split) for split in splits}
@@ -254,6 +264,9 @@ class Study:
                     f"the {split} file {now['file']} changed since (sha256 {str(was.get('sha256'))[:12]}... "
                     f"-> {now['sha256'][:12]}...)"
                 )
+        extra = before.get("extra_train")  # its files as recorded (a changed extra_train is a changed config)
+        if extra and self._files_digest(extra["file"].split(" + ")) != extra.get("sha256"):
+            changed.append(f"the extra training data {extra['file']} changed since")
         return "; ".join(changed) or None
 
     # stages
@@ -408,6 +421,8 @@ class Study:
         more, more_data = task.extra_training(f.get("extra_train"), self.c["data_dir"], dev_ex)
         if more:
             train_ex, train_data = train_ex + more, f"{train_data} + {more_data}"
+            digest = self._files_digest(more_data.split(" + "))  # (just read: the same bytes)
+            self.read[stage]["extra_train"] = {"file": more_data, "sha256": digest, "examples": len(more)}
         cfg = train_config(self.c, name, variant=variant)
         seeded = bool(self.c.get("seeds"))  # each of `seeds` (even one) seeds its training and its sample
         if seeded:

@@ -7,6 +7,8 @@
 #                   then the official dev set: train seconds and dev EM/F1 (so speed is not bought with quality)
 #   harness         benchmarks/harness_sst2.py: zero-shot SST-2 dev against lm-evaluation-harness (if lm_eval
 #                   imports on the machine; it is skipped, saying so, otherwise)
+#   eval-batching   benchmarks/eval_batching.py: evaluation at fixed batch sizes against batch_size auto, and
+#                   zero-shot SQuAD generation with a dynamic against a static KV cache
 #   study           benchmarks/gpu_study.py (issue 3's stages; only when named in ONLY)
 # Environment: ONLY=stage,stage (default: the first four, in that order); BUDGET seconds for the whole script
 # (default 540; a stage that would start with under 30 s left is skipped and marked so); VARIANTS (default
@@ -26,7 +28,7 @@ OUT=${OUT:-/tmp/gpu-run-out}
 mkdir -p "$OUT"
 PY=${PYTHON:-python3}
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-ONLY=${ONLY:-speed-baseline,speed-options,squad-epoch,harness}
+ONLY=${ONLY:-speed-baseline,speed-options,squad-epoch,harness,eval-batching}
 BUDGET=${BUDGET:-540}
 VARIANTS=${VARIANTS:-packing,compile-packing,all}
 [[ -n ${TINY:-} && -z ${KEEP_VARIANTS:-} ]] && VARIANTS=packing  # compiling on a CPU takes minutes a row
@@ -95,9 +97,13 @@ for s in ${ONLY//,/ }; do
         echo "== harness: skipped, lm_eval does not import here (stage it: device-stage lm-eval==0.4.13 ...)" | tee -a "$LOG"
         note "$s" "skipped: no lm_eval" 0
       fi ;;
+    eval-batching)
+      sizes=(--sst2-n 872 --squad-n 512 --spans-n 2000 --settings 32,128,auto)
+      [[ -n ${TINY:-} ]] && sizes=(--sst2-n 32 --squad-n 8 --spans-n 8 --settings 16,auto)
+      stage "$s" "$PY" benchmarks/eval_batching.py "${sizes[@]}" --kv-caches dynamic,static --out "$OUT/eval-batching.json" ;;
     study)
       stage "$s" "$PY" benchmarks/gpu_study.py --out "$OUT/study" --budget "$(( $(left) - 20 ))" ${TINY:+--smoke} ;;
-    *) echo "unknown stage $s (known: speed-baseline speed-options squad-epoch harness study)" | tee -a "$LOG"; exit 2 ;;
+    *) echo "unknown stage $s (known: speed-baseline speed-options squad-epoch harness eval-batching study)" | tee -a "$LOG"; exit 2 ;;
   esac
 done
 echo "done in $(( $(date +%s) - START )) s; results in $OUT" | tee -a "$LOG"

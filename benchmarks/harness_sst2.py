@@ -8,6 +8,13 @@ same weights). The harness runs as a custom task over the local TSV (`dataset_pa
 quoting); its sentence is trimmed (`{{sentence|trim}}`) because GLUE's sentences end with a space that
 tunelab's reader strips, so both see the same text.
 
+What bounds the ratio: `compute` counts the multiply-adds each side must do in linear layers (tunelab: the
+decoder's on every prompt token and the LM head at the scored position only; the harness: the LM head at
+every position too, as its `hf` model computes the whole logits tensor), times a float32 matrix product of
+the decoder's shapes on this device (`matmul_gflops`), and gives each side's seconds at that rate
+(`floor_seconds`) and their ratio (`ratio_bound`): the ratio the two would have if both ran at the
+matrix-product rate with no other cost.
+
 Each side runs as the command a user types (`lm_eval ...` and `tunelab zeroshot ...`), timed from start to
 exit (model loading included), `--repeats` times, alternating, so a change of machine load hits both alike.
 Reported: every wall time, the ratio of the medians (harness / tunelab), tunelab's scoring-only seconds (from
@@ -83,6 +90,45 @@ def harness_accuracy(out_dir: Path) -> tuple[float, int]:
     return float(task["acc,none"]), int(doc["n-samples"]["sst2_local"]["effective"])
 
 
+def compute_bound(texts: list[str], device: str) -> dict:
+    """Multiply-adds each side needs on these prompts, the device's float32 matmul rate on the decoder's
+    shapes, and the seconds both would take at that rate."""
+    import torch
+    from transformers import AutoConfig, AutoTokenizer
+
+    cfg = AutoConfig.from_pretrained(model_folder())
+    tok = AutoTokenizer.from_pretrained(model_folder())
+    tokens = [len(tok(t).input_ids) for t in texts]
+    h, inter, layers = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
+    kv = cfg.num_key_value_heads * (h // cfg.num_attention_heads)
+    per_token = layers * (2 * h * h + 2 * h * kv + 3 * h * inter)  # q, o, k, v, gate, up, down (MACs)
+    head = h * cfg.vocab_size
+    n = sum(tokens)
+    tunelab_flops = 2 * (n * per_token + len(texts) * head)
+    harness_flops = 2 * n * (per_token + head)
+    rows = 16 * round(n / len(texts))  # a batch of 16 of the mean prompt
+    a = torch.randn(rows, h, device=device)
+    w = torch.randn(inter, h, device=device)
+    for _ in range(3):
+        torch.nn.functional.linear(a, w)
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < 3.0:
+        torch.nn.functional.linear(a, w)
+        reps += 1
+    if device == "cuda":
+        torch.cuda.synchronize()
+    gflops = 2 * rows * h * inter * reps / (time.perf_counter() - t0) / 1e9
+    return {
+        "prompt_tokens": n,
+        "mean_prompt_tokens": n / len(texts),
+        "tunelab_gflop": tunelab_flops / 1e9,
+        "harness_gflop": harness_flops / 1e9,
+        "matmul_gflops": gflops,
+        "floor_seconds": {"tunelab": tunelab_flops / 1e9 / gflops, "harness": harness_flops / 1e9 / gflops},
+        "ratio_bound": harness_flops / tunelab_flops,
+    }
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=2)
@@ -147,6 +193,11 @@ def main() -> int:
                 flush=True,
             )
         h_acc, h_n = harness_accuracy(work / "h0")
+        rows = [
+            line.rstrip("\n").split("\t") for line in dev_tsv.read_text(encoding="utf-8").splitlines()[1:]
+        ]
+        texts = [PROMPT.replace("{{sentence|trim}}", r[0].strip()) for r in rows][: args.limit or None]
+        compute = compute_bound(texts, device)
         t_metrics = json.loads((work / "t0" / "metrics.json").read_text())
         result = {
             "case": "zero-shot SST-2 dev, harness prompt, no calibration, float32, SmolLM2-135M-Instruct",
@@ -174,11 +225,16 @@ def main() -> int:
                 "tunelab": t_metrics["accuracy"],
                 "difference_points": 100 * (t_metrics["accuracy"] - h_acc),
             },
+            "compute": compute,
             "date": time.strftime("%Y-%m-%d"),
         }
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(json.dumps({k: result[k] for k in ("ratio_of_medians", "accuracy", "wall_seconds")}, indent=2))
+    print(
+        json.dumps(
+            {k: result[k] for k in ("ratio_of_medians", "accuracy", "wall_seconds", "compute")}, indent=2
+        )
+    )
     out = args.out or (None if args.limit else HERE / "results" / f"harness-sst2-{device}.json")
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)

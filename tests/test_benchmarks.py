@@ -143,6 +143,36 @@ def test_squad_windows_bench_tiny_writes_the_report(tmp_path):
     assert report["tokenizer"] == "smollm2-135m" and report["max_length"] == 384
 
 
+@pytest.mark.skipif(not DATA, reason="TUNELAB_DATA_DIR is not set")
+def test_eval_batching_bench_tiny_writes_the_report(tiny_model_dir, tmp_path):
+    """benchmarks/eval_batching.py with the tiny model on a few real SST-2 and SQuAD dev examples: every path
+    and setting timed, auto and the static cache giving the fixed size's predictions."""
+    env = dict(os.environ, TUNELAB_DATA_DIR=DATA, TOKENIZERS_PARALLELISM="false")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))
+    out = tmp_path / "eb.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "eval_batching.py"), "--model", tiny_model_dir]
+    cmd += ["--sst2-n", "12", "--squad-n", "4", "--spans-n", "4", "--settings", "4,auto:256,auto"]
+    cmd += ["--kv-caches", "dynamic,static", "--out", str(out)]
+    proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["machine"]["device"] in ("cpu", "cuda") and report["model"] == tiny_model_dir
+    assert set(report["paths"]) == {
+        "zero-shot sst2",
+        "zero-shot squad (dynamic kv cache)",
+        "zero-shot squad (static kv cache)",
+        "span head (untrained), timing",
+    }
+    for name, path in report["paths"].items():
+        assert [r["setting"] for r in path["rows"]] == ["4", "auto:256", "auto"], name
+        for row in path["rows"]:
+            assert row["seconds"] > 0 and row["differ_from_first"] == 0, (name, row)
+    assert (
+        report["paths"]["zero-shot sst2"]["n"] == 12
+        and "accuracy" in report["paths"]["zero-shot sst2"]["rows"][0]
+    )
+
+
 @pytest.mark.slow  # eleven tunelab runs: about 2-3 minutes on 2 cores
 @pytest.mark.skipif(not DATA, reason="TUNELAB_DATA_DIR is not set")
 def test_squad_experiments_tiny_runs_every_experiment(tiny_model_dir, tmp_path):

@@ -97,6 +97,18 @@ def test_json_output_parses_and_matches(sst2_dir, capsys):
         assert sum(row["scores"].values()) == pytest.approx(1.0)
 
 
+def test_batch_size_auto_gives_the_same_predictions(sst2_dir, squad_dir, capsys):
+    for folder, argv in ((sst2_dir, TEXTS), (squad_dir, ["--question", "Who?", "--context", "Ann met Bob."])):
+        assert cli(["predict", folder, *argv, "--json"]) == 0
+        fixed = json.loads(capsys.readouterr().out)["predictions"]
+        assert cli(["predict", folder, *argv, "--json", "--batch-size", "auto"]) == 0
+        auto = json.loads(capsys.readouterr().out)["predictions"]
+        key = "label" if folder == sst2_dir else "answer"
+        assert [r[key] for r in auto] == [r[key] for r in fixed]
+    with pytest.raises(UsageError, match=r"--batch-size must be an integer in \[1, 65536\] or auto"):
+        cli(["predict", sst2_dir, "x", "--batch-size", "lots"])
+
+
 def test_file_inputs(sst2_dir, tmp_path, capsys):
     lines = tmp_path / "sentences.txt"
     lines.write_text("a great film\n\n  \nthe awful review\n")

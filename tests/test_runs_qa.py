@@ -302,6 +302,23 @@ def test_zeroshot_extractive_decoding_answers_only_with_passage_spans(base, tmp_
     assert SQUAD.zeroshot_options()["decoding"] == "free"
 
 
+@pytest.mark.parametrize("version_2", [False, True])
+def test_a_static_kv_cache_generates_the_same_answers(base, tmp_path, version_2):
+    examples = fixture(version_2)
+    got = {}
+    for cache in ("dynamic", "static"):
+        options = zeroshot_options(SQUAD, batch_size=3, max_new_tokens=5, kv_cache=cache)
+        m = runs.zeroshot(SQUAD, base, examples, "fixture", tmp_path / cache, options)
+        assert m["kv_cache"] == cache
+        nbest = read_json(tmp_path / cache / "nbest_predictions.json")
+        na = read_json(tmp_path / cache / "na_probs.json") if version_2 else {}
+        got[cache] = ({q: n[0]["generated"] for q, n in nbest.items()}, na)
+    assert got["static"][0] == got["dynamic"][0]
+    for qid, p in got["dynamic"][1].items():
+        assert got["static"][1][qid] == pytest.approx(p, abs=1e-5)
+    assert SQUAD.zeroshot_options()["kv_cache"] == "dynamic"
+
+
 def test_prompts_render_and_validate(tmp_path):
     tok = tiny_tokenizer()
     ex = fixture()[0]

@@ -192,7 +192,7 @@ def _add_use_parsers(sub) -> None:
     )
     p.add_argument("--question", action="append", help="QA: a question (repeat for several on one context)")
     p.add_argument("--context", help="QA: the passage the answer is taken from")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", default=64, metavar="N|auto", help="inputs per forward pass (default: 64)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
     p = sub.add_parser(
@@ -592,7 +592,7 @@ def cmd_report(args) -> int:
 def cmd_predict(args) -> int:
     from tunelab.predict import predict, print_predictions
 
-    EVALUATE_OPTIONS["batch_size"].check(args.batch_size, None, "--batch-size")
+    batch_size = EVALUATE_OPTIONS["batch_size"].check(args.batch_size, None, "--batch-size")
     task, rows = predict(
         args.model_dir,
         texts=args.texts,
@@ -600,7 +600,7 @@ def cmd_predict(args) -> int:
         questions=args.question,
         context=args.context,
         file=args.file,
-        batch_size=args.batch_size,
+        batch_size=batch_size,
     )
     print_predictions(task, args.model_dir, rows, args.json)
     return 0

@@ -377,7 +377,14 @@ class ZeroShotOptions:
         choices=("batch", "contextual", "none"),
         kinds=("classification",),
     )
-    batch_size: int = option(32, "examples per forward pass / generation batch", low=1, high=MAX_BATCH)
+    batch_size: int | str = option(
+        32,
+        "examples per forward pass / generation batch; auto: batches filled up to a budget of tokens, as "
+        "large as memory allows (halved on out-of-memory)",
+        type="size",
+        low=1,
+        high=MAX_BATCH,
+    )
     max_new_tokens: int = option(
         32, "tokens generated per answer", low=1, high=MAX_NEW_TOKENS, kinds=("extractive_qa",)
     )
@@ -388,6 +395,14 @@ class ZeroShotOptions:
         "the passage); free is the default because it had the higher F1 on every 20th official v1.1 dev "
         "question (benchmarks/results/squad-zeroshot-decoding-cpu.json)",
         choices=("free", "extractive"),
+        kinds=("extractive_qa",),
+    )
+    kv_cache: str = option(
+        "dynamic",
+        "the key/value cache of generation: dynamic (grows token by token), or static (preallocated to the "
+        "prompt and max_new_tokens, prompts padded to a power-of-two width so that there are few shapes; "
+        "transformers' cache_implementation=static, which generate compiles on a GPU); the same answers",
+        choices=("dynamic", "static"),
         kinds=("extractive_qa",),
     )
     shots: int = option(
@@ -442,7 +457,14 @@ class EvaluateOptions:
     """`tunelab evaluate` flags."""
 
     limit: int | None = option(None, "evaluate on the first N examples", low=1, high=MAX_COUNT)
-    batch_size: int = option(64, "examples per forward pass", low=1, high=MAX_BATCH)
+    batch_size: int | str = option(
+        64,
+        "examples per forward pass; auto: batches filled up to a budget of tokens, as large as memory allows "
+        "(halved on out-of-memory)",
+        type="size",
+        low=1,
+        high=MAX_BATCH,
+    )
 
 
 @dataclass

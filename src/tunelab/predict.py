@@ -21,15 +21,15 @@ def predict(
     questions: list[str] | None = None,
     context: str | None = None,
     file: str | None = None,
-    batch_size: int = 64,
+    batch_size: int | str = 64,
 ) -> tuple[object, list[dict]]:
     """(the folder's task, one row per input with its prediction), scored as tunelab's evaluation does."""
     from tunelab.distributed import device
     from tunelab.runs import META_FILE, load_finetuned, read_meta
     from tunelab.tasks import task_from_meta
 
-    if batch_size < 1:
-        raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
+    if batch_size != "auto" and (not isinstance(batch_size, int) or batch_size < 1):
+        raise UsageError(f"--batch-size must be an integer >= 1 or auto, got {batch_size!r}")
     meta = read_meta(model_dir)
     task = task_from_meta(meta, f"{model_dir}/{META_FILE}")
     rows = task.prediction_inputs(texts or [], pairs=pairs, file=file, questions=questions, context=context)

@@ -254,7 +254,7 @@ def evaluate(
     out: str | Path,
     *,
     task: Task | None = None,
-    batch_size: int = 64,
+    batch_size: int | str = 64,
     overwrite: bool = False,
     inputs: Inputs = (),
 ) -> dict | None:

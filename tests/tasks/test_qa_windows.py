@@ -612,8 +612,11 @@ def test_fast_windows_equal_the_reference_on_real_squad_smollm2(name):
 
 @pytest.mark.slow
 @pytest.mark.skipif(smollm2_tok() is None, reason=f"no SmolLM2 tokenizer at {SMOLLM2_DIR}")
-@pytest.mark.parametrize("name", ["v1.1-dev.json", "v2.0-dev.json", "v2.0-train.json", "v1.1-train.json"])
-def test_fast_windows_equal_the_reference_on_whole_squad_files(name):
-    """Every question of each file, the default window settings (v1.1-train: a few minutes)."""
-    examples = squad_sample(name, 1)
+@pytest.mark.parametrize(
+    "name,every", [("v1.1-dev.json", 1), ("v2.0-dev.json", 1), ("v2.0-train.json", 1), ("v1.1-train.json", 3)]
+)
+def test_fast_windows_equal_the_reference_on_whole_squad_files(name, every):
+    """Every question of each file (v1.1-train: every third, 29,200 questions of all 442 articles, so that CI
+    stays near its 15 minutes), the default window settings."""
+    examples = squad_sample(name, every)
     assert_same_windows(smollm2_tok(), examples, 384, 128)

@@ -48,7 +48,7 @@ def head_init_from_verbalizers(tokenizer, prompt: ClassificationPrompt) -> Calla
 
 @torch.no_grad()
 def classify(
-    model, tokenizer, texts: list[str], max_length: int, batch_size: int = 64, progress: bool = True
+    model, tokenizer, texts: list[str], max_length: int, batch_size: int | str = 64, progress: bool = True
 ) -> np.ndarray:
     """Class log-probabilities of a sequence-classification model, batched by length; logits leave the GPU
     batch by batch."""
@@ -65,5 +65,6 @@ def classify(
             logits = model(**{k: v.to(dev) for k, v in batch.items()}).logits
         out[idx] = torch.log_softmax(logits.float(), -1).cpu().numpy()
 
-    run_batches(order, batch_size, run, desc="evaluating", progress=progress)
+    lengths = [len(x) for x in ids]
+    run_batches(order, batch_size, run, desc="evaluating", progress=progress, lengths=lengths, device=dev)
     return out

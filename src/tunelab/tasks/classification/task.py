@@ -266,7 +266,7 @@ class ClassificationTask(Task):
         tokenizer,
         examples: list[TextExample],
         meta: dict,
-        batch_size: int = 64,
+        batch_size: int | str = 64,
         progress: bool = True,
     ) -> ClassScores:
         """Class log-probabilities of a fine-tuned classifier, with the input format it was trained on."""
@@ -428,7 +428,7 @@ class ClassificationTask(Task):
         return rows
 
     def predict_inputs(
-        self, model, tokenizer, meta: dict, rows: list[dict], batch_size: int = 64
+        self, model, tokenizer, meta: dict, rows: list[dict], batch_size: int | str = 64
     ) -> list[dict]:
         """Each row with "label", "probability" (of that label) and "scores" (every label), scored as
         tunelab's evaluation scores (same input format, same classifier)."""

@@ -130,7 +130,7 @@ def label_logprobs(
     tokenizer,
     texts: list[str],
     label_ids: list[list[int]],
-    batch_size: int = 32,
+    batch_size: int | str = 32,
     max_length: int = 512,
     progress: bool = True,
     reuse_prefix: bool = True,
@@ -182,7 +182,11 @@ def label_logprobs(
         for c, cls_ids in enumerate(label_ids):
             out[idx, c] = torch.logsumexp(logp[:, cls_ids], dim=-1).cpu().numpy()
 
-    run_batches(order, batch_size, run, desc="zero-shot scoring", progress=progress)
+    # for batch_size auto, a prompt's whole length: the cached prefix is copied into every row
+    lengths = [len(e) for e in enc]
+    run_batches(
+        order, batch_size, run, desc="zero-shot scoring", progress=progress, lengths=lengths, device=device
+    )
     return out
 
 
@@ -210,7 +214,7 @@ def zero_shot(
     texts: list[str],
     prompt: ClassificationPrompt,
     calibration: Calibration,
-    batch_size: int = 32,
+    batch_size: int | str = 32,
     progress: bool = True,
     spread: Callable | None = None,
     content_free: list[str] | None = None,

@@ -24,6 +24,7 @@ from tunelab.decoding import encode_with_passage, extractive_processor
 from tunelab.errors import UsageError
 from tunelab.inference import run_batches
 from tunelab.tasks.prompt import ChatPrompt, prompt_mapping
+from tunelab.training.speed import bucket
 
 NO_ANSWER_WORD = "unanswerable"
 NO_ANSWER_SPELLINGS = (
@@ -36,6 +37,7 @@ NO_ANSWER_SPELLINGS = (
 # question it scored F1 30.6 against extractive's 28.3, benchmarks/results/squad-zeroshot-decoding-cpu.json),
 # or greedy generation constrained to spans of the passage.
 DECODINGS = ("free", "extractive")
+MAX_PROMPT_BUCKET = 1 << 20  # kv_cache static: a prompt is padded up to a power of two (16, 32, ...)
 V2_NOTE = f'If the passage does not answer the question, answer "{NO_ANSWER_WORD}".'
 
 TEMPLATES = {
@@ -134,16 +136,18 @@ def generate_answers(
     prompt: QAPrompt,
     *,
     version_2: bool = False,
-    batch_size: int = 32,
+    batch_size: int | str = 32,
     max_new_tokens: int = 32,
     progress: bool = True,
     decoding: str = "free",
     shots: Sequence = (),
+    kv_cache: str = "dynamic",
 ) -> tuple[list[str], list[str], dict[str, float] | None]:
     """Greedy answers, batched by prompt length with left padding; stops at a newline (or the closing quote
     of a quoting answer prefix) or the token limit. `decoding`: "free", or "extractive" (each answer
     constrained to a span of its passage by `tunelab.decoding.ExtractiveSpans`; for v2 the no-answer word is
-    allowed as a whole answer).
+    allowed as a whole answer). `kv_cache`: "dynamic", or "static" (a cache preallocated per batch, which
+    transformers' generate compiles on a GPU; the same greedy tokens).
 
     Returns (raw generations, cleaned answers, na_probs or None). For v2, na_prob is a softmax over two scores
     of the first generated token: log p("unanswerable", summed over its spellings' first tokens) against the
@@ -178,6 +182,8 @@ def generate_answers(
 
     def run(idx):
         width = max(len(enc[i]) for i in idx)
+        if kv_cache == "static":  # a few widths, so that a compiled generate sees a few shapes (more padding)
+            width = bucket(width, top=MAX_PROMPT_BUCKET)
         ids = torch.full((len(idx), width), pad, dtype=torch.long)
         mask = torch.zeros((len(idx), width), dtype=torch.long)
         for row, i in enumerate(idx):  # left padding: every prompt ends at the last column
@@ -206,6 +212,7 @@ def generate_answers(
             output_scores=version_2,
             return_dict_in_generate=True,
             logits_processor=processors,
+            **({"cache_implementation": "static"} if kv_cache == "static" else {}),
         )
         new = out.sequences[:, width:].cpu()
         for row, i in enumerate(idx):
@@ -217,7 +224,10 @@ def generate_answers(
             lp_answer = logp.max(dim=-1).values
             na[idx] = torch.sigmoid(lp_null - lp_answer).numpy()  # softmax over the two
 
-    run_batches(order, batch_size, run, desc="zero-shot answering", progress=progress)
+    lengths = [len(e) + max_new_tokens for e in enc]  # for batch_size auto: the prompt and its answer
+    run_batches(
+        order, batch_size, run, desc="zero-shot answering", progress=progress, lengths=lengths, device=dev
+    )
     answers = [
         clean_answer(r, ex.context, prompt.stop_strings()) for r, ex in zip(raw, examples, strict=True)
     ]

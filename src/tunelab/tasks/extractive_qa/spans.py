@@ -22,7 +22,7 @@ def predict_spans(
     examples,
     max_length: int,
     stride: int,
-    batch_size: int = 64,
+    batch_size: int | str = 64,
     *,
     version_2: bool = False,
     progress: bool = True,
@@ -47,5 +47,6 @@ def predict_spans(
         for row, i in enumerate(idx):
             starts[i], ends[i] = start[row, : len(ids[i])], end[row, : len(ids[i])]
 
-    run_batches(order, batch_size, run, desc="evaluating", progress=progress)
+    lengths = [len(x) for x in ids]
+    run_batches(order, batch_size, run, desc="evaluating", progress=progress, lengths=lengths, device=dev)
     return postprocess(examples, feats, starts, ends, version_2=version_2, null_threshold=0.0)

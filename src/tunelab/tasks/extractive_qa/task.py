@@ -201,6 +201,7 @@ class ExtractiveQATask(Task):
                 max_new_tokens=options.max_new_tokens,
                 decoding=options.decoding,
                 shots=shots,
+                kv_cache=options.kv_cache,
             )
             return [(r, a, na[ex.id] if na else None) for r, a, ex in zip(raw, answers, exs, strict=True)]
 
@@ -217,6 +218,7 @@ class ExtractiveQATask(Task):
             "prompt_template": asdict(prompt),
             "max_new_tokens": options.max_new_tokens,
             "decoding": options.decoding,
+            "kv_cache": options.kv_cache,
         }
         return predictions, extra
 
@@ -260,7 +262,7 @@ class ExtractiveQATask(Task):
         tokenizer,
         examples: list[SquadExample],
         meta: dict,
-        batch_size: int = 64,
+        batch_size: int | str = 64,
         progress: bool = True,
     ) -> SpanAnswers:
         max_length = meta.get("max_length", 384)
@@ -412,7 +414,7 @@ class ExtractiveQATask(Task):
         )
 
     def predict_inputs(
-        self, model, tokenizer, meta: dict, rows: list[dict], batch_size: int = 64
+        self, model, tokenizer, meta: dict, rows: list[dict], batch_size: int | str = 64
     ) -> list[dict]:
         """The best answer span per question. "score" is the span's start + end logit; "probability" is its
         share of a softmax over the n-best spans (and, for v2 models, the no-answer option); "" means no

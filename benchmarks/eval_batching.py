@@ -1,0 +1,186 @@
+"""Evaluation batch sizes: fixed sizes against `batch_size: auto` (token-budget batches), same model and data.
+
+Three evaluation paths, each run once per setting in this process, one after the other:
+
+- zero-shot SST-2 dev (872 sentences; `--sst2-n`), tunelab's default recipe (chat prompt, shared-prefix cache,
+  batch calibration), through `tunelab.runs.zeroshot` as `tunelab zeroshot` runs it;
+- zero-shot SQuAD v1.1, the first `--squad-n` questions of the official dev set, greedy generation
+  (tunelab's default prompt), through `tunelab.runs.zeroshot`, once per `--kv-caches` entry (dynamic, static:
+  the `kv_cache` option) at every setting;
+- span-head evaluation (`predict_spans`) of the first `--spans-n` official dev questions' windows (384 tokens,
+  stride 128), the SmolLM2 body with an untrained span head: timing only (its answers are compared between
+  settings, not scored).
+
+A setting is an integer (examples per batch) or `auto:N` (batch_size auto with a budget of N padded tokens;
+`auto` alone: tunelab's budget for the device). Reported per path and setting: wall seconds of the scoring
+(model loading excluded), the ratio against the path's first setting, the metrics, and how many predictions
+differ from those of the task's first run (neither batching nor the cache may change them beyond float
+rounding; for SQuAD the first run is the first kv cache's first setting).
+
+    python benchmarks/eval_batching.py                     # CPU: -> results/eval-batching-cpu.json
+    python benchmarks/eval_batching.py --sst2-n 64 --squad-n 8 --spans-n 8 --out /tmp/eb.json   # a trial
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+if str(HERE.parent / "src") not in sys.path:  # run from a checkout without installing
+    sys.path.insert(0, str(HERE.parent / "src"))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def parse_setting(text: str) -> tuple[str, int | str, int | None]:
+    """(label, batch_size, token budget or None)."""
+    text = text.strip()
+    if text == "auto":
+        return text, "auto", None
+    if text.startswith("auto:"):
+        return text, "auto", int(text.split(":", 1)[1])
+    return text, int(text), None
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--settings", default="16,32,auto:1024,auto:2048,auto:4096")
+    ap.add_argument("--sst2-n", type=int, default=872)
+    ap.add_argument("--squad-n", type=int, default=32)
+    ap.add_argument("--spans-n", type=int, default=64)
+    ap.add_argument(
+        "--kv-caches", default="dynamic", help="zero-shot SQuAD's kv_cache values, comma-separated"
+    )
+    ap.add_argument("--out", help="result file (default benchmarks/results/eval-batching-<device>.json)")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from tunelab import inference, runs
+    from tunelab.distributed import device, eval_dtype
+    from tunelab.models import align_pad_token, load_task_model, load_tokenizer
+    from tunelab.options import ZeroShotOptions
+    from tunelab.tasks import get_task
+    from tunelab.tasks.extractive_qa.spans import predict_spans
+
+    settings = [parse_setting(s) for s in args.settings.split(",") if s.strip()]
+    dev = device()
+    data_dir = os.environ.get("TUNELAB_DATA_DIR", str(HERE.parent.parent / "shared" / "data"))
+    report: dict = {
+        "benchmark": "evaluation batch sizes: fixed against batch_size auto (token-budget batches)",
+        "machine": {
+            "host": platform.node(),
+            "cpu": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "device": dev.type,
+            "gpu": torch.cuda.get_device_name(0) if dev.type == "cuda" else None,
+        },
+        "versions": {"torch": torch.__version__, "transformers": _version("transformers")},
+        "model": args.model,
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "paths": {},
+    }
+    out = Path(args.out or HERE / "results" / f"eval-batching-{dev.type}.json")
+    work = Path(tempfile.mkdtemp(prefix="eval-batching-"))
+
+    def with_budget(budget):
+        inference.AUTO_TOKENS.update(cpu=budget or CPU_TOKENS, cuda=budget or CUDA_TOKENS)
+
+    CPU_TOKENS, CUDA_TOKENS = inference.AUTO_TOKENS["cpu"], inference.AUTO_TOKENS["cuda"]
+    jobs = []
+    sst2, squad = get_task("sst2"), get_task("squad")
+    if args.sst2_n:
+        jobs.append(("zero-shot sst2", sst2, sst2.load_split("dev", data_dir)[0][: args.sst2_n], {}))
+    squad_dev = squad.load_split("dev", data_dir)[0]
+    for cache in [c.strip() for c in args.kv_caches.split(",") if c.strip()] if args.squad_n else []:
+        jobs.append(
+            (f"zero-shot squad ({cache} kv cache)", squad, squad_dev[: args.squad_n], {"kv_cache": cache})
+        )
+    firsts: dict[str, list] = {}  # per task, the predictions of its first job's first setting
+    for j, (name, task, examples, more) in enumerate(jobs):
+        rows = []
+        for label, size, budget in settings:
+            with_budget(budget)
+            options = ZeroShotOptions(**{**task.zeroshot_options(), **more, "batch_size": size})
+            folder = work / f"{j}-{len(rows)}"
+            m = runs.zeroshot(task, args.model, examples, "dev", folder, options)
+            answers = _predictions(folder)
+            first = firsts.setdefault(task.name, answers)
+            rows.append(
+                {
+                    "setting": label,
+                    "seconds": m["seconds"],
+                    **{k: m[k] for k in ("accuracy", "f1", "exact_match") if k in m},
+                    "differ_from_first": sum(a != b for a, b in zip(answers, first, strict=True)),
+                }
+            )
+            print(f"{name} {label}: {m['seconds']:.1f} s", flush=True)
+        for r in rows:
+            r["ratio_vs_first"] = rows[0]["seconds"] / r["seconds"]
+        report["paths"][name] = {"n": len(examples), "rows": rows}
+        _save(out, report)
+    if args.spans_n:
+        tok = load_tokenizer(args.model)
+        model = load_task_model(args.model, "span", dtype=eval_dtype(dev)).to(dev).eval()
+        align_pad_token(model, tok)
+        torch.manual_seed(0)
+        rows, first = [], None
+        examples = squad_dev[: args.spans_n]
+        for label, size, budget in settings:
+            with_budget(budget)
+            t0 = time.perf_counter()
+            preds, _, _ = predict_spans(model, tok, examples, 384, 128, batch_size=size, progress=False)
+            seconds = time.perf_counter() - t0
+            first = first or preds
+            rows.append(
+                {
+                    "setting": label,
+                    "seconds": seconds,
+                    "differ_from_first": sum(preds[k] != first[k] for k in first),
+                }
+            )
+            print(f"span head {label}: {seconds:.1f} s", flush=True)
+        for r in rows:
+            r["ratio_vs_first"] = rows[0]["seconds"] / r["seconds"]
+        report["paths"]["span head (untrained), timing"] = {"n": len(examples), "rows": rows}
+        _save(out, report)
+    print(json.dumps(report["paths"], indent=2))
+    print(f"wrote {out}")
+    return 0
+
+
+def _predictions(folder: Path) -> list:
+    """A zero-shot run's predictions in a fixed order: classification's labels by line, QA's answers by id."""
+    if (folder / "predictions.jsonl").is_file():
+        return [
+            json.loads(line)["prediction"] for line in (folder / "predictions.jsonl").read_text().splitlines()
+        ]
+    answers = json.loads((folder / "predictions.json").read_text())
+    return [answers[k] for k in sorted(answers)]
+
+
+def _save(out: Path, report: dict) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+
+
+def _version(name: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -151,7 +151,8 @@ def test_fine_tuned_heads_with_auto_equal_one_at_a_time(tiny_model_dir, small_bu
     assert auto_preds == one_preds
 
 
-def test_zero_shot_answers_with_auto_equal_one_at_a_time(tiny_model_dir, small_budget, monkeypatch):
+@pytest.mark.parametrize("kv_cache", ["dynamic", "static"])
+def test_zero_shot_answers_with_auto_equal_one_at_a_time(tiny_model_dir, small_budget, monkeypatch, kv_cache):
     from tunelab.models import load_causal_lm, load_tokenizer
     from tunelab.tasks.extractive_qa.generation import generate_answers
 
@@ -161,6 +162,8 @@ def test_zero_shot_answers_with_auto_equal_one_at_a_time(tiny_model_dir, small_b
     prompt = SQUAD.prompt(SQUAD.default_prompt)
     one = generate_answers(model, tok, examples, prompt, max_new_tokens=4, batch_size=1, progress=False)
     small_budget.clear()
-    auto = generate_answers(model, tok, examples, prompt, max_new_tokens=4, batch_size="auto", progress=False)
+    auto = generate_answers(
+        model, tok, examples, prompt, max_new_tokens=4, batch_size="auto", progress=False, kv_cache=kv_cache
+    )
     assert auto[0] == one[0]
     assert len(small_budget) > 1 and sum(small_budget) == len(examples)

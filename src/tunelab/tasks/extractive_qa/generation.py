@@ -224,7 +224,9 @@ def generate_answers(
             lp_answer = logp.max(dim=-1).values
             na[idx] = torch.sigmoid(lp_null - lp_answer).numpy()  # softmax over the two
 
-    lengths = [len(e) + max_new_tokens for e in enc]  # for batch_size auto: the prompt and its answer
+    # for batch_size auto: the prompt (as padded) and its answer
+    widths = [bucket(len(e), MAX_PROMPT_BUCKET) if kv_cache == "static" else len(e) for e in enc]
+    lengths = [w + max_new_tokens for w in widths]
     run_batches(
         order, batch_size, run, desc="zero-shot answering", progress=progress, lengths=lengths, device=dev
     )

@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -62,6 +63,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     import torch
+    import transformers
 
     from tunelab import inference, runs
     from tunelab.distributed import device, eval_dtype
@@ -83,19 +85,19 @@ def main(argv=None) -> int:
             "device": dev.type,
             "gpu": torch.cuda.get_device_name(0) if dev.type == "cuda" else None,
         },
-        "versions": {"torch": torch.__version__, "transformers": _version("transformers")},
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
         "model": args.model,
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
         "paths": {},
     }
     out = Path(args.out or HERE / "results" / f"eval-batching-{dev.type}.json")
-    work = Path(tempfile.mkdtemp(prefix="eval-batching-"))
+    work = Path(tempfile.mkdtemp(prefix="eval-batching-"))  # the runs' folders; removed at the end
+    default_budgets = dict(inference.AUTO_TOKENS)
 
-    def with_budget(budget):
-        inference.AUTO_TOKENS.update(cpu=budget or CPU_TOKENS, cuda=budget or CUDA_TOKENS)
+    def with_budget(budget):  # `auto:N` sets tunelab's budget to N; `auto` keeps tunelab's own
+        inference.AUTO_TOKENS.update({k: budget or v for k, v in default_budgets.items()})
 
-    CPU_TOKENS, CUDA_TOKENS = inference.AUTO_TOKENS["cpu"], inference.AUTO_TOKENS["cuda"]
     jobs = []
     sst2, squad = get_task("sst2"), get_task("squad")
     if args.sst2_n:
@@ -130,9 +132,9 @@ def main(argv=None) -> int:
         _save(out, report)
     if args.spans_n:
         tok = load_tokenizer(args.model)
+        torch.manual_seed(0)  # the untrained head's weights
         model = load_task_model(args.model, "span", dtype=eval_dtype(dev)).to(dev).eval()
         align_pad_token(model, tok)
-        torch.manual_seed(0)
         rows, first = [], None
         examples = squad_dev[: args.spans_n]
         for label, size, budget in settings:
@@ -153,6 +155,7 @@ def main(argv=None) -> int:
             r["ratio_vs_first"] = rows[0]["seconds"] / r["seconds"]
         report["paths"]["span head (untrained), timing"] = {"n": len(examples), "rows": rows}
         _save(out, report)
+    shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(report["paths"], indent=2))
     print(f"wrote {out}")
     return 0
@@ -171,15 +174,6 @@ def _predictions(folder: Path) -> list:
 def _save(out: Path, report: dict) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
-
-
-def _version(name: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return None
 
 
 if __name__ == "__main__":

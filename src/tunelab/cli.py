@@ -592,7 +592,6 @@ def cmd_report(args) -> int:
 def cmd_predict(args) -> int:
     from tunelab.predict import predict, print_predictions
 
-    batch_size = EVALUATE_OPTIONS["batch_size"].check(args.batch_size, None, "--batch-size")
     task, rows = predict(
         args.model_dir,
         texts=args.texts,
@@ -600,7 +599,7 @@ def cmd_predict(args) -> int:
         questions=args.question,
         context=args.context,
         file=args.file,
-        batch_size=batch_size,
+        batch_size=args.batch_size,
     )
     print_predictions(task, args.model_dir, rows, args.json)
     return 0

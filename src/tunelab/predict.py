@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 
-from tunelab.errors import UsageError
+from tunelab.options import EVALUATE_OPTIONS
 
 
 def predict(
@@ -28,8 +28,7 @@ def predict(
     from tunelab.runs import META_FILE, load_finetuned, read_meta
     from tunelab.tasks import task_from_meta
 
-    if batch_size != "auto" and (not isinstance(batch_size, int) or batch_size < 1):
-        raise UsageError(f"--batch-size must be an integer >= 1 or auto, got {batch_size!r}")
+    batch_size = EVALUATE_OPTIONS["batch_size"].check(batch_size, None, "--batch-size")
     meta = read_meta(model_dir)
     task = task_from_meta(meta, f"{model_dir}/{META_FILE}")
     rows = task.prediction_inputs(texts or [], pairs=pairs, file=file, questions=questions, context=context)

@@ -3,6 +3,7 @@ writes, and splitting evaluation work across them."""
 
 from __future__ import annotations
 
+import atexit
 import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -32,6 +33,24 @@ def check_joined(joined: int, world: int) -> None:
         )
 
 
+_DESTROY_REGISTERED = False
+
+
+def destroy_group_at_exit() -> None:
+    """Once this process has joined a process group, destroy it before the interpreter exits: left to
+    interpreter finalization, gloo's worker threads can abort a finished process (SIGABRT, "terminate called
+    without an active exception"; pytorch/pytorch#190489)."""
+    global _DESTROY_REGISTERED
+    if not _DESTROY_REGISTERED and torch.distributed.is_available() and torch.distributed.is_initialized():
+        atexit.register(_destroy_group)
+        _DESTROY_REGISTERED = True
+
+
+def _destroy_group() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def distributed_state() -> PartialState | None:
     """accelerate's PartialState when this is one of several processes, else None. Creating it joins the
     process group, which the training Accelerator then reuses."""
@@ -44,6 +63,7 @@ def distributed_state() -> PartialState | None:
     # Without a GPU, accelerate only joins the processes together when told to use the CPU.
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available())
     check_joined(state.num_processes, world)
+    destroy_group_at_exit()
     return state
 
 

@@ -426,7 +426,8 @@ def run_baseline(model, feats, *, task, warmup, steps, seed, pad_id, work) -> di
 
 
 # tunelab's speed options (tunelab.options.TrainConfig's last block), by the name --variants uses. `default`
-# is TrainConfig's defaults (fused AdamW on CUDA, the rest off); each other variant turns options on over it.
+# is TrainConfig's defaults (fused AdamW on CUDA and CPU, the rest off); each other variant turns options on
+# over it.
 VARIANTS = {
     "default": {},
     "packing": {"packing": True},
@@ -511,7 +512,7 @@ def run_tunelab(model, feats, *, task, batch_size, warmup, steps, seed, pad_id, 
         "micro_batch_pieces": result.chunks,
         "settings": {
             "padding": "packed rows" if cfg.packing else "dynamic, length-grouped batches",
-            "optim": "torch.optim.AdamW(fused=True on CUDA)"
+            "optim": "torch.optim.AdamW(fused=True on CUDA and CPU)"
             if cfg.fused_optimizer
             else "torch.optim.AdamW(for-loop)",
             "bf16": "accelerate mixed_precision=bf16 on a GPU",

@@ -331,7 +331,8 @@ class TrainConfig:
         high=MAX_BATCH,
     )
     fused_optimizer: bool = option(
-        True, "fused AdamW on CUDA (foreach elsewhere) and foreach gradient clipping; false: per-tensor loops"
+        True,
+        "fused AdamW on CUDA and CPU (foreach elsewhere), foreach gradient clipping; false: per-tensor loops",
     )
     pin_memory: bool = option(False, "page-locked host memory for batches on CUDA (copies overlap compute)")
 

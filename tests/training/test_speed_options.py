@@ -117,6 +117,18 @@ def test_micro_batch_size_fused_and_pinned_train_the_same_model(tiny_model_dir, 
     _assert_same(ref, both)
 
 
+def test_the_default_optimizer_on_a_cpu_is_fused_adamw(tiny_model_dir, tmp_path):
+    # Trainer's default (adamw_torch_fused) is fused on a CPU too; foreach AdamW is several times slower there
+    def adamw(**kw):
+        trainer = Trainer(
+            _model(tiny_model_dir), _features(), _cfg(**kw), pad_id=0, work_dir=tmp_path, progress=False
+        )
+        return trainer.optimizer.optimizer.defaults  # accelerate's AcceleratedOptimizer around torch's AdamW
+
+    assert (adamw()["fused"], adamw()["foreach"]) == (True, False)
+    assert not adamw(fused_optimizer=False)["fused"] and not adamw(fused_optimizer=False)["foreach"]
+
+
 def test_micro_batch_size_auto_finds_the_pieces_that_fit_and_leaves_training_unchanged(
     tiny_model_dir, tmp_path
 ):

@@ -20,9 +20,9 @@ Speed options (TrainConfig's last block; tunelab.training.speed), each leaving t
 `tunelab.packing.packed_loss` (each example pooled / span-softmaxed on its own tokens); `compile` compiles the
 decoder layers and pads batches up to a few length buckets (masked tokens: same loss); `micro_batch_size`
 runs each micro-batch in pieces (the out-of-memory mechanism below, chosen up front; `auto` probes the
-longest batch on the GPU first); `fused_optimizer` picks fused (CUDA) or foreach AdamW and foreach clipping;
-`pin_memory` copies batches through page-locked memory. The loss is summed on the device and read back only
-every `log_every` steps: no host synchronisation per step.
+longest batch on the GPU first); `fused_optimizer` picks fused (CUDA, CPU) or foreach AdamW and foreach
+clipping; `pin_memory` copies batches through page-locked memory. The loss is summed on the device and read
+back only every `log_every` steps: no host synchronisation per step.
 """
 
 from __future__ import annotations
@@ -49,6 +49,8 @@ from tunelab.outputs import read_json, write_json, write_text
 from tunelab.packing import packed_loss
 from tunelab.training import checkpoint, speed
 from tunelab.training.batches import length_grouped_order, random_order, shard_batch
+
+FUSED_ADAMW_DEVICES = ("cuda", "cpu")  # where torch.optim.AdamW(fused=True) has a kernel (torch >= 2.4)
 
 
 def set_seed(seed: int) -> None:
@@ -162,9 +164,10 @@ class Trainer:
         decay = [p for p in params if p.ndim >= 2]
         no_decay = [p for p in params if p.ndim < 2]
         self.fsdp = self.accelerator.distributed_type == DistributedType.FSDP
-        # fused: one kernel for every parameter's update (CUDA; not under FSDP's sharded parameters);
-        # foreach: one call per group of tensors instead of one per tensor; neither changes the arithmetic.
-        fused = cfg.fused_optimizer and self.accelerator.device.type == "cuda" and not self.fsdp
+        # fused: one kernel for every parameter's update (torch has it for CUDA and CPU; not under FSDP's
+        # sharded parameters); foreach: one call per group of tensors instead of one per tensor; neither
+        # changes the arithmetic. Trainer's default (adamw_torch_fused) is fused on a CPU too.
+        fused = cfg.fused_optimizer and self.accelerator.device.type in FUSED_ADAMW_DEVICES and not self.fsdp
         optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=cfg.learning_rate,

@@ -7,6 +7,10 @@ Three evaluation paths, each run once per setting in this process, one after the
 - zero-shot SQuAD v1.1, the first `--squad-n` questions of the official dev set, greedy generation
   (tunelab's default prompt), through `tunelab.runs.zeroshot`, once per `--kv-caches` entry (dynamic, static:
   the `kv_cache` option) at every setting;
+- with `--classify-n N`: the fine-tuned classifier's evaluation (`classify`) of the first N SST-2 dev
+  sentences inside tunelab's default input prompt, the SmolLM2 body with an untrained head (timing and
+  agreement only), at every setting once with the shared prefix run per batch (`share_prefix`) and once
+  without;
 - span-head evaluation (`predict_spans`) of the first `--spans-n` official dev questions' windows (384 tokens,
   stride 128), the SmolLM2 body with an untrained span head: timing only (its answers are compared between
   settings, not scored).
@@ -19,6 +23,8 @@ rounding; for SQuAD the first run is the first kv cache's first setting).
 
     python benchmarks/eval_batching.py                     # CPU: -> results/eval-batching-cpu.json
     python benchmarks/eval_batching.py --sst2-n 64 --squad-n 8 --spans-n 8 --out /tmp/eb.json   # a trial
+    python benchmarks/eval_batching.py --sst2-n 0 --squad-n 0 --spans-n 0 --classify-n 872 --settings 32 \
+        --out benchmarks/results/eval-prefix-cpu.json   # the classifier with and without the shared prefix
 """
 
 from __future__ import annotations
@@ -56,6 +62,7 @@ def main(argv=None) -> int:
     ap.add_argument("--sst2-n", type=int, default=872)
     ap.add_argument("--squad-n", type=int, default=32)
     ap.add_argument("--spans-n", type=int, default=64)
+    ap.add_argument("--classify-n", type=int, default=0)
     ap.add_argument(
         "--kv-caches", default="dynamic", help="zero-shot SQuAD's kv_cache values, comma-separated"
     )
@@ -130,6 +137,11 @@ def main(argv=None) -> int:
             r["ratio_vs_first"] = rows[0]["seconds"] / r["seconds"]
         report["paths"][name] = {"n": len(examples), "rows": rows}
         _save(out, report)
+    if args.classify_n:
+        report["paths"]["classifier (untrained head), SST-2 input prompt"] = _classifier_rows(
+            args, settings, with_budget, sst2, data_dir, dev
+        )
+        _save(out, report)
     if args.spans_n:
         tok = load_tokenizer(args.model)
         torch.manual_seed(0)  # the untrained head's weights
@@ -159,6 +171,46 @@ def main(argv=None) -> int:
     print(json.dumps(report["paths"], indent=2))
     print(f"wrote {out}")
     return 0
+
+
+def _classifier_rows(args, settings, with_budget, sst2, data_dir, dev) -> dict:
+    """The fine-tuned classifier's evaluation at every setting, without and with the shared prefix."""
+    import torch
+
+    from tunelab.distributed import eval_dtype
+    from tunelab.models import align_pad_token, load_task_model, load_tokenizer
+    from tunelab.tasks.classification import format_input
+    from tunelab.tasks.classification.head import classify
+
+    tok = load_tokenizer(args.model)
+    torch.manual_seed(0)  # the untrained head's weights
+    model = load_task_model(args.model, "classification", dtype=eval_dtype(dev)).to(dev).eval()
+    align_pad_token(model, tok)
+    prompt = sst2.input_prompt(sst2.finetune_extras()["input_prompt"])
+    texts = [
+        format_input(prompt, tok, ex.text) for ex in sst2.load_split("dev", data_dir)[0][: args.classify_n]
+    ]
+    rows, first = [], None
+    for label, size, budget in settings:
+        with_budget(budget)
+        for share in (False, True):
+            t0 = time.perf_counter()
+            scores = classify(model, tok, texts, 128, batch_size=size, progress=False, share_prefix=share)
+            seconds = time.perf_counter() - t0
+            first = scores if first is None else first
+            rows.append(
+                {
+                    "setting": label,
+                    "share_prefix": share,
+                    "seconds": seconds,
+                    "differ_from_first": int((scores.argmax(1) != first.argmax(1)).sum()),
+                    "max_abs_logprob_diff": float(abs(scores - first).max()),
+                }
+            )
+            print(f"classifier {label} share_prefix={share}: {seconds:.1f} s", flush=True)
+    for r in rows:
+        r["ratio_vs_first"] = rows[0]["seconds"] / r["seconds"]
+    return {"n": len(texts), "rows": rows}
 
 
 def _predictions(folder: Path) -> list:

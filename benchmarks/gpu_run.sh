@@ -12,7 +12,8 @@
 #   study           benchmarks/gpu_study.py (issue 3's stages; only when named in ONLY)
 # Environment: ONLY=stage,stage (default: the first four, in that order); BUDGET seconds for the whole script
 # (default 540; a stage that would start with under 30 s left is skipped and marked so); VARIANTS (default
-# packing,compile-packing,all); SQUAD_FLAGS (default --packing); STEPS (speed's timed steps, default 40).
+# packing,compile-packing,all,share-prefix); SQUAD_FLAGS (default --packing); STEPS (speed's timed steps,
+# default 40).
 # TINY=1: the dry run on a CPU (tiny speed cases with variant packing only, 32 SQuAD training questions, 16 dev
 # questions, 8 harness sentences): checks this script end to end (13 minutes on the shared 2-core CPU).
 #
@@ -30,7 +31,7 @@ PY=${PYTHON:-python3}
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 ONLY=${ONLY:-speed-baseline,speed-options,squad-epoch,harness,eval-batching}
 BUDGET=${BUDGET:-540}
-VARIANTS=${VARIANTS:-packing,compile-packing,all}
+VARIANTS=${VARIANTS:-packing,compile-packing,all,share-prefix}
 [[ -n ${TINY:-} && -z ${KEEP_VARIANTS:-} ]] && VARIANTS=packing  # compiling on a CPU takes minutes a row
 SQUAD_FLAGS=${SQUAD_FLAGS:---packing}
 STEPS=${STEPS:-40}

@@ -426,8 +426,8 @@ def run_baseline(model, feats, *, task, warmup, steps, seed, pad_id, work) -> di
 
 
 # tunelab's speed options (tunelab.options.TrainConfig's last block), by the name --variants uses. `default`
-# is TrainConfig's defaults (fused AdamW on CUDA and CPU, the rest off); each other variant turns options on
-# over it.
+# is TrainConfig's defaults (fused AdamW on CUDA and CPU, share_prefix auto: on a CPU, the rest off); each
+# other variant sets options over it.
 VARIANTS = {
     "default": {},
     "packing": {"packing": True},
@@ -435,12 +435,18 @@ VARIANTS = {
     "compile-packing": {"compile": True, "packing": True},
     "all": {"compile": True, "packing": True, "pin_memory": True, "micro_batch_size": "auto"},
     "no-fused": {"fused_optimizer": False},
+    "share-prefix": {"share_prefix": "on"},
+    "no-share-prefix": {"share_prefix": "off"},
 }
 
 
-def computed_tokens(feats: list[dict], batches: list[list[int]], cfg, chunks: int, pad_id: int) -> int:
+def computed_tokens(
+    feats: list[dict], batches: list[list[int]], cfg, chunks: int, pad_id: int, shared: bool = False
+) -> int:
     """Tokens the loop computed on for these micro-batches (padding and packing filler included), built by
-    the loop's own functions (tunelab.training.speed) with the pieces the run ended with."""
+    the loop's own functions (tunelab.training.speed) with the pieces the run ended with; `shared`: pieces
+    ran their shared prefix once (the loop's rule: tunelab.prefix_cache, at least MIN_PREFIX tokens)."""
+    from tunelab.prefix_cache import MIN_PREFIX, shared_prefix
     from tunelab.training import speed
 
     total = 0
@@ -448,7 +454,10 @@ def computed_tokens(feats: list[dict], batches: list[list[int]], cfg, chunks: in
         size = -(-len(bt) // chunks)
         for s in range(0, len(bt), size):
             part = [feats[i] for i in bt[s : s + size]]
-            if cfg.packing:
+            start = shared_prefix([f["input_ids"] for f in part]) if shared else 0
+            if start >= MIN_PREFIX:  # the prefix once, then each row's own tokens padded to the longest
+                total += start + len(part) * (max(len(f["input_ids"]) for f in part) - start)
+            elif cfg.packing:
                 total += speed.packed(part, pad_id, cfg.max_length, static=cfg.compile).input_ids.numel()
             else:
                 total += speed.padded(part, pad_id, cfg.max_length, static=cfg.compile)["input_ids"].numel()
@@ -507,7 +516,8 @@ def run_tunelab(model, feats, *, task, batch_size, warmup, steps, seed, pad_id, 
         "timed_s": end - marks["warm"],
         "batch_size": batch_size,
         "real_tokens": sum(sum(feats[i]["attention_mask"]) for bt in timed for i in bt),
-        "padded_tokens": computed_tokens(feats, timed, cfg, result.chunks, pad_id),
+        "padded_tokens": computed_tokens(feats, timed, cfg, result.chunks, pad_id, result.shared_prefix),
+        "shared_prefix": result.shared_prefix,
         "timed_examples": sum(len(bt) for bt in timed),
         "micro_batch_pieces": result.chunks,
         "settings": {

@@ -84,7 +84,9 @@ def test_speed_bench_tiny_writes_the_report(tmp_path):
         for who in ("baseline", "tunelab"):
             run = case[who]
             assert run["timed_s"] > 0 and run["timed_examples"] == 3 * case["batch_size"][who]
-            assert 0 < run["real_tokens"] <= run["padded_tokens"]
+            assert 0 < run["padded_tokens"] and 0 < run["real_tokens"]
+            # a shared prefix computed once per batch can make fewer computed than real tokens
+            assert run["real_tokens"] <= run["padded_tokens"] or run.get("shared_prefix")
             assert case["real_tokens_per_s"][who] > 0
             assert case["extrapolation_factor"][who] == pytest.approx(64 / run["timed_examples"])
             assert (case["mfu"][who] is None) == (not cuda)
@@ -103,13 +105,17 @@ def test_speed_bench_tiny_writes_the_report(tmp_path):
         for row in rows:
             assert row["status"] == "ok", row
             assert row["ratio"] == pytest.approx(case["baseline_s"] / row["epoch_s"])
-            assert 0 < row["real_tokens"] <= row["padded_tokens"] and row["inputs_note"]
+            assert 0 < row["real_tokens"] and 0 < row["padded_tokens"] and row["inputs_note"]
+            assert row["real_tokens"] <= row["padded_tokens"] or row["shared_prefix"]
             assert row["settings"]["speed_options"]["packing"] == (row["variant"] == "packing")
         by = {(r["inputs"], r["variant"]): r for r in rows}
         for i in inputs:  # the same examples, however they are batched
             assert by[(i, "packing")]["real_tokens"] == by[(i, "default")]["real_tokens"]
         if case["task"] == "sst2":  # the same sentences: in the prompt they are longer
             assert by[("prompt", "default")]["real_tokens"] > by[("bare", "default")]["real_tokens"]
+            if not cuda:  # share_prefix auto, on a CPU: the prompt's shared start computed once per batch
+                prompt = by[("prompt", "default")]
+                assert prompt["shared_prefix"] and prompt["padded_tokens"] < prompt["real_tokens"]
 
 
 @pytest.mark.skipif(not DATA, reason="TUNELAB_DATA_DIR is not set")

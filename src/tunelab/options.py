@@ -247,7 +247,15 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 NOT_TRAINING = ("eval_every", "log_every", "save_every", "merge_lora")
 # The speed options (issue 11; the block at the end of TrainConfig) change how the steps run, not what they
 # compute: a checkpoint resumes under other values of them too.
-SPEED_OPTIONS = ("compile", "compile_mode", "packing", "micro_batch_size", "fused_optimizer", "pin_memory")
+SPEED_OPTIONS = (
+    "compile",
+    "compile_mode",
+    "packing",
+    "share_prefix",
+    "micro_batch_size",
+    "fused_optimizer",
+    "pin_memory",
+)
 
 
 @dataclass
@@ -320,6 +328,14 @@ class TrainConfig:
         False,
         "padding-free packing: a micro-batch's examples share rows of max_length tokens, each attending to "
         "itself; same examples and loss (tunelab.packing)",
+    )
+    share_prefix: str = option(
+        "auto",
+        "the tokens every example of a micro-batch starts with (a prompt's chat template and instruction) "
+        "run once, their key/value cache serving every row; same loss and gradients (tunelab.prefix_cache). "
+        "auto: on a CPU (measured faster there), off on GPUs until measured; not with compile, packing, "
+        "bidirectional, FSDP or a custom loss",
+        choices=("auto", "on", "off"),
     )
     micro_batch_size: int | str | None = option(
         None,

@@ -11,8 +11,8 @@ import torch
 from helpers import DATA, PLAIN, SST2, sst2_examples
 
 from tunelab.models import load_causal_lm, load_tokenizer
+from tunelab.prefix_cache import MIN_PREFIX, shared_prefix
 from tunelab.tasks.classification import label_logprobs, verbalizer_ids
-from tunelab.tasks.classification.zero_shot import MIN_PREFIX, shared_prefix
 
 
 def test_shared_prefix_is_the_common_start_and_leaves_a_token_each():
@@ -84,3 +84,25 @@ def test_prefix_cache_on_smollm2(tmp_path, monkeypatch):
         resolve("smollm2-135m"), [ex.text for ex in examples], SST2.prompt("chat"), 8, 1e-4
     )
     assert prefix >= 20 and cached == whole - (len(examples) - 1) * prefix  # 44 of ~84 tokens shared
+
+
+def test_the_fine_tuned_classifier_scores_the_same_with_its_prompt_prefix_run_once(tiny_model_dir):
+    from tunelab.models import load_task_model
+    from tunelab.tasks.classification import format_input
+    from tunelab.tasks.classification.head import classify
+
+    tok = load_tokenizer(tiny_model_dir)
+    torch.manual_seed(0)
+    model = load_task_model(tiny_model_dir, "classification").eval()
+    model.config.pad_token_id = tok.pad_token_id
+    prompt = SST2.input_prompt(SST2.finetune_extras()["input_prompt"])
+    texts = [format_input(prompt, tok, ex.text) for ex in sst2_examples(11)]
+    seen = _tokens_seen(model)
+    whole = classify(model, tok, texts, 128, batch_size=4, progress=False, share_prefix=False)
+    whole_tokens = sum(seen)
+    seen.clear()
+    shared = classify(model, tok, texts, 128, batch_size=4, progress=False)
+    np.testing.assert_allclose(shared, whole, rtol=0, atol=1e-5)
+    prefix = shared_prefix([tok(t).input_ids for t in texts])
+    # batches of 4, 4 and 3 rows, each running its shared start (at least `prefix` tokens) once
+    assert prefix >= MIN_PREFIX and sum(seen) <= whole_tokens - (3 + 3 + 2) * prefix

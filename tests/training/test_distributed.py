@@ -36,10 +36,10 @@ SCRIPT = textwrap.dedent("""
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)
     feats = []
-    for i in range(n):
+    for i in range(n):  # a shared 6-token start, as a prompt's: on a CPU each process runs it once a batch
         length = int(rng.integers(3, 12))
-        feats.append({"input_ids": rng.integers(5, 300, size=length).tolist(), "attention_mask": [1] * length,
-                      "labels": i % 2})
+        ids = [301, 302, 303, 304, 305, 306] + rng.integers(5, 300, size=length).tolist()
+        feats.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": i % 2})
     torch.manual_seed(0)
     model = load_task_model(model_dir, "classification")
     model.config.pad_token_id = 0

@@ -117,6 +117,75 @@ def test_micro_batch_size_fused_and_pinned_train_the_same_model(tiny_model_dir, 
     _assert_same(ref, both)
 
 
+def _prompted(n: int = 26, prefix: int = 12) -> list[dict]:
+    """Classification features that all start with the same `prefix` tokens, as a prompt's chat template
+    and instruction do, then each its own tokens."""
+    head = list(range(300, 300 + prefix))
+    return [
+        {**f, "input_ids": head + f["input_ids"], "attention_mask": [1] * (prefix + len(f["input_ids"]))}
+        for f in _features(n)
+    ]
+
+
+@pytest.mark.parametrize("method", ["full", "lora", "head"])
+def test_a_shared_prefix_run_once_trains_the_same_model(tiny_model_dir, tmp_path, monkeypatch, method):
+    import tunelab.prefix_cache as prefix_cache
+
+    feats, calls = _prompted(), []
+    real = prefix_cache.prefix_cache
+    monkeypatch.setattr(
+        prefix_cache,
+        "prefix_cache",
+        lambda d, ids, rows: calls.append((ids.shape[1], rows)) or real(d, ids, rows),
+    )
+
+    def run(name, **kw):
+        model = _model(tiny_model_dir, method=method)
+        result = train(model, feats, _cfg(**kw), pad_id=0, work_dir=tmp_path / name, progress=False)
+        return result, {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    ref = run("whole", share_prefix="off")
+    assert calls == []
+    got = run("shared", share_prefix="on")
+    # The prefix's matmuls run on 1 row instead of 8: float64 rounding of other shapes, which the norms'
+    # float32 upcast (LlamaRMSNorm) turns into ~1e-8 after 4 steps; a dropped example moves weights ~3e-3.
+    _assert_same(ref, got, rtol=1e-5, atol=1e-6)
+    # every micro-batch ran its 12 shared tokens once (2 epochs x 4 micro-batches of 8, 8, 8 and 2)
+    assert len(calls) == 8 and {p for p, _ in calls} == {12} and sorted({r for _, r in calls}) == [2, 8]
+    calls.clear()
+    run("auto", share_prefix="auto")  # on a CPU, auto shares
+    assert len(calls) == 8
+
+
+def test_rows_that_share_too_little_take_the_whole_path(tiny_model_dir, tmp_path):
+    trainer = Trainer(
+        _model(tiny_model_dir), _prompted(), _cfg(), pad_id=0, work_dir=tmp_path, progress=False
+    )
+    assert trainer.share_prefix  # auto, on a CPU
+    assert trainer._prefix_loss(_features(4)) is None  # no common start
+    short = [{"input_ids": [1, 2, 3, 9], "attention_mask": [1] * 4, "labels": 0}] * 2
+    assert trainer._prefix_loss(short) is None  # 3 shared tokens: below MIN_PREFIX
+    padded_tail = _prompted(2)
+    padded_tail[0] = {**padded_tail[0], "input_ids": padded_tail[0]["input_ids"][:12] + [0, 0]}
+    assert trainer._prefix_loss(padded_tail) is None  # a row whose own tokens are all pad ids
+    assert trainer._prefix_loss(_prompted(3)) is not None
+    for kw in ({"compile": True}, {"packing": True}, {"share_prefix": "off"}):
+        t = Trainer(
+            _model(tiny_model_dir), _prompted(), _cfg(**kw), pad_id=0, work_dir=tmp_path, progress=False
+        )
+        assert not t.share_prefix, kw
+    span = Trainer(
+        _model(tiny_model_dir, "span"),
+        _features(span=True),
+        _cfg(),
+        pad_id=0,
+        work_dir=tmp_path,
+        loss_fn=span_loss,
+        progress=False,
+    )
+    assert not span.share_prefix  # the span loss indexes positions of the whole input
+
+
 def test_the_default_optimizer_on_a_cpu_is_fused_adamw(tiny_model_dir, tmp_path):
     # Trainer's default (adamw_torch_fused) is fused on a CPU too; foreach AdamW is several times slower there
     def adamw(**kw):

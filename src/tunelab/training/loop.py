@@ -16,13 +16,14 @@ replays the data order up to it, so an interrupted and resumed run ends with the
 an uninterrupted one (bit for bit on the same hardware and thread count).
 
 Speed options (TrainConfig's last block; tunelab.training.speed), each leaving the step's arithmetic as it is:
-`packing` puts a micro-batch's examples into shared rows and computes the same mean loss with
-`tunelab.packing.packed_loss` (each example pooled / span-softmaxed on its own tokens); `compile` compiles the
-decoder layers and pads batches up to a few length buckets (masked tokens: same loss); `micro_batch_size`
-runs each micro-batch in pieces (the out-of-memory mechanism below, chosen up front; `auto` probes the
-longest batch on the GPU first); `fused_optimizer` picks fused (CUDA, CPU) or foreach AdamW and foreach
-clipping; `pin_memory` copies batches through page-locked memory. The loss is summed on the device and read
-back only every `log_every` steps: no host synchronisation per step.
+`share_prefix` runs the tokens every example of a piece starts with (a prompt's template) once and serves
+their key/value cache to every row (tunelab.prefix_cache); `packing` puts a micro-batch's examples into shared
+rows and computes the same mean loss with `tunelab.packing.packed_loss` (each example pooled / span-softmaxed
+on its own tokens); `compile` compiles the decoder layers and pads batches up to a few length buckets (masked
+tokens: same loss); `micro_batch_size` runs each micro-batch in pieces (the out-of-memory mechanism below,
+chosen up front; `auto` probes the longest batch on the GPU first); `fused_optimizer` picks fused (CUDA, CPU)
+or foreach AdamW and foreach clipping; `pin_memory` copies batches through page-locked memory. The loss is
+summed on the device and read back only every `log_every` steps: no host synchronisation per step.
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ class TrainResult:
     accelerator: object = None  # the Accelerator used (is_main_process, get_state_dict for FSDP)
     prepared_model: object = None  # the model as `accelerator.prepare` returned it (DDP/FSDP wrapper)
     chunks: int = 1  # pieces each micro-batch ran in at the end (> 1 after out-of-memory)
+    shared_prefix: bool = False  # whether pieces ran the tokens they all start with once (share_prefix)
 
 
 class Trainer:
@@ -100,6 +102,7 @@ class Trainer:
         self.kind = speed.head_kind(self.feats) if cfg.packing else None
         self.compiled = speed.compile_layers(model, cfg.compile_mode) if cfg.compile else []
         self._optimizer(model)
+        self.share_prefix = self._shares_prefix()
         self.ckpt_root = self.work_dir / "checkpoints"
         self.log_path = self.work_dir / "train_log.jsonl"
         self.fingerprint = checkpoint.fingerprint(cfg, self.feats, self.world) if cfg.save_every else None
@@ -327,15 +330,41 @@ class Trainer:
         return total
 
     def _loss(self, feats: list[dict]) -> torch.Tensor:
-        """The mean loss over these examples: packed (`packing`), or padded to their longest (to its bucket
-        under `compile`) and computed by `loss_fn` or the model's own loss."""
+        """The mean loss over these examples: packed (`packing`), with their shared prefix run once
+        (`share_prefix`), or padded to their longest (to its bucket under `compile`) and computed by
+        `loss_fn` or the model's own loss."""
         cfg, device = self.cfg, self.accelerator.device
         if self.kind:
             batch = speed.packed(feats, self.pad_id, cfg.max_length, static=cfg.compile)
             return packed_loss(self.model, speed.to_device(batch, device, cfg.pin_memory), self.kind)
+        if self.share_prefix:
+            loss = self._prefix_loss(feats)
+            if loss is not None:
+                return loss
         batch = speed.padded(feats, self.pad_id, cfg.max_length, static=cfg.compile)
         batch = speed.to_device(batch, device, cfg.pin_memory)
         return self.loss_fn(self.model, batch) if self.loss_fn else self.model(**batch).loss
+
+    def _shares_prefix(self) -> bool:
+        """Whether micro-batches run their shared prefix once (`share_prefix`): only where the rows' own
+        forward is the model's plain causal one and its own loss pools each row's last token."""
+        cfg = self.cfg
+        if cfg.share_prefix == "off" or (
+            cfg.share_prefix == "auto" and self.accelerator.device.type != "cpu"
+        ):
+            return False
+        # compile: fixed shapes; packing: rows hold several examples; bidirectional: the prefix would see
+        # the rest; FSDP: one forward per step; loss_fn (the span head) indexes whole-input positions
+        return not (cfg.compile or cfg.packing or cfg.bidirectional or self.fsdp or self.loss_fn)
+
+    def _prefix_loss(self, feats: list[dict]) -> torch.Tensor | None:
+        """The model's loss with the tokens every row starts with run once (tunelab.prefix_cache), or None
+        where these rows share too little: the same loss as the padded path, up to float rounding."""
+        from tunelab.prefix_cache import prefix_inputs
+
+        with self.accelerator.autocast():  # the prefix runs outside the prepared model's own forward
+            batch = prefix_inputs(self.model, feats, self.pad_id, self.accelerator.device)
+            return None if batch is None else self.model(**batch).loss
 
     def _auto_chunks(self) -> int:
         """micro_batch_size auto: the fewest pieces in which a forward and backward of the batch_size longest
@@ -527,6 +556,7 @@ class Trainer:
             acc,
             prepared,
             self.chunks,
+            self.share_prefix,
         )
 
 

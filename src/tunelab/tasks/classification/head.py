@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from tunelab.inference import run_batches
+from tunelab.prefix_cache import prefix_inputs
 from tunelab.tasks.classification.zero_shot import ClassificationPrompt, verbalizer_ids
 from tunelab.training.batches import pad_batch
 
@@ -48,21 +49,33 @@ def head_init_from_verbalizers(tokenizer, prompt: ClassificationPrompt) -> Calla
 
 @torch.no_grad()
 def classify(
-    model, tokenizer, texts: list[str], max_length: int, batch_size: int | str = 64, progress: bool = True
+    model,
+    tokenizer,
+    texts: list[str],
+    max_length: int,
+    batch_size: int | str = 64,
+    progress: bool = True,
+    share_prefix: bool | None = None,
 ) -> np.ndarray:
     """Class log-probabilities of a sequence-classification model, batched by length; logits leave the GPU
-    batch by batch."""
+    batch by batch. share_prefix: each batch runs the tokens its inputs all start with once
+    (tunelab.prefix_cache), the same scores up to float rounding; None: on a CPU (as training's
+    share_prefix auto; benchmarks/eval_batching.py --classify-n measures it)."""
     dev = next(model.parameters()).device
+    share_prefix = dev.type == "cpu" if share_prefix is None else share_prefix
     ids = encode(tokenizer, texts, max_length)
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     out = np.zeros((len(ids), model.config.num_labels))
 
     def run(idx):
-        batch = pad_batch(
-            [{"input_ids": ids[i], "attention_mask": [1] * len(ids[i])} for i in idx], tokenizer.pad_token_id
-        )
+        feats = [{"input_ids": ids[i], "attention_mask": [1] * len(ids[i])} for i in idx]
+        pad = tokenizer.pad_token_id
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-            logits = model(**{k: v.to(dev) for k, v in batch.items()}).logits
+            # the prompt's shared start (chat template, instruction) once per batch, when there is one
+            batch = prefix_inputs(model, feats, pad, dev) if share_prefix else None
+            if batch is None:
+                batch = {k: v.to(dev) for k, v in pad_batch(feats, pad).items()}
+            logits = model(**batch).logits
         out[idx] = torch.log_softmax(logits.float(), -1).cpu().numpy()
 
     lengths = [len(x) for x in ids]

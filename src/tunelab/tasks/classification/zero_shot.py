@@ -6,7 +6,6 @@ calibration corrects the classes' prior bias.
 from __future__ import annotations
 
 import copy
-import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -15,6 +14,8 @@ import torch
 
 from tunelab.errors import UsageError
 from tunelab.inference import run_batches
+from tunelab.prefix_cache import MIN_PREFIX, cache_argument, shared_prefix
+from tunelab.prefix_cache import prefix_cache as prefix_cache_of
 from tunelab.tasks.prompt import ChatPrompt
 
 CONTENT_FREE = ("N/A", "", "[MASK]")
@@ -107,23 +108,6 @@ def verbalizer_ids(tokenizer, prompt: ClassificationPrompt) -> list[list[int]]:
     return ids
 
 
-MIN_PREFIX = 4  # shared prefixes shorter than this are recomputed: copying their cache costs about as much
-
-
-def shared_prefix(encoded: list[list[int]]) -> int:
-    """The number of leading tokens every encoded prompt shares (the chat template, system prompt and
-    instruction before the text), leaving each prompt at least one token of its own (the position scored)."""
-    if not encoded:
-        return 0
-    first, n = encoded[0], min(len(e) for e in encoded) - 1
-    for e in encoded[1:]:
-        k = 0
-        while k < n and e[k] == first[k]:
-            k += 1
-        n = k
-    return max(n, 0)
-
-
 @torch.no_grad()
 def label_logprobs(
     model,
@@ -151,12 +135,8 @@ def label_logprobs(
     start = shared_prefix(enc) if reuse_prefix else 0
     prefix_cache = None
     if start >= MIN_PREFIX:
-        prefix = torch.tensor([enc[order[0]][:start]], device=device)
-        ran = model.model(input_ids=prefix, use_cache=True)
-        # transformers >= 5.2x names the cache `cache` (argument and output); earlier, `past_key_values`
-        named = inspect.signature(model.model.forward).parameters
-        cache_key = "cache" if "cache" in named else "past_key_values"
-        prefix_cache = getattr(ran, "cache", None) or ran.past_key_values
+        cache_key = cache_argument(model.model)
+        prefix_cache = prefix_cache_of(model.model, torch.tensor([enc[order[0]][:start]], device=device), 1)
     else:
         start = 0
 

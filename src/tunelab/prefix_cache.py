@@ -31,12 +31,17 @@ def shared_prefix(encoded: list[list[int]]) -> int:
     return max(n, 0)
 
 
-def decoder_of(model: nn.Module) -> nn.Module:
-    """The bare decoder (no task or LM head) inside a task model, a PEFT model around one, or a wrapper
-    that keeps it in `.module` (DDP)."""
+def task_model_of(model: nn.Module) -> nn.Module:
+    """The transformers model inside a PEFT model, a wrapper that keeps it in `.module` (DDP), or itself."""
     model = getattr(model, "module", model)
     if hasattr(model, "get_base_model"):  # peft: the adapted layers live in the base model itself
         model = model.get_base_model()
+    return model
+
+
+def decoder_of(model: nn.Module) -> nn.Module:
+    """The bare decoder (no task or LM head) inside a task model, or a wrapper of one (task_model_of)."""
+    model = task_model_of(model)
     return getattr(model, model.base_model_prefix)
 
 
@@ -59,10 +64,19 @@ def prefix_inputs(model: nn.Module, features: list[dict], pad_id: int, device: t
     """Keyword arguments for `model(**...)` (a sequence-classification model, or a wrapper of one) that give
     the outputs of the whole right-padded `features` (input_ids, attention_mask, other keys as they are)
     with their shared prefix run once here; None where the rows share fewer than MIN_PREFIX tokens, or a
-    row's own tokens are all `pad_id` (the head pools each row's last non-pad token: it must be its own)."""
+    row's own tokens are all `pad_id` (the head pools each row's last non-pad token: it must be its own), or
+    the model attends both ways (`bidirectional`: its prefix would see the rest)."""
+    from tunelab.models.attention import is_bidirectional
+
+    decoder = decoder_of(model)
     start = shared_prefix([f["input_ids"] for f in features])
-    if start < MIN_PREFIX or any(
-        0 in f["attention_mask"][:start] or all(t == pad_id for t in f["input_ids"][start:]) for f in features
+    if (
+        is_bidirectional(task_model_of(model))
+        or start < MIN_PREFIX
+        or any(
+            0 in f["attention_mask"][:start] or all(t == pad_id for t in f["input_ids"][start:])
+            for f in features
+        )
     ):
         return None
     rest = [
@@ -71,7 +85,6 @@ def prefix_inputs(model: nn.Module, features: list[dict], pad_id: int, device: t
     ]
     batch = {k: v.to(device) for k, v in pad_batch(rest, pad_id).items()}
     rows, width = batch["input_ids"].shape
-    decoder = decoder_of(model)
     prefix = torch.tensor([features[0]["input_ids"][:start]], device=device)
     ones = torch.ones((rows, start), dtype=batch["attention_mask"].dtype, device=device)
     batch["attention_mask"] = torch.cat([ones, batch["attention_mask"]], dim=1)

@@ -106,3 +106,11 @@ def test_the_fine_tuned_classifier_scores_the_same_with_its_prompt_prefix_run_on
     prefix = shared_prefix([tok(t).input_ids for t in texts])
     # batches of 4, 4 and 3 rows, each running its shared start (at least `prefix` tokens) once
     assert prefix >= MIN_PREFIX and sum(seen) <= whole_tokens - (3 + 3 + 2) * prefix
+    # attending both ways, the prefix would see the rest: the whole inputs are run
+    from tunelab.models.attention import make_bidirectional
+
+    make_bidirectional(model)
+    seen.clear()
+    both_ways = classify(model, tok, texts, 128, batch_size=4, progress=False, share_prefix=True)
+    assert sum(seen) == whole_tokens
+    assert np.abs(both_ways - whole).max() > 1e-4  # (a different model: the mask really changed)

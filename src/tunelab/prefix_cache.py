@@ -2,8 +2,8 @@
 instruction) run once, and their key/value cache serves every row, which then computes only its own tokens.
 Zero-shot scoring and the fine-tuned classifier's evaluation use it without gradients; training
 (`share_prefix`) with them: the prefix's gradient is then the sum of every row's, as if each row had
-computed its own copy. Written by hand: transformers reuses
-a prefix cache only for generation, not for a batch's forward and backward."""
+computed its own copy. Written by hand: transformers reuses a prefix cache only for generation, not for a
+batch's forward and backward."""
 
 from __future__ import annotations
 

@@ -81,3 +81,16 @@ def test_a_size_option_keeps_its_upper_bound():
     assert TrainConfig.from_dict({"micro_batch_size": 8}).micro_batch_size == 8
     with pytest.raises(UsageError, match=r"micro_batch_size must be an integer in \[1, 65536\] or auto"):
         TrainConfig.from_dict({"micro_batch_size": 99_999_999_999_999})
+
+
+def test_on_and_off_read_by_yaml_as_booleans_are_the_choices_on_and_off():
+    import yaml
+
+    value = yaml.safe_load("share_prefix: on")["share_prefix"]
+    assert value is True  # YAML 1.1
+    assert TrainConfig.from_dict({"share_prefix": value}).share_prefix == "on"
+    assert TrainConfig.from_dict({"share_prefix": False}).share_prefix == "off"
+    with pytest.raises(UsageError, match="share_prefix must be one of auto, on, off"):
+        TrainConfig.from_dict({"share_prefix": "maybe"})
+    with pytest.raises(UsageError, match="method must be one of"):  # only where on/off are the choices
+        TrainConfig.from_dict({"method": True})

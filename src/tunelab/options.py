@@ -130,6 +130,8 @@ def _as_float(opt: Option, value: Any, bad) -> float:
 
 
 def _as_str(opt: Option, value: Any, bad) -> str:
+    if isinstance(value, bool) and opt.choices and {"on", "off"} <= set(opt.choices):
+        return "on" if value else "off"  # YAML 1.1 reads `on` and `off` as booleans
     if not isinstance(value, str):
         raise bad()
     return value

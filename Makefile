@@ -19,11 +19,16 @@ $(BIN)/tunelab: pyproject.toml
 
 setup: $(BIN)/tunelab
 
+# pytest-xdist workers (the CI machine has 2 cores); TEST_WORKERS=0 runs the tests in this process, one by one.
+# worksteal: an idle worker takes tests queued for a busy one, so the long tests do not end the run on one.
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal
+
 test: setup
-	$(BIN)/python -m pytest -q
+	$(PYTEST)
 
 test-all: setup
-	$(BIN)/python -m pytest -q -m "slow or not slow"
+	$(PYTEST) -m "slow or not slow"
 
 demo: setup
 	$(BIN)/tunelab study --preset smoke --out runs/smoke

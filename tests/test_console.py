@@ -88,10 +88,14 @@ def test_verbose_brings_the_library_bars_back(tmp_path, tiny_model_dir):
 @pytest.mark.slow
 def test_gguf_conversion_bar_is_quiet_unless_verbose(tmp_path):
     """The embedded SmolLM2 GGUF, converted for real: transformers' "Converting and de-quantizing" bar only
-    with verbose."""
+    with verbose; the file's metadata parsed once (transformers alone parses it for the tokenizer, the config
+    and the weights)."""
     code = (
-        "import sys\nfrom tunelab.console import configure\nfrom tunelab.models.registry import resolve\n"
-        "configure(sys.argv[1] == 'verbose')\nprint(resolve('smollm2-135m'))\n"
+        "import sys\nimport gguf\nfrom tunelab.console import configure\n"
+        "from tunelab.models.registry import resolve\n"
+        "parses = []\ninit = gguf.GGUFReader.__init__\n"
+        "gguf.GGUFReader.__init__ = lambda self, *a, **k: parses.append(a) or init(self, *a, **k)\n"
+        "configure(sys.argv[1] == 'verbose')\nprint(resolve('smollm2-135m'))\nprint('parses', len(parses))\n"
     )
     out = {}
     for mode in ("quiet", "verbose"):
@@ -101,6 +105,7 @@ def test_gguf_conversion_bar_is_quiet_unless_verbose(tmp_path):
             [sys.executable, "-c", code, mode], capture_output=True, text=True, env=env, timeout=600
         )
         assert r.returncode == 0, r.stderr
+        assert r.stdout.splitlines()[-1] == "parses 1", r.stdout
         out[mode] = r.stderr
     assert "Converting and de-quantizing" not in out["quiet"] and "Loading weights" not in out["quiet"]
     assert "Converting and de-quantizing" in out["verbose"]

@@ -147,3 +147,42 @@ def test_params_cli_of_a_task_file_counts_its_labels(tmp_path, capsys):
     assert out["task"] == "six" and out["added"] == {"score": 2048 * 6} and out["num_labels"] == 6
     assert main(["params", "llama-3.2-1b", "--task", str(task)]) == 0
     assert "six  (sequence classification, 6 labels)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("finished", [True, False])
+def test_a_conversion_waits_for_the_process_converting_and_reuses_its_folder(monkeypatch, finished):
+    """The processes of a first `accelerate launch` convert the embedded GGUF once: a second one waits on
+    the lock, then takes the folder the first wrote (or converts, if the first died without one)."""
+    import fcntl
+    import os
+    import threading
+    import time
+    from pathlib import Path
+
+    from tunelab.models import registry
+
+    alias = registry.ALIASES["smollm2-135m"]
+    target = registry.cache_dir() / "models" / alias.name
+    target.parent.mkdir(parents=True)
+    converted = []
+
+    def convert(alias, gguf, target, complete):
+        converted.append(gguf)
+        return target
+
+    monkeypatch.setattr(registry, "_convert", convert)
+    holder = os.open(target.parent / f".{alias.name}.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    got = []
+    waiter = threading.Thread(target=lambda: got.append(registry.convert_gguf(alias, Path("x.gguf"))))
+    waiter.start()
+    time.sleep(0.5)
+    assert waiter.is_alive() and not converted  # waiting for the holder
+    if finished:
+        target.mkdir()
+        (target / "model.safetensors").write_bytes(b"w")
+        (target / "tokenizer.json").write_text("{}")
+    os.close(holder)
+    waiter.join(10)
+    assert got == [target]
+    assert converted == ([] if finished else [Path("x.gguf")])

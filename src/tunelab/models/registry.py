@@ -126,8 +126,8 @@ def hub_token(explicit: str | None = None) -> str | None:
 
 
 def convert_gguf(alias: Alias, gguf: Path) -> Path:
-    """Dequantise the embedded GGUF once into a cached safetensors folder (~30 s on 2 CPU cores; later loads
-    ~1 s).
+    """Dequantise the embedded GGUF once into a cached safetensors folder (~20 s on 2 CPU cores,
+    benchmarks/results/gguf-conversion-cpu.json; later loads ~1 s).
 
     Written to a temporary folder and renamed into place, so an interrupted conversion never leaves a folder
     that looks complete.

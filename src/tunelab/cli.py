@@ -7,6 +7,7 @@ argparse takes as they are, and nothing here needs another dependency."""
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import os
 import sys
@@ -661,13 +662,17 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
-    from tunelab.distributed import launched_processes
+    from tunelab.distributed import finish_together, launched_processes
     from tunelab.models.remote_code import trust_remote_code
 
     trust_remote_code(getattr(args, "trust_remote_code", False))  # set on every call: off unless asked
     from tunelab.console import configure
 
     configure(args.verbose, models=args.command in LOADS_MODELS)
+    if launched_processes() > 1 and not faulthandler.is_enabled():
+        # one of several processes dying of a signal (an abort in a C++ library) then prints where each
+        # of its threads was, rather than torchrun's bare "Signal 6 (SIGABRT) received"
+        faulthandler.enable(file=sys.__stderr__ or sys.stderr)
     try:
         with signals.handled():  # SIGTERM ends a run as Ctrl-C does (tunelab.signals)
             if launched_processes() > 1 and args.command not in MULTI_PROCESS:
@@ -675,7 +680,9 @@ def main(argv: list[str] | None = None) -> int:
                     f"`tunelab {args.command}` runs in one process: start it without accelerate launch or "
                     f"torchrun (these use several: {', '.join(MULTI_PROCESS)})"
                 )
-            return COMMANDS[args.command](args)
+            code = COMMANDS[args.command](args)
+            finish_together()
+            return code
     except UsageError as exc:
         _say(f"tunelab: error: {exc}", exc)
         return exc.exit_code

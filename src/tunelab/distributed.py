@@ -51,6 +51,17 @@ def _destroy_group() -> None:
         torch.distributed.destroy_process_group()
 
 
+def finish_together() -> None:
+    """At the end of a command that succeeded on this process: wait until every process has finished, then
+    leave the process group together. Otherwise a process that has nothing left to write (not the main one)
+    tears gloo down while the main one is still using its connections, which is where finished processes were
+    seen to abort. Only on success: after an error the others may be inside a collective that a barrier would
+    wrongly pair with (the atexit fallback of `destroy_group_at_exit` then only destroys)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 def distributed_state() -> PartialState | None:
     """accelerate's PartialState when this is one of several processes, else None. Creating it joins the
     process group, which the training Accelerator then reuses."""

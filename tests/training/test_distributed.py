@@ -66,6 +66,7 @@ def _env():
         OMP_NUM_THREADS="1",
         ACCELERATE_DISABLE_RICH="1",
         CUDA_VISIBLE_DEVICES="",
+        PYTHONFAULTHANDLER="1",  # a process that aborts prints its threads' stacks
     )
     for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         e.pop(key, None)

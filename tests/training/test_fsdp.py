@@ -59,6 +59,9 @@ LAUNCHED = textwrap.dedent("""
 
     from tunelab.cli import main
     code = main(sys.argv[1:])
+    # before the interpreter's exit: has the command left the process group, together with the other process?
+    with open(f"in-group-after-{os.environ['RANK']}.txt", "w") as f:
+        f.write(str(torch.distributed.is_initialized()))
     sys.exit(code)
 """)
 
@@ -71,6 +74,7 @@ def _env(**extra):
         OMP_NUM_THREADS="1",
         ACCELERATE_DISABLE_RICH="1",
         CUDA_VISIBLE_DEVICES="",
+        PYTHONFAULTHANDLER="1",  # a process that aborts prints its threads' stacks
         **extra,
     )
     for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
@@ -232,6 +236,7 @@ def test_fsdp_saves_the_whole_model_and_matches_one_process(tiny_model_dir, tmp_
     # 2 processes x batch 4 = the same global batch of 8; evaluation during training runs on the sharded model
     _run(_args(task, tiny_model_dir, tmp_path, two, 4, *extra, "--eval-every", "2"), tmp_path, fsdp=True)
     assert not two.with_name("two.partial").exists()
+    assert [(tmp_path / f"in-group-after-{r}.txt").read_text() for r in (0, 1)] == ["False", "False"]
     _assert_same_run(one, two)
     assert json.loads((two / "tunelab.json").read_text())["method"] == method
     # the saved folder is a complete model: `tunelab evaluate` reloads it and scores it as training's end did

@@ -19,9 +19,9 @@ $(BIN)/tunelab: pyproject.toml
 
 setup: $(BIN)/tunelab
 
-# pytest-xdist workers. TEST_WORKERS=2 is faster on 2 cores, but in its one clean-clone trial two FSDP tests running
-# side by side each lost rank 1 to a SIGABRT (not reproduced since), so the default stays one process (0).
-# worksteal: an idle worker takes tests queued for a busy one, so the long tests do not end the run on one.
+# pytest-xdist workers: 0 runs the tests in this process; CI runs two (.ci/run). worksteal: an idle worker takes
+# tests queued for a busy one, so the long tests do not end the run on one. Tests that launch several processes
+# take turns (tests/conftest.py: one_launch_at_a_time).
 TEST_WORKERS ?= 0
 PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 

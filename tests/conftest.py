@@ -79,6 +79,19 @@ def tiny_model_dir(tmp_path_factory):
     return str(make_model_dir(tmp_path_factory.mktemp("tiny-llama")))
 
 
+@pytest.fixture
+def one_launch_at_a_time(tmp_path_factory):
+    """The tests that launch several processes (torchrun, accelerate launch) take turns across pytest-xdist
+    workers: a lock file shared by the workers of one session (xdist's loadgroup does not group tests under
+    pytest 9)."""
+    import fcntl
+
+    lock = tmp_path_factory.getbasetemp().parent / "tunelab-launches.lock"
+    with lock.open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))

@@ -16,6 +16,9 @@ import torch
 from tunelab.distributed import shard_bounds
 from tunelab.training import shard_batch
 
+# the tests that launch processes run one at a time, also under pytest-xdist (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("one_launch_at_a_time")
+
 SCRIPT = textwrap.dedent("""
     import atexit, json, os, sys
     from pathlib import Path

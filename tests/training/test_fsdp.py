@@ -19,7 +19,8 @@ import pytest
 import torch
 from helpers import qa_examples, sst2_examples
 
-pytestmark = pytest.mark.slow
+# the tests that launch processes run one at a time, also under pytest-xdist (tests/conftest.py)
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_launch_at_a_time")]
 
 ROOT = Path(__file__).resolve().parents[2]
 FSDP_YAML = ROOT / "configs" / "accelerate" / "fsdp.yaml"

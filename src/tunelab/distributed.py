@@ -4,6 +4,7 @@ writes, and splitting evaluation work across them."""
 from __future__ import annotations
 
 import atexit
+import datetime
 import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -33,33 +34,45 @@ def check_joined(joined: int, world: int) -> None:
         )
 
 
-_DESTROY_REGISTERED = False
+_JOINED = False
+_FINISH_GROUP = None  # a gloo group with no practical timeout, that `finish_together` waits on
 
 
-def destroy_group_at_exit() -> None:
-    """Once this process has joined a process group, destroy it before the interpreter exits: left to
-    interpreter finalization, gloo's worker threads can abort a finished process (SIGABRT, "terminate called
-    without an active exception"; pytorch/pytorch#190489)."""
-    global _DESTROY_REGISTERED
-    if not _DESTROY_REGISTERED and torch.distributed.is_available() and torch.distributed.is_initialized():
-        atexit.register(_destroy_group)
-        _DESTROY_REGISTERED = True
+def on_joined() -> None:
+    """Once this process has joined a process group (every process calls it at the same point, right after
+    joining):
+    - destroy the group before the interpreter exits: left to interpreter finalization, gloo's worker threads
+      can abort a finished process (SIGABRT, "terminate called without an active exception");
+    - over gloo (CPU processes), make a second group whose barrier waits for days, for `finish_together`."""
+    global _JOINED, _FINISH_GROUP
+    dist = torch.distributed
+    if _JOINED or not (dist.is_available() and dist.is_initialized()):
+        return
+    _JOINED = True
+    atexit.register(_destroy_group)
+    if dist.get_backend() == "gloo":
+        _FINISH_GROUP = dist.new_group(backend="gloo", timeout=datetime.timedelta(days=7))
 
 
 def _destroy_group() -> None:
+    global _FINISH_GROUP
+    _FINISH_GROUP = None
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
 
 
 def finish_together() -> None:
-    """At the end of a command that succeeded on this process: wait until every process has finished, then
-    leave the process group together. Otherwise a process that has nothing left to write (not the main one)
-    tears gloo down while the main one is still using its connections, which is where finished processes were
-    seen to abort. Only on success: after an error the others may be inside a collective that a barrier would
-    wrongly pair with (the atexit fallback of `destroy_group_at_exit` then only destroys)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+    """At the end of a command that succeeded on this process: leave the process group. Over gloo (CPU
+    processes), first wait until every process has finished: otherwise one with nothing left to write (not the
+    main one) tears gloo down while the main one still uses its connections, which is where finished processes
+    were seen to abort. The wait has no practical time limit (`on_joined`'s group), for the main process may
+    evaluate alone for hours on a CPU, and a barrier of the main group gives up after its timeout (30
+    minutes); if the main process fails, the launcher stops this one. Only on success: after an error the
+    others may be inside a collective that a barrier would wrongly pair with (the atexit fallback then only
+    destroys)."""
+    if _FINISH_GROUP is not None:
+        torch.distributed.barrier(group=_FINISH_GROUP)
+    _destroy_group()
 
 
 def distributed_state() -> PartialState | None:
@@ -74,7 +87,7 @@ def distributed_state() -> PartialState | None:
     # Without a GPU, accelerate only joins the processes together when told to use the CPU.
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available())
     check_joined(state.num_processes, world)
-    destroy_group_at_exit()
+    on_joined()
     return state
 
 

@@ -351,3 +351,41 @@ def test_every_process_stops_when_the_output_folder_is_refused(tmp_path):
     assert done.returncode != 0
     for rank in (0, 1):
         assert f"process {rank} refused: {out} is being written by another tunelab run" in said, said[-3000:]
+
+
+FINISH = textwrap.dedent("""
+    import datetime, os, sys, time
+    import torch.distributed as dist
+    from tunelab.distributed import finish_together, on_joined
+
+    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=2))
+    on_joined()  # as tunelab does once it has joined
+    if dist.get_rank() == 0:
+        time.sleep(6)  # the main process evaluates and writes alone, for longer than the group's timeout
+    if sys.argv[1] == "plain":
+        dist.barrier()
+    else:
+        finish_together()
+    print(f"process {dist.get_rank() if dist.is_initialized() else os.environ['RANK']} left the group "
+          f"{'' if dist.is_initialized() else 'together'}", flush=True)
+""")
+
+
+def test_the_processes_wait_for_the_main_one_past_the_group_timeout(tmp_path):
+    """At the end of a command the others wait for the main process, however long it still works alone,
+    and then every process leaves the process group; a plain barrier would give up at the group's timeout."""
+    script = tmp_path / "finish.py"
+    script.write_text(FINISH)
+
+    def launch(how: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+        cmd += ["--master_port", str(_free_port()), str(script), how]
+        return subprocess.run(cmd, env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=180)
+
+    done = launch("together")
+    said = done.stdout + done.stderr
+    assert done.returncode == 0, said[-3000:]
+    assert "process 0 left the group together" in said and "process 1 left the group together" in said
+    plain = launch("plain")  # the control: the waiting process's barrier times out
+    said = plain.stdout + plain.stderr
+    assert plain.returncode != 0 and "Timed out waiting 2000ms" in said and "process 1 left" not in said

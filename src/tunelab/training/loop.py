@@ -43,7 +43,7 @@ import torch
 from tqdm.auto import tqdm
 
 from tunelab import signals
-from tunelab.distributed import check_joined, destroy_group_at_exit, launched_processes
+from tunelab.distributed import check_joined, launched_processes, on_joined
 from tunelab.errors import UsageError
 from tunelab.options import TrainConfig
 from tunelab.outputs import read_json, write_json, write_text
@@ -138,7 +138,7 @@ class Trainer:
                 f"the config {cfg.grad_accum}"
             )
         check_joined(accelerator.num_processes, launched)
-        destroy_group_at_exit()
+        on_joined()
         return accelerator
 
     def _plan(self, features: list[dict]) -> None:

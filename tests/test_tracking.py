@@ -112,3 +112,29 @@ def test_tracking_leaves_accelerate_state_to_the_training_loop(tmp_path):
     )
     assert r.returncode == 0, r.stderr
     assert list((tmp_path / "run").glob("events.out.tfevents.*"))
+
+
+def test_zeroshot_and_evaluate_report_their_metrics_to_tensorboard(tmp_path, tiny_model_dir):
+    """`--report-to` on the evaluation commands: the metrics.json scalars as dev/NAME, the tags fine-tuning's
+    final evaluation uses; without it no tracking folder."""
+    from helpers import sst2_examples, sst2_tsv
+
+    sst2_tsv(sst2_examples(8, 0), tmp_path / "train.tsv")
+    sst2_tsv(sst2_examples(6, 1), tmp_path / "dev.tsv")
+    dev = ["--task", "sst2", "--data-file", str(tmp_path / "dev.tsv")]
+    zs = tmp_path / "zs"
+    assert main(["zeroshot", tiny_model_dir, *dev, "--out", str(zs), "--report-to", "tensorboard"]) == 0
+    metrics = json.loads((zs / "metrics.json").read_text())
+    accs = _events(zs / "tracking")
+    for key in ("accuracy", "f1", "precision", "recall"):
+        assert _scalars(accs, f"dev/{key}") == [(0, pytest.approx(metrics[key]))], key
+    ft = tmp_path / "ft"
+    train = ["--train-file", str(tmp_path / "train.tsv"), "--batch-size", "4", "--max-length", "32"]
+    assert main(["finetune", tiny_model_dir, *dev, *train, "--out", str(ft)]) == 0
+    assert not (ft / "tracking").exists()
+    ev = tmp_path / "ev"
+    assert main(["evaluate", str(ft), *dev, "--out", str(ev), "--report-to", "tensorboard"]) == 0
+    metrics = json.loads((ev / "metrics.json").read_text())
+    assert _scalars(_events(ev / "tracking"), "dev/accuracy") == [(0, pytest.approx(metrics["accuracy"]))]
+    again = tmp_path / "again"
+    assert main(["evaluate", str(ft), *dev, "--out", str(again)]) == 0 and not (again / "tracking").exists()

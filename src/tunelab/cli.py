@@ -101,6 +101,7 @@ def _add_run_parsers(sub) -> None:
     _add_data_opts(p)
     p.add_argument("--train-file", help="where --shots examples come from, instead of the task's train split")
     add_flags(p, ZEROSHOT_OPTIONS)
+    add_flags(p, ECO_RUN_OPTIONS, names=("report_to",), default_note="")
 
     p = sub.add_parser(
         "finetune",
@@ -126,6 +127,7 @@ def _add_run_parsers(sub) -> None:
     p.add_argument("--task", help="default: the task the folder was fine-tuned for; " + TASK_HELP)
     _add_data_opts(p)
     add_flags(p, EVALUATE_OPTIONS, defaults=True)
+    add_flags(p, ECO_RUN_OPTIONS, names=("report_to",), default_note="")
 
 
 def _add_study_parsers(sub) -> None:
@@ -355,6 +357,7 @@ def cmd_zeroshot(args) -> int:
 
     task = _task(args)
     options = ZeroShotOptions(**{**task.zeroshot_options(), **_options(args, ZEROSHOT_OPTIONS, task)})
+    report_to = _trackers(args)
     examples, data = task.load_split(args.split, args.data_dir, args.data_file, args.dataset)
     examples = examples[: options.limit] if options.limit else examples
     pool = (
@@ -372,6 +375,7 @@ def cmd_zeroshot(args) -> int:
             options,
             shot_pool=pool,
             overwrite=args.overwrite,
+            report_to=report_to,
             inputs=_inputs(args, task),
         ),
     )
@@ -390,14 +394,12 @@ def _train_config(args, task):
 
 def cmd_finetune(args) -> int:
     from tunelab import runs
-    from tunelab.tracking import check_available
 
     task = _task(args)
     cfg = _train_config(args, task)
     extras = {**task.finetune_extras(), **_options(args, FINETUNE_EXTRAS, task)}
-    report_to = ECO_RUN_OPTIONS["report_to"].check(args.report_to or "none", None, "--report-to")
+    report_to = _trackers(args)
     seeds = ECO_RUN_OPTIONS["seeds"].check(args.seeds, None, "--seeds")
-    check_available(report_to)  # before any work
     train_ex, train_data = task.load_split("train", args.data_dir, args.train_file, args.dataset)
     dev_ex, dev_data = task.load_split(args.split, args.data_dir, args.data_file, args.dataset)
     dev_ex = dev_ex[: extras["limit"]] if extras["limit"] else dev_ex
@@ -525,6 +527,7 @@ def cmd_evaluate(args) -> int:
         k: EVALUATE_OPTIONS[k].check(getattr(args, k), None, "--" + k.replace("_", "-"))
         for k in EVALUATE_OPTIONS
     }
+    report_to = _trackers(args)
     task = _task(args) if args.task else None
     meta = runs.read_meta(args.model_dir)
     data_task = task or task_from_meta(meta, f"{args.model_dir}/{runs.META_FILE}")
@@ -538,9 +541,19 @@ def cmd_evaluate(args) -> int:
         task=task,
         batch_size=options["batch_size"],
         overwrite=args.overwrite,
+        report_to=report_to,
         inputs=_inputs(args, data_task),
     )
     return _report(data_task.for_meta(meta).for_data(examples), args, m)
+
+
+def _trackers(args) -> list[str]:
+    """--report-to's trackers, each one's package checked before any work."""
+    from tunelab.tracking import check_available
+
+    report_to = ECO_RUN_OPTIONS["report_to"].check(args.report_to or "none", None, "--report-to")
+    check_available(report_to)
+    return report_to
 
 
 def _report(task, args, m: dict | None) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -51,12 +52,14 @@ def zeroshot(
     *,
     shot_pool: list | None = None,
     overwrite: bool = False,
+    report_to: list[str] | None = None,
     inputs: Inputs = (),
 ) -> dict | None:
     """Evaluate the base model by prompting; returns the metrics (None on processes that do not write).
     `inputs`: what else the caller read (a data folder, a config file), which `out` must not touch.
     With `options.shots` = K > 0, K examples drawn from `shot_pool` (the task's training split, never the
-    evaluated examples) are shown solved before each input (k-shot)."""
+    evaluated examples) are shown solved before each input (k-shot). `report_to`: experiment trackers, which
+    get the metrics and the options (`log_final`)."""
     task = task.for_data(examples)
     task.check_eval(examples, data)
     task.check_prompts(options.prompt, None)
@@ -81,7 +84,7 @@ def zeroshot(
         extra.update(seconds=seconds, device=str(dev), shots=options.shots)
         if shots:
             extra.update(shot_seed=options.shot_seed, shot_examples=[_shot_ref(ex) for ex in shots])
-        return task.write_results(
+        metrics = task.write_results(
             work,
             model=model_spec,
             mode="zeroshot",
@@ -90,6 +93,9 @@ def zeroshot(
             predictions=predictions,
             extra=extra,
         )
+        hparams = {"model": model_spec, "task": task.name, "data": data, "options": asdict(options)}
+        log_final(report_to, work / "tracking", "zeroshot", hparams, metrics)
+        return metrics
 
 
 def _shot_ref(ex) -> dict:
@@ -171,6 +177,19 @@ def _tracking(names, logging_dir: Path, run_name: str, config: dict):
     from tunelab.tracking import tracking
 
     return tracking(list(names or []), logging_dir, run_name, config) if main_process() else None
+
+
+def log_final(names, logging_dir: Path, run_name: str, config: dict, metrics: dict) -> None:
+    """An evaluation's metrics and `config` to the experiment trackers `names`, as one run named `run_name`:
+    its scalars as dev/NAME at step 0, the tags of a fine-tuning run's final evaluation, so that zero-shot and
+    fine-tuned runs share charts. Nothing without trackers."""
+    tracker = _tracking(names, logging_dir, run_name, config)
+    if tracker is None:
+        return
+    try:
+        tracker.log({f"dev/{k}": v for k, v in metrics.items()}, step=0)
+    finally:
+        tracker.finish()
 
 
 def _finetune_in(
@@ -256,10 +275,12 @@ def evaluate(
     task: Task | None = None,
     batch_size: int | str = 64,
     overwrite: bool = False,
+    report_to: list[str] | None = None,
     inputs: Inputs = (),
 ) -> dict | None:
     """Evaluate a fine-tuned folder on `examples` (as `task`, by default the one it was trained for).
-    `inputs`: what else the caller read (a data folder, a task file), which `out` must not touch."""
+    `inputs`: what else the caller read (a data folder, a task file), which `out` must not touch.
+    `report_to`: experiment trackers, which get the metrics (`log_final`)."""
     read = [("fine-tuned model folder", model_dir), ("data file", data), *inputs]
     check_apart(out, read)  # before loading the model
     model, tokenizer, meta, trained_for = load_finetuned(model_dir, task)
@@ -275,7 +296,7 @@ def evaluate(
         )  # a share per process
         if not main_process():
             return None
-        return task.write_results(
+        metrics = task.write_results(
             work,
             model=str(model_dir),
             mode="finetuned",
@@ -284,6 +305,9 @@ def evaluate(
             predictions=task.join_predictions(parts),
             extra={"seconds": time.perf_counter() - t0, "device": str(dev)},
         )
+        hparams = {"model": str(model_dir), "task": task.name, "data": data, "batch_size": batch_size}
+        log_final(report_to, work / "tracking", "evaluate", hparams, metrics)
+        return metrics
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -158,3 +158,20 @@ def test_no_import_cycles():
         m: {n for n in _imports(p, True, set(paths)) if n in models and n != m} for m, p in models.items()
     }
     assert _cycle(graph) is None, _cycle(graph)
+
+
+def test_the_command_line_parser_imports_no_torch():
+    """`tunelab --help` (and every parse of the command line) answers at once: torch, transformers and the
+    study's stages (which import them, 3 s) are imported only by the commands that use them."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from tunelab.cli import build_parser\n"
+        "assert 'usage: tunelab' in build_parser().format_help()\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'tunelab.study.run') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"

@@ -82,11 +82,12 @@ def tiny_model_dir(tmp_path_factory):
 @pytest.fixture
 def one_launch_at_a_time(tmp_path_factory):
     """The tests that launch several processes (torchrun, accelerate launch) take turns across pytest-xdist
-    workers: a lock file shared by the workers of one session (xdist's loadgroup does not group tests under
-    pytest 9)."""
+    workers: a lock file in the session's base folder, which the workers' folders share (xdist's loadgroup
+    does not group tests under pytest 9)."""
     import fcntl
 
-    lock = tmp_path_factory.getbasetemp().parent / "tunelab-launches.lock"
+    base = tmp_path_factory.getbasetemp()
+    lock = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "tunelab-launches.lock"
     with lock.open("a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         yield

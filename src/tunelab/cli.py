@@ -459,6 +459,7 @@ def _finetune_seeds(args, task, cfg, seeds, train_ex, dev_ex, dev_data, train_da
     from pathlib import Path
 
     from tunelab import runs
+    from tunelab.distributed import main_process
     from tunelab.outputs import atomic_output, read_json, write_json
 
     options = {k: v for k, v in extras.items() if k not in ("limit", "train_limit", "extra_train")}
@@ -503,7 +504,7 @@ def _finetune_seeds(args, task, cfg, seeds, train_ex, dev_ex, dev_data, train_da
                 continue
             per_seed[seed] = m
             print(task.for_data(train_ex + dev_ex).summary_line(m) + f" (seed {seed})")
-        if not per_seed:
+        if not main_process():  # the main one writes the summary (the others skip their finished seeds too)
             return 0
         keys = [k for k, _, _ in task.for_metrics(per_seed[seeds[0]]).metric_rows(per_seed[seeds[0]])]
         summary = {}

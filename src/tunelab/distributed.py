@@ -6,6 +6,7 @@ from __future__ import annotations
 import atexit
 import datetime
 import os
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -55,23 +56,27 @@ def on_joined() -> None:
 
 
 def _destroy_group() -> None:
-    global _FINISH_GROUP
-    _FINISH_GROUP = None
-    if torch.distributed.is_initialized():
+    global _JOINED, _FINISH_GROUP
+    if _JOINED and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+    _JOINED, _FINISH_GROUP = False, None
 
 
 def finish_together() -> None:
-    """At the end of a command that succeeded on this process: leave the process group. Over gloo (CPU
-    processes), first wait until every process has finished: otherwise one with nothing left to write (not the
-    main one) tears gloo down while the main one still uses its connections, which is where finished processes
-    were seen to abort. The wait has no practical time limit (`on_joined`'s group), for the main process may
-    evaluate alone for hours on a CPU, and a barrier of the main group gives up after its timeout (30
-    minutes); if the main process fails, the launcher stops this one. Only on success: after an error the
-    others may be inside a collective that a barrier would wrongly pair with (the atexit fallback then only
-    destroys)."""
+    """At the end of a command that succeeded on this process: leave the process group tunelab joined (none
+    else). Over gloo (CPU processes), first wait until every process has finished: otherwise one with nothing
+    left to write (not the main one) tears gloo down while the main one still uses its connections, which is
+    where finished processes were seen to abort. The wait has no practical time limit (`on_joined`'s group),
+    for the main process may evaluate alone for hours on a CPU, and a barrier of the main group gives up
+    after its timeout (30 minutes). It polls, so that SIGTERM (the launcher stopping the run) still ends it;
+    if the main process fails, its closed connections end the wait with an error. Only on success: after an
+    error the others may be inside a collective that a barrier would wrongly pair with (the atexit fallback
+    then only destroys)."""
     if _FINISH_GROUP is not None:
-        torch.distributed.barrier(group=_FINISH_GROUP)
+        work = torch.distributed.barrier(group=_FINISH_GROUP, async_op=True)
+        while not work.is_completed():
+            time.sleep(0.05)
+        work.wait()  # raises if the barrier failed
     _destroy_group()
 
 

@@ -142,6 +142,31 @@ def test_finetune_seeds_resume_keeps_finished_seeds(tmp_path, tiny_model_dir, mo
     assert json.loads((out / "seeds.json").read_text())["seeds"] == [5, 6]
 
 
+def test_finetune_seeds_resume_on_a_process_that_does_not_write(tmp_path, tiny_model_dir, monkeypatch):
+    """Under `accelerate launch` the other processes see the seeds finished before an interruption too, but
+    train the rest without results (runs.finetune returns None there): they leave the summary to the main
+    process rather than summarise a partial set."""
+    from tunelab import distributed, runs
+
+    data = _data(tmp_path)
+    out = tmp_path / "ft"
+    args = ["finetune", tiny_model_dir, "--task", "sst2", "--data-dir", str(data), "--out", str(out)]
+    args += ["--input-prompt", "plain", "--batch-size", "8", "--max-length", "32", "--seeds", "5,6"]
+    real = runs.finetune
+
+    def crash_on_6(*a, **k):
+        if str(a[5]).endswith("seed-6"):
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(runs, "finetune", crash_on_6)
+    assert main(args) == 130
+    monkeypatch.setattr(runs, "finetune", lambda *a, **k: None)  # seed 6, on a process that does not write
+    monkeypatch.setattr(distributed, "main_process", lambda: False)
+    assert main([*args, "--resume"]) == 0
+    assert not list(tmp_path.glob("ft*/seeds.json"))
+
+
 def test_one_seed_in_a_study_seeds_its_training(tmp_path, tiny_model_dir):
     """`seeds: [7]` trains with seed 7 (not the study's `seed`)."""
     data = _data(tmp_path)

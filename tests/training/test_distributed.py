@@ -17,7 +17,7 @@ from tunelab.distributed import shard_bounds
 from tunelab.training import shard_batch
 
 # the tests that launch processes run one at a time, also under pytest-xdist (tests/conftest.py)
-pytestmark = pytest.mark.usefixtures("one_launch_at_a_time")
+takes_turns = pytest.mark.usefixtures("one_launch_at_a_time")
 
 SCRIPT = textwrap.dedent("""
     import atexit, json, os, sys
@@ -82,6 +82,7 @@ def _run(cmd, cwd) -> str:
     return done.stdout + done.stderr
 
 
+@takes_turns
 def test_two_processes_match_one_with_the_same_global_batch(tiny_model_dir, tmp_path):
     from safetensors.torch import load_file
 
@@ -248,6 +249,7 @@ def _same_metrics(one: Path, two: Path, keys):
         assert m2[k] == pytest.approx(m1[k], abs=1e-9), k
 
 
+@takes_turns
 @pytest.mark.slow
 def test_zeroshot_and_evaluate_split_across_processes(tiny_model_dir, tmp_path):
     """Two processes each take a share of the examples (11: an uneven split) and the first writes what one
@@ -335,6 +337,7 @@ REFUSED = textwrap.dedent("""
 """)
 
 
+@takes_turns
 def test_every_process_stops_when_the_output_folder_is_refused(tmp_path):
     """Only the first process takes the lock and looks at the work folder; when it cannot go on, the others
     must stop too rather than wait for it forever."""
@@ -371,6 +374,7 @@ FINISH = textwrap.dedent("""
 """)
 
 
+@takes_turns
 def test_the_processes_wait_for_the_main_one_past_the_group_timeout(tmp_path):
     """At the end of a command the others wait for the main process, however long it still works alone,
     and then every process leaves the process group; a plain barrier would give up at the group's timeout."""

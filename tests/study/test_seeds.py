@@ -110,12 +110,13 @@ def test_finetune_seeds(tmp_path, tiny_model_dir, capsys):
     assert main([*args[:-1], "5,5"]) == 2  # repeats refused
 
 
-def test_finetune_seeds_resume_keeps_finished_seeds(tmp_path, tiny_model_dir, monkeypatch, capsys):
+def _interrupted_at_seed_6(tmp_path, model, monkeypatch):
+    """`finetune --seeds 5,6` interrupted (Ctrl-C) once seed 5 is done; returns its arguments and the real
+    runs.finetune."""
     from tunelab import runs
 
     data = _data(tmp_path)
-    out = tmp_path / "ft"
-    args = ["finetune", tiny_model_dir, "--task", "sst2", "--data-dir", str(data), "--out", str(out)]
+    args = ["finetune", model, "--task", "sst2", "--data-dir", str(data), "--out", str(tmp_path / "ft")]
     args += ["--input-prompt", "plain", "--batch-size", "8", "--max-length", "32", "--seeds", "5,6"]
     real = runs.finetune
 
@@ -126,6 +127,14 @@ def test_finetune_seeds_resume_keeps_finished_seeds(tmp_path, tiny_model_dir, mo
 
     monkeypatch.setattr(runs, "finetune", crash_on_6)
     assert main(args) == 130
+    return args, real
+
+
+def test_finetune_seeds_resume_keeps_finished_seeds(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    from tunelab import runs
+
+    args, real = _interrupted_at_seed_6(tmp_path, tiny_model_dir, monkeypatch)
+    out = tmp_path / "ft"
     finished = tmp_path / "ft.partial" / "seed-5" / "eval" / "metrics.json"
     assert not out.exists() and finished.is_file()
     assert "kept the finished runs" in capsys.readouterr().err
@@ -148,19 +157,7 @@ def test_finetune_seeds_resume_on_a_process_that_does_not_write(tmp_path, tiny_m
     process rather than summarise a partial set."""
     from tunelab import distributed, runs
 
-    data = _data(tmp_path)
-    out = tmp_path / "ft"
-    args = ["finetune", tiny_model_dir, "--task", "sst2", "--data-dir", str(data), "--out", str(out)]
-    args += ["--input-prompt", "plain", "--batch-size", "8", "--max-length", "32", "--seeds", "5,6"]
-    real = runs.finetune
-
-    def crash_on_6(*a, **k):
-        if str(a[5]).endswith("seed-6"):
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(runs, "finetune", crash_on_6)
-    assert main(args) == 130
+    args, _ = _interrupted_at_seed_6(tmp_path, tiny_model_dir, monkeypatch)
     monkeypatch.setattr(runs, "finetune", lambda *a, **k: None)  # seed 6, on a process that does not write
     monkeypatch.setattr(distributed, "main_process", lambda: False)
     assert main([*args, "--resume"]) == 0

@@ -180,14 +180,13 @@ def _tracking(names, logging_dir: Path, run_name: str, config: dict):
 
 
 def log_final(names, logging_dir: Path, run_name: str, config: dict, metrics: dict) -> None:
-    """An evaluation's metrics and `config` to the experiment trackers `names`, as one run named `run_name`:
-    its scalars as dev/NAME at step 0, the tags of a fine-tuning run's final evaluation, so that zero-shot and
-    fine-tuned runs share charts. Nothing without trackers."""
+    """An evaluation's metrics (at step 0, `Tracking.log_dev`) and `config` to the experiment trackers
+    `names`, as one run named `run_name`. Nothing without trackers."""
     tracker = _tracking(names, logging_dir, run_name, config)
     if tracker is None:
         return
     try:
-        tracker.log({f"dev/{k}": v for k, v in metrics.items()}, step=0)
+        tracker.log_dev(metrics, 0)
     finally:
         tracker.finish()
 
@@ -258,7 +257,7 @@ def _finetune_in(
         extra=extra,
     )
     if tracker is not None:
-        tracker.log({f"dev/{k}": v for k, v in metrics.items()}, result.steps)
+        tracker.log_dev(metrics, result.steps)
     from tunelab.report.plots import loss_curve
 
     loss_curve(result.log, work / "loss.png", title=f"{task.title} {cfg.method} fine-tuning")

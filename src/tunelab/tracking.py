@@ -80,6 +80,11 @@ class Tracking:
         else:
             self.log({f"eval/{k}": v for k, v in entry.items() if k != "step"}, step)
 
+    def log_dev(self, metrics: dict, step: int) -> None:
+        """A final evaluation's metrics (metrics.json) as dev/NAME: the same tags for zero-shot, fine-tuned
+        and evaluated runs, so that they share charts."""
+        self.log({f"dev/{k}": v for k, v in metrics.items()}, step)
+
     def finish(self) -> None:
         for tracker in self.trackers:
             tracker.finish()

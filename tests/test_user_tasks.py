@@ -312,8 +312,8 @@ def test_shipped_label_words_are_told_apart_by_the_smollm2_tokenizer(monkeypatch
 @pytest.mark.slow
 def test_real_model_learns_trec_and_rte(tmp_path):
     """SmolLM2-135M on subsets of the real files: zero-shot and fine-tuned well above the majority class on
-    TREC (measured with 100 test / 320 training questions: 58% zero-shot, 84% fine-tuned), and RTE's sentence
-    pairs through every stage (under three minutes on 2 CPU cores)."""
+    TREC (with these 64 test / 96 training questions, on 2 CPU cores: majority 28%, zero-shot 52%, fine-tuned
+    73%), and RTE's sentence pairs through every stage (about 1.5 minutes on 2 CPU cores)."""
     import os
     from pathlib import Path
 
@@ -326,13 +326,13 @@ def test_real_model_learns_trec_and_rte(tmp_path):
             "squad": {"enabled": False},
             "trec": {
                 "file": str(TREC),
-                "zeroshot": {"limit": 80},
-                "finetune": {"limit": 80, "train_limit": 160},
+                "zeroshot": {"limit": 64},
+                "finetune": {"limit": 64, "train_limit": 96},
             },
             "rte": {
                 "file": str(RTE),
-                "zeroshot": {"limit": 24},
-                "finetune": {"limit": 24, "train_limit": 32, "max_length": 128},
+                "zeroshot": {"limit": 12},
+                "finetune": {"limit": 12, "train_limit": 16, "max_length": 128},
             },
         },
     }
@@ -348,6 +348,6 @@ def test_real_model_learns_trec_and_rte(tmp_path):
     assert zs["accuracy"] > majority + 0.1, zs
     assert ft["accuracy"] > majority + 0.1, ft
     rte = metrics(run, "rte")
-    assert rte["n"] == 24 and 0 <= rte["accuracy"] <= 1 and rte["positive_label"] == "entailment"
+    assert rte["n"] == 12 and 0 <= rte["accuracy"] <= 1 and rte["positive_label"] == "entailment"
     md = (run / "report.md").read_text()
     assert "## TREC-6" in md and "## RTE" in md

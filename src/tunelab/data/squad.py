@@ -10,7 +10,13 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunelab.data.text import find_surrogate, may_hold_surrogates, read_utf8, surrogate_problem
+from tunelab.data.text import (
+    find_surrogate,
+    gc_paused,
+    may_hold_lone_surrogates,
+    read_utf8,
+    surrogate_problem,
+)
 from tunelab.errors import DataError
 
 
@@ -28,6 +34,11 @@ class SquadExample:
 def read_squad(path) -> list[SquadExample]:
     """Read a SQuAD JSON file (v1.1 or v2.0); every answer span is checked against its context."""
     path = Path(path)
+    with gc_paused():  # the parse and the records make no garbage cycles
+        return _read(path)
+
+
+def _read(path: Path) -> list[SquadExample]:
     doc = _document(path, read_utf8(path))
     examples = []
     seen: dict[str, str] = {}  # question id -> where it was first seen
@@ -101,7 +112,7 @@ def _document(path: Path, text: str) -> dict:
     if not isinstance(doc.get("data"), list):
         what = "missing" if "data" not in doc else f"a {type(doc['data']).__name__}, not a list"
         raise DataError(path, f"top-level 'data' is {what} (is this a SQuAD file?)")
-    found = find_surrogate(doc) if may_hold_surrogates(text) else None
+    found = find_surrogate(doc) if may_hold_lone_surrogates(text) else None
     if found:
         raise DataError(path, surrogate_problem(*found), record=_question_id(doc, found[0]))
     return doc

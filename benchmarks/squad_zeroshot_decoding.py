@@ -24,14 +24,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
-import transformers
+from machine_info import git_commit, machine
 from transformers import LogitsProcessorList
 
 from tunelab.data.squad import read_squad
@@ -49,25 +47,6 @@ MODES = ("free", "extractive")
 def default_data() -> str:
     data_dir = os.environ.get("TUNELAB_DATA_DIR") or str(ROOT.parent / "shared" / "data")
     return str(Path(data_dir) / "squad" / "v1.1-dev.json")
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def git_commit() -> str | None:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 @torch.no_grad()
@@ -216,16 +195,7 @@ def main() -> int:
         **results,
         "extractive_minus_free_f1": paired_bootstrap(f1["free"], f1["extractive"]),
         "answers_changed": sum(a != b for a, b in zip(answers["free"], answers["extractive"], strict=True)),
-        "machine": {
-            "host": platform.node(),
-            "cpu": cpu_name(),
-            "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "device": str(next(model.parameters()).device),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-        },
+        "machine": machine(str(next(model.parameters()).device)),
         "git_commit": git_commit(),
         "command": "python benchmarks/squad_zeroshot_decoding.py " + " ".join(sys.argv[1:]),
         "date": time.strftime("%Y-%m-%d"),

@@ -221,3 +221,61 @@ def test_squad_experiments_tiny_runs_each_kind_of_experiment(tiny_model_dir, tmp
     again = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0
     assert again.stdout.count("done before, skipped") == len(SQUAD_EXPERIMENTS_RUN)
+
+
+CHAT_SST2 = {  # SST-2's default template written out: it must score exactly as its name does
+    "text": "Is the sentiment of this movie review positive or negative? Answer with one word.\n\n"
+    "Review: {sentence}",
+    "chat": True,
+    "answer_prefix": "Sentiment:",
+}
+
+
+@pytest.mark.skipif(not DATA, reason="TUNELAB_DATA_DIR is not set")
+def test_zeroshot_prompts_bench_chooses_on_train_and_checks_on_dev(tiny_model_dir, tmp_path):
+    """benchmarks/zeroshot_prompts.py with the tiny model: every candidate is scored on the training sample,
+    a candidate that only ties the default (the same prompt written out) never replaces it, and the choice is
+    scored beside the default on dev. A `default` that is not the task's default is refused."""
+    import yaml
+
+    candidates = tmp_path / "candidates.yaml"
+    candidates.write_text(
+        yaml.safe_dump(
+            {
+                "sst2": {"default": "chat", "same": CHAT_SST2, "plain": "plain"},
+                "squad": {"default": "chat", "plain": "plain"},
+            },
+            sort_keys=False,
+        )
+    )
+    env = dict(os.environ, TUNELAB_DATA_DIR=DATA, TOKENIZERS_PARALLELISM="false")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))
+    out = tmp_path / "zp.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "zeroshot_prompts.py"), "--model", tiny_model_dir]
+    cmd += ["--candidates", str(candidates), "--select", "12", "--dev-limit", "6", "--out", str(out)]
+    proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["complete"] and report["trial"] and report["machine"]["device"] in ("cpu", "cuda")
+    sst2, squad = report["tasks"]["sst2"], report["tasks"]["squad"]
+    assert list(sst2["selection"]) == ["default", "same", "plain"] and list(squad["selection"]) == [
+        "default",
+        "plain",
+    ]
+    assert sst2["selection"]["same"]["score"] == sst2["selection"]["default"]["score"]
+    assert "12 sentences" in sst2["selection_sample"] and "every 500th" in squad["selection_sample"]
+    for task in (sst2, squad):
+        scores = {k: v["score"] for k, v in task["selection"].items()}
+        assert all(0 <= s <= 100 for s in scores.values())
+        best = max(scores.values())
+        assert task["chosen"] == "default" if scores["default"] == best else scores[task["chosen"]] == best
+        assert set(task["dev"]) == {"default", task["chosen"]}
+        assert ("dev_chosen_minus_default" in task) == (task["chosen"] != "default")
+
+    candidates.write_text(yaml.safe_dump({"sst2": {"default": "plain"}}))
+    cmd[-1] = str(tmp_path / "refused.json")
+    proc = subprocess.run(
+        cmd + ["--tasks", "sst2"], check=False, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 2 and "sst2.default must be the task's default prompt 'chat'" in proc.stderr
+    assert not (tmp_path / "refused.json").exists()

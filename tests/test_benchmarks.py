@@ -227,7 +227,7 @@ CHAT_SST2 = {  # SST-2's default template written out: it must score exactly as 
     "text": "Is the sentiment of this movie review positive or negative? Answer with one word.\n\n"
     "Review: {sentence}",
     "chat": True,
-    "answer_prefix": "Sentiment:",
+    "answer_prefix": "The sentiment of this review is",
 }
 
 
@@ -242,7 +242,7 @@ def test_zeroshot_prompts_bench_chooses_on_train_and_checks_on_dev(tiny_model_di
     candidates.write_text(
         yaml.safe_dump(
             {
-                "sst2": {"default": "chat", "same": CHAT_SST2, "plain": "plain"},
+                "sst2": {"default": "chat-sentiment-is", "same": CHAT_SST2, "plain": "plain"},
                 "squad": {"default": "chat", "plain": "plain"},
             },
             sort_keys=False,
@@ -272,10 +272,11 @@ def test_zeroshot_prompts_bench_chooses_on_train_and_checks_on_dev(tiny_model_di
         assert set(task["dev"]) == {"default", task["chosen"]}
         assert ("dev_chosen_minus_default" in task) == (task["chosen"] != "default")
 
-    candidates.write_text(yaml.safe_dump({"sst2": {"default": "plain"}}))
+    candidates.write_text(yaml.safe_dump({"sst2": {"default": "chat"}}))
     cmd[-1] = str(tmp_path / "refused.json")
     proc = subprocess.run(
         cmd + ["--tasks", "sst2"], check=False, env=env, capture_output=True, text=True, timeout=600
     )
-    assert proc.returncode == 2 and "sst2.default must be the task's default prompt 'chat'" in proc.stderr
+    assert proc.returncode == 2
+    assert "sst2.default must be the task's default prompt 'chat-sentiment-is'" in proc.stderr
     assert not (tmp_path / "refused.json").exists()

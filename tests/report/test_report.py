@@ -469,3 +469,19 @@ def test_k_shot_rows_are_labelled_k_shot_and_decoding_is_shown(tmp_path):
     body = md.split("## Summary", 1)[1].splitlines()
     assert not [line for line in body if "zero-shot" in line and line.startswith(("|", "#"))]
     assert "right only 3-shot" in md
+
+
+def test_analysis_says_whether_training_started_from_the_zero_shot_classifier(tmp_path):
+    """The head starts from its input prompt's label words: the analysis calls that the zero-shot classifier
+    only when the zero-shot run used the same prompt (SST-2's defaults differ: chat-sentiment-is zero-shot,
+    chat as the fine-tuning input)."""
+    run = make_run(tmp_path, significant=True)
+    metrics = run / "sst2" / "zeroshot" / "metrics.json"
+    said = {}
+    for case, prompt in (("same", {"text": "{sentence}"}), ("other", {"text": "Review: {sentence}"})):
+        _write_json(metrics, {**json.loads(metrics.read_text()), "prompt": prompt})
+        said[case] = analysis_of(build_report(run)[0].read_text())
+    assert "so training started from the zero-shot classifier." in said["same"]
+    assert "not the zero-shot prompt" not in said["same"]
+    assert "which is not the zero-shot prompt, so training started from that prompt's" in said["other"]
+    assert "so training started from the zero-shot classifier." not in said["other"]

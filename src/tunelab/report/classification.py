@@ -296,7 +296,13 @@ def analysis(t: TaskRun) -> list[str]:
     out += _lean(t)
     train = train_sentence(t)
     if train:
-        if (t.ft_meta or {}).get("input_prompt"):
+        input_prompt = (t.ft_meta or {}).get("input_prompt")
+        if input_prompt and zs.get("prompt") not in (None, input_prompt):
+            train = train[:-1] + (
+                "; its classification head started from the label words of its input prompt, which is "
+                "not the zero-shot prompt, so training started from that prompt's zero-shot classifier."
+            )
+        elif input_prompt:
             train = train[:-1] + (
                 "; its classification head started from the zero-shot prompt's label "
                 "words, so training started from the zero-shot classifier."

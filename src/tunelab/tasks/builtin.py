@@ -16,6 +16,10 @@ if TYPE_CHECKING:
 
 SST2_VERBALIZERS = {"negative": [" negative", " Negative"], "positive": [" positive", " Positive"]}
 
+SST2_QUESTION = (
+    "Is the sentiment of this movie review positive or negative? Answer with one word.\n\nReview: {sentence}"
+)
+
 SST2 = {
     "title": "SST-2",
     "kind": "classification",
@@ -43,10 +47,19 @@ SST2 = {
     "verbalizers": SST2_VERBALIZERS,
     "prompts": {  # {sentence} is the text; `chat` wraps it in the model's chat template (instruct models)
         "chat": {  # the answer started for the model: "Sentiment:" then the label word
-            "text": "Is the sentiment of this movie review positive or negative? Answer with one word.\n\n"
-            "Review: {sentence}",
+            "text": SST2_QUESTION,
             "chat": True,
             "answer_prefix": "Sentiment:",
+            "verbalizers": SST2_VERBALIZERS,
+        },
+        # The zero-shot default: chosen among benchmarks/zeroshot_prompts.yaml's candidates on SST-2 train
+        # sentences, then 84.98% against chat's 83.03% on dev (paired bootstrap p 0.03,
+        # benchmarks/results/zeroshot-prompts-cpu.json). Fine-tuning keeps `chat` as its input prompt: its
+        # figures were measured with it.
+        "chat-sentiment-is": {
+            "text": SST2_QUESTION,
+            "chat": True,
+            "answer_prefix": "The sentiment of this review is",
             "verbalizers": SST2_VERBALIZERS,
         },
         "plain": {
@@ -61,7 +74,7 @@ SST2 = {
         },
     },
     "example": "a gorgeous , witty , seductive movie .",
-    "zeroshot": {"prompt": "chat", "calibration": "batch", "batch_size": 32},
+    "zeroshot": {"prompt": "chat-sentiment-is", "calibration": "batch", "batch_size": 32},
     "finetune": {"input_prompt": "chat", "learning_rate": 2e-5, "batch_size": 32, "max_length": 128},
     "hub": {"dataset": "nyu-mll/glue", "config": "sst2"},
     "card": {

@@ -1,8 +1,9 @@
 """Text classification with any number of labels, single texts or sentence pairs.
 
 Zero-shot: label-word scoring of one prompt per example, calibrated (zero_shot.py). Fine-tuning: an N-way
-classification head on the last token of the same prompt, initialised from the label words' embedding rows, so
-that training starts from the zero-shot classifier (head.py). Metrics: accuracy with a bootstrap interval,
+classification head on the last token of a zero-shot template (the input prompt), initialised from its label
+words' embedding rows, so that training starts from that template's zero-shot classifier (head.py).
+Metrics: accuracy with a bootstrap interval,
 macro-F1, per-class precision/recall/F1 and the confusion matrix; binary tasks add the positive class's
 precision/recall/F1.
 """

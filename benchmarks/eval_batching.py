@@ -73,9 +73,10 @@ def main(argv=None) -> int:
     import transformers
 
     from tunelab import inference, runs
-    from tunelab.distributed import device, eval_dtype
+    from tunelab.distributed import device
     from tunelab.models import align_pad_token, load_task_model, load_tokenizer
     from tunelab.options import ZeroShotOptions
+    from tunelab.precision import eval_dtype
     from tunelab.tasks import get_task
     from tunelab.tasks.extractive_qa.spans import predict_spans
 
@@ -177,8 +178,8 @@ def _classifier_rows(args, settings, with_budget, sst2, data_dir, dev) -> dict:
     """The fine-tuned classifier's evaluation at every setting, without and with the shared prefix."""
     import torch
 
-    from tunelab.distributed import eval_dtype
     from tunelab.models import align_pad_token, load_task_model, load_tokenizer
+    from tunelab.precision import eval_dtype
     from tunelab.tasks.classification import format_input
     from tunelab.tasks.classification.head import classify
 

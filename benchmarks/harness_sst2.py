@@ -1,17 +1,20 @@
 """Zero-shot SST-2: tunelab against lm-evaluation-harness, same model, prompt and data, on this machine.
 
 Both score GLUE SST-2 dev (`$TUNELAB_DATA_DIR/SST-2/dev.tsv`, 872 sentences) with the harness's `sst2` prompt
-`{sentence}\\nQuestion: Is this sentence positive or negative?\\nAnswer:` and the choices " negative" /
+`{sentence}\\nQuestion: Is this sentence positive or negative?\\nAnswer:` and the choices " negative" and
 " positive" (the harness puts a space before a choice; tunelab's `harness` template has the same words), no
-calibration, float32, the same batch size, SmolLM2-135M-Instruct (tunelab's converted folder, so both read the
-same weights). The harness runs as a custom task over the local TSV (`dataset_path: csv`, tab-separated, no
-quoting); its sentence is trimmed (`{{sentence|trim}}`) because GLUE's sentences end with a space that
-tunelab's reader strips, so both see the same text.
+calibration, the same batch size and float type, SmolLM2-135M-Instruct (tunelab's converted folder, so both
+read the same weights). Each `--dtypes` entry is one comparison: float32 (the harness's `dtype=float32`,
+tunelab's `--no-bf16`) and bfloat16 (`dtype=bfloat16`; tunelab's bfloat16 weights, with TUNELAB_CPU_BF16=on on
+a CPU, which tunelab uses by default where bfloat16 is native: tunelab.precision). The harness runs as a
+custom task over the local TSV (`dataset_path: csv`, tab-separated, no quoting); its sentence is trimmed
+(`{{sentence|trim}}`) because GLUE's sentences end with a space that tunelab's reader strips, so both see the
+same text.
 
 What bounds the ratio: `compute` counts the multiply-adds each side must do in linear layers (tunelab: the
-decoder's on every prompt token and the LM head at the scored position only; the harness: the LM head at
-every position too, as its `hf` model computes the whole logits tensor), times a float32 matrix product of
-the decoder's shapes on this device (`matmul_gflops`), and gives each side's seconds at that rate
+decoder's on every prompt token and the LM head at the scored position only; the harness: the LM head at every
+position too, as its `hf` model computes the whole logits tensor), times a matrix product of the decoder's
+shapes in that float type on this device (`matmul_gflops`), and gives each side's seconds at that rate
 (`floor_seconds`) and their ratio (`ratio_bound`): the ratio the two would have if both ran at the
 matrix-product rate with no other cost.
 
@@ -20,7 +23,8 @@ exit (model loading included), `--repeats` times, alternating, so a change of ma
 Reported: every wall time, the ratio of the medians (harness / tunelab), tunelab's scoring-only seconds (from
 its metrics.json), and both accuracies with their difference (the issue asks them to agree within 0.2 points).
 
-    .venv/bin/python benchmarks/harness_sst2.py [--repeats 2] [--batch-size 16] [--limit N] [--out FILE]
+    .venv/bin/python benchmarks/harness_sst2.py [--repeats 2] [--batch-size 16] [--dtypes float32,bfloat16]
+        [--limit N] [--out FILE]
 
 Needs `pip install lm-eval==0.4.13` (a benchmark-only dependency). Writes
 benchmarks/results/harness-sst2-<device>.json unless --limit is given (then only with --out).
@@ -31,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -39,6 +42,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from machine_info import machine
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
@@ -90,8 +95,8 @@ def harness_accuracy(out_dir: Path) -> tuple[float, int]:
     return float(task["acc,none"]), int(doc["n-samples"]["sst2_local"]["effective"])
 
 
-def compute_bound(texts: list[str], device: str) -> dict:
-    """Multiply-adds each side needs on these prompts, the device's float32 matmul rate on the decoder's
+def compute_bound(texts: list[str], device: str, dtype: str) -> dict:
+    """Multiply-adds each side needs on these prompts, the device's matmul rate in `dtype` on the decoder's
     shapes, and the seconds both would take at that rate."""
     import torch
     from transformers import AutoConfig, AutoTokenizer
@@ -107,8 +112,8 @@ def compute_bound(texts: list[str], device: str) -> dict:
     tunelab_flops = 2 * (n * per_token + len(texts) * head)
     harness_flops = 2 * n * (per_token + head)
     rows = 16 * round(n / len(texts))  # a batch of 16 of the mean prompt
-    a = torch.randn(rows, h, device=device)
-    w = torch.randn(inter, h, device=device)
+    a = torch.randn(rows, h, device=device, dtype=getattr(torch, dtype))
+    w = torch.randn(inter, h, device=device, dtype=getattr(torch, dtype))
     for _ in range(3):
         torch.nn.functional.linear(a, w)
     reps, t0 = 0, time.perf_counter()
@@ -129,13 +134,62 @@ def compute_bound(texts: list[str], device: str) -> dict:
     }
 
 
+def compare(dtype: str, args, work: Path, dev_tsv: Path, device: str, env: dict) -> dict:
+    """Both tools in `dtype` (the harness's `dtype=` model argument; tunelab's bfloat16 weights, forced with
+    TUNELAB_CPU_BF16=on on a CPU, or --no-bf16), `--repeats` times, alternating."""
+    limit = ["--limit", str(args.limit)] if args.limit else []
+    tunelab = [sys.executable, "-m", "tunelab", "zeroshot", "smollm2-135m", "--task", "sst2"]
+    tunelab += ["--prompt", "harness", "--calibration", "none", "--batch-size", str(args.batch_size)]
+    tunelab += ["--data-file", str(dev_tsv), *limit] + (["--no-bf16"] if dtype == "float32" else [])
+    t_env = {**env, "TUNELAB_CPU_BF16": "on" if dtype == "bfloat16" else "off"}
+    # The first tunelab call converts the embedded GGUF into the cached folder the harness then reads.
+    run([*tunelab, "--out", str(work / f"warm-{dtype}"), "--overwrite"], t_env)
+    harness = [
+        str(BIN / "lm_eval"),
+        "--model",
+        "hf",
+        "--model_args",
+        f"pretrained={model_folder()},dtype={dtype}",
+    ]
+    harness += ["--tasks", "sst2_local", "--include_path", str(work / "tasks")]
+    harness += ["--batch_size", str(args.batch_size), "--device", device, *limit]
+    walls: dict[str, list[float]] = {"harness": [], "tunelab": []}
+    for r in range(args.repeats):
+        walls["harness"].append(run([*harness, "--output_path", str(work / f"h-{dtype}-{r}")], env))
+        walls["tunelab"].append(run([*tunelab, "--out", str(work / f"t-{dtype}-{r}")], t_env))
+        h, t = walls["harness"][-1], walls["tunelab"][-1]
+        print(f"{dtype} repeat {r + 1}: harness {h:.1f} s, tunelab {t:.1f} s", flush=True)
+    h_acc, h_n = harness_accuracy(work / f"h-{dtype}-0")
+    t_metrics = json.loads((work / f"t-{dtype}-0" / "metrics.json").read_text())
+    rows = [line.rstrip("\n").split("\t") for line in dev_tsv.read_text(encoding="utf-8").splitlines()[1:]]
+    texts = [PROMPT.replace("{{sentence|trim}}", r[0].strip()) for r in rows][: args.limit or None]
+    return {
+        "tunelab_dtype": t_metrics["dtype"],
+        "n": t_metrics["n"],
+        "harness_n": h_n,
+        "wall_seconds": walls,
+        "ratio_of_medians": statistics.median(walls["harness"]) / statistics.median(walls["tunelab"]),
+        "tunelab_scoring_seconds": t_metrics["seconds"],
+        "accuracy": {
+            "harness": h_acc,
+            "tunelab": t_metrics["accuracy"],
+            "difference_points": 100 * (t_metrics["accuracy"] - h_acc),
+        },
+        "compute": compute_bound(texts, device, dtype),
+    }
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated: float32, bfloat16")
     ap.add_argument("--limit", type=int, help="first N sentences only (a trial; nothing saved without --out)")
     ap.add_argument("--out", help="result file (default benchmarks/results/harness-sst2-<device>.json)")
     args = ap.parse_args()
+    dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+    if not dtypes or any(d not in ("float32", "bfloat16") for d in dtypes):
+        ap.error("--dtypes: float32 and/or bfloat16")
 
     import torch
 
@@ -147,94 +201,19 @@ def main() -> int:
     try:
         (work / "tasks").mkdir()
         (work / "tasks" / "sst2_local.yaml").write_text(task_yaml(dev_tsv))
-        # The first tunelab call converts the embedded GGUF into the cached folder the harness then reads.
-        limit = ["--limit", str(args.limit)] if args.limit else []
-        tunelab = [
-            sys.executable,
-            "-m",
-            "tunelab",
-            "zeroshot",
-            "smollm2-135m",
-            "--task",
-            "sst2",
-            "--prompt",
-            "harness",
-            "--calibration",
-            "none",
-            "--batch-size",
-            str(args.batch_size),
-            "--data-file",
-            str(dev_tsv),
-            *limit,
-        ]
-        run([*tunelab, "--out", str(work / "warm"), "--overwrite"], env)
-        harness = [
-            str(BIN / "lm_eval"),
-            "--model",
-            "hf",
-            "--model_args",
-            f"pretrained={model_folder()},dtype=float32",
-            "--tasks",
-            "sst2_local",
-            "--include_path",
-            str(work / "tasks"),
-            "--batch_size",
-            str(args.batch_size),
-            "--device",
-            device,
-            *limit,
-        ]
-        walls: dict[str, list[float]] = {"harness": [], "tunelab": []}
-        for r in range(args.repeats):
-            walls["harness"].append(run([*harness, "--output_path", str(work / f"h{r}")], env))
-            walls["tunelab"].append(run([*tunelab, "--out", str(work / f"t{r}")], env))
-            print(
-                f"repeat {r + 1}: harness {walls['harness'][-1]:.1f} s, tunelab {walls['tunelab'][-1]:.1f} s",
-                flush=True,
-            )
-        h_acc, h_n = harness_accuracy(work / "h0")
-        rows = [
-            line.rstrip("\n").split("\t") for line in dev_tsv.read_text(encoding="utf-8").splitlines()[1:]
-        ]
-        texts = [PROMPT.replace("{{sentence|trim}}", r[0].strip()) for r in rows][: args.limit or None]
-        compute = compute_bound(texts, device)
-        t_metrics = json.loads((work / "t0" / "metrics.json").read_text())
         result = {
-            "case": "zero-shot SST-2 dev, harness prompt, no calibration, float32, SmolLM2-135M-Instruct",
-            "machine": {
-                "host": platform.node(),
-                "cpu": platform.processor() or platform.machine(),
-                "cpu_count": os.cpu_count(),
-                "torch_threads": torch.get_num_threads(),
-                "device": device,
-                "gpu": torch.cuda.get_device_name(0) if device == "cuda" else None,
-            },
-            "versions": {
-                "torch": torch.__version__,
-                "lm_eval": _version("lm_eval"),
-                "transformers": _version("transformers"),
-            },
+            "case": "zero-shot SST-2 dev, harness prompt, no calibration, SmolLM2-135M-Instruct, each dtype",
+            "machine": machine(device),
+            "versions": {"lm_eval": _version("lm_eval"), "accelerate": _version("accelerate")},
             "batch_size": args.batch_size,
-            "n": t_metrics["n"],
-            "harness_n": h_n,
-            "wall_seconds": walls,
-            "ratio_of_medians": statistics.median(walls["harness"]) / statistics.median(walls["tunelab"]),
-            "tunelab_scoring_seconds": t_metrics["seconds"],
-            "accuracy": {
-                "harness": h_acc,
-                "tunelab": t_metrics["accuracy"],
-                "difference_points": 100 * (t_metrics["accuracy"] - h_acc),
-            },
-            "compute": compute,
+            "by_dtype": {d: compare(d, args, work, dev_tsv, device, env) for d in dtypes},
+            "command": "python benchmarks/harness_sst2.py " + " ".join(sys.argv[1:]),
             "date": time.strftime("%Y-%m-%d"),
         }
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(
-        json.dumps(
-            {k: result[k] for k in ("ratio_of_medians", "accuracy", "wall_seconds", "compute")}, indent=2
-        )
-    )
+    summary = {d: {k: r[k] for k in ("ratio_of_medians", "accuracy")} for d, r in result["by_dtype"].items()}
+    print(json.dumps(summary, indent=2))
     out = args.out or (None if args.limit else HERE / "results" / f"harness-sst2-{device}.json")
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)

@@ -34,6 +34,8 @@ def machine(device: str = "cpu") -> dict:
     import torch
     import transformers
 
+    from tunelab.precision import bf16_native
+
     info = {
         "host": platform.node(),
         "cpu": cpu_name(),
@@ -43,6 +45,7 @@ def machine(device: str = "cpu") -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
+        "bf16_native": bf16_native(torch.device(device)),  # tunelab.precision: bfloat16 by default
     }
     if device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(torch.device(device))

@@ -5,18 +5,20 @@ For each case (a model architecture x a task) it trains, one after the other in 
 - the baseline: a real `transformers.Trainer` with the settings `run_glue.py` / `run_qa.py` use by default.
   SST-2: every sentence padded to max_length 128 (`padding="max_length"`), per-device batch 32, lr 2e-5.
   SQuAD: windows of max_length 384 with doc_stride 128, padded to 384, batch 12, lr 3e-5. Both with
-  `bf16=True` on a GPU (fp32 weights under bf16 autocast) and Trainer's default optimizer (`adamw_torch_fused`
-  on CUDA), no gradient checkpointing, no compilation;
+  `bf16=True` on a GPU (fp32 weights under bf16 autocast; on a CPU float32, run_glue.py's default) and
+  Trainer's default optimizer (`adamw_torch_fused`), no gradient checkpointing, no compilation;
 - tunelab: `tunelab.training.train` (length-grouped batches, dynamic padding, fused AdamW, bf16 autocast
-  through accelerate) with the same batch size and learning rate (`--tunelab-batch` to try another batch).
+  through accelerate where bfloat16 is native: GPUs, CPUs with AVX512-BF16/AMX; tunelab.precision) with the
+  same batch size and learning rate (`--tunelab-batch` to try another batch). Variant `fp32` is tunelab in
+  float32, for the share of a CPU ratio that bfloat16 gives.
 
 Rows. The baseline runs once per case; tunelab runs once per (inputs, variant), each row's `ratio` against
 that same baseline run: for SST-2 two inputs, `bare` (the baseline's own inputs, the sentences alone) and
 `prompt` (tunelab's default recipe: each sentence inside the chat input prompt, ~64 tokens instead of ~11;
 needs the tokenizer's chat template), for SQuAD the windows; `--variants` picks sets of tunelab's speed
-options (VARIANTS below: default, packing, compile, compile-packing, all, no-fused). The case's top-level
-`tunelab_s` / `ratio` are its first row's (bare inputs, first variant), `tunelab_rows` has every row.
-`padded_tokens` counts what the loop computed on (padding, bucket padding, packing filler).
+options (VARIANTS below: default, packing, compile, compile-packing, all, no-fused, fp32, ...). The case's
+top-level `tunelab_s` / `ratio` are its first row's (bare inputs, first variant), `tunelab_rows` has every
+row. `padded_tokens` counts what the loop computed on (padding, bucket padding, packing filler).
 
 Both train on the SAME examples: the first (warm-up + steps) x batch examples of a seeded shuffle of SST-2
 train sentences / SQuAD `v1.1-train.json` windows (tunelab's `prepare_train_features` windows, also used,
@@ -437,6 +439,7 @@ VARIANTS = {
     "no-fused": {"fused_optimizer": False},
     "share-prefix": {"share_prefix": "on"},
     "no-share-prefix": {"share_prefix": "off"},
+    "fp32": {"bf16": False},  # float32 where the default is bfloat16 (GPUs, CPUs with native bf16)
 }
 
 
@@ -475,17 +478,18 @@ def run_tunelab(model, feats, *, task, batch_size, warmup, steps, seed, pad_id, 
     b = BASELINE[task]
     total = warmup + steps
     cfg = TrainConfig(
-        batch_size=batch_size,
-        learning_rate=b["learning_rate"],
-        epochs=1.0,
-        max_steps=total,
-        bf16=True,
-        group_by_length=True,
-        max_length=b["max_length"],
-        log_every=total,
-        eval_every=warmup,
-        seed=seed,
-        **(options or {}),
+        **{
+            "batch_size": batch_size,
+            "learning_rate": b["learning_rate"],
+            "epochs": 1.0,
+            "max_steps": total,
+            "group_by_length": True,
+            "max_length": b["max_length"],
+            "log_every": total,
+            "eval_every": warmup,
+            "seed": seed,
+            **(options or {}),
+        }
     )
     marks: dict[str, float] = {}
 
@@ -525,7 +529,7 @@ def run_tunelab(model, feats, *, task, batch_size, warmup, steps, seed, pad_id, 
             "optim": "torch.optim.AdamW(fused=True on CUDA and CPU)"
             if cfg.fused_optimizer
             else "torch.optim.AdamW(for-loop)",
-            "bf16": "accelerate mixed_precision=bf16 on a GPU",
+            "bf16": f"autocast {result.dtype} (bfloat16 where native: GPUs, CPUs with AVX512-BF16/AMX)",
             "learning_rate": b["learning_rate"],
             "lr_scheduler": cfg.lr_schedule,
             "warmup_ratio": cfg.warmup_ratio,

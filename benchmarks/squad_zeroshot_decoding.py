@@ -36,6 +36,7 @@ from tunelab.data.squad import read_squad
 from tunelab.decoding import encode_with_passage, extractive_processor
 from tunelab.metrics import bootstrap_ci, paired_bootstrap
 from tunelab.models import load_causal_lm, load_tokenizer
+from tunelab.precision import eval_dtype
 from tunelab.tasks.extractive_qa.generation import clean_answer, load_prompt
 from tunelab.tasks.extractive_qa.metrics import per_example_scores, squad_v1
 
@@ -126,7 +127,7 @@ def main() -> int:
         examples = examples[: args.limit]
     prompt = load_prompt(args.prompt)
     tok = load_tokenizer(args.model, padding_side="left")
-    model = load_causal_lm(args.model).eval()  # float32 on the CPU, as tunelab's eval_dtype gives there
+    model = load_causal_lm(args.model, dtype=eval_dtype(torch.device("cpu"))).eval()  # as tunelab zeroshot
     answer_batch(model, tok, examples[:1], prompt, extractive=False, max_new_tokens=2)  # warm-up, not timed
 
     lengths = [
@@ -192,6 +193,7 @@ def main() -> int:
         "prompt": args.prompt or "default",
         "batch_size": args.batch_size,
         "max_new_tokens": args.max_new_tokens,
+        "dtype": str(model.dtype).removeprefix("torch."),
         **results,
         "extractive_minus_free_f1": paired_bootstrap(f1["free"], f1["extractive"]),
         "answers_changed": sum(a != b for a, b in zip(answers["free"], answers["extractive"], strict=True)),

@@ -36,6 +36,7 @@ from tunelab.config_files import read_mapping
 from tunelab.errors import UsageError
 from tunelab.metrics import bootstrap_ci, mcnemar, paired_bootstrap
 from tunelab.models import load_causal_lm, load_tokenizer
+from tunelab.precision import eval_dtype
 from tunelab.tasks import get_task
 from tunelab.tasks.classification.zero_shot import Calibration, zero_shot
 from tunelab.tasks.extractive_qa.generation import generate_answers
@@ -187,8 +188,7 @@ def main() -> int:
         ap.error(f"{args.candidates}: {problem}")
 
     tok = load_tokenizer(args.model, padding_side="left")
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32  # as tunelab's eval_dtype
-    model = load_causal_lm(args.model, dtype=dtype).to(device).eval()
+    model = load_causal_lm(args.model, dtype=eval_dtype(torch.device(device))).to(device).eval()
     result = {
         "case": "zero-shot prompt search: chosen on training samples, checked on dev",
         "trial": trial,
@@ -197,6 +197,7 @@ def main() -> int:
         if Path(args.candidates).resolve().is_relative_to(ROOT)
         else args.candidates,
         "batch_size": args.batch_size,
+        "dtype": str(model.dtype).removeprefix("torch."),
         "tasks": {},
         "complete": False,
         "machine": machine(device),

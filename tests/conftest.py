@@ -8,6 +8,9 @@ import pytest
 import torch
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# float32 on every CPU, whether or not it has native bfloat16 (tunelab.precision), so that the tests compare
+# the same arithmetic on any machine (launched processes inherit it); the bfloat16 tests turn it on.
+os.environ["TUNELAB_CPU_BF16"] = "off"
 # Two threads (the CI machine's cores); under pytest-xdist each worker its share of them, for oversubscribed
 # OpenMP threads spin.
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))

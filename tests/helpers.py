@@ -121,3 +121,29 @@ def full_disk(monkeypatch, writer, fail_at: int, error: BaseException | None = N
             if value is writer:
                 monkeypatch.setattr(module, name, failing)
     return calls
+
+
+def training_features(n: int = 26, span: bool = False, seed: int = 0) -> list[dict]:
+    """n random training features of 3-19 tokens: classification labels, or span positions (`span`)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        length = int(rng.integers(3, 20))
+        f = {"input_ids": rng.integers(5, 300, size=length).tolist(), "attention_mask": [1] * length}
+        if span:
+            s = int(rng.integers(0, length))
+            f["start_positions"], f["end_positions"] = s, int(rng.integers(s, length))
+        else:
+            f["labels"] = i % 2
+        out.append(f)
+    return out
+
+
+def prompted_features(n: int = 26, prefix: int = 12) -> list[dict]:
+    """Classification features that all start with the same `prefix` tokens, as a prompt's chat template
+    and instruction do, then each its own tokens."""
+    head = list(range(300, 300 + prefix))
+    return [
+        {**f, "input_ids": head + f["input_ids"], "attention_mask": [1] * (prefix + len(f["input_ids"]))}
+        for f in training_features(n)
+    ]

@@ -280,3 +280,26 @@ def test_zeroshot_prompts_bench_chooses_on_train_and_checks_on_dev(tiny_model_di
     assert proc.returncode == 2
     assert "sst2.default must be the task's default prompt 'chat-sentiment-is'" in proc.stderr
     assert not (tmp_path / "refused.json").exists()
+
+
+@pytest.mark.skipif(not DATA, reason="TUNELAB_DATA_DIR is not set")
+def test_cpu_bf16_bench_compares_the_two_precisions(tiny_model_dir, tmp_path):
+    """benchmarks/cpu_bf16.py --tiny: each case's command runs in float32 and in bfloat16; the report pairs
+    the two runs' timings, scores and per-example predictions."""
+    env = dict(os.environ, TUNELAB_DATA_DIR=DATA, TOKENIZERS_PARALLELISM="false")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))
+    out = tmp_path / "bf16.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "cpu_bf16.py"), "--tiny", "--model", tiny_model_dir]
+    cmd += ["--cases", "sst2-zeroshot,squad-finetune", "--out", str(out)]
+    proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["trial"] and report["machine"]["device"] == "cpu"
+    zs, ft = report["cases"]["sst2-zeroshot"], report["cases"]["squad-finetune"]
+    assert (zs["float32"]["dtype"], zs["bfloat16"]["dtype"]) == ("float32", "bfloat16")
+    assert (ft["float32"]["train_dtype"], ft["bfloat16"]["train_dtype"]) == ("float32", "bfloat16")
+    assert zs["n"] == 16 and 0 <= zs["predictions_changed"] <= 16 and "p_value" in zs["mcnemar"]
+    assert ft["n"] == 4 and "ci95" in ft["f1_bf16_minus_fp32"]
+    assert set(ft["speedup"]) == {"wall_seconds", "train_seconds", "eval_seconds"}
+    assert all(v > 0 for case in (zs, ft) for v in case["speedup"].values())
+    assert "accuracy" in zs["bfloat16"]["scores"] and "f1" in ft["float32"]["scores"]

@@ -9,6 +9,7 @@ from helpers import ROOT
 from tunelab.cli import build_parser
 from tunelab.errors import UsageError
 from tunelab.options import (
+    EVALUATE_OPTIONS,
     FINETUNE_EXTRAS,
     TRAIN_OPTIONS,
     ZEROSHOT_OPTIONS,
@@ -23,14 +24,17 @@ def _flags(command: str) -> set[str]:
     return {s for a in sub._actions for s in a.option_strings}
 
 
+def _flag(opt) -> str:
+    """The flag of an option: --no-NAME for a boolean that defaults to true."""
+    return ("--no-" + opt.name.replace("_", "-")) if opt.type == "bool" and opt.default else flag_name(opt)
+
+
 def test_every_option_is_a_flag_of_its_command():
     finetune, zeroshot = _flags("finetune"), _flags("zeroshot")
-    for opt in {**TRAIN_OPTIONS, **FINETUNE_EXTRAS}.values():
-        flag = (
-            ("--no-" + opt.name.replace("_", "-")) if opt.type == "bool" and opt.default else flag_name(opt)
-        )
-        assert flag in finetune, flag
-    assert {flag_name(o) for o in ZEROSHOT_OPTIONS.values()} <= zeroshot
+    assert {_flag(o) for o in {**TRAIN_OPTIONS, **FINETUNE_EXTRAS}.values()} <= finetune
+    assert {_flag(o) for o in ZEROSHOT_OPTIONS.values()} <= zeroshot
+    assert {_flag(o) for o in EVALUATE_OPTIONS.values()} <= _flags("evaluate")
+    assert "--no-bf16" in zeroshot
     # the flags users already type keep working
     assert {
         "--no-bf16",

@@ -541,6 +541,7 @@ def cmd_evaluate(args) -> int:
         args.out,
         task=task,
         batch_size=options["batch_size"],
+        bf16=options["bf16"],
         overwrite=args.overwrite,
         report_to=report_to,
         inputs=_inputs(args, data_task),

@@ -110,10 +110,6 @@ def main_process() -> bool:
     return state is None or state.is_main_process
 
 
-def eval_dtype(dev: torch.device) -> torch.dtype:
-    return torch.bfloat16 if dev.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
-
-
 def shard_bounds(n: int, world: int, rank: int) -> tuple[int, int]:
     """The contiguous slice [lo, hi) of n items that process `rank` of `world` takes: sizes differ by at most
     one, every item belongs to exactly one process (np.array_split's rule)."""

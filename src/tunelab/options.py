@@ -260,6 +260,12 @@ SPEED_OPTIONS = (
 )
 
 
+BF16_HELP = (
+    "bfloat16 {how} where the hardware computes it natively: GPUs that support it, CPUs with AVX512-BF16 or "
+    "AMX (tunelab.precision; TUNELAB_CPU_BF16=on|off overrides the CPU check); false: float32"
+)
+
+
 @dataclass
 class TrainConfig:
     """Fine-tuning options (`tunelab finetune` flags, `--config` files, a study task's `finetune` section)."""
@@ -290,7 +296,7 @@ class TrainConfig:
     seed: int = option(
         42, "seeds the new head, LoRA, dropout and the data order", low=0, high=2**32, high_open=True
     )
-    bf16: bool = option(True, "bfloat16 autocast on GPUs that support it (CPUs train in float32)")
+    bf16: bool = option(True, BF16_HELP.format(how="autocast (float32 weights and optimizer state)"))
     eval_every: int = option(
         0, "steps between evaluations on the dev examples (0: only at the end)", low=0, high=MAX_COUNT
     )
@@ -432,6 +438,7 @@ class ZeroShotOptions:
         high=64,
     )
     shot_seed: int = option(1234, "seeds the draw of the k-shot examples", low=0, high=2**32, high_open=True)
+    bf16: bool = option(True, BF16_HELP.format(how="weights"))
 
 
 @dataclass
@@ -484,6 +491,7 @@ class EvaluateOptions:
         low=1,
         high=MAX_BATCH,
     )
+    bf16: bool = option(True, BF16_HELP.format(how="autocast"))
 
 
 @dataclass

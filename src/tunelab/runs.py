@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from tunelab.distributed import device, eval_dtype, main_process, sharded_map
+from tunelab import precision
+from tunelab.distributed import device, main_process, sharded_map
 from tunelab.errors import ModelError, UsageError
 from tunelab.models import align_pad_token, load_causal_lm, load_task_model, load_tokenizer
 from tunelab.models.attention import make_bidirectional
@@ -72,7 +73,7 @@ def zeroshot(
     read = [("model folder", model_spec), ("data file", data), *inputs]
     with atomic_output(out, overwrite=overwrite, inputs=read) as work:
         tokenizer = load_tokenizer(model_spec, padding_side=task.zero_shot_padding_side)
-        model = load_causal_lm(model_spec, dtype=eval_dtype(dev)).to(dev).eval()
+        model = load_causal_lm(model_spec, dtype=precision.eval_dtype(dev, options.bf16)).to(dev).eval()
         t0 = time.perf_counter()
         # under `accelerate launch`, each process scores a share
         predictions, extra = task.zero_shot(
@@ -81,7 +82,8 @@ def zeroshot(
         seconds = time.perf_counter() - t0
         if not main_process():
             return None
-        extra.update(seconds=seconds, device=str(dev), shots=options.shots)
+        extra.update(seconds=seconds, device=str(dev), dtype=str(model.dtype).removeprefix("torch."))
+        extra.update(shots=options.shots)
         if shots:
             extra.update(shot_seed=options.shot_seed, shot_examples=[_shot_ref(ex) for ex in shots])
         metrics = task.write_results(
@@ -201,7 +203,7 @@ def _finetune_in(
     trained.to(device())
 
     def evaluate(model):
-        predictions = task.predict(model, tokenizer, dev_examples, ft.meta, progress=False)
+        predictions = task.predict(model, tokenizer, dev_examples, ft.meta, progress=False, bf16=cfg.bf16)
         return task.quick_scores(predictions, dev_examples)
 
     result = train(
@@ -232,7 +234,7 @@ def _finetune_in(
     saved = save_finetuned(trained, tokenizer, work, cfg, meta)
     save_config(cfg, work / "training_config.json")
     t0 = time.perf_counter()
-    predictions = task.predict(trained, tokenizer, dev_examples, ft.meta)
+    predictions = task.predict(trained, tokenizer, dev_examples, ft.meta, bf16=cfg.bf16)
     extra = {
         "method": cfg.method,
         "bidirectional": cfg.bidirectional,
@@ -246,6 +248,8 @@ def _finetune_in(
         "micro_batch_pieces": result.chunks,
         "evals_during_training": result.evals,
         "device": str(device()),
+        "train_dtype": result.dtype,
+        "dtype": precision.dtype_name(device(), cfg.bf16),
     }
     metrics = task.write_results(
         work / "eval",
@@ -273,11 +277,13 @@ def evaluate(
     *,
     task: Task | None = None,
     batch_size: int | str = 64,
+    bf16: bool = True,
     overwrite: bool = False,
     report_to: list[str] | None = None,
     inputs: Inputs = (),
 ) -> dict | None:
-    """Evaluate a fine-tuned folder on `examples` (as `task`, by default the one it was trained for).
+    """Evaluate a fine-tuned folder on `examples` (as `task`, by default the one it was trained for), in
+    bfloat16 autocast where the hardware runs it natively and `bf16` (tunelab.precision).
     `inputs`: what else the caller read (a data folder, a task file), which `out` must not touch.
     `report_to`: experiment trackers, which get the metrics (`log_final`)."""
     read = [("fine-tuned model folder", model_dir), ("data file", data), *inputs]
@@ -291,7 +297,8 @@ def evaluate(
     with atomic_output(out, overwrite=overwrite, inputs=read) as work:
         t0 = time.perf_counter()
         parts = sharded_map(
-            lambda exs: task.predict(model, tokenizer, exs, meta, batch_size).per_example(), examples
+            lambda exs: task.predict(model, tokenizer, exs, meta, batch_size, bf16=bf16).per_example(),
+            examples,
         )  # a share per process
         if not main_process():
             return None
@@ -302,9 +309,19 @@ def evaluate(
             data=data,
             examples=examples,
             predictions=task.join_predictions(parts),
-            extra={"seconds": time.perf_counter() - t0, "device": str(dev)},
+            extra={
+                "seconds": time.perf_counter() - t0,
+                "device": str(dev),
+                "dtype": precision.dtype_name(dev, bf16),
+            },
         )
-        hparams = {"model": str(model_dir), "task": task.name, "data": data, "batch_size": batch_size}
+        hparams = {
+            "model": str(model_dir),
+            "task": task.name,
+            "data": data,
+            "batch_size": batch_size,
+            "bf16": bf16,
+        }
         log_final(report_to, work / "tracking", "evaluate", hparams, metrics)
         return metrics
 

@@ -10,9 +10,10 @@ kernels are float32 kernels; other fusion orders): losses within 1e-4 relative."
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
+from helpers import prompted_features as _prompted
+from helpers import training_features as _features
 from test_oom import FakeOOM
 
 from tunelab.errors import UsageError
@@ -25,21 +26,6 @@ from tunelab.training.loop import Trainer
 from tunelab.training.speed import bucket, padded
 
 SIZE_RULE = r"micro_batch_size must be an integer in \[1, 65536\] or auto or null"
-
-
-def _features(n: int = 26, span: bool = False, seed: int = 0) -> list[dict]:
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(n):
-        length = int(rng.integers(3, 20))
-        f = {"input_ids": rng.integers(5, 300, size=length).tolist(), "attention_mask": [1] * length}
-        if span:
-            s = int(rng.integers(0, length))
-            f["start_positions"], f["end_positions"] = s, int(rng.integers(s, length))
-        else:
-            f["labels"] = i % 2
-        out.append(f)
-    return out
 
 
 def _model(tiny_model_dir, head="classification", method="full", dtype=torch.float64):
@@ -116,16 +102,6 @@ def test_micro_batch_size_fused_and_pinned_train_the_same_model(tiny_model_dir, 
     _assert_same(ref, pinned)
     both = _run(tiny_model_dir, tmp_path, "both", packing=True, micro_batch_size=5)
     _assert_same(ref, both)
-
-
-def _prompted(n: int = 26, prefix: int = 12) -> list[dict]:
-    """Classification features that all start with the same `prefix` tokens, as a prompt's chat template
-    and instruction do, then each its own tokens."""
-    head = list(range(300, 300 + prefix))
-    return [
-        {**f, "input_ids": head + f["input_ids"], "attention_mask": [1] * (prefix + len(f["input_ids"]))}
-        for f in _features(n)
-    ]
 
 
 @pytest.mark.parametrize("method", ["full", "lora", "head"])

@@ -103,6 +103,8 @@ PACKAGES = (
 def environment(seed: int) -> dict:
     import torch
 
+    from tunelab.precision import bf16_native
+
     versions = {}
     for name in PACKAGES:
         try:
@@ -115,7 +117,7 @@ def environment(seed: int) -> dict:
             "name": torch.cuda.get_device_name(0),
             "count": torch.cuda.device_count(),
             "cuda": torch.version.cuda,
-            "bf16": torch.cuda.is_bf16_supported(),
+            "bf16": bf16_native(torch.device("cuda")),
         }
     else:
         dev = {
@@ -123,6 +125,7 @@ def environment(seed: int) -> dict:
             "name": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
+            "bf16": bf16_native(torch.device("cpu")),  # native bfloat16 (or TUNELAB_CPU_BF16)
         }
     return {
         "time": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from tunelab import signals
+from tunelab import precision, signals
 from tunelab.distributed import check_joined, launched_processes, on_joined
 from tunelab.errors import UsageError
 from tunelab.options import TrainConfig
@@ -72,6 +72,7 @@ class TrainResult:
     prepared_model: object = None  # the model as `accelerator.prepare` returned it (DDP/FSDP wrapper)
     chunks: int = 1  # pieces each micro-batch ran in at the end (> 1 after out-of-memory)
     shared_prefix: bool = False  # whether pieces ran the tokens they all start with once (share_prefix)
+    dtype: str = "float32"  # the autocast the steps ran under: bfloat16 or float32 (tunelab.precision)
 
 
 class Trainer:
@@ -98,6 +99,7 @@ class Trainer:
         self.evaluate_fn, self.loss_fn, self.progress = evaluate, loss_fn, progress
         set_seed(cfg.seed)
         self.accelerator = self._accelerator(accelerator)
+        self.dtype = "bfloat16" if self.accelerator.mixed_precision == "bf16" else "float32"
         self._plan(features)
         self.kind = speed.head_kind(self.feats) if cfg.packing else None
         self.compiled = speed.compile_layers(model, cfg.compile_mode) if cfg.compile else []
@@ -125,10 +127,14 @@ class Trainer:
         cfg = self.cfg
         launched = launched_processes()
         if accelerator is None:
-            use_bf16 = cfg.bf16 and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+            dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+            # bfloat16 autocast where it is native (GPUs, CPUs with AVX512-BF16/AMX); the weights and optimizer
+            # state stay float32.
+            mixed = "bf16" if precision.use_bf16(dev, cfg.bf16) else "no"
+            _forget_other_precision(mixed)
             # Without a GPU, accelerate joins the launched processes (gloo) only when told to use the CPU.
             accelerator = Accelerator(
-                mixed_precision="bf16" if use_bf16 else "no",
+                mixed_precision=mixed,
                 gradient_accumulation_steps=cfg.grad_accum,
                 cpu=launched > 1 and not torch.cuda.is_available(),
             )
@@ -557,7 +563,18 @@ class Trainer:
             prepared,
             self.chunks,
             self.share_prefix,
+            self.dtype,
         )
+
+
+def _forget_other_precision(mixed: str) -> None:
+    """accelerate keeps one AcceleratorState per process and refuses a second Accelerator of another mixed
+    precision (a study whose variants differ in `bf16`, --seeds after such a run): forget the state then. The
+    process group (PartialState) stays."""
+    from accelerate.state import AcceleratorState
+
+    if AcceleratorState._shared_state.get("_mixed_precision", mixed) != mixed:
+        AcceleratorState._reset_state()
 
 
 def train(

@@ -9,6 +9,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from tunelab import precision
 from tunelab.inference import run_batches
 from tunelab.prefix_cache import prefix_inputs
 from tunelab.tasks.classification.zero_shot import ClassificationPrompt, verbalizer_ids
@@ -56,11 +57,13 @@ def classify(
     batch_size: int | str = 64,
     progress: bool = True,
     share_prefix: bool | None = None,
+    bf16: bool = True,
 ) -> np.ndarray:
     """Class log-probabilities of a sequence-classification model, batched by length; logits leave the GPU
     batch by batch. share_prefix: each batch runs the tokens its inputs all start with once
     (tunelab.prefix_cache), the same scores up to float rounding; None: on a CPU (as training's
-    share_prefix auto; benchmarks/eval_batching.py --classify-n measures it)."""
+    share_prefix auto; benchmarks/eval_batching.py --classify-n measures it). bf16: bfloat16 autocast where
+    the hardware runs it natively (tunelab.precision)."""
     dev = next(model.parameters()).device
     share_prefix = dev.type == "cpu" if share_prefix is None else share_prefix
     ids = encode(tokenizer, texts, max_length)
@@ -70,7 +73,7 @@ def classify(
     def run(idx):
         feats = [{"input_ids": ids[i], "attention_mask": [1] * len(ids[i])} for i in idx]
         pad = tokenizer.pad_token_id
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+        with precision.autocast(dev, bf16):
             # the prompt's shared start (chat template, instruction) once per batch, when there is one
             batch = prefix_inputs(model, feats, pad, dev) if share_prefix else None
             if batch is None:

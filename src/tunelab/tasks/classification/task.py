@@ -269,12 +269,15 @@ class ClassificationTask(Task):
         meta: dict,
         batch_size: int | str = 64,
         progress: bool = True,
+        bf16: bool = True,
     ) -> ClassScores:
         """Class log-probabilities of a fine-tuned classifier, with the input format it was trained on."""
         prompt = ClassificationPrompt(**meta["input_prompt"]) if meta.get("input_prompt") else None
         texts = [format_input(prompt, tokenizer, ex.text, ex.text_pair) for ex in examples]
         return ClassScores(
-            classify(model, tokenizer, texts, meta.get("max_length", 128), batch_size, progress=progress)
+            classify(
+                model, tokenizer, texts, meta.get("max_length", 128), batch_size, progress=progress, bf16=bf16
+            )
         )
 
     join_predictions = staticmethod(ClassScores.join)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from tunelab import precision
 from tunelab.inference import run_batches
 from tunelab.tasks.extractive_qa.postprocess import postprocess
 from tunelab.tasks.extractive_qa.windows import prepare_eval_features
@@ -26,9 +27,11 @@ def predict_spans(
     *,
     version_2: bool = False,
     progress: bool = True,
+    bf16: bool = True,
 ) -> tuple[dict[str, str], dict[str, list[dict]], dict[str, float]]:
     """Answers of a span-QA model: windows, forward in length-sorted batches with right padding, logits moved
-    to the CPU batch by batch, then n-best post-processing. Returns (predictions, nbest, na_scores)."""
+    to the CPU batch by batch, then n-best post-processing; bfloat16 autocast where the hardware runs it
+    natively and `bf16` (tunelab.precision). Returns (predictions, nbest, na_scores)."""
     dev = next(model.parameters()).device
     feats = prepare_eval_features(examples, tokenizer, max_length, stride)
     ids = feats["input_ids"]
@@ -41,7 +44,7 @@ def predict_spans(
             [{"input_ids": ids[i], "attention_mask": feats["attention_mask"][i]} for i in idx],
             tokenizer.pad_token_id,
         )
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+        with precision.autocast(dev, bf16):
             out = model(**{k: v.to(dev) for k, v in batch.items()})
         start, end = out.start_logits.float().cpu().numpy(), out.end_logits.float().cpu().numpy()
         for row, i in enumerate(idx):

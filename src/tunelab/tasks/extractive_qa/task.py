@@ -264,6 +264,7 @@ class ExtractiveQATask(Task):
         meta: dict,
         batch_size: int | str = 64,
         progress: bool = True,
+        bf16: bool = True,
     ) -> SpanAnswers:
         max_length = meta.get("max_length", 384)
         stride = meta.get("stride", doc_stride(max_length))
@@ -276,6 +277,7 @@ class ExtractiveQATask(Task):
             batch_size,
             version_2=self.version_2,
             progress=progress,
+            bf16=bf16,
         )
         return SpanAnswers(preds, nbest, na, 0.0)
 

@@ -58,30 +58,52 @@ TINY = {  # a test's sizes
 TIMINGS = ("seconds", "train_seconds", "eval_seconds")  # what metrics.json holds, by command
 
 
-def run_once(case: str, mode: str, args, work: Path) -> dict:
-    out = work / f"{case}-{mode}"
-    argv = [
-        *CASES[case][:1],
-        args.model,
-        *CASES[case][1:],
-        *(TINY[case] if args.tiny else []),
-        "--out",
-        str(out),
-    ]
+def tunelab(argv: list[str], mode: str, name: str) -> tuple[float, dict, Path]:
+    """Run `tunelab ARGV` in `mode`'s precision; (wall seconds, metrics.json, the folder holding it)."""
     env = {**os.environ, "TUNELAB_CPU_BF16": MODES[mode], "TOKENIZERS_PARALLELISM": "false"}
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "tunelab", *argv], env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
-        raise SystemExit(f"{case} ({mode}) failed with status {proc.returncode}")
-    folder = out / "eval" if argv[0] == "finetune" else out
-    metrics = json.loads((folder / "metrics.json").read_text())
-    row = {"command": "tunelab " + " ".join(argv[:-2]), "wall_seconds": wall, "folder": folder}
-    row.update({k: metrics[k] for k in TIMINGS if k in metrics})
-    row.update({k: metrics[k] for k in ("train_dtype", "dtype") if k in metrics})
-    row["scores"] = {k: metrics[k] for k in ("accuracy", "f1", "exact_match") if k in metrics}
-    return row
+        raise SystemExit(f"{name} failed with status {proc.returncode}")
+    folder = Path(argv[-1]) / ("eval" if argv[0] == "finetune" else "")
+    return wall, json.loads((folder / "metrics.json").read_text()), folder
+
+
+def row(argv: list[str], wall: float, metrics: dict, folder: Path) -> dict:
+    out = {"command": "tunelab " + " ".join(argv[:-2]), "wall_seconds": wall, "folder": folder}
+    out.update({k: metrics[k] for k in (*TIMINGS, "train_dtype", "dtype") if k in metrics})
+    out["scores"] = {k: metrics[k] for k in ("accuracy", "f1", "exact_match") if k in metrics}
+    return out
+
+
+def given(argv: list[str], flags: tuple[str, ...]) -> list[str]:
+    """The flags of argv among `flags`, each with its value (the last one given, as argparse takes)."""
+    found = {a: argv[i + 1] for i, a in enumerate(argv[:-1]) if a in flags}
+    return [x for flag, value in found.items() for x in (flag, value)]
+
+
+def run_case(case: str, args, work: Path) -> dict:
+    """Every run of a case, by label: the command in each precision (fine-tuning: per seed), and for
+    fine-tuning each trained model evaluated again in the other precision (`tunelab evaluate`)."""
+    base = [CASES[case][0], args.model, *CASES[case][1:], *(TINY[case] if args.tiny else [])]
+    finetune = base[0] == "finetune"
+    runs = {}
+    for seed in args.seeds if finetune else [None]:
+        for mode in MODES:
+            label = mode if seed in (None, args.seeds[0]) else f"{mode} seed {seed}"
+            argv = [*base, *(["--seed", str(seed)] if seed is not None else [])]
+            argv += ["--out", str(work / f"{case}-{label}".replace(" ", "-"))]
+            runs[label] = row(argv, *tunelab(argv, mode, f"{case} ({label})"))
+    if finetune:  # the first seed's models, each evaluated in the other precision
+        evaluated = given(base, ("--task", "--limit"))  # the dev examples fine-tuning evaluated
+        for trained, other in (("float32", "bfloat16"), ("bfloat16", "float32")):
+            label = f"{trained}-trained, {other} evaluation"
+            model = str(runs[trained]["folder"].parent)
+            argv = ["evaluate", model, *evaluated, "--out", str(work / f"{case}-{trained}-{other}")]
+            runs[label] = row(argv, *tunelab(argv, other, f"{case} ({label})"))
+    return runs
 
 
 def per_example(folder: Path) -> tuple[list, list]:
@@ -94,22 +116,50 @@ def per_example(folder: Path) -> tuple[list, list]:
     return [r["prediction"] for r in rows], [r["prediction"] == r["gold"] for r in rows]
 
 
-def compare(fp32: dict, bf16: dict) -> dict:
-    answers32, score32 = per_example(fp32.pop("folder"))
-    answers16, score16 = per_example(bf16.pop("folder"))
-    changed = sum(a != b for a, b in zip(answers32, answers16, strict=True))
-    out = {"n": len(answers32), "predictions_changed": changed}
-    if isinstance(score32[0], bool):
-        out["mcnemar"] = mcnemar(score32, score16)
+def compare(a: dict, b: dict) -> dict:
+    """b against a on the same examples: predictions changed, and McNemar (classification) or a paired
+    bootstrap of F1 (QA)."""
+    answers_a, score_a = per_example(a["folder"])
+    answers_b, score_b = per_example(b["folder"])
+    changed = sum(x != y for x, y in zip(answers_a, answers_b, strict=True))
+    out = {"n": len(answers_a), "predictions_changed": changed}
+    if isinstance(score_a[0], bool):
+        out["accuracy_points"] = 100 * (sum(score_b) - sum(score_a)) / len(score_a)
+        out["mcnemar"] = mcnemar(score_a, score_b)
     else:
-        out["f1_bf16_minus_fp32"] = paired_bootstrap([100 * s for s in score32], [100 * s for s in score16])
-    out["speedup"] = {k: fp32[k] / bf16[k] for k in ("wall_seconds", *TIMINGS) if k in fp32 and bf16.get(k)}
+        out["f1_difference"] = paired_bootstrap([100 * x for x in score_a], [100 * x for x in score_b])
     return out
+
+
+COMPARISONS = {  # name: (a, b), b against a; only those whose runs exist
+    "bfloat16 vs float32": ("float32", "bfloat16"),
+    "evaluation only: float32-trained model, bfloat16 vs float32 evaluation": (
+        "float32",
+        "float32-trained, bfloat16 evaluation",
+    ),
+    "training only: bfloat16- vs float32-trained model, both evaluated in float32": (
+        "float32",
+        "bfloat16-trained, float32 evaluation",
+    ),
+}
+
+
+def comparisons(runs: dict, seeds: list[int]) -> dict:
+    pairs = {k: v for k, v in COMPARISONS.items() if v[1] in runs}
+    for seed in seeds[1:]:
+        if f"float32 seed {seed}" in runs:
+            pairs[f"seed {seed}: bfloat16 vs float32"] = (f"float32 seed {seed}", f"bfloat16 seed {seed}")
+            pairs[f"float32 seed {seed} vs seed {seeds[0]} (the spread of seeds)"] = (
+                "float32",
+                f"float32 seed {seed}",
+            )
+    return {name: compare(runs[a], runs[b]) for name, (a, b) in pairs.items()}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, of: {', '.join(CASES)}")
+    ap.add_argument("--seeds", default="42", help="fine-tuning seeds, comma-separated (default 42)")
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--tiny", action="store_true", help="a few examples each (checks the script)")
     ap.add_argument("--out", help="result file (default results/cpu-bf16.json; with --tiny: required)")
@@ -117,6 +167,10 @@ def main() -> int:
     names = [c.strip() for c in args.cases.split(",") if c.strip()]
     if not names or any(c not in CASES for c in names):
         ap.error(f"--cases: choose from {', '.join(CASES)}")
+    try:
+        args.seeds = [int(x) for x in args.seeds.split(",")]
+    except ValueError:
+        ap.error("--seeds: comma-separated integers")
     if args.tiny and not args.out:
         ap.error("--tiny needs --out (the committed result is the full run's)")
     out = Path(args.out or ROOT / "benchmarks" / "results" / "cpu-bf16.json")
@@ -137,16 +191,16 @@ def main() -> int:
     }
     with tempfile.TemporaryDirectory(prefix="cpu-bf16-") as tmp:
         for case in names:
-            runs = {mode: run_once(case, mode, args, Path(tmp)) for mode in MODES}
-            comparison = compare(runs["float32"], runs["bfloat16"])
-            result["cases"][case] = {**runs, **comparison}
-            print(
-                case,
-                json.dumps({k: runs[m]["scores"] for k, m in (("fp32", "float32"), ("bf16", "bfloat16"))}),
-                "speedup",
-                json.dumps(comparison["speedup"]),
-                flush=True,
-            )
+            runs = run_case(case, args, Path(tmp))
+            fp32, bf16 = runs["float32"], runs["bfloat16"]
+            speedup = {k: fp32[k] / bf16[k] for k in ("wall_seconds", *TIMINGS) if k in fp32 and bf16.get(k)}
+            compared = comparisons(runs, args.seeds)
+            for r in runs.values():
+                del r["folder"]
+            result["cases"][case] = {"speedup": speedup, "comparisons": compared, "runs": runs}
+            print(case, "speedup", json.dumps(speedup), flush=True)
+            for name, c in compared.items():
+                print("  ", name, json.dumps({k: v for k, v in c.items() if k != "n"}), flush=True)
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(result, indent=2) + "\n")  # after each case: a cut-short run keeps it
     print(f"wrote {out}")

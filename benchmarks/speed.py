@@ -472,6 +472,7 @@ def run_tunelab(model, feats, *, task, batch_size, warmup, steps, seed, pad_id, 
     `warmup` is marked by the evaluate hook, the end of the last step after train() returns). `options`:
     TrainConfig speed options (VARIANTS)."""
     from tunelab.options import SPEED_OPTIONS
+    from tunelab.precision import float32_head
     from tunelab.tasks.extractive_qa.windows import span_loss
     from tunelab.training import TrainConfig, length_grouped_order, train
 
@@ -492,6 +493,7 @@ def run_tunelab(model, feats, *, task, batch_size, warmup, steps, seed, pad_id, 
         }
     )
     marks: dict[str, float] = {}
+    float32_head(model.score if task == "sst2" else model.qa_outputs)  # as tunelab.models.load_task_model
 
     def evaluate(_model):  # called after steps warmup, 2 x warmup, ...: only the first marks the clock
         if "warm" not in marks:

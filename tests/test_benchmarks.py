@@ -296,10 +296,25 @@ def test_cpu_bf16_bench_compares_the_two_precisions(tiny_model_dir, tmp_path):
     report = json.loads(out.read_text())
     assert report["trial"] and report["machine"]["device"] == "cpu"
     zs, ft = report["cases"]["sst2-zeroshot"], report["cases"]["squad-finetune"]
-    assert (zs["float32"]["dtype"], zs["bfloat16"]["dtype"]) == ("float32", "bfloat16")
-    assert (ft["float32"]["train_dtype"], ft["bfloat16"]["train_dtype"]) == ("float32", "bfloat16")
-    assert zs["n"] == 16 and 0 <= zs["predictions_changed"] <= 16 and "p_value" in zs["mcnemar"]
-    assert ft["n"] == 4 and "ci95" in ft["f1_bf16_minus_fp32"]
+    assert [(r["dtype"], "train_dtype" in r) for r in zs["runs"].values()] == [
+        ("float32", False),
+        ("bfloat16", False),
+    ]
+    assert {k: (r["train_dtype"], r["dtype"]) for k, r in ft["runs"].items() if "train_dtype" in r} == {
+        "float32": ("float32", "float32"),
+        "bfloat16": ("bfloat16", "bfloat16"),
+    }
+    # each fine-tuned model evaluated again in the other precision (tunelab evaluate: no training)
+    assert ft["runs"]["float32-trained, bfloat16 evaluation"]["dtype"] == "bfloat16"
+    assert ft["runs"]["bfloat16-trained, float32 evaluation"]["dtype"] == "float32"
+    assert list(ft["comparisons"]) == [
+        "bfloat16 vs float32",
+        "evaluation only: float32-trained model, bfloat16 vs float32 evaluation",
+        "training only: bfloat16- vs float32-trained model, both evaluated in float32",
+    ]
+    zs_c = zs["comparisons"]["bfloat16 vs float32"]
+    assert zs_c["n"] == 16 and 0 <= zs_c["predictions_changed"] <= 16 and "p_value" in zs_c["mcnemar"]
+    assert all(c["n"] == 4 and "ci95" in c["f1_difference"] for c in ft["comparisons"].values())
     assert set(ft["speedup"]) == {"wall_seconds", "train_seconds", "eval_seconds"}
     assert all(v > 0 for case in (zs, ft) for v in case["speedup"].values())
-    assert "accuracy" in zs["bfloat16"]["scores"] and "f1" in ft["float32"]["scores"]
+    assert "accuracy" in zs["runs"]["bfloat16"]["scores"] and "f1" in ft["runs"]["float32"]["scores"]

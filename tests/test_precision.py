@@ -141,3 +141,44 @@ def test_commands_record_and_honour_the_precision(tiny_model_dir, tmp_path, bf16
 def _scores(folder) -> torch.Tensor:
     rows = (folder / "predictions.jsonl").read_text().splitlines()
     return torch.tensor([list(json.loads(r)["scores"].values()) for r in rows])
+
+
+def test_a_float32_head_keeps_what_bfloat16_rounds_away():
+    """Two class rows whose scores differ by 0.004 at a magnitude of 256: bfloat16 (a step of 2 there) rounds
+    both to the same number and argmax takes the first class; the float32 head keeps the difference."""
+    torch.manual_seed(0)
+    plain = torch.nn.Linear(64, 2, bias=False)
+    with torch.no_grad():
+        plain.weight.fill_(1.0)
+        plain.weight[1, 0] += 1e-3
+    h = torch.full((3, 64), 4.0)
+    head = precision.float32_head(torch.nn.Linear(64, 2, bias=False))
+    head.load_state_dict(plain.state_dict())  # the same parameter names: a class swap, not a wrapper
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        rounded, kept = plain(h), head(h)
+    assert rounded.dtype == torch.bfloat16 and torch.equal(rounded[:, 0], rounded[:, 1])
+    assert kept.dtype == torch.float32 and kept.argmax(-1).tolist() == [1, 1, 1]
+    torch.testing.assert_close(kept, torch.nn.functional.linear(h, plain.weight))
+    bf16_weights = precision.float32_head(torch.nn.Linear(64, 2, bias=False).to(torch.bfloat16))
+    assert bf16_weights(h.to(torch.bfloat16)).dtype == torch.float32
+
+
+def test_models_are_loaded_with_float32_heads(tiny_model_dir):
+    from tunelab.models import load_causal_lm
+    from tunelab.models.params import LoraOptions, apply_method
+
+    for head, module in (("classification", "score"), ("span", "qa_outputs")):
+        model = load_task_model(tiny_model_dir, head)
+        assert type(getattr(model, module)) is precision.Float32Linear
+        assert f"{module}.weight" in model.state_dict()
+        lora = apply_method(model, head, "lora", LoraOptions(4, 8, 0.0, ("q_proj",)))
+        copies = [m for n, m in lora.named_modules() if n.endswith(f"{module}.modules_to_save.default")]
+        assert len(copies) == 1 and type(copies[0]) is precision.Float32Linear  # peft's trained copy
+    fp32 = load_causal_lm(tiny_model_dir)
+    assert fp32.lm_head.weight is fp32.get_input_embeddings().weight  # still tied
+    bf16 = load_causal_lm(tiny_model_dir, dtype=torch.bfloat16)
+    assert bf16.get_input_embeddings().weight.dtype == torch.bfloat16
+    assert bf16.lm_head.weight.dtype == torch.float32  # an untied float32 copy
+    torch.testing.assert_close(bf16.lm_head.weight, fp32.lm_head.weight, atol=0.01, rtol=0.01)
+    logits = bf16(input_ids=torch.tensor([[1, 2, 3]])).logits
+    assert logits.dtype == torch.float32

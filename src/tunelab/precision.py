@@ -63,3 +63,26 @@ def autocast(dev: torch.device, bf16: bool = True) -> AbstractContextManager:
 def dtype_name(dev: torch.device, bf16: bool = True) -> str:
     """What a results file records: bfloat16 or float32."""
     return "bfloat16" if use_bf16(dev, bf16) else "float32"
+
+
+class Float32Linear(torch.nn.Linear):
+    """A linear layer that computes in float32 (float64 stays float64), whatever its weights' dtype and under
+    autocast: the output heads (class scores, span starts and ends, the LM head), whose outputs are compared
+    with each other. In bfloat16 (8 bits of mantissa) the small difference of two large logits is rounded away
+    and near-ties go to the first class (benchmarks/results/cpu-bf16-bf16-heads.json); a head is a small
+    share of the arithmetic."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = torch.promote_types(self.weight.dtype, torch.float32)
+        with torch.autocast(x.device.type, enabled=False):
+            bias = None if self.bias is None else self.bias.to(dtype)
+            return torch.nn.functional.linear(x.to(dtype), self.weight.to(dtype), bias)
+
+
+def float32_head(module: torch.nn.Module) -> torch.nn.Module:
+    """`module` (a torch.nn.Linear) computing in float32 from now on. Its class is swapped rather than the
+    module wrapped, so that its parameters, their names and what peft and deepcopy do with it stay as they
+    are."""
+    if type(module) is torch.nn.Linear:
+        module.__class__ = Float32Linear
+    return module

@@ -15,6 +15,7 @@ from tunelab.errors import ModelError
 from tunelab.models.heads import auto_class, head
 from tunelab.models.registry import resolve
 from tunelab.models.remote_code import load_error, remote_code_trusted
+from tunelab.precision import float32_head
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -60,12 +61,18 @@ def _from_pretrained(cls, spec: str, **kwargs):
 
 
 def load_causal_lm(spec: str, *, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
+    """A causal LM in `dtype` whose LM head computes in float32 (`precision.float32_head`; in another dtype,
+    with float32 weights of its own: an untied copy where it shares the input embeddings')."""
     from transformers import AutoModelForCausalLM
 
     model, info = _from_pretrained(AutoModelForCausalLM, spec, dtype=dtype)
     missing = [k for k in info["missing_keys"] if k != "lm_head.weight"]
     if missing:
         raise ModelError(f"{spec}: checkpoint lacks weights for {len(missing)} tensors, e.g. {missing[:3]}")
+    lm_head = model.get_output_embeddings()
+    if lm_head.weight.dtype != torch.float32:
+        lm_head.weight = torch.nn.Parameter(lm_head.weight.detach().float(), requires_grad=False)
+    float32_head(lm_head)
     return model
 
 
@@ -92,7 +99,8 @@ def load_task_model(
 ) -> PreTrainedModel:
     """A classification or span-QA model (`head_name`: classification | span) whose body holds the
     checkpoint's weights. A new classification head gets one output per label (`labels` name them in
-    id2label); `head_init(model)` may then set the new head's weights.
+    id2label); `head_init(model)` may then set the new head's weights. The head computes in float32
+    (`precision.float32_head`), under autocast too.
 
     transformers' LlamaForQuestionAnswering names its body `transformer` while causal-LM checkpoints name it
     `model`; a plain `from_pretrained` then silently leaves the whole body random. We map the keys, and
@@ -123,6 +131,7 @@ def load_task_model(
         )
     if fresh and head_init is not None:
         head_init(model)
+    float32_head(getattr(model, module))
     return model
 
 

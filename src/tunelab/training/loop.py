@@ -128,8 +128,8 @@ class Trainer:
         launched = launched_processes()
         if accelerator is None:
             dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-            # bfloat16 autocast where it is native (GPUs, CPUs with AVX512-BF16/AMX); the weights and optimizer
-            # state stay float32.
+            # bfloat16 autocast where it is native (GPUs, CPUs with AVX512-BF16/AMX); the weights and
+            # optimizer state stay float32.
             mixed = "bf16" if precision.use_bf16(dev, cfg.bf16) else "no"
             _forget_other_precision(mixed)
             # Without a GPU, accelerate joins the launched processes (gloo) only when told to use the CPU.

@@ -45,7 +45,7 @@ def machine(device: str = "cpu") -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
-        "bf16_native": bf16_native(torch.device(device)),  # tunelab.precision: bfloat16 by default
+        "bf16_native": bf16_native(torch.device(device)),  # tunelab.precision
     }
     if device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(torch.device(device))

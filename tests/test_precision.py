@@ -27,22 +27,28 @@ def bf16_on(monkeypatch):
     monkeypatch.setenv(precision.ENV, "on")
 
 
-def test_the_cpu_check_and_its_override(monkeypatch):
+def test_the_cpu_defaults_and_their_override(monkeypatch):
+    """auto: zero-shot weights in bfloat16 where the CPU has it natively, fine-tuning and evaluation in
+    float32; on: bfloat16 for all of it; off: float32 for all of it; a `bf16` option of false: float32."""
     monkeypatch.setenv(precision.ENV, "auto")
-    assert precision.cpu_bf16() == precision._cpu_has_native_bf16()
+    native = precision._cpu_has_native_bf16()
+    assert precision.bf16_native(CPU) is native
+    assert precision.eval_dtype(CPU) == (torch.bfloat16 if native else torch.float32)
+    assert not precision.bf16_autocast(CPU) and precision.autocast_dtype(CPU) == "float32"
     for value, expected in [("on", True), ("ON", True), ("1", True), ("off", False), ("0", False)]:
         monkeypatch.setenv(precision.ENV, value)
-        assert precision.cpu_bf16() is expected
         assert precision.eval_dtype(CPU) == (torch.bfloat16 if expected else torch.float32)
-        assert precision.dtype_name(CPU) == ("bfloat16" if expected else "float32")
+        assert precision.bf16_autocast(CPU) is expected
+        assert precision.autocast_dtype(CPU) == ("bfloat16" if expected else "float32")
+        assert precision.bf16_native(CPU) is native  # the hardware's answer, whatever the override
     monkeypatch.setenv(precision.ENV, "on")
     assert precision.eval_dtype(CPU, bf16=False) == torch.float32  # the option turns it off
     assert precision.autocast(CPU).fast_dtype == torch.bfloat16
     assert not precision.autocast(CPU, bf16=False)._enabled
-    assert not precision.bf16_native(torch.device("meta"))
+    assert not precision.bf16_weights(torch.device("meta"))
     monkeypatch.setenv(precision.ENV, "sometimes")
     with pytest.raises(UsageError, match="TUNELAB_CPU_BF16='sometimes' must be auto, on or off"):
-        precision.cpu_bf16()
+        precision.eval_dtype(CPU)
 
 
 def _model(tiny_model_dir, head: str) -> torch.nn.Module:
@@ -106,7 +112,7 @@ def _metrics(folder) -> dict:
     return json.loads((folder / "metrics.json").read_text())
 
 
-def test_commands_record_and_honour_the_precision(tiny_model_dir, tmp_path, bf16_on):
+def test_commands_record_and_honour_the_precision(tiny_model_dir, tmp_path, bf16_on, monkeypatch):
     """zeroshot loads bfloat16 weights, finetune trains and evaluates under bfloat16 autocast, evaluate too;
     --no-bf16 keeps each in float32; the scores agree up to bfloat16's rounding."""
     (tmp_path / "data" / "SST-2").mkdir(parents=True)
@@ -132,6 +138,9 @@ def test_commands_record_and_honour_the_precision(tiny_model_dir, tmp_path, bf16
         evals[len(flag)] = _metrics(out)
     assert (evals[0]["dtype"], evals[1]["dtype"]) == ("bfloat16", "float32")
     assert evals[0]["accuracy"] == m["accuracy"]  # the same bfloat16 evaluation as fine-tuning's own
+    monkeypatch.setenv(precision.ENV, "auto")  # the CPU default: fine-tuned models evaluate in float32
+    assert main(["evaluate", str(ft), *data, "--out", str(tmp_path / "ev-auto")]) == 0
+    assert _metrics(tmp_path / "ev-auto")["dtype"] == "float32"
     for runs in (("zs0", "zs1"), ("ev0", "ev1")):
         bf16, fp32 = (_scores(tmp_path / name) for name in runs)
         assert not torch.equal(bf16, fp32)  # computed in two precisions

@@ -261,9 +261,10 @@ SPEED_OPTIONS = (
 
 
 BF16_HELP = (
-    "bfloat16 {how} where the hardware computes it natively: GPUs that support it, CPUs with AVX512-BF16 or "
-    "AMX (tunelab.precision; TUNELAB_CPU_BF16=on|off overrides the CPU check); false: float32"
+    "bfloat16 {how} on GPUs that support it{cpu} (tunelab.precision; TUNELAB_CPU_BF16=on|off "
+    "overrides the CPU default); false: float32"
 )
+BF16_CPU_AUTOCAST = ", on CPUs only with TUNELAB_CPU_BF16=on (measured: faster but a little less accurate)"
 
 
 @dataclass
@@ -296,7 +297,9 @@ class TrainConfig:
     seed: int = option(
         42, "seeds the new head, LoRA, dropout and the data order", low=0, high=2**32, high_open=True
     )
-    bf16: bool = option(True, BF16_HELP.format(how="autocast (float32 weights and optimizer state)"))
+    bf16: bool = option(
+        True, BF16_HELP.format(how="autocast (float32 weights and optimizer state)", cpu=BF16_CPU_AUTOCAST)
+    )
     eval_every: int = option(
         0, "steps between evaluations on the dev examples (0: only at the end)", low=0, high=MAX_COUNT
     )
@@ -438,7 +441,9 @@ class ZeroShotOptions:
         high=64,
     )
     shot_seed: int = option(1234, "seeds the draw of the k-shot examples", low=0, high=2**32, high_open=True)
-    bf16: bool = option(True, BF16_HELP.format(how="weights"))
+    bf16: bool = option(
+        True, BF16_HELP.format(how="weights", cpu=" and on CPUs with native bfloat16 (AVX512-BF16, AMX)")
+    )
 
 
 @dataclass
@@ -491,7 +496,7 @@ class EvaluateOptions:
         low=1,
         high=MAX_BATCH,
     )
-    bf16: bool = option(True, BF16_HELP.format(how="autocast"))
+    bf16: bool = option(True, BF16_HELP.format(how="autocast", cpu=BF16_CPU_AUTOCAST))
 
 
 @dataclass

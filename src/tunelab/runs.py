@@ -249,7 +249,7 @@ def _finetune_in(
         "evals_during_training": result.evals,
         "device": str(device()),
         "train_dtype": result.dtype,
-        "dtype": precision.dtype_name(device(), cfg.bf16),
+        "dtype": precision.autocast_dtype(device(), cfg.bf16),
     }
     metrics = task.write_results(
         work / "eval",
@@ -312,7 +312,7 @@ def evaluate(
             extra={
                 "seconds": time.perf_counter() - t0,
                 "device": str(dev),
-                "dtype": precision.dtype_name(dev, bf16),
+                "dtype": precision.autocast_dtype(dev, bf16),
             },
         )
         hparams = {

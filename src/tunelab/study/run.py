@@ -125,7 +125,8 @@ def environment(seed: int) -> dict:
             "name": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
-            "bf16": bf16_native(torch.device("cpu")),  # native bfloat16 (or TUNELAB_CPU_BF16)
+            "bf16": bf16_native(torch.device("cpu")),  # native bfloat16 (tunelab.precision)
+            "TUNELAB_CPU_BF16": os.environ.get("TUNELAB_CPU_BF16", "auto"),
         }
     return {
         "time": datetime.now(UTC).isoformat(timespec="seconds"),

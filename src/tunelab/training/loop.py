@@ -128,9 +128,9 @@ class Trainer:
         launched = launched_processes()
         if accelerator is None:
             dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-            # bfloat16 autocast where it is native (GPUs, CPUs with AVX512-BF16/AMX); the weights and
+            # bfloat16 autocast on GPUs (CPUs: with TUNELAB_CPU_BF16=on; tunelab.precision); the weights and
             # optimizer state stay float32.
-            mixed = "bf16" if precision.use_bf16(dev, cfg.bf16) else "no"
+            mixed = "bf16" if precision.bf16_autocast(dev, cfg.bf16) else "no"
             _forget_other_precision(mixed)
             # Without a GPU, accelerate joins the launched processes (gloo) only when told to use the CPU.
             accelerator = Accelerator(

@@ -14,7 +14,8 @@ Cases (SmolLM2-135M-Instruct, the shared data):
   sst2-finetune   finetune --task sst2 --train-limit 1024             1 epoch (32 steps), SST-2 dev
   squad-finetune  finetune --task squad --train-limit 256 --limit 200 1 epoch, the first 200 dev questions
 
-    .venv/bin/python benchmarks/cpu_bf16.py [--cases a,b] [--out FILE]    # -> results/cpu-bf16.json
+    .venv/bin/python benchmarks/cpu_bf16.py [--cases a,b] [--seeds 42,7] [--out FILE]  # results/cpu-bf16.json
+    .venv/bin/python benchmarks/cpu_bf16.py --pool A.json,B.json --out FILE  # every seed's comparison pooled
 """
 
 from __future__ import annotations
@@ -156,6 +157,35 @@ def comparisons(runs: dict, seeds: list[int]) -> dict:
     return {name: compare(runs[a], runs[b]) for name, (a, b) in pairs.items()}
 
 
+def pooled(files: list[str]) -> dict:
+    """Every seed's "bfloat16 vs float32" comparison of the fine-tuning cases in result `files`, pooled: the
+    mean difference, and McNemar's test on all the changed predictions together."""
+    from scipy.stats import binomtest
+
+    docs = [json.loads(Path(f).read_text()) for f in files]
+    machines = [d["machine"] for d in docs]
+    out = {"files": files, "machine": machines[0], "same_machine": all(m == machines[0] for m in machines)}
+    out.update(command="python benchmarks/cpu_bf16.py " + " ".join(sys.argv[1:]), cases={})
+    for doc in docs:
+        for case, result in doc["cases"].items():
+            for name, c in result["comparisons"].items():
+                if "mcnemar" in c and name.endswith("bfloat16 vs float32"):
+                    out["cases"].setdefault(case, []).append(c)
+    for case, comps in out["cases"].items():
+        lost = sum(c["mcnemar"]["only_a_correct"] for c in comps)
+        gained = sum(c["mcnemar"]["only_b_correct"] for c in comps)
+        points = [c["accuracy_points"] for c in comps]
+        out["cases"][case] = {
+            "runs": len(comps),
+            "accuracy_points_each": points,
+            "accuracy_points_mean": sum(points) / len(points),
+            "float32_only_correct": lost,
+            "bfloat16_only_correct": gained,
+            "mcnemar_p": float(binomtest(gained, lost + gained, 0.5).pvalue) if lost + gained else 1.0,
+        }
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, of: {', '.join(CASES)}")
@@ -163,7 +193,14 @@ def main() -> int:
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--tiny", action="store_true", help="a few examples each (checks the script)")
     ap.add_argument("--out", help="result file (default results/cpu-bf16.json; with --tiny: required)")
+    ap.add_argument("--pool", help="comma-separated result files: pool their seeds' comparisons, run nothing")
     args = ap.parse_args()
+    if args.pool:
+        result = pooled(args.pool.split(","))
+        print(json.dumps(result["cases"], indent=2))
+        if args.out:
+            Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        return 0
     names = [c.strip() for c in args.cases.split(",") if c.strip()]
     if not names or any(c not in CASES for c in names):
         ap.error(f"--cases: choose from {', '.join(CASES)}")

@@ -318,3 +318,12 @@ def test_cpu_bf16_bench_compares_the_two_precisions(tiny_model_dir, tmp_path):
     assert set(ft["speedup"]) == {"wall_seconds", "train_seconds", "eval_seconds"}
     assert all(v > 0 for case in (zs, ft) for v in case["speedup"].values())
     assert "accuracy" in zs["runs"]["bfloat16"]["scores"] and "f1" in ft["runs"]["float32"]["scores"]
+    pool = [sys.executable, str(ROOT / "benchmarks" / "cpu_bf16.py"), "--pool", f"{out},{out}"]
+    proc = subprocess.run(
+        [*pool, "--out", str(tmp_path / "pooled.json")], env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    pooled = json.loads((tmp_path / "pooled.json").read_text())["cases"]["sst2-zeroshot"]
+    m = zs_c["mcnemar"]
+    assert pooled["runs"] == 2 and pooled["float32_only_correct"] == 2 * m["only_a_correct"]
+    assert pooled["bfloat16_only_correct"] == 2 * m["only_b_correct"] and 0 <= pooled["mcnemar_p"] <= 1

@@ -6,9 +6,9 @@ than float32. On GPUs tunelab uses it everywhere: bfloat16 weights for zero-shot
 fine-tuning and evaluation. On CPUs, measured on a 2-core Zen 4 (benchmarks/results/cpu-bf16*.json):
 - zero-shot with bfloat16 weights is 1.6-2.1x faster and scores as float32 does, so it is the default where
   the CPU computes bfloat16 natively;
-- fine-tuning under bfloat16 autocast is about 1.45x faster but its SST-2 classifiers scored 0.4 points lower
-  on average over six seeds (68 dev sentences changed: 44 lost, 24 gained, p 0.02), so fine-tuning and the
-  evaluation of fine-tuned models stay float32 on CPUs unless `TUNELAB_CPU_BF16=on`.
+- fine-tuning under bfloat16 autocast trains 1.43-1.51x faster, but its SST-2 classifiers scored 0.38 points
+  lower on average over six seeds (44 dev sentences lost, 24 gained, McNemar p 0.02: cpu-bf16-pooled.json),
+  so fine-tuning and the evaluation of fine-tuned models stay float32 on CPUs unless `TUNELAB_CPU_BF16=on`.
 `TUNELAB_CPU_BF16`: auto (the default, as above), on (bfloat16 for all of it, even where only emulated), off
 (float32 for all of it). The `bf16` options (`--no-bf16`) turn bfloat16 off on any device.
 """
@@ -83,9 +83,9 @@ def autocast_dtype(dev: torch.device, bf16: bool = True) -> str:
 class Float32Linear(torch.nn.Linear):
     """A linear layer that computes in float32 (float64 stays float64), whatever its weights' dtype and under
     autocast: the output heads (class scores, span starts and ends, the LM head), whose outputs are compared
-    with each other. In bfloat16 (8 bits of mantissa) the small difference of two large logits is rounded away
-    and near-ties go to the first class (benchmarks/results/cpu-bf16-bf16-heads.json); a head is a small
-    share of the arithmetic."""
+    with each other. In bfloat16 (8 bits of mantissa) the small difference of two large logits rounds away;
+    with float32 heads, bfloat16 zero-shot changed 13 of 200 SQuAD answers, not 24 (results/cpu-bf16.json
+    against cpu-bf16-bf16-heads.json). A head is a small share of the arithmetic."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = torch.promote_types(self.weight.dtype, torch.float32)

@@ -282,8 +282,8 @@ def evaluate(
     report_to: list[str] | None = None,
     inputs: Inputs = (),
 ) -> dict | None:
-    """Evaluate a fine-tuned folder on `examples` (as `task`, by default the one it was trained for), in
-    bfloat16 autocast where the hardware runs it natively and `bf16` (tunelab.precision).
+    """Evaluate a fine-tuned folder on `examples` (as `task`, by default the one it was trained for), under
+    bfloat16 autocast where `precision.bf16_autocast` allows it and `bf16`.
     `inputs`: what else the caller read (a data folder, a task file), which `out` must not touch.
     `report_to`: experiment trackers, which get the metrics (`log_final`)."""
     read = [("fine-tuned model folder", model_dir), ("data file", data), *inputs]

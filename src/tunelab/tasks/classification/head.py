@@ -63,7 +63,7 @@ def classify(
     batch by batch. share_prefix: each batch runs the tokens its inputs all start with once
     (tunelab.prefix_cache), the same scores up to float rounding; None: on a CPU (as training's
     share_prefix auto; benchmarks/eval_batching.py --classify-n measures it). bf16: bfloat16 autocast where
-    the hardware runs it natively (tunelab.precision)."""
+    `precision.bf16_autocast` allows it."""
     dev = next(model.parameters()).device
     share_prefix = dev.type == "cpu" if share_prefix is None else share_prefix
     ids = encode(tokenizer, texts, max_length)

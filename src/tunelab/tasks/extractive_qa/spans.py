@@ -30,8 +30,8 @@ def predict_spans(
     bf16: bool = True,
 ) -> tuple[dict[str, str], dict[str, list[dict]], dict[str, float]]:
     """Answers of a span-QA model: windows, forward in length-sorted batches with right padding, logits moved
-    to the CPU batch by batch, then n-best post-processing; bfloat16 autocast where the hardware runs it
-    natively and `bf16` (tunelab.precision). Returns (predictions, nbest, na_scores)."""
+    to the CPU batch by batch, then n-best post-processing; bfloat16 autocast where
+    `precision.bf16_autocast` allows it and `bf16`. Returns (predictions, nbest, na_scores)."""
     dev = next(model.parameters()).device
     feats = prepare_eval_features(examples, tokenizer, max_length, stride)
     ids = feats["input_ids"]

@@ -45,6 +45,16 @@ if str(HERE.parent / "src") not in sys.path:  # run from a checkout without inst
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def task_dtype(dev):
+    """A task model's weights as tunelab evaluates it: bfloat16 where it evaluates under bfloat16 autocast
+    (GPUs; CPUs only with TUNELAB_CPU_BF16=on), else float32."""
+    import torch
+
+    from tunelab.precision import bf16_autocast
+
+    return torch.bfloat16 if bf16_autocast(dev) else torch.float32
+
+
 def parse_setting(text: str) -> tuple[str, int | str, int | None]:
     """(label, batch_size, token budget or None)."""
     text = text.strip()
@@ -76,7 +86,6 @@ def main(argv=None) -> int:
     from tunelab.distributed import device
     from tunelab.models import align_pad_token, load_task_model, load_tokenizer
     from tunelab.options import ZeroShotOptions
-    from tunelab.precision import eval_dtype
     from tunelab.tasks import get_task
     from tunelab.tasks.extractive_qa.spans import predict_spans
 
@@ -146,7 +155,7 @@ def main(argv=None) -> int:
     if args.spans_n:
         tok = load_tokenizer(args.model)
         torch.manual_seed(0)  # the untrained head's weights
-        model = load_task_model(args.model, "span", dtype=eval_dtype(dev)).to(dev).eval()
+        model = load_task_model(args.model, "span", dtype=task_dtype(dev)).to(dev).eval()
         align_pad_token(model, tok)
         rows, first = [], None
         examples = squad_dev[: args.spans_n]
@@ -179,13 +188,12 @@ def _classifier_rows(args, settings, with_budget, sst2, data_dir, dev) -> dict:
     import torch
 
     from tunelab.models import align_pad_token, load_task_model, load_tokenizer
-    from tunelab.precision import eval_dtype
     from tunelab.tasks.classification import format_input
     from tunelab.tasks.classification.head import classify
 
     tok = load_tokenizer(args.model)
     torch.manual_seed(0)  # the untrained head's weights
-    model = load_task_model(args.model, "classification", dtype=eval_dtype(dev)).to(dev).eval()
+    model = load_task_model(args.model, "classification", dtype=task_dtype(dev)).to(dev).eval()
     align_pad_token(model, tok)
     prompt = sst2.input_prompt(sst2.finetune_extras()["input_prompt"])
     texts = [

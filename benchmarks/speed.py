@@ -471,6 +471,7 @@ def run_tunelab(model, feats, *, task, batch_size, warmup, steps, seed, pad_id, 
     """tunelab.training.train on the same examples; times steps warmup+1 .. warmup+steps (the end of step
     `warmup` is marked by the evaluate hook, the end of the last step after train() returns). `options`:
     TrainConfig speed options (VARIANTS)."""
+    from tunelab.models.heads import head
     from tunelab.options import SPEED_OPTIONS
     from tunelab.precision import float32_head
     from tunelab.tasks.extractive_qa.windows import span_loss
@@ -493,7 +494,8 @@ def run_tunelab(model, feats, *, task, batch_size, warmup, steps, seed, pad_id, 
         }
     )
     marks: dict[str, float] = {}
-    float32_head(model.score if task == "sst2" else model.qa_outputs)  # as tunelab.models.load_task_model
+    # the head in float32, as tunelab.models.load_task_model gives it
+    float32_head(getattr(model, head("classification" if task == "sst2" else "span").module))
 
     def evaluate(_model):  # called after steps warmup, 2 x warmup, ...: only the first marks the clock
         if "warm" not in marks:

@@ -327,3 +327,34 @@ def test_cpu_bf16_bench_compares_the_two_precisions(tiny_model_dir, tmp_path):
     m = zs_c["mcnemar"]
     assert pooled["runs"] == 2 and pooled["float32_only_correct"] == 2 * m["only_a_correct"]
     assert pooled["bfloat16_only_correct"] == 2 * m["only_b_correct"] and 0 <= pooled["mcnemar_p"] <= 1
+
+
+@pytest.mark.slow  # nine tunelab commands: about a minute on 2 cores
+@pytest.mark.skipif(not DATA, reason="TUNELAB_DATA_DIR is not set")
+def test_kshot_bench_compares_each_k_with_zero_shot(tiny_model_dir, tmp_path):
+    """benchmarks/kshot.py --tiny: `tunelab zeroshot --shots K` per task, K and seed, each K > 0 paired with
+    zero-shot on the same examples; then 3-shot answers with and without the shared-prefix cache."""
+    env = dict(os.environ, TUNELAB_DATA_DIR=DATA, TOKENIZERS_PARALLELISM="false")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))
+    out = tmp_path / "kshot.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "kshot.py"), "--tiny", "--model", tiny_model_dir]
+    cmd += ["--sst2-shots", "0,2", "--squad-shots", "0,1", "--seeds", "0,1", "--out", str(out)]
+    proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["trial"] and report["machine"]["device"] == "cpu" and report["squad"]["questions"] == 6
+    for task, key in (("sst2", "accuracy"), ("squad", "f1")):
+        runs = report[task]["runs"]
+        assert [(r["shots"], r["shot_seed"]) for r in runs] == [
+            (0, None),
+            (2 if task == "sst2" else 1, 0),
+            (2 if task == "sst2" else 1, 1),
+        ]
+        assert all(0 <= r[key] <= 100 and r["seconds"] > 0 for r in runs)
+        assert "against_zero_shot" not in runs[0] and all("against_zero_shot" in r for r in runs[1:])
+    sst2 = report["sst2"]["runs"][1]["against_zero_shot"]
+    assert sst2["zero_shot_only_correct"] + sst2["k_shot_only_correct"] <= 6 and 0 <= sst2["mcnemar_p"] <= 1
+    assert "ci95" in report["squad"]["runs"][1]["against_zero_shot"]["k_shot_minus_zero_shot_f1"]
+    cache = report["prefix_cache"]
+    assert cache["questions"] == 4 and cache["shots"] == 3 and 0 <= cache["answers_changed"] <= 4
+    assert cache["ratio"] > 0 and {"seconds", "f1"} <= set(cache["prefix_cache"])

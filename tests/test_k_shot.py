@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
+import numpy as np
 import pytest
 from helpers import PLAIN_SPEC, SQUAD, SST2, sst2_examples, zeroshot_options
 from test_runs_qa import base, fixture, tiny_tokenizer  # noqa: F401  (the tiny QA model fixture)
@@ -107,3 +108,50 @@ def test_k_shot_qa_run_records_its_shots(base, tmp_path, decoding):  # noqa: F81
     assert len(ids) == 2 and ids <= {ex.id for ex in qa_pool()}  # never an evaluated question
     preds = json.loads((tmp_path / "k" / "predictions.json").read_text())
     assert set(preds) == {ex.id for ex in dev}
+
+
+@pytest.mark.parametrize("decoding,version_2", [("free", False), ("extractive", False), ("free", True)])
+def test_answers_from_the_shared_prefix_cache_equal_whole_prompts(
+    tiny_model_dir, monkeypatch, decoding, version_2
+):
+    """The shots (and the chat template's system turn) every prompt starts with run once; each batch then
+    generates from a copy of their cache, past its rows' padding, as if each prompt had run whole."""
+    from helpers import qa_examples
+
+    from tunelab.models import load_causal_lm, load_tokenizer
+    from tunelab.tasks.extractive_qa import generation
+
+    tok, model = load_tokenizer(tiny_model_dir, padding_side="left"), load_causal_lm(tiny_model_dir).eval()
+    examples = qa_examples(7)  # three passage lengths: batches pad between the prefix and each prompt's rest
+    prefixes = []
+    real = generation.prefix_cache
+    monkeypatch.setattr(
+        generation,
+        "prefix_cache",
+        lambda dec, ids, rows: prefixes.append(ids.shape[1]) or real(dec, ids, rows),
+    )
+    prompt = SQUAD.prompt("chat")
+
+    def answers(reuse):
+        return generation.generate_answers(
+            model,
+            tok,
+            examples,
+            prompt,
+            version_2=version_2,
+            batch_size=3,
+            max_new_tokens=5,
+            progress=False,
+            decoding=decoding,
+            shots=qa_pool(2),
+            reuse_prefix=reuse,
+        )
+
+    whole, cached = answers(False), answers(True)
+    assert prefixes and prefixes[0] >= generation.MIN_GENERATION_PREFIX  # the solved questions are cached
+    assert cached[0] == whole[0] and cached[1] == whole[1]
+    if version_2:
+        np.testing.assert_allclose(list(cached[2].values()), list(whole[2].values()), atol=1e-5)
+    prefixes.clear()  # zero-shot: the shared chat-template turn is too short to pay for its copies
+    generation.generate_answers(model, tok, examples[:2], prompt, max_new_tokens=2, progress=False)
+    assert not prefixes

@@ -13,6 +13,7 @@ full-dev score on an H200 is in benchmarks/results/h200-smollm2-study/squad11-ze
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -23,6 +24,7 @@ from transformers import LogitsProcessorList
 from tunelab.decoding import encode_with_passage, extractive_processor
 from tunelab.errors import UsageError
 from tunelab.inference import run_batches
+from tunelab.prefix_cache import cache_argument, decoder_of, prefix_cache, shared_prefix
 from tunelab.tasks.prompt import ChatPrompt, prompt_mapping
 from tunelab.training.speed import bucket
 
@@ -38,6 +40,9 @@ NO_ANSWER_SPELLINGS = (
 # or greedy generation constrained to spans of the passage.
 DECODINGS = ("free", "extractive")
 MAX_PROMPT_BUCKET = 1 << 20  # kv_cache static: a prompt is padded up to a power of two (16, 32, ...)
+# Generation reuses a shared prefix this long or longer (k-shot's solved examples): a zero-shot prompt's
+# shared chat-template turn (~30 tokens) saved nothing on SQuAD, as copying its cache costs what it saves.
+MIN_GENERATION_PREFIX = 128
 V2_NOTE = f'If the passage does not answer the question, answer "{NO_ANSWER_WORD}".'
 
 TEMPLATES = {
@@ -142,12 +147,15 @@ def generate_answers(
     decoding: str = "free",
     shots: Sequence = (),
     kv_cache: str = "dynamic",
+    reuse_prefix: bool = True,
 ) -> tuple[list[str], list[str], dict[str, float] | None]:
     """Greedy answers, batched by prompt length with left padding; stops at a newline (or the closing quote
     of a quoting answer prefix) or the token limit. `decoding`: "free", or "extractive" (each answer
     constrained to a span of its passage by `tunelab.decoding.ExtractiveSpans`; for v2 the no-answer word is
     allowed as a whole answer). `kv_cache`: "dynamic", or "static" (a cache preallocated per batch, which
-    transformers' generate compiles on a GPU; the same greedy tokens).
+    transformers' generate compiles on a GPU; the same greedy tokens). `reuse_prefix` (dynamic cache only):
+    the tokens every prompt starts with (the chat template's system turn; with k-shot, every solved example)
+    run once, and each batch's generation starts from a copy of their key/value cache.
 
     Returns (raw generations, cleaned answers, na_probs or None). For v2, na_prob is a softmax over two scores
     of the first generated token: log p("unanswerable", summed over its spellings' first tokens) against the
@@ -180,22 +188,39 @@ def generate_answers(
     na = np.zeros(len(examples))
     pad = tokenizer.pad_token_id
 
+    # The shared prefix sits left of the padding: [prefix | pad | prompt's own tokens]; the attention mask
+    # skips the pad, and generate numbers positions from the mask, so each row reads as its unpadded prompt.
+    start = shared_prefix(enc) if reuse_prefix and kv_cache == "dynamic" else 0
+    cached = None
+    if start >= MIN_GENERATION_PREFIX:
+        cached = prefix_cache(decoder_of(model), torch.tensor([enc[0][:start]], device=dev), 1)
+    else:
+        start = 0
+
     def run(idx):
-        width = max(len(enc[i]) for i in idx)
+        width = max(len(enc[i]) for i in idx) - start
         if kv_cache == "static":  # a few widths, so that a compiled generate sees a few shapes (more padding)
             width = bucket(width, top=MAX_PROMPT_BUCKET)
-        ids = torch.full((len(idx), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        ids = torch.full((len(idx), start + width), pad, dtype=torch.long)
+        mask = torch.zeros((len(idx), start + width), dtype=torch.long)
+        ids[:, :start] = torch.tensor(enc[idx[0]][:start])
+        mask[:, :start] = 1
         for row, i in enumerate(idx):  # left padding: every prompt ends at the last column
-            ids[row, width - len(enc[i]) :] = torch.tensor(enc[i])
-            mask[row, width - len(enc[i]) :] = 1
+            own = enc[i][start:]
+            ids[row, ids.shape[1] - len(own) :] = torch.tensor(own)
+            mask[row, ids.shape[1] - len(own) :] = 1
+        cache = {}
+        if cached is not None:
+            cache_copy = copy.deepcopy(cached)  # each batch appends its own tokens to the cache
+            cache_copy.batch_repeat_interleave(len(idx))
+            cache = {cache_argument(decoder_of(model)): cache_copy}
         processors = LogitsProcessorList()
         if decoding == "extractive":
             processors.append(
                 extractive_processor(
                     tokenizer,
                     [passages[i] for i in idx],
-                    prompt_length=width,
+                    prompt_length=start + width,
                     stop_strings=prompt.stop_strings(),
                     extra_answers=NO_ANSWER_SPELLINGS if version_2 else (),
                     eos_token_id=model.generation_config.eos_token_id,
@@ -213,8 +238,9 @@ def generate_answers(
             return_dict_in_generate=True,
             logits_processor=processors,
             **({"cache_implementation": "static"} if kv_cache == "static" else {}),
+            **cache,
         )
-        new = out.sequences[:, width:].cpu()
+        new = out.sequences[:, start + width :].cpu()
         for row, i in enumerate(idx):
             raw[i] = tokenizer.decode(new[row], skip_special_tokens=True)
         if version_2:

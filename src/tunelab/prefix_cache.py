@@ -7,6 +7,7 @@ batch's forward and backward."""
 
 from __future__ import annotations
 
+import copy
 import inspect
 
 import torch
@@ -58,6 +59,13 @@ def prefix_cache(decoder: nn.Module, prefix_ids, rows: int):
     cache = getattr(out, "cache", None) or out.past_key_values
     cache.batch_repeat_interleave(rows)
     return cache
+
+
+def rows_of(cache, rows: int):
+    """A copy of a one-row prefix cache for a batch of `rows` (each batch appends its own tokens to it)."""
+    out = copy.deepcopy(cache)
+    out.batch_repeat_interleave(rows)
+    return out
 
 
 def prefix_inputs(model: nn.Module, features: list[dict], pad_id: int, device: torch.device) -> dict | None:

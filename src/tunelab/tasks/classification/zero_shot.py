@@ -5,7 +5,6 @@ calibration corrects the classes' prior bias.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -14,7 +13,7 @@ import torch
 
 from tunelab.errors import UsageError
 from tunelab.inference import run_batches
-from tunelab.prefix_cache import MIN_PREFIX, cache_argument, shared_prefix
+from tunelab.prefix_cache import MIN_PREFIX, cache_argument, rows_of, shared_prefix
 from tunelab.prefix_cache import prefix_cache as prefix_cache_of
 from tunelab.tasks.prompt import ChatPrompt
 
@@ -150,8 +149,7 @@ def label_logprobs(
         last = mask.sum(1) - 1 - start
         inputs = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
         if prefix_cache is not None:
-            cache = copy.deepcopy(prefix_cache)  # each batch appends its own tokens to the cache
-            cache.batch_repeat_interleave(len(idx))
+            cache = rows_of(prefix_cache, len(idx))
             positions = torch.arange(start, start + width, device=device).expand(len(idx), -1)
             inputs.update({cache_key: cache, "position_ids": positions, "use_cache": True})
         hidden = model.model(**inputs).last_hidden_state

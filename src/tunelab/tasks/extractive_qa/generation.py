@@ -13,7 +13,6 @@ full-dev score on an H200 is in benchmarks/results/h200-smollm2-study/squad11-ze
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -24,7 +23,7 @@ from transformers import LogitsProcessorList
 from tunelab.decoding import encode_with_passage, extractive_processor
 from tunelab.errors import UsageError
 from tunelab.inference import run_batches
-from tunelab.prefix_cache import cache_argument, decoder_of, prefix_cache, shared_prefix
+from tunelab.prefix_cache import cache_argument, decoder_of, prefix_cache, rows_of, shared_prefix
 from tunelab.tasks.prompt import ChatPrompt, prompt_mapping
 from tunelab.training.speed import bucket
 
@@ -211,9 +210,7 @@ def generate_answers(
             mask[row, ids.shape[1] - len(own) :] = 1
         cache = {}
         if cached is not None:
-            cache_copy = copy.deepcopy(cached)  # each batch appends its own tokens to the cache
-            cache_copy.batch_repeat_interleave(len(idx))
-            cache = {cache_argument(decoder_of(model)): cache_copy}
+            cache = {cache_argument(decoder_of(model)): rows_of(cached, len(idx))}
         processors = LogitsProcessorList()
         if decoding == "extractive":
             processors.append(

@@ -39,8 +39,8 @@ NO_ANSWER_SPELLINGS = (
 # or greedy generation constrained to spans of the passage.
 DECODINGS = ("free", "extractive")
 MAX_PROMPT_BUCKET = 1 << 20  # kv_cache static: a prompt is padded up to a power of two (16, 32, ...)
-# Generation reuses a shared prefix this long or longer (k-shot's solved examples): a zero-shot prompt's
-# shared chat-template turn (~30 tokens) saved nothing on SQuAD, as copying its cache costs what it saves.
+# Generation reuses a shared prefix this long or longer (k-shot's solved examples); a zero-shot prompt's
+# shared chat-template turn (~30 tokens) keeps the whole-prompt path and so the answers of earlier runs.
 MIN_GENERATION_PREFIX = 128
 V2_NOTE = f'If the passage does not answer the question, answer "{NO_ANSWER_WORD}".'
 

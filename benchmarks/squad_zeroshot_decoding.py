@@ -1,17 +1,20 @@
-"""Zero-shot SQuAD v1.1: free generation against extractive decoding, on a fixed sample of the official dev
-set.
+"""Zero-shot SQuAD v1.1: free generation, extractive decoding and grounded answers, on a fixed sample of the
+official dev set.
 
 Both answer every question of the sample with SmolLM2-135M-Instruct (default) from tunelab's default zero-shot
 prompt (the chat template, the answer started as `The answer is "`), greedily, in the same batches (sorted by
 prompt length, left padding, as tunelab's zero-shot recipe batches): *free* stops at a newline or the closing
 quote; *extractive* adds `tunelab.decoding.ExtractiveSpans`, which allows only tokens that keep the answer a
-piece of the passage, plus a stop. Each batch is answered both ways one after the other, so that a change in
-the machine's load falls on both alike; each mode's wall seconds include all its own work (tokenising,
-building its constraint tables, generating, cleaning the answers).
+piece of the passage, plus a stop; *grounded* takes free's answers, replaces each by its closest passage span
+(`tunelab.tasks.extractive_qa.generation.ground_answer`) and answers the questions whose answer shares no word
+with the passage again, extractive (those rows of the batch in one batch). Each batch is answered free and
+extractive one after the other, so that a change in the machine's load falls on both alike; each mode's wall
+seconds include all its own work (tokenising, building its constraint tables, generating, cleaning the
+answers); grounded's are free's plus the grounding and its own extractive batch.
 
 Reports the official SQuAD v1.1 exact match and F1 (tunelab.tasks.extractive_qa.metrics), F1's 95% bootstrap
-interval, the paired bootstrap of the F1 difference, the share of answers found in their passage, and the wall
-seconds.
+interval, the paired bootstrap of each F1 difference, the share of answers found in their passage, and the
+wall seconds.
 
     # every 20th question (529): about 10+ min on 2 cores -> results/squad-zeroshot-decoding-cpu.json
     python benchmarks/squad_zeroshot_decoding.py
@@ -37,12 +40,12 @@ from tunelab.decoding import encode_with_passage, extractive_processor
 from tunelab.metrics import bootstrap_ci, paired_bootstrap
 from tunelab.models import load_causal_lm, load_tokenizer
 from tunelab.precision import eval_dtype
-from tunelab.tasks.extractive_qa.generation import clean_answer, load_prompt
+from tunelab.tasks.extractive_qa.generation import clean_answer, ground_answer, load_prompt
 from tunelab.tasks.extractive_qa.metrics import per_example_scores, squad_v1
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "squad-zeroshot-decoding-cpu.json"
-MODES = ("free", "extractive")
+MODES = ("free", "extractive", "grounded")
 
 
 def default_data() -> str:
@@ -101,6 +104,7 @@ def main() -> int:
         help="SQuAD v1.1 dev file (default: $TUNELAB_DATA_DIR or ../shared/data, squad/v1.1-dev.json)",
     )
     ap.add_argument("--every", type=int, default=20, help="take every N-th question (default 20: 529)")
+    ap.add_argument("--offset", type=int, default=0, help="starting from this question (default 0)")
     ap.add_argument(
         "--limit", type=int, default=None, help="only the first K questions of the sample (a trial)"
     )
@@ -115,14 +119,15 @@ def main() -> int:
         "the full every-20th sample; nothing is written for --limit or another --every without it)",
     )
     args = ap.parse_args()
-    if args.every < 1 or (args.limit is not None and args.limit < 1):
-        ap.error("--every and --limit must be positive")
-    out = Path(args.out) if args.out else (DEFAULT_OUT if args.limit is None and args.every == 20 else None)
+    if args.every < 1 or args.offset < 0 or (args.limit is not None and args.limit < 1):
+        ap.error("--every and --limit must be positive, --offset not negative")
+    full_sample = args.data is None and args.limit is None and args.every == 20 and args.offset == 0
+    out = Path(args.out) if args.out else (DEFAULT_OUT if full_sample else None)
     if args.threads:
         torch.set_num_threads(args.threads)
 
     data = args.data or default_data()
-    examples = read_squad(data)[:: args.every]
+    examples = read_squad(data)[args.offset :: args.every]
     if args.limit is not None:
         examples = examples[: args.limit]
     prompt = load_prompt(args.prompt)
@@ -141,9 +146,11 @@ def main() -> int:
     order = sorted(range(len(examples)), key=lambda i: lengths[i], reverse=True)
     answers = {m: [""] * len(examples) for m in MODES}
     seconds = dict.fromkeys(MODES, 0.0)
+    grounded_free = 0.0  # free's seconds already counted in grounded's
+    regenerated = 0  # grounded answers that came from extractive decoding
     for start in range(0, len(order), args.batch_size):
         idx = order[start : start + args.batch_size]
-        for mode in MODES:
+        for mode in ("free", "extractive"):
             t0 = time.perf_counter()
             got = answer_batch(
                 model,
@@ -156,6 +163,24 @@ def main() -> int:
             seconds[mode] += time.perf_counter() - t0
             for i, a in zip(idx, got, strict=True):
                 answers[mode][i] = a
+        t0 = time.perf_counter()
+        for i in idx:
+            answers["grounded"][i] = ground_answer(answers["free"][i], examples[i].context)
+        again = [i for i in idx if answers["grounded"][i] is None]
+        if again:
+            got = answer_batch(
+                model,
+                tok,
+                [examples[i] for i in again],
+                prompt,
+                extractive=True,
+                max_new_tokens=args.max_new_tokens,
+            )
+            for i, a in zip(again, got, strict=True):
+                answers["grounded"][i] = a
+        seconds["grounded"] += seconds["free"] - grounded_free + time.perf_counter() - t0
+        grounded_free = seconds["free"]
+        regenerated += len(again)
         print(
             f"{min(start + args.batch_size, len(order))}/{len(order)} questions, "
             + ", ".join(f"{m} {s:.0f} s" for m, s in seconds.items()),
@@ -183,11 +208,11 @@ def main() -> int:
         }
     f1 = {m: [100.0 * per[m][ex.id]["f1"] for ex in examples] for m in MODES}
     result = {
-        "case": "zero-shot SQuAD v1.1, free vs extractive decoding",
+        "case": "zero-shot SQuAD v1.1, free vs extractive decoding vs grounded answers",
         "trial": args.limit is not None,
         "model": args.model,
         "data": data,
-        "sample": f"every {args.every}th question of the file"
+        "sample": f"every {args.every}th question of the file from index {args.offset}"
         + (f", the first {args.limit}" if args.limit else ""),
         "n": len(examples),
         "prompt": args.prompt or "default",
@@ -196,7 +221,12 @@ def main() -> int:
         "dtype": str(model.dtype).removeprefix("torch."),
         **results,
         "extractive_minus_free_f1": paired_bootstrap(f1["free"], f1["extractive"]),
-        "answers_changed": sum(a != b for a, b in zip(answers["free"], answers["extractive"], strict=True)),
+        "grounded_minus_free_f1": paired_bootstrap(f1["free"], f1["grounded"]),
+        "grounded_minus_extractive_f1": paired_bootstrap(f1["extractive"], f1["grounded"]),
+        "answers_changed": {
+            m: sum(a != b for a, b in zip(answers["free"], answers[m], strict=True)) for m in MODES[1:]
+        },
+        "grounded_extractive_answers": regenerated,
         "machine": machine(str(next(model.parameters()).device)),
         "git_commit": git_commit(),
         "command": "python benchmarks/squad_zeroshot_decoding.py " + " ".join(sys.argv[1:]),

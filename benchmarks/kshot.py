@@ -1,8 +1,9 @@
 """k-shot against zero-shot prompting (`tunelab zeroshot --shots K`), and what the shared-prefix cache saves.
 
 Quality: each (task, K, shot seed) is one `tunelab zeroshot` command, as a user runs it (its own process,
-default prompt, precision and batching): SST-2 on the whole dev set (872 sentences), SQuAD v1.1 on every 20th
-question of the official dev set (529; written once into the work folder and given as `--data-file`). The K
+default prompt, decoding, precision and batching; a SQuAD run records its decoding): SST-2 on the whole dev
+set (872 sentences), SQuAD v1.1 on every 20th question of the official dev set (529; written once into the
+work folder and given as `--data-file`). The K
 solved examples come from the task's training split (SQuAD v1.1 train (rebuilt)), drawn with the shot seed.
 Reported per run: the score with its 95% interval and the command's seconds; per K > 0 against zero-shot on
 the same examples: McNemar (SST-2 accuracy) or the paired bootstrap of F1 (SQuAD).
@@ -14,6 +15,7 @@ each and the answers that changed (float rounding of a differently shaped comput
 with native bfloat16, as tunelab zeroshot runs).
 
     python benchmarks/kshot.py                           # -> results/kshot-cpu.json (about 30 min on 2 cores)
+    python benchmarks/kshot.py --sst2-shots "" --prefix-questions 0 --out FILE   # SQuAD runs only
     python benchmarks/kshot.py --tiny --model DIR --out /tmp/k.json   # every path on a few examples
 """
 
@@ -164,11 +166,16 @@ def prefix_speed(model_name: str, sample: Path, n: int, shots: int) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--sst2-shots", default="0,4,8", help="K values for SST-2 (0: zero-shot)")
-    ap.add_argument("--squad-shots", default="0,1,3", help="K values for SQuAD")
+    ap.add_argument("--sst2-shots", default="0,4,8", help="K values for SST-2 (0: zero-shot; empty: none)")
+    ap.add_argument("--squad-shots", default="0,1,3", help="K values for SQuAD (empty: none)")
     ap.add_argument("--seeds", default="0,1", help="shot seeds, each K > 0 is run with each")
     ap.add_argument("--every", type=int, default=20, help="SQuAD sample: every N-th official dev question")
-    ap.add_argument("--prefix-questions", type=int, default=128, help="questions of the prefix-cache timing")
+    ap.add_argument(
+        "--prefix-questions",
+        type=int,
+        default=128,
+        help="questions of the prefix-cache timing (0: no timing)",
+    )
     ap.add_argument("--tiny", action="store_true", help="a few examples of each, to check the script")
     ap.add_argument(
         "--out", default=None, help=f"result JSON (default {DEFAULT_OUT.relative_to(ROOT)}; --tiny: none)"
@@ -204,7 +211,7 @@ def main() -> int:
             if task == "squad":
                 extra = ["--data-file", str(sample)]
             base = None
-            for k in (int(x) for x in ks.split(",")):
+            for k in (int(x) for x in ks.split(",") if x):  # an empty list skips the task
                 for seed in seeds if k else [0]:
                     folder = work / f"{task}-{k}-{seed}"
                     wall, metrics = zeroshot(args.model, task, k, seed, folder, extra)
@@ -213,6 +220,7 @@ def main() -> int:
                         "shot_seed": seed if k else None,
                         "wall_seconds": wall,
                         "seconds": metrics.get("seconds"),
+                        **({"decoding": metrics["decoding"]} if "decoding" in metrics else {}),
                         **score(task, metrics),
                     }
                     if k == 0:
@@ -221,10 +229,11 @@ def main() -> int:
                         row["against_zero_shot"] = against_zero_shot(task, base, folder, sample)
                     result[task]["runs"].append(row)
                     save()
-        result["prefix_cache"] = prefix_speed(
-            args.model, sample, 4 if args.tiny else args.prefix_questions, 3
-        )
-        save()
+        if args.prefix_questions:
+            result["prefix_cache"] = prefix_speed(
+                args.model, sample, 4 if args.tiny else args.prefix_questions, 3
+            )
+            save()
     print(json.dumps(result, indent=2))
     if out is not None:
         print(f"wrote {out}", file=sys.stderr)

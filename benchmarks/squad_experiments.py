@@ -1,14 +1,14 @@
 """The SQuAD experiments of issue 12, each one `tunelab` command, on one GPU: SmolLM2-135M fine-tuned on SQuAD
 v1.1 train (rebuilt, 87,599 questions) and scored on the official v1.1 dev set - full vs LoRA, learning rate
-and epochs, bidirectional attention on/off; zero-shot free vs extractive decoding and 3-shot on the whole dev
-set; v2.0 with and without v1.1 train added.
+and epochs, bidirectional attention on/off; zero-shot free vs extractive decoding vs grounded answers, and
+3-shot, on the whole dev set; v2.0 with and without v1.1 train added.
 
 Each experiment runs as its own process (`tunelab finetune` / `tunelab zeroshot`) into OUT/NAME; after each,
 OUT/summary.json is rewritten with every finished experiment's command, wall seconds and metrics (EM, F1,
 ...), so an interrupted session keeps what finished; a rerun skips experiments whose metrics are there.
 `--only` picks and orders experiments; `--budget` stops starting new ones after that many seconds.
 
-    python benchmarks/squad_experiments.py --out OUT --only zs-free,zs-extractive,full-lr3e-5-2ep
+    python benchmarks/squad_experiments.py --out OUT --only zs-free,zs-grounded,full-lr3e-5-2ep
     python benchmarks/squad_experiments.py --list
     # every experiment at tiny size on the CPU (the test runs it so, with a tiny random model):
     python benchmarks/squad_experiments.py --tiny --model TINY_MODEL_DIR --out /tmp/x
@@ -35,6 +35,7 @@ CLI = "import sys; from tunelab.cli import main; sys.exit(main(sys.argv[1:]))"
 EXPERIMENTS: dict[str, tuple[str, str, list[str]]] = {
     "zs-free": ("zeroshot", "squad", ["--decoding", "free"]),
     "zs-extractive": ("zeroshot", "squad", ["--decoding", "extractive"]),
+    "zs-grounded": ("zeroshot", "squad", ["--decoding", "grounded"]),
     "zs-3shot-free": ("zeroshot", "squad", ["--decoding", "free", "--shots", "3"]),
     "full-lr3e-5-2ep": (
         "finetune",

@@ -8,9 +8,9 @@ reporting dev would overstate the gain; the training files are never what tunela
 - SST-2: accuracy with the task's default calibration (batch). The selection sample is training sentences
   of at least 10 words, shuffled with seed 0 (the training file also holds short phrase fragments of those
   sentences, which dev does not); dev is the whole GLUE dev file (872).
-- SQuAD v1.1: F1 of greedy free generation (tunelab's default decoding). Selection: every 500th question of
-  SQuAD v1.1 train (rebuilt), from the 8th (175 questions); dev: every 20th question of the official dev set
-  (529), the sample of benchmarks/squad_zeroshot_decoding.py.
+- SQuAD v1.1: F1 of greedy free generation (tunelab's default decoding when it was measured). Selection:
+  every 500th question of SQuAD v1.1 train (rebuilt), from the 8th (175 questions); dev: every 20th question
+  of the official dev set (529), the sample of benchmarks/squad_zeroshot_decoding.py.
 
     # both tasks at full size: ~45 min on 2 cores -> results/zeroshot-prompts-cpu.json
     python benchmarks/zeroshot_prompts.py

@@ -283,11 +283,11 @@ def test_zeroshot_v2_gives_na_probs(base, tmp_path):
 
 @pytest.mark.parametrize("version_2", [False, True])
 def test_zeroshot_extractive_decoding_answers_only_with_passage_spans(base, tmp_path, version_2):
-    """decoding: extractive makes every answer a non-empty span of its passage (or, v2, the no-answer word);
-    the choice is recorded in metrics.json, and free stays the default."""
+    """decoding: extractive makes every answer a non-empty span of its passage (or, v2, the no-answer word),
+    and so does grounded, the default; the choice is recorded in metrics.json."""
     examples = fixture(version_2)
     outs = {}
-    for decoding in ("free", "extractive"):
+    for decoding in ("free", "extractive", "grounded"):
         options = zeroshot_options(SQUAD, batch_size=5, max_new_tokens=6, decoding=decoding)
         m = runs.zeroshot(SQUAD, base, examples, "fixture", tmp_path / decoding, options)
         assert m["decoding"] == decoding
@@ -299,7 +299,12 @@ def test_zeroshot_extractive_decoding_answers_only_with_passage_spans(base, tmp_
         assert answer and (answer in by_id[qid].context or answer.lower().startswith("unanswerable"))
     # this random model closes the quote at once when free; the constraint allows a stop only after an answer
     assert all(text.startswith('"') for text in raw["free"].values())
-    assert SQUAD.zeroshot_options()["decoding"] == "free"
+    # grounded: its empty free answers are answered again, extractive (v2: an empty answer is the no-answer)
+    for qid, n in outs["grounded"].items():
+        assert n[0]["text"] in by_id[qid].context and (
+            version_2 or n[0]["generated"] == raw["extractive"][qid]
+        )
+    assert SQUAD.zeroshot_options()["decoding"] == "grounded"
 
 
 @pytest.mark.parametrize("version_2", [False, True])

@@ -418,11 +418,13 @@ class ZeroShotOptions:
     )
     # decoding and k-shot prompting
     decoding: str = option(
-        "free",
-        "how answers are generated: free greedy generation, or extractive (greedy, constrained to spans of "
-        "the passage); free is the default because it had the higher F1 on every 20th official v1.1 dev "
-        "question (benchmarks/results/squad-zeroshot-decoding-cpu.json)",
-        choices=("free", "extractive"),
+        "grounded",
+        "how answers are generated: free greedy generation; extractive (greedy, constrained to spans of the "
+        "passage); or grounded (free, then each answer replaced by the passage span closest to it; "
+        "extractive for answers sharing no word with the passage); grounded is the default: it had the "
+        "highest F1 on SQuAD training questions and then on every 20th official v1.1 dev question "
+        "(benchmarks/results/squad-zeroshot-decoding-*.json)",
+        choices=("free", "extractive", "grounded"),
         kinds=("extractive_qa",),
     )
     kv_cache: str = option(

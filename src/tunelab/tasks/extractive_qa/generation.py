@@ -39,8 +39,9 @@ NO_ANSWER_SPELLINGS = (
 )
 # How zero-shot answers are decoded: free greedy generation; greedy generation constrained to spans of the
 # passage (extractive); or free generation grounded in the passage afterwards (`ground_answer`), extractive
-# for the answers that share no word with it. Measured on every 20th official v1.1 dev question:
-# benchmarks/results/squad-zeroshot-decoding-cpu.json.
+# for the answers that share no word with it - the best of the three on 175 SQuAD training questions and on
+# every 20th official v1.1 dev question (benchmarks/results/squad-zeroshot-decoding-*.json), so the task
+# option's default.
 DECODINGS = ("free", "extractive", "grounded")
 GROUNDING_SLACK = 2  # a grounded span may have this many words more than the generated answer
 MAX_PROMPT_BUCKET = 1 << 20  # kv_cache static: a prompt is padded up to a power of two (16, 32, ...)

@@ -355,6 +355,36 @@ def test_kshot_bench_compares_each_k_with_zero_shot(tiny_model_dir, tmp_path):
     sst2 = report["sst2"]["runs"][1]["against_zero_shot"]
     assert sst2["zero_shot_only_correct"] + sst2["k_shot_only_correct"] <= 6 and 0 <= sst2["mcnemar_p"] <= 1
     assert "ci95" in report["squad"]["runs"][1]["against_zero_shot"]["k_shot_minus_zero_shot_f1"]
+    assert all(r["decoding"] == "grounded" for r in report["squad"]["runs"])  # the task's default
     cache = report["prefix_cache"]
     assert cache["questions"] == 4 and cache["shots"] == 3 and 0 <= cache["answers_changed"] <= 4
     assert cache["ratio"] > 0 and {"seconds", "f1"} <= set(cache["prefix_cache"])
+
+
+@pytest.mark.slow  # three decodings of six questions with the tiny model: seconds
+@pytest.mark.skipif(not DATA, reason="TUNELAB_DATA_DIR is not set")
+def test_squad_decoding_bench_answers_each_way(tiny_model_dir, tmp_path):
+    """benchmarks/squad_zeroshot_decoding.py: free, extractive and grounded answers of the same questions
+    (every 20th from --offset), each scored, compared pairwise and timed. The tiny random model closes the
+    quote at once when free, so every grounded answer comes from its extractive pass, which answers those
+    questions in the same batch as extractive does: the same answers."""
+    from tunelab.data.squad import read_squad
+
+    env = dict(os.environ, TUNELAB_DATA_DIR=DATA, TOKENIZERS_PARALLELISM="false")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))
+    out = tmp_path / "decoding.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "squad_zeroshot_decoding.py"), "--model", tiny_model_dir]
+    cmd += ["--offset", "1", "--limit", "6", "--max-new-tokens", "4", "--out", str(out)]
+    proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    expected = [ex.id for ex in read_squad(str(Path(DATA) / "squad" / "v1.1-dev.json"))[1::20][:6]]
+    assert [q["id"] for q in report["questions"]] == expected and report["n"] == 6
+    for mode in ("free", "extractive", "grounded"):
+        assert 0 <= report[mode]["f1"] <= 100 and report[mode]["seconds"] > 0, mode
+    # (the token limit may cut a character's bytes, so in_passage need not be 1 at 4 tokens)
+    assert report["extractive"]["in_passage"] == report["grounded"]["in_passage"] > 0
+    assert all(q["free"] == "" for q in report["questions"])
+    assert report["grounded_extractive_answers"] == 6
+    assert all(q["grounded"] == q["extractive"] for q in report["questions"])
+    assert {"difference", "ci95", "p_value"} <= set(report["grounded_minus_free_f1"])

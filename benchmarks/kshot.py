@@ -3,8 +3,8 @@
 Quality: each (task, K, shot seed) is one `tunelab zeroshot` command, as a user runs it (its own process,
 default prompt, decoding, precision and batching; a SQuAD run records its decoding): SST-2 on the whole dev
 set (872 sentences), SQuAD v1.1 on every 20th question of the official dev set (529; written once into the
-work folder and given as `--data-file`). The K
-solved examples come from the task's training split (SQuAD v1.1 train (rebuilt)), drawn with the shot seed.
+work folder and given as `--data-file`). The K solved examples come from the task's training split (SQuAD
+v1.1 train (rebuilt)), drawn with the shot seed.
 Reported per run: the score with its 95% interval and the command's seconds; per K > 0 against zero-shot on
 the same examples: McNemar (SST-2 accuracy) or the paired bootstrap of F1 (SQuAD).
 

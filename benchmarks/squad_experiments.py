@@ -37,6 +37,7 @@ EXPERIMENTS: dict[str, tuple[str, str, list[str]]] = {
     "zs-extractive": ("zeroshot", "squad", ["--decoding", "extractive"]),
     "zs-grounded": ("zeroshot", "squad", ["--decoding", "grounded"]),
     "zs-3shot-free": ("zeroshot", "squad", ["--decoding", "free", "--shots", "3"]),
+    "zs-3shot-grounded": ("zeroshot", "squad", ["--decoding", "grounded", "--shots", "3"]),
     "full-lr3e-5-2ep": (
         "finetune",
         "squad",

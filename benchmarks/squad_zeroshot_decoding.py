@@ -71,7 +71,7 @@ def scores(answers, na, examples, version_2: bool) -> tuple[dict, dict[str, floa
     return total, {qid: 100.0 * s["f1"] for qid, s in per.items()}
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--version", choices=("1.1", "2.0"), default="1.1", help="SQuAD version of --data")
@@ -86,6 +86,7 @@ def main() -> int:
         "--limit", type=int, default=None, help="only the first K questions of the sample (a trial)"
     )
     ap.add_argument("--prompt", default=None, help="zero-shot prompt template (default: tunelab's default)")
+    ap.add_argument("--modes", default=",".join(MODES), help="decodings to run (default: all three)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
@@ -98,12 +99,22 @@ def main() -> int:
     args = ap.parse_args()
     if args.every < 1 or args.offset < 0 or (args.limit is not None and args.limit < 1):
         ap.error("--every and --limit must be positive, --offset not negative")
+    asked = args.modes.split(",")
+    if set(asked) - set(MODES):
+        ap.error(f"--modes: a comma-separated list of {', '.join(MODES)}, got {args.modes!r}")
+    args.modes = tuple(m for m in MODES if m in asked)  # always in MODES' order
+    return args
+
+
+def main() -> int:
+    args = parse_args()
     sample = (args.data, args.version, args.limit, args.every, args.offset)
     default_sample = sample == (None, "1.1", None, 20, 0)
     out = Path(args.out) if args.out else (DEFAULT_OUT if default_sample else None)
     if args.threads:
         torch.set_num_threads(args.threads)
     version_2 = args.version == "2.0"
+    modes = args.modes
 
     data = args.data or default_data(args.version)
     examples = read_squad(data)[args.offset :: args.every]
@@ -130,12 +141,12 @@ def main() -> int:
 
     lengths = [len(tok(prompt.render(tok, ex, version_2)).input_ids) for ex in examples]
     order = sorted(range(len(examples)), key=lambda i: lengths[i], reverse=True)
-    answers = {m: [""] * len(examples) for m in MODES}
-    na = {m: {} if version_2 else None for m in MODES}
-    seconds = dict.fromkeys(MODES, 0.0)
+    answers = {m: [""] * len(examples) for m in modes}
+    na = {m: {} if version_2 else None for m in modes}
+    seconds = dict.fromkeys(modes, 0.0)
     for start in range(0, len(order), args.batch_size):
         idx = order[start : start + args.batch_size]
-        for mode in MODES:
+        for mode in modes:
             t0 = time.perf_counter()
             _, got, probs = answer([examples[i] for i in idx], mode, args.max_new_tokens)
             seconds[mode] += time.perf_counter() - t0
@@ -149,13 +160,15 @@ def main() -> int:
             file=sys.stderr,
         )
     # grounded's free pass is free's (same batch, same computation): the questions it answered again
-    regenerated = sum(
-        not (version_2 and not a) and ground_answer(a, ex.context) is None
-        for a, ex in zip(answers["free"], examples, strict=True)
-    )
+    regenerated = None
+    if {"free", "grounded"} <= set(modes):
+        regenerated = sum(
+            not (version_2 and not a) and ground_answer(a, ex.context) is None
+            for a, ex in zip(answers["free"], examples, strict=True)
+        )
 
     results, f1 = {}, {}
-    for mode in MODES:
+    for mode in modes:
         total, f1[mode] = scores(answers[mode], na[mode], examples, version_2)
         given = [(a, ex) for a, ex in zip(answers[mode], examples, strict=True) if a]
         results[mode] = {
@@ -166,9 +179,9 @@ def main() -> int:
             "seconds": seconds[mode],
             "seconds_per_question": seconds[mode] / len(examples),
         }
-    per = {m: [f1[m][ex.id] for ex in examples] for m in MODES}
+    per = {m: [f1[m][ex.id] for ex in examples] for m in modes}
     result = {
-        "case": f"zero-shot SQuAD v{args.version}, free vs extractive decoding vs grounded answers",
+        "case": f"zero-shot SQuAD v{args.version}, decodings: {', '.join(modes)}",
         "trial": args.limit is not None and args.out is None,
         "model": args.model,
         "data": data,
@@ -181,11 +194,15 @@ def main() -> int:
         "max_new_tokens": args.max_new_tokens,
         "dtype": str(model.dtype).removeprefix("torch."),
         **results,
-        "extractive_minus_free_f1": paired_bootstrap(per["free"], per["extractive"]),
-        "grounded_minus_free_f1": paired_bootstrap(per["free"], per["grounded"]),
-        "grounded_minus_extractive_f1": paired_bootstrap(per["extractive"], per["grounded"]),
+        **{
+            f"{b}_minus_{a}_f1": paired_bootstrap(per[a], per[b])
+            for k, a in enumerate(modes)
+            for b in modes[k + 1 :]
+        },
         "answers_changed": {
-            m: sum(a != b for a, b in zip(answers["free"], answers[m], strict=True)) for m in MODES[1:]
+            m: sum(x != y for x, y in zip(answers["free"], answers[m], strict=True))
+            for m in modes
+            if m != "free" and "free" in modes
         },
         "grounded_extractive_answers": regenerated,
         "machine": machine(str(next(model.parameters()).device)),
@@ -197,8 +214,8 @@ def main() -> int:
                 "id": ex.id,
                 "question": ex.question,
                 "gold": [a["text"] for a in ex.answers],
-                **{m: answers[m][k] for m in MODES},
-                **{f"{m}_f1": f1[m][ex.id] / 100.0 for m in MODES},
+                **{m: answers[m][k] for m in modes},
+                **{f"{m}_f1": f1[m][ex.id] / 100.0 for m in modes},
             }
             for k, ex in enumerate(examples)
         ],

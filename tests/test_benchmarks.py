@@ -390,8 +390,12 @@ def test_squad_decoding_bench_answers_each_way(tiny_model_dir, tmp_path):
     assert {"difference", "ci95", "p_value"} <= set(report["grounded_minus_free_f1"])
 
     cmd[cmd.index("--out") + 1] = str(tmp_path / "v2.json")
-    proc = subprocess.run([*cmd, "--version", "2.0"], check=False, env=env, capture_output=True, text=True)
+    cmd += ["--version", "2.0", "--modes", "grounded,free"]  # run (and compared) in their fixed order
+    proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     v2 = json.loads((tmp_path / "v2.json").read_text())
     assert v2["version"] == "2.0" and v2["data"].endswith("v2.0-dev.json") and v2["n"] == 6
-    assert all({"exact_match", "f1", "HasAns_f1"} <= set(v2[m]) for m in ("free", "extractive", "grounded"))
+    assert all({"exact_match", "f1", "HasAns_f1"} <= set(v2[m]) for m in ("free", "grounded"))
+    assert "extractive" not in v2 and "grounded_minus_free_f1" in v2
+    # v2: an empty free answer is the no-answer, so grounded keeps it and answers nothing again
+    assert v2["grounded_extractive_answers"] == 0 and v2["answers_changed"] == {"grounded": 0}

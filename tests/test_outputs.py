@@ -188,6 +188,40 @@ def test_finetune_and_zeroshot_into_an_input_are_refused(tiny_model_dir, data_di
     assert config.read_text() == "learning_rate: 1e-3\n"
 
 
+def test_the_local_copy_of_a_model_named_by_alias_or_hub_id_is_an_input(
+    data_dir, tmp_path, monkeypatch, capsys
+):
+    """An alias's converted folder in tunelab's cache and a Hub id's folder in the Hub cache are the model's
+    files as much as a folder given by its path: an --out that is or contains them is refused before any
+    model is loaded (the GGUF named here is no GGUF file, so a conversion would fail)."""
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "never-read.gguf").write_text("not a GGUF file")
+    monkeypatch.setenv("TUNELAB_GGUF", str(tmp_path / "never-read.gguf"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    converted = tmp_path / "cache" / "models" / "smollm2-135m"
+    hub_copy = tmp_path / "hub" / "models--owner--name"
+    for folder in (converted, hub_copy):
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text("{}")
+    before = digest(tmp_path / "cache"), digest(tmp_path / "hub")
+    cases = [
+        ("smollm2-135m", converted, "is the converted model folder of smollm2-135m"),
+        ("smollm2-135m", tmp_path / "cache", "contains the converted model folder of smollm2-135m"),
+        ("owner/name", hub_copy, "is the Hub cache folder of owner/name"),
+        ("owner/name", tmp_path / "hub", "contains the Hub cache folder of owner/name"),
+    ]
+    for model, out, words in cases:
+        rc, err = run(
+            capsys, "zeroshot", model, "--task", "sst2", "--data-dir", data_dir, "--out", out, "--overwrite"
+        )
+        assert rc == 2 and words in err and "input of this command" in err, (model, out, err)
+        rc, err = run(capsys, *finetune(model, data_dir, out, "--overwrite"))
+        assert rc == 2 and words in err, (model, out, err)
+    assert (digest(tmp_path / "cache"), digest(tmp_path / "hub")) == before
+
+
 def test_unusual_output_paths(tiny_model_dir, data_dir, tmp_path, monkeypatch, capsys):
     work = tmp_path / "here"
     work.mkdir()

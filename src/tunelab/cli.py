@@ -460,6 +460,7 @@ def _finetune_seeds(args, task, cfg, seeds, train_ex, dev_ex, dev_data, train_da
 
     from tunelab import runs
     from tunelab.distributed import main_process
+    from tunelab.models.registry import local_files
     from tunelab.outputs import atomic_output, read_json, write_json
 
     options = {k: v for k, v in extras.items() if k not in ("limit", "train_limit", "extra_train")}
@@ -471,7 +472,7 @@ def _finetune_seeds(args, task, cfg, seeds, train_ex, dev_ex, dev_data, train_da
         )
 
     trained_on = [("training file", p) for p in str(train_data).split(" + ")]  # (+: extra_train's files)
-    read = [("model folder", args.model), *trained_on, ("data file", dev_data)]
+    read = [local_files(args.model), *trained_on, ("data file", dev_data)]
     with atomic_output(
         args.out,
         overwrite=args.overwrite,

@@ -25,6 +25,7 @@ from tunelab.errors import ModelError, UsageError
 from tunelab.models import align_pad_token, load_causal_lm, load_task_model, load_tokenizer
 from tunelab.models.attention import make_bidirectional
 from tunelab.models.params import LoraOptions, apply_method
+from tunelab.models.registry import local_files
 from tunelab.options import TrainConfig, ZeroShotOptions
 from tunelab.outputs import Inputs, atomic_output, check_apart, read_json, write_json
 from tunelab.tasks import Task, task_from_meta
@@ -70,7 +71,7 @@ def zeroshot(
             raise UsageError(f"shots: {options.shots} needs the task's training split to draw examples from")
         shots = task.draw_shots(shot_pool, options.shots, options.shot_seed, examples)
     dev = device()
-    read = [("model folder", model_spec), ("data file", data), *inputs]
+    read = [local_files(model_spec), ("data file", data), *inputs]
     with atomic_output(out, overwrite=overwrite, inputs=read) as work:
         tokenizer = load_tokenizer(model_spec, padding_side=task.zero_shot_padding_side)
         model = load_causal_lm(model_spec, dtype=precision.eval_dtype(dev, options.bf16)).to(dev).eval()
@@ -143,7 +144,7 @@ def finetune(
     on processes that do not write)."""
     cfg.validate()
     trained_on = [("training file", p) for p in str(train_data).split(" + ")]  # (+: extra_train's files)
-    read = [("model folder", model_spec), *trained_on, ("data file", dev_data), *inputs]
+    read = [local_files(model_spec), *trained_on, ("data file", dev_data), *inputs]
     check_apart(out, read)  # before the (slow) tokenisation
     task = task.for_data(train_examples + dev_examples)
     train_examples = task.training_examples(train_examples, train_data)

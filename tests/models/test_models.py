@@ -139,6 +139,23 @@ def test_cli_bad_model_exits_2(tmp_path, capsys):
     assert "not a model folder" in capsys.readouterr().err
 
 
+def test_a_missing_or_broken_gguf_is_a_clear_error(tmp_path, monkeypatch):
+    """TUNELAB_GGUF naming no file, or a file that is no GGUF: one message naming it, no half-converted
+    folder left in the cache."""
+    from tunelab.models import resolve
+
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("TUNELAB_GGUF", str(tmp_path / "missing.gguf"))
+    with pytest.raises(ModelError, match=r"TUNELAB_GGUF=.*missing\.gguf: no such file"):
+        resolve("smollm2-135m")
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"not a GGUF file")
+    monkeypatch.setenv("TUNELAB_GGUF", str(broken))
+    with pytest.raises(ModelError, match=r"smollm2-135m: cannot convert .*broken\.gguf: .*not a GGUF file"):
+        resolve("smollm2-135m")
+    assert [p.name for p in (tmp_path / "cache" / "models").iterdir()] == [".smollm2-135m.lock"]
+
+
 def test_params_cli_of_a_task_file_counts_its_labels(tmp_path, capsys):
     task = tmp_path / "six.yaml"
     task.write_text("kind: classification\nlabels: [a, b, c, d, e, f]\ndata: {splits: {dev: x.tsv}}\n")

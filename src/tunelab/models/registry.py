@@ -63,7 +63,10 @@ def shipped_config(alias: Alias) -> dict:
 def gguf_path(alias: Alias) -> Path | None:
     """The GGUF file embedded in an installed package, or None. TUNELAB_GGUF overrides (a file path)."""
     if os.environ.get("TUNELAB_GGUF"):
-        return Path(os.environ["TUNELAB_GGUF"])
+        path = Path(os.environ["TUNELAB_GGUF"]).expanduser()
+        if not path.is_file():
+            raise ModelError(f"TUNELAB_GGUF={os.environ['TUNELAB_GGUF']}: no such file")
+        return path
     if alias.gguf_package is None:
         return None
     spec = importlib.util.find_spec(alias.gguf_package)
@@ -103,11 +106,32 @@ def resolve(spec: str) -> str:
             raise ModelError(f"{spec}: not a model folder (no config.json or adapter_config.json in it)")
         check_config_json(path / "config.json")
         return str(path)
-    if spec.count("/") != 1 or spec.startswith(("/", ".")):
+    if not _looks_like_hub_id(spec):
         raise ModelError(
             f"{spec}: not a known alias ({', '.join(ALIASES)}), a local model folder or a Hub id (owner/name)"
         )
     return spec
+
+
+def local_files(spec: str) -> tuple[str, str]:
+    """Where a spec's files lie (or would lie) on this machine, and what to call them, without converting or
+    downloading anything: a GGUF alias's converted folder in tunelab's cache, a Hub id's folder in the Hub
+    cache, a local folder itself. An output folder must keep apart from them (tunelab.outputs.check_apart)."""
+    alias = ALIASES.get(spec)
+    if alias is not None and gguf_path(alias) is not None:
+        return f"converted model folder of {spec}", str(cache_dir() / "models" / alias.name)
+    hub_id = alias.hub_id if alias is not None else spec
+    if alias is not None or (not Path(spec).expanduser().exists() and _looks_like_hub_id(spec)):
+        from huggingface_hub.constants import HF_HUB_CACHE
+        from huggingface_hub.file_download import repo_folder_name
+
+        folder = Path(HF_HUB_CACHE) / repo_folder_name(repo_id=hub_id, repo_type="model")
+        return f"Hub cache folder of {hub_id}", str(folder)
+    return "model folder", spec
+
+
+def _looks_like_hub_id(spec: str) -> bool:
+    return spec.count("/") == 1 and not spec.startswith(("/", ".", "~"))
 
 
 def hub_token(explicit: str | None = None) -> str | None:
@@ -205,7 +229,7 @@ def _convert(alias: Alias, gguf: Path, target: Path, complete: Callable[[], bool
                 model = AutoModelForCausalLM.from_pretrained(
                     gguf.parent, gguf_file=gguf.name, dtype=torch.float32
                 )
-        except ImportError as exc:  # transformers reads GGUF files with the `gguf` package
+        except (ImportError, OSError, ValueError) as exc:  # no `gguf` package, or not a readable GGUF file
             raise ModelError(f"{alias.name}: cannot convert {gguf}: {exc}") from None
         # The GGUF's tokenizer metadata names <|im_start|> as EOS; the model config (and the Hub's tokenizer)
         # say id 2, <|im_end|>. Follow the config so generation stops where the chat template ends a turn.

@@ -50,6 +50,7 @@ import yaml
 from tunelab import runs
 from tunelab.data.hub import DatasetRef
 from tunelab.errors import UsageError
+from tunelab.models.registry import local_files
 from tunelab.options import ZeroShotOptions
 from tunelab.outputs import Inputs, check_apart, output_lock, read_json, write_json, write_text
 from tunelab.study.config import StudyConfig, train_config
@@ -180,7 +181,7 @@ class Study:
             for section in [t.get("finetune") or {}, *(t.get("variants") or {}).values()]:
                 tasks += [("extra training file", s) for s in section.get("extra_train") or ()]
         return [
-            ("model folder", self.c["model"]),
+            local_files(self.c["model"]),
             ("data folder", self.c.get("data_dir")),
             *tasks,
             *self.inputs,

@@ -112,6 +112,33 @@ def test_unlabelled_training_file(tiny_model_dir, data_dir, tmp_path, capsys):
     rc, err = run(capsys, *finetune(tiny_model_dir, data_dir, out, "--train-file", nolabel))
     assert rc == 2 and "nolabel.tsv" in err and "label" in err
     assert no_output(out)
+    # partly labelled: refused (not trimmed to its labelled rows), naming the first unlabelled line
+    partly = tmp_path / "partly.jsonl"
+    partly.write_text(
+        '{"sentence": "good", "label": 1}\n{"sentence": "bad"}\n{"sentence": "ok", "label": 1}\n'
+    )
+    rc, err = run(capsys, *finetune(tiny_model_dir, data_dir, out, "--train-file", partly))
+    assert rc == 2 and "partly.jsonl: 1 of 3 training rows have no label (the first at line 2)" in err, err
+    assert no_output(out)
+    # k-shot examples are solved training examples: an unlabelled training file cannot give them
+    for train in (nolabel, partly):
+        rc, err = run(
+            capsys,
+            "zeroshot",
+            tiny_model_dir,
+            "--task",
+            "sst2",
+            "--data-dir",
+            data_dir,
+            "--train-file",
+            train,
+            "--shots",
+            "1",
+            "--out",
+            out,
+        )
+        assert rc == 2 and train.name in err and "label" in err, err
+        assert no_output(out)
 
 
 # ---- configs and options
@@ -141,6 +168,13 @@ def test_unlabelled_training_file(tiny_model_dir, data_dir, tmp_path, capsys):
         ("- a list\n- of things\n", "mapping"),
         ("key: [unclosed\n", "cannot read config"),
         ("7: seven\n", "unknown keys ['7']"),
+        ("epochs: 1\nepochs: 2\n", "the key 'epochs' is given twice"),
+        ("a: " + "[" * 3000 + "]" * 3000 + "\n", "nested too deeply"),
+        (
+            "x0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n"
+            + "".join(f"x{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]\n" for i in range(1, 30)),
+            "its aliases expand it to more than 1,000,000 values",
+        ),
     ],
 )
 def test_bad_config_files(tiny_model_dir, data_dir, tmp_path, capsys, yaml_text, message):

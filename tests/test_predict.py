@@ -124,6 +124,28 @@ def test_file_inputs(sst2_dir, tmp_path, capsys):
     assert rows2[1]["probability"] == pytest.approx(rows[0]["probability"], abs=1e-6)
 
 
+def test_standard_input_is_read_as_strict_utf8(sst2_dir, squad_dir, monkeypatch, capsys):
+    """`--file -` reads standard input as a file is read: bad bytes are refused with the line, not handed
+    to the tokenizer as surrogates."""
+    import io
+
+    def stdin(data: bytes):
+        monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(data), encoding="utf-8"))
+
+    stdin(b"a great film\n\nthe awful review\n")
+    assert cli(["predict", sst2_dir, "--file", "-", "--json"]) == 0
+    assert [r["text"] for r in json.loads(capsys.readouterr().out)["predictions"]] == [
+        "a great film",
+        "the awful review",
+    ]
+    stdin(b"fine\ncaf\xe9 ?\n")
+    with pytest.raises(DataError, match=r"^-, line 2: not valid UTF-8 \(byte 0xe9\)"):
+        cli(["predict", sst2_dir, "--file", "-"])
+    stdin(b'{"context": "caf\xe9", "question": "q"}\n')
+    with pytest.raises(DataError, match=r"^-, line 1: not valid UTF-8"):
+        cli(["predict", squad_dir, "--file", "-"])
+
+
 def test_sst2_input_errors(sst2_dir, tmp_path):
     with pytest.raises(UsageError, match="nothing to classify"):
         cli(["predict", sst2_dir])

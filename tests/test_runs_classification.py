@@ -48,7 +48,9 @@ def test_calibration_moves_a_biased_classifier():
 def test_verbalizers_sharing_a_first_token_are_refused(tiny_model_dir):
     tok = load_tokenizer(tiny_model_dir)
     p = SST2.prompt({"text": "{sentence}", "verbalizers": {"negative": [" review"], "positive": [" review"]}})
-    with pytest.raises(UsageError, match="same token"):
+    with pytest.raises(
+        UsageError, match=r"'negative' \(' review'\) and 'positive' \(' review'\) start with the same token"
+    ):
         verbalizer_ids(tok, p)
 
 

@@ -360,9 +360,9 @@ def cmd_zeroshot(args) -> int:
     report_to = _trackers(args)
     examples, data = task.load_split(args.split, args.data_dir, args.data_file, args.dataset)
     examples = examples[: options.limit] if options.limit else examples
-    pool = (
-        task.load_split("train", args.data_dir, args.train_file, args.dataset)[0] if options.shots else None
-    )
+    pool = None
+    if options.shots:  # k-shot examples: solved training examples
+        pool = task.training_examples(*task.load_split("train", args.data_dir, args.train_file, args.dataset))
     return _report(
         task.for_data(examples),
         args,

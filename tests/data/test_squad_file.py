@@ -182,6 +182,16 @@ BROKEN = [
         "q1",
         "answer text is missing or empty",
     ),
+    (
+        broken(lambda d: qa(d).update(answers=[{"text": " ", "answer_start": 0}])),
+        "q1",
+        "answer text is missing or empty",
+    ),
+    (
+        broken(lambda d: qa(d).update(answers=[{"text": 5, "answer_start": 0}])),
+        "q1",
+        "answers[0]: answer text must be a string, got 5",
+    ),
     (broken(lambda d: qa(d).update(answers=["SoCal"])), "q1", "answers[0] must be an object, got str"),
     (broken(lambda d: qa(d).update(answers="SoCal")), "q1", "'answers' must be a list, got str"),
     (

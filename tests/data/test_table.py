@@ -221,3 +221,52 @@ def test_names_numbers_pairs_and_many_labels(tmp_path):
     path = write(tmp_path, "e.tsv", "sentence1\tsentence2\tlabel\na\t \t1\n")
     with pytest.raises(DataError, match="line 2: sentence2 is empty"):
         read_table(path, pairs, rte)
+
+
+def test_label_numbers_are_ascii_indices_and_never_indices_when_the_names_are_numbers(tmp_path):
+    """A label is a name, or an index written in ASCII digits: "²" and "٣" pass str.isdigit but are no
+    index, and 5,000 nines are refused, not handed to int(). Where the names are numbers themselves
+    ([-1, 1], star ratings), a number is a name only: an undeclared 0 is an error, not the first label."""
+    trec = LabelSet(("ABBR", "DESC", "ENTY", "HUM"))
+    for value in ("²", "٣", "１", "9" * 5000, "-1"):
+        path = write(tmp_path, "t.tsv", f"question\tlabel\nwhat ?\t{value}\n")
+        with pytest.raises(DataError, match=r"line 2: label must be 0-3 or a label name"):
+            read_table(path, Columns("question"), trec)
+    assert trec.parse("03") == 3
+    polarity = LabelSet(("-1", "1"))
+    assert polarity.rule() == "one of -1, 1"
+    path = write(tmp_path, "p.tsv", "text\tlabel\ngood\t1\nbad\t-1\nso-so\t0\n")
+    with pytest.raises(DataError, match=r"line 4: label must be one of -1, 1, got '0'"):
+        read_table(path, Columns("text"), polarity)
+    stars = LabelSet(("1", "2", "3", "4", "5"))
+    assert [stars.parse(v) for v in ("1", "5", "0")] == [0, 4, None]
+
+
+def test_a_label_column_the_task_does_not_name_is_an_error_not_an_unlabelled_file(tmp_path):
+    """The task reads labels from 'coarse', the file calls them 'label': reading it as unlabelled would
+    silently score nothing. A file with no label-like column at all is unlabelled, as before."""
+    columns = Columns("question", None, "coarse")
+    labels = LabelSet(("ABBR", "DESC"))
+    for name, content, line in [
+        ("t.tsv", "question\tlabel\nwhat ?\tDESC\n", 1),
+        ("t.csv", "question,Label\nwhat ?,DESC\n", 1),
+        ("t.jsonl", '{"question": "what ?", "coarse": "DESC"}\n{"question": "who ?", "label": "ABBR"}\n', 2),
+    ]:
+        path = write(tmp_path, name, content)
+        with pytest.raises(DataError, match=rf"line {line}: the task's label column is 'coarse'.*data.label"):
+            read_table(path, columns, labels)
+    path = write(tmp_path, "u.tsv", "index\tquestion\n0\twhat ?\n")
+    assert read_table(path, columns, labels) == [TextExample("what ?", None, 2)]
+
+
+def test_a_dataset_whose_labels_include_minus_one_keeps_its_minus_one_rows(tmp_path):
+    """GLUE marks unlabelled rows with -1; a task whose labels are -1 and 1 reads -1 as a label."""
+    from tunelab.tasks import load_task
+
+    spec = write(
+        tmp_path, "polarity.yaml", "kind: classification\nlabels: [-1, 1]\ndata: {splits: {dev: x.tsv}}\n"
+    )
+    task = load_task(str(spec))
+    rows = [{"text": "good", "label": 1}, {"text": "bad", "label": -1}]
+    assert [ex.label for ex in task.from_rows(rows, "ds", {"text": "text"})] == [1, 0]
+    assert [ex.label for ex in SST2.from_rows([{"sentence": "x", "label": -1}], "ds", {})] == [None]

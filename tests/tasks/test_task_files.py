@@ -89,7 +89,33 @@ BAD = [
         "unknown keys",
     ),
     ("kind: [unclosed\n", "", "cannot read task file"),
+    (
+        "kind: extractive_qa\nversion: 1\ndata: {splits: {dev: d.json}}\n",
+        "version",
+        "must be 1.1 or 2.0, got 1",
+    ),
+    (CLASSIFICATION + "labels: [b, c]\n", "", "the key 'labels' is given twice"),
 ]
+
+
+def test_task_file_details_yaml_would_blur(tmp_path):
+    """Label words keyed by numbers (YAML reads `1:` as an int) are the task's words, not the defaults; a
+    version written as an int is that version; a name taken from the file name says so when it is bad."""
+    numbered = tmp_path / "stars.yaml"
+    numbered.write_text(
+        "kind: classification\nlabels: [1, 20]\nverbalizers: {1: [' low'], 20: [' high']}\n"
+        "data: {splits: {dev: d.tsv}}\n"
+    )
+    assert load_task(str(numbered)).verbalizers == {"1": [" low"], "20": [" high"]}
+    qa = tmp_path / "qa.yaml"
+    qa.write_text("kind: extractive_qa\nversion: 2\ndata: {splits: {dev: d.json}}\n")
+    assert load_task(str(qa)).version == "2.0"
+    spaced = tmp_path / "my task.yaml"
+    spaced.write_text(CLASSIFICATION)
+    with pytest.raises(
+        UsageError, match=r"got 'my task' \(from the file's name: give the task a `name:` key\)"
+    ):
+        load_task(str(spaced))
 
 
 @pytest.mark.parametrize("text,key,problem", BAD, ids=[f"{i}-{b[1] or 'file'}" for i, b in enumerate(BAD)])

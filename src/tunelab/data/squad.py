@@ -200,7 +200,9 @@ def _answers(path: Path, qa: dict, key: str, qid: str, context: str) -> list[dic
         if not isinstance(answer, dict):
             raise DataError(path, f"{at} must be an object, got {type(answer).__name__}", record=qid)
         text, start = answer.get("text"), answer.get("answer_start")
-        if not isinstance(text, str) or not text:
+        if text is not None and not isinstance(text, str):
+            raise DataError(path, f"{at}: answer text must be a string, got {_show(text)}", record=qid)
+        if not text or not text.strip():
             raise DataError(path, f"{at}: answer text is missing or empty", record=qid)
         if isinstance(start, bool) or not isinstance(start, int):
             raise DataError(path, f"{at}: answer_start must be an integer, got {_show(start)}", record=qid)

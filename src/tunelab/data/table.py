@@ -41,11 +41,18 @@ class Columns:
 class LabelSet:
     names: tuple[str, ...]
 
+    def _numeric_names(self) -> bool:
+        """Names that are numbers themselves ([-1, 1], star ratings 1-5): a number is then a name, never
+        an index (a `0` where the labels are -1 and 1 is an error, not the first label)."""
+        return all(_is_number(name) for name in self.names)
+
     def rule(self) -> str:
         n = len(self.names)
         numbers = "0 or 1" if n == 2 else f"0-{n - 1}"
         if list(self.names) == [str(i) for i in range(n)]:
             return numbers
+        if self._numeric_names():
+            return f"one of {', '.join(self.names)}"
         return f"{numbers} or a label name ({', '.join(self.names)})"
 
     def parse(self, value: str) -> int | None:
@@ -53,9 +60,19 @@ class LabelSet:
         value = value.strip()
         if value in self.names:
             return self.names.index(value)
-        if value.isdigit() and int(value) < len(self.names):
-            return int(value)
+        # ASCII digits only (str.isdigit also takes "²" and "٣"), short enough for int()
+        if value.isascii() and value.isdigit() and len(value) < 10 and not self._numeric_names():
+            number = int(value)
+            return number if number < len(self.names) else None
         return None
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def read_table(
@@ -166,7 +183,19 @@ class _Rows:
         for name in header:
             if name and header.count(name) > 1:
                 raise DataError(self.path, f"column {name!r} appears twice in the header", line=line)
+        self._check_label_column(header, line)
         return header
+
+    def _check_label_column(self, names, line: int) -> None:
+        """A file without the task's label column is unlabelled, unless it has a column called `label`:
+        then the task names the wrong column, and reading the file as unlabelled would hide it."""
+        stray = next((n for n in names if n.lower() == "label" and n != self.columns.label), None)
+        if self.columns.label not in names and stray:
+            raise self._error(
+                f"the task's label column is {self.columns.label!r}, which this file lacks, but it has a "
+                f"{stray!r} column: name that one in the task file (data.label: {stray})",
+                line,
+            )
 
     def _row(self, row: dict[str, str], line: int) -> TextExample:
         c = self.columns
@@ -186,6 +215,8 @@ class _Rows:
         for number, record in numbered:
             first = self._field(record, c.text, number, fallback="text")
             pair = self._field(record, c.text_pair, number) if c.text_pair else None
+            if c.label not in record:
+                self._check_label_column(list(record), number)
             label = record.get(c.label)
             examples.append(
                 TextExample(first, None if label is None else self._json_label(label, number), number, pair)

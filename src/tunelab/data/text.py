@@ -86,10 +86,20 @@ def read_file_bytes(path, limit: int | None = None) -> bytes:
     return raw
 
 
+def _stdin_bytes() -> bytes:
+    import sys
+
+    raw = sys.stdin.buffer.read(MAX_FILE_BYTES + 1)
+    if len(raw) > MAX_FILE_BYTES:
+        raise DataError("-", f"larger than {MAX_FILE_BYTES:,} bytes, the most tunelab reads")
+    return raw
+
+
 def read_utf8(path) -> str:
-    """The whole file as text, strictly UTF-8 (a leading BOM is dropped); DataError names the bad line."""
+    """The whole file (`-`: standard input) as text, strictly UTF-8 (a leading BOM is dropped); DataError
+    names the bad line."""
+    raw = _stdin_bytes() if str(path) == "-" else read_file_bytes(path)
     path = Path(path)
-    raw = read_file_bytes(path)
     try:
         text = raw.decode("utf-8-sig")  # strict: errors="strict" is the default
     except UnicodeDecodeError as e:
@@ -176,9 +186,7 @@ def iter_jsonl_objects(path, text: str) -> Iterator[tuple[int, dict]]:
 
 def read_lines(path: str) -> list[tuple[int, str]]:
     """(line number, line) of each non-blank line of a text file (`-` for stdin), line ends removed."""
-    import sys
-
-    text = sys.stdin.read() if path == "-" else read_utf8(path)
+    text = read_utf8(path)
     lines = [(n, line.rstrip("\r")) for n, line in enumerate(text.split("\n"), start=1)]
     lines = [(n, line) for n, line in lines if line.strip()]
     if not lines:

@@ -396,7 +396,11 @@ class Study:
         z = self.c["tasks"][name]["zeroshot"]
         stage = f"{name}/zeroshot"
         examples, data = self._split(stage, name, "dev", z["limit"])
-        pool = self._split(stage, name, "train", None)[0] if z.get("shots") else None
+        pool = (
+            self.cfg.tasks[name].training_examples(*self._split(stage, name, "train", None))
+            if z.get("shots")
+            else None
+        )
         runs.zeroshot(
             self.cfg.tasks[name],
             self.c["model"],

@@ -212,7 +212,12 @@ class Task:
         d.only(cls.COMMON_KEYS + cls.KIND_KEYS)
         name = d.get("name", str, name)
         if not NAME.fullmatch(name):
-            raise d.error("name", f"must be letters, digits and _ . - (it names folders), got {name!r}")
+            given = "name" in d.mapping
+            raise d.error(
+                "name",
+                f"must be letters, digits and _ . - (it names folders), got {name!r}"
+                + ("" if given else " (from the file's name: give the task a `name:` key)"),
+            )
         title = d.get("title", str, name)
         data = d.section("data")
         data.only(("relative_to", "splits", "dataset", "config") + cls.DATA_KEYS)

@@ -182,8 +182,9 @@ class ClassificationTask(Task):
         )
         if not self.pairs:
             mapped = Columns(mapped.text, None, mapped.label)
-        # GLUE marks unlabelled (test) rows with -1
-        return read_records(where, rows, mapped, LabelSet(self.labels), unlabelled=-1)
+        # GLUE marks unlabelled (test) rows with -1, unless -1 is one of the task's labels
+        unlabelled = None if "-1" in self.labels else -1
+        return read_records(where, rows, mapped, LabelSet(self.labels), unlabelled=unlabelled)
 
     def check_eval(self, examples: list[TextExample], data: str) -> None:
         """Evaluation data is labelled on every row (metrics) or on none (predictions only), never partly."""
@@ -199,6 +200,12 @@ class ClassificationTask(Task):
             raise UsageError(
                 f"{data}: training data needs labels (a {self.columns.label!r} column of "
                 f"{LabelSet(self.labels).rule()})"
+            )
+        if len(labelled) < len(examples):
+            first = next(ex for ex in examples if ex.label is None)
+            raise UsageError(
+                f"{data}: {len(examples) - len(labelled)} of {len(examples)} training rows have no label "
+                f"(the first at line {first.line}): label every training row"
             )
         return labelled
 
@@ -458,8 +465,8 @@ class ClassificationTask(Task):
 
 def _verbalizers(d: Definition, labels: tuple[str, ...]) -> dict[str, list[str]]:
     """Each label's words: given, else the label itself with a leading space (" positive")."""
-    given = d.get("verbalizers", dict, {})
-    unknown = sorted(str(k) for k in given if str(k) not in labels)
+    given = {str(k): v for k, v in d.get("verbalizers", dict, {}).items()}  # (YAML reads `1:` as a number)
+    unknown = sorted(k for k in given if k not in labels)
     if unknown:
         raise d.error("verbalizers", f"labels {unknown} are not among the task's labels {list(labels)}")
     out = {}

@@ -93,17 +93,22 @@ class Calibration:
 def verbalizer_ids(tokenizer, prompt: ClassificationPrompt) -> list[list[int]]:
     """First token of each verbalizer, per class. Classes must not share a first token."""
     ids = []
-    for words in prompt.verbalizers.values():
-        ids.append(sorted({tokenizer.encode(w, add_special_tokens=False)[0] for w in words}))
-    seen: dict[int, str] = {}
-    for label, firsts in zip(prompt.verbalizers, ids, strict=True):
-        for token in firsts:
-            if token in seen:
+    seen: dict[int, tuple[str, str]] = {}  # first token -> (label, word)
+    for label, words in prompt.verbalizers.items():
+        firsts = {}
+        for word in words:
+            token = tokenizer.encode(word, add_special_tokens=False)[0]
+            if token in seen and seen[token][0] != label:
+                other, other_word = seen[token]
+                shown = tokenizer.convert_ids_to_tokens(token)
                 raise UsageError(
-                    f"verbalizers of {seen[token]!r} and {label!r} start with the same token: scores "
-                    "would be tied"
+                    f"verbalizers of {other!r} ({other_word!r}) and {label!r} ({word!r}) start with the same "
+                    f"token {shown!r} in this model's tokenizer: their scores would be tied; give the labels "
+                    "words that start differently (the task file's `verbalizers:`)"
                 )
-            seen[token] = label
+            firsts.setdefault(token, word)
+        seen.update({token: (label, word) for token, word in firsts.items()})
+        ids.append(sorted(firsts))
     return ids
 
 

@@ -76,8 +76,8 @@ class ExtractiveQATask(Task):
 
     @classmethod
     def parse_kind(cls, d: Definition, data: Definition) -> dict:
-        version = d.get("version", (str, float), "1.1")
-        version = f"{version:.1f}" if isinstance(version, float) else version.lstrip("v")
+        version = d.get("version", (str, int, float), "1.1")
+        version = version.lstrip("v") if isinstance(version, str) else f"{float(version):.1f}"
         if version not in VERSIONS:
             raise d.error("version", f"must be 1.1 or 2.0, got {d.mapping['version']!r}")
         versions = d.get("versions", dict, {})
@@ -470,7 +470,7 @@ def _read_qa_jsonl(path: str) -> list[dict]:
     """JSONL of {"context", "question"[, "id"]}; DataError names the line."""
     from tunelab.data.text import iter_jsonl_objects, read_utf8
 
-    text = sys.stdin.read() if path == "-" else read_utf8(path)
+    text = read_utf8(path)  # (- reads standard input)
     rows = []
     for n, obj in iter_jsonl_objects(path, text):
         for key in ("context", "question"):

@@ -65,7 +65,11 @@ def check_apart(out: str | os.PathLike, inputs: Inputs = (), *, flag: str = "--o
         for suffix, role in ((".partial", "work folder"), (".old", "old copy"), (".lock", "lock file"))
     ]
     for what, path in inputs:
-        if path is None or str(path) == "" or not os.path.lexists(Path(path).expanduser()):
+        if (
+            not isinstance(path, str | os.PathLike)
+            or str(path) == ""
+            or not os.path.lexists(Path(path).expanduser())
+        ):
             continue  # (a Hub id, or a description rather than a path: nothing here to destroy)
         real = _real(path)
         for name, place in companions:

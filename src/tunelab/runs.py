@@ -194,6 +194,12 @@ def log_final(names, logging_dir: Path, run_name: str, config: dict, metrics: di
         tracker.finish()
 
 
+def _absolute(resolved: str) -> str:
+    """A local folder as an absolute path (a fine-tuned LoRA folder must find its base from anywhere); a Hub
+    id as it is."""
+    return str(Path(resolved).resolve()) if Path(resolved).exists() else resolved
+
+
 def _finetune_in(
     task, model_spec, dev_examples, dev_data, out, cfg, tokenizer, ft, work, resume, tracker, train_data
 ):
@@ -226,7 +232,7 @@ def _finetune_in(
     meta = {
         "task": task.name,
         "base_model": model_spec,
-        "base_model_path": resolve(model_spec),
+        "base_model_path": _absolute(resolve(model_spec)),
         **ft.meta,
         "bidirectional": cfg.bidirectional,
     }
@@ -383,12 +389,18 @@ def load_finetuned(
     tokenizer = load_tokenizer(str(path))
     options = trained_for.head_options()
     if adapter:
-        if not meta.get("base_model_path"):
+        base_path = meta.get("base_model_path")
+        if not isinstance(base_path, str) or not base_path:
             raise ModelError(
                 f"{path}: a LoRA adapter folder whose {META_FILE} does not name its base model "
-                "(base_model_path)"
+                f"(base_model_path: a folder or a Hub id, got {base_path!r})"
             )
-        base = load_task_model(meta["base_model_path"], trained_for.head, dtype=dtype, **options)
+        try:
+            base = load_task_model(base_path, trained_for.head, dtype=dtype, **options)
+        except ModelError as exc:
+            raise ModelError(
+                f"{path}: cannot load its base model ({META_FILE} base_model_path {base_path!r}): {exc}"
+            ) from None
         align_pad_token(base, tokenizer)
         if meta.get("bidirectional"):
             make_bidirectional(base)

@@ -48,7 +48,11 @@ def _check_inputs(model_dir: Path, base_model: str | None) -> tuple[dict, dict]:
         raise UsageError(f"--base-model {base_model!r}: expected a Hub id, owner/name")
     cfg_file = model_dir / "training_config.json"
     train_cfg = read_json(cfg_file, "the training options") if cfg_file.is_file() else {}
-    return read_json(metrics_file, "the evaluation metrics"), train_cfg
+    metrics = read_json(metrics_file, "the evaluation metrics")
+    for f, doc in ((metrics_file, metrics), (cfg_file, train_cfg)):
+        if not isinstance(doc, dict):
+            raise UsageError(f"{f}: expected a JSON object, got {type(doc).__name__}")
+    return metrics, train_cfg
 
 
 def _shared_meta(meta: dict, task, hub_id: str | None, saved: str) -> dict:
@@ -102,10 +106,15 @@ def export(
         write_json(work / "eval_results.json", shared_metrics)
 
         name = out_dir.name
-        data = card_data(task, meta, metrics, name, base_model=hub_id)
-        body = card_body(
-            task, meta, metrics, train_cfg, _param_counts(work, task, meta, train_cfg), name, hub_id
-        )
+        counts = _param_counts(work, task, meta, train_cfg)
+        try:
+            data = card_data(task, meta, metrics, name, base_model=hub_id)
+            body = card_body(task, meta, metrics, train_cfg, counts, name, hub_id)
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:  # a value of the wrong kind
+            raise UsageError(
+                f"{model_dir}: eval/metrics.json or training_config.json does not hold what `tunelab "
+                f"finetune` writes ({type(exc).__name__}: {exc}); the model card cannot be written"
+            ) from None
         card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
         card.save(work / "README.md")
         # The card must parse back exactly as written (the Hub rejects a push whose metadata does not).

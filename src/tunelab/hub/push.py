@@ -4,6 +4,7 @@ Hub errors become one clear message without it."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from tunelab.errors import UsageError
@@ -48,6 +49,12 @@ def check_folder(folder: str | Path) -> Path:
     folder = Path(folder)
     if not folder.is_dir():
         raise UsageError(f"{folder}: not a folder")
+    if "base_model_path" in _meta(folder):
+        # export leaves local paths out; a fine-tuning output holds them, and its predictions and logs
+        raise UsageError(
+            f"{folder}: a fine-tuning output folder (its tunelab.json names a local base model folder), "
+            f"not an export: run `tunelab export {folder} --out DIR` and push DIR"
+        )
     readme = folder / "README.md"
     if not readme.is_file():
         raise UsageError(f"{folder}: no README.md model card; make the folder with `tunelab export`")
@@ -62,6 +69,15 @@ def check_folder(folder: str | Path) -> Path:
     if not any((folder / f).is_file() for f in WEIGHT_FILES):
         raise UsageError(f"{folder}: no weights (model.safetensors or adapter_model.safetensors)")
     return folder
+
+
+def _meta(folder: Path) -> dict:
+    """The folder's tunelab.json, or {} when it has none (or none that reads as an object)."""
+    try:
+        meta = json.loads((folder / "tunelab.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
 
 
 def _hub_error(exc: BaseException, repo_id: str, token: str | None) -> UsageError:

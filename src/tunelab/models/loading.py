@@ -13,8 +13,8 @@ import torch
 
 from tunelab.errors import ModelError
 from tunelab.models.heads import auto_class, head
-from tunelab.models.registry import resolve
-from tunelab.models.remote_code import load_error, remote_code_trusted
+from tunelab.models.registry import check_config_json, resolve
+from tunelab.models.remote_code import load_error, remote_code_trusted, short
 from tunelab.precision import float32_head
 
 if TYPE_CHECKING:
@@ -26,13 +26,22 @@ def load_tokenizer(spec: str, *, padding_side: str = "right") -> PreTrainedToken
     same id in `align_pad_token`). Right padding for training and scoring, left for batched generation."""
     from transformers import AutoTokenizer
 
+    from tunelab.models.registry import load_config
+
     path = resolve(spec)
+    if (Path(path) / "config.json").is_file():
+        load_config(spec)  # a broken config is reported as such, not as a tokenizer failure
     try:
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=remote_code_trusted())
     except Exception as exc:
         raise load_error(spec, "its tokenizer", exc) from exc
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
+    if tok.pad_token is None:
+        raise ModelError(
+            f"{spec}: its tokenizer has neither a pad token nor an end-of-sequence token (see its "
+            "tokenizer_config.json): tunelab pads batches and ends answers with them"
+        )
     tok.padding_side = padding_side
     return tok
 
@@ -81,7 +90,10 @@ def saved_head(path: str) -> str | None:
     cfg = Path(path) / "config.json"
     if not cfg.is_file():
         return None
-    arch = " ".join(json.loads(cfg.read_text(encoding="utf-8")).get("architectures") or [])
+    names = json.loads(cfg.read_text(encoding="utf-8")).get("architectures") or []
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ModelError(f"{cfg}: 'architectures' must be a list of class names, got {names!r}")
+    arch = " ".join(names)
     if "ForSequenceClassification" in arch:
         return "classification"
     if "ForQuestionAnswering" in arch:
@@ -107,7 +119,13 @@ def load_task_model(
     refuse to return a model with any missing tensor other than the freshly added head.
     """
     module = head(head_name).module
-    fresh = saved_head(resolve(spec)) is None
+    saved = saved_head(resolve(spec))
+    if saved is not None and saved != head_name:
+        raise ModelError(
+            f"{spec}: a model fine-tuned with a {saved} head, not a {head_name} one: start from its base "
+            "model instead"
+        )
+    fresh = saved is None
     kwargs: dict = {"dtype": dtype}
     if fresh and head_name == "classification":
         kwargs.update(
@@ -124,6 +142,12 @@ def load_task_model(
         logging.getLogger(name).setLevel(logging.ERROR)
     model, info = _from_pretrained(auto_class(head_name), spec, **kwargs)
     missing = [k for k in info["missing_keys"] if not k.startswith(module + ".")]
+    head_missing = [k for k in info["missing_keys"] if k.startswith(module + ".")]
+    if head_missing and not fresh:
+        raise ModelError(
+            f"{spec}: its config.json says it holds a fine-tuned {head_name} head, but its weights lack "
+            f"{head_missing}: the trained head would be random"
+        )
     if missing:
         raise ModelError(
             f"{spec}: {len(missing)} body tensors were not found in the checkpoint (e.g. {missing[:3]}); "
@@ -158,7 +182,15 @@ def load_adapter(base: torch.nn.Module, path: str | Path) -> torch.nn.Module:
     from peft import PeftModel
 
     check_adapter_folder(path)
-    return PeftModel.from_pretrained(base, str(path))
+    config = Path(path) / "adapter_config.json"
+    check_config_json(config)  # a JSON object, or one clear message
+    try:
+        return PeftModel.from_pretrained(base, str(path))
+    except Exception as exc:  # peft's errors are of every kind: a bad header, a KeyError, a size mismatch
+        raise ModelError(
+            f"{path}: cannot load the LoRA adapter ({config.name}, {ADAPTER_WEIGHTS}) onto its base model: "
+            f"{type(exc).__name__}: {short(str(exc))}"
+        ) from None
 
 
 def body(model: torch.nn.Module) -> torch.nn.Module:

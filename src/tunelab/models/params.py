@@ -84,9 +84,10 @@ def build_meta(config, head_name: str | None, num_labels: int = 2) -> torch.nn.M
     try:
         with torch.device("meta"):
             return cls.from_config(config, trust_remote_code=remote_code_trusted())
-    except ValueError as exc:  # e.g. no class for this head in a model's shipped code
+    except (ValueError, KeyError, TypeError) as exc:  # no class for this head; a value the class rejects
         what = "causal LM" if head_name is None else head(head_name).what
-        raise ModelError(f"cannot build the {what} model of this config: {short(str(exc))}") from exc
+        shown = f"{type(exc).__name__}: {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise ModelError(f"cannot build the {what} model of this config: {short(shown)}") from exc
 
 
 def apply_method(

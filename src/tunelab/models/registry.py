@@ -322,6 +322,33 @@ def check_architecture(config: PretrainedConfig, spec: str) -> None:
                 f"{where}: {key} must be an integer from 1 to {high:,}, got {value!r} (far beyond any "
                 "Llama-architecture model; refused before building it)"
             )
+    _check_names(config, where)
+
+
+def _check_names(config: PretrainedConfig, where: str) -> None:
+    """The activation and the RoPE type must be ones transformers knows (it would fail with a bare KeyError
+    when building the model), and the key/value heads must divide the attention heads."""
+    from transformers.activations import ACT2FN
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    act = getattr(config, "hidden_act", "silu")
+    if not isinstance(act, str) or act not in ACT2FN:
+        raise ModelError(
+            f"{where}: hidden_act {act!r} is not an activation transformers knows (Llama's: silu)"
+        )
+    rope = getattr(config, "rope_parameters", None) or {}
+    rope_type = rope.get("rope_type", "default") if isinstance(rope, dict) else None
+    if rope_type != "default" and rope_type not in ROPE_INIT_FUNCTIONS:
+        raise ModelError(
+            f"{where}: rope_type {rope_type!r} is not one transformers knows (default, "
+            f"{', '.join(ROPE_INIT_FUNCTIONS)})"
+        )
+    heads, kv = config.num_attention_heads, config.num_key_value_heads or config.num_attention_heads
+    if heads % kv:
+        raise ModelError(
+            f"{where}: num_attention_heads {heads} must be a multiple of num_key_value_heads {kv} (each "
+            "group of query heads shares one key/value head)"
+        )
 
 
 def load_config(spec: str) -> PretrainedConfig:
@@ -334,8 +361,14 @@ def load_config(spec: str) -> PretrainedConfig:
         cfg.pop("architectures", None)
         cfg.pop("model_type", None)
         return LlamaConfig(**cfg)
+    path = Path(resolve(spec))
+    if (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
+        raise ModelError(
+            f"{spec}: a LoRA adapter folder (adapter_config.json, no config.json): it has no architecture "
+            "of its own; give its base model here, or the fine-tuned folder to evaluate / predict / export"
+        )
     try:
-        config = AutoConfig.from_pretrained(resolve(spec), trust_remote_code=remote_code_trusted())
+        config = AutoConfig.from_pretrained(str(path), trust_remote_code=remote_code_trusted())
     except ModelError:
         raise
     except Exception as exc:

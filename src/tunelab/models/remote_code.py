@@ -35,4 +35,9 @@ def load_error(spec: str, what: str, exc: Exception) -> ModelError:
     text = str(exc)
     if "trust_remote_code" in text and not remote_code_trusted():
         return ModelError(f"{spec}: cannot load {what}: {REMOTE_CODE_HINT}")
+    if "ignore_mismatched_sizes" in text:  # transformers points at a load report tunelab keeps quiet
+        return ModelError(
+            f"{spec}: cannot load {what}: the shapes of the tensors in its weights do not match its "
+            "config.json (a changed hidden_size, intermediate_size, vocab_size, head count or num_labels?)"
+        )
     return ModelError(f"{spec}: cannot load {what}: {short(text)}")

@@ -462,6 +462,15 @@ class Task:
         """The task as a fine-tuned folder's tunelab.json says it was trained (extractive QA: its version)."""
         return self
 
+    def check_meta(self, meta: dict) -> None:
+        """UsageError when a fine-tuned folder's tunelab.json holds values tunelab never writes (a file edited
+        by hand or damaged): they would fail later, or silently change what the model is given."""
+        length = meta.get("max_length", 1)
+        if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+            raise UsageError(f"max_length must be an integer >= 1, got {length!r}")
+        if not isinstance(meta.get("bidirectional", False), bool):
+            raise UsageError(f"bidirectional must be true or false, got {meta['bidirectional']!r}")
+
     @property
     def unit_singular(self) -> str:
         return self.unit[:-1] if self.unit.endswith("s") else self.unit
@@ -685,6 +694,7 @@ def task_from_meta(meta: dict, where: str) -> Task:
             )
         else:
             task = get_task(str(meta.get("task")))
+        task.check_meta(meta)
         return task.for_meta(meta)
     except UsageError as exc:
         raise ModelError(f"{where}: {exc}") from None

@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from tunelab.config_files import read_mapping
-from tunelab.errors import UsageError
+from tunelab.errors import ModelError, UsageError
 
 PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
 
@@ -68,10 +68,16 @@ class ChatPrompt:
                 {"role": "assistant", "content": self.answer_prefix + a},
             ]
         messages.append({"role": "user", "content": user})
-        return (
-            tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            + self.answer_prefix
-        )
+        from jinja2 import TemplateError
+
+        try:
+            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        except TemplateError as exc:
+            raise ModelError(
+                f"{tokenizer.name_or_path}: its chat template (chat_template.jinja or tokenizer_config.json) "
+                f"cannot be applied: {exc}; use a prompt without `chat: true`, or fix the template"
+            ) from None
+        return text + self.answer_prefix
 
 
 def prompt_mapping(spec: str | dict | None, templates: dict[str, dict], default: str) -> dict[str, Any]:

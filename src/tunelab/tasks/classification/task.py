@@ -279,7 +279,7 @@ class ClassificationTask(Task):
         bf16: bool = True,
     ) -> ClassScores:
         """Class log-probabilities of a fine-tuned classifier, with the input format it was trained on."""
-        prompt = ClassificationPrompt(**meta["input_prompt"]) if meta.get("input_prompt") else None
+        prompt = self.input_prompt(meta.get("input_prompt"))
         texts = [format_input(prompt, tokenizer, ex.text, ex.text_pair) for ex in examples]
         return ClassScores(
             classify(
@@ -295,6 +295,13 @@ class ClassificationTask(Task):
 
     def head_options(self) -> dict:
         return {"labels": self.labels}
+
+    def check_meta(self, meta: dict) -> None:
+        super().check_meta(meta)
+        prompt = meta.get("input_prompt")
+        if prompt is not None and not isinstance(prompt, dict):
+            raise UsageError(f"input_prompt must be a prompt mapping or null, got {prompt!r}")
+        self.input_prompt(prompt)  # the checks a prompt given by the user gets
 
     def compatible(self, other: Task) -> str | None:
         why = super().compatible(other)

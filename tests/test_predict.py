@@ -144,6 +144,9 @@ def test_standard_input_is_read_as_strict_utf8(sst2_dir, squad_dir, monkeypatch,
     stdin(b'{"context": "caf\xe9", "question": "q"}\n')
     with pytest.raises(DataError, match=r"^-, line 1: not valid UTF-8"):
         cli(["predict", squad_dir, "--file", "-"])
+    stdin(b'{\n  "version": "1.1",\n  "data": []\n}\n')
+    with pytest.raises(DataError, match=r"a SQuAD .json document is read from its file \(--file FILE.json\)"):
+        cli(["predict", squad_dir, "--file", "-"])
 
 
 def test_sst2_input_errors(sst2_dir, tmp_path):

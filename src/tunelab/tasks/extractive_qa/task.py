@@ -472,6 +472,17 @@ def _read_qa_jsonl(path: str) -> list[dict]:
 
     text = read_utf8(path)  # (- reads standard input)
     rows = []
+    if (
+        path == "-"
+        and text.lstrip().startswith("{")
+        and '"data"' in text[:200]
+        and '"context"' not in text[:200]
+    ):
+        raise DataError(
+            path,
+            "standard input is read as JSONL of {context, question}; a SQuAD .json document "
+            "is read from its file (--file FILE.json)",
+        )
     for n, obj in iter_jsonl_objects(path, text):
         for key in ("context", "question"):
             if not isinstance(obj.get(key), str) or not obj[key].strip():

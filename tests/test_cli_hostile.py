@@ -148,7 +148,7 @@ def test_unlabelled_training_file(tiny_model_dir, data_dir, tmp_path, capsys):
 @pytest.mark.parametrize(
     "yaml_text,message",
     [
-        ("learning_rat: 0.001\n", "unknown keys ['learning_rat']"),
+        ("learning_rat: 0.001\n", "unknown keys ['learning_rat'] (did you mean 'learning_rate'?)"),
         ("batch_size: big\n", "batch_size must be an integer >= 1, got 'big'"),
         ("batch_size: 8.5\n", "batch_size must be an integer"),
         ("batch_size: true\n", "batch_size must be an integer"),
@@ -206,21 +206,62 @@ def test_a_number_written_like_1e_4_is_read_as_a_number():
 @pytest.mark.parametrize(
     "option,value,message",
     [
-        ("--max-length", "0", "max_length must be an integer >= 1, got 0"),
-        ("--batch-size", "0", "batch_size must be an integer >= 1"),
-        ("--grad-accum", "-1", "grad_accum must be an integer >= 1"),
-        ("--epochs", "0", "epochs must be in (0, 1000]"),
-        ("--learning-rate", "nan", "learning_rate must be a (finite) number"),
-        ("--warmup-ratio", "1", "warmup_ratio must be in [0, 1)"),
+        ("--max-length", "0", "--max-length must be an integer >= 1, got 0"),
+        ("--batch-size", "0", "--batch-size must be an integer >= 1"),
+        ("--grad-accum", "-1", "--grad-accum must be an integer >= 1"),
+        ("--epochs", "0", "--epochs must be in (0, 1000]"),
+        ("--learning-rate", "nan", "--learning-rate must be a (finite) number"),
+        ("--warmup-ratio", "1", "--warmup-ratio must be in [0, 1)"),
         ("--limit", "0", "--limit must be an integer >= 1"),
         ("--train-limit", "-3", "--train-limit must be an integer >= 1"),
-        ("--lora-targets", "q_proj,", "lora_targets must be a non-empty list"),
+        ("--lora-targets", "q_proj,", "--lora-targets must be a non-empty list"),
     ],
 )
 def test_impossible_option_values(tiny_model_dir, data_dir, tmp_path, capsys, option, value, message):
     out = tmp_path / "o"
     rc, err = run(capsys, *finetune(tiny_model_dir, data_dir, out, option, value))
     assert rc == 2 and message in err, err
+    assert no_output(out)
+
+
+def test_a_flag_is_blamed_by_its_own_name_not_the_config_file(tiny_model_dir, data_dir, tmp_path, capsys):
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text("epochs: 1\n")
+    out = tmp_path / "o"
+    rc, err = run(capsys, *finetune(tiny_model_dir, data_dir, out, "--config", cfg, "--grad-accum", "0"))
+    assert rc == 2 and "--grad-accum must be an integer >= 1" in err and "train.yaml" not in err, err
+    assert no_output(out)
+
+
+def test_lora_targets_that_name_no_layer(tiny_model_dir, data_dir, tmp_path, capsys):
+    out = tmp_path / "o"
+    argv = finetune(tiny_model_dir, data_dir, out, "--method", "lora", "--lora-targets", "q_proj,nope_proj")
+    rc, err = run(capsys, *argv)
+    assert rc == 2 and "['nope_proj'] name no linear or embedding layer" in err and "q_proj" in err, err
+    assert no_output(out)
+
+
+def test_seed_and_seeds_together_are_refused(tiny_model_dir, data_dir, tmp_path, capsys):
+    out = tmp_path / "o"
+    rc, err = run(capsys, *finetune(tiny_model_dir, data_dir, out, "--seed", "1", "--seeds", "1,2"))
+    assert rc == 2 and "--seed and --seeds: give one" in err, err
+    assert no_output(out)
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("txt: '{sentence}'\n", "unknown keys ['txt'] (did you mean 'text'?)"),
+        ("text: no placeholder\n", "`text` must contain {text}"),
+    ],
+)
+def test_a_bad_prompt_file_is_named(tiny_model_dir, data_dir, tmp_path, capsys, text, message):
+    prompt = tmp_path / "my_prompt.yaml"
+    prompt.write_text(text)
+    out = tmp_path / "o"
+    argv = ["zeroshot", tiny_model_dir, "--task", "sst2", "--data-dir", data_dir, "--prompt", prompt]
+    rc, err = run(capsys, *argv, "--out", out)
+    assert rc == 2 and f"{prompt}: prompt: {message}" in err, err
     assert no_output(out)
 
 

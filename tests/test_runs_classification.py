@@ -285,7 +285,7 @@ def test_cli_finetune_config_errors(tiny_model_dir, tmp_path, capsys):
             str(tmp_path / "o"),
         ]
     )
-    assert rc == 2 and "batch_size" in capsys.readouterr().err
+    assert rc == 2 and "--batch-size must be an integer >= 1" in capsys.readouterr().err
 
 
 def test_over_long_inputs_keep_their_end(tiny_model_dir):

@@ -377,3 +377,33 @@ def test_span_loss_leaves_padding_out(tiny_model_dir):
         )
         assert span_loss(model, padded).item() == pytest.approx(span_loss(model, batch).item(), rel=1e-5)
         assert model(**padded).loss.item() != pytest.approx(model(**batch).loss.item(), rel=1e-5)
+
+
+def _squad_file(path, examples) -> str:
+    articles: dict[str, dict] = {}
+    for ex in examples:
+        art = articles.setdefault(
+            ex.title, {"title": ex.title, "paragraphs": [{"context": ex.context, "qas": []}]}
+        )
+        qa = {"id": ex.id, "question": ex.question, "answers": ex.answers, "is_impossible": ex.is_impossible}
+        art["paragraphs"][0]["qas"].append(qa)
+    version = "v2.0" if any(ex.is_impossible for ex in examples) else "1.1"
+    path.write_text(json.dumps({"version": version, "data": list(articles.values())}))
+    return str(path)
+
+
+def test_evaluate_version_without_task_reads_the_folders_task_at_that_version(full_run, tmp_path, capsys):
+    """`evaluate DIR --version 2.0` with no --task: the folder's task (squad) at v2.0 reads squad_v2's dev
+    file (unanswerable questions included) and scores it as v2.0; before, --version was ignored."""
+    from tunelab.cli import main
+
+    out, _ = full_run
+    (tmp_path / "data" / "squad").mkdir(parents=True)
+    _squad_file(tmp_path / "data" / "squad" / "v1.1-dev.json", fixture())
+    _squad_file(tmp_path / "data" / "squad" / "v2.0-dev.json", fixture(True))
+    for version in ("1.1", "2.0"):
+        args = ["evaluate", str(out), "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / version)]
+        assert main([*args, "--version", version]) == 0, capsys.readouterr().err
+    v1, v2 = (read_json(tmp_path / v / "metrics.json") for v in ("1.1", "2.0"))
+    assert v1["n"] == len(fixture()) and "HasAns_f1" not in v1
+    assert v2["n"] == len(fixture(True)) and "HasAns_f1" in v2 and v2["task"] == "squad_v2"

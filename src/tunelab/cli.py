@@ -112,7 +112,11 @@ def _add_run_parsers(sub) -> None:
     p.add_argument("--task", required=True, help=TASK_HELP)
     _add_data_opts(p)
     p.add_argument("--train-file", help="training file instead of the task's train split")
-    p.add_argument("--config", help="YAML file of training options (keys as below, with _ for -)")
+    p.add_argument(
+        "--config",
+        help="YAML file of training options: keys as the training flags after --extra-train (learning_rate, "
+        "epochs, method, ...; _ for -)",
+    )
     add_flags(p, FINETUNE_EXTRAS)
     add_flags(p, TRAIN_OPTIONS)
     add_flags(p, ECO_RUN_OPTIONS, default_note="")
@@ -388,8 +392,12 @@ def _train_config(args, task):
     values = task.training_defaults()
     if args.config:
         values.update(read_mapping(args.config, "config", "training options: learning_rate, epochs, ..."))
-    values.update(given(args, TRAIN_OPTIONS))
-    return TrainConfig.from_dict(values, where=args.config or "options")
+    # each flag checked under its own name, so that a bad flag is not blamed on the --config file
+    flags = {
+        k: TRAIN_OPTIONS[k].check(v, None, "--" + k.replace("_", "-"))
+        for k, v in given(args, TRAIN_OPTIONS).items()
+    }
+    return TrainConfig.from_dict({**values, **flags}, where=args.config or "options")
 
 
 def cmd_finetune(args) -> int:
@@ -400,6 +408,8 @@ def cmd_finetune(args) -> int:
     extras = {**task.finetune_extras(), **_options(args, FINETUNE_EXTRAS, task)}
     report_to = _trackers(args)
     seeds = ECO_RUN_OPTIONS["seeds"].check(args.seeds, None, "--seeds")
+    if seeds and "seed" in given(args, TRAIN_OPTIONS):
+        raise UsageError("--seed and --seeds: give one (--seeds trains one model per seed it lists)")
     train_ex, train_data = task.load_split("train", args.data_dir, args.train_file, args.dataset)
     dev_ex, dev_data = task.load_split(args.split, args.data_dir, args.data_file, args.dataset)
     dev_ex = dev_ex[: extras["limit"]] if extras["limit"] else dev_ex
@@ -532,7 +542,10 @@ def cmd_evaluate(args) -> int:
     report_to = _trackers(args)
     task = _task(args) if args.task else None
     meta = runs.read_meta(args.model_dir)
-    data_task = task or task_from_meta(meta, f"{args.model_dir}/{runs.META_FILE}")
+    trained_for = task_from_meta(meta, f"{args.model_dir}/{runs.META_FILE}")
+    if task is None and args.version:  # the folder's own task, at another SQuAD version
+        task = trained_for.for_version(args.version)
+    data_task = task or trained_for
     examples, data = data_task.load_split(args.split, args.data_dir, args.data_file, args.dataset)
     examples = examples[: options["limit"]] if options["limit"] else examples
     m = runs.evaluate(

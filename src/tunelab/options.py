@@ -221,6 +221,14 @@ def options_of(cls: type) -> dict[str, Option]:
     return {f.name: _option(f) for f in fields(cls)}
 
 
+def did_you_mean(unknown: list[str], known) -> str:
+    """ " (did you mean 'learning_rate'?)" for misspelt keys close to a known one, else ""."""
+    import difflib
+
+    close = [m[0] for k in unknown if (m := difflib.get_close_matches(k, [str(x) for x in known], n=1))]
+    return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+
+
 def check_mapping(
     values: Any, opts: dict[str, Option], where: str, *, prefix: str = "", what: str = "options"
 ) -> dict:
@@ -230,7 +238,10 @@ def check_mapping(
         raise UsageError(f"{where}: expected a mapping of {what}, got {type(values).__name__}")
     unknown = sorted(str(k) for k in values if k not in opts)
     if unknown:
-        raise UsageError(f"{where}: unknown keys {[prefix + k for k in unknown]}; known: {sorted(opts)}")
+        raise UsageError(
+            f"{where}: unknown keys {[prefix + k for k in unknown]}{did_you_mean(unknown, opts)}; "
+            f"known: {sorted(opts)}"
+        )
     return {k: opts[k].check(v, where, prefix + k) for k, v in values.items()}
 
 
@@ -562,7 +573,9 @@ def _as_seeds(opt: Option, value: Any, bad) -> list[int]:
 
 def _as_trackers(opt: Option, value: Any, bad) -> list[str]:
     names = [v.strip() for v in value.split(",")] if isinstance(value, str) else value
-    if not isinstance(names, (list, tuple)) or not names or not all(isinstance(v, str) for v in names):
+    if isinstance(names, (list, tuple)) and not names:
+        return []  # as a resolved config.yaml writes "none"
+    if not isinstance(names, (list, tuple)) or not all(isinstance(v, str) for v in names):
         raise bad()
     names = [v.strip().lower() for v in names]
     if names == ["none"]:

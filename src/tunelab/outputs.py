@@ -370,8 +370,14 @@ def write_text(path: Path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, IsADirectoryError) and path.is_dir():
+            raise UsageError(f"{path}: is a folder, so the file cannot be written there") from None
+        raise
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -451,3 +451,73 @@ def test_run_folder_from_before_seeds_and_trackers_continues(tiny_model_dir, dat
     study_run.Study(study_config.resolve_config(config=cfg), run).prepare()  # the defaults match: accepted
     with pytest.raises(UsageError, match="another configuration.*seeds"):
         study_run.Study(study_config.resolve_config(config=cfg, sets=["seeds=[1,2]"]), run).prepare()
+
+
+def test_the_runs_own_config_yaml_is_accepted_back_as_config(tiny_model_dir, data_dir, tmp_path):
+    """config.yaml writes report_to as [] (no trackers); given back as --config it must be read as such."""
+    cfg = _config(tmp_path, tiny_model_dir, data_dir)
+    run = tmp_path / "run"
+    study_run.Study(study_config.resolve_config(config=cfg), run).prepare()
+    assert yaml.safe_load((run / "config.yaml").read_text())["report_to"] == []
+    again = study_config.resolve_config(config=str(run / "config.yaml"))
+    assert again.data["report_to"] == []
+    study_run.Study(again, run).prepare()  # the same configuration: accepted
+
+
+def test_an_out_that_is_a_file_or_a_damaged_config_yaml(tiny_model_dir, data_dir, tmp_path, capsys):
+    cfg = _config(tmp_path, tiny_model_dir, data_dir)
+    mine = tmp_path / "notes.txt"
+    mine.write_text("mine")
+    assert main(["study", "--config", cfg, "--out", str(mine)]) == 2
+    assert f"--out {mine} is a file, not a folder" in capsys.readouterr().err
+    assert mine.read_text() == "mine"
+    run = tmp_path / "run"
+    run.mkdir()
+    for text, problem in [("tasks: [\n", "cannot read"), ("seed: 1\nseed: 2\n", "'seed' is given twice")]:
+        (run / "config.yaml").write_text(text)
+        assert main(["study", "--config", cfg, "--out", str(run)]) == 2
+        err = capsys.readouterr().err
+        assert f"{run / 'config.yaml'}" in err and problem in err and "Traceback" not in err, err
+        assert (run / "config.yaml").read_text() == text
+
+
+def test_a_half_deleted_stage_is_redone_and_a_damaged_result_is_named(
+    tiny_model_dir, data_dir, tmp_path, capsys
+):
+    """A stage whose result file is gone (the rest of its folder still there) is redone on a rerun, without
+    asking for an --overwrite the study does not have; `report` names a metrics file tunelab did not write."""
+    cfg = _config(tmp_path, tiny_model_dir, data_dir)
+    run = tmp_path / "run"
+    args = ["study", "--config", cfg, "--out", str(run), "--set", "squad.enabled=false"]
+    assert main(args) == 0
+    (run / "sst2/zeroshot/metrics.json").unlink()
+    (run / "sst2/finetune/eval/metrics.json").unlink()
+    capsys.readouterr()
+    assert main(args) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert (
+        "sst2: zero-shot: done earlier" not in out and "parameters (base and task model): done earlier" in out
+    )
+    for path in ("sst2/zeroshot/metrics.json", "sst2/finetune/eval/metrics.json", "report.md"):
+        assert (run / path).is_file(), path
+
+    metrics = run / "sst2/zeroshot/metrics.json"
+    good = metrics.read_text()
+    for bad, problem in [
+        ("[1, 2]", "expected a JSON object, got list"),
+        ('{"accuracy": "high"}', "accuracy"),
+    ]:
+        metrics.write_text(bad)
+        assert main(["report", str(run)]) == 2
+        err = capsys.readouterr().err
+        assert str(metrics) in err and problem in err, err
+    metrics.write_text(good.replace('"accuracy": ', '"accuracy": NaN, "was": '))
+    assert main(["report", str(run)]) == 2
+    assert "accuracy must be a finite number, got nan" in capsys.readouterr().err
+    metrics.write_text(good)
+
+    (run / "report.md").unlink()
+    (run / "report.md").mkdir()  # a folder where the report goes
+    assert main(["report", str(run)]) == 2
+    assert "report.md: is a folder" in capsys.readouterr().err
+    assert not (run / "report.md.tmp").exists()

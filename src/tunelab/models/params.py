@@ -119,6 +119,14 @@ def apply_method(
             modules_to_save=[module],  # the new head is trained in full and saved with the adapter
             task_type=head(head_name).peft_task,
         )
+        layers = (torch.nn.Linear, torch.nn.Embedding)  # what LoRA adapts in a Llama model
+        names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, layers)}
+        unknown = sorted(set(lora.target_modules) - names)
+        if unknown:
+            raise UsageError(
+                f"lora_targets (--lora-targets): {unknown} name no linear or embedding layer of this model "
+                f"(its layers: {', '.join(sorted(names))})"
+            )
         try:
             return get_peft_model(model, cfg)
         except ValueError as exc:

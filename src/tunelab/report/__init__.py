@@ -27,16 +27,11 @@ def _json(path: Path):
 
 
 def _read_config(run: Path) -> dict | None:
-    import yaml
+    from tunelab.config_files import read_mapping
 
-    try:
-        return (
-            yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
-            if (run / "config.yaml").is_file()
-            else None
-        )
-    except (OSError, yaml.YAMLError) as exc:
-        raise UsageError(f"{run / 'config.yaml'}: cannot read: {exc}") from exc
+    if not (run / "config.yaml").is_file():
+        return None
+    return read_mapping(run / "config.yaml", "study run's config.yaml", "model, tasks, ...")
 
 
 def _intro(run: Path, model: str | None, env: dict) -> P:

@@ -12,6 +12,7 @@ and RUN/params/<task>.json, RUN/config.yaml, RUN/environment.json, RUN/stages.js
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +26,39 @@ TASK_FILE = "task.json"  # RUN/<task>/task.json: the definition of a task the st
 ROWS_FILE = {"classification": "predictions.jsonl", "extractive_qa": "per_example.jsonl"}
 
 
-def _json(path: Path):
-    return read_json(path) if path.is_file() else None
+# Metrics the report computes with: a file where one of them is not a finite number was not written by tunelab
+NUMERIC_METRICS = (
+    "n",
+    "accuracy",
+    "precision",
+    "recall",
+    "f1",
+    "macro_f1",
+    "exact_match",
+    "HasAns_exact",
+    "HasAns_f1",
+    "NoAns_exact",
+    "NoAns_f1",
+    "seconds",
+    "train_seconds",
+)
+
+
+def _json(path: Path) -> dict | None:
+    """A JSON object tunelab wrote in the run folder, None when the file is not there; UsageError naming the
+    file when it is not an object or a metric in it is not a finite number."""
+    if not path.is_file():
+        return None
+    doc = read_json(path)
+    if not isinstance(doc, dict):
+        raise UsageError(f"{path}: expected a JSON object, got {type(doc).__name__}")
+    for key in NUMERIC_METRICS:
+        value = doc.get(key)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)
+        ):
+            raise UsageError(f"{path}: {key} must be a finite number, got {value!r}")
+    return doc
 
 
 def _jsonl(path: Path) -> list[dict] | None:

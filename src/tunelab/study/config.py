@@ -34,6 +34,7 @@ from tunelab.options import (
     TRAIN_OPTIONS,
     ZEROSHOT_OPTIONS,
     TrainConfig,
+    did_you_mean,
     for_kind,
 )
 from tunelab.tasks import Task, builtin_names, get_task, load_task
@@ -178,7 +179,10 @@ def validate_layer(layer: Any, source: str, spec: dict, prefix: str = "") -> dic
     for key, value in layer.items():
         path = f"{prefix}{key}"
         if not isinstance(key, str) or key not in spec:
-            raise UsageError(f"{source}: unknown key {path!r} (known here: {', '.join(sorted(spec))})")
+            raise UsageError(
+                f"{source}: unknown key {path!r}{did_you_mean([str(key)], spec)} (known here: "
+                f"{', '.join(sorted(spec))})"
+            )
         if isinstance(spec[key], Variants):  # null: no variants (those of lower layers removed)
             out[key] = None if value is None else _validate_variants(value, source, spec[key], path + ".")
         elif isinstance(spec[key], dict):

@@ -48,6 +48,7 @@ from pathlib import Path
 import yaml
 
 from tunelab import runs
+from tunelab.config_files import read_mapping
 from tunelab.data.hub import DatasetRef
 from tunelab.errors import UsageError
 from tunelab.models.registry import local_files
@@ -292,7 +293,7 @@ class Study:
                     name,
                     "zero-shot",
                     lambda name=name: (self.task_dir(name) / "zeroshot" / "metrics.json").is_file(),
-                    lambda redo, name=name: self.stage_zeroshot(name, redo),
+                    lambda redo, name=name: self.stage_zeroshot(name),
                     reads=("dev", "train") if self.c["tasks"][name]["zeroshot"].get("shots") else ("dev",),
                 ),
             ]
@@ -307,7 +308,7 @@ class Study:
                         lambda name=name, seed=seed: (
                             self.finetune_dir(name, seed) / "eval/metrics.json"
                         ).is_file(),
-                        lambda redo, name=name, seed=seed: self.stage_finetune(name, seed, redo),
+                        lambda redo, name=name, seed=seed: self.stage_finetune(name, seed),
                         reads=("train", "dev"),
                     )
                 )
@@ -338,7 +339,7 @@ class Study:
                     name,
                     f"fine-tune variant {v} ({method}) and evaluate",
                     lambda name=name, v=v: (self.variant_dir(name, v) / "eval/metrics.json").is_file(),
-                    lambda redo, name=name, v=v: self.stage_finetune(name, redo=redo, variant=v),
+                    lambda redo, name=name, v=v: self.stage_finetune(name, variant=v),
                     reads=("train", "dev"),
                 ),
                 Stage(
@@ -392,7 +393,7 @@ class Study:
             },
         )
 
-    def stage_zeroshot(self, name: str, redo: bool = False) -> None:
+    def stage_zeroshot(self, name: str) -> None:
         z = self.c["tasks"][name]["zeroshot"]
         stage = f"{name}/zeroshot"
         examples, data = self._split(stage, name, "dev", z["limit"])
@@ -408,13 +409,11 @@ class Study:
             data,
             self.task_dir(name) / "zeroshot",
             ZeroShotOptions(**z),
-            overwrite=redo,
+            overwrite=True,  # run only when not done or to be redone: what is there is this run's
             shot_pool=pool,
         )
 
-    def stage_finetune(
-        self, name: str, seed: int | None = None, redo: bool = False, variant: str | None = None
-    ) -> None:
+    def stage_finetune(self, name: str, seed: int | None = None, variant: str | None = None) -> None:
         """Fine-tune and evaluate the task's model for one seed, or one variant (with the first seed)."""
         task = self.cfg.tasks[name]
         f = self.c["tasks"][name]["variants"][variant] if variant else self.c["tasks"][name]["finetune"]
@@ -454,7 +453,7 @@ class Study:
             options,
             train_data=train_data,
             resume=True,
-            overwrite=redo,
+            overwrite=True,  # run only when not done or to be redone: what is there is this run's
             report_to=self.c.get("report_to") or [],
             tracking_dir=self.run / "tracking",
             run_name=name + (f"-{run_name}" if run_name else ""),
@@ -488,11 +487,13 @@ class Study:
         cfg_file = self.run / "config.yaml"
         # The run's own config.yaml may be given back as --config: it is the study's file, not an input.
         check_apart(self.run, [(w, p) for w, p in self.reads() if not _same_file(p, cfg_file)])
+        if self.run.exists() and not self.run.is_dir():
+            raise UsageError(f"--out {self.run} is a file, not a folder: choose a folder for the study's run")
         if cfg_file.is_file():
-            before = yaml.safe_load(cfg_file.read_text(encoding="utf-8")) or {}
+            before = read_mapping(cfg_file, "study run's config.yaml", "model, tasks, ...")
             # a run folder from before the seeds / report_to options had them at their defaults
-            before = {"seeds": None, "report_to": [], **before} if isinstance(before, dict) else before
-            for entry in (before.get("tasks") or {}).values() if isinstance(before, dict) else ():
+            before = {"seeds": None, "report_to": [], **before}
+            for entry in (before.get("tasks") or {}).values():
                 if isinstance(entry, dict):  # and no variants
                     entry.setdefault("variants", {})
             diff = _diff(before, self.c)

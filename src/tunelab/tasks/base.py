@@ -82,9 +82,12 @@ class Definition:
     def only(self, allowed: tuple[str, ...] | list[str]) -> None:
         unknown = sorted(str(k) for k in self.mapping if k not in allowed)
         if unknown:
+            from tunelab.options import did_you_mean
+
+            keys = [self.prefix + k for k in unknown]
             raise UsageError(
-                f"{self.where}: unknown keys {[self.prefix + k for k in unknown]} "
-                f"(known here: {', '.join(allowed)})"
+                f"{self.where}: unknown keys {keys}{did_you_mean(unknown, allowed)} (known here: "
+                f"{', '.join(allowed)})"
             )
 
 

@@ -7,12 +7,13 @@ A prompt is given as a template name (the task's own templates), a mapping, or a
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
 from tunelab.config_files import read_mapping
 from tunelab.errors import ModelError, UsageError
+from tunelab.options import did_you_mean
 
 PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
 
@@ -33,9 +34,12 @@ class ChatPrompt:
 
     @classmethod
     def check_keys(cls, spec: dict) -> None:
-        unknown = set(spec) - set(cls.keys())
+        unknown = sorted(str(k) for k in set(spec) - set(cls.keys()))
         if unknown:
-            raise UsageError(f"prompt: unknown keys {sorted(unknown)} (known: {', '.join(cls.keys())})")
+            raise UsageError(
+                f"prompt: unknown keys {unknown}{did_you_mean(unknown, cls.keys())} (known: "
+                f"{', '.join(cls.keys())})"
+            )
         if not isinstance(spec.get("text"), str):
             raise UsageError("prompt: `text` must be a string")
         for key in ("system", "answer_prefix"):
@@ -95,3 +99,17 @@ def prompt_mapping(spec: str | dict | None, templates: dict[str, dict], default:
         "text, chat, ...",
         unreadable=f"not a template name ({names}) or a readable prompt file",
     )
+
+
+def build_prompt(
+    spec: str | dict | None, templates: dict[str, dict], default: str, make: Callable[[dict], Any]
+):
+    """`make(mapping)` of the mapping `spec` stands for (`prompt_mapping`); a prompt file's errors name the
+    file."""
+    mapping = prompt_mapping(spec, templates, default)
+    try:
+        return make(mapping)
+    except UsageError as exc:
+        if isinstance(spec, str) and spec not in templates:
+            raise UsageError(f"{spec}: {exc}") from None
+        raise

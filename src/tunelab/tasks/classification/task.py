@@ -28,7 +28,7 @@ from tunelab.tasks.classification.zero_shot import (
     ClassificationPrompt,
     zero_shot,
 )
-from tunelab.tasks.prompt import prompt_mapping
+from tunelab.tasks.prompt import build_prompt
 
 
 @dataclass
@@ -147,8 +147,12 @@ class ClassificationTask(Task):
 
     def prompt(self, spec: str | dict | None = None) -> ClassificationPrompt:
         """A zero-shot prompt: one of the task's template names (None: its default), a mapping or a file."""
-        mapping = prompt_mapping(spec, self.prompts, self.default_prompt)
-        return ClassificationPrompt.from_mapping(mapping, self.labels, self.verbalizers, self.pairs)
+        return build_prompt(
+            spec,
+            self.prompts,
+            self.default_prompt,
+            lambda m: ClassificationPrompt.from_mapping(m, self.labels, self.verbalizers, self.pairs),
+        )
 
     def input_prompt(self, spec: str | dict | None) -> ClassificationPrompt | None:
         """The prompt that wraps fine-tuning inputs: `none` for bare text."""

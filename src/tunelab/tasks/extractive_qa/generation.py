@@ -27,7 +27,7 @@ from tunelab.errors import UsageError
 from tunelab.inference import run_batches
 from tunelab.prefix_cache import cache_argument, decoder_of, prefix_cache, rows_of, shared_prefix
 from tunelab.tasks.extractive_qa.metrics import get_tokens
-from tunelab.tasks.prompt import ChatPrompt, prompt_mapping
+from tunelab.tasks.prompt import ChatPrompt, build_prompt
 from tunelab.training.speed import bucket
 
 NO_ANSWER_WORD = "unanswerable"
@@ -112,7 +112,7 @@ class QAPrompt(ChatPrompt):
 
 def load_prompt(spec: str | dict | None, templates: dict[str, dict] | None = None) -> QAPrompt:
     """A template name (chat, plain; None: the default), a mapping, or a YAML/JSON file defining one."""
-    return QAPrompt.from_mapping(prompt_mapping(spec, templates or TEMPLATES, DEFAULT_TEMPLATE))
+    return build_prompt(spec, templates or TEMPLATES, DEFAULT_TEMPLATE, QAPrompt.from_mapping)
 
 
 def clean_answer(generated: str, context: str, stop_strings=("\n",)) -> str:

@@ -65,3 +65,7 @@ def test_extra_train_refuses_overlap_and_other_kinds(data_dir):
         v2.extra_training([str(data_dir / "squad" / "v2.0-dev.json")], str(data_dir), dev)
     with pytest.raises(UsageError, match="sst2 is a classification task"):
         SQUAD.extra_training(["sst2:train"], str(data_dir), dev)
+    with pytest.raises(UsageError, match=r"extra_train: nosuch:train: not a built-in TASK:SPLIT"):
+        v2.extra_training(["nosuch:train"], str(data_dir), dev)
+    with pytest.raises(UsageError, match="extra_train: squad:nosplit: unknown split 'nosplit'"):
+        v2.extra_training(["squad:nosplit"], str(data_dir), dev)

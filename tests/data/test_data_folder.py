@@ -68,7 +68,7 @@ def test_env_is_used_without_argument(tmp_path, monkeypatch):
 
 def test_neither_says_how_to_set_it(monkeypatch):
     monkeypatch.delenv("TUNELAB_DATA_DIR", raising=False)
-    with pytest.raises(UsageError, match="pass --data-dir DIR or set TUNELAB_DATA_DIR=DIR"):
+    with pytest.raises(UsageError, match="give --data-dir DIR or set TUNELAB_DATA_DIR=DIR"):
         resolve_data_dir(None)
 
 

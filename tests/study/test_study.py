@@ -354,6 +354,10 @@ def test_set_overrides_and_errors(tmp_path, data_dir, capsys, monkeypatch):
         ("sst2.finetune.learning_rate", "KEY.PATH=VALUE"),
         ("sst2.nope=1", "unknown key"),
         ("sst2.zeroshot.batch_size=1.5", "must be an integer"),
+        ("sst2.finetune.learnig_rate=1", "(did you mean 'learning_rate'?)"),
+        ("sst2=null", "tasks.sst2 is a group of keys, which null would leave as it is"),
+        ("sst2=", "e.g. --set sst2.enabled=false to leave the task out"),
+        ("sst2.finetune=null", "set one of its keys (batch_size, "),
     ]:
         assert main(["study", "--print-config", "--set", bad]) == 2
         err = capsys.readouterr().err
@@ -376,10 +380,15 @@ def test_presets_are_valid_and_documented(data_dir, monkeypatch):
         assert key in text
 
 
-def test_missing_data_is_a_usage_error(tmp_path, tiny_model_dir, capsys):
+def test_missing_data_is_a_usage_error(tmp_path, tiny_model_dir, capsys, monkeypatch):
     cfg = _config(tmp_path, tiny_model_dir, tmp_path / "nowhere")
     assert main(["study", "--config", cfg, "--out", str(tmp_path / "run")]) == 2
-    assert "nowhere" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "nowhere" in err and "(from data_dir)" in err and "--data-dir" not in err, err
+    monkeypatch.delenv("TUNELAB_DATA_DIR", raising=False)
+    assert main(["study", "--preset", "smoke", "--print-config"]) == 2
+    err = capsys.readouterr().err
+    assert "no data folder: give data_dir: DIR in the config (or --set data_dir=DIR) or set" in err, err
 
 
 def test_report_command_on_a_non_run_folder(tmp_path, capsys):

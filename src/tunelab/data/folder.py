@@ -11,17 +11,18 @@ from tunelab.errors import UsageError
 ENV_VAR = "TUNELAB_DATA_DIR"
 
 
-def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
-    """The data folder: the argument, else $TUNELAB_DATA_DIR; it must exist."""
+def resolve_data_dir(data_dir: str | os.PathLike | None, given_as: str = "--data-dir DIR") -> Path:
+    """The data folder: the argument, else $TUNELAB_DATA_DIR; it must exist. `given_as`: how the argument is
+    given (a flag; a study's config key), for messages."""
     chosen = data_dir if data_dir not in (None, "") else os.environ.get(ENV_VAR) or None
     if chosen is None:
         raise UsageError(
-            f"no data folder: pass --data-dir DIR or set {ENV_VAR}=DIR "
+            f"no data folder: give {given_as} or set {ENV_VAR}=DIR "
             "(a folder holding SST-2/{train,dev,test}.tsv and/or squad/v1.1-dev.json etc.)"
         )
     path = Path(chosen).expanduser()
     if not path.is_dir():
-        source = "--data-dir" if data_dir not in (None, "") else ENV_VAR
+        source = given_as.split()[0].rstrip(":") if data_dir not in (None, "") else ENV_VAR
         raise UsageError(f"data folder {str(path)!r} (from {source}) does not exist or is not a folder")
     return path
 

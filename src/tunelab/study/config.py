@@ -186,6 +186,12 @@ def validate_layer(layer: Any, source: str, spec: dict, prefix: str = "") -> dic
         if isinstance(spec[key], Variants):  # null: no variants (those of lower layers removed)
             out[key] = None if value is None else _validate_variants(value, source, spec[key], path + ".")
         elif isinstance(spec[key], dict):
+            if value is None and source.startswith("--set"):  # in a file, `sst2:` alone means its defaults
+                raise UsageError(
+                    f"{source}: {path} is a group of keys, which null would leave as it is; set one of its "
+                    f"keys ({', '.join(sorted(spec[key]))})"
+                    + (f", e.g. --set {key}.enabled=false to leave the task out" * ("enabled" in spec[key]))
+                )
             out[key] = validate_layer(value if value is not None else {}, source, spec[key], path + ".")
         else:
             out[key] = spec[key].check(value, source, path)
@@ -330,12 +336,10 @@ def _resolve_paths(merged: dict, enabled: dict[str, Task], where) -> None:
     on_files = [t for name, t in enabled.items() if not merged["tasks"][name].get("dataset")]
     if any(t.needs_data_dir() for t in on_files) or merged["data_dir"] is not None:
         try:
-            merged["data_dir"] = str(resolve_data_dir(merged["data_dir"]).resolve())
+            given_as = "data_dir: DIR in the config (or --set data_dir=DIR)"
+            merged["data_dir"] = str(resolve_data_dir(merged["data_dir"], given_as).resolve())
         except UsageError as exc:
-            raise UsageError(
-                f"{where('data_dir')}: data_dir: {exc} (in a study: the config's data_dir, "
-                "--set data_dir=DIR or $TUNELAB_DATA_DIR)"
-            ) from exc
+            raise UsageError(f"{where('data_dir')}: data_dir: {exc}") from exc
     model = Path(merged["model"]).expanduser()
     if model.exists():
         merged["model"] = str(model.resolve())

@@ -516,7 +516,13 @@ class Task:
                 other = get_task(name)
                 if other.kind != self.kind:
                     raise UsageError(f"extra_train: {spec}: {name} is a {other.kind} task, not {self.kind}")
-                path = other.data_path(split, data_dir)
+                try:
+                    path = other.data_path(split, data_dir)
+                except UsageError as exc:
+                    raise UsageError(f"extra_train: {spec}: {exc}") from None
+            elif split and not Path(spec).exists():
+                tasks = ", ".join(builtin_names())
+                raise UsageError(f"extra_train: {spec}: not a built-in TASK:SPLIT ({tasks}), nor a file")
             else:
                 path = Path(spec)
             examples = self.read(path)

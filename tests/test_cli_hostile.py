@@ -233,6 +233,28 @@ def test_a_flag_is_blamed_by_its_own_name_not_the_config_file(tiny_model_dir, da
     assert no_output(out)
 
 
+def test_options_clashing_are_blamed_where_each_was_set(tiny_model_dir, data_dir, tmp_path, capsys):
+    """packing from a flag and bidirectional from the --config file: the message names both, each where it
+    was set; both from flags: the flags alone, not the config file."""
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text("bidirectional: true\n")
+    out = tmp_path / "o"
+    rc, err = run(capsys, *finetune(tiny_model_dir, data_dir, out, "--config", cfg, "--packing"))
+    assert rc == 2 and f"--packing, {cfg}: packing and bidirectional cannot be used together" in err, err
+    cfg.write_text("epochs: 1\n")
+    rc, err = run(
+        capsys, *finetune(tiny_model_dir, data_dir, out, "--config", cfg, "--packing", "--bidirectional")
+    )
+    assert (
+        rc == 2 and "--packing, --bidirectional: packing and bidirectional" in err and "train.yaml" not in err
+    )
+    rc, err = run(capsys, *finetune(tiny_model_dir, data_dir, out, "--share-prefix", "on", "--packing"))
+    assert rc == 2 and "--share-prefix, --packing: share_prefix and packing cannot be used together" in err, (
+        err
+    )
+    assert no_output(out)
+
+
 def test_lora_targets_that_name_no_layer(tiny_model_dir, data_dir, tmp_path, capsys):
     out = tmp_path / "o"
     argv = finetune(tiny_model_dir, data_dir, out, "--method", "lora", "--lora-targets", "q_proj,nope_proj")

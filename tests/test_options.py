@@ -78,6 +78,10 @@ def test_options_that_are_valid_alone_but_not_together_are_refused():
         TrainConfig.from_dict({"packing": True, "bidirectional": True})
     with pytest.raises(UsageError, match="packing and bidirectional"):
         TrainConfig(packing=True, bidirectional=True).validate()
+    for other in ("compile", "packing", "bidirectional"):
+        with pytest.raises(UsageError, match=f"share_prefix and {other} cannot be used together"):
+            TrainConfig.from_dict({"share_prefix": "on", other: True})
+        assert TrainConfig.from_dict({"share_prefix": "auto", other: True}).share_prefix == "auto"
 
 
 def test_a_size_option_keeps_its_upper_bound():

@@ -528,3 +528,19 @@ def test_an_output_folder_that_cannot_be_made_is_one_message(tmp_path, capsys):
     with pytest.raises(UsageError, match="cannot create the output folder"):
         with atomic_output("/proc/tunelab-no-such/out"):
             pass
+
+
+def test_write_text_where_a_folder_stands_in_the_way(tmp_path):
+    """A folder at the file's path, or at its temporary file's path: one error naming it, the folder and
+    what it holds untouched."""
+    from tunelab.outputs import write_text
+
+    (tmp_path / "metrics.json").mkdir()
+    with pytest.raises(UsageError, match=r"metrics\.json: is a folder, so the file cannot be written there"):
+        write_text(tmp_path / "metrics.json", "{}")
+    (tmp_path / "report.md.tmp").mkdir()
+    (tmp_path / "report.md.tmp" / "mine.txt").write_text("mine")
+    with pytest.raises(UsageError, match=r"report\.md\.tmp: is a folder, so report\.md cannot be written"):
+        write_text(tmp_path / "report.md", "# report")
+    assert (tmp_path / "report.md.tmp" / "mine.txt").read_text() == "mine"
+    assert not (tmp_path / "report.md").exists()

@@ -390,14 +390,24 @@ def _train_config(args, task):
     from tunelab.options import TrainConfig
 
     values = task.training_defaults()
-    if args.config:
-        values.update(read_mapping(args.config, "config", "training options: learning_rate, epochs, ..."))
+    from_file = (
+        read_mapping(args.config, "config", "training options: learning_rate, epochs, ...")
+        if args.config
+        else {}
+    )
+    values.update(from_file)
     # each flag checked under its own name, so that a bad flag is not blamed on the --config file
     flags = {
         k: TRAIN_OPTIONS[k].check(v, None, "--" + k.replace("_", "-"))
         for k, v in given(args, TRAIN_OPTIONS).items()
     }
-    return TrainConfig.from_dict({**values, **flags}, where=args.config or "options")
+
+    def origin(key: str) -> str:
+        if key in flags:
+            return "--" + key.replace("_", "-")
+        return args.config if key in from_file else f"the {task.name} task's defaults"
+
+    return TrainConfig.from_dict({**values, **flags}, where=args.config or "options", origin=origin)
 
 
 def cmd_finetune(args) -> int:

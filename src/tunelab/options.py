@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import math
 import re
+from collections.abc import Callable
 from dataclasses import MISSING, Field, asdict, dataclass, field, fields
 from typing import Any
 
@@ -355,8 +356,8 @@ class TrainConfig:
         "auto",
         "the tokens every example of a micro-batch starts with (a prompt's chat template and instruction) "
         "run once, their key/value cache serving every row; same loss and gradients (tunelab.prefix_cache). "
-        "auto: on a CPU (measured faster there), off on GPUs until measured; not with compile, packing, "
-        "bidirectional, FSDP or a custom loss",
+        "auto: on a CPU (measured faster there), off on GPUs until measured; never with compile, packing or "
+        "bidirectional (on with one of them is refused); auto and on pass over FSDP and the span head",
         choices=("auto", "on", "off"),
     )
     micro_batch_size: int | str | None = option(
@@ -375,24 +376,41 @@ class TrainConfig:
     pin_memory: bool = option(False, "page-locked host memory for batches on CUDA (copies overlap compute)")
 
     @classmethod
-    def from_dict(cls, values: Any, where: str = "training options") -> TrainConfig:
+    def from_dict(
+        cls, values: Any, where: str = "training options", origin: Callable[[str], str] | None = None
+    ) -> TrainConfig:
+        """`origin(key)`: where a key's value came from, named by a cross-option error (default: `where`)."""
         cfg = cls(**check_mapping(values, TRAIN_OPTIONS, where, what="training options"))
-        cfg.check_together(where)
+        cfg.check_together(origin or (lambda key: where))
         return cfg
 
     def validate(self, where: str = "training options") -> None:
         """Every field against its Option (for configs built in code rather than read from a file)."""
         for name, opt in TRAIN_OPTIONS.items():
             opt.check(getattr(self, name), where)
-        self.check_together(where)
+        self.check_together(lambda key: where)
 
-    def check_together(self, where: str = "training options") -> None:
-        """Options that are valid alone but not together."""
-        if self.packing and self.bidirectional:  # a packed row's examples would attend to each other
-            raise UsageError(
-                f"{where}: packing and bidirectional cannot be used together (without the causal mask the "
-                "examples packed into one row would see each other); turn one of them off"
+    def check_together(self, origin: Callable[[str], str]) -> None:
+        """Options that are valid alone but not together; `origin(key)` names where a key was set."""
+
+        def refuse(a: str, b: str, why: str) -> None:
+            where = ", ".join(dict.fromkeys([origin(a), origin(b)]))
+            raise UsageError(f"{where}: {a} and {b} cannot be used together ({why}); turn one of them off")
+
+        if self.packing and self.bidirectional:
+            refuse(
+                "packing",
+                "bidirectional",
+                "without the causal mask the examples packed into one row would see each other",
             )
+        if self.share_prefix == "on":  # auto quietly turns it off where it cannot run
+            for other, why in [
+                ("compile", "a shared prefix changes the fixed shapes compile pads to"),
+                ("packing", "a packed row holds several examples, not one prefix and its rest"),
+                ("bidirectional", "without the causal mask the prefix would see the tokens after it"),
+            ]:
+                if getattr(self, other):
+                    refuse("share_prefix", other, why)
 
     def to_dict(self) -> dict:
         return asdict(self)

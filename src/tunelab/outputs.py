@@ -374,6 +374,8 @@ def write_text(path: Path, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
     except OSError as exc:
+        if tmp.is_dir():  # not ours: a folder where the temporary file goes
+            raise UsageError(f"{tmp}: is a folder, so {path.name} cannot be written beside it") from None
         tmp.unlink(missing_ok=True)
         if isinstance(exc, IsADirectoryError) and path.is_dir():
             raise UsageError(f"{path}: is a folder, so the file cannot be written there") from None
@@ -388,12 +390,16 @@ def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
     write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
-def read_json(path: Path, what: str = "it", *, error: type[UsageError] = UsageError) -> Any:
-    """A JSON file's content; a UsageError (or `error`) names the file when it cannot be read or parsed."""
+def read_json(path: Path, what: str = "it", *, error: type[UsageError] = UsageError) -> dict:
+    """A JSON file holding an object (every JSON file tunelab writes and reads back does); a UsageError (or
+    `error`) names the file when it cannot be read or parsed, or holds something else."""
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise error(f"{path}: cannot read {what}: {exc}") from None
+    if not isinstance(doc, dict):
+        raise error(f"{path}: expected a JSON object, got {type(doc).__name__}")
+    return doc
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -363,10 +363,7 @@ def read_meta(path: str | Path) -> dict:
     f = Path(path) / META_FILE
     if not f.is_file():
         raise ModelError(f"{path}: not a folder written by `tunelab finetune` (no {META_FILE})")
-    meta = read_json(f, "it", error=ModelError)
-    if not isinstance(meta, dict):
-        raise ModelError(f"{f}: expected a JSON object, got {type(meta).__name__}")
-    return meta
+    return read_json(f, "it", error=ModelError)
 
 
 def load_finetuned(

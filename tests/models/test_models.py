@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tunelab.cli import main
-from tunelab.errors import ModelError
+from tunelab.errors import ModelError, UsageError
 from tunelab.models import (
     LoraOptions,
     align_pad_token,
@@ -44,6 +44,23 @@ def test_lora_count_matches_formula():
     expected = 16 * 8 * ((2048 + 2048) + (2048 + 512))
     assert r.adapter == expected
     assert r.trainable == expected + 4096
+
+
+def test_lora_targets_by_a_dotted_suffix_as_peft_matches_them():
+    """peft matches a target against the end of a module's full name: `self_attn.q_proj` is a layer (the same
+    adapters as `q_proj`), `attn.q_proj` is not (no whole-name suffix)."""
+    cfg = load_config("llama-3.2-1b")
+    plain = param_report(
+        "llama-3.2-1b", cfg, "classification", "lora", LoraOptions(r=8, target_modules=("q_proj",))
+    )
+    dotted = param_report(
+        "llama-3.2-1b", cfg, "classification", "lora", LoraOptions(r=8, target_modules=("self_attn.q_proj",))
+    )
+    assert dotted.adapter == plain.adapter == 16 * 8 * (2048 + 2048)
+    with pytest.raises(UsageError, match=r"\['attn.q_proj'\] name no linear or embedding layer"):
+        param_report(
+            "llama-3.2-1b", cfg, "classification", "lora", LoraOptions(r=8, target_modules=("attn.q_proj",))
+        )
 
 
 def test_untied_model_reports_removed_lm_head(tmp_path):
@@ -154,6 +171,22 @@ def test_a_missing_or_broken_gguf_is_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(ModelError, match=r"smollm2-135m: cannot convert .*broken\.gguf: .*not a GGUF file"):
         resolve("smollm2-135m")
     assert [p.name for p in (tmp_path / "cache" / "models").iterdir()] == [".smollm2-135m.lock"]
+
+
+def test_a_stale_tunelab_gguf_does_not_block_a_converted_folder(tmp_path, monkeypatch):
+    """TUNELAB_GGUF naming a file since removed: the folder converted from it earlier is used as it is; the
+    missing file matters only when a conversion needs it."""
+    from tunelab.models import resolve
+    from tunelab.models.registry import local_files
+
+    converted = tmp_path / "cache" / "models" / "smollm2-135m"
+    converted.mkdir(parents=True)
+    (converted / "model.safetensors").write_bytes(b"x")
+    (converted / "tokenizer.json").write_text("{}")
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("TUNELAB_GGUF", str(tmp_path / "removed.gguf"))
+    assert resolve("smollm2-135m") == str(converted)
+    assert local_files("smollm2-135m")[1] == str(converted)
 
 
 def test_params_cli_of_a_task_file_counts_its_labels(tmp_path, capsys):

@@ -530,3 +530,35 @@ def test_a_half_deleted_stage_is_redone_and_a_damaged_result_is_named(
     assert main(["report", str(run)]) == 2
     assert "report.md: is a folder" in capsys.readouterr().err
     assert not (run / "report.md.tmp").exists()
+
+
+def test_a_lora_target_naming_no_layer_fails_before_the_run_folder_exists(
+    tiny_model_dir, data_dir, tmp_path, capsys, monkeypatch
+):
+    """The study builds each LoRA task model (on the meta device) before writing config.yaml: a bad target is
+    one error naming its section, and the corrected command then runs into the same --out."""
+    monkeypatch.setattr(study_run.Study, "execute", lambda self: [])
+    cfg = _config(tmp_path, tiny_model_dir, data_dir)
+    run = tmp_path / "run"
+    base = ["study", "--config", cfg, "--out", str(run), "--set", "squad.enabled=false"]
+    args = [
+        *base,
+        "--set",
+        "sst2.variants.lora.method=lora",
+        "--set",
+        "sst2.variants.lora.lora_targets=nope_proj",
+    ]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "tasks.sst2.variants.lora: lora_targets: ['nope_proj'] name no linear or embedding layer" in err, (
+        err
+    )
+    assert not run.exists()
+    fixed = [
+        *base,
+        "--set",
+        "sst2.variants.lora.method=lora",
+        "--set",
+        "sst2.variants.lora.lora_targets=self_attn.q_proj",
+    ]
+    assert main(fixed) == 0, capsys.readouterr().err

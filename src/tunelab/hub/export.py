@@ -49,9 +49,6 @@ def _check_inputs(model_dir: Path, base_model: str | None) -> tuple[dict, dict]:
     cfg_file = model_dir / "training_config.json"
     train_cfg = read_json(cfg_file, "the training options") if cfg_file.is_file() else {}
     metrics = read_json(metrics_file, "the evaluation metrics")
-    for f, doc in ((metrics_file, metrics), (cfg_file, train_cfg)):
-        if not isinstance(doc, dict):
-            raise UsageError(f"{f}: expected a JSON object, got {type(doc).__name__}")
     return metrics, train_cfg
 
 
@@ -113,7 +110,8 @@ def export(
         except (TypeError, ValueError, KeyError, AttributeError) as exc:  # a value of the wrong kind
             raise UsageError(
                 f"{model_dir}: eval/metrics.json or training_config.json does not hold what `tunelab "
-                f"finetune` writes ({type(exc).__name__}: {exc}); the model card cannot be written"
+                f"finetune` writes ({type(exc).__name__}: {exc}); the model card cannot be written (if they "
+                "are as tunelab wrote them, this is a tunelab bug: please report it)"
             ) from None
         card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
         card.save(work / "README.md")

@@ -120,11 +120,15 @@ def apply_method(
             task_type=head(head_name).peft_task,
         )
         layers = (torch.nn.Linear, torch.nn.Embedding)  # what LoRA adapts in a Llama model
-        names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, layers)}
-        unknown = sorted(set(lora.target_modules) - names)
+        full = [n for n, m in model.named_modules() if isinstance(m, layers)]
+        names = {n.rsplit(".", 1)[-1] for n in full}
+        # peft's own rule for a list of names: a module's full name is the target or ends in "." + target
+        unknown = sorted(
+            t for t in set(lora.target_modules) if not any(n == t or n.endswith("." + t) for n in full)
+        )
         if unknown:
             raise UsageError(
-                f"lora_targets (--lora-targets): {unknown} name no linear or embedding layer of this model "
+                f"lora_targets: {unknown} name no linear or embedding layer of this model "
                 f"(its layers: {', '.join(sorted(names))})"
             )
         try:

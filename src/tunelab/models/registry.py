@@ -61,12 +61,10 @@ def shipped_config(alias: Alias) -> dict:
 
 
 def gguf_path(alias: Alias) -> Path | None:
-    """The GGUF file embedded in an installed package, or None. TUNELAB_GGUF overrides (a file path)."""
+    """The GGUF file embedded in an installed package, or None. TUNELAB_GGUF overrides (a file path; that it
+    exists is checked only when a conversion needs it, so a stale one never blocks a converted folder)."""
     if os.environ.get("TUNELAB_GGUF"):
-        path = Path(os.environ["TUNELAB_GGUF"]).expanduser()
-        if not path.is_file():
-            raise ModelError(f"TUNELAB_GGUF={os.environ['TUNELAB_GGUF']}: no such file")
-        return path
+        return Path(os.environ["TUNELAB_GGUF"]).expanduser()
     if alias.gguf_package is None:
         return None
     spec = importlib.util.find_spec(alias.gguf_package)
@@ -216,6 +214,9 @@ def _convert(alias: Alias, gguf: Path, target: Path, complete: Callable[[], bool
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if not gguf.is_file():
+        where = f"TUNELAB_GGUF={os.environ['TUNELAB_GGUF']}" if os.environ.get("TUNELAB_GGUF") else str(gguf)
+        raise ModelError(f"{where}: no such file")
     tmp = Path(tempfile.mkdtemp(prefix=f".{alias.name}-", dir=target.parent))
     try:
         try:

@@ -50,8 +50,6 @@ def _json(path: Path) -> dict | None:
     if not path.is_file():
         return None
     doc = read_json(path)
-    if not isinstance(doc, dict):
-        raise UsageError(f"{path}: expected a JSON object, got {type(doc).__name__}")
     for key in NUMERIC_METRICS:
         value = doc.get(key)
         if value is not None and (

@@ -370,6 +370,23 @@ class Study:
         labels = task.head_options().get("labels")
         return param_report(self.c["model"], config, task.head, t["method"], lora, len(labels or ()) or 2)
 
+    def check_task_models(self) -> None:
+        """Build (on the meta device) every task model the study will train, before the run folder exists: a
+        LoRA target naming no layer fails here, naming its section, not after config.yaml is written."""
+        for name in self.cfg.enabled:
+            entry = self.c["tasks"][name]
+            sections = {
+                "finetune": entry["finetune"],
+                **{f"variants.{v}": t for v, t in entry["variants"].items()},
+            }
+            for key, t in sections.items():
+                if t["method"] != "lora":
+                    continue
+                try:
+                    self._task_model(name, t)
+                except UsageError as exc:
+                    raise UsageError(f"tasks.{name}.{key}: {exc}") from exc
+
     def stage_params_base(self, name: str) -> None:
         from tunelab.models import load_config, param_report
 
@@ -631,5 +648,6 @@ def run_study(cfg: StudyConfig, out: Path, *, inputs: Inputs = ()) -> Study:
     check_data(cfg)
     check_available(cfg.data.get("report_to") or [])  # before any work
     study = Study(cfg, out, inputs=inputs)
+    study.check_task_models()
     study.ran = study.execute()
     return study

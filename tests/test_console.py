@@ -85,6 +85,15 @@ def test_verbose_brings_the_library_bars_back(tmp_path, tiny_model_dir):
     assert "Loading weights" not in quiet.stderr and "Loading weights" in loud.stderr
 
 
+def test_verbose_is_taken_before_or_after_a_subcommands_action():
+    from tunelab.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["data", "check", "x.tsv", "--verbose"]).verbose
+    assert parser.parse_args(["data", "--verbose", "check", "x.tsv"]).verbose
+    assert not parser.parse_args(["data", "check", "x.tsv"]).verbose
+
+
 @pytest.mark.slow
 def test_gguf_conversion_is_quiet_and_parses_the_file_once(tmp_path):
     """The embedded SmolLM2 GGUF, converted for real (once: ~20 s of a test's time): no "Converting and
@@ -128,3 +137,19 @@ def test_the_gguf_conversion_bar_shows_only_when_verbose(verbose, capsys):
         configure(False)
     shown = "Converting and de-quantizing" in capsys.readouterr().err
     assert shown == verbose
+
+
+def test_hub_retry_logs_only_when_verbose():
+    """huggingface_hub logs a line per retried request (a Hub id with no network): errors only, unless
+    --verbose."""
+    import logging
+
+    from tunelab.console import configure
+
+    try:
+        configure(False, models=False)
+        assert logging.getLogger("huggingface_hub").getEffectiveLevel() == logging.ERROR
+        configure(True, models=False)
+        assert logging.getLogger("huggingface_hub").getEffectiveLevel() == logging.WARNING
+    finally:
+        configure(False, models=False)

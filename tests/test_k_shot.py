@@ -82,6 +82,8 @@ def test_k_shot_classification_run_records_its_shots(tiny_model_dir, tmp_path):
         shot_pool=pool,
     )
     assert zs["shots"] == 0 and "shot_examples" not in zs
+    assert "SST-2 zero-shot: accuracy" in SST2.summary_line(zs)
+    assert "SST-2 3-shot: accuracy" in SST2.summary_line(k)  # never called zero-shot
     assert k["shots"] == 3 and k["shot_seed"] == 1234 and len(k["shot_examples"]) == 3
     lines = {ex.line for ex in SST2.draw_shots(pool, 3, 1234, dev)}
     assert {s["line"] for s in k["shot_examples"]} == lines
@@ -104,6 +106,7 @@ def test_k_shot_qa_run_records_its_shots(base, tmp_path, decoding):  # noqa: F81
     options = zeroshot_options(SQUAD, shots=2, batch_size=6, max_new_tokens=4, decoding=decoding)
     m = runs.zeroshot(SQUAD, base, dev, "fixture", tmp_path / "k", options, shot_pool=qa_pool() + dev)
     assert m["shots"] == 2 and m["decoding"] == decoding
+    assert " 2-shot: EM " in SQUAD.summary_line(m)
     ids = {s["id"] for s in m["shot_examples"]}
     assert len(ids) == 2 and ids <= {ex.id for ex in qa_pool()}  # never an evaluated question
     preds = json.loads((tmp_path / "k" / "predictions.json").read_text())

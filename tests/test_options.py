@@ -102,3 +102,18 @@ def test_on_and_off_read_by_yaml_as_booleans_are_the_choices_on_and_off():
         TrainConfig.from_dict({"share_prefix": "maybe"})
     with pytest.raises(UsageError, match="method must be one of"):  # only where on/off are the choices
         TrainConfig.from_dict({"method": True})
+
+
+def test_flag_help_says_what_each_flag_does_and_its_one_default():
+    from tunelab.cli import build_parser
+
+    parser = build_parser()
+    helps = {
+        a.option_strings[0]: a.help
+        for a in parser._subparsers._group_actions[0].choices["finetune"]._actions
+        if a.option_strings
+    }
+    assert helps["--no-bf16"].startswith("turn bf16 off; bf16: bfloat16 autocast")
+    assert helps["--seeds"].endswith("(default: one model, of --seed)")
+    assert helps["--lora-targets"].count("default") == 1
+    assert not [f for f, h in helps.items() if h and "(default: ," in h]

@@ -250,7 +250,7 @@ def test_commands_take_a_task_file(tiny_model_dir, tmp_path, capsys):
         )
         == 0
     )
-    assert "RTE finetuned: accuracy" in capsys.readouterr().out
+    assert "RTE fine-tuned: accuracy" in capsys.readouterr().out
     assert json.loads((out / "tunelab.json").read_text())["input_prompt"]["text"] == TINY_RTE["text"]
     assert (
         main(
@@ -271,7 +271,7 @@ def test_commands_take_a_task_file(tiny_model_dir, tmp_path, capsys):
         )
         == 0
     )
-    assert "TREC-6 zeroshot: accuracy" in capsys.readouterr().out
+    assert "TREC-6 zero-shot: accuracy" in capsys.readouterr().out
     assert (
         main(
             [

@@ -58,6 +58,12 @@ def _add_data_opts(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
 
 
+VERBOSE_HELP = (
+    "also show the libraries' progress bars, log messages and warnings (transformers, datasets, "
+    "accelerate, ...); by default only tunelab's own bar per stage and its results"
+)
+
+
 def _add_model_parsers(sub) -> None:
     p = sub.add_parser(
         "params",
@@ -86,7 +92,9 @@ def _add_model_parsers(sub) -> None:
         "with --task, default: the built-in task whose Hub dataset it is)",
     )
     c.add_argument("--split", default="dev", help="with --dataset: the task's split (default: dev)")
-    c.add_argument("--json", action="store_true")
+    c.add_argument("--json", action="store_true", help="print one JSON object")
+    # also after ACTION; SUPPRESS: when absent here, `data --verbose check` keeps its value
+    c.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
 
 
 def _add_run_parsers(sub) -> None:
@@ -148,8 +156,8 @@ def _add_study_parsers(sub) -> None:
     p.add_argument(
         "--preset",
         choices=PRESETS,
-        help="built-in configuration (default smoke when no --config is given; with --config, the "
-        "file's options go over the preset's)",
+        help="built-in configuration (default smoke when no --config is given; a --config file alone goes "
+        "over the built-in defaults, whole splits; with both, the file's options go over the preset's)",
     )
     p.add_argument("--out", help="run folder (default runs/<preset or config name>)")
     p.add_argument(
@@ -243,12 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     for add in (_add_model_parsers, _add_run_parsers, _add_study_parsers, _add_use_parsers):
         add(sub)
     for p in sub.choices.values():
-        p.add_argument(
-            "--verbose",
-            action="store_true",
-            help="also show the libraries' progress bars, log messages and warnings (transformers, "
-            "datasets, accelerate, ...); by default only tunelab's own bar per stage and its results",
-        )
+        p.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     for name in LOADS_MODELS:
         sub.choices[name].add_argument(
             "--trust-remote-code",
@@ -520,6 +523,7 @@ def _finetune_seeds(args, task, cfg, seeds, train_ex, dev_ex, dev_data, train_da
                 report_to=report_to,
                 tracking_dir=Path(work) / "tracking",
                 run_name=f"seed-{seed}",
+                final_out=Path(args.out) / f"seed-{seed}",
             )
             if m is None:
                 continue

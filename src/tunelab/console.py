@@ -28,6 +28,8 @@ def configure(verbose: bool, *, models: bool = True) -> None:
     import huggingface_hub.utils as hub_utils
 
     (hub_utils.enable_progress_bars if verbose else hub_utils.disable_progress_bars)()
+    # its logs include a retry line per failed Hub request (a Hub id with no network: ~30 s of them)
+    (hub_utils.logging.set_verbosity_warning if verbose else hub_utils.logging.set_verbosity_error)()
     if models:
         import transformers.utils.logging as hf_logging
 

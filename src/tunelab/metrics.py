@@ -7,6 +7,15 @@ from collections.abc import Sequence
 import numpy as np
 
 
+def mode_name(metrics: dict) -> str:
+    """How a result's model was run, as reports say it: "zero-shot", "K-shot" (K solved examples in each
+    prompt, never called zero-shot) or "fine-tuned"."""
+    if metrics.get("mode") == "finetuned":
+        return "fine-tuned"
+    shots = int(metrics.get("shots") or 0)
+    return f"{shots}-shot" if shots else "zero-shot"
+
+
 def classification_metrics(
     gold,
     pred,

@@ -326,7 +326,10 @@ class TrainConfig:
         32, "LoRA scaling numerator (alpha / r scales the update)", low=1, high=MAX_BATCH
     )
     lora_dropout: float = option(0.05, "dropout on the LoRA input", low=0, high=1, high_open=True)
-    lora_targets: list[str] = option(LORA_TARGETS, "module names LoRA adapts (default: attention and MLP)")
+    lora_targets: list[str] = option(
+        LORA_TARGETS,
+        "the layers LoRA adapts: names, or ends of names (self_attn.q_proj), as peft matches them",
+    )
     merge_lora: bool = option(False, "save LoRA merged into the weights instead of as an adapter")
     # bidirectional attention (the span head; SQuAD experiments)
     bidirectional: bool = option(
@@ -644,7 +647,10 @@ class EcoRunOptions:
         [], "experiment trackers: " + ", ".join(TRACKERS) + " or none", type="trackers", default_note="none"
     )
     seeds: list[int] | None = option(
-        None, "fine-tune one model per seed into OUT/seed-N/ (with a mean +- sd summary)", type="seeds"
+        None,
+        "fine-tune one model per seed into OUT/seed-N/ (with a mean +- sd summary)",
+        type="seeds",
+        default_note="one model, of --seed",
     )
 
 
@@ -686,13 +692,14 @@ def add_flags(
     for name in names or tuple(opts):
         opt = opts[name]
         default = opt.default if defaults else None
-        shown = (
-            _show(opt.default)
-            if defaults
-            else opt.default_note or f"{default_note}, else {_show(opt.default)}"
-        )
+        if defaults or not default_note:
+            shown = _show(opt.default) if defaults else opt.default_note or _show(opt.default)
+        else:
+            shown = opt.default_note or f"{default_note}, else {_show(opt.default)}"
         only = f"; {' and '.join(opt.kinds)} tasks only" if opt.kinds else ""
         text = f"{opt.help} (default: {shown}{only})"
+        if opt.type == "bool" and opt.default:  # --no-NAME: say that it turns the option off
+            text = f"turn {name} off; {name}: {text}"
         if opt.type == "bool":
             flag = flag_name(opt) if not opt.default else "--no-" + name.replace("_", "-")
             action = "store_false" if opt.default else "store_true"

@@ -135,13 +135,15 @@ def finetune(
     run_name: str = "finetune",
     hparams: dict | None = None,
     inputs: Inputs = (),
+    final_out: str | Path | None = None,
 ) -> dict | None:
     """Fine-tune the task's head (full, LoRA or head-only) on the training examples, save a Hugging Face
     folder, evaluate it on the dev examples. `options`: the task kind's fine-tuning keys (classification:
     input_prompt). `report_to`: experiment trackers (tunelab.tracking), logging under `tracking_dir` (default
     OUT/tracking) as `run_name`, with `hparams` (default: the training config). `inputs`: what else the
-    caller read (a data folder, a config file), which `out` must not touch. Returns the dev metrics (None
-    on processes that do not write)."""
+    caller read (a data folder, a config file), which `out` must not touch. `final_out`: the folder recorded
+    as the model when `out` is a temporary one the caller moves there. Returns the dev metrics (None on
+    processes that do not write)."""
     cfg.validate()
     trained_on = [("training file", p) for p in str(train_data).split(" + ")]  # (+: extra_train's files)
     read = [local_files(model_spec), *trained_on, ("data file", dev_data), *inputs]
@@ -162,7 +164,7 @@ def finetune(
                 model_spec,
                 dev_examples,
                 dev_data,
-                out,
+                final_out or out,
                 cfg,
                 tokenizer,
                 ft,

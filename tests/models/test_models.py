@@ -236,3 +236,15 @@ def test_a_conversion_waits_for_the_process_converting_and_reuses_its_folder(mon
     waiter.join(10)
     assert got == [target]
     assert converted == ([] if finished else [Path("x.gguf")])
+
+
+def test_an_unreachable_hub_is_said_in_tunelab_words():
+    from tunelab.models.remote_code import load_error
+
+    exc = OSError(
+        "We couldn't connect to 'https://huggingface.co' to load the files, and couldn't find them in the "
+        "cached files."
+    )
+    message = str(load_error("owner/name", "its tokenizer", exc))
+    assert message.startswith("owner/name: cannot load its tokenizer: the Hub cannot be reached")
+    assert "HF_HUB_OFFLINE=1" in message

@@ -106,6 +106,11 @@ def test_finetune_seeds(tmp_path, tiny_model_dir, capsys):
     accs = [json.loads((out / f"seed-{s}" / "eval" / "metrics.json").read_text())["accuracy"] for s in (5, 6)]
     assert summary["seeds"] == [5, 6]
     assert summary["summary"]["accuracy"]["mean"] == statistics.fmean(accs)
+    for s in (5, 6):  # the model's folder where it ended up, not the temporary one it was trained in
+        assert summary["per_seed"][str(s)]["model"] == str(out / f"seed-{s}")
+        assert json.loads((out / f"seed-{s}" / "eval" / "metrics.json").read_text())["model"] == str(
+            out / f"seed-{s}"
+        )
     assert "over seeds [5, 6]" in capsys.readouterr().out
     assert main([*args[:-1], "5,5"]) == 2  # repeats refused
 

@@ -394,6 +394,14 @@ def test_missing_data_is_a_usage_error(tmp_path, tiny_model_dir, capsys, monkeyp
 def test_report_command_on_a_non_run_folder(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "not a study run folder" in capsys.readouterr().err
+    ft = tmp_path / "ft"  # a `tunelab finetune` output: its tracking/finetune is no task folder
+    (ft / "eval").mkdir(parents=True)
+    (ft / "eval" / "metrics.json").write_text('{"accuracy": 0.5}')
+    (ft / "tracking" / "finetune").mkdir(parents=True)
+    assert main(["report", str(ft)]) == 2
+    err = capsys.readouterr().err
+    assert "not a study run folder but the output of one command" in err and "tracking" not in err, err
+    assert not (ft / "report.md").exists()
     with pytest.raises(UsageError):
         study_config.resolve_config(preset="huge")
 

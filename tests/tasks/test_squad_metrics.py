@@ -368,3 +368,18 @@ def test_matches_torchmetrics_squad():
 def test_nan_free_on_empty_everything():
     out = sm.squad_v2({"q": ""}, {"q": [""]})
     assert all(not (isinstance(v, float) and math.isnan(v)) for v in out.values())
+
+
+def test_v2_console_line_shows_only_the_kinds_the_questions_hold():
+    """A v2.0 subset with no unanswerable question has no NoAns F1: the line leaves it out, never `nan`."""
+    from tunelab.tasks import get_task
+
+    refs = {"q1": ["Denver Broncos"], "q2": []}
+    both = sm.squad_v2({"q1": "Denver Broncos", "q2": ""}, refs)
+    only = sm.squad_v2({"q1": "Denver Broncos"}, {"q1": ["Denver Broncos"]})
+    task = get_task("squad_v2")
+    line = task.summary_line({**both, "mode": "zeroshot", "n": 2})
+    assert "HasAns F1 100.00, NoAns F1 100.00, best F1" in line
+    line = task.summary_line({**only, "mode": "finetuned", "n": 1})
+    assert "SQuAD v2.0 fine-tuned: EM 100.00" in line and "(HasAns F1 100.00, best F1" in line
+    assert "NoAns" not in line and "nan" not in line

@@ -90,7 +90,7 @@ def resolve(spec: str) -> str:
         if alias.gated and not hub_token():
             raise ModelError(
                 f"{spec}: weights are on the Hub as {alias.hub_id}, a gated model. Accept its licence on the "
-                "Hub, then `huggingface-cli login` or set HF_TOKEN. (Parameter counts work without weights: "
+                "Hub, then `hf auth login` or set HF_TOKEN. (Parameter counts work without weights: "
                 f"`tunelab params {spec}`.)"
             )
         if is_offline():

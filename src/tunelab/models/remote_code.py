@@ -40,4 +40,10 @@ def load_error(spec: str, what: str, exc: Exception) -> ModelError:
             f"{spec}: cannot load {what}: the shapes of the tensors in its weights do not match its "
             "config.json (a changed hidden_size, intermediate_size, vocab_size, head count or num_labels?)"
         )
+    if "couldn't connect to" in text:  # transformers' words for a Hub it could not reach (after retries)
+        return ModelError(
+            f"{spec}: cannot load {what}: the Hub cannot be reached and no copy is in the local cache (give "
+            "a local model folder, or download it where there is a network; HF_HUB_OFFLINE=1 skips the "
+            "Hub's retries)"
+        )
     return ModelError(f"{spec}: cannot load {what}: {short(text)}")

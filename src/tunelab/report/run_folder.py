@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunelab.errors import UsageError
+from tunelab.metrics import mode_name
 from tunelab.outputs import read_json, read_jsonl
 from tunelab.tasks import Task, builtin_names, get_task, load_task
 from tunelab.tasks.base import parse_task
@@ -104,8 +105,7 @@ class TaskRun:
     def prompting(self) -> str:
         """How the prompted model was run: "zero-shot", or "K-shot" when its prompts held K solved
         examples."""
-        shots = int((self.zs or {}).get("shots") or 0)
-        return f"{shots}-shot" if shots else "zero-shot"
+        return mode_name(self.zs or {})
 
     @property
     def prompting_label(self) -> str:
@@ -122,6 +122,8 @@ def discover(run: Path, config: dict | None) -> list[str]:
     if config and isinstance(config.get("tasks"), dict):
         names = [t for t, c in config["tasks"].items() if isinstance(c, dict) and c.get("enabled")]
     for p in sorted(run.iterdir()):
+        if p.name in ("tracking", "figures"):  # the study's own folders, never a task's
+            continue
         if p.is_dir() and p.name not in names and ((p / "zeroshot").is_dir() or (p / "finetune").is_dir()):
             names.append(p.name)
     for p in sorted((run / "params").glob("*.json")) if (run / "params").is_dir() else []:

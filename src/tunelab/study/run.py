@@ -280,6 +280,7 @@ class Study:
         out = []
         for name in self.cfg.enabled:
             method = self.c["tasks"][name]["finetune"]["method"]
+            shots = self.c["tasks"][name]["zeroshot"].get("shots")
             out += [
                 Stage(
                     f"{name}/params-base",
@@ -291,10 +292,10 @@ class Study:
                 Stage(
                     f"{name}/zeroshot",
                     name,
-                    "zero-shot",
+                    f"{shots}-shot" if shots else "zero-shot",
                     lambda name=name: (self.task_dir(name) / "zeroshot" / "metrics.json").is_file(),
                     lambda redo, name=name: self.stage_zeroshot(name),
-                    reads=("dev", "train") if self.c["tasks"][name]["zeroshot"].get("shots") else ("dev",),
+                    reads=("dev", "train") if shots else ("dev",),
                 ),
             ]
             for seed in self.seeds:

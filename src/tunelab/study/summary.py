@@ -5,6 +5,7 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
+from tunelab.metrics import mode_name
 from tunelab.outputs import read_json
 
 
@@ -39,6 +40,7 @@ def summary_rows(study) -> list[dict]:
                         "metric": label,
                         "key": key,
                         "zeroshot": value,
+                        "prompting": mode_name(zs),  # zero-shot, or K-shot
                         "finetuned": statistics.fmean(tuned) if tuned else None,
                         "finetuned_sd": statistics.stdev(tuned) if len(tuned) > 1 else None,
                         "seeds": len(tuned),
@@ -66,9 +68,14 @@ def _count(n) -> str:
     return f"{n:,}" if isinstance(n, int) else "-"
 
 
+def _prompted(rows: list[dict]) -> str:
+    """The prompted column's name: zero-shot, or how many shots the prompts held."""
+    return " / ".join(dict.fromkeys(r.get("prompting", "zero-shot") for r in rows)) or "zero-shot"
+
+
 def markdown_table(rows: list[dict]) -> str:
     lines = [
-        "| task | model | metric | zero-shot | fine-tuned | params before | params after |",
+        f"| task | model | metric | {_prompted(rows)} | fine-tuned | params before | params after |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
@@ -85,10 +92,10 @@ def print_summary(rows: list[dict], report: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="zero-shot vs fine-tuned")
+    table = Table(title=f"{_prompted(rows)} vs fine-tuned")
     table.add_column("task", overflow="fold")  # in a narrow terminal text folds; numbers are never cut
     table.add_column("metric", overflow="fold")
-    table.add_column("zero-shot", justify="right", no_wrap=True)
+    table.add_column(_prompted(rows), justify="right", no_wrap=True)
     table.add_column("fine-tuned", justify="right")  # "mean ±" / "sd" may wrap
     for col in ("params before", "params after"):
         table.add_column(col, justify="right", no_wrap=True)

@@ -19,6 +19,7 @@ import numpy as np
 from tunelab.data.table import SUFFIXES, Columns, LabelSet, TextExample, read_records, read_table, summarize
 from tunelab.data.text import read_lines
 from tunelab.errors import DataError, UsageError
+from tunelab.metrics import mode_name
 from tunelab.outputs import write_json, write_jsonl
 from tunelab.tasks.base import Definition, FineTuning, Task
 from tunelab.tasks.classification.head import classify, encode, format_input, head_init_from_verbalizers
@@ -366,7 +367,7 @@ class ClassificationTask(Task):
             return f"{m['n']} predictions (no labels in {m['data']})"
         lo, hi = m["accuracy_ci95"]
         line = (
-            f"{self.title} {m['mode']}: accuracy {100 * m['accuracy']:.2f}% (95% CI {100 * lo:.1f}-"
+            f"{self.title} {mode_name(m)}: accuracy {100 * m['accuracy']:.2f}% (95% CI {100 * lo:.1f}-"
             f"{100 * hi:.1f})"
         )
         if "f1" in m:

@@ -19,7 +19,7 @@ import numpy as np
 
 from tunelab.data.squad import SquadExample, read_squad, read_squad_rows, summarize_squad
 from tunelab.errors import DataError, UsageError
-from tunelab.metrics import bootstrap_ci
+from tunelab.metrics import bootstrap_ci, mode_name
 from tunelab.outputs import write_json, write_jsonl
 from tunelab.tasks.base import Definition, FineTuning, Task
 from tunelab.tasks.extractive_qa.generation import (
@@ -358,13 +358,11 @@ class ExtractiveQATask(Task):
         return row
 
     def summary_line(self, m: dict) -> str:
-        line = f"{self.title} {m['mode']}: EM {m['exact_match']:.2f}, F1 {m['f1']:.2f}, n={m['n']}"
-        if "HasAns_f1" in m or "NoAns_f1" in m:
-            line += (
-                f" (HasAns F1 {m.get('HasAns_f1', float('nan')):.2f}, NoAns F1 "
-                f"{m.get('NoAns_f1', float('nan')):.2f}, best F1 {m['best_f1']:.2f} at threshold "
-                f"{m['best_f1_thresh']:.3f})"
-            )
+        line = f"{self.title} {mode_name(m)}: EM {m['exact_match']:.2f}, F1 {m['f1']:.2f}, n={m['n']}"
+        if "HasAns_f1" in m or "NoAns_f1" in m:  # v2.0; a subset may hold only one of the two kinds
+            parts = [f"{name} F1 {m[f'{name}_f1']:.2f}" for name in ("HasAns", "NoAns") if f"{name}_f1" in m]
+            parts.append(f"best F1 {m['best_f1']:.2f} at threshold {m['best_f1_thresh']:.3f}")
+            line += f" ({', '.join(parts)})"
         return line
 
     def metric_rows(self, metrics: dict) -> list[tuple[str, str, float]]:

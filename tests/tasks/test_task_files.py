@@ -95,6 +95,25 @@ BAD = [
         "must be 1.1 or 2.0, got 1",
     ),
     (CLASSIFICATION + "labels: [b, c]\n", "", "the key 'labels' is given twice"),
+    (CLASSIFICATION + "zeroshot: {prompt: none}\n", "zeroshot.prompt", "not one of the task's prompts"),
+    (
+        "kind: extractive_qa\ndata: {splits: {dev: d.json}}\nzeroshot: {prompt: nope}\n",
+        "zeroshot.prompt",
+        "not one of the task's prompts",
+    ),
+    (
+        "kind: extractive_qa\ndata: {splits: {dev: d.json}}\nversions: {'2.0': nope}\n",
+        "versions.2.0",
+        "to a built-in task",
+    ),
+    (CLASSIFICATION.replace("[a, b]", "[yes, no]"), "labels", "unquoted yes/no/true/false/on/off"),
+    (CLASSIFICATION.replace("{dev:", "{validation: v.tsv, dev:"), "data.splits.validation", "name it dev"),
+    (CLASSIFICATION + "hub: {config: sst2}\n", "hub.config", "names a config of `dataset`"),
+    (
+        CLASSIFICATION + "finetune: {packing: true, bidirectional: true}\n",
+        "finetune",
+        "packing and bidirectional cannot be used together",
+    ),
 ]
 
 
@@ -107,6 +126,14 @@ def test_task_file_details_yaml_would_blur(tmp_path):
         "data: {splits: {dev: d.tsv}}\n"
     )
     assert load_task(str(numbered)).verbalizers == {"1": [" low"], "20": [" high"]}
+    many = tmp_path / "many.yaml"  # positive_label: null is its default, as any null key is
+    many.write_text(
+        "kind: classification\nlabels: [a, b, c]\npositive_label: null\ndata: {splits: {dev: d.tsv}}\n"
+    )
+    assert load_task(str(many)).positive is None
+    hub = tmp_path / "hub.yaml"  # data.dataset: ID:CONFIG, as --dataset reads it
+    hub.write_text("kind: classification\nlabels: [a, b]\ndata: {dataset: 'nyu-mll/glue:sst2'}\n")
+    assert (load_task(str(hub)).dataset.id, load_task(str(hub)).dataset.config) == ("nyu-mll/glue", "sst2")
     qa = tmp_path / "qa.yaml"
     qa.write_text("kind: extractive_qa\nversion: 2\ndata: {splits: {dev: d.json}}\n")
     assert load_task(str(qa)).version == "2.0"

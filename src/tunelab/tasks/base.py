@@ -28,6 +28,7 @@ from tunelab.options import (
     KINDS,
     TRAIN_OPTIONS,
     ZEROSHOT_OPTIONS,
+    TrainConfig,
     check_mapping,
     for_kind,
 )
@@ -259,8 +260,10 @@ class Task:
             study_enabled=d.get("enabled", bool, True),
             unit=d.get("unit", str, cls.UNIT),
             definition=copy.deepcopy(mapping),
-            dataset=DatasetRef(dataset, data.get("config", str)) if dataset else None,
+            dataset=DatasetRef.parse(dataset, data.get("config", str)) if dataset else None,  # ID[:CONFIG]
         )
+        train = {k: v for k, v in common["finetune_defaults"].items() if k in TRAIN_OPTIONS}
+        TrainConfig(**train).check_together(lambda key: f"{where}: finetune")  # options that clash, at load
         return cls(**common, **cls.parse_kind(d, data))
 
     @classmethod
@@ -573,6 +576,10 @@ def _splits(d: Definition) -> dict[str, tuple[DataFile, ...]]:
         if not specs:
             raise d.error(split, "needs at least one file")
         splits[split] = tuple(DataFile.read(s, d, split) for s in specs)
+    if "validation" in splits:
+        raise d.error(
+            "validation", "`validation` means dev in tunelab (--split validation reads dev): name it dev"
+        )
     if "dev" not in splits:
         raise UsageError(
             f"{d.where}: {d.prefix}dev: missing (required: the split zero-shot and evaluation read; "
@@ -588,6 +595,8 @@ def _hub(d: Definition) -> HubInfo:
         maps[key] = d.get(key, dict, {})
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in maps[key].items()):
             raise d.error(key, f"must map names to the Hub dataset's {key} names (strings)")
+    if d.get("config", str) and not d.get("dataset", str):
+        raise d.error("config", "names a config of `dataset`, which is missing")
     return HubInfo(
         d.get("dataset", str), d.get("config", str), {**HubInfo().splits, **maps["splits"]}, maps["columns"]
     )

@@ -81,7 +81,12 @@ class ClassificationTask(Task):
     def parse_kind(cls, d: Definition, data: Definition) -> dict:
         raw = d.get("labels", list, required=True)
         if any(isinstance(x, bool) or not isinstance(x, (str, int)) for x in raw):
-            raise d.error("labels", f"must be a list of label names, got {raw!r}")
+            hint = " (YAML reads an unquoted yes/no/true/false/on/off as a boolean: quote it)"
+            raise d.error(
+                "labels",
+                f"must be a list of label names, got {raw!r}"
+                + (hint if any(isinstance(x, bool) for x in raw) else ""),
+            )
         labels = tuple(str(x) for x in raw)
         if len(labels) < 2 or len(set(labels)) != len(labels) or not all(labels):
             raise d.error("labels", f"needs at least two distinct, non-empty labels, got {raw!r}")
@@ -91,7 +96,7 @@ class ClassificationTask(Task):
             if name not in labels:
                 raise d.error("positive_label", f"must be one of the labels {list(labels)}, got {name!r}")
             positive = labels.index(name)
-        elif "positive_label" in d.mapping:
+        elif d.mapping.get("positive_label") is not None:
             raise d.error("positive_label", "only binary tasks have a positive class")
         columns = Columns(
             data.get("text", str, "text"), data.get("text_pair", str), data.get("label", str, "label")
@@ -129,7 +134,10 @@ class ClassificationTask(Task):
             ("zeroshot.prompt", self.zeroshot_defaults.get("prompt")),
             ("finetune.input_prompt", self.finetune_defaults.get("input_prompt")),
         ):
-            if isinstance(spec, str) and spec not in self.prompts and spec != "none":
+            none_ok = (
+                key == "finetune.input_prompt"
+            )  # input_prompt none: the bare text; no zero-shot prompt is
+            if isinstance(spec, str) and spec not in self.prompts and not (none_ok and spec == "none"):
                 raise UsageError(
                     f"{self.source or 'built-in task ' + self.name}: {key}: {spec!r} is not one of "
                     f"the task's prompts ({', '.join(self.prompts)})"

@@ -81,6 +81,15 @@ class ExtractiveQATask(Task):
         if version not in VERSIONS:
             raise d.error("version", f"must be 1.1 or 2.0, got {d.mapping['version']!r}")
         versions = d.get("versions", dict, {})
+        from tunelab.tasks.base import builtin_names
+
+        for v, name in versions.items():
+            if str(v) not in VERSIONS or str(name) not in builtin_names():
+                raise d.error(
+                    f"versions.{v}",
+                    f"maps a SQuAD version (1.1, 2.0) to a built-in task ({', '.join(builtin_names())}), "
+                    f"got {v!r}: {name!r}",
+                )
         prompts = d.get("prompts", dict) or dict(TEMPLATES)
         for name, spec in prompts.items():
             try:
@@ -151,6 +160,14 @@ class ExtractiveQATask(Task):
 
     def entry_defaults(self) -> dict:
         return {**super().entry_defaults(), "version": self.version}
+
+    def __post_init__(self):
+        spec = self.zeroshot_defaults.get("prompt")
+        if isinstance(spec, str) and spec not in self.prompts:  # checked at load, as a classification task's
+            raise UsageError(
+                f"{self.source or 'built-in task ' + self.name}: zeroshot.prompt: {spec!r} is not one of the "
+                f"task's prompts ({', '.join(self.prompts)})"
+            )
 
     def check_prompts(self, zeroshot: str | dict | None, input_prompt: Any = None) -> None:
         self.prompt(zeroshot)

@@ -110,6 +110,11 @@ BAD = [
     (CLASSIFICATION.replace("{dev:", "{validation: v.tsv, dev:"), "data.splits.validation", "name it dev"),
     (CLASSIFICATION + "hub: {config: sst2}\n", "hub.config", "names a config of `dataset`"),
     (
+        CLASSIFICATION + "hub: {dataset: a/b, columns: {txt: s}}\n",
+        "hub.columns",
+        "columns are text, text_pair",
+    ),
+    (
         CLASSIFICATION + "finetune: {packing: true, bidirectional: true}\n",
         "finetune",
         "packing and bidirectional cannot be used together",
@@ -126,6 +131,11 @@ def test_task_file_details_yaml_would_blur(tmp_path):
         "data: {splits: {dev: d.tsv}}\n"
     )
     assert load_task(str(numbered)).verbalizers == {"1": [" low"], "20": [" high"]}
+    numbered.write_text(  # a prompt's own words read the same way (keys as numbers, one word as a string)
+        "kind: classification\nlabels: [1, 20]\ndata: {splits: {dev: d.tsv}}\n"
+        "prompts: {p: {text: '{text}', verbalizers: {1: ' low', 20: [' high', ' top']}}}\n"
+    )
+    assert load_task(str(numbered)).prompt("p").verbalizers == {"1": [" low"], "20": [" high", " top"]}
     many = tmp_path / "many.yaml"  # positive_label: null is its default, as any null key is
     many.write_text(
         "kind: classification\nlabels: [a, b, c]\npositive_label: null\ndata: {splits: {dev: d.tsv}}\n"

@@ -101,6 +101,10 @@ class ClassificationTask(Task):
         columns = Columns(
             data.get("text", str, "text"), data.get("text_pair", str), data.get("label", str, "label")
         )
+        hub = d.section("hub")
+        unknown = sorted(set(hub.get("columns", dict, {})) - {"text", "text_pair", "label"})
+        if unknown:
+            raise hub.error("columns", f"{unknown}: the task's columns are text, text_pair and label")
         verbalizers = _verbalizers(d, labels)
         prompts = d.get("prompts", dict) or generic_templates(labels, columns.text_pair is not None)
         for name, spec in prompts.items():

@@ -43,6 +43,8 @@ class ClassificationPrompt(ChatPrompt):
                 "sentence pairs)"
             )
         verbal = spec.get("verbalizers") or default_verbalizers
+        if isinstance(verbal, dict):  # as the task's own: keys written as numbers, one word as a string
+            verbal = {str(k): [v] if isinstance(v, str) else v for k, v in verbal.items()}
         if (
             not isinstance(verbal, dict)
             or set(verbal) != set(labels)

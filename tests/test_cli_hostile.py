@@ -248,6 +248,14 @@ def test_options_clashing_are_blamed_where_each_was_set(tiny_model_dir, data_dir
     assert (
         rc == 2 and "--packing, --bidirectional: packing and bidirectional" in err and "train.yaml" not in err
     )
+    task = tmp_path / "packed.yaml"  # a task file's default: named by the file and its section
+    task.write_text(
+        "kind: classification\nlabels: ['0', '1']\ndata: {text: sentence, splits: {train: "
+        f"{data_dir}/SST-2/train.tsv, dev: {data_dir}/SST-2/dev.tsv}}}}\nfinetune: {{packing: true}}\n"
+    )
+    argv = ["finetune", tiny_model_dir, "--task", task, "--out", out, "--bidirectional"]
+    rc, err = run(capsys, *argv)
+    assert rc == 2 and f"{task}: finetune, --bidirectional: packing and bidirectional" in err, err
     rc, err = run(capsys, *finetune(tiny_model_dir, data_dir, out, "--share-prefix", "on", "--packing"))
     assert rc == 2 and "--share-prefix, --packing: share_prefix and packing cannot be used together" in err, (
         err

@@ -408,7 +408,9 @@ def _train_config(args, task):
     def origin(key: str) -> str:
         if key in flags:
             return "--" + key.replace("_", "-")
-        return args.config if key in from_file else f"the {task.name} task's defaults"
+        if key in from_file:
+            return args.config
+        return f"{task.source}: finetune" if task.source else f"the built-in task {task.name}'s defaults"
 
     return TrainConfig.from_dict({**values, **flags}, where=args.config or "options", origin=origin)
 

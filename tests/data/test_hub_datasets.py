@@ -202,3 +202,12 @@ def test_study_task_with_dataset(tmp_path, tiny_model_dir, monkeypatch):
     assert main(["study", "--config", str(path), "--out", str(run)]) == 0
     assert json.loads((run / "sst2/zeroshot/metrics.json").read_text())["data"] == f"{disk} [validation]"
     assert (run / "report.md").is_file()
+
+
+def test_a_dataset_spec_without_an_id_is_refused(capsys):
+    from tunelab.cli import main
+
+    for spec in (":sst2", "  "):
+        assert main(["data", "check", "--task", "sst2", "--dataset", spec]) == 2
+        err = capsys.readouterr().err
+        assert f"--dataset: expected a Hub id (OWNER/NAME[:CONFIG]) or a local folder, got {spec!r}" in err

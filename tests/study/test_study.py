@@ -295,6 +295,7 @@ def test_existing_non_run_folder_is_refused(tiny_model_dir, data_dir, tmp_path, 
         ),
         ("tasks:\n  trec: {enabled: true}\n", "trec", "a task of your own needs `file:"),
         ("tasks:\n  trec: {file: nowhere.yaml}\n", "tasks.trec.file", "cannot read task file"),
+        ("tasks:\n  params: {file: t.yaml}\n", "tasks.params", "a folder of the study's own run folder"),
         (
             "tasks:\n  sst2:\n    zeroshot:\n      prompt: nope\n",
             "tasks.sst2.zeroshot.prompt",
@@ -402,6 +403,16 @@ def test_report_command_on_a_non_run_folder(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "not a study run folder but the output of one command" in err and "tracking" not in err, err
     assert not (ft / "report.md").exists()
+    broken = tmp_path / "ft-broken"  # an interrupted finetune: no metrics, a tracking/finetune folder
+    (broken / "tracking" / "finetune").mkdir(parents=True)
+    assert main(["report", str(broken)]) == 2
+    err = capsys.readouterr().err
+    assert "not a study run folder (no task folders" in err and "tracking" not in err, err
+    seeds = tmp_path / "ft-seeds"  # a `finetune --seeds` output
+    (seeds / "seed-1" / "eval").mkdir(parents=True)
+    (seeds / "seeds.json").write_text('{"seeds": [1]}')
+    assert main(["report", str(seeds)]) == 2
+    assert "not a study run folder but the output of one command" in capsys.readouterr().err
     with pytest.raises(UsageError):
         study_config.resolve_config(preset="huge")
 

@@ -104,10 +104,22 @@ BAD = [
     (
         "kind: extractive_qa\ndata: {splits: {dev: d.json}}\nversions: {'2.0': nope}\n",
         "versions.2.0",
-        "to a built-in task",
+        "the built-in task of that version (one of squad_v2), got 'nope'",
+    ),
+    (
+        "kind: extractive_qa\ndata: {splits: {dev: d.json}}\nversions: {'2.0': sst2}\n",
+        "versions.2.0",
+        "(one of squad_v2), got 'sst2'",
+    ),
+    (
+        "kind: extractive_qa\ndata: {splits: {dev: d.json}}\nversions: {'1.1': squad_v2}\n",
+        "versions.1.1",
+        "(one of squad), got 'squad_v2'",
     ),
     (CLASSIFICATION.replace("[a, b]", "[yes, no]"), "labels", "unquoted yes/no/true/false/on/off"),
     (CLASSIFICATION.replace("{dev:", "{validation: v.tsv, dev:"), "data.splits.validation", "name it dev"),
+    ("kind: classification\nlabels: [a, b]\ndata: {dataset: ':sst2'}\n", "data.dataset", "expected a Hub id"),
+    (CLASSIFICATION + "positive_label: yes\n", "positive_label", "got a boolean (YAML reads an unquoted yes"),
     (CLASSIFICATION + "hub: {config: sst2}\n", "hub.config", "names a config of `dataset`"),
     (
         CLASSIFICATION + "hub: {dataset: a/b, columns: {txt: s}}\n",
@@ -147,6 +159,8 @@ def test_task_file_details_yaml_would_blur(tmp_path):
     qa = tmp_path / "qa.yaml"
     qa.write_text("kind: extractive_qa\nversion: 2\ndata: {splits: {dev: d.json}}\n")
     assert load_task(str(qa)).version == "2.0"
+    qa.write_text("kind: extractive_qa\nversions: {2: squad_v2}\ndata: {splits: {dev: d.json}}\n")
+    assert load_task(str(qa)).versions == {"2.0": "squad_v2"}
     spaced = tmp_path / "my task.yaml"
     spaced.write_text(CLASSIFICATION)
     with pytest.raises(

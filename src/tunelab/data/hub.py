@@ -22,14 +22,17 @@ class DatasetRef:
     config: str | None = None
 
     @classmethod
-    def parse(cls, spec: str, config: str | None = None) -> DatasetRef:
-        """`ID[:CONFIG]` (a local folder is taken whole, colons and all)."""
+    def parse(cls, spec: str, config: str | None = None, given_as: str = "--dataset") -> DatasetRef:
+        """`ID[:CONFIG]` (a local folder is taken whole, colons and all); `given_as` names it in errors."""
+        original = spec
         spec = spec.strip()
-        if not spec:
-            raise UsageError("--dataset: expected a Hub id (OWNER/NAME[:CONFIG]) or a local folder, got ''")
         if config is None and ":" in spec and not Path(spec).exists():
             spec, _, config = spec.partition(":")
             config = config or None
+        if not spec.strip():
+            raise UsageError(
+                f"{given_as}: expected a Hub id (OWNER/NAME[:CONFIG]) or a local folder, got {original!r}"
+            )
         return cls(spec, config)
 
     def where(self, split: str) -> str:

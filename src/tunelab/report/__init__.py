@@ -104,12 +104,12 @@ def build_report(run_dir: str | Path) -> tuple[Path, Path]:
     if not run.is_dir():
         raise UsageError(f"{run}: no such run folder")
     config = _read_config(run)
-    if config is None and any(
-        (run / f).is_file() for f in ("tunelab.json", "eval/metrics.json", "metrics.json")
-    ):
+    outputs = ("tunelab.json", "eval/metrics.json", "metrics.json", "seeds.json")
+    if config is None and any((run / f).is_file() for f in outputs):
         raise UsageError(
             f"{run}: not a study run folder but the output of one command (finetune, evaluate or zeroshot), "
-            "whose results are its metrics.json; `tunelab report` reads the folder of `tunelab study`"
+            "whose results are in its metrics.json (finetune: eval/metrics.json, --seeds: seeds.json); "
+            "`tunelab report` reads the folder of `tunelab study`"
         )
     names = discover(run, config)
     if not names:

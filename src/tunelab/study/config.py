@@ -119,6 +119,9 @@ class Layer:
 # Which tasks, and the schema of each
 
 
+RUN_FOLDERS = {"params", "tracking", "figures"}  # the study's own folders beside the task folders
+
+
 def _task_files(layers: list[Layer]) -> dict[str, tuple[str, Path, str]]:
     """The task file each task name is given (the highest layer wins): name -> (file, folder, source)."""
     files: dict[str, tuple[str, Path, str]] = {}
@@ -138,6 +141,11 @@ def _tasks(layers: list[Layer]) -> dict[str, Task]:
     """Every task the layers name: the built-ins, then the tasks of one's own (by file)."""
     tasks = {name: get_task(name) for name in builtin_names()}
     for name, (file, base, source) in _task_files(layers).items():
+        if name in RUN_FOLDERS:
+            raise UsageError(
+                f"{source}: tasks.{name}: {name} is a folder of the study's own run folder "
+                f"({', '.join(sorted(RUN_FOLDERS))}): give the task another name"
+            )
         path = Path(file).expanduser()
         path = path if path.is_absolute() else base / path
         try:

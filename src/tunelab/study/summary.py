@@ -69,8 +69,14 @@ def _count(n) -> str:
 
 
 def _prompted(rows: list[dict]) -> str:
-    """The prompted column's name: zero-shot, or how many shots the prompts held."""
-    return " / ".join(dict.fromkeys(r.get("prompting", "zero-shot") for r in rows)) or "zero-shot"
+    """The prompted column's name: zero-shot, or K-shot; "prompted" when tasks differ (each cell says)."""
+    kinds = set(r.get("prompting", "zero-shot") for r in rows) or {"zero-shot"}
+    return kinds.pop() if len(kinds) == 1 else "prompted"
+
+
+def _prompted_cell(row: dict, rows: list[dict]) -> str:
+    mixed = _prompted(rows) == "prompted"
+    return f"{row['zeroshot']:.2f}" + (f" ({row.get('prompting', 'zero-shot')})" if mixed else "")
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -80,7 +86,7 @@ def markdown_table(rows: list[dict]) -> str:
     ]
     for r in rows:
         lines.append(
-            f"| {r['task']} | {_model(r)} | {r['metric']} | {r['zeroshot']:.2f} | {_tuned(r)} "
+            f"| {r['task']} | {_model(r)} | {r['metric']} | {_prompted_cell(r, rows)} | {_tuned(r)} "
             f"| {_count(r['params_base'])} | {_count(r['params_finetuned'])} |"
         )
     return "\n".join(lines)
@@ -105,7 +111,7 @@ def print_summary(rows: list[dict], report: Path) -> None:
         table.add_row(
             r["task"] if first else f"+ {r['variant']}" if new_model else "",
             r["metric"],
-            f"{r['zeroshot']:.2f}",
+            _prompted_cell(r, rows),
             _tuned(r),
             _count(r["params_base"]) if first else "",
             _count(r["params_finetuned"]) if new_model else "",

@@ -260,7 +260,9 @@ class Task:
             study_enabled=d.get("enabled", bool, True),
             unit=d.get("unit", str, cls.UNIT),
             definition=copy.deepcopy(mapping),
-            dataset=DatasetRef.parse(dataset, data.get("config", str)) if dataset else None,  # ID[:CONFIG]
+            dataset=DatasetRef.parse(dataset, data.get("config", str), f"{where}: data.dataset")
+            if dataset
+            else None,
         )
         train = {k: v for k, v in common["finetune_defaults"].items() if k in TRAIN_OPTIONS}
         TrainConfig(**train).check_together(lambda key: f"{where}: finetune")  # options that clash, at load

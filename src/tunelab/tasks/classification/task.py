@@ -80,8 +80,8 @@ class ClassificationTask(Task):
     @classmethod
     def parse_kind(cls, d: Definition, data: Definition) -> dict:
         raw = d.get("labels", list, required=True)
+        hint = " (YAML reads an unquoted yes/no/true/false/on/off as a boolean: quote it)"
         if any(isinstance(x, bool) or not isinstance(x, (str, int)) for x in raw):
-            hint = " (YAML reads an unquoted yes/no/true/false/on/off as a boolean: quote it)"
             raise d.error(
                 "labels",
                 f"must be a list of label names, got {raw!r}"
@@ -92,6 +92,10 @@ class ClassificationTask(Task):
             raise d.error("labels", f"needs at least two distinct, non-empty labels, got {raw!r}")
         positive = None
         if len(labels) == 2:
+            if isinstance(d.mapping.get("positive_label"), bool):
+                raise d.error(
+                    "positive_label", f"must be one of the labels {list(labels)}, got a boolean" + hint
+                )
             name = str(d.get("positive_label", (str, int), labels[1]))
             if name not in labels:
                 raise d.error("positive_label", f"must be one of the labels {list(labels)}, got {name!r}")

@@ -80,16 +80,25 @@ class ExtractiveQATask(Task):
         version = version.lstrip("v") if isinstance(version, str) else f"{float(version):.1f}"
         if version not in VERSIONS:
             raise d.error("version", f"must be 1.1 or 2.0, got {d.mapping['version']!r}")
-        versions = d.get("versions", dict, {})
-        from tunelab.tasks.base import builtin_names
+        versions = {}
+        from tunelab.tasks.builtin import BUILTIN  # their definitions (get_task would parse them in turn)
 
-        for v, name in versions.items():
-            if str(v) not in VERSIONS or str(name) not in builtin_names():
+        for v, name in d.get("versions", dict, {}).items():
+            # read as `version:` is (2 and 2.0 mean "2.0")
+            key = (
+                f"{float(v):.1f}"
+                if isinstance(v, int | float) and not isinstance(v, bool)
+                else str(v).lstrip("v")
+            )
+            qa = [t for t, b in BUILTIN.items() if b["kind"] == cls.kind and b.get("version") == key]
+            if key not in VERSIONS or name not in qa:
+                expected = f"one of {', '.join(qa)}" if qa else "a built-in extractive-QA task"
                 raise d.error(
                     f"versions.{v}",
-                    f"maps a SQuAD version (1.1, 2.0) to a built-in task ({', '.join(builtin_names())}), "
-                    f"got {v!r}: {name!r}",
+                    f"maps a SQuAD version (1.1, 2.0) to the built-in task of that version ({expected}), "
+                    f"got {name!r}",
                 )
+            versions[key] = name
         prompts = d.get("prompts", dict) or dict(TEMPLATES)
         for name, spec in prompts.items():
             try:
@@ -103,7 +112,7 @@ class ExtractiveQATask(Task):
             raise d.error("example", "must be a mapping {question, context}")
         return {
             "version": version,
-            "versions": {str(k): str(v) for k, v in versions.items()},
+            "versions": versions,
             "prompts": prompts,
             "example": example,
         }

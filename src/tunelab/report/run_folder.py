@@ -20,6 +20,7 @@ from pathlib import Path
 from tunelab.errors import UsageError
 from tunelab.metrics import mode_name
 from tunelab.outputs import read_json, read_jsonl
+from tunelab.study.config import RUN_FOLDERS
 from tunelab.tasks import Task, builtin_names, get_task, load_task
 from tunelab.tasks.base import parse_task
 
@@ -122,7 +123,7 @@ def discover(run: Path, config: dict | None) -> list[str]:
     if config and isinstance(config.get("tasks"), dict):
         names = [t for t, c in config["tasks"].items() if isinstance(c, dict) and c.get("enabled")]
     for p in sorted(run.iterdir()):
-        if p.name in ("tracking", "figures"):  # the study's own folders, never a task's
+        if p.name in RUN_FOLDERS:  # never a task's
             continue
         if p.is_dir() and p.name not in names and ((p / "zeroshot").is_dir() or (p / "finetune").is_dir()):
             names.append(p.name)

@@ -119,7 +119,7 @@ class Layer:
 # Which tasks, and the schema of each
 
 
-RUN_FOLDERS = {"params", "tracking", "figures"}  # the study's own folders beside the task folders
+RUN_FOLDERS = {"params", "tracking", "figures"}  # a study run folder's own folders beside the task folders
 
 
 def _task_files(layers: list[Layer]) -> dict[str, tuple[str, Path, str]]:

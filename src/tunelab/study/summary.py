@@ -74,19 +74,21 @@ def _prompted(rows: list[dict]) -> str:
     return kinds.pop() if len(kinds) == 1 else "prompted"
 
 
-def _prompted_cell(row: dict, rows: list[dict]) -> str:
-    mixed = _prompted(rows) == "prompted"
+def _prompted_cell(row: dict, column: str) -> str:
+    """A row's prompted score; where the column mixes zero-shot and K-shot, with how it was prompted."""
+    mixed = column == "prompted"
     return f"{row['zeroshot']:.2f}" + (f" ({row.get('prompting', 'zero-shot')})" if mixed else "")
 
 
 def markdown_table(rows: list[dict]) -> str:
+    column = _prompted(rows)
     lines = [
-        f"| task | model | metric | {_prompted(rows)} | fine-tuned | params before | params after |",
+        f"| task | model | metric | {column} | fine-tuned | params before | params after |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         lines.append(
-            f"| {r['task']} | {_model(r)} | {r['metric']} | {_prompted_cell(r, rows)} | {_tuned(r)} "
+            f"| {r['task']} | {_model(r)} | {r['metric']} | {_prompted_cell(r, column)} | {_tuned(r)} "
             f"| {_count(r['params_base'])} | {_count(r['params_finetuned'])} |"
         )
     return "\n".join(lines)
@@ -98,10 +100,11 @@ def print_summary(rows: list[dict], report: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{_prompted(rows)} vs fine-tuned")
+    column = _prompted(rows)
+    table = Table(title=f"{column} vs fine-tuned")
     table.add_column("task", overflow="fold")  # in a narrow terminal text folds; numbers are never cut
     table.add_column("metric", overflow="fold")
-    table.add_column(_prompted(rows), justify="right", no_wrap=True)
+    table.add_column(column, justify="right", no_wrap=True)
     table.add_column("fine-tuned", justify="right")  # "mean ±" / "sd" may wrap
     for col in ("params before", "params after"):
         table.add_column(col, justify="right", no_wrap=True)
@@ -111,7 +114,7 @@ def print_summary(rows: list[dict], report: Path) -> None:
         table.add_row(
             r["task"] if first else f"+ {r['variant']}" if new_model else "",
             r["metric"],
-            _prompted_cell(r, rows),
+            _prompted_cell(r, column),
             _tuned(r),
             _count(r["params_base"]) if first else "",
             _count(r["params_finetuned"]) if new_model else "",

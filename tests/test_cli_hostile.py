@@ -454,3 +454,13 @@ def test_a_broken_tunelab_json_is_a_clear_error(tiny_model_dir, data_dir, tmp_pa
         rc, err = run(capsys, *argv)
         assert rc == 2 and "tunelab.json" in err, (argv, err)
         assert no_output(out)
+
+
+def test_data_check_without_task_says_how_it_read_the_file(tmp_path, capsys):
+    """A file of another task checked without --task: the message says it was read as the built-in task of
+    its suffix and to give --task."""
+    trec = tmp_path / "trec.tsv"
+    trec.write_text("question\tlabel\nWhat is a cat ?\tENTY\n")
+    rc, err = run(capsys, "data", "check", trec)
+    assert rc == 2 and "header must name a 'sentence' column" in err
+    assert "read as SST-2, the built-in task of its suffix; another task's file: give --task" in err, err

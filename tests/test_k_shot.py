@@ -106,7 +106,10 @@ def test_k_shot_qa_run_records_its_shots(base, tmp_path, decoding):  # noqa: F81
     options = zeroshot_options(SQUAD, shots=2, batch_size=6, max_new_tokens=4, decoding=decoding)
     m = runs.zeroshot(SQUAD, base, dev, "fixture", tmp_path / "k", options, shot_pool=qa_pool() + dev)
     assert m["shots"] == 2 and m["decoding"] == decoding
-    assert " 2-shot: EM " in SQUAD.summary_line(m)
+    lo, hi = m["f1_ci95"]
+    assert " 2-shot: EM " in SQUAD.summary_line(
+        m
+    ) and f"(95% CI {lo:.1f}-{hi:.1f}), n=" in SQUAD.summary_line(m)
     ids = {s["id"] for s in m["shot_examples"]}
     assert len(ids) == 2 and ids <= {ex.id for ex in qa_pool()}  # never an evaluated question
     preds = json.loads((tmp_path / "k" / "predictions.json").read_text())

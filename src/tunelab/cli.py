@@ -13,7 +13,7 @@ import os
 import sys
 
 from tunelab import __version__, signals
-from tunelab.errors import UsageError
+from tunelab.errors import DataError, UsageError
 from tunelab.options import (
     ECO_RUN_OPTIONS,
     EVALUATE_OPTIONS,
@@ -341,7 +341,16 @@ def cmd_data(args) -> int:
         summary = {"task": task.name, "file": where, **task.summarize(examples)}
     else:
         task = _task(args) if args.task else task_for_file(args.path)
-        summary = task.check_file(args.path)
+        try:
+            summary = task.check_file(args.path)
+        except DataError as exc:
+            if args.task:
+                raise
+            # without --task the file is read as the built-in task of its suffix: say so
+            hint = (
+                f" [read as {task.title}, the built-in task of its suffix; another task's file: give --task]"
+            )
+            raise DataError(exc.path, exc.problem + hint, line=exc.line, record=exc.record) from None
     print(json.dumps(summary, indent=2) if args.json else task.format_summary(summary))
     return 0
 
@@ -533,15 +542,17 @@ def _finetune_seeds(args, task, cfg, seeds, train_ex, dev_ex, dev_data, train_da
             print(task.for_data(train_ex + dev_ex).summary_line(m) + f" (seed {seed})")
         if not main_process():  # the main one writes the summary (the others skip their finished seeds too)
             return 0
-        keys = [k for k, _, _ in task.for_metrics(per_seed[seeds[0]]).metric_rows(per_seed[seeds[0]])]
+        rows = {s: task.for_metrics(per_seed[s]).metric_rows(per_seed[s]) for s in seeds}  # (key, name, %)
         summary = {}
-        for key in keys:
+        for i, (key, name, _) in enumerate(rows[seeds[0]]):
             vals = [float(per_seed[s][key]) for s in seeds]
             summary[key] = {
                 "mean": statistics.fmean(vals),
                 "sd": statistics.stdev(vals) if len(vals) > 1 else 0.0,
             }
-            print(f"{key}: {summary[key]['mean']:.4g} ± {summary[key]['sd']:.2g} over seeds {seeds}")
+            shown = [rows[s][i][2] for s in seeds]  # as the console line and the model card show it
+            sd = statistics.stdev(shown) if len(shown) > 1 else 0.0
+            print(f"{name}: {statistics.fmean(shown):.2f} ± {sd:.2f} over seeds {seeds}")
         write_json(Path(work) / "seeds.json", {"seeds": seeds, "summary": summary, "per_seed": per_seed})
     print(f"wrote {args.out} (one model per seed: {args.out}/seed-N)")
     return 0

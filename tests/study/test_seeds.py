@@ -111,7 +111,9 @@ def test_finetune_seeds(tmp_path, tiny_model_dir, capsys):
         assert json.loads((out / f"seed-{s}" / "eval" / "metrics.json").read_text())["model"] == str(
             out / f"seed-{s}"
         )
-    assert "over seeds [5, 6]" in capsys.readouterr().out
+    out_text = capsys.readouterr().out  # in % as each seed's line shows it, not as a fraction
+    mean = statistics.fmean(round(100 * a, 2) for a in accs)
+    assert f"Accuracy: {mean:.2f} ± " in out_text and "over seeds [5, 6]" in out_text, out_text
     assert main([*args[:-1], "5,5"]) == 2  # repeats refused
 
 

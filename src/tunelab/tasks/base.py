@@ -298,8 +298,8 @@ class Task:
             raise UsageError(f"task {self.name} reads the dataset {self.dataset.id}, not files")
         if not self.splits:
             raise UsageError(
-                f"task {self.name} names no data files (a model's copy of its definition leaves them "
-                "out): give --data-file"
+                f"task {self.name} names no data files (its definition has no data.splits): give "
+                "--data-file (and --train-file to fine-tune) or --dataset"
             )
         split = split_name(split, tuple(self.splits))
         if self.relative_to == "data_dir":

@@ -384,7 +384,8 @@ class ExtractiveQATask(Task):
         return row
 
     def summary_line(self, m: dict) -> str:
-        line = f"{self.title} {mode_name(m)}: EM {m['exact_match']:.2f}, F1 {m['f1']:.2f}, n={m['n']}"
+        ci = f" (95% CI {m['f1_ci95'][0]:.1f}-{m['f1_ci95'][1]:.1f})" if m.get("f1_ci95") else ""
+        line = f"{self.title} {mode_name(m)}: EM {m['exact_match']:.2f}, F1 {m['f1']:.2f}{ci}, n={m['n']}"
         if "HasAns_f1" in m or "NoAns_f1" in m:  # v2.0; a subset may hold only one of the two kinds
             parts = [f"{name} F1 {m[f'{name}_f1']:.2f}" for name in ("HasAns", "NoAns") if f"{name}_f1" in m]
             parts.append(f"best F1 {m['best_f1']:.2f} at threshold {m['best_f1_thresh']:.3f}")

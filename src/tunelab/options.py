@@ -87,7 +87,10 @@ class Option:
         prefix = f"{where}: " if where else ""
 
         def bad(rule: str | None = None) -> UsageError:
-            return UsageError(f"{prefix}{key} must be {rule or self.rule()}, got {value!r}")
+            rule = rule or self.rule()
+            if key.startswith("--"):  # a flag cannot be given null: leaving it out is
+                rule = rule.removesuffix(" or null")
+            return UsageError(f"{prefix}{key} must be {rule}, got {value!r}")
 
         if value is None:
             if self.nullable:

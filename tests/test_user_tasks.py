@@ -290,6 +290,44 @@ def test_commands_take_a_task_file(tiny_model_dir, tmp_path, capsys):
     assert "--max-new-tokens applies to extractive_qa tasks" in capsys.readouterr().err
 
 
+def test_data_check_of_a_task_alone_checks_each_of_its_splits(tmp_path, capsys):
+    """`data check --task T` with no file: every split of the task's own data, or --split's; a bad row names
+    its file and line; a task without data files says to give one."""
+    assert main(["data", "check", "--task", str(TREC), "--data-dir", DATA]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["train", "dev"]
+    assert (
+        "extra/TREC/train.tsv: TREC-6, 5,452 rows" in lines[0]
+        and "TREC/test.tsv: TREC-6, 500 rows" in lines[1]
+    )
+
+    qa = qa_task(tmp_path / "qa")
+    assert main(["data", "check", "--task", qa, "--split", "dev", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert list(summary["splits"]) == ["dev"]
+    assert summary["splits"]["dev"]["questions"] == 8 and summary["splits"]["dev"]["unanswerable"] == 2
+
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "train.tsv").write_text("text\tlabel\nfine\tyes\nodd\tmaybe\n")
+    (own / "dev.tsv").write_text("text\tlabel\nfine\tyes\n")
+    task = own / "yn.yaml"
+    task.write_text(
+        "kind: classification\nlabels: ['no', 'yes']\ndata:\n  text: text\n"
+        "  splits: {train: train.tsv, dev: dev.tsv}\n"
+    )
+    assert main(["data", "check", "--task", str(task)]) == 2
+    err = capsys.readouterr().err
+    assert "train.tsv, line 3" in err and "maybe" in err
+
+    bare = own / "bare.yaml"
+    bare.write_text("kind: classification\nlabels: ['no', 'yes']\n")
+    assert main(["data", "check", "--task", str(bare)]) == 2
+    assert "names no data files" in capsys.readouterr().err
+    assert main(["data", "check"]) == 2
+    assert "or --task TASK alone" in capsys.readouterr().err
+
+
 def test_shipped_label_words_are_told_apart_by_the_smollm2_tokenizer(monkeypatch):
     import os
     from pathlib import Path

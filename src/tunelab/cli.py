@@ -81,17 +81,24 @@ def _add_model_parsers(sub) -> None:
         "check",
         help="validate a file and say what it holds",
         description="Validate a data file and summarise it: by default an SST-2 (TSV/CSV/JSONL) "
-        "or SQuAD (JSON) file; with --task, a file of that task.",
+        "or SQuAD (JSON) file; with --task, a file of that task. With --task alone, every split of the "
+        "task's own data.",
     )
-    c.add_argument("path", nargs="?", help="the data file (or give --dataset)")
-    c.add_argument("--task", help="read the file as this task's: " + TASK_HELP)
+    c.add_argument("path", nargs="?", help="the data file (or give --dataset, or --task alone)")
+    c.add_argument(
+        "--task", help="read the file as this task's; alone, check the task's own data files: " + TASK_HELP
+    )
+    c.add_argument("--data-dir", help="with --task alone: the data folder (default: $TUNELAB_DATA_DIR)")
     c.add_argument(
         "--dataset",
         metavar="ID[:CONFIG]",
         help="check a split of a dataset read through `datasets` instead (a Hub id or a local folder; "
         "with --task, default: the built-in task whose Hub dataset it is)",
     )
-    c.add_argument("--split", default="dev", help="with --dataset: the task's split (default: dev)")
+    c.add_argument(
+        "--split",
+        help="with --dataset: the task's split (default: dev); with --task alone: one split (default: all)",
+    )
     c.add_argument("--json", action="store_true", help="print one JSON object")
     # also after ACTION; SUPPRESS: when absent here, `data --verbose check` keeps its value
     c.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
@@ -333,13 +340,21 @@ def cmd_params(args) -> int:
 def cmd_data(args) -> int:
     from tunelab.tasks.builtin import task_for_file
 
-    if (args.path is None) == (args.dataset is None):
-        raise UsageError("data check: give a data file or --dataset ID[:CONFIG] (one of them)")
+    if args.path is not None and args.dataset is not None:
+        raise UsageError("data check: give a data file or --dataset ID[:CONFIG], not both")
+    if args.path is None and args.dataset is None:
+        if not args.task:
+            raise UsageError("data check: give a data file, --dataset ID[:CONFIG], or --task TASK alone")
+        return _check_task_data(_task(args), args)
+    if args.data_dir:
+        raise UsageError("data check: --data-dir goes with --task alone (a data file is read as given)")
     if args.dataset is not None:
         task = _task(args) if args.task else _task_of_dataset(args.dataset)
-        examples, where = task.load_split(args.split, dataset=args.dataset)
+        examples, where = task.load_split(args.split or "dev", dataset=args.dataset)
         summary = {"task": task.name, "file": where, **task.summarize(examples)}
     else:
+        if args.split:
+            raise UsageError("data check: --split goes with --dataset or --task alone, not with a data file")
         task = _task(args) if args.task else task_for_file(args.path)
         try:
             summary = task.check_file(args.path)
@@ -352,6 +367,25 @@ def cmd_data(args) -> int:
             )
             raise DataError(exc.path, exc.problem + hint, line=exc.line, record=exc.record) from None
     print(json.dumps(summary, indent=2) if args.json else task.format_summary(summary))
+    return 0
+
+
+def _check_task_data(task, args) -> int:
+    """`data check --task TASK`: every split of the task's own data (files or dataset), or --split's."""
+    if not task.splits and task.dataset is None:
+        raise UsageError(
+            f"data check: task {task.name} names no data files (its definition has no data.splits): "
+            "give the data file"
+        )
+    splits = [args.split] if args.split else list(task.splits)
+    summaries = {}
+    for split in splits:
+        examples, where = task.load_split(split, args.data_dir)
+        summaries[split] = {"task": task.name, "file": where, **task.summarize(examples)}
+    if args.json:
+        print(json.dumps({"task": task.name, "splits": summaries}, indent=2))
+    else:
+        print("\n".join(f"{split}: {task.format_summary(s)}" for split, s in summaries.items()))
     return 0
 
 

@@ -212,7 +212,7 @@ def test_a_number_written_like_1e_4_is_read_as_a_number():
         ("--epochs", "0", "--epochs must be in (0, 1000]"),
         ("--learning-rate", "nan", "--learning-rate must be a (finite) number"),
         ("--warmup-ratio", "1", "--warmup-ratio must be in [0, 1)"),
-        ("--limit", "0", "--limit must be an integer >= 1, got 0"),  # no "or null": a flag is left out
+        ("--limit", "0", "--limit must be an integer >= 1 or null, got 0"),  # `--limit null`: all
         ("--train-limit", "-3", "--train-limit must be an integer >= 1"),
         ("--lora-targets", "q_proj,", "--lora-targets must be a non-empty list"),
     ],

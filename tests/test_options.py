@@ -117,3 +117,33 @@ def test_flag_help_says_what_each_flag_does_and_its_one_default():
     assert helps["--seeds"].endswith("(default: one model, of --seed)")
     assert helps["--lora-targets"].count("default") == 1
     assert not [f for f, h in helps.items() if h and "(default: ," in h]
+
+
+def test_a_nullable_flag_given_null_overrides_the_tasks_value(tmp_path, capsys):
+    """`--limit null` sets the option to null (every example), where leaving the flag out keeps the task's
+    value; a flag of an option that cannot be null refuses the word."""
+    from tunelab.cli import _options, _train_config
+    from tunelab.tasks import load_task
+
+    task_file = tmp_path / "t.yaml"
+    task_file.write_text(
+        "kind: classification\nlabels: ['0', '1']\ndata: {text: sentence}\n"
+        "zeroshot: {limit: 50}\nfinetune: {limit: 50, max_steps: 9, train_limit: 100}\n"
+    )
+    task = load_task(str(task_file))
+    argv = ["finetune", "m", "--task", str(task_file), "--out", "o"]
+    parse = build_parser().parse_args
+    args = parse([*argv, "--limit", "null", "--train-limit", "null", "--max-steps", "null"])
+    assert _options(args, FINETUNE_EXTRAS, task) == {"limit": None, "train_limit": None}
+    assert _train_config(args, task).max_steps is None
+    args = parse(argv)
+    assert {**task.finetune_extras(), **_options(args, FINETUNE_EXTRAS, task)}["limit"] == 50
+    assert _train_config(args, task).max_steps == 9
+    args = parse(["finetune", "m", "--task", "sst2", "--out", "o", "--input-prompt", "null"])
+    assert _options(args, FINETUNE_EXTRAS, load_task("sst2")) == {"input_prompt": None}  # bare text
+    args = parse(["zeroshot", "m", "--task", str(task_file), "--out", "o", "--limit", "null"])
+    assert _options(args, ZEROSHOT_OPTIONS, task) == {"limit": None}
+    for bad in (["--limit", "few"], ["--epochs", "null"]):
+        with pytest.raises(SystemExit):
+            parse([*argv, *bad])
+        assert "invalid" in capsys.readouterr().err

@@ -22,6 +22,19 @@ KINDS = ("classification", "extractive_qa")
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
+class _Null:
+    """A nullable option's flag given the word `null`: set to null, unlike a flag left out (None), which
+    keeps the task's or the config file's value."""
+
+    def __repr__(self) -> str:
+        return "null"
+
+    __str__ = __repr__
+
+
+NULL = _Null()
+
+
 # Hand-written rather than pydantic / jsonschema: one description gives the CLI flags, the checks and the
 # documented schema, and every message names the file, the dotted key and the rule (a library's does not).
 @dataclass(frozen=True)
@@ -87,11 +100,10 @@ class Option:
         prefix = f"{where}: " if where else ""
 
         def bad(rule: str | None = None) -> UsageError:
-            rule = rule or self.rule()
-            if key.startswith("--"):  # a flag cannot be given null: leaving it out is
-                rule = rule.removesuffix(" or null")
-            return UsageError(f"{prefix}{key} must be {rule}, got {value!r}")
+            return UsageError(f"{prefix}{key} must be {rule or self.rule()}, got {value!r}")
 
+        if value is NULL:
+            value = None
         if value is None:
             if self.nullable:
                 return None
@@ -719,12 +731,23 @@ def add_flags(
             kwargs["metavar"] = "A,B,..."
         if opt.type == "size":
             kwargs["metavar"] = "N|auto"
+        if opt.nullable:  # `--limit null` overrides a task's limit; a flag left out keeps it
+            kwargs["type"] = _or_null(kwargs.get("type", str))
         parser.add_argument(flag_name(opt), **kwargs)
 
 
+def _or_null(convert: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        return NULL if text.strip() == "null" else convert(text)
+
+    parse.__name__ = convert.__name__  # argparse's "invalid int value: 'x'"
+    return parse
+
+
 def given(args: argparse.Namespace, opts: dict[str, Option]) -> dict:
-    """The options set on the command line (flags made by `add_flags` without defaults)."""
-    return {name: getattr(args, name) for name in opts if getattr(args, name, None) is not None}
+    """The options set on the command line (flags made by `add_flags` without defaults); `null` is None."""
+    values = {name: getattr(args, name) for name in opts if getattr(args, name, None) is not None}
+    return {name: None if v is NULL else v for name, v in values.items()}
 
 
 def _show(value: Any) -> str:

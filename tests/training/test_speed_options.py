@@ -259,5 +259,7 @@ def test_the_finetune_flags_reach_the_training_config():
     args = build_parser().parse_args(
         ["finetune", "m", "--task", "sst2", "--out", "o", "--micro-batch-size", "x"]
     )
-    with pytest.raises(UsageError, match=SIZE_RULE.replace("micro_batch_size", "--micro-batch-size") + ", got 'x'"):
+    with pytest.raises(
+        UsageError, match=SIZE_RULE.replace("micro_batch_size", "--micro-batch-size") + ", got 'x'"
+    ):
         _train_config(args, get_task("sst2"))

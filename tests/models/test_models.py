@@ -44,6 +44,25 @@ def test_lora_count_matches_formula():
     expected = 16 * 8 * ((2048 + 2048) + (2048 + 512))
     assert r.adapter == expected
     assert r.trainable == expected + 4096
+    # while training, peft's "all params": + the adapter and modules_to_save's trainable copy of the head
+    assert r.training_total == r.total + expected + 4096
+
+
+def test_params_lora_gives_peft_s_share_and_the_exported_total(capsys):
+    assert (
+        main(["params", "llama-3.2-1b", "--task", "sst2", "--method", "lora", "--lora-targets", "q_proj"])
+        == 0
+    )
+    out = capsys.readouterr().out
+    adapter = 16 * 16 * (2048 + 2048)
+    trainable, training = adapter + 4096, 1_235_818_496 + adapter + 4096
+    assert f"trainable  {trainable:>15,}  ({100 * trainable / training:.4f}% of {training:,}," in out
+    assert (
+        f"LoRA adapter {adapter:>11,}  (+ a trainable copy of the head, 4,096; merged on export: total "
+        in out
+    )
+    assert main(["params", "llama-3.2-1b", "--task", "sst2", "--method", "head"]) == 0
+    assert "trainable            4,096  (0.0003% of 1,235,818,496)\n" in capsys.readouterr().out
 
 
 def test_lora_targets_by_a_dotted_suffix_as_peft_matches_them():

@@ -485,3 +485,29 @@ def test_analysis_says_whether_training_started_from_the_zero_shot_classifier(tm
     assert "not the zero-shot prompt" not in said["same"]
     assert "which is not the zero-shot prompt, so training started from that prompt's" in said["other"]
     assert "so training started from the zero-shot classifier." not in said["other"]
+
+
+def test_lora_parameter_sentence_gives_both_shares():
+    """LoRA's trained share is given of the task model's count and, where recorded, of the model while
+    training (peft's figure); an older run folder without the latter still reads."""
+    from types import SimpleNamespace
+
+    from tunelab.report.sections import param_analysis
+
+    tm = {
+        "method": "lora",
+        "total": 1_000,
+        "delta": 10,
+        "trainable": 60,
+        "adapter": 50,
+        "added": {"score": 10},
+    }
+    params = {"base": {"total": 990}, "task_model": tm}
+    old = param_analysis(SimpleNamespace(title="SST-2", params=params))[-1]
+    assert old == (
+        "SST-2: LoRA trained 60 parameters (6.00% of the task model's count), of which 50 are adapter "
+        "matrices."
+    )
+    tm["training_total"] = 1_060
+    new = param_analysis(SimpleNamespace(title="SST-2", params=params))[-1]
+    assert "(6.00% of the task model's count; 5.66% of the 1,060 of the model while training)" in new

@@ -44,6 +44,8 @@ class ParamReport:
     removed: dict[str, int] = field(default_factory=dict)
     adapter: int = 0  # LoRA matrices (0 for full / head); merged away at export, so not part of `total`
     num_labels: int | None = None  # classification heads
+    # The model being trained (peft's "all params"): LoRA adds its adapter and a trainable copy of the head
+    training_total: int = 0
 
     @property
     def delta(self) -> int:
@@ -166,7 +168,9 @@ def param_report(
     trainable = count(trained, trainable_only=True)
     adapter = lora_adapter_count(trained) if method == "lora" else 0
     labels = num_labels if head_name == "classification" else None
-    return ParamReport(spec, head_name, method, base_total, total, trainable, added, removed, adapter, labels)
+    return ParamReport(
+        spec, head_name, method, base_total, total, trainable, added, removed, adapter, labels, count(trained)
+    )
 
 
 def format_report(r: ParamReport, task: str | None = None) -> str:
@@ -183,11 +187,17 @@ def format_report(r: ParamReport, task: str | None = None) -> str:
             lines.append(f"  - {name:<8} {n:>15,}  (untied LM head, not used by the task model)")
         lines.append(f"total      {r.total:>15,}  (delta {r.delta:+,})")
     lines.append(f"method     {r.method}")
-    lines.append(
-        f"trainable  {r.trainable:>15,}  ({100 * r.trainable / max(r.total, 1):.4f}% of {r.total:,})"
-    )
-    if r.adapter:
-        lines.append(f"  of which LoRA adapter {r.adapter:,} (merged into the weights on export)")
+    training = r.training_total or r.total
+    share = f"{100 * r.trainable / max(training, 1):.4f}% of {training:,}"
+    if training == r.total:
+        lines.append(f"trainable  {r.trainable:>15,}  ({share})")
+    else:  # LoRA: the figures of peft's print_trainable_parameters()
+        copy = training - r.total - r.adapter
+        lines.append(f"trainable  {r.trainable:>15,}  ({share}, the model while training)")
+        lines.append(
+            f"  LoRA adapter {r.adapter:>11,}  (+ a trainable copy of the head, {copy:,}; "
+            f"merged on export: total {r.total:,})"
+        )
     return "\n".join(lines)
 
 

@@ -141,9 +141,15 @@ def param_analysis(t: TaskRun) -> list[str]:
                 "saved folder."
             )
     if tm["method"] == "lora":
+        training = tm.get("training_total")  # absent from run folders written before it was recorded
+        peft = (
+            f"; {100 * tm['trainable'] / training:.2f}% of the {n_(training)} of the model while training"
+            if training
+            else ""
+        )
         out.append(
             f"{t.title}: LoRA trained {n_(tm['trainable'])} parameters "
-            f"({100 * tm['trainable'] / max(tm['total'], 1):.2f}% of the task model's count), of "
+            f"({100 * tm['trainable'] / max(tm['total'], 1):.2f}% of the task model's count{peft}), of "
             f"which {n_(tm.get('adapter', 0))} are adapter matrices."
         )
     elif tm["method"] == "full":

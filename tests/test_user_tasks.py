@@ -296,6 +296,7 @@ def test_data_check_of_a_task_alone_checks_each_of_its_splits(tmp_path, capsys):
     assert main(["data", "check", "--task", str(TREC), "--data-dir", DATA]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split(":")[0] for line in lines] == ["train", "dev"]
+    assert lines[1].endswith("; 10 of its questions also in train")  # TREC's test set repeats 10 of train's
     assert (
         "extra/TREC/train.tsv: TREC-6, 5,452 rows" in lines[0]
         and "TREC/test.tsv: TREC-6, 500 rows" in lines[1]
@@ -306,6 +307,9 @@ def test_data_check_of_a_task_alone_checks_each_of_its_splits(tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert list(summary["splits"]) == ["dev"]
     assert summary["splits"]["dev"]["questions"] == 8 and summary["splits"]["dev"]["unanswerable"] == 2
+    assert main(["data", "check", "--task", qa, "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)["splits"]
+    assert "in_train" not in summary["train"] and summary["dev"]["in_train"] == 2  # its 2 passages
 
     own = tmp_path / "own"
     own.mkdir()

@@ -378,14 +378,25 @@ def _check_task_data(task, args) -> int:
             "give the data file"
         )
     splits = [args.split] if args.split else list(task.splits)
-    summaries = {}
+    summaries, seen = {}, {}
     for split in splits:
         examples, where = task.load_split(split, args.data_dir)
         summaries[split] = {"task": task.name, "file": where, **task.summarize(examples)}
+        seen[split] = [task.shot_key(ex) for ex in examples]
+    if "train" in seen:  # leakage: evaluated inputs (QA: distinct passages) that training also holds
+        train = set(seen["train"])
+        for split in seen.keys() - {"train"}:
+            keys = set(seen[split]) if task.kind == "extractive_qa" else seen[split]
+            summaries[split]["in_train"] = sum(key in train for key in keys)
     if args.json:
         print(json.dumps({"task": task.name, "splits": summaries}, indent=2))
-    else:
-        print("\n".join(f"{split}: {task.format_summary(s)}" for split, s in summaries.items()))
+        return 0
+    unit = "passages" if task.kind == "extractive_qa" else task.unit
+    for split, summary in summaries.items():
+        line = f"{split}: {task.format_summary(summary)}"
+        if "in_train" in summary:
+            line += f"; {summary['in_train']:,} of its {unit} also in train"
+        print(line)
     return 0
 
 

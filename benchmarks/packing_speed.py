@@ -151,11 +151,11 @@ def main() -> int:
     prompt = sst2_task.input_prompt(
         sst2_task.finetune_extras()["input_prompt"]
     )  # `finetune --task sst2`'s default
-    for name, texts in (
-        ("sst2-prompt", [format_input(prompt, tok, ex.text) for ex in sst2]),
-        ("sst2-bare", [ex.text for ex in sst2]),
+    for name, texts, special in (
+        ("sst2-prompt", [format_input(prompt, tok, ex.text) for ex in sst2], prompt.add_special_tokens),
+        ("sst2-bare", [ex.text for ex in sst2], True),
     ):
-        lengths = [len(x) for x in encode(tok, texts, 128)]
+        lengths = [len(x) for x in encode(tok, texts, 128, special)]
         add(name, lengths, 64, 128)
     squad = get_task("squad").load_split("train", args.data_dir)[0][: args.max_examples]
     feats = prepare_train_features(squad, tok, 384, doc_stride(384))

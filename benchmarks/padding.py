@@ -72,11 +72,11 @@ def main() -> int:
     task = get_task("sst2")
     sst2 = [ex for ex in task.read(task.data_path("train", args.data_dir)) if ex.label is not None]
     prompt = task.prompt(task.finetune_extras()["input_prompt"])  # `tunelab finetune --task sst2`'s default
-    for name, texts in (
-        ("sst2-prompt", [format_input(prompt, tok, ex.text) for ex in sst2]),
-        ("sst2-bare", [ex.text for ex in sst2]),
+    for name, texts, special in (
+        ("sst2-prompt", [format_input(prompt, tok, ex.text) for ex in sst2], prompt.add_special_tokens),
+        ("sst2-bare", [ex.text for ex in sst2], True),
     ):
-        lengths = [len(x) for x in encode(tok, texts, 128)]
+        lengths = [len(x) for x in encode(tok, texts, 128, special)]
         for batch in (32, 64):
             cases[f"{name}-b{batch}"] = batching_costs(lengths, batch, 128)
     squad = get_task("squad").read(get_task("squad").data_path("train", args.data_dir))

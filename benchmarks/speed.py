@@ -234,8 +234,8 @@ def sst2_data(tok, n: int, seed: int, tiny: bool):
     chosen = [examples[i] for i in order[:n]]
     width = BASELINE["sst2"]["max_length"]
 
-    def features(texts):
-        ids = encode(tok, texts, width)
+    def features(texts, special=True):
+        ids = encode(tok, texts, width, special)
         return [
             {"input_ids": x, "attention_mask": [1] * len(x), "labels": ex.label}
             for x, ex in zip(ids, chosen, strict=True)
@@ -244,7 +244,8 @@ def sst2_data(tok, n: int, seed: int, tiny: bool):
     feats = {"bare": features([ex.text for ex in chosen])}
     if tok.chat_template is not None:
         prompt = task.input_prompt(task.finetune_extras()["input_prompt"])
-        feats["prompt"] = features([format_input(prompt, tok, ex.text) for ex in chosen])
+        texts = [format_input(prompt, tok, ex.text) for ex in chosen]
+        feats["prompt"] = features(texts, prompt.add_special_tokens)
     return feats, epoch, str(path)
 
 

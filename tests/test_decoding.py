@@ -157,6 +157,19 @@ def test_encode_with_passage_finds_the_passage_tokens_of_the_prompt(tiny):
         assert at > 0
 
 
+def test_a_passage_after_a_space_keeps_its_first_word(tiny):
+    # the plain template's "Background: {context}": byte-level BPE gives " Denver" the offset of its space
+    _, tok = tiny
+    for c in (*PASSAGES, "Denver"):
+        text = f"Title: x\n\nBackground: {c}\n\nQuestion: Who won?\n\nAnswer:"
+        prompt, passage = encode_with_passage(tok, text, c, add_special_tokens=True)
+        assert prompt == tok(text).input_ids
+        assert tok.decode(passage).lstrip() == c  # " Denver" or " " + "Denver", as the tokenizer splits it
+        assert any(prompt[i : i + len(passage)] == passage for i in range(len(prompt)))
+        proc = extractive_processor(tok, [passage], prompt_length=len(prompt))
+        assert passage[0] in allowed_set(proc, 0)
+
+
 def test_stop_tokens_are_the_tokens_that_start_with_a_stop_string(tiny):
     _, tok = tiny
     stops = set(stop_token_ids(tok, STOPS).tolist())

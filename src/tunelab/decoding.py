@@ -339,8 +339,9 @@ def encode_with_passage(
     tokenizer, text: str, context: str, *, add_special_tokens: bool = False
 ) -> tuple[list[int], list[int]]:
     """(prompt ids, passage ids): `text` encoded once, and those of its tokens that lie inside the passage
-    `context` (its last occurrence in `text`: a k-shot prompt's demonstrations come before it), so the passage
-    is exactly what the model reads in the prompt.
+    `context` (its last occurrence in `text`: a k-shot prompt's demonstrations come before it), a token's
+    leading whitespace not counted (after "Background: " the first word is the token " Denver"), so the
+    passage is exactly what the model reads in the prompt.
     `add_special_tokens` as for the prompt itself (False for a chat template, which writes its own).
 
     tunelab's zero-shot prompts are not truncated (SQuAD passages are under 1 k tokens; SmolLM2 reads 8 k); a
@@ -353,8 +354,12 @@ def encode_with_passage(
         return list(ids), list(tokenizer.encode(context, add_special_tokens=False))
     end = start + len(context)
     enc = tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
-    spans = zip(enc.input_ids, enc.offset_mapping, strict=True)
-    passage = [t for t, (a, b) in spans if start <= a < b <= end]
+    passage = []
+    for t, (a, b) in zip(enc.input_ids, enc.offset_mapping, strict=True):
+        piece = text[a:b]
+        lead = a + len(piece) - len(piece.lstrip())  # byte-level BPE: " Denver"'s offset includes its space
+        if a < b <= end and (start <= a or start <= lead < b):
+            passage.append(t)
     return list(enc.input_ids), passage
 
 

@@ -165,10 +165,12 @@ def _usage_classification(task, meta: dict, name: str) -> list[str]:
         ]
     example = task.example or (["a first text", "a second text"] if pairs else "an example text")
     call = f"format_input({example[0]!r}, {example[1]!r})" if pairs else f"format_input({example!r})"
+    # a chat template writes its own special tokens (Llama's BOS): the tokenizer must not add them again
+    special = ", add_special_tokens=False" if prompt and prompt.get("chat") else ""
     lines += [
         "",
         (
-            f"enc = tokenizer({call}, truncation=True, max_length={meta.get('max_length', 128)},"
+            f"enc = tokenizer({call}{special}, truncation=True, max_length={meta.get('max_length', 128)},"
             ' return_tensors="pt")'
         ),
         "with torch.no_grad():",

@@ -48,6 +48,12 @@ class ChatPrompt:
         if not isinstance(spec.get("chat", False), bool):
             raise UsageError("prompt: `chat` must be true or false")
 
+    @property
+    def add_special_tokens(self) -> bool:
+        """Whether the tokenizer adds its special tokens (Llama's BOS) to the rendered prompt: not to a chat
+        template's, which writes its own (as `apply_chat_template(tokenize=True)` does)."""
+        return not self.chat
+
     def fill(self, values: dict[str, str]) -> str:
         """The text with its placeholders replaced in one pass: a replacement (a passage with braces) is never
         read again as a placeholder. Unknown placeholders stay as they are."""

@@ -26,10 +26,11 @@ def format_input(
     return prompt.render(tokenizer, text, text_pair)
 
 
-def encode(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
+def encode(tokenizer, texts: list[str], max_length: int, add_special_tokens: bool = True) -> list[list[int]]:
     """Token ids; an over-long text loses its beginning, never its end (where a prompt puts the answer and the
-    classifier reads the last token)."""
-    return [ids[-max_length:] for ids in (tokenizer(t).input_ids for t in texts)]
+    classifier reads the last token). `add_special_tokens`: False for chat-rendered texts (`ChatPrompt`)."""
+    enc = tokenizer(texts, add_special_tokens=add_special_tokens).input_ids if texts else []
+    return [ids[-max_length:] for ids in enc]
 
 
 def head_init_from_verbalizers(tokenizer, prompt: ClassificationPrompt) -> Callable[[torch.nn.Module], None]:
@@ -58,15 +59,16 @@ def classify(
     progress: bool = True,
     share_prefix: bool | None = None,
     bf16: bool = True,
+    add_special_tokens: bool = True,
 ) -> np.ndarray:
     """Class log-probabilities of a sequence-classification model, batched by length; logits leave the GPU
     batch by batch. share_prefix: each batch runs the tokens its inputs all start with once
     (tunelab.prefix_cache), the same scores up to float rounding; None: on a CPU (as training's
     share_prefix auto; benchmarks/eval_batching.py --classify-n measures it). bf16: bfloat16 autocast where
-    `precision.bf16_autocast` allows it."""
+    `precision.bf16_autocast` allows it. add_special_tokens: as `encode`."""
     dev = next(model.parameters()).device
     share_prefix = dev.type == "cpu" if share_prefix is None else share_prefix
-    ids = encode(tokenizer, texts, max_length)
+    ids = encode(tokenizer, texts, max_length, add_special_tokens)
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     out = np.zeros((len(ids), model.config.num_labels))
 

@@ -275,7 +275,7 @@ class ClassificationTask(Task):
     ) -> FineTuning:
         prompt = self.input_prompt(options.get("input_prompt", self.finetune_extras()["input_prompt"]))
         texts = [format_input(prompt, tokenizer, ex.text, ex.text_pair) for ex in train]
-        ids = encode(tokenizer, texts, cfg.max_length)
+        ids = encode(tokenizer, texts, cfg.max_length, prompt is None or prompt.add_special_tokens)
         feats = [
             {"input_ids": x, "attention_mask": [1] * len(x), "labels": ex.label}
             for x, ex in zip(ids, train, strict=True)
@@ -304,7 +304,14 @@ class ClassificationTask(Task):
         texts = [format_input(prompt, tokenizer, ex.text, ex.text_pair) for ex in examples]
         return ClassScores(
             classify(
-                model, tokenizer, texts, meta.get("max_length", 128), batch_size, progress=progress, bf16=bf16
+                model,
+                tokenizer,
+                texts,
+                meta.get("max_length", 128),
+                batch_size,
+                progress=progress,
+                bf16=bf16,
+                add_special_tokens=prompt is None or prompt.add_special_tokens,
             )
         )
 

@@ -124,6 +124,7 @@ def label_logprobs(
     max_length: int = 512,
     progress: bool = True,
     reuse_prefix: bool = True,
+    add_special_tokens: bool = True,
 ) -> np.ndarray:
     """Log-probabilities (over the whole vocabulary, log-sum-exp within a class) of each class's verbalizers
     at the next-token position after each text: one forward pass per text, batched and sorted by length.
@@ -131,10 +132,11 @@ def label_logprobs(
     reuse_prefix: the tokens every prompt starts with are run once, and their key/value cache serves every
     batch, which then computes only each prompt's own tokens (for SST-2's chat prompt, well over half the
     tokens are the shared prefix). The prefix is found on the token ids themselves, so every prompt's tokens
-    are exactly those of the whole-prompt path, and so are its scores, up to float rounding."""
+    are exactly those of the whole-prompt path, and so are its scores, up to float rounding.
+    add_special_tokens: False for chat-rendered texts (`ChatPrompt.add_special_tokens`)."""
     device = next(model.parameters()).device
     # an over-long prompt loses its beginning, never the end where the label word is scored
-    enc = [tokenizer(t, add_special_tokens=True).input_ids[-max_length:] for t in texts]
+    enc = [tokenizer(t, add_special_tokens=add_special_tokens).input_ids[-max_length:] for t in texts]
     order = sorted(range(len(enc)), key=lambda i: len(enc[i]), reverse=True)
     out = np.zeros((len(texts), len(label_ids)), dtype=np.float64)
     pad = tokenizer.pad_token_id
@@ -209,13 +211,24 @@ def zero_shot(
     calibration then sees every text's scores). `content_free`: the rendered content-free prompts, for
     contextual calibration."""
     label_ids = verbalizer_ids(tokenizer, prompt)
+    special = prompt.add_special_tokens
 
     def score(xs):
-        return label_logprobs(model, tokenizer, xs, label_ids, batch_size, progress=progress)
+        return label_logprobs(
+            model, tokenizer, xs, label_ids, batch_size, progress=progress, add_special_tokens=special
+        )
 
     raw = np.array(spread(score, texts) if spread else score(texts), dtype=np.float64)
     cf = None
     if calibration.method == "contextual":
-        cf = label_logprobs(model, tokenizer, content_free or [], label_ids, batch_size, progress=False)
+        cf = label_logprobs(
+            model,
+            tokenizer,
+            content_free or [],
+            label_ids,
+            batch_size,
+            progress=False,
+            add_special_tokens=special,
+        )
     norm = raw - np.logaddexp.reduce(raw, axis=1, keepdims=True)
     return norm, calibrate(raw, calibration, cf)

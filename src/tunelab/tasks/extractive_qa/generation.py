@@ -254,16 +254,15 @@ def _generate(
     """generate_answers with free or extractive decoding."""
     dev = next(model.parameters()).device
     texts = [prompt.render(tokenizer, ex, version_2, shots) for ex in examples]
-    # a chat template writes its own special tokens; a plain prompt gets the tokenizer's (Llama's BOS)
     passages: list[list[int]] = []
     if decoding == "extractive":  # the passage as the prompt tokenises it (the last copy: k-shot comes first)
         pairs = [
-            encode_with_passage(tokenizer, t, ex.context, add_special_tokens=not prompt.chat)
+            encode_with_passage(tokenizer, t, ex.context, add_special_tokens=prompt.add_special_tokens)
             for t, ex in zip(texts, examples, strict=True)
         ]
         enc, passages = [p for p, _ in pairs], [q for _, q in pairs]
     else:
-        enc = [tokenizer(t, add_special_tokens=not prompt.chat).input_ids for t in texts]
+        enc = [tokenizer(t, add_special_tokens=prompt.add_special_tokens).input_ids for t in texts]
     order = sorted(range(len(enc)), key=lambda i: len(enc[i]), reverse=True)
     null_ids = (
         _first_token_ids(

@@ -22,9 +22,9 @@ and differs where a decoder-only model or exact answer text needs it:
   end), which is never used as a label boundary. (HF's utils_qa uses the raw offsets.)
 * **Label tokens**: the start label is the first context token whose span reaches past the answer's first
   character, the end label the last context token that starts before the answer's end (HF scans the same way
-  with <=/>=; ours picks the *first* of several tokens sharing one character, as byte-level BPE does for the
-  bytes of an emoji). An answer that begins or ends inside a token is labelled with the whole token (as HF
-  does).
+  with <=/>=; of several tokens sharing one character, as byte-level BPE gives the bytes of an emoji, the
+  start label is the first and the end label the last, so the span holds the whole character). An answer
+  that begins or ends inside a token is labelled with the whole token (as HF does).
 * **Post-processing** masks non-context positions before taking each window's top-`n_best` starts and ends (HF
   takes the top-n over all positions and then discards question tokens, so an untrained head can leave no
   candidate), strips whitespace from candidate spans, and keeps one entry per distinct character span (windows

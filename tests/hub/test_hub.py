@@ -1,9 +1,13 @@
 """`tunelab export` / `tunelab push`: Hub-ready folders from tiny fine-tuned models, model cards, uploads with
 a fake Hub client (nothing here touches the network)."""
 
+import contextlib
+import io
 import json
 import os
+import re
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -272,6 +276,75 @@ def test_squad_lora_export_card_and_weights(tiny_model_dir, tmp_path):
     ctx = qa_examples(1)[0].context
     (_, a), (_, b) = (predict(str(d), questions=["Who won ?"], context=ctx) for d in (tmp_path / "ft", out))
     assert a[0]["answer"] == b[0]["answer"] and a[0]["score"] == pytest.approx(b[0]["score"], abs=1e-4)
+
+
+def card_snippet(folder: Path) -> str:
+    """The Python of the card's "How to use", loading this folder instead of the Hub id."""
+    text = (folder / "README.md").read_text()
+    code = re.search(r"```python\n(.*?)```", text, re.S).group(1)
+    return re.sub(r'model_id = "YOUR-USER/[^"]*"', f"model_id = {str(folder)!r}", code)
+
+
+def run_snippet(code: str) -> str:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(code, {})
+    return out.getvalue().strip()
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_card_snippet_classifies_as_tunelab_predict(exported, method):
+    from tunelab.predict import predict
+
+    folder = exported[method]
+    code = card_snippet(folder)
+    call = re.search(r"ids = tokenizer\(format_input\((.*?)\)", code).group(1)  # the card's example
+    long = " ".join(["a good and great film , truly wonderful"] * 6 + ["but awful"])  # > max_length 32
+    for text in ("a great film", long):
+        printed = run_snippet(code.replace(call, repr(text)))
+        label, prob = printed.split()
+        _, rows = predict(str(folder), texts=[text])
+        assert label == rows[0]["label"] and float(prob) == pytest.approx(rows[0]["probability"], abs=1e-5)
+
+
+@pytest.mark.parametrize("version", ["1.1", "2.0"])
+def test_card_snippet_answers_as_tunelab_predict(tiny_model_dir, tmp_path, version):
+    from tunelab.predict import predict
+
+    task = SQUAD.for_version(version)
+    train = qa_examples(12)
+    if version == "2.0":  # a few the passage does not answer: the model then answers some questions with ""
+        train += [
+            replace(ex, id=f"n{i}", question="Who lost ?", answers=[], is_impossible=True)
+            for i, ex in enumerate(train[:3])
+        ]
+    runs.finetune(
+        task,
+        tiny_model_dir,
+        train,
+        qa_examples(6),
+        "/data/squad/v1.1-dev.json",
+        tmp_path / "ft",
+        tiny_train_config(batch_size=4, max_length=64, epochs=2),
+    )
+    folder = export(tmp_path / "ft", tmp_path / "export")
+    code = card_snippet(folder)
+    line = re.search(r"question, context = .*\n", code).group(0)
+    rng = np.random.default_rng(0)
+    words = (
+        "the Denver Broncos won Super Bowl 50 in Santa Clara . It was a great film and a good review".split()
+    )
+    answers = []
+    for _ in range(20):
+        question = " ".join(rng.choice(words, 4)) + " ?"
+        context = " ".join(rng.choice(words, rng.integers(8, 30)))
+        printed = run_snippet(code.replace(line, f"question, context = {question!r}, {context!r}\n"))
+        _, rows = predict(str(folder), questions=[question], context=context)
+        assert printed == rows[0]["answer"]
+        answers.append(printed)
+    assert len(set(answers)) > 1  # not one fixed answer
+    if version == "2.0":
+        assert "" in answers and set(answers) != {""}  # the snippet gives no-answer where tunelab does
 
 
 def test_squad_full_export(tiny_model_dir, tmp_path):

@@ -169,12 +169,10 @@ def _usage_classification(task, meta: dict, name: str) -> list[str]:
     special = ", add_special_tokens=False" if prompt and prompt.get("chat") else ""
     lines += [
         "",
-        (
-            f"enc = tokenizer({call}{special}, truncation=True, max_length={meta.get('max_length', 128)},"
-            ' return_tensors="pt")'
-        ),
+        "# As in training, an over-long input keeps its end, where the classifier reads the last token.",
+        f"ids = tokenizer({call}{special}).input_ids[-{meta.get('max_length', 128)}:]",
         "with torch.no_grad():",
-        "    probs = model(**enc).logits.softmax(-1)[0]",
+        "    probs = model(torch.tensor([ids])).logits.softmax(-1)[0]",
         "print(model.config.id2label[int(probs.argmax())], float(probs.max()))",
         "```",
     ]
@@ -199,15 +197,26 @@ def _usage_extractive_qa(task, meta: dict, name: str) -> list[str]:
             "# Input as in training: question then passage (one pair encoding), then EOS appended as",
             "# the last token (the no-answer position). Long passages need sliding windows:",
             "# `tunelab predict` does them.",
-            f'enc = tokenizer(question, context, truncation="only_second", max_length={max_length - 1},',
-            "                return_offsets_mapping=True)",
+            "enc = tokenizer(question.lstrip(), context, truncation=\"only_second\",",
+            f"                max_length={max_length - 1}, return_offsets_mapping=True)",
             "ids = torch.tensor([enc.input_ids + [tokenizer.eos_token_id]])",
             "with torch.no_grad():",
             "    out = model(input_ids=ids)",
+            "starts, ends = out.start_logits[0], out.end_logits[0]",
+            "# the span with the best start + end score, at most 30 tokens of the passage",
             "ctx = [i for i, s in enumerate(enc.sequence_ids()) if s == 1]",
-            "start = max(ctx, key=lambda i: out.start_logits[0, i])",
-            "end = max((i for i in ctx if start <= i < start + 30), key=lambda i: out.end_logits[0, i])",
-            "print(context[enc.offset_mapping[start][0]:enc.offset_mapping[end][1]].strip())",
+            "start, end = max(((s, e) for s in ctx for e in ctx if s <= e < s + 30),",
+            "                 key=lambda span: starts[span[0]] + ends[span[1]])",
+            "answer = context[enc.offset_mapping[start][0]:enc.offset_mapping[end][1]].strip()",
+            *(
+                [
+                    "if starts[-1] + ends[-1] > starts[start] + ends[end]:  # the no-answer position wins",
+                    '    answer = ""',
+                ]
+                if task.version_2
+                else []
+            ),
+            "print(answer)",
             "```",
         ]
     )

@@ -27,7 +27,10 @@ def classification_metrics(
 ) -> dict:
     """Accuracy with a 95% percentile-bootstrap interval, macro F1, per-class precision/recall/F1 and the
     confusion matrix (rows gold, columns predicted), as fractions in [0, 1]. With two labels, also the
-    precision, recall and F1 of the `positive` class and how often it is predicted."""
+    precision, recall and F1 of the `positive` class and how often it is predicted.
+
+    Macro F1 averages over the classes the gold labels hold, so that every model scored on the same examples
+    is averaged over the same classes (scikit-learn's default adds each model's own predicted classes)."""
     from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
     gold = np.asarray(gold)
@@ -40,7 +43,10 @@ def classification_metrics(
             gold, pred, average="binary", pos_label=positive, zero_division=0
         )
         out.update(precision=float(p), recall=float(r), f1=float(f))
-    out["macro_f1"] = float(f1_score(gold, pred, average="macro", zero_division=0))
+    present = sorted(set(gold.tolist()))
+    out["macro_f1"] = (
+        float(f1_score(gold, pred, labels=present, average="macro", zero_division=0)) if present else 0.0
+    )
     out["confusion_matrix"] = confusion_matrix(gold, pred, labels=classes).tolist()
     out["accuracy_ci95"] = bootstrap_ci(correct, n_boot=n_boot, seed=seed)
     if len(labels) == 2 and positive is not None:
@@ -69,16 +75,25 @@ def bootstrap_ci(values, *, n_boot: int = 1000, seed: int = 0, scale: float = 1.
 
 
 def mcnemar(correct_a, correct_b) -> dict:
-    """Exact McNemar test (two-sided binomial on the discordant pairs) for paired per-example correctness."""
+    """Exact McNemar test (two-sided binomial on the discordant pairs) for paired per-example correctness,
+    with the accuracy difference b - a and its 95% interval from the same binomial (Clopper-Pearson, given
+    the discordant count), which excludes 0 exactly when p < 0.05: the interval never contradicts the test."""
     from scipy.stats import binomtest
 
     a = np.asarray(correct_a, dtype=bool)
     b = np.asarray(correct_b, dtype=bool)
     only_a = int((a & ~b).sum())
     only_b = int((~a & b).sum())
-    n = only_a + only_b
-    p = 1.0 if n == 0 else float(binomtest(only_a, n, 0.5).pvalue)
-    return {"only_a_correct": only_a, "only_b_correct": only_b, "p_value": p}
+    m = only_a + only_b
+    out = {"only_a_correct": only_a, "only_b_correct": only_b, "p_value": 1.0}
+    out["difference"] = (only_b - only_a) / len(a) if len(a) else 0.0
+    out["ci95"] = [out["difference"]] * 2
+    if m:
+        test = binomtest(only_b, m, 0.5)
+        lo, hi = test.proportion_ci(confidence_level=0.95, method="exact")
+        out["p_value"] = float(test.pvalue)
+        out["ci95"] = [float(m * (2 * lo - 1) / len(a)), float(m * (2 * hi - 1) / len(a))]
+    return out
 
 
 def paired_bootstrap(scores_a, scores_b, *, n_boot: int = 2000, seed: int = 0) -> dict:

@@ -511,3 +511,65 @@ def test_lora_parameter_sentence_gives_both_shares():
     tm["training_total"] = 1_060
     new = param_analysis(SimpleNamespace(title="SST-2", params=params))[-1]
     assert "(6.00% of the task model's count; 5.66% of the 1,060 of the model while training)" in new
+
+
+def test_the_compared_scores_are_those_of_the_paired_sentences(tmp_path):
+    """The fine-tuned model saw only the 60 sentences the zero-shot model got right (100% on them, 60%
+    overall) and got 54 of them right: accuracy fell on the sentences both saw, though its overall 90% is
+    above zero-shot's overall 60%. Words, values and difference all speak of the 60."""
+    run = make_run(tmp_path, significant=True)
+    zs_rows = [
+        json.loads(x) for x in (run / "sst2" / "zeroshot" / "predictions.jsonl").read_text().splitlines()
+    ]
+    right = [r for r in zs_rows if r["prediction"] == r["gold"]]
+    ft_dir = run / "sst2" / "finetune" / "eval"
+    ft_rows = [dict(r, prediction=1 - r["gold"] if i % 10 == 0 else r["gold"]) for i, r in enumerate(right)]
+    _write_jsonl(ft_dir / "predictions.jsonl", ft_rows)
+    m = json.loads((ft_dir / "metrics.json").read_text())
+    m.update(n=len(ft_rows), accuracy=0.9)
+    _write_json(ft_dir / "metrics.json", m)
+    md = build_report(run)[0].read_text()
+    assert "SST-2: fine-tuning lowered accuracy from 100.0% to 90.0% (-10.0 points" in analysis_of(md)
+    assert "| SST-2 | accuracy (%) | zero-shot | 100.0 | 90.0 | -10.0" in md
+
+
+def test_accuracy_interval_agrees_with_mcnemar(tmp_path):
+    """3 sentences right only zero-shot, 10 only fine-tuned, of 100: McNemar p = 0.09, so the interval holds 0
+    (a paired bootstrap's, [1, 14], would not)."""
+    run = make_run(tmp_path, significant=False)
+    gold = [i % 2 for i in range(100)]
+    zs_c = [i >= 10 for i in range(100)]  # wrong on 0-9
+    ft_c = [not 10 <= i < 13 for i in range(100)]  # wrong on 10-12
+    _sst2_model(run / "sst2" / "zeroshot", gold, zs_c, "zeroshot", 1)
+    _sst2_model(run / "sst2" / "finetune" / "eval", gold, ft_c, "finetuned", 2, {"method": "full"})
+    text = analysis_of(build_report(run)[0].read_text())
+    found = re.search(
+        r"SST-2: fine-tuning raised accuracy from 90.0% to 97.0% "
+        r"\(\+7.0 points, 95% interval \[([-\d.]+), ([-\d.]+)\]\)",
+        text,
+    )
+    assert found and float(found[1]) < 0 < float(found[2])
+    assert "not statistically significant (McNemar, p = 0.092" in text
+
+
+def test_a_class_the_data_lacks_has_no_f1():
+    from tunelab.report.classification import _class_f1
+
+    none = {"per_class": {"ABBR": {"f1": 0.0, "support": 0}}}
+    some = {"per_class": {"ABBR": {"f1": 0.5, "support": 4}}}
+    assert _class_f1(none, none, "ABBR") == ["–", "–", ""]
+    assert _class_f1(some, some, "ABBR") == ["50.0", "50.0", "+0.0"]
+
+
+def test_seeds_of_a_k_shot_study_are_compared_with_k_shot(tmp_path):
+    run = make_run(tmp_path, significant=True)
+    for task in ("sst2", "squad"):
+        f = run / task / "zeroshot" / "metrics.json"
+        _write_json(f, {**json.loads(f.read_text()), "shots": 3})
+        shutil.copytree(run / task / "finetune", run / task / "finetune-seed2")
+    md = build_report(run)[0].read_text()
+    seeds = [s.split("\n## ", 1)[0] for s in md.split("### Seeds (2 fine-tuning runs)")[1:]]
+    assert len(seeds) == 2
+    for section in seeds:
+        assert "difference vs 3-shot (95% CI)" in section and "(3-shot " in section
+        assert "zero-shot" not in section

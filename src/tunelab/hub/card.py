@@ -197,7 +197,7 @@ def _usage_extractive_qa(task, meta: dict, name: str) -> list[str]:
             "# Input as in training: question then passage (one pair encoding), then EOS appended as",
             "# the last token (the no-answer position). Long passages need sliding windows:",
             "# `tunelab predict` does them.",
-            "enc = tokenizer(question.lstrip(), context, truncation=\"only_second\",",
+            'enc = tokenizer(question.lstrip(), context, truncation="only_second",',
             f"                max_length={max_length - 1}, return_offsets_mapping=True)",
             "ids = torch.tensor([enc.input_ids + [tokenizer.eos_token_id]])",
             "with torch.no_grad():",

@@ -28,24 +28,25 @@ def _correct(r: dict) -> float | None:
 
 
 def tests(t: TaskRun) -> list[Test]:
-    from tunelab.metrics import mcnemar, paired_bootstrap
+    from tunelab.metrics import mcnemar
 
     pr = pair_rows(t.zs_rows, t.ft_rows, KEY, _correct, SAME)
     if pr is None:
         return []
     mc = mcnemar(pr.a, pr.b)
-    boot = paired_bootstrap(100 * pr.a, 100 * pr.b)
     unit = t.task.unit_singular
     return [
         Test(
             "McNemar exact test",
             "accuracy",
             pr.n,
-            boot["difference"],
-            boot["ci95"],
+            100 * mc["difference"],
+            [100 * x for x in mc["ci95"]],
             mc["p_value"],
             f"{plural(mc['only_b_correct'], unit)} right only after fine-tuning, "
             f"{plural(mc['only_a_correct'], unit)} right only {t.prompting}",
+            a=100 * float(pr.a.mean()),
+            b=100 * float(pr.b.mean()),
         )
     ]
 
@@ -101,8 +102,9 @@ def _metric_rows(t: TaskRun) -> list[list[str]]:
 
 
 def _class_f1(zs: dict, ft: dict, label: str) -> list[str]:
-    a = ((zs.get("per_class") or {}).get(label) or {}).get("f1")
-    b = ((ft.get("per_class") or {}).get(label) or {}).get("f1")
+    """A class's F1 for each model; "–" where the evaluated examples hold none of it (F1 undefined)."""
+    a, b = (((m.get("per_class") or {}).get(label) or {}) for m in (zs, ft))
+    a, b = (c.get("f1") if c.get("support", 1) else None for c in (a, b))
     return [pct(a), pct(b), _diff_points(a, b)]
 
 
@@ -118,7 +120,7 @@ def section(b: Builder, t: TaskRun) -> None:
         b.add(
             P(
                 f"{test.name} on the {n_(test.n)} {t.task.unit} both models labelled: accuracy difference "
-                f"{test.diff:+.1f} points (95% paired-bootstrap interval {ci(test.diff_ci)}), "
+                f"{test.diff:+.1f} points (95% exact interval {ci(test.diff_ci)}), "
                 f"{pval(test.p)}; {test.detail}."
             )
         )
@@ -127,8 +129,8 @@ def section(b: Builder, t: TaskRun) -> None:
                 t.title,
                 "accuracy (%)",
                 t.prompting_label,
-                pct(zs.get("accuracy")),
-                pct(ft.get("accuracy")),
+                f"{test.a:.1f}",
+                f"{test.b:.1f}",
                 f"{test.diff:+.1f} {ci(test.diff_ci)}",
                 pval(test.p),
                 n_(test.n),
@@ -175,6 +177,7 @@ def _plots(b: Builder, t: TaskRun) -> None:
             b.fig(f"{t.name}-scores.png"),
             f"{t.title}: {t.prompting} vs fine-tuned (error bars: 95% CI)",
             "%",
+            t.prompting,
         )
         b.img(path, f"{t.title} scores, {t.prompting} vs fine-tuned")
     for m, label in ((zs, t.prompting), (ft, "fine-tuned")):
@@ -265,7 +268,7 @@ def analysis(t: TaskRun) -> list[str]:
     found = tests(t)
     if found:
         x = found[0]
-        change = moved(x.diff, "accuracy", pct(zs.get("accuracy")) + "%", pct(ft.get("accuracy")) + "%")
+        change = moved(x.diff, "accuracy", f"{x.a:.1f}%", f"{x.b:.1f}%")
         s = (
             f"{t.title}: fine-tuning {change} ({x.diff:+.1f} points, 95% interval {ci(x.diff_ci)}) "
             f"on {x.n} dev {t.task.unit}."

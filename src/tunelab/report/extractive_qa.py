@@ -46,6 +46,8 @@ def tests(t: TaskRun) -> list[Test]:
                 boot["difference"],
                 boot["ci95"],
                 boot["p_value"],
+                a=100 * float(pr.a.mean()),
+                b=100 * float(pr.b.mean()),
             )
         )
     return out
@@ -111,8 +113,8 @@ def section(b: Builder, t: TaskRun) -> None:
                     t.title,
                     "F1",
                     t.prompting_label,
-                    num(zs.get("f1")),
-                    num(ft.get("f1")),
+                    num(test.a),
+                    num(test.b),
                     f"{test.diff:+.1f} {ci(test.diff_ci)}",
                     pval(test.p),
                     n_(test.n),
@@ -152,6 +154,7 @@ def _plots(b: Builder, t: TaskRun, em_ci: dict) -> None:
         b.fig(f"{t.name}-scores.png"),
         f"{t.title}: {t.prompting} vs fine-tuned (error bars: 95% CI)",
         "%",
+        t.prompting,
     )
     b.img(path, f"{t.title} scores, {t.prompting} vs fine-tuned")
     if t.zs_rows and t.ft_rows:
@@ -162,7 +165,14 @@ def _plots(b: Builder, t: TaskRun, em_ci: dict) -> None:
             groups, counts, a, c = breakdown(t, key)
             if groups:
                 path = group_bars(
-                    groups, counts, a, c, b.fig(f"{t.name}-{fname}.png"), f"{t.title}: F1 by {xlabel}", xlabel
+                    groups,
+                    counts,
+                    a,
+                    c,
+                    b.fig(f"{t.name}-{fname}.png"),
+                    f"{t.title}: F1 by {xlabel}",
+                    xlabel,
+                    t.prompting,
                 )
                 b.img(path, f"{t.title} F1 by {xlabel}")
 
@@ -261,18 +271,17 @@ def mistakes(b: Builder, t: TaskRun) -> None:
 
 def _f1_sentences(t: TaskRun) -> list[str]:
     """The paired F1 comparison, or what is missing for one."""
-    zs, ft = t.zs or {}, t.ft or {}
     found = {x.metric: x for x in tests(t)}
     warning = [w for w in [changed_examples(t, KEY, SAME, found["F1"].n if "F1" in found else None)] if w]
     if "F1" not in found:
         return [missing(t, t.task.unit), *warning]
     x = found["F1"]
     s = (
-        f"{t.title}: fine-tuning {moved(x.diff, 'F1', num(zs.get('f1')), num(ft.get('f1')))} "
+        f"{t.title}: fine-tuning {moved(x.diff, 'F1', num(x.a), num(x.b))} "
         f"({x.diff:+.1f} points, 95% interval {ci(x.diff_ci)}) on {x.n} dev {t.task.unit}"
     )
     if "EM" in found:
-        s += f", and exact match from {num(zs.get('exact_match'))} to {num(ft.get('exact_match'))}"
+        s += f", and exact match from {num(found['EM'].a)} to {num(found['EM'].b)}"
     s += "."
     if x.significant:
         s += f" The F1 difference is statistically significant (paired bootstrap, {pval(x.p)})."

@@ -61,12 +61,14 @@ def score_bars(
     path: Path,
     title: str,
     ylabel: str,
+    prompting: str = "zero-shot",
 ) -> Path:
-    """Zero-shot vs fine-tuned bars per metric, with 95% intervals as error bars (err: [lo, hi] or None)."""
+    """Prompted (`prompting`: "zero-shot" or "K-shot") vs fine-tuned bars per metric, with 95% intervals as
+    error bars (err: [lo, hi] or None)."""
     fig, ax = plt.subplots(figsize=(1.8 + 1.5 * len(metrics), 3.6))
     width = 0.38
     for k, (vals, errs, label, color) in enumerate(
-        ((zs, zs_err, "zero-shot", ZS_COLOR), (ft, ft_err, "fine-tuned", FT_COLOR))
+        ((zs, zs_err, prompting, ZS_COLOR), (ft, ft_err, "fine-tuned", FT_COLOR))
     ):
         xs = [i + (k - 0.5) * width for i in range(len(metrics))]
         ys = [v if v is not None else 0.0 for v in vals]
@@ -97,10 +99,11 @@ def group_bars(
     path: Path,
     title: str,
     xlabel: str,
+    prompting: str = "zero-shot",
 ) -> Path:
     fig, ax = plt.subplots(figsize=(max(4.5, 1.0 + 0.9 * len(groups)), 3.6))
     width = 0.38
-    for k, (vals, label, color) in enumerate(((zs, "zero-shot", ZS_COLOR), (ft, "fine-tuned", FT_COLOR))):
+    for k, (vals, label, color) in enumerate(((zs, prompting, ZS_COLOR), (ft, "fine-tuned", FT_COLOR))):
         xs = [i + (k - 0.5) * width for i in range(len(groups))]
         ax.bar(xs, vals, width, label=label, color=color)
     ax.set_xticks(
@@ -119,14 +122,21 @@ def group_bars(
 
 
 def seed_spread(
-    metrics: list[str], zs: list[float], per_seed: list[list[float]], path: Path, title: str, ylabel: str
+    metrics: list[str],
+    zs: list[float],
+    per_seed: list[list[float]],
+    path: Path,
+    title: str,
+    ylabel: str,
+    prompting: str = "zero-shot",
 ) -> Path:
-    """Each seed's fine-tuned score as a dot, their mean +- sd as a bar, and the zero-shot score as a line."""
+    """Each seed's fine-tuned score as a dot, their mean +- sd as a bar, and the prompted model's score
+    (`prompting`: "zero-shot" or "K-shot") as a line."""
     import statistics
 
     fig, ax = plt.subplots(figsize=(1.8 + 1.5 * len(metrics), 3.6))
     for i, (z, vals) in enumerate(zip(zs, per_seed, strict=True)):
-        ax.hlines(z, i - 0.3, i + 0.3, color=ZS_COLOR, lw=2, label="zero-shot" if i == 0 else None)
+        ax.hlines(z, i - 0.3, i + 0.3, color=ZS_COLOR, lw=2, label=prompting if i == 0 else None)
         ax.scatter(
             [i] * len(vals),
             vals,

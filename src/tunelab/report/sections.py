@@ -237,7 +237,7 @@ def _shown(identity: dict) -> str:
 
 def changed_examples(t: TaskRun, key: str, same: tuple[str, ...], n_paired: int | None) -> str | None:
     """A warning when rows of the two models share a line (question id) but not the example: the data file
-    changed between the zero-shot and the fine-tuning stage."""
+    changed between the prompted (zero- or K-shot) and the fine-tuning stage."""
     from tunelab.report.stats import mismatched, plural
 
     m = mismatched(t.zs_rows, t.ft_rows, key, same)
@@ -245,9 +245,10 @@ def changed_examples(t: TaskRun, key: str, same: tuple[str, ...], n_paired: int 
         return None
     unit, what = t.task.unit, {"line": "line", "id": "question id"}.get(key, key)
     s = (
-        f"{t.title}: WARNING: {plural(m.count, t.task.unit_singular)} carry the same {what} in the zero-shot "
-        f"and the fine-tuned results but are different examples ({what} {m.first}: {_shown(m.zs)} "
-        f"zero-shot, {_shown(m.ft)} fine-tuned): the evaluation data changed between the two stages. "
+        f"{t.title}: WARNING: {plural(m.count, t.task.unit_singular)} carry the same {what} in the "
+        f"{t.prompting} and the fine-tuned results but are different examples ({what} {m.first}: "
+        f"{_shown(m.zs)} {t.prompting}, {_shown(m.ft)} fine-tuned): the evaluation data changed between the "
+        "two stages. "
         "They are left out of the paired comparison"
     )
     if n_paired:

@@ -1,6 +1,7 @@
 """The report's seeds section, for a study with several fine-tuning seeds (`seeds: [...]`): each seed's
-scores and its paired test against zero-shot, their mean +- standard deviation, a combined paired test (the
-per-example score averaged over the seeds, paired bootstrap), and a plot of the spread.
+scores and its paired test against the prompted (zero- or K-shot) model, their mean +- standard deviation, a
+combined paired test (the per-example score averaged over the seeds, paired bootstrap), and a plot of the
+spread.
 
 The seeds' folders: RUN/<task>/finetune/ (the first seed) and RUN/<task>/finetune-seed<N>/."""
 
@@ -14,17 +15,24 @@ from pathlib import Path
 import numpy as np
 
 from tunelab.outputs import read_json, read_jsonl
+from tunelab.report import classification, extractive_qa
 from tunelab.report.document import Builder, H, P, Table
 from tunelab.report.run_folder import ROWS_FILE, TaskRun
 from tunelab.report.stats import ALPHA, Test, ci, pair_rows, pval
 
-# the per-example value the combined test averages over seeds: (pairing key, value) by kind
-PER_EXAMPLE: dict[str, tuple[str, Callable[[dict], float | None]]] = {
+# the per-example value the combined test averages over seeds: (pairing key, value, the fields that make two
+# rows the same example) by kind, paired as the kinds' own tests pair them
+PER_EXAMPLE: dict[str, tuple[str, Callable[[dict], float | None], tuple[str, ...]]] = {
     "classification": (
-        "line",
+        classification.KEY,
         lambda r: None if r.get("gold") is None else 100.0 * (r["prediction"] == r["gold"]),
+        classification.SAME,
     ),
-    "extractive_qa": ("id", lambda r: 100.0 * float(r["f1"]) if "f1" in r else None),
+    "extractive_qa": (
+        extractive_qa.KEY,
+        lambda r: 100.0 * float(r["f1"]) if "f1" in r else None,
+        extractive_qa.SAME,
+    ),
 }
 
 
@@ -51,12 +59,12 @@ def seed_runs(t: TaskRun) -> list[SeedRun]:
 
 
 def combined_test(t: TaskRun, runs: list[SeedRun]) -> Test | None:
-    """Paired bootstrap of the seed-mean per-example score against zero-shot, on the examples every seed and
-    the zero-shot model were evaluated on."""
+    """Paired bootstrap of the seed-mean per-example score against the prompted model, on the examples every
+    seed and the prompted model were evaluated on."""
     from tunelab.metrics import paired_bootstrap
 
-    key, value = PER_EXAMPLE[t.kind]
-    pairs = [pair_rows(t.zs_rows, r.rows, key, value) for r in runs]
+    key, value, same = PER_EXAMPLE[t.kind]
+    pairs = [pair_rows(t.zs_rows, r.rows, key, value, same) for r in runs]
     if any(p is None for p in pairs):
         return None
     common = set.intersection(*(set(p.keys) for p in pairs))
@@ -106,14 +114,19 @@ def section(b: Builder, t: TaskRun, tests: Callable[[TaskRun], list[Test]]) -> l
             else ["–", "–"]
         )
     )
-    zs_row = ["zero-shot", *[f"{v:.1f}" for _, _, v in keys], "", ""]
+    zs_row = [t.prompting, *[f"{v:.1f}" for _, _, v in keys], "", ""]
     b.add(
         Table(
-            ["seed", *[label for _, label, _ in keys], "difference vs zero-shot (95% CI)", "paired test"],
+            [
+                "seed",
+                *[label for _, label, _ in keys],
+                f"difference vs {t.prompting} (95% CI)",
+                "paired test",
+            ],
             [zs_row, *rows],
             "l" + "r" * (len(keys) + 2),
-            caption="Each seed's paired test compares it with zero-shot on the same examples; the last row "
-            "averages each example's score over the seeds and tests that against zero-shot.",
+            caption=f"Each seed's paired test compares it with {t.prompting} on the same examples; the last "
+            f"row averages each example's score over the seeds and tests that against {t.prompting}.",
         )
     )
     from tunelab.report.plots import seed_spread
@@ -125,12 +138,13 @@ def section(b: Builder, t: TaskRun, tests: Callable[[TaskRun], list[Test]]) -> l
         b.fig(f"{t.name}-seeds.png"),
         f"{t.title}: fine-tuned over {len(runs)} seeds",
         "score (%, or points)",
+        t.prompting,
     )
     b.img(path, f"{t.title}: the spread over seeds")
     k0, label0, zs0 = keys[0]
     sentence = (
         f"{t.title}: over {len(runs)} seeds fine-tuned {label0} is {means[k0]:.1f} ± {sds[k0]:.1f} "
-        f"(zero-shot {zs0:.1f})"
+        f"({t.prompting} {zs0:.1f})"
     )
     if combined:
         verdict = "significant" if combined.p < ALPHA else "not significant"

@@ -112,6 +112,8 @@ class Test:
     diff_ci: list[float]
     p: float
     detail: str = ""
+    a: float | None = None  # zero-shot score on the n paired examples (percent / points)
+    b: float | None = None  # fine-tuned score on them: b - a == diff
 
     @property
     def significant(self) -> bool:

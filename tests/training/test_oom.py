@@ -109,6 +109,23 @@ def test_out_of_memory_with_one_example_is_a_clear_error(tiny_model_dir, tmp_pat
         train(model, _features(), _cfg(), pad_id=0, work_dir=tmp_path / "w", progress=False)
 
 
+def test_out_of_memory_in_the_optimizer_update_is_never_redone(tiny_model_dir, tmp_path, monkeypatch):
+    """An update that ran out of memory part way (AdamW updates one parameter group after another) is not
+    retried in smaller pieces, which would apply the first group's update twice: it is a clear error."""
+    model = _model(tiny_model_dir)
+    steps = []
+    original = torch.optim.AdamW.step
+
+    def step(self, *args, **kwargs):
+        steps.append(1)
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    with pytest.raises(UsageError, match="optimizer's update.*--method lora"):
+        train(model, _features(), _cfg(), pad_id=0, work_dir=tmp_path / "w", progress=False)
+    assert len(steps) == 1 and original is not step
+
+
 def test_inference_batches_halve_on_out_of_memory():
     from tunelab.inference import run_batches
 

@@ -357,6 +357,37 @@ def test_without_resume_old_checkpoints_are_cleared(tiny_model_dir, tmp_path):
     assert got.resumed_from == 0 and not (tmp_path / "checkpoints").exists()
 
 
+def test_resume_before_any_checkpoint_starts_clean(tiny_model_dir, tmp_path):
+    """A run killed before its first checkpoint, resumed: training starts over and its log holds each step
+    once (the killed run's lines are not kept in front of the new ones)."""
+    feats = _features()
+    cfg = _cfg(save_every=50, eval_every=0, log_every=1)
+
+    def crash(kind, entry):
+        if kind == "train" and entry["step"] == 3:
+            raise Crash
+
+    with pytest.raises(Crash):
+        train(
+            _model(tiny_model_dir),
+            feats,
+            cfg,
+            pad_id=0,
+            work_dir=tmp_path / "w",
+            progress=False,
+            on_log=crash,
+        )
+    assert len((tmp_path / "w" / "train_log.jsonl").read_text().splitlines()) == 3
+    got = train(
+        _model(tiny_model_dir), feats, cfg, pad_id=0, work_dir=tmp_path / "w", resume=True, progress=False
+    )
+    ref = train(_model(tiny_model_dir), feats, cfg, pad_id=0, work_dir=tmp_path / "ref", progress=False)
+    logged = [json.loads(x) for x in (tmp_path / "w" / "train_log.jsonl").read_text().splitlines()]
+    assert got.resumed_from == 0
+    assert [e["step"] for e in logged] == [e["step"] for e in ref.log] == list(range(1, ref.steps + 1))
+    assert [e["loss"] for e in logged] == pytest.approx([e["loss"] for e in ref.log], rel=1e-6)
+
+
 def test_last_checkpoint_needs_the_complete_marker(tmp_path):
     root = tmp_path / "checkpoints"
     for name, complete in [("step-3", True), ("step-10", False), (".tmp-step-12", True), ("step-x", True)]:

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 
-def length_grouped_order(lengths: list[int], batch_size: int, seed: int) -> list[list[int]]:
+def length_grouped_order(lengths: list[int], batch_size: int, seed: int | tuple[int, ...]) -> list[list[int]]:
     """Batches of similar length in random order: shuffle, sort inside mega-batches of 50 batches, cut.
     Dynamic padding then pads each batch to its own longest example (SST-2's ~13-token sentences padded to 128
     would be ~90% padding). Only the last batch can be short."""
@@ -22,7 +22,7 @@ def length_grouped_order(lengths: list[int], batch_size: int, seed: int) -> list
     return [batches[i] for i in order]
 
 
-def random_order(n: int, batch_size: int, seed: int) -> list[list[int]]:
+def random_order(n: int, batch_size: int, seed: int | tuple[int, ...]) -> list[list[int]]:
     perm = np.random.default_rng(seed).permutation(n).tolist()
     return [perm[i : i + batch_size] for i in range(0, n, batch_size)]
 

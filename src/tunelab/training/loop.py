@@ -201,12 +201,14 @@ class Trainer:
     # ---- restore ----------------------------------------------------------------------------------------
 
     def restore(self, resume: bool) -> None:
-        """Continue from the newest complete checkpoint that is sound (`resume`), or start clean: an earlier
-        run's log and checkpoints must not mix with this one's."""
+        """Continue from the newest complete checkpoint that is sound (`resume`), or start clean (also when
+        `resume` finds no checkpoint yet): an earlier run's log and checkpoints must not mix with this
+        one's."""
         acc = self.accelerator
-        if resume:
-            self._resume()
-        elif acc.is_main_process:
+        resumed = resume and self._resume()
+        if not resumed and acc.is_main_process:
+            if resume:
+                acc.print(f"{self.ckpt_root}: no complete checkpoint yet: training starts from the beginning")
             self.work_dir.mkdir(parents=True, exist_ok=True)
             self.log_path.unlink(missing_ok=True)
             if self.ckpt_root.exists():
@@ -214,16 +216,17 @@ class Trainer:
         acc.wait_for_everyone()
         acc.step = self.start_micro  # accumulation boundaries follow the micro-step count
 
-    def _resume(self) -> None:
+    def _resume(self) -> bool:
         """Load the newest complete checkpoint; one whose files are missing, of the wrong size or damaged is
-        skipped, saying what is broken, for the one before (two are kept). All broken: a clear error."""
+        skipped, saying what is broken, for the one before (two are kept). All broken: a clear error. False:
+        there is none."""
         acc, broken = self.accelerator, []
         for ckpt in checkpoint.complete_checkpoints(self.ckpt_root):
             found = checkpoint.problems(ckpt)
             if not found:
                 try:
                     self._load(ckpt)
-                    return
+                    return True
                 except UsageError:
                     raise  # other settings: an older checkpoint has them too
                 except Exception as exc:  # noqa: BLE001 - whatever a damaged file makes the loaders raise
@@ -237,6 +240,7 @@ class Trainer:
                 f"{self.ckpt_root}: cannot resume: no sound checkpoint is left ({' | '.join(broken)}); "
                 "start over with --overwrite instead of --resume"
             )
+        return False
 
     def _load(self, ckpt: Path) -> None:
         acc = self.accelerator
@@ -262,21 +266,25 @@ class Trainer:
 
     # ---- the steps --------------------------------------------------------------------------------------
 
-    def _micro_batches(self) -> Iterator[tuple[int, int, list[int], float]]:
-        """(epoch, micro-step number, this process's example indices, loss weight), from the first micro-step,
-        the same on every process: a resume replays the order and skips what was done."""
+    def _micro_batches(self) -> Iterator[tuple[int, int, list[int], float, int]]:
+        """(epoch, micro-step number, this process's example indices, loss weight, global batch size), from
+        the first micro-step, the same on every process: a resume replays the order and skips what was
+        done."""
         cfg, micro, epoch = self.cfg, 0, 0
         while micro < self.micro_total:
+            # epoch 0 keeps the seed's own order; a later epoch's must not be seed + epoch's first (the
+            # seeds 1, 2, 3 of a study would then share batch orders across their epochs)
+            seed = cfg.seed if epoch == 0 else (cfg.seed, epoch)
             order = (
-                length_grouped_order(self.lengths, self.global_batch, cfg.seed + epoch)
+                length_grouped_order(self.lengths, self.global_batch, seed)
                 if cfg.group_by_length
-                else random_order(len(self.feats), self.global_batch, cfg.seed + epoch)
+                else random_order(len(self.feats), self.global_batch, seed)
             )
             for gb in order:
                 if micro >= self.micro_total:
                     break
                 micro += 1
-                yield (epoch, micro, *shard_batch(gb, self.world, self.rank))
+                yield (epoch, micro, *shard_batch(gb, self.world, self.rank), len(gb))
             epoch += 1
 
     def run(self) -> TrainResult:
@@ -303,18 +311,24 @@ class Trainer:
     def _steps(self, bar) -> None:
         cfg = self.cfg
         pending: list[tuple[list[int], float]] = []  # this optimizer step's micro-batches
-        for epoch, micro, batch_idx, weight in self._micro_batches():
+        sizes: list[int] = []  # and their global batch sizes
+        for epoch, micro, batch_idx, weight, size in self._micro_batches():
             n_tokens = sum(sum(self.feats[i]["attention_mask"]) for i in batch_idx) if weight else 0
             self.tokens += n_tokens
             if micro <= self.start_micro:  # resuming: replay the data order without computing
                 continue
             self.tokens_run += n_tokens
             pending.append((batch_idx, weight))
+            sizes.append(size)
             if micro % cfg.grad_accum:
                 continue
+            # accumulation averages the micro-batches' mean losses: weigh each by its share of the step's
+            # examples, so an epoch's short last batch counts per example, as in one large batch
+            share = [len(sizes) * n / sum(sizes) for n in sizes]  # all 1.0 when the batches are the same size
+            pending = [(b, w * s) for (b, w), s in zip(pending, share, strict=True)]
             self.running += self._optimizer_step(pending, micro - len(pending))
             self.running_n += len(pending)
-            pending = []
+            pending, sizes = [], []
             step = micro // cfg.grad_accum
             bar.update(1)
             self._after_step(step, micro, epoch, bar)
@@ -424,7 +438,8 @@ class Trainer:
         largest = max(len(b) for b, _ in pending)
         while True:
             try:
-                return self._accumulate(pending, first_micro)
+                total = self._accumulate(pending, first_micro)
+                break
             except torch.cuda.OutOfMemoryError:
                 if self.world > 1:
                     raise UsageError(
@@ -446,21 +461,36 @@ class Trainer:
                 f"out of memory: micro-batches of {largest} examples now run in {self.chunks} "
                 "pieces (same global batch, same update)"
             )
+        # once, outside the retries: an update half applied when memory ran out must not be applied twice
+        try:
+            self._update()
+        except torch.cuda.OutOfMemoryError:
+            raise UsageError(
+                "out of GPU memory in the optimizer's update (its state takes two copies of the trainable "
+                "weights): use --method lora, or shard the model with FSDP"
+            ) from None
+        return total
 
     def _accumulate(self, pending: list[tuple[list[int], float]], first_micro: int) -> torch.Tensor:
-        acc, cfg = self.accelerator, self.cfg
+        """The forward and backward passes of one optimizer step's micro-batches; the gradients sync after the
+        last one (accelerate's accumulate())."""
+        acc = self.accelerator
         acc.step = first_micro  # accumulate() decides where gradients sync from this count
         total = torch.zeros((), device=acc.device)
         for batch_idx, weight in pending:
             with acc.accumulate(self.model):
                 total += self._forward_backward(batch_idx, weight)
-                if acc.sync_gradients and cfg.max_grad_norm:
-                    self._clip()
-                self.optimizer.step()  # accelerate steps only where gradients sync: after the last one
-                if acc.sync_gradients:
-                    self.scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
         return total
+
+    def _update(self) -> None:
+        """Clip, step the optimizer and the schedule, clear the gradients: after `_accumulate`, whose last
+        micro-batch synced the gradients."""
+        assert self.accelerator.sync_gradients
+        if self.cfg.max_grad_norm:
+            self._clip()
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
 
     # ---- log, evaluate, save ----------------------------------------------------------------------------
 

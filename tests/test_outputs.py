@@ -292,6 +292,26 @@ with atomic_output(sys.argv[1]) as work:
 """
 
 
+def test_a_users_out_old_folder_is_never_touched(tmp_path):
+    """`mv run run.old`, then a new run into `run`: the backup stays. An --overwrite that would need the name
+    OUT.old to move OUT aside is refused before it starts, and changes nothing."""
+    out, old = tmp_path / "run", tmp_path / "run.old"
+    old.mkdir()
+    (old / "notes.txt").write_text("backup")
+    with atomic_output(out) as work:
+        (work / "result.txt").write_text("first")
+    assert (old / "notes.txt").read_text() == "backup" and (out / "result.txt").read_text() == "first"
+    before = digest(tmp_path)
+    with pytest.raises(UsageError, match=r"run\.old already exists: --overwrite moves run aside there"):
+        with atomic_output(out, overwrite=True) as work:
+            raise AssertionError("not reached")
+    assert digest(tmp_path) == before and not (tmp_path / "run.partial").exists()
+    shutil.rmtree(old)
+    with atomic_output(out, overwrite=True) as work:
+        (work / "result.txt").write_text("second")
+    assert (out / "result.txt").read_text() == "second" and not old.exists()
+
+
 def test_a_second_run_is_refused_naming_the_holder_and_a_dead_ones_lock_is_taken_over(
     tiny_model_dir, data_dir, tmp_path, capsys
 ):

@@ -35,6 +35,10 @@ def partial_dir(out: Path) -> Path:
     return out.with_name(out.name + ".partial")
 
 
+def old_dir(out: Path) -> Path:
+    return out.with_name(out.name + ".old")
+
+
 def _real(path: str | os.PathLike) -> Path:
     """The path with `~`, `..` and every symlink resolved (the path need not exist)."""
     return Path(os.path.realpath(Path(path).expanduser()))
@@ -289,6 +293,12 @@ def atomic_output(
                 held.enter_context(output_lock(out))
                 if out.exists() and not overwrite:
                     raise UsageError(f"{out} already exists: choose another --out or pass --overwrite")
+                old = old_dir(out)
+                if (out.exists() or out.is_symlink()) and (old.exists() or old.is_symlink()):
+                    raise UsageError(
+                        f"{old} already exists: --overwrite moves {out.name} aside there until the new one "
+                        "is in, and would lose it; move or rename it first"
+                    )
                 _prepare(work, overwrite, resume, keep_partial)
             except Exception as exc:  # (told to the other processes before it is raised: none waits alone)
                 problem = exc
@@ -354,13 +364,15 @@ def _prepare(
 
 
 def _publish(out: Path, work: Path) -> None:
-    old = out.with_name(out.name + ".old")
-    if out.exists() or out.is_symlink():  # --overwrite: the old result moves aside until the new one is in
-        if old.exists() or old.is_symlink():
-            _remove(old)
+    """`work` becomes `out`; an existing `out` (--overwrite) moves aside to OUT.old until the new one is in,
+    then goes. Only an OUT.old made here is removed: one that was there (a user's backup) is never touched
+    (atomic_output refuses to start an overwrite that would need its name)."""
+    old = old_dir(out)
+    moved = out.exists() or out.is_symlink()
+    if moved:
         os.replace(out, old)
     os.replace(work, out)
-    if old.exists() or old.is_symlink():
+    if moved:
         _remove(old)
 
 

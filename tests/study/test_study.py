@@ -392,6 +392,21 @@ def test_missing_data_is_a_usage_error(tmp_path, tiny_model_dir, capsys, monkeyp
     assert "no data folder: give data_dir: DIR in the config (or --set data_dir=DIR) or set" in err, err
 
 
+@pytest.mark.parametrize("split", ["train", "dev"])
+def test_a_bad_line_of_any_split_stops_the_study_before_it_starts(
+    tmp_path, tiny_model_dir, data_dir, capsys, split
+):
+    tsv = data_dir / "SST-2" / f"{split}.tsv"
+    lines = tsv.read_text().splitlines()
+    lines[3] = "a film\tmaybe"
+    tsv.write_text("\n".join(lines) + "\n")
+    run = tmp_path / "run"
+    assert main(["study", "--config", _config(tmp_path, tiny_model_dir, data_dir), "--out", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert f"{split}.tsv, line 4" in err and "maybe" in err, err
+    assert not run.exists()  # no stage ran
+
+
 def test_report_command_on_a_non_run_folder(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "not a study run folder" in capsys.readouterr().err

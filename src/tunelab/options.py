@@ -441,7 +441,8 @@ class ZeroShotOptions:
     limit: int | None = option(None, "evaluate on the first N examples (null: all)", low=1, high=MAX_COUNT)
     prompt: str | dict | None = option(
         None,
-        "one of the task's template names, a prompt file or a mapping",
+        "one of the task's template names or a YAML/JSON prompt file (in a config file, also the mapping "
+        "itself)",
         type="prompt",
         default_note="the task's default template",
     )

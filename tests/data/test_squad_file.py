@@ -311,6 +311,7 @@ def test_broken_files_name_file_record_and_problem(tmp_path, doc, record, proble
             "not valid JSON: Expecting property name",
         ),
         ('{"data": []', 1, "not valid JSON"),
+        ('{"version": "1.1", "data": [], "data": []}', None, "the key 'data' is given twice"),
         (b'{"version": "1.1",\n"data": ["\xc3\x28"]}', 2, "not valid UTF-8 (byte 0xc3)"),
         ("", None, "file is empty"),
         ("  \n", None, "file is empty"),

@@ -99,6 +99,7 @@ BROKEN = [
     ("a.jsonl", '{"sentence": "good", "label": 1}\n{"sentence": "bad", "label": 1\n', 2, "not valid JSON"),
     ("a.jsonl", '{"sentence": "good", "label": 1}\n[1, 2]\n', 2, "expected a JSON object, got list"),
     ("a.jsonl", '"just a string"\n', 1, "expected a JSON object, got str"),
+    ("a.jsonl", '{"sentence": "a", "label": 1, "label": 0}\n', 1, "the key 'label' is given twice"),
     ("a.jsonl", '{"label": 1}\n', 1, "no 'sentence' (or 'text') field"),
     ("a.jsonl", '{"sentence": 5, "label": 1}\n', 1, "'sentence' must be a string, got int"),
     ("a.jsonl", '{"sentence": "x", "label": 2}\n', 1, f"{LABEL_RULE}, got '2'"),

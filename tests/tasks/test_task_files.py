@@ -131,6 +131,15 @@ BAD = [
         "finetune",
         "packing and bidirectional cannot be used together",
     ),
+    # a section of another type is an error even when YAML reads it as empty or false
+    ("kind: classification\nlabels: [a, b]\ndata: []\n", "data", "must be a mapping, got []"),
+    (CLASSIFICATION.replace("{splits: {dev: d.tsv}}", "{splits: []}"), "data.splits", "must be a mapping"),
+    (CLASSIFICATION + "zeroshot: []\n", "", "expected a mapping of zero-shot options, got list"),
+    (CLASSIFICATION + "finetune: 0\n", "", "expected a mapping of fine-tuning options, got int"),
+    (CLASSIFICATION + "hub: false\n", "hub", "must be a mapping, got False"),
+    (CLASSIFICATION + "card: ''\n", "card", "must be a mapping, got ''"),
+    (CLASSIFICATION.replace("[a, b]", "['a ', b]"), "labels", "cannot start or end with a space"),
+    (CLASSIFICATION.replace("[a, b]", "[' ', b]"), "labels", "at least two distinct, non-empty"),
 ]
 
 
@@ -193,3 +202,13 @@ def test_missing_task_file_and_missing_data(tiny_model_dir, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "no t dev file found" in err and str(tmp_path / "d.tsv") in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("data", [[1], "d.tsv", {"splits": [1]}])
+def test_a_damaged_stored_task_definition_is_one_message(data):
+    from tunelab.errors import ModelError
+    from tunelab.tasks import task_from_meta
+
+    meta = {"task": "mine", "task_definition": {"kind": "classification", "labels": ["a", "b"], "data": data}}
+    with pytest.raises(ModelError, match=r"ft/tunelab\.json: .*task_definition.*data"):
+        task_from_meta(meta, "ft/tunelab.json")

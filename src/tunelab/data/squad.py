@@ -13,6 +13,7 @@ from pathlib import Path
 from tunelab.data.text import (
     find_surrogate,
     gc_paused,
+    loads,
     may_hold_lone_surrogates,
     read_utf8,
     surrogate_problem,
@@ -102,7 +103,7 @@ def read_squad_rows(where: str, rows: list[dict]) -> list[SquadExample]:
 def _document(path: Path, text: str) -> dict:
     """The parsed file: an object with a `data` list."""
     try:
-        doc = json.loads(text)
+        doc = loads(text)
     except json.JSONDecodeError as e:
         raise DataError(path, f"not valid JSON: {e.msg} (column {e.colno})", line=e.lineno) from None
     except (ValueError, RecursionError) as e:  # e.g. an integer too long to convert, absurd nesting

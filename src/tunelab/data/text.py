@@ -164,6 +164,20 @@ def may_hold_lone_surrogates(text: str) -> bool:
     return False
 
 
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        twice = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise ValueError(f"the key {twice!r} is given twice")  # (json.loads keeps the last silently)
+    return obj
+
+
+def loads(text: str):
+    """json.loads, but an object that gives a key twice is a ValueError, as in tunelab's YAML files."""
+    return json.loads(text, object_pairs_hook=_unique_keys)
+
+
 def iter_jsonl_objects(path, text: str) -> Iterator[tuple[int, dict]]:
     """(line number, object) for each non-blank line of a JSONL text; DataError names the line otherwise."""
     # split on "\n" only: str.splitlines would also split on U+2028 etc., which JSON strings may hold.
@@ -171,7 +185,7 @@ def iter_jsonl_objects(path, text: str) -> Iterator[tuple[int, dict]]:
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            record = loads(line)
         except json.JSONDecodeError as e:
             raise DataError(path, f"not valid JSON: {e.msg} (column {e.colno})", line=number) from None
         except (ValueError, RecursionError) as e:  # e.g. an integer too long to convert, absurd nesting

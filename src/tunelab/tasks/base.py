@@ -72,7 +72,13 @@ class Definition:
         return value
 
     def section(self, key: str) -> Definition:
-        return Definition(self.mapping.get(key) or {}, self.where, f"{self.prefix}{key}.")
+        """The mapping under `key` ({} when absent or null); anything else there is an error."""
+        value = self.mapping.get(key)
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            raise self.error(key, f"must be a mapping, got {value!r}")
+        return Definition(value, self.where, f"{self.prefix}{key}.")
 
     def strings(self, key: str, *, required: bool = False) -> list[str] | None:
         value = self.get(key, list, required=required)
@@ -242,14 +248,14 @@ class Task:
             base_dir=base_dir,
             source=source,
             zeroshot_defaults=check_mapping(
-                mapping.get("zeroshot") or {},
+                {} if mapping.get("zeroshot") is None else mapping["zeroshot"],
                 for_kind(ZEROSHOT_OPTIONS, cls.kind),
                 where,
                 prefix="zeroshot.",
                 what="zero-shot options",
             ),
             finetune_defaults=check_mapping(
-                mapping.get("finetune") or {},
+                {} if mapping.get("finetune") is None else mapping["finetune"],
                 {**for_kind(FINETUNE_EXTRAS, cls.kind), **TRAIN_OPTIONS},
                 where,
                 prefix="finetune.",
@@ -706,11 +712,12 @@ def task_from_meta(meta: dict, where: str) -> Task:
     try:
         if isinstance(meta.get("task_definition"), dict):
             d = meta["task_definition"]
+            data = d.get("data") if isinstance(d.get("data"), dict) else {}  # (parse_task says what is wrong)
             task = parse_task(
                 d,
                 where=f"{where} (task_definition)",
                 name=str(d.get("name") or meta.get("task")),
-                default_root=(d.get("data") or {}).get("relative_to", "task_file"),
+                default_root=data.get("relative_to", "task_file"),
             )
         else:
             task = get_task(str(meta.get("task")))

@@ -238,5 +238,5 @@ def check_fingerprint(ckpt: Path, saved: dict, now: dict) -> None:
     raise UsageError(
         f"{ckpt}: cannot resume: this checkpoint was written by a run with other settings "
         f"({'; '.join(diffs)}). "
-        "Resume with the original settings, or start over without --resume."
+        "Resume with the original settings, or start over with --overwrite instead of --resume."
     )

@@ -79,22 +79,12 @@ class ClassificationTask(Task):
 
     @classmethod
     def parse_kind(cls, d: Definition, data: Definition) -> dict:
-        raw = d.get("labels", list, required=True)
-        hint = " (YAML reads an unquoted yes/no/true/false/on/off as a boolean: quote it)"
-        if any(isinstance(x, bool) or not isinstance(x, (str, int)) for x in raw):
-            raise d.error(
-                "labels",
-                f"must be a list of label names, got {raw!r}"
-                + (hint if any(isinstance(x, bool) for x in raw) else ""),
-            )
-        labels = tuple(str(x) for x in raw)
-        if len(labels) < 2 or len(set(labels)) != len(labels) or not all(labels):
-            raise d.error("labels", f"needs at least two distinct, non-empty labels, got {raw!r}")
+        labels = _labels(d)
         positive = None
         if len(labels) == 2:
             if isinstance(d.mapping.get("positive_label"), bool):
                 raise d.error(
-                    "positive_label", f"must be one of the labels {list(labels)}, got a boolean" + hint
+                    "positive_label", f"must be one of the labels {list(labels)}, got a boolean" + YAML_BOOL
                 )
             name = str(d.get("positive_label", (str, int), labels[1]))
             if name not in labels:
@@ -496,6 +486,26 @@ class ClassificationTask(Task):
     def format_prediction(self, row: dict) -> str:
         texts = f"{row['text']}\t{row['text_pair']}" if self.pairs else row["text"]
         return f"{row['label']}\t{row['probability']:.4f}\t{texts}"
+
+
+YAML_BOOL = " (YAML reads an unquoted yes/no/true/false/on/off as a boolean: quote it)"
+
+
+def _labels(d: Definition) -> tuple[str, ...]:
+    raw = d.get("labels", list, required=True)
+    if any(isinstance(x, bool) or not isinstance(x, (str, int)) for x in raw):
+        raise d.error(
+            "labels",
+            f"must be a list of label names, got {raw!r}"
+            + (YAML_BOOL if any(isinstance(x, bool) for x in raw) else ""),
+        )
+    labels = tuple(str(x) for x in raw)
+    if len(labels) < 2 or len(set(labels)) != len(labels) or not all(x.strip() for x in labels):
+        raise d.error("labels", f"needs at least two distinct, non-empty labels, got {raw!r}")
+    spaced = [x for x in labels if x != x.strip()]
+    if spaced:  # the data files' values are read stripped, so such a label could never match
+        raise d.error("labels", f"label names cannot start or end with a space, got {spaced!r}")
+    return labels
 
 
 def _verbalizers(d: Definition, labels: tuple[str, ...]) -> dict[str, list[str]]:

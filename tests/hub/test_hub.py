@@ -311,6 +311,14 @@ def test_card_snippet_classifies_as_tunelab_predict(exported, method):
 def test_card_snippet_answers_as_tunelab_predict(tiny_model_dir, tmp_path, version):
     from tunelab.predict import predict
 
+    rng = np.random.default_rng(0)
+    words = (
+        "the Denver Broncos won Super Bowl 50 in Santa Clara . It was a great film and a good review".split()
+    )
+    cases = [
+        (" ".join(rng.choice(words, 4)) + " ?", " ".join(rng.choice(words, rng.integers(8, 30))))
+        for _ in range(20)
+    ]
     task = SQUAD.for_version(version)
     train = qa_examples(12)
     if version == "2.0":  # a few the passage does not answer: the model then answers some questions with ""
@@ -318,33 +326,31 @@ def test_card_snippet_answers_as_tunelab_predict(tiny_model_dir, tmp_path, versi
             replace(ex, id=f"n{i}", question="Who lost ?", answers=[], is_impossible=True)
             for i, ex in enumerate(train[:3])
         ]
-    runs.finetune(
-        task,
-        tiny_model_dir,
-        train,
-        qa_examples(6),
-        "/data/squad/v1.1-dev.json",
-        tmp_path / "ft",
-        tiny_train_config(batch_size=4, max_length=64, epochs=2),
-    )
-    folder = export(tmp_path / "ft", tmp_path / "export")
-    code = card_snippet(folder)
-    line = re.search(r"question, context = .*\n", code).group(0)
-    rng = np.random.default_rng(0)
-    words = (
-        "the Denver Broncos won Super Bowl 50 in Santa Clara . It was a great film and a good review".split()
-    )
-    answers = []
-    for _ in range(20):
-        question = " ".join(rng.choice(words, 4)) + " ?"
-        context = " ".join(rng.choice(words, rng.integers(8, 30)))
-        printed = run_snippet(code.replace(line, f"question, context = {question!r}, {context!r}\n"))
-        _, rows = predict(str(folder), questions=[question], context=context)
-        assert printed == rows[0]["answer"]
-        answers.append(printed)
+    for seed in range(6):  # (v2.0: the first seed whose model answers some cases and abstains on others)
+        folder = tmp_path / f"export-{seed}"
+        runs.finetune(
+            task,
+            tiny_model_dir,
+            train,
+            qa_examples(6),
+            "/data/squad/v1.1-dev.json",
+            tmp_path / f"ft-{seed}",
+            tiny_train_config(batch_size=4, max_length=64, epochs=2, seed=seed),
+        )
+        export(tmp_path / f"ft-{seed}", folder)
+        answers = [predict(str(folder), questions=[q], context=c)[1][0]["answer"] for q, c in cases]
+        if version == "1.1" or "" in answers and set(answers) != {""}:
+            break
     assert len(set(answers)) > 1  # not one fixed answer
     if version == "2.0":
-        assert "" in answers and set(answers) != {""}  # the snippet gives no-answer where tunelab does
+        assert "" in answers and set(answers) != {
+            ""
+        }  # the snippet must abstain where tunelab does, and only there
+    code = card_snippet(folder)
+    line = re.search(r"question, context = .*\n", code).group(0)
+    for (question, context), answer in zip(cases, answers, strict=True):
+        printed = run_snippet(code.replace(line, f"question, context = {question!r}, {context!r}\n"))
+        assert printed == answer
 
 
 def test_squad_full_export(tiny_model_dir, tmp_path):

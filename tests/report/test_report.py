@@ -572,4 +572,29 @@ def test_seeds_of_a_k_shot_study_are_compared_with_k_shot(tmp_path):
     assert len(seeds) == 2
     for section in seeds:
         assert "difference vs 3-shot (95% CI)" in section and "(3-shot " in section
+        assert re.search(
+            r"over 2 seeds fine-tuned \w[\w ]* is [\d.]+% ± [\d.]+ points \(3-shot [\d.]+%\)", section
+        )
+        assert re.search(r"the seed-mean difference [-+][\d.]+ points is", section)
         assert "zero-shot" not in section
+
+
+def test_question_words_that_all_moved_alike_are_one_sentence(monkeypatch):
+    from types import SimpleNamespace
+
+    from tunelab.report import extractive_qa as qa
+
+    t = SimpleNamespace(zs_rows=[{}], ft_rows=[{}], title="SQuAD")
+    monkeypatch.setattr(
+        qa, "breakdown", lambda t, key: (["who", "what"], [20, 30], [40.0, 50.0], [60.0, 70.0])
+    )
+    assert qa._question_word_sentence(t) == [
+        "SQuAD: the F1 change is +20.0 points for every question word with at least 10 questions."
+    ]
+    monkeypatch.setattr(
+        qa, "breakdown", lambda t, key: (["who", "what"], [20, 30], [40.0, 50.0], [60.0, 55.0])
+    )
+    assert (
+        "largest for 'who' (+20.0 points, n=20) and smallest for 'what' (+5.0"
+        in qa._question_word_sentence(t)[0]
+    )

@@ -328,6 +328,11 @@ def _question_word_sentence(t: TaskRun) -> list[str]:
         return []
     hi = max(big, key=lambda z: z[2])
     lo = min(big, key=lambda z: z[2])
+    if round(hi[2], 1) == round(lo[2], 1):
+        return [
+            f"{t.title}: the F1 change is {hi[2]:+.1f} points for every question word with at least 10 "
+            "questions."
+        ]
     return [
         f"{t.title}: among question words with at least 10 questions, the F1 change is largest for "
         f"'{hi[0]}' ({hi[2]:+.1f} points, n={hi[1]}) and smallest for '{lo[0]}' ({lo[2]:+.1f}, n={lo[1]}); "

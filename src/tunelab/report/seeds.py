@@ -143,11 +143,12 @@ def section(b: Builder, t: TaskRun, tests: Callable[[TaskRun], list[Test]]) -> l
     b.img(path, f"{t.title}: the spread over seeds")
     k0, label0, zs0 = keys[0]
     sentence = (
-        f"{t.title}: over {len(runs)} seeds fine-tuned {label0} is {means[k0]:.1f} ± {sds[k0]:.1f} "
-        f"({t.prompting} {zs0:.1f})"
+        f"{t.title}: over {len(runs)} seeds fine-tuned {label0} is {means[k0]:.1f}% ± {sds[k0]:.1f} points "
+        f"({t.prompting} {zs0:.1f}%)"
     )
     if combined:
         verdict = "significant" if combined.p < ALPHA else "not significant"
-        sentence += f"; the seed-mean difference {combined.diff:+.1f} is {verdict} ({pval(combined.p)})"
+        diff = f"{combined.diff:+.1f} points"
+        sentence += f"; the seed-mean difference {diff} is {verdict} ({pval(combined.p)})"
     b.add(P(sentence + "."))
     return [sentence + "."]

@@ -548,6 +548,13 @@ def test_an_output_folder_that_cannot_be_made_is_one_message(tmp_path, capsys):
     with pytest.raises(UsageError, match="cannot create the output folder"):
         with atomic_output("/proc/tunelab-no-such/out"):
             pass
+    (tmp_path / "f.txt").write_text("mine")
+    with pytest.raises(
+        UsageError, match=r"cannot create the output folder .*/f\.txt/x/out: .*/f\.txt is a file"
+    ):
+        with atomic_output(tmp_path / "f.txt" / "x" / "out"):
+            pass
+    assert (tmp_path / "f.txt").read_text() == "mine"
 
 
 def test_write_text_where_a_folder_stands_in_the_way(tmp_path):

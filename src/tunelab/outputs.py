@@ -39,6 +39,14 @@ def old_dir(out: Path) -> Path:
     return out.with_name(out.name + ".old")
 
 
+def _why(path: Path, exc: OSError) -> str:
+    """What stops a folder being made: a file where one of its parent folders would be, or the OS's words."""
+    for parent in Path(path).parents:
+        if parent.exists():
+            return f"{parent} is a file, not a folder" if not parent.is_dir() else str(exc.strerror or exc)
+    return str(exc.strerror or exc)
+
+
 def _real(path: str | os.PathLike) -> Path:
     """The path with `~`, `..` and every symlink resolved (the path need not exist)."""
     return Path(os.path.realpath(Path(path).expanduser()))
@@ -244,7 +252,7 @@ def output_lock(out: str | Path) -> Iterator[None]:
     except OSError as exc:
         if full_disk(exc) is not None:
             raise
-        raise UsageError(f"cannot create the output folder {out}: {exc.strerror or exc}") from None
+        raise UsageError(f"cannot create the output folder {out}: {_why(out, exc)}") from None
     if fd is not None:
         info = {
             "pid": os.getpid(),
@@ -360,7 +368,7 @@ def _prepare(
             _remove(work)
         work.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UsageError(f"cannot create the output folder {work}: {exc.strerror or exc}") from None
+        raise UsageError(f"cannot create the output folder {work}: {_why(work, exc)}") from None
 
 
 def _publish(out: Path, work: Path) -> None:

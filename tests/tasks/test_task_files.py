@@ -140,6 +140,11 @@ BAD = [
     (CLASSIFICATION + "card: ''\n", "card", "must be a mapping, got ''"),
     (CLASSIFICATION.replace("[a, b]", "['a ', b]"), "labels", "cannot start or end with a space"),
     (CLASSIFICATION.replace("[a, b]", "[' ', b]"), "labels", "at least two distinct, non-empty"),
+    (
+        CLASSIFICATION + "prompts: {p: {text: '{text}', system: Be brief.}}\n",
+        "prompts.p",
+        "needs `chat: true`",
+    ),
 ]
 
 

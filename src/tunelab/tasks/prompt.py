@@ -47,6 +47,8 @@ class ChatPrompt:
                 raise UsageError(f"prompt: `{key}` must be a string")
         if not isinstance(spec.get("chat", False), bool):
             raise UsageError("prompt: `chat` must be true or false")
+        if spec.get("system") is not None and not spec.get("chat"):
+            raise UsageError("prompt: `system` is the chat template's system turn: it needs `chat: true`")
 
     @property
     def add_special_tokens(self) -> bool:

@@ -145,6 +145,8 @@ BAD = [
         "prompts.p",
         "needs `chat: true`",
     ),
+    (CLASSIFICATION + "unit: ''\n", "unit", "must not be blank"),
+    (CLASSIFICATION + "title: ' '\n", "title", "must not be blank"),
 ]
 
 

@@ -71,6 +71,13 @@ class Definition:
             raise self.error(key, f"must be {_type_names(types)}, got {value!r}")
         return value
 
+    def text(self, key: str, default: str) -> str:
+        """A string shown to people (a title, a unit): blank is an error, as it would leave a gap in text."""
+        value = self.get(key, str, default)
+        if not value.strip():
+            raise self.error(key, f"must not be blank, got {value!r}")
+        return value
+
     def section(self, key: str) -> Definition:
         """The mapping under `key` ({} when absent or null); anything else there is an error."""
         value = self.mapping.get(key)
@@ -228,7 +235,7 @@ class Task:
                 f"must be letters, digits and _ . - (it names folders), got {name!r}"
                 + ("" if given else " (from the file's name: give the task a `name:` key)"),
             )
-        title = d.get("title", str, name)
+        title = d.text("title", name)
         data = d.section("data")
         data.only(("relative_to", "splits", "dataset", "config") + cls.DATA_KEYS)
         dataset = data.get("dataset", str)
@@ -240,7 +247,7 @@ class Task:
         common = dict(
             name=name,
             title=title,
-            description=d.get("description", str, title),
+            description=d.text("description", title),
             splits=_splits(data.section("splits"))
             if "splits" in data.mapping
             else ({k: (DataFile(v),) for k, v in DEFAULT_SPLITS.items()} if dataset else {}),
@@ -264,7 +271,7 @@ class Task:
             hub=_hub(d.section("hub")),
             limitations=tuple(_card(d.section("card"))),
             study_enabled=d.get("enabled", bool, True),
-            unit=d.get("unit", str, cls.UNIT),
+            unit=d.text("unit", cls.UNIT),
             definition=copy.deepcopy(mapping),
             dataset=DatasetRef.parse(dataset, data.get("config", str), f"{where}: data.dataset")
             if dataset

@@ -147,3 +147,25 @@ def test_a_nullable_flag_given_null_overrides_the_tasks_value(tmp_path, capsys):
         with pytest.raises(SystemExit):
             parse([*argv, *bad])
         assert "invalid" in capsys.readouterr().err
+
+
+def test_a_boolean_flag_turns_the_option_either_way_over_the_tasks_value(tmp_path):
+    """A task file's `bf16: false` or `packing: true` is undone on the command line by --bf16 or --no-packing;
+    a flag left out keeps the task's value."""
+    from tunelab.cli import _train_config
+    from tunelab.tasks import load_task
+
+    task_file = tmp_path / "t.yaml"
+    task_file.write_text(
+        "kind: classification\nlabels: ['0', '1']\ndata: {text: sentence}\n"
+        "finetune: {bf16: false, packing: true}\n"
+    )
+    task = load_task(str(task_file))
+    argv = ["finetune", "m", "--task", str(task_file), "--out", "o"]
+    parse = build_parser().parse_args
+    cfg = _train_config(parse(argv), task)
+    assert (cfg.bf16, cfg.packing) == (False, True)
+    cfg = _train_config(parse([*argv, "--bf16", "--no-packing"]), task)
+    assert (cfg.bf16, cfg.packing) == (True, False)
+    cfg = _train_config(parse([*argv, "--no-bf16", "--packing"]), task)
+    assert (cfg.bf16, cfg.packing) == (False, True)

@@ -703,8 +703,8 @@ def add_flags(
     default_note: str = "the task's",
 ) -> None:
     """One flag per option. With `defaults`, a flag left out gives the option's default; without, None (so
-    that per-task defaults and config files apply: see `given`). Booleans that default to true become
-    --no-NAME."""
+    that per-task defaults and config files apply: see `given`). A boolean has --NAME and --no-NAME (either
+    may override a task's or a config file's value); its help sits on the one that changes the default."""
     for name in names or tuple(opts):
         opt = opts[name]
         default = opt.default if defaults else None
@@ -717,11 +717,17 @@ def add_flags(
         if opt.type == "bool" and opt.default:  # --no-NAME: say that it turns the option off
             text = f"turn {name} off; {name}: {text}"
         if opt.type == "bool":
-            flag = flag_name(opt) if not opt.default else "--no-" + name.replace("_", "-")
-            action = "store_false" if opt.default else "store_true"
-            parser.add_argument(
-                flag, dest=name, action=action, default=opt.default if defaults else None, help=text
-            )
+            on, off = flag_name(opt), "--no-" + name.replace("_", "-")
+            flags = [(on, "store_true", "turn {} on"), (off, "store_false", "turn {} off")]
+            for flag, action, other in flags if not opt.default else flags[::-1]:
+                parser.add_argument(
+                    flag,
+                    dest=name,
+                    action=action,
+                    default=opt.default if defaults else None,
+                    help=text if text else other.format(name),
+                )
+                text = ""
             continue
         kwargs: dict[str, Any] = {"dest": name, "default": default, "help": text}
         if opt.choices:

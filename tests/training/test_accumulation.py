@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_train_config
 
 from tunelab.models import load_task_model
 from tunelab.training import TrainConfig, train
@@ -24,20 +25,8 @@ def _features(n: int) -> list[dict]:
 
 
 def _cfg(**kw) -> TrainConfig:
-    base = {
-        "learning_rate": 1e-3,
-        "epochs": 1,
-        "batch_size": 8,
-        "max_length": 32,
-        "warmup_ratio": 0.0,
-        "log_every": 1,
-        "seed": 0,
-        "bf16": False,
-        "max_grad_norm": 0.0,
-        "group_by_length": False,
-        "share_prefix": "off",
-    }
-    return TrainConfig(**{**base, **kw})
+    exact = {"learning_rate": 1e-3, "log_every": 1, "bf16": False, "max_grad_norm": 0.0}
+    return tiny_train_config(**{**exact, "group_by_length": False, "share_prefix": "off", **kw})
 
 
 def _trained(tiny_model_dir, feats, cfg, work):

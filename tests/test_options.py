@@ -119,19 +119,24 @@ def test_flag_help_says_what_each_flag_does_and_its_one_default():
     assert not [f for f, h in helps.items() if h and "(default: ," in h]
 
 
+def _finetune_with_task_file(tmp_path, sections: str):
+    """(the task of a task file with these `zeroshot`/`finetune` sections, a `finetune` argv using it)"""
+    from tunelab.tasks import load_task
+
+    task_file = tmp_path / "t.yaml"
+    task_file.write_text("kind: classification\nlabels: ['0', '1']\ndata: {text: sentence}\n" + sections)
+    return load_task(str(task_file)), ["finetune", "m", "--task", str(task_file), "--out", "o"]
+
+
 def test_a_nullable_flag_given_null_overrides_the_tasks_value(tmp_path, capsys):
     """`--limit null` sets the option to null (every example), where leaving the flag out keeps the task's
     value; a flag of an option that cannot be null refuses the word."""
     from tunelab.cli import _options, _train_config
     from tunelab.tasks import load_task
 
-    task_file = tmp_path / "t.yaml"
-    task_file.write_text(
-        "kind: classification\nlabels: ['0', '1']\ndata: {text: sentence}\n"
-        "zeroshot: {limit: 50}\nfinetune: {limit: 50, max_steps: 9, train_limit: 100}\n"
+    task, argv = _finetune_with_task_file(
+        tmp_path, "zeroshot: {limit: 50}\nfinetune: {limit: 50, max_steps: 9, train_limit: 100}\n"
     )
-    task = load_task(str(task_file))
-    argv = ["finetune", "m", "--task", str(task_file), "--out", "o"]
     parse = build_parser().parse_args
     args = parse([*argv, "--limit", "null", "--train-limit", "null", "--max-steps", "null"])
     assert _options(args, FINETUNE_EXTRAS, task) == {"limit": None, "train_limit": None}
@@ -141,7 +146,7 @@ def test_a_nullable_flag_given_null_overrides_the_tasks_value(tmp_path, capsys):
     assert _train_config(args, task).max_steps == 9
     args = parse(["finetune", "m", "--task", "sst2", "--out", "o", "--input-prompt", "null"])
     assert _options(args, FINETUNE_EXTRAS, load_task("sst2")) == {"input_prompt": None}  # bare text
-    args = parse(["zeroshot", "m", "--task", str(task_file), "--out", "o", "--limit", "null"])
+    args = parse(["zeroshot", *argv[1:], "--limit", "null"])
     assert _options(args, ZEROSHOT_OPTIONS, task) == {"limit": None}
     for bad in (["--limit", "few"], ["--epochs", "null"]):
         with pytest.raises(SystemExit):
@@ -153,15 +158,8 @@ def test_a_boolean_flag_turns_the_option_either_way_over_the_tasks_value(tmp_pat
     """A task file's `bf16: false` or `packing: true` is undone on the command line by --bf16 or --no-packing;
     a flag left out keeps the task's value."""
     from tunelab.cli import _train_config
-    from tunelab.tasks import load_task
 
-    task_file = tmp_path / "t.yaml"
-    task_file.write_text(
-        "kind: classification\nlabels: ['0', '1']\ndata: {text: sentence}\n"
-        "finetune: {bf16: false, packing: true}\n"
-    )
-    task = load_task(str(task_file))
-    argv = ["finetune", "m", "--task", str(task_file), "--out", "o"]
+    task, argv = _finetune_with_task_file(tmp_path, "finetune: {bf16: false, packing: true}\n")
     parse = build_parser().parse_args
     cfg = _train_config(parse(argv), task)
     assert (cfg.bf16, cfg.packing) == (False, True)

@@ -324,7 +324,8 @@ class Trainer:
                 continue
             # accumulation averages the micro-batches' mean losses: weigh each by its share of the step's
             # examples, so an epoch's short last batch counts per example, as in one large batch
-            share = [len(sizes) * n / sum(sizes) for n in sizes]  # all 1.0 when the batches are the same size
+            total = sum(sizes)
+            share = [len(sizes) * n / total for n in sizes]  # all 1.0 when the batches are the same size
             pending = [(b, w * s) for (b, w), s in zip(pending, share, strict=True)]
             self.running += self._optimizer_step(pending, micro - len(pending))
             self.running_n += len(pending)

@@ -6,7 +6,8 @@
 #   squad-epoch     `tunelab finetune` SmolLM2 on the whole SQuAD v1.1 train, one epoch ($SQUAD_FLAGS),
 #                   then the official dev set: train seconds and dev EM/F1 (so speed is not bought with quality)
 #   harness         benchmarks/harness_sst2.py: zero-shot SST-2 dev against lm-evaluation-harness (if lm_eval
-#                   imports on the machine; it is skipped, saying so, otherwise)
+#                   imports, from the image or from $HARNESS_SITE, default /tmp/site-harness, where
+#                   benchmarks/stage_harness.sh's extra run installs it; skipped, saying so, otherwise)
 #   eval-batching   benchmarks/eval_batching.py: evaluation at fixed batch sizes against batch_size auto, and
 #                   zero-shot SQuAD generation with a dynamic against a static KV cache
 #   study           benchmarks/gpu_study.py (issue 3's stages; only when named in ONLY)
@@ -17,7 +18,9 @@
 # TINY=1: the dry run on a CPU (tiny speed cases with variant packing only, 32 SQuAD training questions, 16 dev
 # questions, 8 harness sentences): checks this script end to end (13 minutes on the shared 2-core CPU).
 #
-# On the lent GPU machine (the `run` tool), after ../shared/tools/device-stage (its header): two runs back to back,
+# On the lent GPU machine (the `run` tool), after ../shared/tools/device-stage (its header) and then
+# benchmarks/stage_harness.sh here: three runs back to back,
+#   run 0: carry [".carry/h"]    command: bash .carry/h/stage
 #   run 1: carry [".carry/s1"]   command: bash .carry/s1/stage
 #   run 2: carry [".carry/s2"]   command: source .carry/s2/stage && bash benchmarks/gpu_run.sh
 # (staged with DATA_ONLY=1, the speed stages alone need one run: source .carry/s1/stage && ONLY=speed-baseline,
@@ -35,6 +38,7 @@ VARIANTS=${VARIANTS:-packing,compile-packing,all,share-prefix}
 [[ -n ${TINY:-} && -z ${KEEP_VARIANTS:-} ]] && VARIANTS=packing  # compiling on a CPU takes minutes a row
 SQUAD_FLAGS=${SQUAD_FLAGS:---packing}
 STEPS=${STEPS:-40}
+HARNESS_SITE=${HARNESS_SITE:-/tmp/site-harness}
 START=$(date +%s)
 LOG="$OUT/gpu_run.log"
 STATUS="$OUT/stages.jsonl"
@@ -90,12 +94,14 @@ for s in ${ONLY//,/ }; do
         cp "$d"/eval/metrics.json "$d"/train_log.jsonl "$d"/training_config.json "$OUT/squad-epoch/" 2>/dev/null
       done; true ;;
     harness)
-      if "$PY" -c "import lm_eval" 2>/dev/null; then
+      # lm-eval from the image, else from benchmarks/stage_harness.sh's install (this stage's path only)
+      hp=$PYTHONPATH; [[ -d $HARNESS_SITE ]] && hp="$PYTHONPATH:$HARNESS_SITE"
+      if PYTHONPATH=$hp "$PY" -c "import lm_eval" 2>/dev/null; then
         # bfloat16 only: tunelab's default on a GPU, and half the launches of both float types
         lim=(--dtypes bfloat16 --out "$OUT/harness-sst2.json"); [[ -n ${TINY:-} ]] && lim+=(--limit 8 --repeats 1)
-        stage "$s" "$PY" benchmarks/harness_sst2.py "${lim[@]}"
+        stage "$s" env PYTHONPATH="$hp" "$PY" benchmarks/harness_sst2.py "${lim[@]}"
       else
-        echo "== harness: skipped, lm_eval does not import here (stage it: device-stage lm-eval==0.4.13 ...)" | tee -a "$LOG"
+        echo "== harness: skipped, lm_eval does not import here (stage it: benchmarks/stage_harness.sh)" | tee -a "$LOG"
         note "$s" "skipped: no lm_eval" 0
       fi ;;
     eval-batching)

@@ -46,7 +46,6 @@ from pathlib import Path
 from machine_info import machine
 
 HERE = Path(__file__).resolve().parent
-BIN = Path(sys.executable).parent
 PROMPT = "{{sentence|trim}}\nQuestion: Is this sentence positive or negative?\nAnswer:"
 
 
@@ -144,8 +143,12 @@ def compare(dtype: str, args, work: Path, dev_tsv: Path, device: str, env: dict)
     t_env = {**env, "TUNELAB_CPU_BF16": "on" if dtype == "bfloat16" else "off"}
     # The first tunelab call converts the embedded GGUF into the cached folder the harness then reads.
     run([*tunelab, "--out", str(work / f"warm-{dtype}"), "--overwrite"], t_env)
+    # `python -m lm_eval`, not the `lm_eval` script: `pip install --target` (the GPU machine's staging) puts
+    # no script beside the interpreter.
     harness = [
-        str(BIN / "lm_eval"),
+        sys.executable,
+        "-m",
+        "lm_eval",
         "--model",
         "hf",
         "--model_args",

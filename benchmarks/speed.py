@@ -73,6 +73,8 @@ REPO = HERE.parent
 if str(REPO / "src") not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(REPO / "src"))
 
+from tunelab.precision import bf16_native  # noqa: E402
+
 CASES = {
     "sst2-llama1b": ("llama-3.2-1b", "sst2"),
     "squad-llama1b": ("llama-3.2-1b", "squad"),
@@ -138,7 +140,7 @@ def machine() -> dict:
             gpu=torch.cuda.get_device_name(0),
             gpu_memory_gib=round(props.total_memory / 2**30, 1),
             cuda=torch.version.cuda,
-            bf16=torch.cuda.is_bf16_supported(),
+            bf16=bf16_native(torch.device("cuda")),
         )
     else:
         info["gpu"] = None
@@ -388,7 +390,7 @@ def run_baseline(model, feats, *, task, warmup, steps, seed, pad_id, work) -> di
         learning_rate=b["learning_rate"],
         num_train_epochs=1,
         max_steps=total,
-        bf16=cuda and torch.cuda.is_bf16_supported(),
+        bf16=cuda and bf16_native(torch.device("cuda")),  # as tunelab decides
         use_cpu=not cuda,
         logging_strategy="no",
         save_strategy="no",

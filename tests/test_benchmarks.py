@@ -399,3 +399,48 @@ def test_squad_decoding_bench_answers_each_way(tiny_model_dir, tmp_path):
     assert "extractive" not in v2 and "grounded_minus_free_f1" in v2
     # v2: an empty free answer is the no-answer, so grounded keeps it and answers nothing again
     assert v2["grounded_extractive_answers"] == 0 and v2["answers_changed"] == {"grounded": 0}
+
+
+FAKE_HARNESS = """
+import json, pathlib, sys
+args = sys.argv[1:]
+opt = {k: v for k, v in zip(args, args[1:]) if k.startswith("--")}
+task = pathlib.Path(opt["--include_path"]) / "sst2_local.yaml"
+assert "dataset_path: csv" in task.read_text(), task
+out = pathlib.Path(opt["--output_path"]) / "model"
+out.mkdir(parents=True)
+n = int(opt["--limit"])
+doc = {"results": {"sst2_local": {"acc,none": 0.5}}, "n-samples": {"sst2_local": {"effective": n}}}
+(out / "results_1.json").write_text(json.dumps(doc))
+with open(pathlib.Path(__file__).parent.parent / "calls.jsonl", "a") as f:
+    f.write(json.dumps(args) + "\\n")
+"""
+
+
+@pytest.mark.slow  # the real SmolLM2 scores 4 sentences three times
+@pytest.mark.skipif(not DATA, reason="TUNELAB_DATA_DIR is not set")
+def test_harness_bench_runs_the_harness_as_an_importable_module(tmp_path):
+    """benchmarks/harness_sst2.py runs lm-eval as `python -m lm_eval` (on the GPU machine it is installed with
+    `pip install --target`, which writes no script beside the interpreter) and reports both tools' runs.
+    The harness here is a stand-in module that records its arguments and writes a results file."""
+    fake = tmp_path / "site" / "lm_eval"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("")
+    (fake / "__main__.py").write_text(FAKE_HARNESS)
+    env = dict(os.environ, TUNELAB_DATA_DIR=DATA, TOKENIZERS_PARALLELISM="false")
+    env["TUNELAB_CACHE"] = os.environ.get("TUNELAB_REAL_CACHE", str(Path.home() / ".cache" / "tunelab"))
+    paths = [str(ROOT / "src"), str(tmp_path / "site"), os.environ.get("PYTHONPATH")]
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, paths))
+    out = tmp_path / "harness.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "harness_sst2.py"), "--dtypes", "float32"]
+    cmd += ["--limit", "4", "--repeats", "1", "--out", str(out)]
+    proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    calls = [json.loads(line) for line in (tmp_path / "site" / "calls.jsonl").read_text().splitlines()]
+    assert len(calls) == 1 and calls[0][:2] == ["--model", "hf"]
+    assert "dtype=float32" in calls[0][3] and calls[0][calls[0].index("--limit") + 1] == "4"
+    row = json.loads(out.read_text())["by_dtype"]["float32"]
+    assert row["n"] == 4 and row["harness_n"] == 4 and row["tunelab_dtype"] == "float32"
+    assert row["accuracy"]["harness"] == 0.5 and 0 <= row["accuracy"]["tunelab"] <= 1
+    assert len(row["wall_seconds"]["harness"]) == len(row["wall_seconds"]["tunelab"]) == 1
+    assert row["ratio_of_medians"] > 0 and row["compute"]["ratio_bound"] > 1

@@ -191,3 +191,17 @@ def test_models_are_loaded_with_float32_heads(tiny_model_dir):
     torch.testing.assert_close(bf16.lm_head.weight, fp32.lm_head.weight, atol=0.01, rtol=0.01)
     logits = bf16(input_ids=torch.tensor([[1, 2, 3]])).logits
     assert logits.dtype == torch.float32
+
+
+@pytest.mark.parametrize("major,native", [(7, False), (8, True), (9, True)])
+def test_a_gpu_before_ampere_only_emulates_bfloat16(monkeypatch, major, native):
+    """T4/V100 (compute capability 7.x) run bfloat16 emulated and slowly (torch.cuda.is_bf16_supported() says
+    True there by default): tunelab keeps them in float32; the device asked about is the one checked."""
+    asked = []
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: asked.append(d) or (major, 0))
+    gpu = torch.device("cuda", 1)
+    assert precision.bf16_native(gpu) is native and asked == [gpu]
+    assert precision.bf16_autocast(gpu) is native
+    assert precision.eval_dtype(gpu) == (torch.bfloat16 if native else torch.float32)

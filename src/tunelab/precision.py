@@ -47,7 +47,9 @@ def _cpu_has_native_bf16() -> bool:
 def bf16_native(dev: torch.device) -> bool:
     """Whether `dev` computes bfloat16 natively (a CPU's check, not its override)."""
     if dev.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        # compute capability 8 (Ampere) and later; earlier cards only emulate bfloat16 (slowly), which
+        # torch.cuda.is_bf16_supported() counts by default. ROCm GPUs all have it.
+        return bool(torch.version.hip) or torch.cuda.get_device_capability(dev)[0] >= 8
     return dev.type == "cpu" and _cpu_has_native_bf16()
 
 

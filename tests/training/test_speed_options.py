@@ -263,3 +263,39 @@ def test_the_finetune_flags_reach_the_training_config():
         UsageError, match=SIZE_RULE.replace("micro_batch_size", "--micro-batch-size") + ", got 'x'"
     ):
         _train_config(args, get_task("sst2"))
+
+
+@pytest.mark.parametrize("head,method", [("classification", "full"), ("span", "lora")])
+def test_training_and_evaluation_build_no_kv_cache(tiny_model_dir, tmp_path, head, method):
+    """Llama configs say use_cache=True; nothing reads a cache in training or span/class evaluation, so none
+    is built (under `compile` its per-layer state made dynamo compile the shared layer once per layer)."""
+    from helpers import qa_examples
+    from transformers.cache_utils import Cache
+
+    from tunelab.models import load_tokenizer
+    from tunelab.prefix_cache import decoder_of
+    from tunelab.tasks.classification.head import classify
+    from tunelab.tasks.extractive_qa.spans import predict_spans
+
+    model = _model(tiny_model_dir, head, method, torch.float32)
+    assert model.config.use_cache
+    cached = []
+    layer = decoder_of(model).layers[0]
+    layer.register_forward_pre_hook(
+        lambda m, a, kw: cached.append(any(isinstance(v, Cache) for v in kw.values())), with_kwargs=True
+    )
+    train(
+        model,
+        _features(8, span=head == "span"),
+        _cfg(epochs=1, compile=False, share_prefix="off"),
+        pad_id=0,
+        work_dir=tmp_path / "t",
+        loss_fn=span_loss if head == "span" else None,
+        progress=False,
+    )
+    tok = load_tokenizer(tiny_model_dir)
+    if head == "span":
+        predict_spans(model, tok, qa_examples(2), 48, 16, progress=False)
+    else:
+        classify(model, tok, ["good film", "bad film"], 32, share_prefix=False, progress=False)
+    assert cached and not any(cached)

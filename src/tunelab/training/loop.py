@@ -364,6 +364,9 @@ class Trainer:
                 return loss
         batch = speed.padded(feats, self.pad_id, cfg.max_length, static=cfg.compile)
         batch = speed.to_device(batch, device, cfg.pin_memory)
+        # No KV cache (Llama configs say use_cache=True): unused in training, and under `compile` the cache's
+        # per-layer state would make dynamo compile the shared layer once per layer and shape.
+        batch["use_cache"] = False
         return self.loss_fn(self.model, batch) if self.loss_fn else self.model(**batch).loss
 
     def _shares_prefix(self) -> bool:

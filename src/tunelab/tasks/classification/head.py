@@ -78,8 +78,8 @@ def classify(
         with precision.autocast(dev, bf16):
             # the prompt's shared start (chat template, instruction) once per batch, when there is one
             batch = prefix_inputs(model, feats, pad, dev) if share_prefix else None
-            if batch is None:
-                batch = {k: v.to(dev) for k, v in pad_batch(feats, pad).items()}
+            if batch is None:  # no KV cache: nothing reads it
+                batch = {**{k: v.to(dev) for k, v in pad_batch(feats, pad).items()}, "use_cache": False}
             logits = model(**batch).logits
         out[idx] = torch.log_softmax(logits.float(), -1).cpu().numpy()
 

@@ -457,7 +457,7 @@ def span_loss(model, batch: dict) -> torch.Tensor:
     batch: with dynamic padding an example's loss would then depend on its batch-mates' lengths, and on how a
     global batch is split across processes.)"""
     inputs = {k: v for k, v in batch.items() if k not in ("start_positions", "end_positions")}
-    out = model(**inputs)
+    out = model(**{**inputs, "use_cache": False})
     pad = batch["attention_mask"] == 0
     # at least float32 (bf16 logits are upcast); a float64 model keeps float64, as tunelab.packing does
     dtype = torch.promote_types(out.start_logits.dtype, torch.float32)

@@ -249,6 +249,22 @@ def test_squad_files(squad_dir, tmp_path, capsys):
     assert rows2[0]["id"] == "s1" and rows2[0]["answer"] == rows[0]["answer"]
 
 
+def test_a_squad_file_of_questions_without_answers(squad_dir, tmp_path, capsys):
+    ctx = qa_examples(1)[0].context
+    qas = [{"id": "s1", "question": "Who won ?"}, {"id": "s2", "question": "Where ?", "answers": []}]
+    doc = {"version": "1.1", "data": [{"title": "t", "paragraphs": [{"context": ctx, "qas": qas}]}]}
+    path = tmp_path / "questions.json"
+    path.write_text(json.dumps(doc))
+    assert cli(["predict", squad_dir, "--file", str(path), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["predictions"]
+    assert [r["id"] for r in rows] == ["s1", "s2"]
+    qas[0]["answers"] = [{"text": "nowhere in it", "answer_start": 0}]  # answers given are still checked
+    path.write_text(json.dumps(doc))
+    with pytest.raises(DataError, match="does not point at the answer text") as info:
+        cli(["predict", squad_dir, "--file", str(path)])
+    assert info.value.record == "s1"
+
+
 def test_squad_input_errors(squad_dir, tmp_path):
     with pytest.raises(UsageError, match="--question and --context"):
         cli(["predict", squad_dir, "--question", "q"])

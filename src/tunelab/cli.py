@@ -44,8 +44,9 @@ def _add_data_opts(p: argparse.ArgumentParser) -> None:
         "--dataset",
         metavar="ID[:CONFIG]",
         help="read the split through `datasets` instead of files: a Hub id with an optional config "
-        "(nyu-mll/glue:sst2, rajpurkar/squad, rajpurkar/squad_v2) or a local dataset folder (save_to_disk, "
-        "or parquet/JSON/CSV files); dev is its `validation` split; pip install 'tunelab[hub]'",
+        "(nyu-mll/glue:sst2, rajpurkar/squad, rajpurkar/squad_v2) or a local dataset folder "
+        "(DatasetDict.save_to_disk, or parquet/JSON/CSV files); dev is its `validation` split; "
+        "pip install 'tunelab[hub]'",
     )
     p.add_argument("--split", default="dev", help="split of the task's data (default: dev)")
     p.add_argument(

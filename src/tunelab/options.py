@@ -806,9 +806,9 @@ def schema_text(task_defaults: dict[str, dict] | None = None) -> str:
     lines += ["#         ... and the training options:"] + _schema_lines(TRAIN_OPTIONS, "#         ")
     lines += [
         "#       variants: a mapping; default {} (none)",
-        "#         <variant>:  a name (lower-case letters, digits, - and _; not seed<N>): an extra",
-        "#             fine-tuned model, trained into <task>/finetune-<variant>/ and reported beside the",
-        "#             main one; its keys are any of finetune's, over the task's finetune section; null",
+        "#         <variant>:  a name (lower-case letters, digits, - and _; not seed<N>, base or finetuned):",
+        "#             an extra fine-tuned model, trained into <task>/finetune-<variant>/, reported beside",
+        "#             the main one; its keys are any of finetune's, over the task's finetune section; null",
         "#             removes a variant a lower layer defined (variants: null, all of them)",
     ]
     if task_defaults:

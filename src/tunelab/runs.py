@@ -128,7 +128,7 @@ def finetune(
     options: dict | None = None,
     *,
     train_data: str = "training data",
-    resume: bool = False,
+    resume: bool | str = False,
     overwrite: bool = False,
     report_to: list[str] | None = None,
     tracking_dir: str | Path | None = None,
@@ -142,8 +142,9 @@ def finetune(
     input_prompt). `report_to`: experiment trackers (tunelab.tracking), logging under `tracking_dir` (default
     OUT/tracking) as `run_name`, with `hparams` (default: the training config). `inputs`: what else the
     caller read (a data folder, a config file), which `out` must not touch. `final_out`: the folder recorded
-    as the model when `out` is a temporary one the caller moves there. Returns the dev metrics (None on
-    processes that do not write)."""
+    as the model when `out` is a temporary one the caller moves there. `resume`: continue from OUT.partial's
+    newest checkpoint; "matching": only one of these settings and data, else start over (training.train).
+    Returns the dev metrics (None on processes that do not write)."""
     cfg.validate()
     trained_on = [("training file", p) for p in str(train_data).split(" + ")]  # (+: extra_train's files)
     read = [local_files(model_spec), *trained_on, ("data file", dev_data), *inputs]

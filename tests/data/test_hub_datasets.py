@@ -10,6 +10,7 @@ import yaml
 datasets = pytest.importorskip("datasets")
 
 from tunelab.cli import main  # noqa: E402
+from tunelab.data.hub import DatasetRef  # noqa: E402
 from tunelab.errors import DataError, UsageError  # noqa: E402
 from tunelab.tasks import get_task, load_task  # noqa: E402
 
@@ -211,3 +212,28 @@ def test_a_dataset_spec_without_an_id_is_refused(capsys):
         assert main(["data", "check", "--task", "sst2", "--dataset", spec]) == 2
         err = capsys.readouterr().err
         assert f"--dataset: expected a Hub id (OWNER/NAME[:CONFIG]) or a local folder, got {spec!r}" in err
+
+
+def test_a_folder_of_one_dataset_is_refused_not_read_as_every_split(tmp_path, capsys):
+    """One saved Dataset has no splits: train and dev would be the same rows."""
+    folder = tmp_path / "one"
+    datasets.Dataset.from_dict(_sst2_rows(6)).save_to_disk(str(folder))
+    for split in ("train", "dev"):
+        with pytest.raises(UsageError, match=rf"{folder} holds one Dataset, not a DatasetDict with splits"):
+            get_task("sst2").load_split(split, dataset=str(folder))
+    assert main(["data", "check", "--task", "sst2", "--dataset", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert str(folder) in err and "save a DatasetDict" in err
+
+
+def test_a_folder_under_home_is_read_from_there(tmp_path, monkeypatch):
+    """`~/folder` of data files is the local folder, not a Hub id (as `~` of a save_to_disk folder was)."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    loaded = datasets.load_from_disk(sst2_disk(tmp_path / "disk"))
+    for split in ("train", "validation"):
+        loaded[split].to_parquet(str(folder / f"{split}.parquet"))
+    dev, where = get_task("sst2").load_split("dev", dataset="~/mine")
+    assert where == f"{folder} [validation]" and len(dev) == 6
+    assert DatasetRef.parse("~/mine:cfg") == DatasetRef(str(folder), "cfg")

@@ -132,6 +132,19 @@ def test_v1_file_without_is_impossible(tmp_path):
     assert summarize_squad(examples)["version"] == "1.1"
 
 
+def test_questions_to_predict_may_omit_answers(tmp_path):
+    doc = broken(lambda d: [qa(d).pop("answers"), qa(d, paragraph=1).update(answers=[])])
+    with pytest.raises(DataError, match="has no answers"):
+        read_squad(write(tmp_path, doc))  # training and evaluation data must have them
+    examples = read_squad(write(tmp_path, doc), require_answers=False)
+    assert [(ex.id, ex.answers) for ex in examples][::2] == [("q1", []), ("q3", [])]
+    # answers that are given are still checked
+    doc = broken(lambda d: [qa(d).pop("answers"), qa(d, paragraph=1).update(answers=[{"text": "x"}])])
+    with pytest.raises(DataError, match="answer_start must be an integer") as info:
+        read_squad(write(tmp_path, doc), require_answers=False)
+    assert info.value.record == "q3"
+
+
 def qa(doc, article=0, paragraph=0, question=0):
     return doc["data"][article]["paragraphs"][paragraph]["qas"][question]
 

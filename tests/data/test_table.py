@@ -3,6 +3,7 @@ kind of broken file, and the Hub."""
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -62,6 +63,15 @@ def test_csv_with_quotes_and_multiline_field(tmp_path):
         SST2Example("two\nlines", 0, 3),
         SST2Example("last", 1, 5),
     ]
+
+
+def test_csv_lines_count_newlines_only_as_grep_does(tmp_path):
+    # a lone \r inside a quoted field (or a CRLF) is no extra line: line numbers agree with grep -n
+    path = write(tmp_path, "x.csv", 'sentence,label\r\n"a\rb",1\r\n"c\r\nd",0\nlast,7\n')
+    with pytest.raises(DataError, match=rf"x\.csv, line 5: {re.escape(LABEL_RULE)}, got '7'"):
+        read_sst2(path)
+    path = write(tmp_path, "y.csv", 'sentence,label\n"a\rb",1\n"c\r\nd",0\nlast,1\n')
+    assert [ex.line for ex in read_sst2(path)] == [2, 3, 5]
 
 
 def test_jsonl(tmp_path):

@@ -168,7 +168,7 @@ def test_study_end_to_end_then_resume(tiny_model_dir, data_dir, tmp_path, capsys
     del p["finetuned"]
     (run / "params/squad.json").write_text(json.dumps(p))
     assert main(args) == 0
-    assert calls and calls[0]["resume"] is True
+    assert calls and calls[0]["resume"] == "matching"
     assert json.loads((run / "params/squad.json").read_text())["finetuned"]["total"] == 1
 
 
@@ -205,6 +205,9 @@ def test_a_rerun_whose_data_changed_redoes_the_stages_that_read_it(
         assert "a fixed , great film" in texts and "truly wonderful , a great movie indeed" not in texts, rows
     stages = json.loads((run / "stages.json").read_text())
     assert stages["sst2/zeroshot"]["data"]["dev"]["sha256"] == study_run.file_digest(dev)
+    env = json.loads((run / "environment.json").read_text())  # what this invocation ran, redone stages too
+    ran = ["sst2/zeroshot", "sst2/finetune", "sst2/params-finetuned", "report"]
+    assert env["stages_run"] == env["invocations"][-1]["stages_run"] == ran
     assert "WARNING" not in (run / "report.md").read_text()
 
     # the same data again: everything is reused
@@ -264,6 +267,22 @@ def test_existing_non_run_folder_is_refused(tiny_model_dir, data_dir, tmp_path, 
     assert "not a study run folder" in capsys.readouterr().err
 
 
+def test_a_refused_out_writes_nothing(tiny_model_dir, data_dir, tmp_path, capsys, monkeypatch):
+    """--out . and --out inside an input are refused (exit 2, one message) before the lock file or any folder
+    is written."""
+    cfg = _config(tmp_path, tiny_model_dir, data_dir)
+    monkeypatch.chdir(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert main(["study", "--config", cfg, "--out", "."]) == 2
+    err = capsys.readouterr().err
+    assert "--out . " in err and "is the current folder" in err and "Traceback" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    inside = data_dir / "new" / "deeper" / "run"
+    assert main(["study", "--config", cfg, "--out", str(inside)]) == 2
+    assert "lies inside the data folder" in capsys.readouterr().err
+    assert not (data_dir / "new").exists()
+
+
 @pytest.mark.parametrize(
     "text,key,problem",
     [
@@ -295,7 +314,12 @@ def test_existing_non_run_folder_is_refused(tiny_model_dir, data_dir, tmp_path, 
         ),
         ("tasks:\n  trec: {enabled: true}\n", "trec", "a task of your own needs `file:"),
         ("tasks:\n  trec: {file: nowhere.yaml}\n", "tasks.trec.file", "cannot read task file"),
-        ("tasks:\n  params: {file: t.yaml}\n", "tasks.params", "a folder of the study's own run folder"),
+        ("tasks:\n  params: {file: t.yaml}\n", "tasks.params", "the study's run folder uses for its own"),
+        (
+            "tasks:\n  report.md: {file: t.yaml}\n",
+            "tasks.report.md",
+            "the study's run folder uses for its own",
+        ),
         (
             "tasks:\n  sst2:\n    zeroshot:\n      prompt: nope\n",
             "tasks.sst2.zeroshot.prompt",
@@ -596,3 +620,66 @@ def test_a_lora_target_naming_no_layer_fails_before_the_run_folder_exists(
         "sst2.variants.lora.lora_targets=self_attn.q_proj",
     ]
     assert main(fixed) == 0, capsys.readouterr().err
+
+
+def test_a_changed_task_file_prompt_file_or_model_redoes_the_stages_that_used_it(
+    tiny_model_dir, data_dir, tmp_path, capsys, monkeypatch
+):
+    """Besides data, each stage records digests of the task's definition, the prompt files it renders and
+    the model's files: editing any of them redoes the stages that used it (and task.json follows the task
+    file); the run's own config.yaml, task file and all, is accepted back as --config."""
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    cfgdir = tmp_path / "cfg"
+    (cfgdir / "tasks").mkdir(parents=True)
+    task_file = cfgdir / "tasks" / "mine.yaml"
+    sst = data_dir / "SST-2"
+    task_file.write_text(
+        "kind: classification\nlabels: ['0', '1']\ndata: {text: sentence, splits: {train: "
+        f"{sst}/train.tsv, dev: {sst}/dev.tsv}}}}\nverbalizers: {{'0': [' bad'], '1': [' good']}}\n"
+    )
+    prompt = cfgdir / "p.yaml"
+    prompt.write_text("text: 'Movie: {text}\\nVerdict:'\nverbalizers: {'0': [' bad'], '1': [' good']}\n")
+    cfg = yaml.safe_load(open(_config(tmp_path, str(model), data_dir)).read())
+    mine = {**cfg["tasks"]["sst2"], "file": "tasks/mine.yaml"}
+    mine["zeroshot"] = {**mine["zeroshot"], "prompt": str(prompt)}
+    del mine["finetune"]["input_prompt"]
+    cfg["tasks"] = {"sst2": {"enabled": False}, "squad": {"enabled": False}, "mine": mine}
+    (cfgdir / "study.yaml").write_text(yaml.safe_dump(cfg))
+    run = tmp_path / "run"
+    assert main(["study", "--config", str(cfgdir / "study.yaml"), "--out", str(run)]) == 0
+    capsys.readouterr()
+    # config.yaml names the task file as found: read back from the run folder, it is the same study
+    assert yaml.safe_load((run / "config.yaml").read_text())["tasks"]["mine"]["file"] == str(task_file)
+    again = ["study", "--config", str(run / "config.yaml"), "--out", str(run)]
+    assert main(again) == 0
+    assert len(re.findall(r"done earlier, skipped", capsys.readouterr().out)) == 4
+
+    args = ["study", "--config", str(cfgdir / "study.yaml"), "--out", str(run)]
+    prompt.write_text(prompt.read_text().replace("Verdict:", "Opinion:"))
+    monkeypatch.setattr(runs, "finetune", _fail)  # fine-tuning does not render the zero-shot prompt
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert f"mine: zero-shot: done earlier, but the prompt file {prompt} changed since: redoing it" in out
+    assert "fine-tune (full) and evaluate: done earlier, skipped" in out
+    monkeypatch.undo()
+
+    task_file.write_text(task_file.read_text() + "description: my own sentiment task\n")
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert len(re.findall(r"done earlier, but the definition of task mine changed since", out)) == 3, out
+    assert json.loads((run / "mine" / "task.json").read_text())["description"] == "my own sentiment task"
+
+    from conftest import make_model_dir
+
+    make_model_dir(model, seed=1)  # other weights at the same path
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert len(re.findall(rf"done earlier, but the model's files \({model}\) changed since", out)) == 3, out
+    monkeypatch.setattr(runs, "zeroshot", _fail)
+    monkeypatch.setattr(runs, "finetune", _fail)
+    monkeypatch.setattr(study_run, "count_finetuned", _fail)
+    assert main(args) == 0  # nothing changed since: all reused
+    assert len(re.findall(r"done earlier, skipped", capsys.readouterr().out)) == 4

@@ -182,7 +182,7 @@ def test_study_with_variants(tmp_path, tiny_model_dir, capsys, monkeypatch):
     monkeypatch.setattr(runs, "finetune", fake)
     monkeypatch.setattr(study_run, "count_finetuned", lambda folder: {"total": 7, "folder": str(folder)})
     assert main(["study", "--config", cfg, "--out", str(run)]) == 0
-    assert calls == [(run / "sst2" / "finetune-lora", "lora", True)]
+    assert calls == [(run / "sst2" / "finetune-lora", "lora", "matching")]
     assert json.loads((run / "params/sst2.json").read_text())["variants"]["lora"]["finetuned_total"] == 7
     assert "| SST-2, variant lora (lora) | accuracy (%) | zero-shot |" in (run / "report.md").read_text()
     assert "| 25.0 [" in _rows((run / "report.md").read_text(), "| variant lora |", 2)[0]
@@ -203,6 +203,8 @@ def test_study_with_variants(tmp_path, tiny_model_dir, capsys, monkeypatch):
         ("sst2:\n  variants:\n    lora: 3\n", "tasks.sst2.variants.lora", "must be a mapping"),
         ("sst2:\n  variants:\n    Lora: {}\n", "tasks.sst2.variants.Lora", "a variant's name"),
         ("sst2:\n  variants:\n    seed7: {}\n", "tasks.sst2.variants.seed7", "not seed<N>"),
+        ("sst2:\n  variants:\n    base: {}\n", "tasks.sst2.variants.base", "base or finetuned"),
+        ("sst2:\n  variants:\n    finetuned: {}\n", "tasks.sst2.variants.finetuned", "base or finetuned"),
     ],
 )
 def test_bad_variant_keys_exit_2_naming_the_key(tmp_path, capsys, text, key, problem):
@@ -250,3 +252,19 @@ def test_run_folder_from_before_variants_continues(tmp_path, tiny_model_dir):
     study_run.Study(old, run).prepare()  # no variants then, none now: accepted
     with pytest.raises(study_config.UsageError, match=r"another configuration.*tasks\.sst2\.variants\.lora"):
         study_run.Study(study_config.resolve_config(config=cfg), run).prepare()
+
+
+def test_a_variant_named_like_a_seed_is_not_a_seed(tmp_path):
+    """seed_runs reads finetune-seed<N>/ folders only: a variant `seedless` is not a second seed."""
+    from tunelab.report.run_folder import TaskRun
+    from tunelab.report.seeds import seed_runs
+    from tunelab.tasks import get_task
+
+    for name in ("finetune", "finetune-seedless"):
+        (tmp_path / name / "eval").mkdir(parents=True)
+        (tmp_path / name / "eval" / "metrics.json").write_text('{"accuracy": 0.5}')
+    t = TaskRun("sst2", get_task("sst2"), *[None] * 9, folder=tmp_path)
+    assert seed_runs(t) == []
+    (tmp_path / "finetune-seed7" / "eval").mkdir(parents=True)
+    (tmp_path / "finetune-seed7" / "eval" / "metrics.json").write_text('{"accuracy": 0.6}')
+    assert [r.folder.name for r in seed_runs(t)] == ["finetune", "finetune-seed7"]

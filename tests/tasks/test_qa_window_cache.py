@@ -157,7 +157,7 @@ def corrupt_consistent_checksum(data: bytes) -> bytes:
         lambda d: d[: len(d) // 2],  # truncated
         lambda d: b"",
         lambda d: b"not a cache file",
-        lambda d: b'{"format": "tunelab-qa-windows/1"}\n' + d.split(b"\n", 1)[1],  # header without key
+        lambda d: b'{"format": "%s"}\n' % window_cache.FORMAT.encode() + d.split(b"\n", 1)[1],  # no key
         corrupt_consistent_checksum,
     ],
     ids=["flipped-byte", "truncated", "empty", "garbage", "no-key", "inconsistent-arrays"],
@@ -173,6 +173,20 @@ def test_a_corrupted_cache_file_is_rebuilt_not_used(counted, corrupt):
     assert again == good
     assert len(counted) == n + 1  # rebuilt once, then read back
     assert window_cache.read(path, path.stem) is not None  # and the file rewritten whole
+
+
+def test_a_nul_moved_between_two_passages_is_another_key(counted, monkeypatch):
+    """Passages are hashed length-prefixed, not NUL-joined: "P\0" + "Q" and "P" + "\0Q" are other inputs
+    (the second passage's questions unanswerable, so that no answer offset tells them apart)."""
+    tok, exs = make_tok(), examples(6)
+    exs = [e if i < 3 else changed(e, answers=[], is_impossible=True) for i, e in enumerate(exs)]
+    a = [changed(e, context=e.context + "\0") if i < 3 else e for i, e in enumerate(exs)]
+    b = [changed(e, context="\0" + e.context) if i >= 3 else e for i, e in enumerate(exs)]
+    assert window_cache.cache_key(a, tok, 32, 8, True) != window_cache.cache_key(b, tok, 32, 8, True)
+    features(a, tok)
+    got = features(b, tok)
+    assert len(counted) == 2  # b windowed, not read from a's file
+    assert got == uncached(b, tok, monkeypatch)
 
 
 def test_a_file_of_other_inputs_under_this_key_is_not_used(counted, monkeypatch):

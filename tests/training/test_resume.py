@@ -412,3 +412,48 @@ def test_a_failure_before_any_checkpoint_leaves_no_partial_folder(tmp_path):
         (work / "checkpoints" / "step-2" / "COMPLETE").write_text("ok")
         raise RuntimeError("killed")
     assert (tmp_path / "o.partial" / "checkpoints" / "step-2").is_dir() and not out.exists()
+
+
+def test_a_token_changed_mid_example_is_other_data_and_matching_resume_starts_over(
+    tiny_model_dir, tmp_path, capsys
+):
+    """The checkpoint's data digest covers every token (a word edited mid-sentence is other data): --resume
+    refuses it; resume="matching" (a study's stage) starts over, and ends as a fresh run on the new data."""
+    feats = _features()
+    feats[0] = {"input_ids": list(range(5, 29)), "attention_mask": [1] * 24, "labels": 0}
+    with pytest.raises(Crash):
+        train(
+            _model(tiny_model_dir),
+            feats,
+            _cfg(),
+            pad_id=0,
+            work_dir=tmp_path / "run",
+            evaluate=_evaluate(crash_at=2),
+            progress=False,
+        )
+    assert last_checkpoint(tmp_path / "run" / "checkpoints") is not None
+    edited = [dict(f) for f in feats]
+    edited[0]["input_ids"] = [*feats[0]["input_ids"][:12], 7, *feats[0]["input_ids"][13:]]
+    with pytest.raises(UsageError, match=r"cannot resume.*training data"):
+        train(_model(tiny_model_dir), edited, _cfg(), pad_id=0, work_dir=tmp_path / "run", resume=True)
+
+    fresh = _model(tiny_model_dir)
+    ref = train(
+        fresh, edited, _cfg(), pad_id=0, work_dir=tmp_path / "ref", evaluate=_evaluate(), progress=False
+    )
+    model = _model(tiny_model_dir)
+    got = train(
+        model,
+        edited,
+        _cfg(),
+        pad_id=0,
+        work_dir=tmp_path / "run",
+        evaluate=_evaluate(),
+        resume="matching",
+        progress=False,
+    )
+    assert "other settings or data (training data): training starts over" in capsys.readouterr().out
+    assert got.resumed_from == 0 and got.steps == ref.steps and got.evals == ref.evals
+    assert [e["loss"] for e in got.log] == [e["loss"] for e in ref.log]
+    want, have = _trainable(fresh), _trainable(model)
+    assert all(torch.equal(want[k], have[k]) for k in want)

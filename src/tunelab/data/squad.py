@@ -32,19 +32,20 @@ class SquadExample:
     plausible_answers: list[dict] = field(default_factory=list)  # v2.0 only, for impossible questions
 
 
-def read_squad(path) -> list[SquadExample]:
-    """Read a SQuAD JSON file (v1.1 or v2.0); every answer span is checked against its context."""
+def read_squad(path, *, require_answers: bool = True) -> list[SquadExample]:
+    """Read a SQuAD JSON file (v1.1 or v2.0); every answer span is checked against its context. Without
+    `require_answers` (questions to predict), an answerable question may have no answers."""
     path = Path(path)
     with gc_paused():  # the parse and the records make no garbage cycles
-        return _read(path)
+        return _read(path, require_answers)
 
 
-def _read(path: Path) -> list[SquadExample]:
+def _read(path: Path, require_answers: bool = True) -> list[SquadExample]:
     doc = _document(path, read_utf8(path))
     examples = []
     seen: dict[str, str] = {}  # question id -> where it was first seen
     for i, article in enumerate(doc["data"]):
-        for ex, where in _article(path, article, f"data[{i}]"):
+        for ex, where in _article(path, article, f"data[{i}]", require_answers):
             if ex.id in seen:
                 raise DataError(
                     path,
@@ -131,7 +132,7 @@ def _question_id(doc: dict, where: str) -> str | None:
     return qid if isinstance(qid, str) and find_surrogate(qid) is None else None
 
 
-def _article(path: Path, article, where: str):
+def _article(path: Path, article, where: str, require_answers: bool = True):
     """(question, where in the file) of every question of an article."""
     if not isinstance(article, dict):
         raise DataError(path, f"{where}: expected an object, got {type(article).__name__}")
@@ -147,7 +148,7 @@ def _article(path: Path, article, where: str):
             what = "missing" if context is None else "empty" if isinstance(context, str) else "not a string"
             raise DataError(path, f"{at}: context is {what}")
         for k, qa in enumerate(_list(path, paragraph, "qas", at)):
-            yield _question(path, qa, f"{at}.qas[{k}]", title, context), f"{at}.qas[{k}]"
+            yield _question(path, qa, f"{at}.qas[{k}]", title, context, require_answers), f"{at}.qas[{k}]"
 
 
 def _list(path: Path, obj: dict, key: str, where: str) -> list:
@@ -158,7 +159,9 @@ def _list(path: Path, obj: dict, key: str, where: str) -> list:
     return value
 
 
-def _question(path: Path, qa, where: str, title: str, context: str) -> SquadExample:
+def _question(
+    path: Path, qa, where: str, title: str, context: str, require_answers: bool = True
+) -> SquadExample:
     if not isinstance(qa, dict):
         raise DataError(path, f"{where}: expected an object, got {type(qa).__name__}")
     qid = qa.get("id")
@@ -184,7 +187,7 @@ def _question(path: Path, qa, where: str, title: str, context: str) -> SquadExam
         raise DataError(
             path, f"question is marked is_impossible but has {len(answers)} answer(s)", record=qid
         )
-    if not impossible and not answers:
+    if require_answers and not impossible and not answers:
         raise DataError(
             path, "answerable question (is_impossible false or absent) has no answers", record=qid
         )

@@ -136,17 +136,27 @@ class _Rows:
     # TSV / CSV
 
     def delimited(self, text: str, suffix: str) -> list[TextExample]:
+        # Line numbers count "\n" only (as grep -n, wc -l and the UTF-8 / JSONL errors do), not the csv
+        # reader's line_num, which also counts a lone "\r" (one inside a quoted field too).
+        newlines = 0  # "\n" in the lines the reader has taken so far
+
+        def lines():
+            nonlocal newlines
+            for line in io.StringIO(text, newline=""):
+                newlines += line.count("\n")
+                yield line
+
         if suffix == ".tsv":
             # GLUE sentences contain bare quotes (`"`), so no quoting at all: one line is one row.
-            reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
+            reader = csv.reader(lines(), delimiter="\t", quoting=csv.QUOTE_NONE)
             sep = "tab"
         else:
-            reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+            reader = csv.reader(lines(), strict=True)
             sep = "comma"
         header: list[str] | None = None
         examples = []
         while True:
-            start = reader.line_num + 1  # a quoted CSV field may span lines: report where the row starts
+            start = newlines + 1  # a quoted CSV field may span lines: report where the row starts
             try:
                 row = next(reader)
             except StopIteration:

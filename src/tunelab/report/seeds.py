@@ -7,6 +7,7 @@ The seeds' folders: RUN/<task>/finetune/ (the first seed) and RUN/<task>/finetun
 
 from __future__ import annotations
 
+import re
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -47,7 +48,8 @@ class SeedRun:
 def seed_runs(t: TaskRun) -> list[SeedRun]:
     """The task's fine-tuned runs, one per seed (first seed first); empty unless there are several."""
     out = []
-    for folder in [t.folder / "finetune", *sorted(t.folder.glob("finetune-seed*"))]:
+    seeded = [p for p in t.folder.glob("finetune-seed*") if re.fullmatch(r"finetune-seed\d+", p.name)]
+    for folder in [t.folder / "finetune", *sorted(seeded)]:
         m = folder / "eval" / "metrics.json"
         if not m.is_file():
             continue

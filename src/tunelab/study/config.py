@@ -42,9 +42,11 @@ from tunelab.tasks import Task, builtin_names, get_task, load_task
 PRESETS = ("smoke", "full")
 SECTIONS = ("zeroshot", "finetune")
 PROMPT_KEYS = ("prompt", "input_prompt")  # a prompt mapping replaces another, it never merges into it
-# A variant's name is part of a folder and a stage id (`<task>/finetune-<name>`); seed<N> is a seed's folder.
+# A variant's name is part of a folder and stage ids (`<task>/finetune-<name>`, `<task>/params-<name>`):
+# seed<N> is a seed's folder, base and finetuned are the task's own parameter counts.
 VARIANT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}")
 SEED_FOLDER = re.compile(r"seed\d+")
+RESERVED_VARIANTS = {"base", "finetuned"}
 
 
 @dataclass(frozen=True)
@@ -55,10 +57,16 @@ class Variants:
     finetune: dict
 
     def check_name(self, name: Any, source: str, path: str) -> str:
-        if not isinstance(name, str) or not VARIANT_NAME.fullmatch(name) or SEED_FOLDER.fullmatch(name):
+        if (
+            not isinstance(name, str)
+            or not VARIANT_NAME.fullmatch(name)
+            or SEED_FOLDER.fullmatch(name)
+            or name in RESERVED_VARIANTS
+        ):
             raise UsageError(
                 f"{source}: {path}{name}: a variant's name must be 1-40 lower-case letters, digits, '-' or "
-                "'_' (starting with a letter or digit), and not seed<N> (the folder of a fine-tuning seed)"
+                "'_' (starting with a letter or digit), and not seed<N> (the folder of a fine-tuning seed), "
+                "base or finetuned (the task's own parameter counts)"
             )
         return name
 
@@ -120,6 +128,7 @@ class Layer:
 
 
 RUN_FOLDERS = {"params", "tracking", "figures"}  # a study run folder's own folders beside the task folders
+RUN_FILES = {"config.yaml", "environment.json", "stages.json", "report.md", "report.html"}  # and its files
 
 
 def _task_files(layers: list[Layer]) -> dict[str, tuple[str, Path, str]]:
@@ -141,10 +150,10 @@ def _tasks(layers: list[Layer]) -> dict[str, Task]:
     """Every task the layers name: the built-ins, then the tasks of one's own (by file)."""
     tasks = {name: get_task(name) for name in builtin_names()}
     for name, (file, base, source) in _task_files(layers).items():
-        if name in RUN_FOLDERS:
+        if name in RUN_FOLDERS | RUN_FILES:
             raise UsageError(
-                f"{source}: tasks.{name}: {name} is a folder of the study's own run folder "
-                f"({', '.join(sorted(RUN_FOLDERS))}): give the task another name"
+                f"{source}: tasks.{name}: {name} is a name the study's run folder uses for its own "
+                f"({', '.join(sorted(RUN_FOLDERS | RUN_FILES))}): give the task another name"
             )
         path = Path(file).expanduser()
         path = path if path.is_absolute() else base / path
@@ -351,6 +360,9 @@ def _resolve_paths(merged: dict, enabled: dict[str, Task], where) -> None:
     model = Path(merged["model"]).expanduser()
     if model.exists():
         merged["model"] = str(model.resolve())
+    for name, task in enabled.items():  # as found (a run's config.yaml, read back, finds it from anywhere)
+        if merged["tasks"][name].get("file") and task.source is not None:
+            merged["tasks"][name]["file"] = task.source
 
 
 def check_data(cfg: StudyConfig) -> None:

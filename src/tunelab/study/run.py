@@ -27,14 +27,18 @@ at the end), so rerunning the same command skips finished stages and continues t
 is resumed from the last checkpoint in `finetune.partial/` (set `save_every` to get checkpoints).
 
 Every stage that reads data records in stages.json what it read: per split the file, its sha256 and the number
-of examples used. A rerun whose data files differ from those records redoes the stages that read them (and the
-fine-tuned parameter count after a redone fine-tuning), saying so, instead of reusing results of other data.
+of examples used; and what else it computed from: the task's definition, the prompt files it read and the
+model's files (digests). A rerun where any of these differ redoes the stages concerned (and the fine-tuned
+parameter count after a redone fine-tuning), saying so, instead of reusing results of other inputs. An
+interrupted fine-tuning continues from its checkpoint only where that was trained on the same data and
+settings.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import json
 import os
 import platform
 import subprocess
@@ -161,6 +165,8 @@ class Stage:
     always: bool = False  # the report: rebuilt on every invocation
     reads: tuple[str, ...] = ()  # the data splits it reads (their digests are recorded in stages.json)
     after: str | None = None  # a stage whose rerun makes this one stale
+    prompts: tuple = ()  # the prompt specs it renders (a prompt file's digest is recorded)
+    model: bool = False  # computed from the model's files (their digest is recorded)
 
 
 class Study:
@@ -171,6 +177,7 @@ class Study:
         self.log = log
         self.read: dict[str, dict] = {}  # stage id -> split -> what the stage read (file, sha256, examples)
         self._digests: dict[str, str] = {}  # file -> sha256, computed once per invocation
+        self._model: dict | None = None  # the model's files, digested once per invocation
         self.inputs = list(inputs)  # what the caller read (the config file), kept apart from the run folder
 
     def reads(self) -> list[tuple[str, str | None]]:
@@ -250,17 +257,71 @@ class Study:
         """The data the splits of a task read now, with their digests."""
         return {split: self._source(name, split) for split in splits}
 
+    def model_files(self, known: dict | None = None) -> dict | None:
+        """The model's files: each one's name, size and modification time, and one sha256 over their bytes
+        (taken from `known`, an earlier record, while the names, sizes and times are the same); a Hub model by
+        its cached revisions. None where there is no local folder (yet)."""
+        folder = Path(local_files(self.c["model"])[1]).expanduser()
+        if not folder.is_dir():
+            return None
+        hub = (folder / "refs").is_dir()  # a Hub cache folder: which revision, not every blob
+        files = sorted(p for p in ((folder / "refs").rglob("*") if hub else folder.iterdir()) if p.is_file())
+        stat = [[str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+        if known and known.get("files") == stat:
+            return known
+        if self._model and self._model["files"] == stat:
+            return self._model
+        h = hashlib.sha256()
+        for p in files:
+            h.update(f"{p.relative_to(folder)}\0".encode())
+            h.update(p.read_bytes() if hub else bytes.fromhex(file_digest(p)))
+        self._model = {"files": stat, "sha256": h.hexdigest()}
+        return self._model
+
+    def definition(self, st: Stage, known: dict | None = None) -> dict:
+        """What a stage computes from besides its data: the task's definition, the prompt files it renders
+        and the model's files, as digests (`known`: the stage's earlier record, to skip re-reading a model
+        whose files look the same)."""
+        if st.task is None:
+            return {}
+        task = self.cfg.tasks[st.task]
+        text = json.dumps(task.to_dict(with_data=False), sort_keys=True, default=str)
+        out: dict = {"task": hashlib.sha256(text.encode()).hexdigest()}
+        for spec in st.prompts:
+            if isinstance(spec, str) and spec not in task.prompts and Path(spec).expanduser().is_file():
+                out.setdefault("prompt_files", {})[spec] = file_digest(Path(spec).expanduser())
+        if st.model:
+            out["model"] = self.model_files((known or {}).get("model"))
+        return out
+
+    def definition_changes(self, st: Stage, before: dict) -> list[str]:
+        """How a stage's task definition, prompt files or model differ from its record `before`."""
+        now = self.definition(st, before)
+        changed = []
+        if before.get("task") != now.get("task"):
+            changed.append(f"the definition of task {st.task} changed since")
+        for spec, digest in (before.get("prompt_files") or {}).items():
+            if (now.get("prompt_files") or {}).get(spec) != digest:
+                changed.append(f"the prompt file {spec} changed since")
+        was, model = before.get("model"), now.get("model")
+        if was is not None and model is not None and was.get("sha256") != model["sha256"]:
+            changed.append(f"the model's files ({local_files(self.c['model'])[1]}) changed since")
+        return changed
+
     def stale(self, st: Stage, record: dict | None, rerun: set[str]) -> str | None:
-        """Why a finished stage must be redone (its data differ from what it read, or the stage it builds on
-        was redone), or None to reuse it."""
+        """Why a finished stage must be redone (its data, task definition, prompt files or model differ from
+        what it computed from, or the stage it builds on was redone), or None to reuse it. A record from
+        before a kind of digest was kept has nothing to compare for it."""
         if st.after in rerun:
             return f"{st.after} was redone"
+        changed = (
+            self.definition_changes(st, record["definition"]) if (record or {}).get("definition") else []
+        )
         if not st.reads:
-            return None
+            return "; ".join(changed) or None
         before = (record or {}).get("data")
         if before is None:
-            return None  # a run folder from before digests were recorded: nothing to compare
-        changed = []
+            return "; ".join(changed) or None  # from before data digests were recorded: nothing to compare
         for split, now in self.data_now(st.task, st.reads).items():
             was = before.get(split) or {}
             if was.get("file") != now["file"]:
@@ -280,7 +341,9 @@ class Study:
         out = []
         for name in self.cfg.enabled:
             method = self.c["tasks"][name]["finetune"]["method"]
-            shots = self.c["tasks"][name]["zeroshot"].get("shots")
+            zeroshot = self.c["tasks"][name]["zeroshot"]
+            shots = zeroshot.get("shots")
+            input_prompt = self.c["tasks"][name]["finetune"].get("input_prompt")
             out += [
                 Stage(
                     f"{name}/params-base",
@@ -288,6 +351,7 @@ class Study:
                     "parameters (base and task model)",
                     lambda name=name: self.params_file(name).is_file(),
                     lambda redo, name=name: self.stage_params_base(name),
+                    model=True,
                 ),
                 Stage(
                     f"{name}/zeroshot",
@@ -296,6 +360,8 @@ class Study:
                     lambda name=name: (self.task_dir(name) / "zeroshot" / "metrics.json").is_file(),
                     lambda redo, name=name: self.stage_zeroshot(name),
                     reads=("dev", "train") if shots else ("dev",),
+                    prompts=(zeroshot.get("prompt"),),
+                    model=True,
                 ),
             ]
             for seed in self.seeds:
@@ -311,6 +377,8 @@ class Study:
                         ).is_file(),
                         lambda redo, name=name, seed=seed: self.stage_finetune(name, seed),
                         reads=("train", "dev"),
+                        prompts=(input_prompt,),
+                        model=True,
                     )
                 )
             out += [
@@ -334,6 +402,7 @@ class Study:
         out = []
         for v in self.variants(name):
             method = self.c["tasks"][name]["variants"][v]["method"]
+            input_prompt = self.c["tasks"][name]["variants"][v].get("input_prompt")
             out += [
                 Stage(
                     f"{name}/finetune-{v}",
@@ -342,6 +411,8 @@ class Study:
                     lambda name=name, v=v: (self.variant_dir(name, v) / "eval/metrics.json").is_file(),
                     lambda redo, name=name, v=v: self.stage_finetune(name, variant=v),
                     reads=("train", "dev"),
+                    prompts=(input_prompt,),
+                    model=True,
                 ),
                 Stage(
                     f"{name}/params-{v}",
@@ -470,7 +541,7 @@ class Study:
             cfg,
             options,
             train_data=train_data,
-            resume=True,
+            resume="matching",  # a checkpoint of other data or settings: start over (the config says what)
             overwrite=True,  # run only when not done or to be redone: what is there is this run's
             report_to=self.c.get("report_to") or [],
             tracking_dir=self.run / "tracking",
@@ -500,20 +571,26 @@ class Study:
         log_summary(self.c.get("report_to") or [], self.run / "tracking", self.c, summary_rows(self))
 
     # driver
-    def prepare(self) -> None:
-        """Create the run folder with config.yaml, or check that an existing one has the same config."""
+    def check_out(self) -> None:
+        """Refuse a run folder that is the current folder, holds or lies in an input, or is a file: before
+        anything (the lock file included) is written."""
         cfg_file = self.run / "config.yaml"
         # The run's own config.yaml may be given back as --config: it is the study's file, not an input.
         check_apart(self.run, [(w, p) for w, p in self.reads() if not _same_file(p, cfg_file)])
         if self.run.exists() and not self.run.is_dir():
             raise UsageError(f"--out {self.run} is a file, not a folder: choose a folder for the study's run")
+
+    def prepare(self) -> None:
+        """Create the run folder with config.yaml, or check that an existing one has the same config."""
+        cfg_file = self.run / "config.yaml"
         if cfg_file.is_file():
             before = read_mapping(cfg_file, "study run's config.yaml", "model, tasks, ...")
             # a run folder from before the seeds / report_to options had them at their defaults
             before = {"seeds": None, "report_to": [], **before}
-            for entry in (before.get("tasks") or {}).values():
+            for name, entry in (before.get("tasks") or {}).items():
                 if isinstance(entry, dict):  # and no variants
                     entry.setdefault("variants", {})
+                    _absolute_task_file(entry, self.c["tasks"].get(name))
             diff = _diff(before, self.c)
             if diff:
                 raise UsageError(
@@ -532,10 +609,10 @@ class Study:
                 + "). `tunelab study --config` accepts this file as it is.\n"
             )
             write_text(cfg_file, header + yaml.safe_dump(self.c, sort_keys=False, allow_unicode=True))
-        for name in self.cfg.enabled:
-            task = self.cfg.tasks[name]
-            if task.source is not None and not (self.task_dir(name) / TASK_FILE).is_file():
-                write_json(self.task_dir(name) / TASK_FILE, task.to_dict())
+        for name in self.cfg.enabled:  # (rewritten when the task file changed: its stages are redone)
+            task, f = self.cfg.tasks[name], self.task_dir(name) / TASK_FILE
+            if task.source is not None and (not f.is_file() or read_json(f) != task.to_dict()):
+                write_json(f, task.to_dict())
 
     def record_environment(self, ran: list[str]) -> None:
         f = self.run / "environment.json"
@@ -544,7 +621,15 @@ class Study:
         doc = read_json(f) if f.is_file() else {}
         write_json(f, {**env, "invocations": [*doc.get("invocations", []), env]})
 
+    def record_stages_run(self, ran: list[str]) -> None:
+        """The stages this invocation ran (redone ones included), into its environment.json entry."""
+        f = self.run / "environment.json"
+        doc = read_json(f)
+        doc["stages_run"] = doc["invocations"][-1]["stages_run"] = ran
+        write_json(f, doc)
+
     def execute(self) -> list[str]:
+        self.check_out()
         with output_lock(self.run):  # no two studies in one run folder
             return self._execute()
 
@@ -566,23 +651,36 @@ class Study:
                 self.log(f"{head}: done earlier, but {why}: redoing it", flush=True)
                 redo = True
             if not env_written:  # before the first real work, so a crash still leaves the environment
-                self.record_environment(ran=[s.id for s in stages if s.always or not s.done()])
+                self.record_environment(ran=[])  # (each stage is added as it finishes)
                 env_written = True
             if not redo:
                 self.log(head, flush=True)
             t0 = time.perf_counter()
             st.run(redo)
             seconds = time.perf_counter() - t0
+            definition = self.definition(st)
             times[st.id] = {
                 "seconds": round(seconds, 2),
                 "finished": datetime.now(UTC).isoformat(timespec="seconds"),
                 **({"data": self.read[st.id]} if st.id in self.read else {}),
+                **({"definition": definition} if definition else {}),
             }
             write_json(times_file, times)
             ran.append(st.id)
+            self.record_stages_run(ran)
             if not st.always:
                 self.log(f"      {st.id} finished in {seconds:.1f} s", flush=True)
         return ran
+
+
+def _absolute_task_file(before: dict, now: dict | None) -> None:
+    """A run folder from before task files were recorded as absolute paths kept the path as given (relative to
+    the config's folder): the absolute path it stands for now ends with it."""
+    was, path = before.get("file"), (now or {}).get("file")
+    if isinstance(was, str) and isinstance(path, str) and not Path(was).is_absolute():
+        rel = Path(os.path.normpath(was)).parts
+        if ".." not in rel and Path(path).parts[-len(rel) :] == rel:
+            before["file"] = path
 
 
 def _same_file(a: str | Path | None, b: Path) -> bool:

@@ -200,12 +200,13 @@ class Trainer:
 
     # ---- restore ----------------------------------------------------------------------------------------
 
-    def restore(self, resume: bool) -> None:
+    def restore(self, resume: bool | str) -> None:
         """Continue from the newest complete checkpoint that is sound (`resume`), or start clean (also when
         `resume` finds no checkpoint yet): an earlier run's log and checkpoints must not mix with this
-        one's."""
+        one's. A checkpoint of other settings or data is an error, except with resume="matching" (a study's
+        stage, which must compute what its config says): then training starts over, saying why."""
         acc = self.accelerator
-        resumed = resume and self._resume()
+        resumed = bool(resume) and self._resume(matching_only=resume == "matching")
         if not resumed and acc.is_main_process:
             if resume:
                 acc.print(f"{self.ckpt_root}: no complete checkpoint yet: training starts from the beginning")
@@ -216,13 +217,20 @@ class Trainer:
         acc.wait_for_everyone()
         acc.step = self.start_micro  # accumulation boundaries follow the micro-step count
 
-    def _resume(self) -> bool:
+    def _resume(self, matching_only: bool = False) -> bool:
         """Load the newest complete checkpoint; one whose files are missing, of the wrong size or damaged is
         skipped, saying what is broken, for the one before (two are kept). All broken: a clear error. False:
-        there is none."""
+        there is none, or (`matching_only`) it was written with other settings or data."""
         acc, broken = self.accelerator, []
         for ckpt in checkpoint.complete_checkpoints(self.ckpt_root):
             found = checkpoint.problems(ckpt)
+            if not found and matching_only:
+                changes = self._changes(ckpt)
+                if changes is not None:
+                    acc.print(
+                        f"{ckpt} was written with other settings or data ({changes}): training starts over"
+                    )
+                    return False
             if not found:
                 try:
                     self._load(ckpt)
@@ -241,6 +249,13 @@ class Trainer:
                 "start over with --overwrite instead of --resume"
             )
         return False
+
+    def _changes(self, ckpt: Path) -> str | None:
+        """What differs between the checkpoint's settings and data and this run's, or None."""
+        if self.fingerprint is None:
+            self.fingerprint = checkpoint.fingerprint(self.cfg, self.feats, self.world)
+        shared = read_json(ckpt / "trainer_state.json", "the checkpoint's state")
+        return checkpoint.fingerprint_changes(shared.get("fingerprint", {}), self.fingerprint)
 
     def _load(self, ckpt: Path) -> None:
         acc = self.accelerator
@@ -620,7 +635,7 @@ def train(
     work_dir: Path,
     evaluate: Callable[[object], dict] | None = None,
     loss_fn: Callable[[object, dict], torch.Tensor] | None = None,
-    resume: bool = False,
+    resume: bool | str = False,
     accelerator=None,
     progress: bool = True,
     on_log: Callable[[str, dict], None] | None = None,

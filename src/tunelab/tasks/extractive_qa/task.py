@@ -431,7 +431,8 @@ class ExtractiveQATask(Task):
     def _file_inputs(self, file: str) -> list[dict]:
         suffix = Path(file).suffix.lower()
         if file != "-" and suffix == ".json":
-            return [{"id": ex.id, "question": ex.question, "context": ex.context} for ex in self.read(file)]
+            questions = read_squad(file, require_answers=False)  # questions to answer: answers optional
+            return [{"id": ex.id, "question": ex.question, "context": ex.context} for ex in questions]
         if file == "-" or suffix == ".jsonl":
             return _read_qa_jsonl(file)
         raise DataError(

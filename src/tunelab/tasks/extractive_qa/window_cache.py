@@ -32,7 +32,7 @@ import numpy as np
 from tunelab import __version__
 from tunelab.tasks.extractive_qa.windows import Encoded, encode
 
-FORMAT = "tunelab-qa-windows/1"
+FORMAT = "tunelab-qa-windows/2"
 MIN_EXAMPLES = 2000
 KEEP = 8
 
@@ -47,29 +47,35 @@ def cache_folder() -> Path:
     return cache_dir() / "windows"
 
 
+def _field(h, data: bytes) -> None:
+    """Hash `data` prefixed by its length, so that no two sequences of fields hash the same bytes."""
+    h.update(len(data).to_bytes(8, "big"))
+    h.update(data)
+
+
 def tokenizer_fingerprint(tokenizer) -> str:
     """SHA-256 of the tokenizer's definition: its whole Rust `tokenizer.json` (vocabulary, merges,
     normalizer, pre-tokenizer, post-processor, added tokens) and what the windows take from the Python
     side."""
-    h = hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode())
+    h = hashlib.sha256()
+    _field(h, tokenizer.backend_tokenizer.to_str().encode())
     extra = [type(tokenizer).__name__, tokenizer.eos_token_id, tokenizer.num_special_tokens_to_add(pair=True)]
-    h.update(json.dumps(extra).encode())
+    _field(h, json.dumps(extra).encode())
     return h.hexdigest()
 
 
 def cache_key(examples: Sequence[Any], tokenizer, max_length: int, stride: int, question_first: bool) -> str:
+    """SHA-256 of everything the windows depend on (each field length-prefixed)."""
     h = hashlib.sha256()
     settings = [FORMAT, __version__, tokenizer_fingerprint(tokenizer), max_length, stride, question_first]
-    h.update(json.dumps(settings).encode())
+    _field(h, json.dumps(settings).encode())
     seen: dict[str, int] = {}
     for ex in examples:  # each passage hashed once (SQuAD has ~5 questions per passage)
         j = seen.setdefault(ex.context, len(seen))
         row = [ex.id, ex.question, j, ex.answers, bool(getattr(ex, "is_impossible", False))]
-        h.update(json.dumps(row, ensure_ascii=False).encode())
-        h.update(b"\0")
+        _field(h, json.dumps(row, ensure_ascii=False).encode())
     for context in seen:
-        h.update(context.encode())
-        h.update(b"\0")
+        _field(h, context.encode())
     return h.hexdigest()
 
 

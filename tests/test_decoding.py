@@ -25,6 +25,13 @@ STOPS = ("\n", '"')
 PREFIX = 'The answer is "'
 
 
+def only(text: str, context: str) -> int:
+    """Where `context` is in `text`, which holds it once (what `QAPrompt.render_located` says for tunelab's
+    own prompts)."""
+    assert text.count(context) == 1, (text, context)
+    return text.index(context)
+
+
 def chat_prompt(tok, context: str, question: str = "Who won ?") -> str:
     user = f"{context}\n\nAnswer with a span of the passage.\n\nQuestion: {question}"
     return (
@@ -58,7 +65,8 @@ def generate(
 ):
     """Greedy answers batched with left padding, as tunelab's zero-shot SQuAD does. Returns (new token ids
     per row, the processor used, its passages)."""
-    enc = [encode_with_passage(tok, chat_prompt(tok, c), c) for c in contexts]
+    texts = [chat_prompt(tok, c) for c in contexts]
+    enc = [encode_with_passage(tok, t, c, at=only(t, c)) for t, c in zip(texts, contexts, strict=True)]
     width = max(len(p) for p, _ in enc)
     ids = torch.full((len(enc), width), tok.pad_token_id)
     mask = torch.zeros_like(ids)
@@ -149,7 +157,7 @@ def test_encode_with_passage_finds_the_passage_tokens_of_the_prompt(tiny):
     _, tok = tiny
     for c in PASSAGES:
         text = chat_prompt(tok, c)
-        prompt, passage = encode_with_passage(tok, text, c)
+        prompt, passage = encode_with_passage(tok, text, c, at=only(text, c))
         assert prompt == tok(text, add_special_tokens=False).input_ids
         assert tok.decode(passage) == c
         # contiguous in it
@@ -162,7 +170,7 @@ def test_a_passage_after_a_space_keeps_its_first_word(tiny):
     _, tok = tiny
     for c in (*PASSAGES, "Denver"):
         text = f"Title: x\n\nBackground: {c}\n\nQuestion: Who won?\n\nAnswer:"
-        prompt, passage = encode_with_passage(tok, text, c, add_special_tokens=True)
+        prompt, passage = encode_with_passage(tok, text, c, at=only(text, c), add_special_tokens=True)
         assert prompt == tok(text).input_ids
         assert tok.decode(passage).lstrip() == c  # " Denver" or " " + "Denver", as the tokenizer splits it
         assert any(prompt[i : i + len(passage)] == passage for i in range(len(prompt)))
@@ -309,7 +317,7 @@ def test_no_answer_word_is_allowed_only_as_an_option(tiny):
             return scores
 
     contexts = [PASSAGES[0], PASSAGES[2]]
-    width = max(len(encode_with_passage(tok, chat_prompt(tok, c), c)[0]) for c in contexts)
+    width = max(len(tok(chat_prompt(tok, c), add_special_tokens=False).input_ids) for c in contexts)
     with_word, _, _ = generate(model, tok, contexts, before=[Push(width)], extra_answers=["unanswerable"])
     for ids in with_word:
         assert split_answer(tok, ids) == ("unanswerable", split_answer(tok, ids)[1])
@@ -338,6 +346,82 @@ def test_a_batch_of_the_wrong_size_is_refused(tiny):
         proc(torch.zeros(2, 1, dtype=torch.long), torch.zeros(2, len(tok)))
 
 
+@pytest.mark.parametrize(
+    "context,question",
+    [
+        ("art", "Who started it ?"),  # "art" also inside "started" and "<|im_start|>", after the passage
+        ("film", "Is the film good ?"),  # the question holds the passage again, after a space
+    ],
+)
+def test_the_passage_is_read_where_the_template_put_it(tiny, monkeypatch, context, question):
+    from tunelab.data.squad import SquadExample
+    from tunelab.tasks.extractive_qa import generation
+
+    model, tok = tiny
+    prompt = generation.load_prompt("chat")
+    ex = SquadExample("q", "t", context, question, [])
+    seen: list = []
+    real = generation.extractive_processor
+    monkeypatch.setattr(
+        generation,
+        "extractive_processor",
+        lambda t, passages, **kw: seen.extend(passages) or real(t, passages, **kw),
+    )
+    _, answers, _ = generation.generate_answers(
+        model, tok, [ex], prompt, decoding="extractive", max_new_tokens=4, progress=False
+    )
+    assert [tok.decode(p) for p in seen] == [context]  # the passage's own tokens, not the question's
+    assert answers[0] in context
+    text, (a, b) = prompt.render_located(tok, ex)
+    assert text == prompt.render(tok, ex) and text[a:b] == context
+    assert text.rfind(context) > a  # a search for the last copy would find another one
+
+
+def test_a_passage_without_tokens_of_its_own_is_an_internal_error(tiny):
+    _, tok = tiny
+    text = "a truly wonderful film"
+    with pytest.raises(RuntimeError, match="no token of the prompt lies inside its passage"):
+        encode_with_passage(tok, text, "onder", at=text.index("onder"))  # inside the token " wonder"
+    with pytest.raises(ValueError, match="not at character 0"):
+        encode_with_passage(tok, text, "film", at=0)
+
+
+def test_answers_start_and_stop_only_on_character_boundaries(tiny):
+    from tunelab.decoding import token_bytes
+
+    _, tok = tiny
+    pieces = token_bytes(tok)
+    c = "東京 😀 and café"
+    passage = tok.encode(c, add_special_tokens=False)
+    assert b"\x9d" in [pieces[t] for t in passage]  # a character split across tokens
+    proc = extractive_processor(tok, [passage], prompt_length=1)
+    stops = set(stop_token_ids(tok, STOPS).tolist())
+
+    def whole(answer: bytes) -> bool:
+        try:
+            answer.decode("utf-8")
+        except UnicodeDecodeError:
+            return False
+        return True
+
+    frontier, checked = [[]], 0
+    for _ in range(3):  # every answer of up to 3 tokens the constraint allows
+        following = []
+        for answer_ids in frontier:
+            proc(torch.tensor([[5] + answer_ids]), torch.zeros(1, len(tok)))
+            allowed = allowed_set(proc, 0)
+            answer = b"".join(pieces[t] for t in answer_ids)
+            if answer_ids:  # a stop exactly where the answer ends a character
+                assert bool(allowed & stops) == whole(answer), answer
+                checked += 1
+            for t in sorted(allowed - stops):
+                longer = answer + pieces[t]
+                assert longer in c.encode() and longer[0] & 0xC0 != 0x80, longer  # never a continuation byte
+                following.append(answer_ids + [t])
+        frontier = following
+    assert checked > 20
+
+
 # ------------------------------------------------------------------------------------------------------------
 
 
@@ -354,7 +438,10 @@ def test_smollm2_super_bowl_answers_are_passage_spans(capsys):
 
     def answers(constrained):
         texts = [chat_prompt_smol(tok, ex) for ex in examples]
-        enc = [encode_with_passage(tok, t, ex.context) for t, ex in zip(texts, examples, strict=True)]
+        enc = [
+            encode_with_passage(tok, t, ex.context, at=only(t, ex.context))
+            for t, ex in zip(texts, examples, strict=True)
+        ]
         width = max(len(p) for p, _ in enc)
         ids = torch.full((len(enc), width), tok.pad_token_id)
         mask = torch.zeros_like(ids)

@@ -161,3 +161,68 @@ def test_answers_from_the_shared_prefix_cache_equal_whole_prompts(
     prefixes.clear()  # zero-shot: the shared chat-template turn is too short to pay for its copies
     generation.generate_answers(model, tok, examples[:2], prompt, max_new_tokens=2, progress=False)
     assert not prefixes
+
+
+def test_k_shot_prompts_longer_than_the_model_reads_are_refused_not_cut(tiny_model_dir, tmp_path):
+    # the tiny model reads 512 tokens: 64 shots make longer prompts, which used to lose their start silently
+    dev, pool = sst2_examples(4, seed=1), sst2_examples(100, seed=2)
+    options = zeroshot_options(prompt=PLAIN_SPEC, shots=64)
+    with pytest.raises(UsageError, match=r"longer than the 512 tokens this model reads .*use fewer shots"):
+        runs.zeroshot(SST2, tiny_model_dir, dev, "d", tmp_path / "k", options, shot_pool=pool)
+
+
+def test_a_k_shot_prompt_is_scored_whole_up_to_the_models_context(tiny_model_dir):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tunelab.models import load_tokenizer
+    from tunelab.tasks.classification import Calibration, verbalizer_ids, zero_shot
+
+    tok = load_tokenizer(tiny_model_dir)
+    cfg = LlamaConfig.from_pretrained(tiny_model_dir)
+    cfg.max_position_embeddings = 2048  # reads more than the 512 tokens label_logprobs used to keep
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg).eval()
+    prompt = SST2.prompt(PLAIN_SPEC)
+    shots = sst2_examples(64, seed=2)
+    texts = [prompt.render(tok, ex.text, None, shots) for ex in sst2_examples(3, seed=1)]
+    assert all(512 < len(tok(t).input_ids) <= 2048 for t in texts)
+    ids = verbalizer_ids(tok, prompt)
+    read: list = []  # the rows of token ids the model embeds
+    model.model.embed_tokens.register_forward_hook(lambda m, args, out: read.extend(args[0].tolist()))
+    norm, _ = zero_shot(model, tok, texts, prompt, Calibration("none"), batch_size=2, progress=False)
+    start = tok(texts[0]).input_ids[:16]  # the shots' start, which a cut to the last 512 tokens lost
+    assert any(row[:16] == start for row in read)
+    for i, t in enumerate(texts):
+        with torch.no_grad():
+            logp = torch.log_softmax(model(**tok(t, return_tensors="pt")).logits[0, -1].double(), -1)
+        raw = torch.stack([torch.logsumexp(logp[c], 0) for c in ids])
+        np.testing.assert_allclose(norm[i], (raw - torch.logsumexp(raw, 0)).numpy(), rtol=0, atol=1e-5)
+
+
+def test_a_zero_shot_prompt_longer_than_the_model_reads_keeps_its_end(tiny_model_dir, capsys):
+    """Without shots an over-long prompt keeps its last tokens (the label word is scored at its end), as
+    fine-tuning's inputs do, with a warning; the same prompts with shots are refused (above)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tunelab.models import load_tokenizer
+    from tunelab.tasks.classification import Calibration, zero_shot
+
+    tok = load_tokenizer(tiny_model_dir)
+    cfg = LlamaConfig.from_pretrained(tiny_model_dir)
+    cfg.max_position_embeddings = 24
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg).eval()
+    prompt = SST2.prompt(PLAIN_SPEC)
+    texts = [
+        prompt.render(tok, "a long and winding review " * 6, None, ()),
+        prompt.render(tok, "ok", None, ()),
+    ]
+    read: list = []
+    model.model.embed_tokens.register_forward_hook(lambda m, args, out: read.extend(args[0].tolist()))
+    zero_shot(model, tok, texts, prompt, Calibration("none"), batch_size=2, progress=False)
+    assert "1 of 2 prompts are longer than the 24 tokens this model reads" in capsys.readouterr().err
+    assert tok(texts[0]).input_ids[-24:] in [row[:24] for row in read]
+    with pytest.raises(UsageError, match="use fewer shots"):
+        zero_shot(model, tok, texts, prompt, Calibration("none"), batch_size=2, progress=False, shots=1)

@@ -18,17 +18,23 @@ spell:
   far ends - in any tokenization, not only the passage's own: the model spells "AFC" `A` + `FC` where the
   passage, "(AFC)", holds `AF` + `C`, and a token-by-token match would forbid the model's own spelling;
 * **stops** - EOS and every token whose text starts, after optional spaces, with a stop string (`"`, a
-  newline) - only after at least one answer token; a row that has stopped may only write EOS afterwards (so
-  `generate` ends it even where its stop criteria would not notice a stop token such as `".`). Tokens that
-  hold a stop string further in (`."`) are never allowed;
+  newline) - only after at least one answer token, and where it ends a character; a row that has stopped may
+  only write EOS afterwards (so `generate` ends it even where its stop criteria would not notice a stop token
+  such as `".`). Tokens that hold a stop string further in (`."`) are never allowed;
 * optionally **extra answers**, allowed as whole answers from the first token whatever the passage (the
   no-answer word of SQuAD v2.0).
 
-`encode_with_passage` tokenises a prompt once and returns the passage's tokens as they are in it;
-`extractive_processor` builds the processor for a batch. With left padding every answer starts at the same
-column, the padded prompt width::
+Answers are whole UTF-8 characters: an answer never starts on a continuation byte of the passage, and a stop
+is allowed only where the answer so far ends a character (byte-level BPE splits a CJK character across
+tokens, and a half character decodes as U+FFFD, which no passage holds).
 
-    enc = [encode_with_passage(tok, text, ex.context) for text, ex in zip(texts, batch)]
+`encode_with_passage` tokenises a prompt once and returns the passage's tokens as they are in it, given where
+the passage starts in the prompt (`QAPrompt.render_located` knows; a search could find another copy, in the
+question or inside a word); `extractive_processor` builds the processor for a batch. With left padding every
+answer starts at the same column, the padded prompt width::
+
+    located = [prompt.render_located(tok, ex) for ex in batch]  # (prompt, (start, end) of its passage)
+    enc = [encode_with_passage(tok, text, text[a:b], at=a) for text, (a, b) in located]
     ids, mask = left_pad([p for p, _ in enc])
     proc = extractive_processor(tok, [q for _, q in enc], prompt_length=ids.shape[1])
     model.generate(input_ids=ids, attention_mask=mask, logits_processor=LogitsProcessorList([proc]),
@@ -166,8 +172,9 @@ class SpanTable:
     Entry e of the table says that token `tok[e]` spells the bytes from position `pos[e]` on for `length[e]`
     bytes, never across a segment's end; entries are sorted by position; `off[p]:off[p+1]` are position p's.
     `starts` are the positions a first answer token may start at: each passage token's start, one byte later
-    where that byte is a space, and each extra answer's start. A row's state is the array of positions where
-    its answer so far can end.
+    where that byte is a space, and each extra answer's start, but never a UTF-8 continuation byte (a token
+    may start mid-character). `boundary[p]`: whether an answer ending before position p ends a character. A
+    row's state is the array of positions where its answer so far can end.
     """
 
     def __init__(
@@ -192,17 +199,25 @@ class SpanTable:
                     end += 1
             base += len(seg) + 1
         self.size = base
+        joined = b"".join(seg + b"\0" for seg in segments)  # a NUL at each empty position
+        self.boundary = np.frombuffer(joined + b"\0", dtype=np.uint8) & 0xC0 != 0x80
         self.pos = np.array(pos, dtype=np.int64)
         self.tok = np.array(tok, dtype=np.int64)
         self.length = np.array(length, dtype=np.int64)
         self.off = np.searchsorted(self.pos, np.arange(base + 2)).astype(np.int64)  # positions 0..base
-        self.starts = np.unique(np.asarray(starts, dtype=np.int64))
+        starts = np.unique(np.asarray(starts, dtype=np.int64))
+        self.starts = starts[self.boundary[starts]]
         first = self.tok[_ranges(self.off, self.starts)]
         self.first_tokens = np.unique(first[~np.isin(first, stop_ids)])  # a stop cannot be the first token
 
     def allowed(self, positions: np.ndarray) -> np.ndarray:
         """Tokens that continue an answer ending at any of `positions` (with repeats)."""
         return self.tok[_ranges(self.off, positions)]
+
+    def ends_character(self, positions: np.ndarray) -> bool:
+        """Whether an answer ending at `positions` ends on a character boundary (all of them spell the same
+        bytes, so one says it)."""
+        return bool(self.boundary[positions].any())
 
     def step(self, positions: np.ndarray, token_id: int) -> np.ndarray:
         """Where the answer can end after `token_id` was written to an answer ending at `positions`."""
@@ -308,7 +323,12 @@ class ExtractiveSpans(LogitsProcessor):
         table = self._table(row)
         if len(self._seen[row]) == 0:
             return table.first_tokens
-        return np.concatenate([table.allowed(self._positions[row]), self.stop_ids])
+        positions = self._positions[row]
+        more = table.allowed(positions)
+        # no stop in the middle of a character, unless nothing can finish it (or the answer left the passage)
+        if len(more) and len(positions) and not table.ends_character(positions):
+            return more
+        return np.concatenate([more, self.stop_ids])
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
         batch, length = input_ids.shape
@@ -336,23 +356,26 @@ class ExtractiveSpans(LogitsProcessor):
 
 
 def encode_with_passage(
-    tokenizer, text: str, context: str, *, add_special_tokens: bool = False
+    tokenizer, text: str, context: str, *, at: int | None, add_special_tokens: bool = False
 ) -> tuple[list[int], list[int]]:
     """(prompt ids, passage ids): `text` encoded once, and those of its tokens that lie inside the passage
-    `context` (its last occurrence in `text`: a k-shot prompt's demonstrations come before it), a token's
-    leading whitespace not counted (after "Background: " the first word is the token " Denver"), so the
-    passage is exactly what the model reads in the prompt.
-    `add_special_tokens` as for the prompt itself (False for a chat template, which writes its own).
+    `context`, which starts at character `at` of `text` (`QAPrompt.render_located`), a token's leading
+    whitespace not counted (after "Background: " the first word is the token " Denver"), so the passage is
+    exactly what the model reads in the prompt. The caller says where the passage is: a search for `context`
+    could find another copy of it (in the question, a k-shot demonstration, or inside a word: "art" in
+    "<|im_start|>"). `add_special_tokens` as for the prompt itself (False for a chat template, which writes
+    its own).
 
-    tunelab's zero-shot prompts are not truncated (SQuAD passages are under 1 k tokens; SmolLM2 reads 8 k); a
-    caller that truncates a prompt should keep only the passage ids that survive. Needs a fast tokenizer (for
-    offsets); otherwise, or where the passage is not in `text` as written, the passage is encoded on its own.
+    `at` None (the prompt does not hold the passage as written), or a tokenizer that is not fast (no offsets):
+    the passage is encoded on its own. tunelab's zero-shot prompts are not truncated; a caller that truncates
+    a prompt should keep only the passage ids that survive.
     """
-    start = text.rfind(context)
-    if start < 0 or not getattr(tokenizer, "is_fast", False):
+    if at is not None and text[at : at + len(context)] != context:
+        raise ValueError(f"the passage is not at character {at} of the prompt")
+    if at is None or not getattr(tokenizer, "is_fast", False):
         ids = tokenizer(text, add_special_tokens=add_special_tokens).input_ids
         return list(ids), list(tokenizer.encode(context, add_special_tokens=False))
-    end = start + len(context)
+    start, end = at, at + len(context)
     enc = tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
     passage = []
     for t, (a, b) in zip(enc.input_ids, enc.offset_mapping, strict=True):
@@ -360,6 +383,12 @@ def encode_with_passage(
         lead = a + len(piece) - len(piece.lstrip())  # byte-level BPE: " Denver"'s offset includes its space
         if a < b <= end and (start <= a or start <= lead < b):
             passage.append(t)
+    if not passage and context.strip():
+        # an internal error: extractive decoding would have no first token and run unconstrained
+        raise RuntimeError(
+            f"no token of the prompt lies inside its passage (characters {start}-{end}, {context[:40]!r}): "
+            "the prompt's tokens straddle the passage's edges"
+        )
     return list(enc.input_ids), passage
 
 

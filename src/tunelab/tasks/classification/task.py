@@ -247,6 +247,7 @@ class ClassificationTask(Task):
             options.batch_size,
             spread=spread,
             content_free=content_free,
+            shots=len(shots),
         )
         extra: dict = {
             "prompt": asdict(prompt),

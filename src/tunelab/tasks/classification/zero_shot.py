@@ -5,6 +5,7 @@ calibration corrects the classes' prior bias.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -114,6 +115,23 @@ def verbalizer_ids(tokenizer, prompt: ClassificationPrompt) -> list[list[int]]:
     return ids
 
 
+def _fit(enc: list[list[int]], limit: int | None, cut: bool) -> list[list[int]]:
+    """Prompts of at most `limit` tokens: longer ones lose their beginning (`cut`: the label word is scored at
+    the end), with a warning; without `cut` (k-shot: the instruction and shots would go) they are refused."""
+    over = [len(e) for e in enc if limit and len(e) > limit]
+    if not over:
+        return enc
+    what = f"{len(over)} of {len(enc)} prompts are longer than the {limit} tokens this model reads"
+    if not cut:
+        raise UsageError(
+            f"{what} (the longest: {max(over)} tokens): use fewer shots (`shots`) or shorter inputs"
+        )
+    print(
+        f"tunelab: warning: {what} (the longest: {max(over)}): each keeps its last {limit}", file=sys.stderr
+    )
+    return [e[-limit:] for e in enc]
+
+
 @torch.no_grad()
 def label_logprobs(
     model,
@@ -121,10 +139,11 @@ def label_logprobs(
     texts: list[str],
     label_ids: list[list[int]],
     batch_size: int | str = 32,
-    max_length: int = 512,
+    max_length: int | None = None,
     progress: bool = True,
     reuse_prefix: bool = True,
     add_special_tokens: bool = True,
+    cut: bool = True,
 ) -> np.ndarray:
     """Log-probabilities (over the whole vocabulary, log-sum-exp within a class) of each class's verbalizers
     at the next-token position after each text: one forward pass per text, batched and sorted by length.
@@ -133,10 +152,13 @@ def label_logprobs(
     batch, which then computes only each prompt's own tokens (for SST-2's chat prompt, well over half the
     tokens are the shared prefix). The prefix is found on the token ids themselves, so every prompt's tokens
     are exactly those of the whole-prompt path, and so are its scores, up to float rounding.
-    add_special_tokens: False for chat-rendered texts (`ChatPrompt.add_special_tokens`)."""
+    add_special_tokens: False for chat-rendered texts (`ChatPrompt.add_special_tokens`).
+    max_length: the most tokens a prompt may have (None: the model's context length); a longer prompt keeps
+    its end (`cut`, with a warning) or is refused (UsageError; k-shot prompts, whose shots would go)."""
     device = next(model.parameters()).device
-    # an over-long prompt loses its beginning, never the end where the label word is scored
-    enc = [tokenizer(t, add_special_tokens=add_special_tokens).input_ids[-max_length:] for t in texts]
+    enc = [tokenizer(t, add_special_tokens=add_special_tokens).input_ids for t in texts]
+    limit = max_length or getattr(model.config, "max_position_embeddings", None)  # the model's context
+    enc = _fit(enc, limit, cut)
     order = sorted(range(len(enc)), key=lambda i: len(enc[i]), reverse=True)
     out = np.zeros((len(texts), len(label_ids)), dtype=np.float64)
     pad = tokenizer.pad_token_id
@@ -205,17 +227,26 @@ def zero_shot(
     progress: bool = True,
     spread: Callable | None = None,
     content_free: list[str] | None = None,
+    shots: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Scores of rendered prompts `texts`: (raw class log-probs renormalised over the classes, calibrated
     ones). Predictions are the argmax. `spread(fn, texts)` applies the scorer (e.g. across processes:
     calibration then sees every text's scores). `content_free`: the rendered content-free prompts, for
-    contextual calibration."""
+    contextual calibration. `shots`: how many solved examples the prompts hold (an over-long k-shot prompt
+    is refused rather than cut)."""
     label_ids = verbalizer_ids(tokenizer, prompt)
     special = prompt.add_special_tokens
 
     def score(xs):
         return label_logprobs(
-            model, tokenizer, xs, label_ids, batch_size, progress=progress, add_special_tokens=special
+            model,
+            tokenizer,
+            xs,
+            label_ids,
+            batch_size,
+            progress=progress,
+            add_special_tokens=special,
+            cut=not shots,
         )
 
     raw = np.array(spread(score, texts) if spread else score(texts), dtype=np.float64)
@@ -229,6 +260,7 @@ def zero_shot(
             batch_size,
             progress=False,
             add_special_tokens=special,
+            cut=not shots,
         )
     norm = raw - np.logaddexp.reduce(raw, axis=1, keepdims=True)
     return norm, calibrate(raw, calibration, cf)

@@ -48,6 +48,8 @@ MAX_PROMPT_BUCKET = 1 << 20  # kv_cache static: a prompt is padded up to a power
 # Generation reuses a shared prefix this long or longer (k-shot's solved examples); a zero-shot prompt's
 # shared chat-template turn (~30 tokens) keeps the whole-prompt path and so the answers of earlier runs.
 MIN_GENERATION_PREFIX = 128
+# stands for the passage while a prompt is rendered, to find where the passage is (`render_located`)
+PASSAGE_MARK = "\ue000tunelab passage\ue001"
 V2_NOTE = f'If the passage does not answer the question, answer "{NO_ANSWER_WORD}".'
 
 TEMPLATES = {
@@ -79,9 +81,12 @@ class QAPrompt(ChatPrompt):
         """Where an answer ends: the line, and the closing quote when the answer prefix opens one."""
         return ["\n", '"'] if self.answer_prefix.endswith('"') else ["\n"]
 
-    def render(self, tokenizer, ex, version_2: bool = False, shots: Sequence = ()) -> str:
+    def render(
+        self, tokenizer, ex, version_2: bool = False, shots: Sequence = (), context: str | None = None
+    ) -> str:
         """The prompt for question `ex`; `shots`: solved questions shown first (k-shot), each answered with
-        its first gold answer (the no-answer word when it has none), closed as the answer prefix opens."""
+        its first gold answer (the no-answer word when it has none), closed as the answer prefix opens.
+        `context`: written in place of `ex.context`."""
         close = '"' if self.answer_prefix.endswith('"') else ""
         # after "Answer:" (a plain prompt) the model writes " Bergen"; after `The answer is "`, "Bergen"
         space = "" if self.answer_prefix[-1:] in ('"', " ", "\n") else " "
@@ -92,9 +97,29 @@ class QAPrompt(ChatPrompt):
             )
             for s in shots
         ]
-        return self.wrap(tokenizer, self._user(ex, version_2), demos)
+        return self.wrap(tokenizer, self._user(ex, version_2, context), demos)
 
-    def _user(self, ex, version_2: bool) -> str:
+    def render_located(
+        self, tokenizer, ex, version_2: bool = False, shots: Sequence = ()
+    ) -> tuple[str, tuple[int, int] | None]:
+        """(the prompt `render` gives, the (start, end) characters of `ex`'s passage in it): the prompt is
+        rendered again with a mark in place of the passage, so the span is the passage's own place, never
+        another copy of its text (in the question, a shot, or inside a word); its text is the passage as
+        the template wrote it (a chat template may trim it). None where the prompt around the mark is not the
+        prompt around the passage (a template that rewrites its content)."""
+        text = self.render(tokenizer, ex, version_2, shots)
+        marked = self.render(tokenizer, ex, version_2, shots, context=PASSAGE_MARK)
+        at = marked.rfind(PASSAGE_MARK)  # a template with {context} twice: the last is the passage
+        if at < 0:
+            return text, None
+        before = marked[:at].replace(PASSAGE_MARK, ex.context)
+        after = marked[at + len(PASSAGE_MARK) :]
+        end = len(text) - len(after)
+        if len(before) <= end and text.startswith(before) and text.endswith(after):
+            return text, (len(before), end)
+        return text, None
+
+    def _user(self, ex, version_2: bool, context: str | None = None) -> str:
         note = V2_NOTE if version_2 else ""
         prompt = self
         if version_2 and "{unanswerable}" not in self.text:
@@ -103,7 +128,7 @@ class QAPrompt(ChatPrompt):
             {
                 "unanswerable": note + "\n\n" if note and not self.chat else note,
                 "title": ex.title.replace("_", " "),
-                "context": ex.context,
+                "context": ex.context if context is None else context,
                 "question": ex.question.strip(),
             }
         )
@@ -195,9 +220,10 @@ def generate_answers(
     whole answer); or "grounded" (free answers, each replaced by `ground_answer`'s span of its passage; the
     questions whose answer shares no word with the passage answered again, extractive). `kv_cache`:
     "dynamic", or "static" (a cache preallocated per batch, which transformers' generate compiles on a GPU;
-    the same greedy tokens). `reuse_prefix` (dynamic cache only): the tokens every prompt starts with (the
-    chat template's system turn; with k-shot, every solved example) run once, and each batch's generation
-    starts from a copy of their key/value cache.
+    the same greedy tokens). `reuse_prefix` (dynamic cache only): when the prompts share a prefix of at least
+    MIN_GENERATION_PREFIX tokens (in practice k-shot's solved examples; a zero-shot prompt's shared
+    chat-template turn is shorter), it runs once, and each batch's generation starts from a copy of its
+    key/value cache.
 
     Returns (raw generations, cleaned answers, na_probs or None). For v2, na_prob is a softmax over two scores
     of the first generated token: log p("unanswerable", summed over its spellings' first tokens) against the
@@ -253,15 +279,20 @@ def _generate(
 ) -> tuple[list[str], list[str], dict[str, float] | None]:
     """generate_answers with free or extractive decoding."""
     dev = next(model.parameters()).device
-    texts = [prompt.render(tokenizer, ex, version_2, shots) for ex in examples]
     passages: list[list[int]] = []
-    if decoding == "extractive":  # the passage as the prompt tokenises it (the last copy: k-shot comes first)
-        pairs = [
-            encode_with_passage(tokenizer, t, ex.context, add_special_tokens=prompt.add_special_tokens)
-            for t, ex in zip(texts, examples, strict=True)
-        ]
+    if decoding == "extractive":  # the passage as the prompt tokenises it, found where the template put it
+        pairs = []
+        for ex in examples:
+            text, span = prompt.render_located(tokenizer, ex, version_2, shots)
+            context, at = (text[span[0] : span[1]], span[0]) if span else (ex.context, None)
+            pairs.append(
+                encode_with_passage(
+                    tokenizer, text, context, at=at, add_special_tokens=prompt.add_special_tokens
+                )
+            )
         enc, passages = [p for p, _ in pairs], [q for _, q in pairs]
     else:
+        texts = [prompt.render(tokenizer, ex, version_2, shots) for ex in examples]
         enc = [tokenizer(t, add_special_tokens=prompt.add_special_tokens).input_ids for t in texts]
     order = sorted(range(len(enc)), key=lambda i: len(enc[i]), reverse=True)
     null_ids = (

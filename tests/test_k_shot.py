@@ -128,6 +128,7 @@ def test_answers_from_the_shared_prefix_cache_equal_whole_prompts(
     from tunelab.tasks.extractive_qa import generation
 
     tok, model = load_tokenizer(tiny_model_dir, padding_side="left"), load_causal_lm(tiny_model_dir).eval()
+    model.config.max_position_embeddings = 1024  # (RoPE) two shots and a passage pass the tiny model's 512
     examples = qa_examples(7)  # three passage lengths: batches pad between the prefix and each prompt's rest
     prefixes = []
     real = generation.prefix_cache
@@ -226,3 +227,27 @@ def test_a_zero_shot_prompt_longer_than_the_model_reads_keeps_its_end(tiny_model
     assert tok(texts[0]).input_ids[-24:] in [row[:24] for row in read]
     with pytest.raises(UsageError, match="use fewer shots"):
         zero_shot(model, tok, texts, prompt, Calibration("none"), batch_size=2, progress=False, shots=1)
+
+
+def test_qa_prompts_longer_than_the_model_reads(tiny_model_dir, capsys):
+    """Generation never cuts a prompt: past the model's context a k-shot prompt is refused (use fewer shots)
+    and a zero-shot one is answered with a warning."""
+    from helpers import qa_examples
+
+    from tunelab.models import load_causal_lm, load_tokenizer
+    from tunelab.tasks.extractive_qa import generation
+
+    tok, model = load_tokenizer(tiny_model_dir, padding_side="left"), load_causal_lm(tiny_model_dir).eval()
+    model.config.max_position_embeddings = 64
+    examples, prompt = qa_examples(2), SQUAD.prompt("plain")
+    with pytest.raises(UsageError, match=r"longer than the 64 tokens this model reads .*use fewer shots"):
+        generation.generate_answers(
+            model, tok, examples, prompt, max_new_tokens=2, progress=False, shots=qa_pool(2)
+        )
+    _, answers, _ = generation.generate_answers(
+        model, tok, examples, prompt, max_new_tokens=2, progress=False
+    )
+    assert (
+        len(answers) == 2
+        and "2 of 2 prompts, with their answer, are longer than the 64" in capsys.readouterr().err
+    )

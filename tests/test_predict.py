@@ -284,3 +284,65 @@ def test_squad_input_errors(squad_dir, tmp_path):
         UsageError, match="input 'q1'.*max_length"
     ):  # a question longer than the model's window
         cli(["predict", squad_dir, "--question", "why " * 80, "--context", "some passage ."])
+
+
+def test_evaluate_with_a_question_too_long_for_the_windows_is_one_message(squad_dir, tmp_path, capsys):
+    """`tunelab evaluate` on a question longer than the windows the model was fine-tuned on: exit 2 with one
+    message saying the model's window (it cannot raise max_length), as predict and finetune do."""
+    from tunelab.cli import main
+
+    qas = [{"id": "long", "question": "why " * 80, "answers": [{"text": "some", "answer_start": 0}]}]
+    doc = {
+        "version": "1.1",
+        "data": [{"title": "t", "paragraphs": [{"context": "some passage .", "qas": qas}]}],
+    }
+    path = tmp_path / "dev.json"
+    path.write_text(json.dumps(doc))
+    out = tmp_path / "ev"
+    assert main(["evaluate", squad_dir, "--data-file", str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "question of example 'long' takes" in err and "this model reads windows of 64 tokens" in err, err
+    assert "Traceback" not in err and not out.exists()
+
+
+def test_every_input_is_one_line_of_columns(sst2_dir, squad_dir, tmp_path, capsys):
+    """Tabs, line breaks and backslashes inside a text or question are escaped in the text output, so each
+    input stays one tab-separated line (--json keeps them as they are)."""
+    odd = tmp_path / "odd.jsonl"
+    odd.write_text(
+        json.dumps({"text": "first line\nsecond\tpart \\ end"}) + "\n" + json.dumps({"text": "ok"}) + "\n"
+    )
+    assert cli(["predict", sst2_dir, "--file", str(odd)]) == 0
+    lines = capsys.readouterr().out.rstrip("\n").split("\n")
+    assert len(lines) == 2 and lines[0].split("\t")[2] == "first line\\nsecond\\tpart \\\\ end"
+    assert cli(["predict", sst2_dir, "--file", str(odd), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["predictions"][0]["text"] == "first line\nsecond\tpart \\ end"
+    assert cli(["predict", squad_dir, "--question", "Who\nwon?", "--context", "Ann won the race ."]) == 0
+    (line,) = capsys.readouterr().out.rstrip("\n").split("\n")
+    assert line.split("\t")[3] == "Who\\nwon?"
+
+
+def test_a_reader_that_goes_away_ends_predict_quietly(sst2_dir, tmp_path):
+    """`tunelab predict ... | head -1`: a broken pipe is no traceback; the exit status is 141 (SIGPIPE)."""
+    import os
+    import subprocess
+    import sys
+
+    many = tmp_path / "many.txt"
+    many.write_text("a fine film\n" * 3000)
+    env = {**os.environ, "TUNELAB_CPU_BF16": "off"}
+    cmd = f"{sys.executable} -m tunelab predict {sst2_dir} --file {many} | head -1; exit ${{PIPESTATUS[0]}}"
+    proc = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.stdout.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.returncode == 141
+
+
+def test_an_empty_text_in_a_pair_file_names_its_line(tiny_model_dir, tmp_path):
+    from tunelab.tasks import load_task
+
+    task = tmp_path / "pair.yaml"
+    task.write_text("kind: classification\nlabels: [same, other]\ndata: {text: a, text_pair: b}\n")
+    pairs = tmp_path / "p.txt"
+    pairs.write_text("one\ttwo\n\tthree\n")
+    with pytest.raises(DataError, match=r"p\.txt, line 2: the first text is empty"):
+        load_task(str(task)).prediction_inputs([], file=str(pairs))

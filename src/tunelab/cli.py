@@ -201,7 +201,8 @@ def _add_use_parsers(sub) -> None:
         description="Classify texts or answer questions about a passage with a folder written by "
         "`tunelab finetune` or `tunelab export` (its task says which). Output: one tab-separated "
         "line per input: label, probability, text (classification) or answer, probability, score, "
-        "question (QA); --json prints one JSON object instead.",
+        "question (QA), with tabs, line breaks and backslashes in them written \\t, \\n, \\r, \\\\; "
+        "--json prints one JSON object instead.",
     )
     p.add_argument("model_dir", help="a folder written by `tunelab finetune` or `tunelab export`")
     p.add_argument("texts", nargs="*", metavar="TEXT", help="classification: texts to classify")
@@ -788,6 +789,11 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         _say(f"tunelab: error: {exc}", exc)
         return exc.exit_code
+    except (
+        BrokenPipeError
+    ):  # the reader went away (`tunelab predict ... | head -1`): stop quietly, as cat does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (the exit's flush writes nowhere)
+        return 141  # 128 + SIGPIPE
     except Exception as exc:
         from tunelab.outputs import full_disk
 

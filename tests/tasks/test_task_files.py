@@ -219,3 +219,16 @@ def test_a_damaged_stored_task_definition_is_one_message(data):
     meta = {"task": "mine", "task_definition": {"kind": "classification", "labels": ["a", "b"], "data": data}}
     with pytest.raises(ModelError, match=r"ft/tunelab\.json: .*task_definition.*data"):
         task_from_meta(meta, "ft/tunelab.json")
+
+
+def test_a_task_without_splits_is_stored_so_that_it_reads_back(tmp_path):
+    """A task file may leave its files to --train-file / --data-file: the definition a fine-tuned folder
+    stores then has no splits, and predict / evaluate / export read it back (an empty mapping did not)."""
+    from tunelab.tasks import load_task, task_from_meta
+
+    path = tmp_path / "pair.yaml"
+    path.write_text("kind: classification\nlabels: [entail, other]\ndata: {text: s1, text_pair: s2}\n")
+    stored = load_task(str(path)).to_dict()
+    assert "splits" not in stored["data"]
+    back = task_from_meta({"task": "pair", "task_definition": stored}, "ft/tunelab.json")
+    assert list(back.labels) == ["entail", "other"] and back.pairs

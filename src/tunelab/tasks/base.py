@@ -296,7 +296,9 @@ class Task:
             return out
         data = out.setdefault("data", {})
         data["relative_to"] = self.relative_to
-        if self.relative_to == "task_file" and self.base_dir and self.dataset is None:
+        if not self.splits:  # a task given its files on the command line (--train-file, --data-file)
+            data.pop("splits", None)
+        elif self.relative_to == "task_file" and self.base_dir and self.dataset is None:
             data["splits"] = {
                 split: [{**_file_dict(f), "file": str(Path(self.base_dir) / f.path)} for f in files]
                 for split, files in self.splits.items()
@@ -711,6 +713,12 @@ def _renamed(task: Task, name: str) -> Task:
     return replace(task, name=name)
 
 
+def one_line(text: str) -> str:
+    r"""A field of `tunelab predict`'s tab-separated output with backslash, tab and line breaks escaped
+    (`\\`, `\t`, `\n`, `\r`), so that every input stays one line of columns."""
+    return text.translate({ord("\\"): "\\\\", ord("\t"): "\\t", ord("\n"): "\\n", ord("\r"): "\\r"})
+
+
 def task_from_meta(meta: dict, where: str) -> Task:
     """The task a fine-tuned folder was trained for: its stored definition (a task of one's own), else the
     built-in task it names. Errors name `where` (the folder's tunelab.json)."""
@@ -722,7 +730,7 @@ def task_from_meta(meta: dict, where: str) -> Task:
             data = d.get("data") if isinstance(d.get("data"), dict) else {}  # (parse_task says what is wrong)
             task = parse_task(
                 d,
-                where=f"{where} (task_definition)",
+                where="task_definition",
                 name=str(d.get("name") or meta.get("task")),
                 default_root=data.get("relative_to", "task_file"),
             )

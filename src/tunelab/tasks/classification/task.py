@@ -21,7 +21,7 @@ from tunelab.data.text import read_lines
 from tunelab.errors import DataError, UsageError
 from tunelab.metrics import mode_name
 from tunelab.outputs import write_json, write_jsonl
-from tunelab.tasks.base import Definition, FineTuning, Task
+from tunelab.tasks.base import Definition, FineTuning, Task, one_line
 from tunelab.tasks.classification.head import classify, encode, format_input, head_init_from_verbalizers
 from tunelab.tasks.classification.zero_shot import (
     CONTENT_FREE,
@@ -440,7 +440,7 @@ class ClassificationTask(Task):
             raise UsageError("nothing to classify: give texts as arguments or --file")
         for r in rows:
             if not r["text"].strip() or (self.pairs and not r["text_pair"].strip()):
-                raise UsageError("an empty text was given")
+                raise UsageError("an empty text was given (as an argument or --pair)")
         return rows
 
     def _file_inputs(self, file: str) -> list[dict]:
@@ -459,6 +459,10 @@ class ClassificationTask(Task):
                 parts = line.split("\t")
                 if len(parts) != 2:
                     raise DataError(file, "expected two tab-separated texts (a sentence pair)", line=n)
+                if not parts[0].strip() or not parts[1].strip():
+                    raise DataError(
+                        file, f"the {'first' if not parts[0].strip() else 'second'} text is empty", line=n
+                    )
                 rows.append({"text": parts[0], "text_pair": parts[1]})
             else:
                 rows.append({"text": line})
@@ -485,8 +489,8 @@ class ClassificationTask(Task):
         return out
 
     def format_prediction(self, row: dict) -> str:
-        texts = f"{row['text']}\t{row['text_pair']}" if self.pairs else row["text"]
-        return f"{row['label']}\t{row['probability']:.4f}\t{texts}"
+        texts = [row["text"], row["text_pair"]] if self.pairs else [row["text"]]
+        return "\t".join([row["label"], f"{row['probability']:.4f}", *map(one_line, texts)])
 
 
 YAML_BOOL = " (YAML reads an unquoted yes/no/true/false/on/off as a boolean: quote it)"

@@ -21,7 +21,7 @@ from tunelab.data.squad import SquadExample, read_squad, read_squad_rows, summar
 from tunelab.errors import DataError, UsageError
 from tunelab.metrics import bootstrap_ci, mode_name
 from tunelab.outputs import write_json, write_jsonl
-from tunelab.tasks.base import Definition, FineTuning, Task
+from tunelab.tasks.base import Definition, FineTuning, Task, one_line
 from tunelab.tasks.extractive_qa.generation import (
     DEFAULT_TEMPLATE,
     TEMPLATES,
@@ -294,17 +294,24 @@ class ExtractiveQATask(Task):
     ) -> SpanAnswers:
         max_length = meta.get("max_length", 384)
         stride = meta.get("stride", doc_stride(max_length))
-        preds, nbest, na = predict_spans(
-            model,
-            tokenizer,
-            examples,
-            max_length,
-            stride,
-            batch_size,
-            version_2=self.version_2,
-            progress=progress,
-            bf16=bf16,
-        )
+        try:
+            preds, nbest, na = predict_spans(
+                model,
+                tokenizer,
+                examples,
+                max_length,
+                stride,
+                batch_size,
+                version_2=self.version_2,
+                progress=progress,
+                bf16=bf16,
+            )
+        except ValueError as exc:  # a question too long for the windows the model was fine-tuned on
+            msg = str(exc).removesuffix("; raise max_length")
+            raise UsageError(
+                f"{msg}: this model reads windows of {max_length} tokens (its fine-tuning's "
+                "max_length); shorten the question"
+            ) from None
         return SpanAnswers(preds, nbest, na, 0.0)
 
     join_predictions = staticmethod(SpanAnswers.join)
@@ -453,7 +460,7 @@ class ExtractiveQATask(Task):
         ]
         try:
             p = self.predict(model, tokenizer, examples, meta, batch_size, progress=False)
-        except ValueError as exc:  # e.g. a question too long for the model's window
+        except UsageError as exc:  # e.g. a question too long for the model's window
             msg = re.sub(r"example '_(\d+)'", lambda m: f"input {rows[int(m.group(1))]['id']!r}", str(exc))
             raise UsageError(msg) from None
         return [self._scored(r, ex.id, p) for r, ex in zip(rows, examples, strict=True)]
@@ -489,7 +496,7 @@ class ExtractiveQATask(Task):
         answer = row["answer"] if row["answer"] else "(no answer)"
         p = "" if row.get("probability") is None else f"{row['probability']:.4f}"
         s = "" if row.get("score") is None else f"{row['score']:.2f}"
-        return f"{answer}\t{p}\t{s}\t{row['question']}"
+        return "\t".join([one_line(answer), p, s, one_line(row["question"])])
 
 
 def _read_qa_jsonl(path: str) -> list[dict]:

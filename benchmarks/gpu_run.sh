@@ -11,10 +11,12 @@
 #   eval-batching   benchmarks/eval_batching.py: evaluation at fixed batch sizes against batch_size auto, and
 #                   zero-shot SQuAD generation with a dynamic against a static KV cache
 #   study           benchmarks/gpu_study.py (issue 3's stages; only when named in ONLY)
-# Environment: ONLY=stage,stage (default: the first four, in that order); BUDGET seconds for the whole script
-# (default 540; a stage that would start with under 30 s left is skipped and marked so); VARIANTS (default
+# Environment: ONLY=stage,stage (default: the first five, in that order); BUDGET seconds for the whole script
+# (default 540; a stage that would start with under 30 s left is skipped and marked so); each stage also
+# stops at its own cap (CAP_SPEED_BASELINE 150, CAP_SPEED_OPTIONS 240, CAP_SQUAD_EPOCH 300, CAP_HARNESS 120,
+# CAP_EVAL_BATCHING 120 s), so that one slow stage cannot take the others' time; VARIANTS (default
 # packing,compile-packing,all,share-prefix); SQUAD_FLAGS (default --packing); STEPS (speed's timed steps,
-# default 40).
+# default 40). The speed cases run SmolLM2 first (the issue's main targets), then the Llama-3.2-1B shape.
 # TINY=1: the dry run on a CPU (tiny speed cases with variant packing only, 32 SQuAD training questions, 16 dev
 # questions, 8 harness sentences): checks this script end to end (13 minutes on the shared 2-core CPU).
 #
@@ -22,10 +24,12 @@
 # benchmarks/stage_harness.sh here: three runs back to back,
 #   run 0: carry [".carry/h"]    command: bash .carry/h/stage
 #   run 1: carry [".carry/s1"]   command: bash .carry/s1/stage
-#   run 2: carry [".carry/s2"]   command: source .carry/s2/stage && bash benchmarks/gpu_run.sh
-# (staged with DATA_ONLY=1, the speed stages alone need one run: source .carry/s1/stage && ONLY=speed-baseline,
-# speed-options bash benchmarks/gpu_run.sh; without the model's chat template the SST-2 prompt rows are skipped).
-# The results come back under $OUT: copy them to benchmarks/results/.
+#   run 2: carry [".carry/s2"]   command: source .carry/s2/stage &&
+#          BUDGET=480 bash benchmarks/on_device.sh /tmp/w11 bash benchmarks/gpu_run.sh
+# (on_device.sh: only 8 files come back from the machine's $OUT; it packs what this script writes into one.)
+# Staged with DATA_ONLY=1, the speed stages alone need one run: source .carry/s1/stage && ONLY=speed-baseline,
+# speed-options bash benchmarks/on_device.sh /tmp/w11 bash benchmarks/gpu_run.sh (without the model's chat
+# template the SST-2 prompt rows are skipped).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu-run-out}
@@ -44,14 +48,18 @@ LOG="$OUT/gpu_run.log"
 STATUS="$OUT/stages.jsonl"
 
 left() { echo $((BUDGET - ($(date +%s) - START))); }
+declare -A CAPS=([speed-baseline]=150 [speed-options]=240 [squad-epoch]=300 [harness]=120 [eval-batching]=120)
 note() { echo "{\"stage\": \"$1\", \"status\": \"$2\", \"seconds\": $3, \"at\": \"$(date -u +%FT%TZ)\"}" >> "$STATUS"; }
 
 # one stage: runs "$@" under the time left, logs to $OUT/<stage>.log, notes its status and wall seconds
 stage() {
   local name=$1; shift
-  local t0 rest rc
+  local t0 rest rc cap
   rest=$(left)
-  if (( rest < 30 )); then echo "== $name: skipped, ${rest} s of the budget left" | tee -a "$LOG"; note "$name" skipped 0; return; fi
+  cap_var=CAP_${name^^}; cap_var=${cap_var//-/_}
+  cap=${!cap_var:-${CAPS[$name]:-$rest}}
+  (( rest < 30 )) || (( cap >= rest )) || rest=$cap
+  if (( rest < 30 )); then echo "== $name: skipped, ${rest} s left for it" | tee -a "$LOG"; note "$name" skipped 0; return; fi
   echo "== $name ($rest s left): $*" | tee -a "$LOG"
   t0=$(date +%s)
   timeout "$rest" "$@" > "$OUT/$name.log" 2>&1
@@ -72,7 +80,7 @@ stage() {
 TOK=()
 if [[ -z ${TUNELAB_GGUF:-} && -z ${TINY:-} && -f /tmp/stage/tok/tokenizer.json ]]; then TOK=(--tokenizer /tmp/stage/tok); fi
 
-speed_args=(--steps "$STEPS" --warmup 10)
+speed_args=(--steps "$STEPS" --warmup 10 --cases sst2-smollm2,squad-smollm2,sst2-llama1b,squad-llama1b)
 [[ -n ${TINY:-} ]] && speed_args=(--tiny)
 
 for s in ${ONLY//,/ }; do

@@ -36,7 +36,10 @@ SmolLM2's 49,152 ids are all valid in Llama's 128,256-entry vocabulary).
 Reported per case: epoch seconds (baseline_s, tunelab_s, ratio = baseline_s / tunelab_s), real (non-pad) and
 padded tokens per second, MFU, peak GPU memory. MFU = 6 x non-embedding parameters x real tokens / seconds /
 peak (the embedding lookup does no matmul and these task heads have no LM head; attention FLOPs are not
-counted); `mfu_padded` counts the padded tokens instead (work the GPU really did). Quality is not measured
+counted); `mfu_padded` counts the padded tokens instead (work the GPU really did); with a shared prefix (run
+once per piece) `mfu` counts token-equivalents (`mfu_basis`). A compiled row first runs its steps once
+untimed, so that every shape its batches take is compiled before the clock; `compiles_in_timed_steps` checks
+that none was compiled while timed. Quality is not measured
 here (random weights): tunelab's SmolLM2 quality on the same data is benchmarks/gpu_study.py's job;
 `--quality` copies its saved results (benchmarks/results/gpu-study-*.json) into the output.
 
@@ -470,6 +473,13 @@ def computed_tokens(
     return total
 
 
+def compiled_graphs() -> int:
+    """Graphs torch.compile has compiled so far in this process (dynamo's own counter)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
 def run_tunelab(model, feats, *, task, batch_size, warmup, steps, seed, pad_id, work, options=None) -> dict:
     """tunelab.training.train on the same examples; times steps warmup+1 .. warmup+steps (the end of step
     `warmup` is marked by the evaluate hook, the end of the last step after train() returns). `options`:
@@ -499,11 +509,18 @@ def run_tunelab(model, feats, *, task, batch_size, warmup, steps, seed, pad_id, 
     marks: dict[str, float] = {}
     # the head in float32, as tunelab.models.load_task_model gives it
     float32_head(getattr(model, head("classification" if task == "sst2" else "span").module))
+    loss_fn = span_loss if task == "squad" else None  # the loss `tunelab finetune` trains with
+    if cfg.compile:
+        # Compile every shape these batches take before the clock: the timed steps can meet a bucket the
+        # warm-up steps did not (a compile costs seconds, a step milliseconds). One untimed run of the same
+        # steps does it (the compiled layers keep their graphs); the timed run then trains on.
+        train(model, feats, cfg, pad_id=pad_id, work_dir=work / "compile", progress=False, loss_fn=loss_fn)
 
     def evaluate(_model):  # called after steps warmup, 2 x warmup, ...: only the first marks the clock
         if "warm" not in marks:
             sync()
             marks["warm"] = time.perf_counter()
+            marks["graphs"] = compiled_graphs()
         return {}
 
     result = train(
@@ -514,8 +531,8 @@ def run_tunelab(model, feats, *, task, batch_size, warmup, steps, seed, pad_id, 
         work_dir=work,
         evaluate=evaluate,
         progress=False,
-        loss_fn=span_loss if task == "squad" else None,
-    )  # the loss `tunelab finetune` trains with
+        loss_fn=loss_fn,
+    )
     sync()
     end = time.perf_counter()
     if "warm" not in marks:
@@ -525,6 +542,7 @@ def run_tunelab(model, feats, *, task, batch_size, warmup, steps, seed, pad_id, 
     timed = length_grouped_order(lengths, batch_size, cfg.seed)[warmup:total]
     return {
         "timed_s": end - marks["warm"],
+        "compiles_in_timed_steps": compiled_graphs() - marks["graphs"],  # should be 0
         "batch_size": batch_size,
         "real_tokens": sum(sum(feats[i]["attention_mask"]) for bt in timed for i in bt),
         "padded_tokens": computed_tokens(feats, timed, cfg, result.chunks, pad_id, result.shared_prefix),
@@ -559,7 +577,12 @@ def summarise(
         "extrapolation_factor": factor,
         "real_tokens_per_s": run["real_tokens"] / s,
         "padded_tokens_per_s": run["padded_tokens"] / s,
-        "padding_fraction": 1 - run["real_tokens"] / run["padded_tokens"],
+        # a shared prefix runs once per piece: fewer tokens computed than the rows hold, so no padding
+        # fraction, and `mfu` counts token-equivalents (the work the rows would be without the sharing)
+        "padding_fraction": None
+        if run.get("shared_prefix")
+        else 1 - run["real_tokens"] / run["padded_tokens"],
+        "mfu_basis": "token-equivalent (prefix shared)" if run.get("shared_prefix") else "real tokens",
         "mfu": (6 * nonembed * run["real_tokens"] / s / (peak_tflops * 1e12)) if cuda else None,
         "mfu_padded": (6 * nonembed * run["padded_tokens"] / s / (peak_tflops * 1e12)) if cuda else None,
         "peak_memory_gib": mem,

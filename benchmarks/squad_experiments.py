@@ -132,15 +132,26 @@ def run(args) -> int:
         if done.is_file():
             print(f"{name}: done before, skipped")
             continue
-        if args.budget and time.monotonic() - t_start > args.budget:
+        left = args.budget - (time.monotonic() - t_start) if args.budget else None
+        if left is not None and left < 30:
             summary["experiments"][name] = {"status": "skipped: budget"}
             continue
         cmd = command(name, args.model, folder, args.tiny, args.train_limit)
         print("tunelab " + " ".join(cmd), flush=True)
+        entry: dict = {"command": "tunelab " + " ".join(cmd), "status": "running"}
+        summary["experiments"][name] = entry  # saved before it starts: a call cut short still says so
+        summary_file.write_text(json.dumps(summary, indent=1) + "\n")
         t0 = time.monotonic()
-        proc = subprocess.run([sys.executable, "-c", CLI, *cmd], env=env, check=False)
-        entry: dict = {"command": "tunelab " + " ".join(cmd), "seconds": time.monotonic() - t0}
-        if proc.returncode == 0 and done.is_file():
+        try:  # the budget bounds each experiment too (a fine-tuning keeps its checkpoints to resume from)
+            proc = subprocess.run([sys.executable, "-c", CLI, *cmd], env=env, check=False, timeout=left)
+            code = proc.returncode
+        except subprocess.TimeoutExpired:
+            code = None
+        entry["seconds"] = time.monotonic() - t0
+        if code is None:
+            failed += 1
+            entry.update(status=f"timeout: stopped at the budget after {entry['seconds']:.0f} s")
+        elif code == 0 and done.is_file():
             m = json.loads(done.read_text())
             keys = (
                 "exact_match",
@@ -158,7 +169,7 @@ def run(args) -> int:
                     entry[k] = m[k]
         else:
             failed += 1
-            entry.update(status=f"failed (exit {proc.returncode})")
+            entry.update(status=f"failed (exit {code})")
         summary["experiments"][name] = entry
         summary_file.write_text(json.dumps(summary, indent=1) + "\n")  # saved as it goes
     summary_file.write_text(json.dumps(summary, indent=1) + "\n")
@@ -170,7 +181,12 @@ def main() -> int:
     ap.add_argument("--out", help="results folder (one subfolder per experiment, summary.json)")
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--only", help="comma-separated experiment names, run in that order")
-    ap.add_argument("--budget", type=float, default=None, help="seconds after which no experiment starts")
+    ap.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        help="seconds for the whole run: an experiment starts only with 30 s left and is stopped at the end",
+    )
     ap.add_argument(
         "--train-limit", type=int, default=None, help="fine-tune on a seeded sample of N questions"
     )

@@ -444,3 +444,36 @@ def test_harness_bench_runs_the_harness_as_an_importable_module(tmp_path):
     assert row["accuracy"]["harness"] == 0.5 and 0 <= row["accuracy"]["tunelab"] <= 1
     assert len(row["wall_seconds"]["harness"]) == len(row["wall_seconds"]["tunelab"]) == 1
     assert row["ratio_of_medians"] > 0 and row["compute"]["ratio_bound"] > 1
+
+
+def test_on_device_packs_what_the_command_wrote_so_that_it_comes_back(tmp_path):
+    """benchmarks/on_device.sh: the lent GPU machine returns at most 8 files from $OUT, two folders down: the
+    command works in WORK (with OUT=WORK), and its small files (no weights or checkpoints) come back packed in
+    $OUT/results.tgz with its output in $OUT/run.log; its exit status is the command's."""
+    import tarfile
+
+    out, work = tmp_path / "out", tmp_path / "work"
+    name = '"$OUT/sq/name'
+    script = "; ".join(
+        [
+            f'mkdir -p {name}/eval" {name}/checkpoints/step-2"',
+            f'echo "{{}}" > {name}/eval/metrics.json"',
+            f'head -c 4096 /dev/zero > {name}/model.safetensors"',
+            f'echo 1 > {name}/checkpoints/step-2/x"',
+            'echo "working in $OUT"',
+            "exit 3",
+        ]
+    )
+    proc = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "on_device.sh"), str(work), "bash", "-c", script],
+        env={**os.environ, "OUT": str(out)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 3 and "Terminated" not in proc.stderr, proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["results.tgz", "run.log"]
+    assert f"working in {work}" in (out / "run.log").read_text()
+    with tarfile.open(out / "results.tgz") as tar:
+        names = [n.removeprefix("./") for n in tar.getnames() if tar.getmember(n).isfile()]
+    assert names == ["sq/name/eval/metrics.json"]

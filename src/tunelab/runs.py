@@ -140,9 +140,11 @@ def finetune(
     """Fine-tune the task's head (full, LoRA or head-only) on the training examples, save a Hugging Face
     folder, evaluate it on the dev examples. `options`: the task kind's fine-tuning keys (classification:
     input_prompt). `report_to`: experiment trackers (tunelab.tracking), logging under `tracking_dir` (default
-    OUT/tracking) as `run_name`, with `hparams` (default: the training config). `inputs`: what else the
-    caller read (a data folder, a config file), which `out` must not touch. `final_out`: the folder recorded
-    as the model when `out` is a temporary one the caller moves there. `resume`: continue from OUT.partial's
+    OUT/tracking) as `run_name`, with `hparams` (default: the training config); started where training
+    starts (Tracking.start: a resume logs only the steps after its checkpoint, a training that starts over
+    replaces what the run logged before). `inputs`: what else the caller read (a data folder, a config file),
+    which `out` must not touch. `final_out`: the folder recorded as the model when `out` is a temporary one
+    the caller moves there. `resume`: continue from OUT.partial's
     newest checkpoint; "matching": only one of these settings and data, else start over (training.train).
     Returns the dev metrics (None on processes that do not write)."""
     cfg.validate()
@@ -192,6 +194,7 @@ def log_final(names, logging_dir: Path, run_name: str, config: dict, metrics: di
     if tracker is None:
         return
     try:
+        tracker.start()
         tracker.log_dev(metrics, 0)
     finally:
         tracker.finish()

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import statistics
 from pathlib import Path
 
 from tunelab.metrics import mode_name
-from tunelab.outputs import read_json
+from tunelab.outputs import read_json, write_text
 
 
 def summary_rows(study) -> list[dict]:
@@ -126,19 +127,27 @@ def print_summary(rows: list[dict], report: Path) -> None:
 
 
 def log_summary(names: list[str], logging_dir: Path, config: dict, rows: list[dict]) -> None:
-    """The table to the experiment trackers: one scalar per task, metric and model, and the table as text."""
+    """The table to the experiment trackers as the run `summary`: one scalar per task, metric and model, and
+    the table as text. The report stage runs on every invocation of the study, so the table is logged only
+    when it differs from the one logged last (LOGGING_DIR/summary.json), and then replaces it in TensorBoard
+    (Tracking.start): a rerun that recomputed nothing logs nothing."""
     if not names:
         return
     from tunelab.tracking import Tracking
 
+    values: dict = {"summary/table": markdown_table(rows)}
+    for r in rows:
+        tuned = "finetuned" + (f"-{r['variant']}" if r.get("variant") else "")
+        values[f"summary/{r['task']}/{r['key']}/zeroshot"] = r["zeroshot"]
+        if r["finetuned"] is not None:
+            values[f"summary/{r['task']}/{r['key']}/{tuned}"] = r["finetuned"]
+    logged, text = Path(logging_dir) / "summary.json", json.dumps(values, sort_keys=True, indent=1) + "\n"
+    if logged.is_file() and logged.read_text(encoding="utf-8") == text:
+        return
     tracker = Tracking(names, logging_dir, "summary", config)
     try:
-        values: dict = {"summary/table": markdown_table(rows)}
-        for r in rows:
-            tuned = "finetuned" + (f"-{r['variant']}" if r.get("variant") else "")
-            values[f"summary/{r['task']}/{r['key']}/zeroshot"] = r["zeroshot"]
-            if r["finetuned"] is not None:
-                values[f"summary/{r['task']}/{r['key']}/{tuned}"] = r["finetuned"]
+        tracker.start()
         tracker.log(values, step=0)
     finally:
         tracker.finish()
+    write_text(logged, text)  # once logged: a failure above logs it again next time

@@ -94,7 +94,7 @@ class Trainer:
         on_log: Callable[[str, dict], None] | None = None,
     ):
         cfg.validate()
-        self.on_log = on_log  # ("train" | "eval", entry) on the main process: experiment trackers
+        self.on_log = on_log  # ("start" | "train" | "eval", entry) on the main process: experiment trackers
         self.cfg, self.pad_id, self.work_dir = cfg, pad_id, Path(work_dir)
         self.evaluate_fn, self.loss_fn, self.progress = evaluate, loss_fn, progress
         set_seed(cfg.seed)
@@ -216,6 +216,8 @@ class Trainer:
                 shutil.rmtree(self.ckpt_root)
         acc.wait_for_everyone()
         acc.step = self.start_micro  # accumulation boundaries follow the micro-step count
+        if self.on_log and acc.is_main_process:  # where training starts (trackers drop what came after)
+            self.on_log("start", {"step": self.start_micro // self.cfg.grad_accum})
 
     def _resume(self, matching_only: bool = False) -> bool:
         """Load the newest complete checkpoint; one whose files are missing, of the wrong size or damaged is

@@ -4,6 +4,7 @@ times."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -201,10 +202,15 @@ def test_squad_experiments_tiny_runs_each_kind_of_experiment(tiny_model_dir, tmp
         assert args.task == EXPERIMENTS[name][1], name
     assert {EXPERIMENTS[n][1] for n in SQUAD_EXPERIMENTS_RUN} == {"squad", "squad_v2"}
 
+    # the tiny model with a context as long as a 3-shot SQuAD prompt (RoPE: only the config says 512)
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 4096}))
     env = dict(os.environ, TUNELAB_DATA_DIR=DATA, TOKENIZERS_PARALLELISM="false")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))
     cmd = [sys.executable, str(ROOT / "benchmarks" / "squad_experiments.py"), "--tiny", "--model"]
-    cmd += [tiny_model_dir, "--out", str(tmp_path / "x"), "--only", ",".join(SQUAD_EXPERIMENTS_RUN)]
+    cmd += [str(model), "--out", str(tmp_path / "x"), "--only", ",".join(SQUAD_EXPERIMENTS_RUN)]
     proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((tmp_path / "x" / "summary.json").read_text())

@@ -15,6 +15,16 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = os.environ.get("TUNELAB_DATA_DIR")
 
 
+def long_context(tiny_model_dir: str, tmp_path: Path) -> Path:
+    """The tiny model with a context that holds k-shot SQuAD prompts (RoPE: only its config says 512; a
+    longer k-shot prompt is refused)."""
+    model = tmp_path / "long-context-model"
+    shutil.copytree(tiny_model_dir, model)
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 4096}))
+    return model
+
+
 @pytest.mark.skipif(not DATA, reason="TUNELAB_DATA_DIR is not set")
 def test_speed_bench_tiny_writes_the_report(tmp_path):
     env = dict(
@@ -202,11 +212,7 @@ def test_squad_experiments_tiny_runs_each_kind_of_experiment(tiny_model_dir, tmp
         assert args.task == EXPERIMENTS[name][1], name
     assert {EXPERIMENTS[n][1] for n in SQUAD_EXPERIMENTS_RUN} == {"squad", "squad_v2"}
 
-    # the tiny model with a context as long as a 3-shot SQuAD prompt (RoPE: only the config says 512)
-    model = tmp_path / "model"
-    shutil.copytree(tiny_model_dir, model)
-    config = json.loads((model / "config.json").read_text())
-    (model / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 4096}))
+    model = long_context(tiny_model_dir, tmp_path)
     env = dict(os.environ, TUNELAB_DATA_DIR=DATA, TOKENIZERS_PARALLELISM="false")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))
     cmd = [sys.executable, str(ROOT / "benchmarks" / "squad_experiments.py"), "--tiny", "--model"]
@@ -343,7 +349,8 @@ def test_kshot_bench_compares_each_k_with_zero_shot(tiny_model_dir, tmp_path):
     env = dict(os.environ, TUNELAB_DATA_DIR=DATA, TOKENIZERS_PARALLELISM="false")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))
     out = tmp_path / "kshot.json"
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "kshot.py"), "--tiny", "--model", tiny_model_dir]
+    model = str(long_context(tiny_model_dir, tmp_path))
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "kshot.py"), "--tiny", "--model", model]
     cmd += ["--sst2-shots", "0,2", "--squad-shots", "0,1", "--seeds", "0,1", "--out", str(out)]
     proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

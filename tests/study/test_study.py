@@ -229,8 +229,12 @@ def test_a_changed_extra_training_file_redoes_the_fine_tuning(
     args = ["study", "--config", cfg, "--out", str(run), "--set", "squad.enabled=false"]
     args += ["--set", f"sst2.finetune.extra_train=[{extra}]"]
     assert main(args) == 0
-    record = json.loads((run / "stages.json").read_text())["sst2/finetune"]["data"]["extra_train"]
-    assert record["file"] == str(extra) and record["examples"] == 2 and record["sha256"]
+    data = json.loads((run / "stages.json").read_text())["sst2/finetune"]["data"]
+    record = data["extra_train"]
+    assert record["file"] == str(extra) and 0 <= record["examples"] <= 2 and record["sha256"]
+    assert (
+        data["train"]["examples"] + record["examples"] == 16
+    )  # train_limit's sample of both, each counted once
     capsys.readouterr()
     monkeypatch.setattr(runs, "zeroshot", _fail)  # zero-shot does not read the extra data
     extra.write_text("sentence\tlabel\nanother good line\t1\nanother bad line\t0\n")
@@ -569,6 +573,14 @@ def test_a_half_deleted_stage_is_redone_and_a_damaged_result_is_named(
     )
     for path in ("sst2/zeroshot/metrics.json", "sst2/finetune/eval/metrics.json", "report.md"):
         assert (run / path).is_file(), path
+    # a stage whose output was published but not recorded (the run stopped in between) is not trusted
+    stages = json.loads((run / "stages.json").read_text())
+    del stages["sst2/zeroshot"]
+    (run / "stages.json").write_text(json.dumps(stages))
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "zero-shot: done earlier, but it has no record in stages.json of what it read: redoing it" in out
+    assert "sst2/zeroshot" in json.loads((run / "stages.json").read_text())
 
     metrics = run / "sst2/zeroshot/metrics.json"
     good = metrics.read_text()

@@ -525,7 +525,11 @@ class Study:
         if seeded:
             cfg.seed = seed
         train_ex = runs.sample(train_ex, f["train_limit"], seed if seeded else self.c["seed"])
-        self.read[stage]["train"]["examples"] = len(train_ex)
+        extra = {id(ex) for ex in more}  # each record counts the examples trained on from its files
+        from_extra = sum(id(ex) in extra for ex in train_ex)
+        self.read[stage]["train"]["examples"] = len(train_ex) - from_extra
+        if more:
+            self.read[stage]["extra_train"]["examples"] = from_extra
         options = {
             k: v
             for k, v in f.items()
@@ -645,6 +649,8 @@ class Study:
             redo = False
             if not st.always and st.done():
                 why = self.stale(st, times.get(st.id), set(ran))
+                if st.id not in times and times:  # the run stopped between its output and its record
+                    why = "it has no record in stages.json of what it read"
                 if why is None:
                     self.log(f"{head}: done earlier, skipped", flush=True)
                     continue

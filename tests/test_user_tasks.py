@@ -303,7 +303,7 @@ def test_data_check_of_a_task_alone_checks_each_of_its_splits(tmp_path, capsys):
     )
 
     qa = qa_task(tmp_path / "qa")
-    assert main(["data", "check", "--task", qa, "--split", "dev", "--json"]) == 0
+    assert main(["data", "check", "--task", qa, "--split", "validation", "--json"]) == 0  # (means dev)
     summary = json.loads(capsys.readouterr().out)
     assert list(summary["splits"]) == ["dev"]
     assert summary["splits"]["dev"]["questions"] == 8 and summary["splits"]["dev"]["unanswerable"] == 2

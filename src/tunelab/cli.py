@@ -379,7 +379,8 @@ def _check_task_data(task, args) -> int:
             f"data check: task {task.name} names no data files (its definition has no data.splits): "
             "give the data file"
         )
-    splits = [args.split] if args.split else list(task.splits)
+    split = "dev" if args.split == "validation" else args.split  # (validation means dev: load_split)
+    splits = [split] if split else list(task.splits)
     summaries, seen = {}, {}
     for split in splits:
         examples, where = task.load_split(split, args.data_dir)

@@ -30,6 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = "import sys; from tunelab.cli import main; sys.exit(main(sys.argv[1:]))"
+MIN_LEFT = 30  # seconds of the budget an experiment needs to start
 
 # name -> (command, task, options). Fine-tuning defaults are squad's own (lr 3e-5, batch 12, 2 epochs, 384).
 EXPERIMENTS: dict[str, tuple[str, str, list[str]]] = {
@@ -133,7 +134,7 @@ def run(args) -> int:
             print(f"{name}: done before, skipped")
             continue
         left = args.budget - (time.monotonic() - t_start) if args.budget else None
-        if left is not None and left < 30:
+        if left is not None and left < MIN_LEFT:
             summary["experiments"][name] = {"status": "skipped: budget"}
             continue
         cmd = command(name, args.model, folder, args.tiny, args.train_limit)
@@ -142,10 +143,16 @@ def run(args) -> int:
         summary["experiments"][name] = entry  # saved before it starts: a call cut short still says so
         summary_file.write_text(json.dumps(summary, indent=1) + "\n")
         t0 = time.monotonic()
-        try:  # the budget bounds each experiment too (a fine-tuning keeps its checkpoints to resume from)
-            proc = subprocess.run([sys.executable, "-c", CLI, *cmd], env=env, check=False, timeout=left)
-            code = proc.returncode
+        proc = subprocess.Popen([sys.executable, "-c", CLI, *cmd], env=env)
+        try:  # the budget bounds each experiment too: stopped with SIGTERM (tunelab cleans up), then killed
+            code = proc.wait(timeout=left)
         except subprocess.TimeoutExpired:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
             code = None
         entry["seconds"] = time.monotonic() - t0
         if code is None:

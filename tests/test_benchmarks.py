@@ -490,3 +490,22 @@ def test_on_device_packs_what_the_command_wrote_so_that_it_comes_back(tmp_path):
     with tarfile.open(out / "results.tgz") as tar:
         names = [n.removeprefix("./") for n in tar.getnames() if tar.getmember(n).isfile()]
     assert names == ["sq/name/eval/metrics.json"]
+
+
+def test_squad_experiments_stop_an_experiment_at_the_budget(tmp_path, monkeypatch):
+    """An experiment still running when --budget ends is stopped (SIGTERM) and recorded as such; summary.json
+    says which experiment runs before it starts, so a call cut short still tells."""
+    import argparse
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import squad_experiments
+
+    monkeypatch.setattr(squad_experiments, "CLI", "import time; time.sleep(60)")
+    monkeypatch.setattr(squad_experiments, "MIN_LEFT", 0)
+    args = argparse.Namespace(
+        out=str(tmp_path), model="m", only="zs-free,zs-grounded", budget=1.0, train_limit=None, tiny=True
+    )
+    assert squad_experiments.run(args) == 1
+    summary = json.loads((tmp_path / "summary.json").read_text())["experiments"]
+    assert summary["zs-free"]["status"].startswith("timeout: stopped at the budget")
+    assert summary["zs-grounded"] == {"status": "skipped: budget"}

@@ -3,6 +3,7 @@ errors."""
 
 import json
 import re
+import shutil
 
 import pytest
 import yaml
@@ -324,6 +325,7 @@ def test_a_refused_out_writes_nothing(tiny_model_dir, data_dir, tmp_path, capsys
             "tasks.report.md",
             "the study's run folder uses for its own",
         ),
+        ("tasks:\n  summary: {file: t.yaml}\n", "tasks.summary", "the study's run folder uses for its own"),
         (
             "tasks:\n  sst2:\n    zeroshot:\n      prompt: nope\n",
             "tasks.sst2.zeroshot.prompt",
@@ -670,6 +672,12 @@ def test_a_changed_task_file_prompt_file_or_model_redoes_the_stages_that_used_it
     again = ["study", "--config", str(run / "config.yaml"), "--out", str(run)]
     assert main(again) == 0
     assert len(re.findall(r"done earlier, skipped", capsys.readouterr().out)) == 4
+    # a run folder of the version before, which kept the path as given (relative to the config's folder)
+    saved = (run / "config.yaml").read_text()
+    (run / "config.yaml").write_text(saved.replace(f"file: {task_file}", "file: tasks/mine.yaml"))
+    assert "file: tasks/mine.yaml" in (run / "config.yaml").read_text()
+    assert main(["study", "--config", str(cfgdir / "study.yaml"), "--out", str(run)]) == 0
+    assert len(re.findall(r"done earlier, skipped", capsys.readouterr().out)) == 4
 
     args = ["study", "--config", str(cfgdir / "study.yaml"), "--out", str(run)]
     prompt.write_text(prompt.read_text().replace("Verdict:", "Opinion:"))
@@ -697,3 +705,38 @@ def test_a_changed_task_file_prompt_file_or_model_redoes_the_stages_that_used_it
     monkeypatch.setattr(study_run, "count_finetuned", _fail)
     assert main(args) == 0  # nothing changed since: all reused
     assert len(re.findall(r"done earlier, skipped", capsys.readouterr().out)) == 4
+
+
+def test_a_redone_stage_does_not_read_the_model_again(
+    tiny_model_dir, data_dir, tmp_path, capsys, monkeypatch
+):
+    """The model's files are digested once per run folder: a rerun that redoes a stage compares their names,
+    sizes and times with the record and reads no weights while they agree."""
+    cfg = _config(tmp_path, tiny_model_dir, data_dir)
+    run = tmp_path / "run"
+    args = ["study", "--config", cfg, "--out", str(run), "--set", "squad.enabled=false"]
+    assert main(args) == 0
+    shutil.rmtree(run / "sst2" / "zeroshot")
+    read = []
+    real = study_run.file_digest
+    monkeypatch.setattr(study_run, "file_digest", lambda p: read.append(str(p)) or real(p))
+    assert main(args) == 0
+    assert "[2/5] sst2: zero-shot\n" in capsys.readouterr().out
+    assert not [p for p in read if p.startswith(str(tiny_model_dir))], read
+
+
+def test_two_fine_tunings_logging_to_one_tracker_run_are_refused(tiny_model_dir, data_dir, tmp_path, capsys):
+    """A variant `lora` of sst2 and a task named sst2-lora would share RUN/tracking/sst2-lora."""
+    task = tmp_path / "t.yaml"
+    sst = data_dir / "SST-2"
+    task.write_text(
+        "kind: classification\nlabels: ['0', '1']\nverbalizers: {'0': [' bad'], '1': [' good']}\n"
+        f"data: {{text: sentence, splits: {{train: {sst}/train.tsv, dev: {sst}/dev.tsv}}}}\n"
+    )
+    cfg = _config(tmp_path, tiny_model_dir, data_dir)
+    args = ["study", "--config", cfg, "--out", str(tmp_path / "run"), "--set", "squad.enabled=false"]
+    args += ["--set", "sst2.variants={lora: {method: lora}}", "--set", f"sst2-lora.file={task}"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "sst2-lora/finetune and sst2/finetune-lora would log to the same tracker run sst2-lora" in err, err
+    assert not (tmp_path / "run").exists()

@@ -452,8 +452,36 @@ def test_a_token_changed_mid_example_is_other_data_and_matching_resume_starts_ov
         resume="matching",
         progress=False,
     )
-    assert "other settings or data (training data): training starts over" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "other settings or data (training data): training starts over" in said
+    assert "no complete checkpoint yet" not in said
     assert got.resumed_from == 0 and got.steps == ref.steps and got.evals == ref.evals
     assert [e["loss"] for e in got.log] == [e["loss"] for e in ref.log]
     want, have = _trainable(fresh), _trainable(model)
     assert all(torch.equal(want[k], have[k]) for k in want)
+
+
+def test_a_checkpoint_of_the_earlier_data_digest_still_resumes(tiny_model_dir, tmp_path):
+    """Checkpoints written before the digest covered every token carry the earlier digest (no `data_digest`):
+    the run computes that one to compare, so they still resume."""
+    from tunelab.training import checkpoint
+
+    feats = _features()
+    with pytest.raises(Crash):
+        train(
+            _model(tiny_model_dir), feats, _cfg(), pad_id=0, work_dir=tmp_path, evaluate=_evaluate(crash_at=2)
+        )
+    ckpt = last_checkpoint(tmp_path / "checkpoints")
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    old = checkpoint.fingerprint(_cfg(), feats, 1, digest=1)
+    assert state["fingerprint"]["data_digest"] == 2 and "data_digest" not in old
+    assert (
+        old["options"] == state["fingerprint"]["options"]
+        and old["data_sha256"] != state["fingerprint"]["data_sha256"]
+    )
+    state["fingerprint"] = old
+    (ckpt / "trainer_state.json").write_text(json.dumps(state))
+    got = train(
+        _model(tiny_model_dir), feats, _cfg(), pad_id=0, work_dir=tmp_path, resume=True, progress=False
+    )
+    assert got.resumed_from > 0  # resumed, not started over (nor refused)

@@ -131,6 +131,7 @@ class Layer:
 
 RUN_FOLDERS = {"params", "tracking", "figures"}  # a study run folder's own folders beside the task folders
 RUN_FILES = {"config.yaml", "environment.json", "stages.json", "report.md", "report.html"}  # and its files
+RUN_NAMES = {"summary"}  # the study's own tracker run (RUN/tracking/summary)
 
 
 def _task_files(layers: list[Layer]) -> dict[str, tuple[str, Path, str]]:
@@ -152,10 +153,11 @@ def _tasks(layers: list[Layer]) -> dict[str, Task]:
     """Every task the layers name: the built-ins, then the tasks of one's own (by file)."""
     tasks = {name: get_task(name) for name in builtin_names()}
     for name, (file, base, source) in _task_files(layers).items():
-        if name in RUN_FOLDERS | RUN_FILES:
+        reserved = RUN_FOLDERS | RUN_FILES | RUN_NAMES
+        if name in reserved:
             raise UsageError(
                 f"{source}: tasks.{name}: {name} is a name the study's run folder uses for its own "
-                f"({', '.join(sorted(RUN_FOLDERS | RUN_FILES))}): give the task another name"
+                f"({', '.join(sorted(reserved))}): give the task another name"
             )
         path = Path(file).expanduser()
         path = path if path.is_absolute() else base / path

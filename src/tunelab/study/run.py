@@ -267,10 +267,11 @@ class Study:
         hub = (folder / "refs").is_dir()  # a Hub cache folder: which revision, not every blob
         files = sorted(p for p in ((folder / "refs").rglob("*") if hub else folder.iterdir()) if p.is_file())
         stat = [[str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
-        if known and known.get("files") == stat:
-            return known
         if self._model and self._model["files"] == stat:
             return self._model
+        if known and known.get("files") == stat:  # (the same files as when recorded: not read again)
+            self._model = known
+            return known
         h = hashlib.sha256()
         for p in files:
             h.update(f"{p.relative_to(folder)}\0".encode())
@@ -324,7 +325,8 @@ class Study:
             return "; ".join(changed) or None  # from before data digests were recorded: nothing to compare
         for split, now in self.data_now(st.task, st.reads).items():
             was = before.get(split) or {}
-            if was.get("file") != now["file"]:
+            # (a dataset folder given as ~/...: recorded as given before `~` was expanded)
+            if os.path.expanduser(str(was.get("file"))) != now["file"]:
                 changed.append(f"the {split} file is now {now['file']} (was {was.get('file')})")
             elif now["sha256"] is not None and was.get("sha256") != now["sha256"]:
                 changed.append(
@@ -442,9 +444,32 @@ class Study:
         labels = task.head_options().get("labels")
         return param_report(self.c["model"], config, task.head, t["method"], lora, len(labels or ()) or 2)
 
+    def tracker_runs(self) -> dict[str, str]:
+        """The experiment trackers' run of each fine-tuning: `<task>`, `<task>-seed<N>` with several seeds,
+        `<task>-<variant>` -> the stage that logs to it."""
+        several = len(self.seeds) > 1
+        out: dict[str, str] = {}
+
+        def add(run: str, stage: str) -> None:
+            if run in out:
+                raise UsageError(
+                    f"{stage} and {out[run]} would log to the same tracker run {run} (RUN/tracking/{run}): "
+                    "rename a task or a variant"
+                )
+            out[run] = stage
+
+        for name in self.cfg.enabled:
+            for seed in self.seeds:
+                stage = f"{name}/finetune" + (f"-seed{seed}" if seed != self.seeds[0] else "")
+                add(f"{name}-seed{seed}" if several else name, stage)
+            for v in self.variants(name):
+                add(f"{name}-{v}", f"{name}/finetune-{v}")
+        return out
+
     def check_task_models(self) -> None:
         """Build (on the meta device) every task model the study will train, before the run folder exists: a
         LoRA target naming no layer fails here, naming its section, not after config.yaml is written."""
+        self.tracker_runs()
         for name in self.cfg.enabled:
             entry = self.c["tasks"][name]
             sections = {
@@ -594,7 +619,8 @@ class Study:
             for name, entry in (before.get("tasks") or {}).items():
                 if isinstance(entry, dict):  # and no variants
                     entry.setdefault("variants", {})
-                    _absolute_task_file(entry, self.c["tasks"].get(name))
+                    bases = [Path(s).parent for s in self.cfg.sources if Path(s).is_file()]
+                    _absolute_task_file(entry, self.c["tasks"].get(name), bases)
             diff = _diff(before, self.c)
             if diff:
                 raise UsageError(
@@ -661,10 +687,13 @@ class Study:
                 env_written = True
             if not redo:
                 self.log(head, flush=True)
+            # what the stage computes from, taken before it runs (an edit meanwhile is found next time)
+            definition = self.definition(st, (times.get(st.id) or {}).get("definition"))
             t0 = time.perf_counter()
             st.run(redo)
             seconds = time.perf_counter() - t0
-            definition = self.definition(st)
+            if st.model and definition.get("model") is None:  # the stage itself fetched or converted it
+                definition["model"] = self.model_files()
             times[st.id] = {
                 "seconds": round(seconds, 2),
                 "finished": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -679,14 +708,19 @@ class Study:
         return ran
 
 
-def _absolute_task_file(before: dict, now: dict | None) -> None:
-    """A run folder from before task files were recorded as absolute paths kept the path as given (relative to
-    the config's folder): the absolute path it stands for now ends with it."""
+def _absolute_task_file(before: dict, now: dict | None, bases: list[Path]) -> None:
+    """A run folder from before task files were recorded as found kept the path as given (relative to its
+    config file's folder, with `~`, through a link): the same file as the one found now is the same entry."""
     was, path = before.get("file"), (now or {}).get("file")
-    if isinstance(was, str) and isinstance(path, str) and not Path(was).is_absolute():
-        rel = Path(os.path.normpath(was)).parts
-        if ".." not in rel and Path(path).parts[-len(rel) :] == rel:
-            before["file"] = path
+    if not isinstance(was, str) or not isinstance(path, str) or was == path:
+        return
+    for base in [Path.cwd(), *bases]:
+        try:
+            if (base / Path(was).expanduser()).samefile(path):
+                before["file"] = path
+                return
+        except OSError:
+            continue
 
 
 def _same_file(a: str | Path | None, b: Path) -> bool:

@@ -108,6 +108,7 @@ class Trainer:
         self.ckpt_root = self.work_dir / "checkpoints"
         self.log_path = self.work_dir / "train_log.jsonl"
         self.fingerprint = checkpoint.fingerprint(cfg, self.feats, self.world) if cfg.save_every else None
+        self._started_over = False  # restore: a checkpoint of other settings or data was set aside
         self.log: list[dict] = []
         self.evals: list[dict] = []
         self.start_micro = 0
@@ -208,7 +209,7 @@ class Trainer:
         acc = self.accelerator
         resumed = bool(resume) and self._resume(matching_only=resume == "matching")
         if not resumed and acc.is_main_process:
-            if resume:
+            if resume and not self._started_over:
                 acc.print(f"{self.ckpt_root}: no complete checkpoint yet: training starts from the beginning")
             self.work_dir.mkdir(parents=True, exist_ok=True)
             self.log_path.unlink(missing_ok=True)
@@ -232,6 +233,7 @@ class Trainer:
                     acc.print(
                         f"{ckpt} was written with other settings or data ({changes}): training starts over"
                     )
+                    self._started_over = True
                     return False
             if not found:
                 try:
@@ -252,19 +254,24 @@ class Trainer:
             )
         return False
 
-    def _changes(self, ckpt: Path) -> str | None:
-        """What differs between the checkpoint's settings and data and this run's, or None."""
+    def _fingerprint_like(self, saved: dict) -> dict:
+        """This run's fingerprint, its data digest computed as the checkpoint's was (an earlier version's)."""
         if self.fingerprint is None:
             self.fingerprint = checkpoint.fingerprint(self.cfg, self.feats, self.world)
-        shared = read_json(ckpt / "trainer_state.json", "the checkpoint's state")
-        return checkpoint.fingerprint_changes(shared.get("fingerprint", {}), self.fingerprint)
+        if saved.get("data_digest", 1) == self.fingerprint["data_digest"]:
+            return self.fingerprint
+        return checkpoint.fingerprint(self.cfg, self.feats, self.world, saved.get("data_digest", 1))
+
+    def _changes(self, ckpt: Path) -> str | None:
+        """What differs between the checkpoint's settings and data and this run's, or None."""
+        saved = read_json(ckpt / "trainer_state.json", "the checkpoint's state").get("fingerprint", {})
+        return checkpoint.fingerprint_changes(saved, self._fingerprint_like(saved))
 
     def _load(self, ckpt: Path) -> None:
         acc = self.accelerator
-        if self.fingerprint is None:
-            self.fingerprint = checkpoint.fingerprint(self.cfg, self.feats, self.world)
         shared = read_json(ckpt / "trainer_state.json", "the checkpoint's state")
-        checkpoint.check_fingerprint(ckpt, shared.get("fingerprint", {}), self.fingerprint)
+        saved = shared.get("fingerprint", {})
+        checkpoint.check_fingerprint(ckpt, saved, self._fingerprint_like(saved))
         own = read_json(ckpt / f"rank-{self.rank}.json", "the checkpoint's process state")
         acc.load_state(str(ckpt))
         self.scheduler.load_state_dict(shared["scheduler"])

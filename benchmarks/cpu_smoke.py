@@ -1,4 +1,6 @@
-"""Wall time of the `smoke` study (`make demo`) on this machine's CPU; writes results/cpu-smoke-study.json.
+"""Wall time of the `smoke` study (`make demo`) on this machine's CPU, with each stage's seconds and every
+zero-shot and fine-tuned score it reported (the run's metrics.json files); writes
+results/cpu-smoke-study.json, naming the machine and the commit.
 
 .venv/bin/python benchmarks/cpu_smoke.py [--out runs/smoke-bench]
 """
@@ -7,13 +9,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from machine_info import git_commit, machine
+
+SCORES = ("accuracy", "macro_f1", "exact_match", "f1", "n", "dtype", "decoding", "method", "train_examples")
 
 
 def main() -> int:
@@ -25,22 +29,22 @@ def main() -> int:
     t0 = time.perf_counter()
     rc = subprocess.call([sys.executable, "-m", "tunelab", "study", "--preset", "smoke", "--out", args.out])
     wall = time.perf_counter() - t0
-    import torch
-
-    stages = json.loads((Path(args.out) / "stages.json").read_text()) if rc == 0 else None
+    run = Path(args.out)
+    stages = json.loads((run / "stages.json").read_text()) if rc == 0 else None
+    scores = {}  # <task>/<stage>: what its metrics.json reported
+    for f in sorted(run.glob("*/zeroshot/metrics.json")) + sorted(run.glob("*/finetune*/eval/metrics.json")):
+        m = json.loads(f.read_text())
+        key = str(f.relative_to(run).parent).removesuffix("/eval")
+        scores[key] = {k: m[k] for k in SCORES if k in m}
     result = {
         "case": "smoke study (make demo)",
-        "machine": {
-            "host": platform.node(),
-            "cpu": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "gpu": None,
-        },
+        "machine": machine("cpu"),
         "rc": rc,
         "wall_seconds": wall,
         "limit_seconds": 900,
         "stages": stages,
+        "scores": scores,
+        "commit": git_commit(),
         "date": time.strftime("%Y-%m-%d"),
     }
     out = Path(__file__).parent / "results" / "cpu-smoke-study.json"

@@ -209,7 +209,9 @@ class Trainer:
         acc = self.accelerator
         resumed = bool(resume) and self._resume(matching_only=resume == "matching")
         if not resumed and acc.is_main_process:
-            if resume and not self._started_over:
+            # (a study's stage resumes where it can: on its first run there is nothing to say)
+            leftovers = self.ckpt_root.exists() or self.log_path.exists()
+            if resume and not self._started_over and (resume is True or leftovers):
                 acc.print(f"{self.ckpt_root}: no complete checkpoint yet: training starts from the beginning")
             self.work_dir.mkdir(parents=True, exist_ok=True)
             self.log_path.unlink(missing_ok=True)

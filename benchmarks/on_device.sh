@@ -3,8 +3,9 @@
 # files from $OUT (16 MiB each, no more than two folders down) and empties $OUT before each command
 # (../.library/device/README.md), so the command works in WORK, under /tmp (which stays while the machine is
 # warm: a later call can continue a study there), and every 30 s and at its end the small files under WORK (no
-# weights, checkpoints or optimizer states) are packed into $OUT/results.tgz; its output also goes to
-# $OUT/run.log. A call cut short at its time limit still returns the last pack.
+# weights, checkpoints or optimizer states) are packed into $OUT/results.tgz, its whole output included
+# (WORK/run.log); $OUT/run.log holds the output's last MiB. A call cut short at its time limit still returns
+# the last pack.
 #
 #   bash benchmarks/on_device.sh WORK COMMAND [ARGS...]
 #
@@ -34,13 +35,14 @@ pack() {  # (a file that changes while tar reads it makes tar exit 1: the pack i
 
 (while sleep 30; do pack; done) 2>/dev/null &
 packer=$!
-OUT=$work WORK=$work "$@" 2>&1 | tee "$back/run.log"
+OUT=$work WORK=$work "$@" 2>&1 | tee "$work/run.log"
 rc=${PIPESTATUS[0]}
+tail -c 1048576 "$work/run.log" > "$back/run.log"
 pkill -P "$packer" 2>/dev/null
 kill "$packer" 2>/dev/null
 wait "$packer" 2>/dev/null
 rm -f "$back"/pack-*.tmp
-pack || echo "on_device: the results did not fit in $LIMIT bytes even without per-example files" | tee -a "$back/run.log"
+pack || echo "on_device: no results.tgz from the last pack (tar failed, or over $LIMIT bytes)" | tee -a "$back/run.log"
 echo "on_device: exit $rc; results.tgz $(stat -c %s "$back/results.tgz" 2>/dev/null || echo 0) bytes" \
   | tee -a "$back/run.log"
 exit "$rc"

@@ -391,6 +391,7 @@ def test_set_overrides_and_errors(tmp_path, data_dir, capsys, monkeypatch):
         ("sst2.finetune=null", "set one of its keys (batch_size, "),
         ("seed=042", "leading zero is read as octal"),  # YAML 1.1 would make it 34
         ("sst2.zeroshot.limit=010", "leading zero is read as octal"),
+        ("seeds=[010, 2]", "leading zero is read as octal"),
     ]:
         assert main(["study", "--print-config", "--set", bad]) == 2
         err = capsys.readouterr().err

@@ -103,7 +103,7 @@ def parse_set(item: str) -> tuple[str, dict]:
     source = f"--set {item}"
     if not sep or not key or any(not part for part in key.split(".")):
         raise UsageError(f"{source}: expected KEY.PATH=VALUE, e.g. sst2.finetune.learning_rate=1e-4")
-    if re.fullmatch(r"\s*[-+]?0[0-7_]+\s*", raw):  # YAML 1.1 reads 042 as octal 34 (and 010 as 8)
+    if re.search(r"(?<![\w.'\"+-])[-+]?0[0-7_]+(?![\w.'\"])", raw):  # YAML 1.1 reads 042 as octal 34
         raise UsageError(f"{source}: a number with a leading zero is read as octal: drop the zero")
     try:
         value = yaml.safe_load(raw) if raw.strip() else None

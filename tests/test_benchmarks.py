@@ -488,7 +488,7 @@ def test_on_device_packs_what_the_command_wrote_so_that_it_comes_back(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["results.tgz", "run.log"]
     assert f"working in {work}" in (out / "run.log").read_text()
     with tarfile.open(out / "results.tgz") as tar:
-        names = [n.removeprefix("./") for n in tar.getnames() if tar.getmember(n).isfile()]
+        names = sorted(n.removeprefix("./") for n in tar.getnames() if tar.getmember(n).isfile())
     assert names == ["run.log", "sq/name/eval/metrics.json"]  # the whole output, and the small results
 
 

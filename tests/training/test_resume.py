@@ -303,19 +303,26 @@ def test_crash_resume_ignores_incomplete_checkpoints(tiny_model_dir, tmp_path):
     assert got.evals == ref.evals and got.tokens == ref.tokens and got.steps == ref.steps
 
 
-def test_resume_refuses_a_checkpoint_of_other_settings(tiny_model_dir, tmp_path):
-    feats = _features()
+def _crashed_run(tiny_model_dir, feats, work, crash_at: int) -> Path:
+    """A training that crashes at evaluation `crash_at`; its newest complete checkpoint."""
     with pytest.raises(Crash):
         train(
             _model(tiny_model_dir),
             feats,
             _cfg(),
             pad_id=0,
-            work_dir=tmp_path,
-            evaluate=_evaluate(crash_at=1),
+            work_dir=work,
+            evaluate=_evaluate(crash_at=crash_at),
             progress=False,
         )
-    assert last_checkpoint(tmp_path / "checkpoints") is not None
+    ckpt = last_checkpoint(work / "checkpoints")
+    assert ckpt is not None
+    return ckpt
+
+
+def test_resume_refuses_a_checkpoint_of_other_settings(tiny_model_dir, tmp_path):
+    feats = _features()
+    _crashed_run(tiny_model_dir, feats, tmp_path, crash_at=1)
     with pytest.raises(UsageError, match=r"cannot resume.*learning_rate"):
         train(
             _model(tiny_model_dir),
@@ -421,17 +428,7 @@ def test_a_token_changed_mid_example_is_other_data_and_matching_resume_starts_ov
     refuses it; resume="matching" (a study's stage) starts over, and ends as a fresh run on the new data."""
     feats = _features()
     feats[0] = {"input_ids": list(range(5, 29)), "attention_mask": [1] * 24, "labels": 0}
-    with pytest.raises(Crash):
-        train(
-            _model(tiny_model_dir),
-            feats,
-            _cfg(),
-            pad_id=0,
-            work_dir=tmp_path / "run",
-            evaluate=_evaluate(crash_at=2),
-            progress=False,
-        )
-    assert last_checkpoint(tmp_path / "run" / "checkpoints") is not None
+    _crashed_run(tiny_model_dir, feats, tmp_path / "run", crash_at=2)
     edited = [dict(f) for f in feats]
     edited[0]["input_ids"] = [*feats[0]["input_ids"][:12], 7, *feats[0]["input_ids"][13:]]
     with pytest.raises(UsageError, match=r"cannot resume.*training data"):
@@ -467,11 +464,7 @@ def test_a_checkpoint_of_the_earlier_data_digest_still_resumes(tiny_model_dir, t
     from tunelab.training import checkpoint
 
     feats = _features()
-    with pytest.raises(Crash):
-        train(
-            _model(tiny_model_dir), feats, _cfg(), pad_id=0, work_dir=tmp_path, evaluate=_evaluate(crash_at=2)
-        )
-    ckpt = last_checkpoint(tmp_path / "checkpoints")
+    ckpt = _crashed_run(tiny_model_dir, feats, tmp_path, crash_at=2)
     state = json.loads((ckpt / "trainer_state.json").read_text())
     old = checkpoint.fingerprint(_cfg(), feats, 1, digest=1)
     assert state["fingerprint"]["data_digest"] == 2 and "data_digest" not in old

@@ -451,14 +451,15 @@ VARIANTS = {
 
 def computed_tokens(
     feats: list[dict], batches: list[list[int]], cfg, chunks: int, pad_id: int, shared: bool = False
-) -> int:
-    """Tokens the loop computed on for these micro-batches (padding and packing filler included), built by
-    the loop's own functions (tunelab.training.speed) with the pieces the run ended with; `shared`: pieces
-    ran their shared prefix once (the loop's rule: tunelab.prefix_cache, at least MIN_PREFIX tokens)."""
+) -> tuple[int, int]:
+    """(tokens the loop computed on for these micro-batches, padding and packing filler included; real tokens
+    it did not compute because a shared prefix ran once), built by the loop's own functions
+    (tunelab.training.speed) with the pieces the run ended with; `shared`: pieces ran their shared prefix once
+    (the loop's rule: tunelab.prefix_cache, at least MIN_PREFIX tokens)."""
     from tunelab.prefix_cache import MIN_PREFIX, shared_prefix
     from tunelab.training import speed
 
-    total = 0
+    total = saved = 0
     for bt in batches:
         size = -(-len(bt) // chunks)
         for s in range(0, len(bt), size):
@@ -466,11 +467,12 @@ def computed_tokens(
             start = shared_prefix([f["input_ids"] for f in part]) if shared else 0
             if start >= MIN_PREFIX:  # the prefix once, then each row's own tokens padded to the longest
                 total += start + len(part) * (max(len(f["input_ids"]) for f in part) - start)
+                saved += (len(part) - 1) * start
             elif cfg.packing:
                 total += speed.packed(part, pad_id, cfg.max_length, static=cfg.compile).input_ids.numel()
             else:
                 total += speed.padded(part, pad_id, cfg.max_length, static=cfg.compile)["input_ids"].numel()
-    return total
+    return total, saved
 
 
 def compiled_graphs() -> int:
@@ -540,12 +542,14 @@ def run_tunelab(model, feats, *, task, batch_size, warmup, steps, seed, pad_id, 
     # the batches train() formed (one process, epoch 0): the same function, the same seed
     lengths = [len(f["input_ids"]) for f in feats]
     timed = length_grouped_order(lengths, batch_size, cfg.seed)[warmup:total]
+    computed, saved = computed_tokens(feats, timed, cfg, result.chunks, pad_id, result.shared_prefix)
     return {
         "timed_s": end - marks["warm"],
         "compiles_in_timed_steps": compiled_graphs() - marks["graphs"],  # should be 0
         "batch_size": batch_size,
         "real_tokens": sum(sum(feats[i]["attention_mask"]) for bt in timed for i in bt),
-        "padded_tokens": computed_tokens(feats, timed, cfg, result.chunks, pad_id, result.shared_prefix),
+        "padded_tokens": computed,
+        "prefix_tokens_shared": saved,  # real tokens not computed: a shared prefix ran once per piece
         "shared_prefix": result.shared_prefix,
         "timed_examples": sum(len(bt) for bt in timed),
         "micro_batch_pieces": result.chunks,
@@ -570,6 +574,7 @@ def summarise(
 ) -> dict:
     s = run["timed_s"]
     factor = epoch / run["timed_examples"]
+    shared = run.get("prefix_tokens_shared", 0)
     out = {
         **{k: v for k, v in run.items() if k != "settings"},
         "s_per_step": s / steps,
@@ -577,12 +582,10 @@ def summarise(
         "extrapolation_factor": factor,
         "real_tokens_per_s": run["real_tokens"] / s,
         "padded_tokens_per_s": run["padded_tokens"] / s,
-        # a shared prefix runs once per piece: fewer tokens computed than the rows hold, so no padding
-        # fraction, and `mfu` counts token-equivalents (the work the rows would be without the sharing)
-        "padding_fraction": None
-        if run.get("shared_prefix")
-        else 1 - run["real_tokens"] / run["padded_tokens"],
-        "mfu_basis": "token-equivalent (prefix shared)" if run.get("shared_prefix") else "real tokens",
+        # of the tokens computed, those that are padding (a shared prefix, run once, counted once)
+        "padding_fraction": 1 - (run["real_tokens"] - shared) / run["padded_tokens"],
+        # with a shared prefix `mfu` counts token-equivalents: the work of the rows without the sharing
+        "mfu_basis": "token-equivalent (a shared prefix ran once)" if shared else "real tokens",
         "mfu": (6 * nonembed * run["real_tokens"] / s / (peak_tflops * 1e12)) if cuda else None,
         "mfu_padded": (6 * nonembed * run["padded_tokens"] / s / (peak_tflops * 1e12)) if cuda else None,
         "peak_memory_gib": mem,

@@ -32,17 +32,24 @@ def test_zero_shot_scores_equal_direct_logprobs(tiny_model_dir):
             assert got[i, c] == pytest.approx(torch.logsumexp(logp[cls_ids], 0).item(), abs=1e-4)
 
 
-def test_calibration_moves_a_biased_classifier():
+def test_calibration_moves_a_biased_classifier(capsys):
     # every example prefers "positive" by a constant bias; the true signal is the small difference
-    signal = np.array([-1.0, 1.0, -0.5, 0.5, -2.0, 2.0])
-    raw = np.stack([np.zeros(6), 3.0 + signal], axis=1)
+    signal = np.array([-2.0, 2.0, -1.5, 1.5, -1.0, 1.0, -0.8, 0.8])
+    raw = np.stack([np.zeros(8), 3.0 + signal], axis=1)
     assert (raw.argmax(1) == 1).all()
-    batch = calibrate(raw, Calibration("batch")).argmax(1)
-    assert batch.tolist() == [0, 1, 0, 1, 0, 1]
+    batch = Calibration("batch")
+    assert calibrate(raw, batch).argmax(1).tolist() == [0, 1] * 4
+    # Zhou et al.: the bias is each class's mean probability (normalised over the classes), not a mean of logs
+    p = np.exp(raw - np.logaddexp.reduce(raw, axis=1, keepdims=True))
+    np.testing.assert_allclose(batch.offset, np.log(p.mean(0)), rtol=1e-12)
     cf = np.array([[0.0, 3.0]])  # content-free input shows the same bias
     ctx = calibrate(raw, Calibration("contextual"), cf).argmax(1)
-    assert ctx.tolist() == [0, 1, 0, 1, 0, 1]
-    assert calibrate(raw, Calibration("none")).argmax(1).tolist() == [1] * 6
+    assert ctx.tolist() == [0, 1] * 4
+    assert calibrate(raw, Calibration("none")).argmax(1).tolist() == [1] * 8
+    # one input's mean is itself (every class would tie): below MIN_BATCH inputs nothing is applied
+    few = Calibration("batch")
+    assert calibrate(raw[:1], few).argmax(1).tolist() == [1] and few.offset == [0.0, 0.0]
+    assert "batch calibration needs at least 8 inputs (1 given)" in capsys.readouterr().err
 
 
 def test_verbalizers_sharing_a_first_token_are_refused(tiny_model_dir):

@@ -448,8 +448,8 @@ class ZeroShotOptions:
     )
     calibration: str = option(
         "batch",
-        "label-score calibration: batch (the evaluated inputs' mean), "
-        "contextual (content-free inputs) or none",
+        "label-score calibration: batch (by each class's mean probability over the evaluated inputs, "
+        "at least 8), contextual (content-free inputs) or none",
         choices=("batch", "contextual", "none"),
         kinds=("classification",),
     )

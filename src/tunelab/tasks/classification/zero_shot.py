@@ -77,12 +77,16 @@ class ClassificationPrompt(ChatPrompt):
         return self.fill(values)
 
 
+MIN_BATCH = 8  # inputs batch calibration needs to estimate the bias from
+
+
 @dataclass
 class Calibration:
     """How raw label scores are corrected. `contextual`: divide the class probabilities by those of
-    content-free inputs (Zhao et al. 2021). `batch`: subtract the mean log-probability of each class over the
-    evaluated inputs themselves (Batch Calibration, Zhou et al. 2024) — uses the inputs, never their labels.
-    `none`."""
+    content-free inputs (Zhao et al. 2021). `batch`: divide them by each class's mean probability over the
+    evaluated inputs themselves (Batch Calibration, Zhou et al. 2024) — uses the inputs, never their labels;
+    with fewer than MIN_BATCH inputs there is no mean to trust (one input's own scores would cancel) and none
+    is applied, with a warning. `none`."""
 
     method: str = "batch"
     content_free: tuple[str, ...] = CONTENT_FREE
@@ -205,8 +209,16 @@ def calibrate(
     """Apply a calibration to per-class log-probabilities; returns calibrated class log-probabilities."""
     if calibration.method == "none":
         offset = np.zeros(scores.shape[1])
-    elif calibration.method == "batch":
-        offset = scores.mean(axis=0)
+    elif calibration.method == "batch" and len(scores) < MIN_BATCH:
+        print(
+            f"tunelab: warning: batch calibration needs at least {MIN_BATCH} inputs ({len(scores)} given): "
+            "scored without it",
+            file=sys.stderr,
+        )
+        offset = np.zeros(scores.shape[1])
+    elif calibration.method == "batch":  # log of each class's mean probability (normalised over the classes)
+        norm = scores - np.logaddexp.reduce(scores, axis=1, keepdims=True)
+        offset = np.logaddexp.reduce(norm, axis=0) - np.log(len(norm))
     else:  # contextual: p_cf averaged over content-free inputs, renormalised over the classes
         if cf_scores is None:
             raise ValueError("contextual calibration needs content-free scores")

@@ -48,3 +48,14 @@ def test_mcnemar_interval_excludes_zero_exactly_when_the_test_is_significant():
                 lo, hi = m["ci95"]
                 assert lo <= m["difference"] == (only_b - only_a) / n <= hi
                 assert (lo > 0 or hi < 0) == (m["p_value"] < 0.05), (n, only_a, only_b, m)
+
+
+def test_the_accuracy_interval_is_exact_and_never_a_point():
+    """Clopper-Pearson: 16 of 16 right is 79.4-100%, not the [1, 1] a bootstrap of the examples gives."""
+    from tunelab.metrics import classification_metrics, proportion_ci
+
+    m = classification_metrics([1] * 16, [1] * 16, labels=("0", "1"))
+    lo, hi = m["accuracy_ci95"]
+    assert hi == 1.0 and 0.79 < lo < 0.80
+    lo, hi = proportion_ci(436, 872)
+    assert 0.46 < lo < 0.5 < hi < 0.54 and proportion_ci(0, 0) == [0.0, 0.0]

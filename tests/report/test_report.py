@@ -220,7 +220,7 @@ def test_report_tables_numbers_and_images(tmp_path):
     assert "| Fine-tuned model (loaded) | 10,064 | +64 |" in md and "equals the task model" in md
     # metric tables with intervals
     assert "| Accuracy (%) | 60.0 | 95.0 | +35.0 |" in md
-    assert "95% interval (bootstrap)" in md
+    assert "95% interval (exact)" in md and "95% interval (bootstrap)" in md  # accuracy; EM and F1
     assert re.search(
         r"\| SST-2 \| accuracy \(%\) \| zero-shot \| 60\.0 \| 95\.0 \| \+35\.0 \[[\d.]+, [\d.]+\] "
         r"\| p < 0\.001 \| 100 \|",

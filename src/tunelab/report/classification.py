@@ -69,7 +69,7 @@ def _metric_rows(t: TaskRun) -> list[list[str]]:
     rows = [
         row("Accuracy (%)", "accuracy"),
         [
-            "  95% interval (bootstrap)",
+            "  95% interval (exact)",
             ci(zs.get("accuracy_ci95"), 100),
             ci(ft.get("accuracy_ci95"), 100),
             "",

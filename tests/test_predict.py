@@ -346,3 +346,14 @@ def test_an_empty_text_in_a_pair_file_names_its_line(tiny_model_dir, tmp_path):
     pairs.write_text("one\ttwo\n\tthree\n")
     with pytest.raises(DataError, match=r"p\.txt, line 2: the first text is empty"):
         load_task(str(task)).prediction_inputs([], file=str(pairs))
+
+
+def test_zero_shot_refuses_a_fine_tuned_folder(sst2_dir, squad_dir, capsys):
+    """A fine-tuned folder given to zeroshot would load as a causal LM without its trained head (no error,
+    made-up scores): one message, exit 2, naming what to do instead."""
+    from tunelab.cli import main
+
+    for folder in (sst2_dir, squad_dir):
+        assert main(["zeroshot", folder, "--task", "sst2", "--limit", "2", "--out", folder + "-zs"]) == 2
+        err = capsys.readouterr().err
+        assert "a fine-tuned task model, not a causal LM" in err and "tunelab evaluate" in err, err

@@ -361,7 +361,7 @@ def cmd_data(args) -> int:
         try:
             summary = task.check_file(args.path)
         except DataError as exc:
-            if args.task:
+            if args.task or not os.path.isfile(args.path):  # (a missing file was read as nothing)
                 raise
             # without --task the file is read as the built-in task of its suffix: say so
             hint = (

@@ -74,6 +74,18 @@ def load_causal_lm(spec: str, *, dtype: torch.dtype = torch.float32) -> PreTrain
     with float32 weights of its own: an untied copy where it shares the input embeddings')."""
     from transformers import AutoModelForCausalLM
 
+    folder = Path(resolve(spec))
+    if (
+        (folder / "tunelab.json").is_file()
+        or (folder / "adapter_config.json").is_file()
+        or saved_head(folder)
+    ):
+        # its body without the trained head would load as a causal LM with a made-up LM head: no error, but
+        # the zero-shot scores of a model that no longer has the next-token head it was prompted with
+        raise ModelError(
+            f"{spec}: a fine-tuned task model, not a causal LM: zero-shot prompting needs the base model "
+            "(its tunelab.json names it); evaluate this folder with `tunelab evaluate`"
+        )
     model, info = _from_pretrained(AutoModelForCausalLM, spec, dtype=dtype)
     missing = [k for k in info["missing_keys"] if k != "lm_head.weight"]
     if missing:

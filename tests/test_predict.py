@@ -1,6 +1,7 @@
 """`tunelab predict`: labels and probabilities from tiny fine-tuned SST-2 folders, answers from SQuAD ones."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -357,3 +358,15 @@ def test_zero_shot_refuses_a_fine_tuned_folder(sst2_dir, squad_dir, capsys):
         assert main(["zeroshot", folder, "--task", "sst2", "--limit", "2", "--out", folder + "-zs"]) == 2
         err = capsys.readouterr().err
         assert "a fine-tuned task model, not a causal LM" in err and "tunelab evaluate" in err, err
+
+
+def test_params_of_a_fine_tuned_folder_counts_the_task_model_it_holds(sst2_dir, capsys):
+    """`tunelab params FOLDER` on a fine-tuned folder: its base, task and method from its tunelab.json (it
+    counted the bare causal LM, without the trained head)."""
+    from tunelab.cli import main
+
+    meta = json.loads((Path(sst2_dir) / "tunelab.json").read_text())
+    assert main(["params", sst2_dir, "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["task"] == "sst2" and got["method"] == meta["method"]
+    assert got["total"] == got["base_total"] + 32 * 2 and got["added"] == {"score": 64}  # hidden 32 x 2

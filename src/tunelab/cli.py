@@ -71,7 +71,11 @@ def _add_model_parsers(sub) -> None:
         help="exact parameter counts from the config alone (no weights, no download)",
         description="Count total and trainable parameters of a base model and its task model.",
     )
-    p.add_argument("model", help="alias (smollm2-135m, llama-3.2-1b), local folder or Hub id")
+    p.add_argument(
+        "model",
+        help="alias (smollm2-135m, llama-3.2-1b), local folder or Hub id; a fine-tuned or exported folder "
+        "counts the task model it holds (its base, task and method, from its tunelab.json)",
+    )
     p.add_argument("--task", help="count the task model (adds its head): " + TASK_HELP)
     add_flags(p, TRAIN_OPTIONS, names=("method", "lora_r", "lora_alpha", "lora_targets"), defaults=True)
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -316,10 +320,28 @@ def _inputs(args, task) -> list[tuple[str, str | None]]:
 
 
 def cmd_params(args) -> int:
+    from pathlib import Path
+
     from tunelab.models import LoraOptions, load_config, param_report
     from tunelab.models.params import format_report
 
-    task = _task(args) if args.task else None
+    meta_file = Path(args.model).expanduser() / "tunelab.json"
+    if meta_file.is_file() and not args.task:  # a fine-tuned folder: the task model it holds
+        from tunelab.outputs import read_json
+        from tunelab.tasks import task_from_meta
+
+        meta = read_json(meta_file, "the folder's tunelab.json")
+        trained = Path(args.model).expanduser() / "training_config.json"
+        for key, value in (read_json(trained, "training_config.json") if trained.is_file() else {}).items():
+            if key in ("method", "lora_r", "lora_alpha", "lora_targets"):
+                setattr(args, key, value)
+        args.method = meta.get("method", args.method)
+        args.model, task = (
+            meta.get("base_model_path") or meta["base_model"],
+            task_from_meta(meta, str(meta_file)),
+        )
+    else:
+        task = _task(args) if args.task else None
     targets = TRAIN_OPTIONS["lora_targets"].check(args.lora_targets, None, "--lora-targets")
     for name in ("lora_r", "lora_alpha"):  # the schema's bounds, as for finetune
         TRAIN_OPTIONS[name].check(getattr(args, name), None, "--" + name.replace("_", "-"))

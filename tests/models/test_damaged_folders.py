@@ -245,7 +245,12 @@ def test_params_of_a_damaged_config_or_an_adapter_folder(folders, tiny_model_dir
     edit_json(model / "config.json", hidden_act="nosuchact")
     rc, _, err = run(capsys, "params", model)
     assert rc == 2 and "hidden_act 'nosuchact'" in err, err
-    rc, _, err = run(capsys, "params", folders["lora"])
+    rc, out, err = run(capsys, "params", folders["lora"])  # tunelab's folder: the task model it holds
+    assert rc == 0 and "method     lora" in out, err
+    bare = tmp_path / "adapter"  # an adapter alone: no base, task or method to count from
+    shutil.copytree(folders["lora"], bare)
+    (bare / "tunelab.json").unlink()
+    rc, _, err = run(capsys, "params", bare)
     assert rc == 2 and "a LoRA adapter folder (adapter_config.json, no config.json)" in err, err
 
 

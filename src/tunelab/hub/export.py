@@ -100,6 +100,8 @@ def export(
             write_json(work / "training_config.json", train_cfg)
         shared_metrics = {k: v for k, v in metrics.items() if k not in ("model", "evals_during_training")}
         shared_metrics["data"] = data_name(metrics.get("data"))
+        if metrics.get("train_data"):  # (several files: extra_train's, joined by " + ")
+            shared_metrics["train_data"] = " + ".join(map(data_name, str(metrics["train_data"]).split(" + ")))
         write_json(work / "eval_results.json", shared_metrics)
 
         name = out_dir.name

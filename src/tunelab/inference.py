@@ -14,6 +14,7 @@ means swapping rather than an error, it is a fixed budget.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 
 import torch
@@ -28,6 +29,21 @@ AUTO = "auto"
 # (benchmarks/results/eval-batching-cpu.json).
 AUTO_TOKENS = {"cuda": 65_536, "cpu": 2_048}
 AUTO_MAX_EXAMPLES = 4_096  # at most this many examples in one batch, whatever their length
+
+
+def check_context(lengths: Sequence[int], limit: int | None, shots: int, what: str, then: str) -> bool:
+    """Whether some of `lengths` (tokens of `what`, e.g. "prompts") pass the `limit` the model reads. With
+    `shots` they are refused (the solved examples would go: use fewer); without, a warning says `then`."""
+    over = [n for n in lengths if limit and n > limit]
+    if not over:
+        return False
+    said = f"{len(over)} of {len(lengths)} {what} are longer than the {limit} tokens this model reads"
+    if shots:
+        raise UsageError(
+            f"{said} (the longest: {max(over)} tokens): use fewer shots (`shots`) or shorter inputs"
+        )
+    print(f"tunelab: warning: {said} (the longest: {max(over)}): {then}", file=sys.stderr)
+    return True
 
 
 def auto_tokens(device: torch.device | str | None) -> int:

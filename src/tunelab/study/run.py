@@ -644,10 +644,10 @@ class Study:
             if task.source is not None and (not f.is_file() or read_json(f) != task.to_dict()):
                 write_json(f, task.to_dict())
 
-    def record_environment(self, ran: list[str]) -> None:
+    def record_environment(self) -> None:
         f = self.run / "environment.json"
         env = environment(self.c["seed"])
-        env["stages_run"] = ran
+        env["stages_run"] = []  # each stage is added as it finishes (record_stages_run)
         doc = read_json(f) if f.is_file() else {}
         write_json(f, {**env, "invocations": [*doc.get("invocations", []), env]})
 
@@ -683,7 +683,7 @@ class Study:
                 self.log(f"{head}: done earlier, but {why}: redoing it", flush=True)
                 redo = True
             if not env_written:  # before the first real work, so a crash still leaves the environment
-                self.record_environment(ran=[])  # (each stage is added as it finishes)
+                self.record_environment()
                 env_written = True
             if not redo:
                 self.log(head, flush=True)

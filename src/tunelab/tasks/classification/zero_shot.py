@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from tunelab.errors import UsageError
-from tunelab.inference import run_batches
+from tunelab.inference import check_context, run_batches
 from tunelab.prefix_cache import MIN_PREFIX, cache_argument, rows_of, shared_prefix
 from tunelab.prefix_cache import prefix_cache as prefix_cache_of
 from tunelab.tasks.prompt import ChatPrompt
@@ -122,18 +122,8 @@ def verbalizer_ids(tokenizer, prompt: ClassificationPrompt) -> list[list[int]]:
 def _fit(enc: list[list[int]], limit: int | None, cut: bool) -> list[list[int]]:
     """Prompts of at most `limit` tokens: longer ones lose their beginning (`cut`: the label word is scored at
     the end), with a warning; without `cut` (k-shot: the instruction and shots would go) they are refused."""
-    over = [len(e) for e in enc if limit and len(e) > limit]
-    if not over:
-        return enc
-    what = f"{len(over)} of {len(enc)} prompts are longer than the {limit} tokens this model reads"
-    if not cut:
-        raise UsageError(
-            f"{what} (the longest: {max(over)} tokens): use fewer shots (`shots`) or shorter inputs"
-        )
-    print(
-        f"tunelab: warning: {what} (the longest: {max(over)}): each keeps its last {limit}", file=sys.stderr
-    )
-    return [e[-limit:] for e in enc]
+    over = check_context([len(e) for e in enc], limit, not cut, "prompts", f"each keeps its last {limit}")
+    return [e[-limit:] for e in enc] if over else enc
 
 
 @torch.no_grad()

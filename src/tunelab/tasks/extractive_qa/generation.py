@@ -14,7 +14,6 @@ full-dev score on an H200 is in benchmarks/results/h200-smollm2-study/squad11-ze
 from __future__ import annotations
 
 import re
-import sys
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from transformers import LogitsProcessorList
 
 from tunelab.decoding import encode_with_passage, extractive_processor
 from tunelab.errors import UsageError
-from tunelab.inference import run_batches
+from tunelab.inference import check_context, run_batches
 from tunelab.prefix_cache import cache_argument, decoder_of, prefix_cache, rows_of, shared_prefix
 from tunelab.tasks.extractive_qa.metrics import get_tokens
 from tunelab.tasks.prompt import ChatPrompt, build_prompt
@@ -262,21 +261,6 @@ def generate_answers(
     return raw, grounded, na
 
 
-def _check_lengths(lengths: list[int], limit: int, shots: Sequence) -> None:
-    """Prompts and answers longer than the model reads: refused with shots (use fewer), else a warning (a
-    prompt cut from the left would lose its instruction or passage; past its context a model degrades)."""
-    over = [n for n in lengths if limit and n > limit]
-    if not over:
-        return
-    what = f"{len(over)} of {len(lengths)} prompts, with their answer, are longer than the {limit} tokens"
-    what += " this model reads"
-    if shots:
-        raise UsageError(
-            f"{what} (the longest: {max(over)} tokens): use fewer shots (`shots`) or shorter passages"
-        )
-    print(f"tunelab: warning: {what} (the longest: {max(over)}): their answers may suffer", file=sys.stderr)
-
-
 @torch.no_grad()
 def _generate(
     model,
@@ -310,9 +294,11 @@ def _generate(
     else:
         texts = [prompt.render(tokenizer, ex, version_2, shots) for ex in examples]
         enc = [tokenizer(t, add_special_tokens=prompt.add_special_tokens).input_ids for t in texts]
-    _check_lengths(
-        [len(e) + max_new_tokens for e in enc], getattr(model.config, "max_position_embeddings", 0), shots
-    )
+    # never cut: from the left a prompt would lose its instruction or passage (past its context a model
+    # degrades, so zero-shot is answered with a warning)
+    limit = getattr(model.config, "max_position_embeddings", 0)
+    lengths = [len(e) + max_new_tokens for e in enc]
+    check_context(lengths, limit, len(shots), "prompts, with their answer,", "their answers may suffer")
     order = sorted(range(len(enc)), key=lambda i: len(enc[i]), reverse=True)
     null_ids = (
         _first_token_ids(

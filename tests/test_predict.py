@@ -161,6 +161,10 @@ def test_sst2_input_errors(sst2_dir, tmp_path):
         cli(["predict", sst2_dir, "--file", str(bad)])
     with pytest.raises(UsageError, match="tunelab.json"):
         cli(["predict", str(tmp_path), "a sentence"])
+    with pytest.raises(UsageError, match=r"missing: no such folder$"):
+        cli(["predict", str(tmp_path / "missing"), "a sentence"])
+    with pytest.raises(UsageError, match=r"bad.tsv: not a folder$"):
+        cli(["predict", str(bad), "a sentence"])
     with pytest.raises(UsageError, match="batch-size"):
         cli(["predict", sst2_dir, "x", "--batch-size", "0"])
 

@@ -189,6 +189,14 @@ def _add_study_parsers(sub) -> None:
         "TensorBoard logs go to RUN/tracking/",
     )
     p.add_argument("--seeds", metavar="A,B,...", help="fine-tune once per seed (= --set seeds=[A,B,...])")
+    p.add_argument(
+        "--redo",
+        action="append",
+        default=[],
+        metavar="STAGES",
+        help="redo these stages even if finished and up to date: a stage id or pattern, e.g. sst2/zeroshot, "
+        "'sst2/*', '*' (repeatable; each stage's new output replaces its old one; ids as in stages.json)",
+    )
 
     p = sub.add_parser(
         "report",
@@ -701,7 +709,7 @@ def cmd_study(args) -> int:
         return 0
     out = Path(args.out or Path("runs") / cfg.name)
     t0 = time.perf_counter()
-    study = run_study(cfg, out, inputs=[("study config file", args.config)])
+    study = run_study(cfg, out, inputs=[("study config file", args.config)], redo=tuple(args.redo))
     from tunelab.study.summary import print_summary, summary_rows
 
     print_summary(summary_rows(study), out / "report.html")

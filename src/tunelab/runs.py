@@ -367,6 +367,8 @@ def save_finetuned(model, tokenizer, out: Path, cfg: TrainConfig, meta: dict) ->
 
 def read_meta(path: str | Path) -> dict:
     f = Path(path) / META_FILE
+    if not Path(path).is_dir():
+        raise ModelError(f"{path}: {'not a folder' if Path(path).exists() else 'no such folder'}")
     if not f.is_file():
         raise ModelError(f"{path}: not a folder written by `tunelab finetune` (no {META_FILE})")
     return read_json(f, "it", error=ModelError)

@@ -175,7 +175,7 @@ def test_cli_bad_model_exits_2(tmp_path, capsys):
     assert "not a model folder" in capsys.readouterr().err
 
 
-def test_a_missing_or_broken_gguf_is_a_clear_error(tmp_path, monkeypatch):
+def test_a_missing_or_broken_gguf_is_a_clear_error(tmp_path, monkeypatch, capsys):
     """TUNELAB_GGUF naming no file, or a file that is no GGUF: one message naming it, no half-converted
     folder left in the cache."""
     from tunelab.models import resolve
@@ -189,6 +189,8 @@ def test_a_missing_or_broken_gguf_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("TUNELAB_GGUF", str(broken))
     with pytest.raises(ModelError, match=r"smollm2-135m: cannot convert .*broken\.gguf: .*not a GGUF file"):
         resolve("smollm2-135m")
+    # the wait is announced: its progress bar is hidden by default
+    assert "tunelab: converting broken.gguf once into" in capsys.readouterr().err
     assert [p.name for p in (tmp_path / "cache" / "models").iterdir()] == [".smollm2-135m.lock"]
 
 

@@ -219,6 +219,37 @@ def test_a_rerun_whose_data_changed_redoes_the_stages_that_read_it(
     assert len(re.findall(r"done earlier, skipped", capsys.readouterr().out)) == 4
 
 
+def test_redo_redoes_the_stages_it_names_and_refuses_a_pattern_naming_none(
+    tiny_model_dir, data_dir, tmp_path, capsys, monkeypatch
+):
+    """`--redo PATTERN`: finished, up-to-date stages matching it run again (and the stages built on them);
+    a pattern matching no stage is refused before anything is written."""
+    cfg = _config(tmp_path, tiny_model_dir, data_dir)
+    run = tmp_path / "run"
+    args = ["study", "--config", cfg, "--out", str(run), "--set", "squad.enabled=false"]
+    assert main(args) == 0
+    capsys.readouterr()
+    monkeypatch.setattr(runs, "zeroshot", _fail)
+    assert main([*args, "--redo", "sst2/finetune*"]) == 0
+    out = capsys.readouterr().out
+    assert "sst2: fine-tune (full) and evaluate: done earlier, but --redo asks for it: redoing it" in out
+    assert "parameters (fine-tuned model): done earlier, but sst2/finetune was redone" in out
+    assert "zero-shot: done earlier, skipped" in out
+    env = json.loads((run / "environment.json").read_text())
+    assert env["invocations"][-1]["stages_run"] == ["sst2/finetune", "sst2/params-finetuned", "report"]
+
+    fresh = tmp_path / "fresh"
+    assert (
+        main(
+            ["study", "--config", cfg, "--out", str(fresh), "--set", "squad.enabled=false", "--redo", "sst/*"]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert "--redo sst/*: no stage matches it; the stages are: sst2/params-base, sst2/zeroshot" in err
+    assert not fresh.exists()
+
+
 def test_a_changed_extra_training_file_redoes_the_fine_tuning(
     tiny_model_dir, data_dir, tmp_path, capsys, monkeypatch
 ):

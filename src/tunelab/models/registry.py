@@ -12,6 +12,7 @@ import importlib.util
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -218,6 +219,8 @@ def _convert(alias: Alias, gguf: Path, target: Path, complete: Callable[[], bool
         where = f"TUNELAB_GGUF={os.environ['TUNELAB_GGUF']}" if os.environ.get("TUNELAB_GGUF") else str(gguf)
         raise ModelError(f"{where}: no such file")
     tmp = Path(tempfile.mkdtemp(prefix=f".{alias.name}-", dir=target.parent))
+    # the first run's one silent wait otherwise (its own progress bar is hidden by default)
+    print(f"tunelab: converting {gguf.name} once into {target} (~20 s on 2 CPU cores)", file=sys.stderr)
     try:
         try:
             import transformers.modeling_gguf_pytorch_utils as gguf_utils

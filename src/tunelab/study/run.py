@@ -36,6 +36,7 @@ settings.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import importlib.metadata
 import json
@@ -170,8 +171,17 @@ class Stage:
 
 
 class Study:
-    def __init__(self, cfg: StudyConfig, run_dir: str | Path, *, log=print, inputs: Inputs = ()):
+    def __init__(
+        self,
+        cfg: StudyConfig,
+        run_dir: str | Path,
+        *,
+        log=print,
+        inputs: Inputs = (),
+        redo: tuple[str, ...] = (),
+    ):
         self.cfg = cfg
+        self.redo = redo  # stage-id patterns (fnmatch) to redo even when finished and up to date
         self.c = cfg.data
         self.run = Path(run_dir)
         self.log = log
@@ -659,9 +669,17 @@ class Study:
         write_json(f, doc)
 
     def execute(self) -> list[str]:
+        self.check_redo(self.stages())  # before anything is written
         self.check_out()
         with output_lock(self.run):  # no two studies in one run folder
             return self._execute()
+
+    def check_redo(self, stages: list[Stage]) -> None:
+        """Every --redo pattern must name some stage (a typo would otherwise redo nothing, silently)."""
+        ids = [st.id for st in stages if not st.always]
+        for pattern in self.redo:
+            if not fnmatch.filter(ids, pattern):
+                raise UsageError(f"--redo {pattern}: no stage matches it; the stages are: {', '.join(ids)}")
 
     def _execute(self) -> list[str]:
         self.prepare()
@@ -677,6 +695,8 @@ class Study:
                 why = self.stale(st, times.get(st.id), set(ran))
                 if st.id not in times and times:  # the run stopped between its output and its record
                     why = "it has no record in stages.json of what it read"
+                if any(fnmatch.fnmatchcase(st.id, p) for p in self.redo):
+                    why = "--redo asks for it"
                 if why is None:
                     self.log(f"{head}: done earlier, skipped", flush=True)
                     continue
@@ -778,15 +798,16 @@ def count_finetuned(folder: Path) -> dict:
     return out
 
 
-def run_study(cfg: StudyConfig, out: Path, *, inputs: Inputs = ()) -> Study:
+def run_study(cfg: StudyConfig, out: Path, *, inputs: Inputs = (), redo: tuple[str, ...] = ()) -> Study:
     """Every stage of the study into `out` (finished stages skipped); the Study (`ran`: the stages run).
-    `inputs`: what else the caller read (the config file), which `out` must not touch."""
+    `inputs`: what else the caller read (the config file), which `out` must not touch. `redo`: patterns of
+    stage ids (e.g. `sst2/*`, `*/zeroshot`) redone even when finished and up to date."""
     from tunelab.study.config import check_data
     from tunelab.tracking import check_available
 
     check_data(cfg)
     check_available(cfg.data.get("report_to") or [])  # before any work
-    study = Study(cfg, out, inputs=inputs)
+    study = Study(cfg, out, inputs=inputs, redo=redo)
     study.check_task_models()
     study.ran = study.execute()
     return study

@@ -220,7 +220,7 @@ def test_report_tables_numbers_and_images(tmp_path):
     assert "| Fine-tuned model (loaded) | 10,064 | +64 |" in md and "equals the task model" in md
     # metric tables with intervals
     assert "| Accuracy (%) | 60.0 | 95.0 | +35.0 |" in md
-    assert "95% interval (exact)" in md and "95% interval (bootstrap)" in md  # accuracy; EM and F1
+    assert "95% interval (exact)" in md and "95% interval (bootstrap)" in md  # accuracy and EM; F1
     assert re.search(
         r"\| SST-2 \| accuracy \(%\) \| zero-shot \| 60\.0 \| 95\.0 \| \+35\.0 \[[\d.]+, [\d.]+\] "
         r"\| p < 0\.001 \| 100 \|",
@@ -598,3 +598,114 @@ def test_question_words_that_all_moved_alike_are_one_sentence(monkeypatch):
         "largest for 'who' (+20.0 points, n=20) and smallest for 'what' (+5.0"
         in qa._question_word_sentence(t)[0]
     )
+
+
+def _all_right_run(tmp_path) -> Path:
+    """Both models right on all 10 SST-2 sentences and all 6 SQuAD questions."""
+    run = make_run(tmp_path, significant=True)
+    gold = [i % 2 for i in range(10)]
+    _sst2_model(run / "sst2" / "zeroshot", gold, [True] * 10, "zeroshot", 1)
+    _sst2_model(run / "sst2" / "finetune" / "eval", gold, [True] * 10, "finetuned", 2, {"method": "full"})
+    ids = [f"q{i}" for i in range(6)]
+    _squad_model(run / "squad" / "zeroshot", ids, [1.0] * 6, "zeroshot")
+    _squad_model(run / "squad" / "finetune" / "eval", ids, [1.0] * 6, "finetuned", nbest=True)
+    return run
+
+
+def test_a_model_without_mistakes_says_so(tmp_path):
+    """Before, "0 mistakes of 10 sentences; the 0 the model was surest of:" and "0 shown, ...:" led to
+    nothing."""
+    md = build_report(_all_right_run(tmp_path))[0].read_text()
+    assert "zero-shot: no mistakes on its 10 sentences." in md
+    assert "fine-tuned: no mistakes on its 10 sentences." in md
+    assert "zero-shot: no mistakes: all 6 of its answers are exact matches." in md
+    assert "fine-tuned: no mistakes: all 6 of its answers are exact matches." in md
+    assert "0 mistakes" not in md and "surest of" not in md and "0 shown" not in md
+
+
+def test_a_small_sample_with_a_zero_width_interval_names_no_interval(tmp_path):
+    """No sentence changed, so the interval is [0.0, 0.0]: "differences much smaller than that interval (0.0
+    points)" said nothing."""
+    text = analysis_of(build_report(_all_right_run(tmp_path))[0].read_text())
+    assert "SST-2: only 10 sentences were compared: the numbers are a check of the pipeline" in text
+    assert "SQuAD v1.1: only 6 questions were compared: the numbers are a check of the pipeline" in text
+    assert "spans 0.0 points" not in text
+
+
+def test_missing_per_example_files_are_said(tmp_path):
+    """Without per-example files both models ran on the same examples: the analysis said they had not, and the
+    mistakes heading was followed by nothing."""
+    run = make_run(tmp_path, significant=True)
+    for f in ("sst2/zeroshot/predictions.jsonl", "sst2/finetune/eval/predictions.jsonl"):
+        (run / f).unlink()
+    (run / "squad" / "finetune" / "eval" / "per_example.jsonl").unlink()
+    md = build_report(run)[0].read_text()
+    text = analysis_of(md)
+    assert (
+        "SST-2: the run folder has no per-example results (predictions.jsonl) of the zero-shot and the "
+        "fine-tuned models, so there is no paired test."
+    ) in text
+    assert (
+        "SQuAD v1.1: the run folder has no per-example results (per_example.jsonl) of the fine-tuned model, "
+        "so there is no paired test."
+    ) in text
+    assert "not evaluated on the same" not in md
+    sst2 = md.split("## SST-2", 1)[1].split("\n## ", 1)[0]
+    assert sst2.rstrip().endswith(
+        "### Most confident mistakes\n\n> The run folder has no per-example results (predictions.jsonl) of "
+        "the zero-shot and the fine-tuned models, so their mistakes are not listed."
+    )
+    squad = md.split("## SQuAD v1.1", 1)[1].split("\n## ", 1)[0]
+    assert "zero-shot: 60 of 60 answers are not an exact match" in squad
+    assert "of the fine-tuned model, so its mistakes are not listed." in squad
+
+
+def test_one_paired_question_has_no_test_and_no_interval(tmp_path):
+    """A bootstrap of one question has no spread: it gave the interval [100.0, 100.0] and "statistically
+    significant (p < 0.001)"."""
+    run = make_run(tmp_path, significant=True)
+    _squad_model(run / "squad" / "zeroshot", ["q0"], [0.0], "zeroshot")
+    _squad_model(run / "squad" / "finetune" / "eval", ["q0"], [1.0], "finetuned", nbest=True)
+    shutil.copytree(run / "squad" / "finetune", run / "squad" / "finetune-head")  # a variant, as one question
+    md = build_report(run)[0].read_text()
+    assert (
+        "SQuAD v1.1: the two models were evaluated on only one question in common, too few for a paired test."
+    ) in analysis_of(md)
+    assert "The F1 difference is statistically significant" not in md
+    assert "paired bootstrap (2,000 resamples) on the 1 questions" not in md
+    assert re.search(r"\| SQuAD v1\.1 \| F1 \| zero-shot \| 0\.0 \| 100\.0 \|  \| no paired test \|", md)
+    squad = md.split("## SQuAD v1.1", 1)[1].split("\n## ", 1)[0]
+    assert squad.count("|   95% interval (bootstrap) | – | – |  |") == 1  # F1
+    # exact match is a proportion: its exact interval exists for one question too (1 of 1: 2.5-100%)
+    assert "|   95% interval (exact) | [0.0, 97.5] | [2.5, 100.0] |  |" in squad
+    assert "| variant head | ? | 100.0 [2.5, 100.0] | 100.0 – |" in squad
+
+
+def test_exact_match_interval_is_exact_when_every_answer_is_wrong(tmp_path):
+    """A bootstrap of exact match collapsed to [0.0, 0.0] when no answer was exact; EM is a proportion, so
+    its interval is Clopper-Pearson's (0 of 4: 0-60.2%)."""
+    run = make_run(tmp_path, significant=True)
+    _squad_model(run / "squad" / "zeroshot", ["q0", "q1", "q2", "q3"], [0.0] * 4, "zeroshot")
+    _squad_model(run / "squad" / "finetune" / "eval", ["q0", "q1", "q2", "q3"], [1.0] * 4, "finetuned")
+    squad = build_report(run)[0].read_text().split("## SQuAD v1.1", 1)[1].split("\n## ", 1)[0]
+    assert "|   95% interval (exact) | [0.0, 60.2] | [39.8, 100.0] |  |" in squad
+
+
+def test_a_seed_mean_over_one_example_has_no_test(tmp_path):
+    """Two seeds on one sentence: the seed-mean bootstrap called +100 points significant (p < 0.001)."""
+    run = make_run(tmp_path, significant=True)
+    _sst2_model(run / "sst2" / "zeroshot", [1], [False], "zeroshot", 1)
+    _sst2_model(run / "sst2" / "finetune" / "eval", [1], [True], "finetuned", 2, {"method": "full"})
+    shutil.copytree(run / "sst2" / "finetune", run / "sst2" / "finetune-seed2")
+    md = build_report(run)[0].read_text()
+    seeds = md.split("### Seeds (2 fine-tuning runs)", 1)[1].split("\n## ", 1)[0]
+    assert "| mean ± sd | 100.0 ± 0.0 | 100.0 ± 0.0 | – | – |" in seeds
+    assert "seed-mean difference" not in md and "paired bootstrap of the seed-mean:" not in md
+
+
+def test_a_seed_without_its_training_config_is_not_called_none(tmp_path):
+    run = make_run(tmp_path, significant=True)
+    shutil.copytree(run / "sst2" / "finetune", run / "sst2" / "finetune-seed2")  # no training_config.json
+    md = build_report(run)[0].read_text()
+    seeds = md.split("### Seeds (2 fine-tuning runs)", 1)[1].split("\n## ", 1)[0]
+    assert "None" not in seeds and seeds.count("| – | 95.0 | 95.2 |") == 2

@@ -14,6 +14,7 @@ from tunelab.report.sections import (
     missing,
     moved,
     n_mismatch,
+    no_mistakes_listed,
     small_sample,
     train_sentence,
 )
@@ -198,6 +199,9 @@ def mistakes(b: Builder, t: TaskRun) -> None:
         if not rows_:
             continue
         wrong = [r for r in rows_ if r.get("gold") is not None and r["prediction"] != r["gold"]]
+        if not wrong:
+            b.add(P(f"{label}: no mistakes on its {plural(len(rows_), t.task.unit_singular)}."))
+            continue
         wrong.sort(key=lambda r: -r["scores"][labels[r["prediction"]]])
         b.add(
             P(
@@ -205,30 +209,32 @@ def mistakes(b: Builder, t: TaskRun) -> None:
                 f"{min(TOP_MISTAKES, len(wrong))} the model was surest of:"
             )
         )
-        if wrong:
-            pairs = t.task.pairs
-            b.add(
-                Table(
+        pairs = t.task.pairs
+        b.add(
+            Table(
+                [
+                    "line",
+                    "text" + (" (and its pair)" if pairs else ""),
+                    "gold",
+                    "predicted",
+                    "confidence",
+                ],
+                [
                     [
-                        "line",
-                        "text" + (" (and its pair)" if pairs else ""),
-                        "gold",
-                        "predicted",
-                        "confidence",
-                    ],
-                    [
-                        [
-                            str(r["line"]),
-                            r["text"].strip() + (f" / {r['text_pair']}" if pairs else ""),
-                            labels[r["gold"]],
-                            labels[r["prediction"]],
-                            f"{r['scores'][labels[r['prediction']]]:.3f}",
-                        ]
-                        for r in wrong[:TOP_MISTAKES]
-                    ],
-                    "rlllr",
-                )
+                        str(r["line"]),
+                        r["text"].strip() + (f" / {r['text_pair']}" if pairs else ""),
+                        labels[r["gold"]],
+                        labels[r["prediction"]],
+                        f"{r['scores'][labels[r['prediction']]]:.3f}",
+                    ]
+                    for r in wrong[:TOP_MISTAKES]
+                ],
+                "rlllr",
             )
+        )
+    unlisted = no_mistakes_listed(t)
+    if unlisted:
+        b.add(P(unlisted, "note"))
 
 
 def _lean(t: TaskRun) -> list[str]:

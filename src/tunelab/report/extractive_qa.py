@@ -8,7 +8,6 @@ from collections import defaultdict
 
 import numpy as np
 
-from tunelab.metrics import bootstrap_ci
 from tunelab.report.document import Builder, H, P, Table
 from tunelab.report.plots import group_bars, score_bars
 from tunelab.report.run_folder import TaskRun
@@ -19,14 +18,19 @@ from tunelab.report.sections import (
     missing,
     moved,
     n_mismatch,
+    no_mistakes_listed,
     small_sample,
     train_sentence,
 )
-from tunelab.report.stats import ALPHA, TOP_MISTAKES, Test, ci, n_, num, pair_rows, pval
+from tunelab.report.stats import ALPHA, TOP_MISTAKES, Paired, Test, ci, n_, num, pair_rows, pval
 from tunelab.tasks.extractive_qa.metrics import question_type
 
 TEST_NAME = "paired bootstrap"
 KEY, SAME = "id", ("question",)  # a row's question id, and what makes it the same question
+
+
+def _paired(t: TaskRun, key: str) -> Paired | None:
+    return pair_rows(t.zs_rows, t.ft_rows, KEY, lambda r: float(r[key]) if key in r else None, SAME)
 
 
 def tests(t: TaskRun) -> list[Test]:
@@ -34,8 +38,8 @@ def tests(t: TaskRun) -> list[Test]:
 
     out = []
     for metric, key in (("F1", "f1"), ("EM", "em")):
-        pr = pair_rows(t.zs_rows, t.ft_rows, KEY, lambda r, k=key: float(r[k]) if k in r else None, SAME)
-        if pr is None:
+        pr = _paired(t, key)
+        if pr is None or pr.n < 2:  # the bootstrap of one question has no spread: no interval, no p-value
             continue
         boot = paired_bootstrap(100 * pr.a, 100 * pr.b)
         out.append(
@@ -53,6 +57,21 @@ def tests(t: TaskRun) -> list[Test]:
     return out
 
 
+def em_interval(rows: list[dict] | None) -> list[float] | None:
+    """The exact (Clopper-Pearson) 95% interval of exact match, a proportion: a bootstrap collapses to a
+    point when every answer is right or every one wrong. None without per-question rows."""
+    from tunelab.metrics import proportion_ci
+
+    if not rows:
+        return None
+    return [100.0 * x for x in proportion_ci(sum(bool(r["em"]) for r in rows), len(rows))]
+
+
+def f1_interval(m: dict) -> list[float] | None:
+    """The metrics' F1 interval; None where it comes from fewer than two questions."""
+    return None if m.get("n", 2) < 2 else m.get("f1_ci95")
+
+
 def _metric_rows(t: TaskRun, em_ci: dict) -> list[list[str]]:
     zs, ft = t.zs or {}, t.ft or {}
 
@@ -64,9 +83,9 @@ def _metric_rows(t: TaskRun, em_ci: dict) -> list[list[str]]:
 
     rows = [
         ["Exact match", val(zs, "exact_match"), val(ft, "exact_match"), diff("exact_match")],
-        ["  95% interval (bootstrap)", ci(em_ci.get("zs")), ci(em_ci.get("ft")), ""],
+        ["  95% interval (exact)", ci(em_ci.get("zs")), ci(em_ci.get("ft")), ""],
         ["F1", val(zs, "f1"), val(ft, "f1"), diff("f1")],
-        ["  95% interval (bootstrap)", ci(zs.get("f1_ci95")), ci(ft.get("f1_ci95")), ""],
+        ["  95% interval (bootstrap)", ci(f1_interval(zs)), ci(f1_interval(ft)), ""],
     ]
     for key, label in (
         ("HasAns_exact", "Exact match, answerable"),
@@ -93,11 +112,7 @@ def section(b: Builder, t: TaskRun) -> None:
     if not zs and not ft:
         b.add(P(f"Neither the {t.prompting} nor the fine-tuning stage has finished for this task.", "note"))
         return
-    em_ci = {
-        label: bootstrap_ci([100.0 * r["em"] for r in rows_])
-        for rows_, label in ((t.zs_rows, "zs"), (t.ft_rows, "ft"))
-        if rows_
-    }
+    em_ci = {label: em_interval(rows_) for rows_, label in ((t.zs_rows, "zs"), (t.ft_rows, "ft"))}
     b.add(Table(["metric (%)", t.prompting, "fine-tuned", "difference (points)"], _metric_rows(t, em_ci)))
     found = tests(t)
     for test in found:
@@ -149,8 +164,8 @@ def _plots(b: Builder, t: TaskRun, em_ci: dict) -> None:
         ["exact match", "F1"],
         [zs.get("exact_match"), zs.get("f1")],
         [ft.get("exact_match"), ft.get("f1")],
-        [em_ci.get("zs"), zs.get("f1_ci95")],
-        [em_ci.get("ft"), ft.get("f1_ci95")],
+        [em_ci.get("zs"), f1_interval(zs)],
+        [em_ci.get("ft"), f1_interval(ft)],
         b.fig(f"{t.name}-scores.png"),
         f"{t.title}: {t.prompting} vs fine-tuned (error bars: 95% CI)",
         "%",
@@ -228,6 +243,9 @@ def mistakes(b: Builder, t: TaskRun) -> None:
         if not rows_:
             continue
         wrong = [r for r in rows_ if not r["em"]]
+        if not wrong:
+            b.add(P(f"{label}: no mistakes: {_all_exact(len(rows_))}."))
+            continue
         conf = {}
         if label == "fine-tuned" and t.ft_nbest:
             conf = {r["id"]: _span_confidence(t.ft_nbest.get(r["id"])) for r in wrong}
@@ -250,23 +268,29 @@ def mistakes(b: Builder, t: TaskRun) -> None:
                 f"{min(TOP_MISTAKES, len(wrong))} shown, {how}:"
             )
         )
-        if wrong:
-            b.add(
-                Table(
-                    ["question", "gold answer(s)", "prediction", "F1", "confidence"],
+        b.add(
+            Table(
+                ["question", "gold answer(s)", "prediction", "F1", "confidence"],
+                [
                     [
-                        [
-                            r.get("question", r["id"]),
-                            " / ".join(dict.fromkeys(r.get("gold") or ["(no answer)"])),
-                            r["prediction"] or "(no answer)",
-                            f"{100 * r['f1']:.0f}",
-                            "–" if conf.get(r["id"]) is None else f"{conf[r['id']]:.3f}",
-                        ]
-                        for r in wrong[:TOP_MISTAKES]
-                    ],
-                    "lllrr",
-                )
+                        r.get("question", r["id"]),
+                        " / ".join(dict.fromkeys(r.get("gold") or ["(no answer)"])),
+                        r["prediction"] or "(no answer)",
+                        f"{100 * r['f1']:.0f}",
+                        "–" if conf.get(r["id"]) is None else f"{conf[r['id']]:.3f}",
+                    ]
+                    for r in wrong[:TOP_MISTAKES]
+                ],
+                "lllrr",
             )
+        )
+    unlisted = no_mistakes_listed(t)
+    if unlisted:
+        b.add(P(unlisted, "note"))
+
+
+def _all_exact(n: int) -> str:
+    return "its one answer is an exact match" if n == 1 else f"all {n} of its answers are exact matches"
 
 
 def _f1_sentences(t: TaskRun) -> list[str]:
@@ -274,7 +298,8 @@ def _f1_sentences(t: TaskRun) -> list[str]:
     found = {x.metric: x for x in tests(t)}
     warning = [w for w in [changed_examples(t, KEY, SAME, found["F1"].n if "F1" in found else None)] if w]
     if "F1" not in found:
-        return [missing(t, t.task.unit), *warning]
+        pr = _paired(t, "f1")
+        return [missing(t, t.task.unit, pr.n if pr else 0), *warning]
     x = found["F1"]
     s = (
         f"{t.title}: fine-tuning {moved(x.diff, 'F1', num(x.a), num(x.b))} "

@@ -7,7 +7,7 @@ import numpy as np
 
 from tunelab.models.heads import HEADS
 from tunelab.report.document import Builder, H, P, Table
-from tunelab.report.run_folder import TaskRun
+from tunelab.report.run_folder import ROWS_FILE, TaskRun
 from tunelab.report.stats import SMALL_N, n_, signed
 
 
@@ -170,10 +170,14 @@ def loss_section(b: Builder, t: TaskRun) -> None:
 def small_sample(n: int, width: float | None, unit: str) -> str | None:
     if n >= SMALL_N:
         return None
-    w = f" (the 95% interval of the difference spans {width:.1f} points)" if width is not None else ""
+    if not width:  # no interval, or one of zero width: nothing to measure the differences against
+        return (
+            f"Only {n} {unit} were compared: the numbers are a check of the pipeline more than a measurement."
+        )
     return (
-        f"Only {n} {unit} were compared{w}: differences much smaller than that interval cannot be told "
-        "apart from sampling noise, and the numbers are a check of the pipeline more than a measurement."
+        f"Only {n} {unit} were compared (the 95% interval of the difference spans {width:.1f} points): "
+        "differences much smaller than that interval cannot be told apart from sampling noise, and the "
+        "numbers are a check of the pipeline more than a measurement."
     )
 
 
@@ -212,11 +216,40 @@ def moved(diff: float, metric: str, a: str, b: str) -> str:
     return f"{'raised' if diff > 0 else 'lowered'} {metric} from {a} to {b}"
 
 
-def missing(t: TaskRun, unit: str) -> str:
+def without_rows(t: TaskRun) -> list[str]:
+    """The finished models whose per-example results are not in the run folder."""
+    models = ((t.zs, t.zs_rows, t.prompting), (t.ft, t.ft_rows, "fine-tuned"))
+    return [label for m, rows, label in models if m and not rows]
+
+
+def _no_rows(t: TaskRun, who: list[str]) -> str:
+    models = " and the ".join(who) + (" models" if len(who) > 1 else " model")
+    return f"the run folder has no per-example results ({ROWS_FILE[t.kind]}) of the {models}"
+
+
+def no_mistakes_listed(t: TaskRun) -> str | None:
+    """Why the mistakes of a finished model are not listed: its per-example results are missing."""
+    who = without_rows(t)
+    if not who:
+        return None
+    said = _no_rows(t, who) + f", so {'their' if len(who) > 1 else 'its'} mistakes are not listed."
+    return said[0].upper() + said[1:]
+
+
+def missing(t: TaskRun, unit: str, n_paired: int = 0) -> str:
+    """Why there is no paired test; `n_paired`: the examples both models were evaluated on."""
     if not t.zs:
         return f"{t.title}: the {t.prompting} stage has not finished, so there is nothing to compare yet."
     if not t.ft:
         return f"{t.title}: the fine-tuning stage has not finished, so there is nothing to compare yet."
+    who = without_rows(t)
+    if who:
+        return f"{t.title}: {_no_rows(t, who)}, so there is no paired test."
+    if n_paired == 1:
+        return (
+            f"{t.title}: the two models were evaluated on only one {t.task.unit_singular} in common, too few "
+            "for a paired test."
+        )
     return f"{t.title}: the two models were not evaluated on the same {unit}, so there is no paired test."
 
 

@@ -70,7 +70,7 @@ def combined_test(t: TaskRun, runs: list[SeedRun]) -> Test | None:
     if any(p is None for p in pairs):
         return None
     common = set.intersection(*(set(p.keys) for p in pairs))
-    if not common:
+    if len(common) < 2:  # the bootstrap of one example has no spread: no interval, no p-value
         return None
     keys = [k for k in pairs[0].keys if k in common]
     a = np.array([pairs[0].a[pairs[0].keys.index(k)] for k in keys])
@@ -98,7 +98,10 @@ def section(b: Builder, t: TaskRun, tests: Callable[[TaskRun], list[Test]]) -> l
     for r, vals in zip(runs, per_seed, strict=True):
         test = next(iter(tests(replace(t, ft=r.metrics, ft_rows=r.rows))), None)
         rows.append(
-            [str(r.seed), *[f"{vals.get(k, float('nan')):.1f}" for k, _, _ in keys]]
+            [
+                "–" if r.seed is None else str(r.seed),
+                *[f"{vals.get(k, float('nan')):.1f}" for k, _, _ in keys],
+            ]
             + (
                 [f"{test.diff:+.1f} {ci(test.diff_ci)}", f"{test.name}: {pval(test.p)}"]
                 if test

@@ -27,10 +27,12 @@ def _scores(t: TaskRun, m: dict | None, rows: list[dict] | None) -> list[str]:
         return ["not run yet"] * len(_score_labels(t))
     if t.kind == "classification":
         return [f"{pct(m.get('accuracy'))} {ci(m.get('accuracy_ci95'), 100)}"]
-    from tunelab.metrics import bootstrap_ci
+    from tunelab.report.extractive_qa import em_interval, f1_interval
 
-    em_ci = bootstrap_ci([100.0 * r["em"] for r in rows]) if rows else None
-    return [f"{num(m.get('exact_match'))} {ci(em_ci)}", f"{num(m.get('f1'))} {ci(m.get('f1_ci95'))}"]
+    return [
+        f"{num(m.get('exact_match'))} {ci(em_interval(rows))}",
+        f"{num(m.get('f1'))} {ci(f1_interval(m))}",
+    ]
 
 
 def _score_labels(t: TaskRun) -> list[str]:

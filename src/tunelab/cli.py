@@ -454,6 +454,7 @@ def cmd_zeroshot(args) -> int:
     options = ZeroShotOptions(**{**task.zeroshot_options(), **_options(args, ZEROSHOT_OPTIONS, task)})
     report_to = _trackers(args)
     examples, data = task.load_split(args.split, args.data_dir, args.data_file, args.dataset)
+    split_size = len(examples)
     examples = examples[: options.limit] if options.limit else examples
     pool = None
     if options.shots:  # k-shot examples: solved training examples
@@ -472,6 +473,7 @@ def cmd_zeroshot(args) -> int:
             overwrite=args.overwrite,
             report_to=report_to,
             inputs=_inputs(args, task),
+            data_examples=split_size,
         ),
     )
 
@@ -515,6 +517,7 @@ def cmd_finetune(args) -> int:
         raise UsageError("--seed and --seeds: give one (--seeds trains one model per seed it lists)")
     train_ex, train_data = task.load_split("train", args.data_dir, args.train_file, args.dataset)
     dev_ex, dev_data = task.load_split(args.split, args.data_dir, args.data_file, args.dataset)
+    split_size = len(dev_ex)
     dev_ex = dev_ex[: extras["limit"]] if extras["limit"] else dev_ex
     more, more_data = task.extra_training(extras.get("extra_train"), args.data_dir, dev_ex)
     if more:
@@ -522,7 +525,7 @@ def cmd_finetune(args) -> int:
     options = {k: v for k, v in extras.items() if k not in ("limit", "train_limit", "extra_train")}
     if seeds:
         return _finetune_seeds(
-            args, task, cfg, seeds, train_ex, dev_ex, dev_data, train_data, extras, report_to
+            args, task, cfg, seeds, train_ex, dev_ex, dev_data, train_data, extras, report_to, split_size
         )
     m = runs.finetune(
         task,
@@ -538,6 +541,7 @@ def cmd_finetune(args) -> int:
         overwrite=args.overwrite,
         report_to=report_to,
         inputs=_inputs(args, task),
+        data_examples=split_size,
     )
     if m is None:  # not the main process of a multi-process run
         return 0
@@ -564,9 +568,11 @@ def _same_recipe(seed_dir, cfg, train_data: str) -> None:
         )
 
 
-def _finetune_seeds(args, task, cfg, seeds, train_ex, dev_ex, dev_data, train_data, extras, report_to) -> int:
+def _finetune_seeds(
+    args, task, cfg, seeds, train_ex, dev_ex, dev_data, train_data, extras, report_to, split_size: int
+) -> int:
     """`--seeds`: one model per seed in OUT/seed-N/, and OUT/seeds.json with each seed's metrics and their
-    mean and standard deviation."""
+    mean and standard deviation; `split_size`: the dev split's size (dev_ex may be its first few)."""
     import dataclasses
     import statistics
     from pathlib import Path
@@ -614,6 +620,7 @@ def _finetune_seeds(args, task, cfg, seeds, train_ex, dev_ex, dev_data, train_da
                 tracking_dir=Path(work) / "tracking",
                 run_name=f"seed-{seed}",
                 final_out=Path(args.out) / f"seed-{seed}",
+                data_examples=split_size,
             )
             if m is None:
                 continue
@@ -653,6 +660,7 @@ def cmd_evaluate(args) -> int:
         task = trained_for.for_version(args.version)
     data_task = task or trained_for
     examples, data = data_task.load_split(args.split, args.data_dir, args.data_file, args.dataset)
+    split_size = len(examples)
     examples = examples[: options["limit"]] if options["limit"] else examples
     m = runs.evaluate(
         args.model_dir,
@@ -665,6 +673,7 @@ def cmd_evaluate(args) -> int:
         overwrite=args.overwrite,
         report_to=report_to,
         inputs=_inputs(args, data_task),
+        data_examples=split_size,
     )
     return _report(data_task.for_meta(meta).for_data(examples), args, m)
 

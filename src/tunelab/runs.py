@@ -56,8 +56,11 @@ def zeroshot(
     overwrite: bool = False,
     report_to: list[str] | None = None,
     inputs: Inputs = (),
+    data_examples: int | None = None,
 ) -> dict | None:
     """Evaluate the base model by prompting; returns the metrics (None on processes that do not write).
+    `data_examples`: how many examples the evaluated split holds, when `examples` are its first few (a limit;
+    recorded, so that a model card never calls a subset's score the split's).
     `inputs`: what else the caller read (a data folder, a config file), which `out` must not touch.
     With `options.shots` = K > 0, K examples drawn from `shot_pool` (the task's training split, never the
     evaluated examples) are shown solved before each input (k-shot). `report_to`: experiment trackers, which
@@ -84,7 +87,7 @@ def zeroshot(
         if not main_process():
             return None
         extra.update(seconds=seconds, device=str(dev), dtype=str(model.dtype).removeprefix("torch."))
-        extra.update(shots=options.shots)
+        extra.update(shots=options.shots, **_split_size(data_examples))
         if shots:
             extra.update(shot_seed=options.shot_seed, shot_examples=[_shot_ref(ex) for ex in shots])
         metrics = task.write_results(
@@ -99,6 +102,10 @@ def zeroshot(
         hparams = {"model": model_spec, "task": task.name, "data": data, "options": asdict(options)}
         log_final(report_to, work / "tracking", "zeroshot", hparams, metrics)
         return metrics
+
+
+def _split_size(data_examples: int | None) -> dict:
+    return {"data_examples": data_examples} if data_examples is not None else {}
 
 
 def _shot_ref(ex) -> dict:
@@ -136,6 +143,7 @@ def finetune(
     hparams: dict | None = None,
     inputs: Inputs = (),
     final_out: str | Path | None = None,
+    data_examples: int | None = None,
 ) -> dict | None:
     """Fine-tune the task's head (full, LoRA or head-only) on the training examples, save a Hugging Face
     folder, evaluate it on the dev examples. `options`: the task kind's fine-tuning keys (classification:
@@ -144,8 +152,9 @@ def finetune(
     starts (Tracking.start: a resume logs only the steps after its checkpoint, a training that starts over
     replaces what the run logged before). `inputs`: what else the caller read (a data folder, a config file),
     which `out` must not touch. `final_out`: the folder recorded as the model when `out` is a temporary one
-    the caller moves there. `resume`: continue from OUT.partial's
-    newest checkpoint; "matching": only one of these settings and data, else start over (training.train).
+    the caller moves there. `data_examples`: the dev split's size when `dev_examples` are its first few.
+    `resume`: continue from OUT.partial's newest checkpoint; "matching": only one of these settings and
+    data, else start over (training.train).
     Returns the dev metrics (None on processes that do not write)."""
     cfg.validate()
     trained_on = [("training file", p) for p in str(train_data).split(" + ")]  # (+: extra_train's files)
@@ -175,6 +184,7 @@ def finetune(
                 resume,
                 tracker,
                 train_data,
+                data_examples,
             )
         finally:
             if tracker is not None:
@@ -207,7 +217,19 @@ def _absolute(resolved: str) -> str:
 
 
 def _finetune_in(
-    task, model_spec, dev_examples, dev_data, out, cfg, tokenizer, ft, work, resume, tracker, train_data
+    task,
+    model_spec,
+    dev_examples,
+    dev_data,
+    out,
+    cfg,
+    tokenizer,
+    ft,
+    work,
+    resume,
+    tracker,
+    train_data,
+    data_examples,
 ):
     """The fine-tuning run inside its output folder `work`: train, save, evaluate."""
     from tunelab.models.registry import resolve
@@ -263,6 +285,7 @@ def _finetune_in(
         "device": str(device()),
         "train_dtype": result.dtype,
         "dtype": precision.autocast_dtype(device(), cfg.bf16),
+        **_split_size(data_examples),
     }
     metrics = task.write_results(
         work / "eval",
@@ -294,11 +317,13 @@ def evaluate(
     overwrite: bool = False,
     report_to: list[str] | None = None,
     inputs: Inputs = (),
+    data_examples: int | None = None,
 ) -> dict | None:
     """Evaluate a fine-tuned folder on `examples` (as `task`, by default the one it was trained for), under
     bfloat16 autocast where `precision.bf16_autocast` allows it and `bf16`.
     `inputs`: what else the caller read (a data folder, a task file), which `out` must not touch.
-    `report_to`: experiment trackers, which get the metrics (`log_final`)."""
+    `report_to`: experiment trackers, which get the metrics (`log_final`). `data_examples`: the split's size
+    when `examples` are its first few."""
     read = [("fine-tuned model folder", model_dir), ("data file", data), *inputs]
     check_apart(out, read)  # before loading the model
     model, tokenizer, meta, trained_for = load_finetuned(model_dir, task)
@@ -326,6 +351,7 @@ def evaluate(
                 "seconds": time.perf_counter() - t0,
                 "device": str(dev),
                 "dtype": precision.autocast_dtype(dev, bf16),
+                **_split_size(data_examples),
             },
         )
         hparams = {
@@ -348,6 +374,8 @@ def save_finetuned(model, tokenizer, out: Path, cfg: TrainConfig, meta: dict) ->
     or merged weights with `merge_lora`. Returns what was saved: full, merged or lora-adapter."""
     from peft import PeftModel
 
+    from tunelab.hub.card import without_peft_card
+
     out.mkdir(parents=True, exist_ok=True)
     saved = "full"
     if isinstance(model, PeftModel):
@@ -359,7 +387,8 @@ def save_finetuned(model, tokenizer, out: Path, cfg: TrainConfig, meta: dict) ->
     # save_original_format=False: keep the task class's own tensor names (`transformer.*` for Llama QA); by
     # default transformers 5 writes back the names the weights were loaded under (`model.*`), which the QA
     # class then cannot find.
-    model.save_pretrained(out, safe_serialization=True, save_original_format=False)
+    with without_peft_card(out):  # (a PeftModel writes its template card: tunelab's comes on export)
+        model.save_pretrained(out, safe_serialization=True, save_original_format=False)
     tokenizer.save_pretrained(out)
     write_json(out / META_FILE, {**meta, "method": cfg.method, "saved": saved})
     return saved

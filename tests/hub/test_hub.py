@@ -13,7 +13,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import PLAIN, PLAIN_SPEC, SQUAD, SST2, qa_examples, sst2_examples, tiny_train_config
+from helpers import (
+    PLAIN,
+    PLAIN_SPEC,
+    SQUAD,
+    SST2,
+    qa_examples,
+    squad_json,
+    sst2_examples,
+    sst2_tsv,
+    tiny_train_config,
+)
 
 from tunelab import runs
 from tunelab.cli import COMMANDS, build_parser
@@ -35,9 +45,11 @@ def dev_set():
 @pytest.fixture(scope="module")
 def finetuned(tiny_model_dir, tmp_path_factory):
     """Fine-tuned SST-2 folders (full and LoRA adapter) whose tunelab.json names the smollm2-135m alias as the
-    base (the tiny model stands in for its weights), evaluated on a file recorded as GLUE's SST-2/dev.tsv."""
+    base (the tiny model stands in for its weights), evaluated on the whole of a file standing for GLUE's
+    SST-2/dev.tsv."""
     root = tmp_path_factory.mktemp("ft")
-    dev_data = str(root / "data" / "SST-2" / "dev.tsv")
+    (root / "data" / "SST-2").mkdir(parents=True)
+    dev_data = str(sst2_tsv(dev_set(), root / "data" / "SST-2" / "dev.tsv"))
     out = {}
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HF_HUB_OFFLINE", "1")
@@ -146,6 +158,125 @@ def test_card_front_matter_round_trips_with_measured_metrics(finetuned, exported
     assert f"{100 * metrics['accuracy']:.2f}" in body
     assert "learning_rate" in body  # the training options table
     assert "article-level" not in body  # not a SQuAD model
+
+
+def _export_evaluated_on(finetuned, tmp_path, name: str, data: Path):
+    """An export of a copy of the full fine-tune whose eval/metrics.json names `data` as the file its 12
+    examples came from (what `finetune --limit 12` on that file records)."""
+    from huggingface_hub import ModelCard
+
+    folder = tmp_path / f"ft-{name}"
+    shutil.copytree(finetuned["full"], folder)
+    metrics = json.loads((folder / "eval" / "metrics.json").read_text())
+    (folder / "eval" / "metrics.json").write_text(json.dumps({**metrics, "data": str(data)}))
+    out = export(folder, tmp_path / name)
+    return ModelCard.load(out / "README.md"), json.loads((out / "eval_results.json").read_text())
+
+
+def test_card_says_when_scores_are_on_a_limit_subset(finetuned, exported, tmp_path):
+    """Metrics of the first 12 of 20 examples (`--limit 12`) are not claimed as the validation split's."""
+    (tmp_path / "SST-2").mkdir()
+    dev = sst2_tsv(dev_set() + sst2_examples(8, seed=5), tmp_path / "SST-2" / "dev.tsv")
+    card, shared = _export_evaluated_on(finetuned, tmp_path, "subset", dev)
+    r = card.data.eval_results[0]
+    assert (r.dataset_split, r.dataset_name) == ("validation[:12]", "GLUE SST-2 (first 12 of 20 examples)")
+    assert "split `validation[:12]`" in card.text and "| Examples | 12 of 20 |" in card.text
+    assert "first 12 of the 20 examples of `validation`" in card.text
+    assert (shared["n"], shared["data_examples"]) == (12, 20)
+    # the whole file scored (the fixture): the card is as before
+    whole = (exported["full"] / "README.md").read_text()
+    assert "| Examples | 12 |" in whole and "validation[" not in whole and "subset" not in whole
+    assert json.loads((exported["full"] / "eval_results.json").read_text())["data_examples"] == 12
+
+
+@pytest.mark.parametrize("case", ["missing", "changed"])
+def test_card_claims_no_whole_split_it_cannot_check(finetuned, tmp_path, case):
+    """The evaluated file gone, or no longer holding the scored examples first: n examples, size unknown."""
+    (tmp_path / "SST-2").mkdir()
+    dev = tmp_path / "SST-2" / "dev.tsv"
+    if case == "changed":
+        sst2_tsv(sst2_examples(4, seed=9) + dev_set(), dev)
+    card, shared = _export_evaluated_on(finetuned, tmp_path, case, dev)
+    r = card.data.eval_results[0]
+    assert (r.dataset_split, r.dataset_name) == ("validation", "GLUE SST-2 (12 examples, possibly a subset)")
+    assert "| Examples | 12 (size of `validation` unknown) |" in card.text
+    assert "may be scores on a subset" in card.text and "data_examples" not in shared
+
+
+def test_export_keeps_the_dtype_of_the_base_models_config(finetuned, exported, tiny_model_dir, tmp_path):
+    """A bfloat16 base (as SmolLM2's config says) exports bfloat16 weights, its config and card saying so,
+    scoring as tunelab did within bfloat16 rounding; a float32 base (the fixture's) stays float32."""
+    from safetensors import safe_open
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, LlamaForCausalLM
+
+    def dtypes(out: Path) -> set[str]:
+        with safe_open(out / "model.safetensors", "pt") as f:
+            return {f.get_slice(k).get_dtype() for k in f.keys()}
+
+    base = tmp_path / "base-bf16"
+    LlamaForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16).save_pretrained(base)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(base)
+    assert json.loads((base / "config.json").read_text())["dtype"] == "bfloat16"
+    runs.finetune(
+        SST2,
+        str(base),
+        sst2_examples(16),
+        dev_set(),
+        str(finetuned["full"].parent / "data" / "SST-2" / "dev.tsv"),
+        tmp_path / "ft",
+        tiny_train_config(method="lora"),
+        {"input_prompt": PLAIN_SPEC},
+    )
+    out = export(tmp_path / "ft", tmp_path / "out")
+    assert dtypes(out) == {"BF16"}
+    assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+    assert "| Weights dtype | bfloat16 |" in (out / "README.md").read_text()
+    model = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    assert model.dtype == torch.bfloat16
+    tok = AutoTokenizer.from_pretrained(out)
+    got = []
+    for ex in dev_set():
+        enc = tok(format_input(PLAIN, tok, ex.text), truncation=True, max_length=32, return_tensors="pt")
+        with torch.no_grad():
+            got.append(model(**enc).logits.float().softmax(-1)[0, 1].item())
+    np.testing.assert_allclose(got, eval_scores(tmp_path / "ft"), atol=2e-2)
+    assert dtypes(exported["full"]) == {"F32"}
+    assert "| Weights dtype | float32 |" in (exported["full"] / "README.md").read_text()
+    # the config's older key, and no config to read
+    from tunelab.hub.export import base_dtype
+
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "config.json").write_text('{"torch_dtype": "float16"}')
+    assert base_dtype(str(tmp_path / "old")) == "float16"
+    assert base_dtype(str(tmp_path / "nowhere")) == base_dtype("someone/not-cached") == "float32"
+    assert base_dtype(None) == "float32"
+
+
+def test_lora_folder_has_no_peft_template_card(finetuned, tmp_path):
+    """PeftModel.save_pretrained writes huggingface_hub's blank card (naming a local base path) as README.md:
+    a fine-tuned LoRA folder has none (its export has tunelab's card), and a README a user wrote survives a
+    save byte for byte, even one that started as PEFT's template."""
+    assert not (finetuned["lora"] / "README.md").exists()
+    from tunelab.hub.card import is_peft_template, without_peft_card
+
+    model = runs.load_finetuned(finetuned["lora"])[0]
+    model.save_pretrained(tmp_path / "peft")  # unguarded: PEFT's card
+    template = (tmp_path / "peft" / "README.md").read_text()
+    assert is_peft_template(template)
+    edited = template.replace("## Model Details", "Trained on my own data.\n\n## Model Details")
+    assert not is_peft_template(edited) and not is_peft_template("# My notes\n")
+    cases = [(None, False), (template, False), (edited, True), ("# Mine\n", True)]  # (README, kept)
+    for i, (readme, kept) in enumerate(cases):
+        folder = tmp_path / f"save-{i}"
+        folder.mkdir()
+        if readme is not None:
+            (folder / "README.md").write_text(readme)
+        with without_peft_card(folder):
+            model.save_pretrained(folder)
+        assert (folder / "adapter_model.safetensors").is_file()
+        assert (folder / "README.md").exists() == kept
+        if kept:
+            assert (folder / "README.md").read_text() == readme
 
 
 def test_card_parameter_counts_match_the_exported_model(exported):
@@ -262,12 +393,14 @@ def test_base_model_override_sets_llama_licence(finetuned, tmp_path):
 
 
 def _squad_finetune(tiny_model_dir, out, method):
+    dev = out.parent / "data" / "squad" / "v1.1-dev.json"  # (the whole file is scored)
+    dev.parent.mkdir(parents=True)
     return runs.finetune(
         SQUAD,
         tiny_model_dir,
         qa_examples(8),
         qa_examples(6),
-        "/data/squad/v1.1-dev.json",
+        str(squad_json(qa_examples(6), dev)),
         out,
         tiny_train_config(method=method, batch_size=4, max_length=64),
     )

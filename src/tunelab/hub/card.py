@@ -8,6 +8,8 @@ definition; how to call a model of each kind (the usage snippet) is here, by kin
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -64,6 +66,34 @@ def data_name(data: str | None) -> str:
     return f"{p.parent.name}/{p.name}" if p.parent.name else p.name
 
 
+def scored(ds: dict, metrics: dict) -> dict:
+    """What the metrics were measured on, as a card may claim it, from the examples scored (`n`) and those of
+    the evaluated split (`data_examples`): the whole split (split and name as the task names them), its first
+    n examples (tunelab's `limit` keeps a split's first N: split `validation[:n]`), or n examples of a split
+    of unknown size (claimed as neither). Returns {"split", "name", "examples", "note"}."""
+    n, total = metrics.get("n"), metrics.get("data_examples")
+    split, name = ds["split"], ds["name"]
+    if isinstance(n, int) and n == total:
+        return {"split": split, "name": name, "examples": str(n), "note": None}
+    if isinstance(n, int) and isinstance(total, int) and n < total:
+        return {
+            "split": f"{split}[:{n}]",
+            "name": f"{name} (first {n} of {total} examples)",
+            "examples": f"{n} of {total}",
+            "note": f"scored on the first {n} of the {total} examples of `{split}` (tunelab's `limit`), not "
+            "on the whole split",
+        }
+    count = f"{n} examples" if isinstance(n, int) else "an unrecorded number of examples"
+    return {
+        "split": split,
+        "name": f"{name} ({count}, possibly a subset)",
+        "examples": f"{n if isinstance(n, int) else '?'} (size of `{split}` unknown)",
+        "note": f"scored on {count} of `{split}`; whether that is the whole split was not recorded (results "
+        "of a tunelab before 2026-12-05) and could not be checked on export (a Hub dataset, or the evaluated "
+        "file gone or changed), so these may be scores on a subset",
+    }
+
+
 def card_data(
     task: Task, meta: dict, metrics: dict, name: str, base_model: str | None = None
 ) -> ModelCardData:
@@ -71,14 +101,15 @@ def card_data(
 
     hub_id = base_model or base_hub_id(meta.get("base_model"))
     ds = task.eval_dataset(metrics.get("data"))
+    on = scored(ds, metrics)
     results = [
         EvalResult(
             task_type=task.pipeline_tag,
             task_name=task.description,
             dataset_type=ds["type"],
-            dataset_name=ds["name"],
+            dataset_name=on["name"],
             dataset_config=ds["config"],
-            dataset_split=ds["split"],
+            dataset_split=on["split"],
             metric_type=mtype,
             metric_name=mname,
             metric_value=value,
@@ -289,14 +320,17 @@ def _evaluation(task, metrics: dict) -> list[str]:
     rows = task.metric_rows(metrics)
     if not rows:
         return ["No labelled evaluation was recorded for this model."]
+    on = scored(ds, metrics)
     table = [(mname, f"{value:.2f}") for _, mname, value in rows] + MORE_ROWS[task.kind](task, metrics)
-    table.append(("Examples", str(metrics.get("n", "?"))))
+    table.append(("Examples", on["examples"]))
     out = [
-        f"Measured by tunelab on {ds['name']} (`{data_name(metrics.get('data'))}`, split `{ds['split']}`), "
+        f"Measured by tunelab on {ds['name']} (`{data_name(metrics.get('data'))}`, split `{on['split']}`), "
         "in percent:",
         "",
         _table(table, ("metric", "value")),
     ]
+    if on["note"]:
+        out += ["", f"**Note:** {on['note']}."]
     if ds["note"]:
         out += ["", f"**Note:** {ds['note']}."]
     elif ds["custom"] or not ds["official"]:
@@ -308,12 +342,13 @@ def _evaluation(task, metrics: dict) -> list[str]:
     return out
 
 
-def _training(task, meta: dict, metrics: dict, train_cfg: dict, base_link: str) -> list[str]:
+def _training(task, meta: dict, metrics: dict, train_cfg: dict, base_link: str, dtype: str) -> list[str]:
     method = meta.get("method", "full")
     facts = [
         ("Base model", base_link),
         ("Method", method),
         ("Weights", "LoRA adapter merged into the base weights" if method == "lora" else "full weights"),
+        ("Weights dtype", dtype),
     ]
     for key in ("train_examples", "train_features", "train_steps", "train_tokens", "train_seconds", "device"):
         if key in metrics:
@@ -405,8 +440,16 @@ def _weights_origin(meta: dict, hub_id: str | None) -> list[str]:
 
 
 def card_body(
-    task: Task, meta: dict, metrics: dict, train_cfg: dict, params: dict | None, name: str, hub_id: str | None
+    task: Task,
+    meta: dict,
+    metrics: dict,
+    train_cfg: dict,
+    params: dict | None,
+    name: str,
+    hub_id: str | None,
+    dtype: str = "float32",
 ) -> str:
+    """The card's Markdown body; `dtype`: that of the exported weights."""
     method = meta.get("method", "full")
     base_link = (
         f"[{hub_id}](https://huggingface.co/{hub_id})"
@@ -426,8 +469,44 @@ def card_body(
     ]
     out += ["", "## How to use", "", *USAGE[task.kind](task, meta, name)]
     out += ["", "## Evaluation", "", *_evaluation(task, metrics)]
-    out += ["", "## Training", "", *_training(task, meta, metrics, train_cfg, base_link)]
+    out += ["", "## Training", "", *_training(task, meta, metrics, train_cfg, base_link, dtype)]
     if params:
         out += ["", "## Parameters", "", *_parameters(params)]
     out += ["", "## Limitations", "", *_limitations(task, meta, hub_id), ""]
     return "\n".join(out)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# PEFT's template card
+
+PEFT_CARD_KEYS = {"base_model", "library_name", "tags", "pipeline_tag"}  # the metadata PEFT writes
+
+
+def is_peft_template(text: str) -> bool:
+    """Whether a README.md is the card `PeftModel.save_pretrained` writes where there is none:
+    huggingface_hub's blank template with PEFT's metadata and `- PEFT <version>` line; nothing of a user's."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    try:
+        card = ModelCard(text, ignore_metadata_errors=True)
+    except ValueError:
+        return False
+    blank = [x for x in ModelCard.from_template(ModelCardData()).text.splitlines() if x.strip()]
+    peft = ("### Framework versions", "- PEFT ")
+    body = [x for x in card.text.splitlines() if x.strip() and not x.startswith(peft)]
+    data = card.data.to_dict()
+    return data.get("library_name") == "peft" and set(data) <= PEFT_CARD_KEYS and body == blank
+
+
+@contextmanager
+def without_peft_card(folder: str | Path) -> Iterator[None]:
+    """Around a `save_pretrained` into `folder`: a PeftModel's writes its template card as README.md, or edits
+    the README there. Afterwards a README that was not PEFT's template is back byte for byte, and PEFT's is
+    gone (tunelab writes its own card on export)."""
+    readme = Path(folder) / "README.md"
+    before = readme.read_bytes() if readme.is_file() else None
+    yield
+    if before is not None and not is_peft_template(before.decode("utf-8", "replace")):
+        readme.write_bytes(before)
+    elif readme.is_file() and is_peft_template(readme.read_text(encoding="utf-8", errors="replace")):
+        readme.unlink()

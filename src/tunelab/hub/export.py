@@ -1,15 +1,21 @@
 """`tunelab export`: a Hub-ready folder for a fine-tuned one (no network): safetensors weights (a LoRA adapter
 merged into full weights), config, tokenizer, tunelab.json without local paths, training_config.json,
-eval_results.json and the model card README.md."""
+eval_results.json and the model card README.md. The weights are in the dtype the base model's config names
+(bfloat16 for SmolLM2 and Llama 3.2 from the Hub), float32 where it names none."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from tunelab.errors import UsageError
 from tunelab.hub.card import REPO_ID, base_hub_id, card_body, card_data, data_name
 from tunelab.hub.push import WEIGHT_FILES
-from tunelab.outputs import read_json
+from tunelab.outputs import read_json, read_jsonl
+
+EXPORT_DTYPES = ("float32", "bfloat16", "float16")  # (torch's names)
+# What identifies an example, in a per-example file's rows and as read (QA: id, question; else line, texts)
+IDENTITY = ("id", "question", "line", "text", "text_pair")
 
 
 def _param_counts(config_dir: Path, task, meta: dict, train_cfg: dict) -> dict | None:
@@ -36,6 +42,45 @@ def _param_counts(config_dir: Path, task, meta: dict, train_cfg: dict) -> dict |
     except Exception:  # noqa: BLE001 - counts are a nicety on the card, never a reason to fail the export
         return None
     return report.to_dict()
+
+
+def base_dtype(base_path: str | None) -> str:
+    """The dtype the base model's config.json names (`dtype`, or `torch_dtype` in older configs), read from
+    its folder or, for a Hub id, the Hub cache (never the network); float32 when none is named or it cannot
+    be read."""
+    from huggingface_hub import try_to_load_from_cache
+
+    spec = str(base_path or "")
+    path = Path(spec).expanduser() / "config.json"
+    if spec and not path.is_file() and REPO_ID.fullmatch(spec):
+        try:
+            cached = try_to_load_from_cache(spec, "config.json")
+        except ValueError:  # (HFValidationError: no Hub id after all)
+            cached = None
+        path = Path(cached) if isinstance(cached, str) else path
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "float32"
+    named = (config.get("dtype") or config.get("torch_dtype")) if isinstance(config, dict) else None
+    return named if named in EXPORT_DTYPES else "float32"
+
+
+def data_examples(task, metrics: dict, eval_dir: Path) -> int | None:
+    """How many examples the evaluated file holds, counted now: when it is still where it was read and its
+    first `n` examples are the ones scored (eval_dir's per-example file); None when that cannot be checked
+    (a file gone or changed, a Hub dataset)."""
+    data, n = metrics.get("data"), metrics.get("n")
+    rows = eval_dir / ("per_example.jsonl" if task.kind == "extractive_qa" else "predictions.jsonl")
+    if not isinstance(n, int) or not isinstance(data, str) or not Path(data).is_file() or not rows.is_file():
+        return None
+    try:
+        examples = task.read(Path(data))
+        scored = [tuple(r.get(k) for k in IDENTITY) for r in read_jsonl(rows)]
+    except Exception:  # noqa: BLE001 - a file that no longer reads: the card then says it could not check
+        return None
+    first = [tuple(getattr(ex, k, None) for k in IDENTITY) for ex in examples[:n]]
+    return len(examples) if len(scored) == n and scored == first else None
 
 
 def _check_inputs(model_dir: Path, base_model: str | None) -> tuple[dict, dict]:
@@ -69,6 +114,7 @@ def export(
 ) -> Path:
     """Write a Hub-ready folder for a folder written by `tunelab finetune`. `base_model` overrides the card's
     base model Hub id. Returns the folder."""
+    import torch
     from huggingface_hub import ModelCard
     from peft import PeftModel
 
@@ -88,6 +134,8 @@ def export(
         if isinstance(model, PeftModel):
             model = model.merge_and_unload()
             saved = "merged"
+        dtype = base_dtype(meta.get("base_model_path"))
+        model = model.to(getattr(torch, dtype))  # (after the merge, done in float32)
         # Tensor names as the exported architecture names them: a span-QA model loaded from a causal-LM
         # checkpoint through a key mapping would otherwise be saved under the checkpoint's names (`model.`
         # instead of `transformer.`), and `AutoModelForQuestionAnswering.from_pretrained` would leave its body
@@ -98,6 +146,9 @@ def export(
         write_json(work / META_FILE, _shared_meta(meta, task, hub_id, saved))
         if train_cfg:
             write_json(work / "training_config.json", train_cfg)
+        if "data_examples" not in metrics:  # recorded since 2026-12-05; before, counted again if it can be
+            total = data_examples(task, metrics, model_dir / "eval")
+            metrics = {**metrics, "data_examples": total} if total is not None else metrics
         shared_metrics = {k: v for k, v in metrics.items() if k not in ("model", "evals_during_training")}
         shared_metrics["data"] = data_name(metrics.get("data"))
         if metrics.get("train_data"):  # (several files: extra_train's, joined by " + ")
@@ -108,7 +159,7 @@ def export(
         counts = _param_counts(work, task, meta, train_cfg)
         try:
             data = card_data(task, meta, metrics, name, base_model=hub_id)
-            body = card_body(task, meta, metrics, train_cfg, counts, name, hub_id)
+            body = card_body(task, meta, metrics, train_cfg, counts, name, hub_id, dtype)
         except (TypeError, ValueError, KeyError, AttributeError) as exc:  # a value of the wrong kind
             raise UsageError(
                 f"{model_dir}: eval/metrics.json or training_config.json does not hold what `tunelab "

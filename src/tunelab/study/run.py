@@ -188,6 +188,7 @@ class Study:
         self.read: dict[str, dict] = {}  # stage id -> split -> what the stage read (file, sha256, examples)
         self._digests: dict[str, str] = {}  # file -> sha256, computed once per invocation
         self._model: dict | None = None  # the model's files, digested once per invocation
+        self.split_sizes: dict[tuple[str, str], int] = {}  # (stage, split) -> examples the split holds
         self.inputs = list(inputs)  # what the caller read (the config file), kept apart from the run folder
 
     def reads(self) -> list[tuple[str, str | None]]:
@@ -249,6 +250,7 @@ class Study:
         source = self._source(name, split)  # digested before the read, so the record is of these bytes
         dataset = self.c["tasks"][name].get("dataset")
         examples, data = self.cfg.tasks[name].load_split(split, self.c["data_dir"], dataset=dataset)
+        self.split_sizes[stage, split] = len(examples)
         examples = examples[:limit] if limit else examples
         self.read.setdefault(stage, {})[split] = {**source, "examples": len(examples)}
         return examples, data
@@ -535,6 +537,7 @@ class Study:
             ZeroShotOptions(**z),
             overwrite=True,  # run only when not done or to be redone: what is there is this run's
             shot_pool=pool,
+            data_examples=self.split_sizes[stage, "dev"],
         )
 
     def stage_finetune(self, name: str, seed: int | None = None, variant: str | None = None) -> None:
@@ -586,6 +589,7 @@ class Study:
             tracking_dir=self.run / "tracking",
             run_name=name + (f"-{run_name}" if run_name else ""),
             hparams=self.c,
+            data_examples=self.split_sizes[stage, "dev"],
         )
 
     def stage_params_finetuned(self, name: str) -> None:

@@ -1,12 +1,13 @@
-"""Zero-shot classification by label-word scoring: one forward pass per example gives every class's score (the
-log-sum-exp of the probabilities of that class's verbalizers' first tokens at the next-token position), then
+"""Zero-shot classification by label-word scoring: every class's score is the log-sum-exp of the probabilities
+of that class's verbalizers after the prompt, each word whole (all its tokens, as lm-evaluation-harness scores
+a continuation); one forward pass per example scores one-token words, and only longer words run further. Then
 calibration corrects the classes' prior bias.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -97,33 +98,123 @@ class Calibration:
             raise UsageError(f"unknown calibration {self.method!r}: expected batch, contextual or none")
 
 
+Verbalizers = Mapping[str, Sequence[str | int]] | Sequence[Sequence[str | int]]
+"""Each class's words (tokenized after each prompt) or token ids (one-token words), by label or in order."""
+
+
+def word_tokens(
+    tokenizer, texts: Sequence[str], enc: Sequence[list[int]], words: Sequence[str | int], special: bool
+) -> list[list[tuple[int, ...]]]:
+    """Each word's tokens after each prompt (`enc`: the prompts' tokens, `special`: their add_special_tokens),
+    found as lm-evaluation-harness finds a continuation's: the tokens of prompt+word after the prompt's own.
+    Where the prompt's tokens are not a prefix of those (a merge across the boundary), the word is encoded
+    alone. A token id stands for itself."""
+    strs = list(dict.fromkeys(w for w in words if isinstance(w, str)))
+    alone = {w: tuple(tokenizer.encode(w, add_special_tokens=False)) for w in strs}
+    if any(not ids for ids in alone.values()):
+        raise UsageError(f"verbalizers {[w for w in strs if not alone[w]]} have no tokens in this tokenizer")
+    joint = [t + w for t in texts for w in strs]
+    joint_enc = tokenizer(joint, add_special_tokens=special).input_ids if joint else []
+    out = []
+    for i, e in enumerate(enc):
+        found = {}
+        for j, w in enumerate(strs):
+            ids = joint_enc[i * len(strs) + j]
+            # the prompt's tokens not a prefix of prompt+word's (a merge across the boundary): the word alone
+            found[w] = tuple(ids[len(e) :]) if len(ids) > len(e) and ids[: len(e)] == e else alone[w]
+        out.append([(w,) if isinstance(w, int) else found[w] for w in words])
+    return out
+
+
+def _distinct(tokenizer, names: Sequence[str], flat: Sequence[tuple[int, str | int]], seqs) -> list[bool]:
+    """Which of the words (`flat`: (class, word); `seqs`: their tokens) to score: a word of the same tokens as
+    an earlier one of its class counts once; one of the same tokens as another class's is refused."""
+    seen: dict[tuple[int, ...], int] = {}  # tokens -> the first word (its index in flat) of those tokens
+    keep = []
+    for k, ((c, word), seq) in enumerate(zip(flat, seqs, strict=True)):
+        first = seen.setdefault(seq, k)
+        other, other_word = flat[first]
+        if other != c:
+            raise UsageError(
+                f"verbalizers of {names[other]!r} ({other_word!r}) and {names[c]!r} ({word!r}) start with "
+                f"the same token and are the same whole word, {tokenizer.convert_ids_to_tokens(list(seq))},"
+                " in this model's tokenizer: their scores would be tied; give the labels different words "
+                "(the task file's `verbalizers:`)"
+            )
+        keep.append(first == k)
+    return keep
+
+
+def _classes(verbalizers: Verbalizers) -> tuple[list[str], list[tuple[int, str | int]]]:
+    """Label names (class numbers where not given) and every (class, word)."""
+    if isinstance(verbalizers, Mapping):
+        names, words = [str(k) for k in verbalizers], list(verbalizers.values())
+    else:
+        names, words = [str(c) for c in range(len(verbalizers))], list(verbalizers)
+    return names, [(c, w) for c, ws in enumerate(words) for w in ws]
+
+
 def verbalizer_ids(tokenizer, prompt: ClassificationPrompt) -> list[list[int]]:
-    """First token of each verbalizer, per class. Classes must not share a first token."""
-    ids = []
-    seen: dict[int, tuple[str, str]] = {}  # first token -> (label, word)
-    for label, words in prompt.verbalizers.items():
-        firsts = {}
-        for word in words:
-            token = tokenizer.encode(word, add_special_tokens=False)[0]
-            if token in seen and seen[token][0] != label:
-                other, other_word = seen[token]
-                shown = tokenizer.convert_ids_to_tokens(token)
-                raise UsageError(
-                    f"verbalizers of {other!r} ({other_word!r}) and {label!r} ({word!r}) start with the same "
-                    f"token {shown!r} in this model's tokenizer: their scores would be tied; give the labels "
-                    "words that start differently (the task file's `verbalizers:`)"
-                )
-            firsts.setdefault(token, word)
-        seen.update({token: (label, word) for token, word in firsts.items()})
-        ids.append(sorted(firsts))
-    return ids
+    """Per class, the first token of each word as it follows the prompt (rendered around a stand-in text),
+    a bare "▁" or other whitespace-only piece skipped (a SentencePiece tokenizer may start a word with one):
+    the rows `head_init_from_verbalizers` starts from. Raises UsageError where two classes have a word of the
+    same tokens (their scores would tie)."""
+    text = prompt.render(tokenizer, "x", "x" if "{text_pair}" in prompt.text else None)
+    special = prompt.add_special_tokens
+    names, flat = _classes(prompt.verbalizers)
+    enc = tokenizer(text, add_special_tokens=special).input_ids
+    seqs = word_tokens(tokenizer, [text], [enc], [w for _, w in flat], special)[0]
+    ids: list[set[int]] = [set() for _ in names]
+    for (c, _), seq in zip(flat, seqs, strict=True):
+        ids[c].add(next((t for t in seq if tokenizer.decode([t]).strip()), seq[0]))
+    _distinct(tokenizer, names, flat, seqs)
+    return [sorted(s) for s in ids]
 
 
-def _fit(enc: list[list[int]], limit: int | None, cut: bool) -> list[list[int]]:
-    """Prompts of at most `limit` tokens: longer ones lose their beginning (`cut`: the label word is scored at
-    the end), with a warning; without `cut` (k-shot: the instruction and shots would go) they are refused."""
-    over = check_context([len(e) for e in enc], limit, not cut, "prompts", f"each keeps its last {limit}")
-    return [e[-limit:] for e in enc] if over else enc
+def _fit(enc: list[list[int]], extra: list[int], limit: int | None, cut: bool) -> list[list[int]]:
+    """Prompts that, with their longest word's tokens after the first (`extra`), take at most `limit` tokens:
+    longer ones lose their beginning (`cut`: the label word is scored at the end), with a warning; without
+    `cut` (k-shot: the instruction and shots would go) they are refused."""
+    lengths = [len(e) + x for e, x in zip(enc, extra, strict=True)]
+    over = check_context(lengths, limit, not cut, "prompts", f"each keeps its last {limit}")
+    return [e[-(limit - x) :] for e, x in zip(enc, extra, strict=True)] if over and limit else enc
+
+
+def _rest_logprobs(
+    model,
+    cache,
+    cache_key: str,
+    mask: torch.Tensor,
+    lengths: list[int],
+    rows: list[int],
+    seqs: list[tuple[int, ...]],
+    pad: int,
+) -> torch.Tensor:
+    """log P(each word's tokens after its first | its prompt and first token): the batch's prompts are not
+    run again, their key/value cache (`cache`, of the right-padded batch `mask`; `lengths`: each word's
+    prompt's tokens) is taken by row (`rows`) and the words' tokens are computed after it."""
+    device = next(model.parameters()).device
+    n = max(len(s) for s in seqs) - 1
+    ids = torch.full((len(seqs), n), pad, dtype=torch.long)
+    targets = torch.zeros((len(seqs), n), dtype=torch.long)
+    own = torch.zeros((len(seqs), n), dtype=torch.long)
+    for p, s in enumerate(seqs):
+        ids[p, : len(s) - 1] = torch.tensor(s[:-1])
+        targets[p, : len(s) - 1] = torch.tensor(s[1:])
+        own[p, : len(s) - 1] = 1
+    rows_t = torch.tensor(rows)
+    cache.reorder_cache(rows_t.to(device))  # in place: the batch's cache, one row per word
+    positions = torch.tensor(lengths)[:, None] + torch.arange(n)
+    inputs = {
+        "input_ids": ids.to(device),
+        "attention_mask": torch.cat([mask[rows_t], own], 1).to(device),  # the prompt's pads stay masked
+        "position_ids": positions.to(device),
+        cache_key: cache,
+        "use_cache": True,
+    }
+    logp = torch.log_softmax(model.lm_head(model.model(**inputs).last_hidden_state).float(), dim=-1)
+    picked = logp.gather(2, targets.to(device)[..., None])[..., 0]
+    return torch.where(own.to(device).bool(), picked, 0).double().sum(1)
 
 
 @torch.no_grad()
@@ -131,7 +222,7 @@ def label_logprobs(
     model,
     tokenizer,
     texts: list[str],
-    label_ids: list[list[int]],
+    verbalizers: Verbalizers,
     batch_size: int | str = 32,
     max_length: int | None = None,
     progress: bool = True,
@@ -139,27 +230,40 @@ def label_logprobs(
     add_special_tokens: bool = True,
     cut: bool = True,
 ) -> np.ndarray:
-    """Log-probabilities (over the whole vocabulary, log-sum-exp within a class) of each class's verbalizers
-    at the next-token position after each text: one forward pass per text, batched and sorted by length.
+    """Each class's log-probability after each text: the log-sum-exp over its words of log P(the word's
+    tokens | text), each word's tokens as they follow that text (`word_tokens`); a word of the same tokens as
+    another of its class counts once, as another class's is refused (UsageError). One forward pass per text,
+    batched and sorted by length, gives every word's first token at the next-token position; only words of
+    several tokens in context run further: their later tokens after the text's key/value cache, which is
+    reused, not recomputed (`_rest_logprobs`).
 
     reuse_prefix: the tokens every prompt starts with are run once, and their key/value cache serves every
     batch, which then computes only each prompt's own tokens (for SST-2's chat prompt, well over half the
     tokens are the shared prefix). The prefix is found on the token ids themselves, so every prompt's tokens
     are exactly those of the whole-prompt path, and so are its scores, up to float rounding.
     add_special_tokens: False for chat-rendered texts (`ChatPrompt.add_special_tokens`).
-    max_length: the most tokens a prompt may have (None: the model's context length); a longer prompt keeps
-    its end (`cut`, with a warning) or is refused (UsageError; k-shot prompts, whose shots would go)."""
+    max_length: the most tokens a prompt (and its longest word) may have (None: the model's context length);
+    a longer prompt keeps its end (`cut`, with a warning) or is refused (UsageError; k-shot prompts, whose
+    shots would go)."""
     device = next(model.parameters()).device
+    names, flat = _classes(verbalizers)
     enc = [tokenizer(t, add_special_tokens=add_special_tokens).input_ids for t in texts]
+    seqs = word_tokens(tokenizer, texts, enc, [w for _, w in flat], add_special_tokens)
+    shape = (len(texts), len(flat))
+    keep = np.array([_distinct(tokenizer, names, flat, s) for s in seqs], dtype=bool).reshape(shape)
+    # words scored beyond their first token, per text
+    longer = [[k for k, s in enumerate(row) if keep[i, k] and len(s) > 1] for i, row in enumerate(seqs)]
     limit = max_length or getattr(model.config, "max_position_embeddings", None)  # the model's context
-    enc = _fit(enc, limit, cut)
+    extra = [max((len(row[k]) - 1 for k in ks), default=0) for row, ks in zip(seqs, longer, strict=True)]
+    enc = _fit(enc, extra, limit, cut)
+    first = torch.tensor([[s[0] for s in row] for row in seqs], dtype=torch.long).reshape(shape)
+    word_lp = np.zeros(shape, dtype=np.float64)  # log P(word | text)
     order = sorted(range(len(enc)), key=lambda i: len(enc[i]), reverse=True)
-    out = np.zeros((len(texts), len(label_ids)), dtype=np.float64)
     pad = tokenizer.pad_token_id
+    cache_key = cache_argument(model.model)
     start = shared_prefix(enc) if reuse_prefix else 0
     prefix_cache = None
     if start >= MIN_PREFIX:
-        cache_key = cache_argument(model.model)
         prefix_cache = prefix_cache_of(model.model, torch.tensor([enc[order[0]][:start]], device=device), 1)
     else:
         start = 0
@@ -177,20 +281,31 @@ def label_logprobs(
             cache = rows_of(prefix_cache, len(idx))
             positions = torch.arange(start, start + width, device=device).expand(len(idx), -1)
             inputs.update({cache_key: cache, "position_ids": positions, "use_cache": True})
-        hidden = model.model(**inputs).last_hidden_state
+        pairs = [(row, i, k) for row, i in enumerate(idx) for k in longer[i]]
+        if pairs:
+            inputs["use_cache"] = True  # the words' further tokens are run after this cache
+        out = model.model(**inputs)
         # Only the last position goes through the LM head: a full-vocabulary projection of every token is
         # waste.
-        h = hidden[torch.arange(len(idx), device=device), last.to(device)]
+        h = out.last_hidden_state[torch.arange(len(idx), device=device), last.to(device)]
         logp = torch.log_softmax(model.lm_head(h).float(), dim=-1)
-        for c, cls_ids in enumerate(label_ids):
-            out[idx, c] = torch.logsumexp(logp[:, cls_ids], dim=-1).cpu().numpy()
+        word_lp[idx] = logp.gather(1, first[idx].to(device)).double().cpu().numpy()
+        if pairs:
+            cache = getattr(out, "cache", None) or out.past_key_values
+            rows, lengths = [r for r, _, _ in pairs], [len(enc[i]) for _, i, _ in pairs]
+            words = [seqs[i][k] for _, i, k in pairs]
+            rest = _rest_logprobs(model, cache, cache_key, mask, lengths, rows, words, pad)
+            for (_, i, k), lp in zip(pairs, rest.tolist(), strict=True):
+                word_lp[i, k] += lp
 
     # for batch_size auto, a prompt's whole length: the cached prefix is copied into every row
     lengths = [len(e) for e in enc]
     run_batches(
         order, batch_size, run, desc="zero-shot scoring", progress=progress, lengths=lengths, device=device
     )
-    return out
+    word_lp[~keep] = -np.inf
+    classes = np.array([c for c, _ in flat])
+    return np.stack([np.logaddexp.reduce(word_lp[:, classes == c], axis=1) for c in range(len(names))], 1)
 
 
 def calibrate(
@@ -236,7 +351,7 @@ def zero_shot(
     calibration then sees every text's scores). `content_free`: the rendered content-free prompts, for
     contextual calibration. `shots`: how many solved examples the prompts hold (an over-long k-shot prompt
     is refused rather than cut)."""
-    label_ids = verbalizer_ids(tokenizer, prompt)
+    verbalizer_ids(tokenizer, prompt)  # refuses tied words before any text is scored
     special = prompt.add_special_tokens
 
     def score(xs):
@@ -244,7 +359,7 @@ def zero_shot(
             model,
             tokenizer,
             xs,
-            label_ids,
+            prompt.verbalizers,
             batch_size,
             progress=progress,
             add_special_tokens=special,
@@ -258,7 +373,7 @@ def zero_shot(
             model,
             tokenizer,
             content_free or [],
-            label_ids,
+            prompt.verbalizers,
             batch_size,
             progress=False,
             add_special_tokens=special,

@@ -36,7 +36,8 @@ MIN_LEFT = 30  # seconds of the budget an experiment needs to start
 EXPERIMENTS: dict[str, tuple[str, str, list[str]]] = {
     "zs-free": ("zeroshot", "squad", ["--decoding", "free"]),
     "zs-extractive": ("zeroshot", "squad", ["--decoding", "extractive"]),
-    "zs-grounded": ("zeroshot", "squad", ["--decoding", "grounded"]),
+    "zs-grounded": ("zeroshot", "squad", ["--decoding", "grounded"]),  # (with squad's default focus: 2)
+    "zs-grounded-whole": ("zeroshot", "squad", ["--decoding", "grounded", "--focus", "0"]),
     "zs-3shot-free": ("zeroshot", "squad", ["--decoding", "free", "--shots", "3"]),
     "zs-3shot-grounded": ("zeroshot", "squad", ["--decoding", "grounded", "--shots", "3"]),
     "full-lr3e-5-2ep": (

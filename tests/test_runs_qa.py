@@ -307,6 +307,32 @@ def test_zeroshot_extractive_decoding_answers_only_with_passage_spans(base, tmp_
     assert SQUAD.zeroshot_options()["decoding"] == "grounded"
 
 
+def test_zero_shot_with_focus_prompts_with_the_focused_sentences_and_records_it(base, tmp_path, monkeypatch):
+    """The prompts hold only the focused sentence; predictions, metrics and the written files keep the
+    whole passage's question ids; metrics.json records `focus`."""
+    seen = []
+    from tunelab.tasks.extractive_qa import generation
+
+    real = generation.generate_answers
+
+    def spy(model, tokenizer, examples, *args, **kwargs):
+        seen.extend(ex.context for ex in examples)
+        return real(model, tokenizer, examples, *args, **kwargs)
+
+    monkeypatch.setattr("tunelab.tasks.extractive_qa.task.generate_answers", spy)
+    examples = fixture()
+    options = zeroshot_options(SQUAD, batch_size=4, max_new_tokens=3, focus=1)
+    m = runs.zeroshot(SQUAD, base, examples, "fixture", tmp_path / "zs", options)
+    assert m["focus"] == 1
+    assert seen[0] == "Alice lives in Paris and works as a baker."  # "Where does Alice live?"
+    assert seen[1] == "Bob lives in Rome and works as a pilot."  # "What is Bob's job?"
+    assert all(s in CONTEXTS[0] + CONTEXTS[1] + CONTEXTS[2] and s not in CONTEXTS for s in seen)
+    preds = json.loads((tmp_path / "zs" / "predictions.json").read_text())
+    assert set(preds) == {ex.id for ex in examples}
+    # grounded answers are spans of the focused sentence
+    assert all(preds[ex.id] in seen[i] for i, ex in enumerate(examples))
+
+
 @pytest.mark.parametrize("version_2", [False, True])
 def test_a_static_kv_cache_generates_the_same_answers(base, tmp_path, version_2):
     examples = fixture(version_2)

@@ -483,6 +483,16 @@ class ZeroShotOptions:
         choices=("dynamic", "static"),
         kinds=("extractive_qa",),
     )
+    focus: int = option(
+        0,
+        "show the model only the K sentences of the passage sharing the most words with the question, in "
+        "passage order (0: the whole passage); answers come from those sentences. SQuAD v1.1's default is 2: "
+        "chosen on training questions, +5.0 F1 on every 20th official dev question "
+        "(benchmarks/results/squad-zeroshot-focus-cpu.json)",
+        low=0,
+        high=64,
+        kinds=("extractive_qa",),
+    )
     shots: int = option(
         0,
         "K solved examples from the task's training split (drawn with shot_seed, never from the evaluated "

@@ -110,10 +110,11 @@ class TaskRun:
 
     @property
     def prompting_label(self) -> str:
-        """`prompting`, with the decoding of generated answers where there is one ("3-shot, free
-        decoding")."""
-        decoding = (self.zs or {}).get("decoding")
-        return f"{self.prompting}, {decoding} decoding" if decoding else self.prompting
+        """`prompting`, with the decoding of generated answers and the passage focus where there are ("3-shot,
+        free decoding, passage focused to 2 sentences")."""
+        decoding, focus = (self.zs or {}).get("decoding"), (self.zs or {}).get("focus")
+        label = f"{self.prompting}, {decoding} decoding" if decoding else self.prompting
+        return label + (f", passage focused to {focus} sentence{'s' * (focus > 1)}" if focus else "")
 
 
 def discover(run: Path, config: dict | None) -> list[str]:

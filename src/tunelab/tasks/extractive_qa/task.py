@@ -22,6 +22,7 @@ from tunelab.errors import DataError, UsageError
 from tunelab.metrics import bootstrap_ci, mode_name
 from tunelab.outputs import write_json, write_jsonl
 from tunelab.tasks.base import Definition, FineTuning, Task, one_line
+from tunelab.tasks.extractive_qa.focus import focus_passage
 from tunelab.tasks.extractive_qa.generation import (
     DEFAULT_TEMPLATE,
     TEMPLATES,
@@ -215,8 +216,11 @@ class ExtractiveQATask(Task):
         self, model, tokenizer, examples: list[SquadExample], options: Any, spread=None, shots: list = ()
     ) -> tuple[SpanAnswers, dict]:
         prompt = self.prompt(options.prompt)
+        focus = getattr(options, "focus", 0)
 
         def answer(exs):  # per example: (generation, answer, no-answer probability)
+            if focus:
+                exs = [replace(ex, context=focus_passage(ex.context, ex.question, focus)) for ex in exs]
             raw, answers, na = generate_answers(
                 model,
                 tokenizer,
@@ -245,6 +249,7 @@ class ExtractiveQATask(Task):
             "max_new_tokens": options.max_new_tokens,
             "decoding": options.decoding,
             "kv_cache": options.kv_cache,
+            "focus": focus,
         }
         return predictions, extra
 

@@ -9,6 +9,9 @@ its default prompt and decoding, grounded), on SmolLM2-135M-Instruct in tunelab'
 
     # ~12 min on 2 cores -> results/squad-zeroshot-focus-cpu.json
     python benchmarks/squad_zeroshot_focus.py --out benchmarks/results/squad-zeroshot-focus-cpu.json
+    # the whole official dev set (10,570) with focus 2 only, ~45 min on 2 cores
+    python benchmarks/squad_zeroshot_focus.py --whole-dev 2 \
+        --out benchmarks/results/squad-zeroshot-focus-dev-cpu.json
     # a trial: prints, writes nothing without --out
     python benchmarks/squad_zeroshot_focus.py --select 16 --dev-limit 16 --ks 0,2
 """
@@ -69,6 +72,9 @@ def main() -> int:
     ap.add_argument("--dev-limit", type=int, default=None, help="only the first N dev questions (a trial)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument(
+        "--whole-dev", type=int, default=None, metavar="K", help="only: every dev question with focus K"
+    )
     ap.add_argument("--out", default=None, help="result JSON (nothing is written without it)")
     args = ap.parse_args()
     ks = sorted({int(k) for k in args.ks.split(",")} | {0})
@@ -80,7 +86,8 @@ def main() -> int:
     dev, dev_file = task.load_split("dev", data_dir)
     every, offset = SELECT
     select = train[offset::every][: args.select]
-    dev = dev[::DEV_EVERY][: args.dev_limit]
+    dev_every = 1 if args.whole_dev is not None else DEV_EVERY
+    dev = dev[::dev_every][: args.dev_limit]
     tok = load_tokenizer(args.model, padding_side="left")
     model = load_causal_lm(args.model, dtype=eval_dtype(torch.device("cpu"))).eval()  # as tunelab zeroshot
 
@@ -92,7 +99,8 @@ def main() -> int:
         "batch_size": args.batch_size,
         "dtype": str(model.dtype).removeprefix("torch."),
         "selection_sample": f"{len(select)} questions of {train_file}: every {every}th from index {offset}",
-        "dev_sample": f"{len(dev)} questions of {dev_file}: every {DEV_EVERY}th",
+        "dev_sample": f"{len(dev)} questions of {dev_file}"
+        + (f": every {dev_every}th" if dev_every > 1 else " (every one)"),
         "selection": {},
         "machine": machine("cpu"),
         "git_commit": git_commit(),
@@ -106,6 +114,14 @@ def main() -> int:
         if args.out:
             Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
 
+    if args.whole_dev is not None:
+        out["case"] = f"zero-shot SQuAD v1.1, the whole dev file, focus {args.whole_dev}"
+        del out["selection_sample"], out["selection"]
+        f1, em, seconds = scores(task, model, tok, dev, args.whole_dev, args.batch_size)
+        out["dev"] = {str(args.whole_dev): summary(f1, em, seconds)}
+        out["complete"] = True
+        save()
+        return 0
     for k in ks:
         f1, em, seconds = scores(task, model, tok, select, k, args.batch_size)
         out["selection"][str(k)] = summary(f1, em, seconds)

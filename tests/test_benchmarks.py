@@ -414,6 +414,33 @@ def test_squad_decoding_bench_answers_each_way(tiny_model_dir, tmp_path):
     assert v2["grounded_extractive_answers"] == 0 and v2["answers_changed"] == {"grounded": 0}
 
 
+@pytest.mark.slow  # zero-shot answers of a few questions with the tiny model, four times: seconds
+@pytest.mark.skipif(not DATA, reason="TUNELAB_DATA_DIR is not set")
+def test_squad_focus_bench_chooses_on_train_and_checks_on_dev(tiny_model_dir, tmp_path):
+    """benchmarks/squad_zeroshot_focus.py: each K on the training sample, the chosen one beside K = 0 on
+    the dev sample (paired); `--whole-dev K`: every dev question with focus K only."""
+    env = dict(os.environ, TUNELAB_DATA_DIR=DATA, TOKENIZERS_PARALLELISM="false")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))
+    out = tmp_path / "focus.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "squad_zeroshot_focus.py"), "--model", tiny_model_dir]
+    base = [*cmd, "--dev-limit", "4", "--out", str(out)]
+    proc = subprocess.run([*base, "--select", "4", "--ks", "2"], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["complete"] and report["trial"] and set(report["selection"]) == {"0", "2"}
+    chosen = report["chosen"]
+    assert chosen in (0, 2) and set(report["dev"]) == {"0", str(chosen)}
+    assert report["selection"][str(chosen)]["f1"] == max(r["f1"] for r in report["selection"].values())
+    assert ("dev_chosen_minus_whole_f1" in report) == (chosen == 2)
+    assert report["dev_sample"].endswith("every 20th") and report["decoding"] == "grounded"
+
+    proc = subprocess.run([*base, "--whole-dev", "2"], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    whole = json.loads(out.read_text())
+    assert "selection" not in whole and set(whole["dev"]) == {"2"} and whole["dev_sample"].startswith("4 ")
+    assert whole["dev_sample"].endswith("(every one)") and 0 <= whole["dev"]["2"]["f1"] <= 100
+
+
 FAKE_HARNESS = """
 import json, pathlib, sys
 args = sys.argv[1:]

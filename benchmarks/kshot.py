@@ -208,8 +208,8 @@ def main() -> int:
         )
         for task, ks in (("sst2", args.sst2_shots), ("squad", args.squad_shots)):
             extra = ["--limit", str(limit)] if task == "sst2" and limit else []
-            if task == "squad":
-                extra = ["--data-file", str(sample)]
+            if task == "squad":  # the whole passage (focus 0), as the committed results were measured
+                extra = ["--data-file", str(sample), "--focus", "0"]
             base = None
             for k in (int(x) for x in ks.split(",") if x):  # an empty list skips the task
                 for seed in seeds if k else [0]:

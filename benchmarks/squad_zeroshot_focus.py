@@ -1,7 +1,7 @@
 """Zero-shot SQuAD v1.1 with the passage focused to its K sentences nearest the question (`focus: K`).
 
 Chosen on training questions, checked on dev: every K of `--ks` answers the selection sample (every 500th
-question of SQuAD v1.1 train (rebuilt) from the 8th: 175, the sample of zeroshot_prompts.py); the K with the
+question of SQuAD v1.1 train (rebuilt) from the 8th: 176, the sample of zeroshot_prompts.py); the K with the
 highest F1 (it must beat 0, the whole passage; ties keep the smaller K) then answers the dev sample (every
 20th question of the official dev set: 529, the sample of squad_zeroshot_decoding.py) beside K = 0, with the
 paired bootstrap of the F1 difference. Each run is `tunelab zeroshot`'s own path (the task's zero_shot with

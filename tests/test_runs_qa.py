@@ -333,6 +333,53 @@ def test_zero_shot_with_focus_prompts_with_the_focused_sentences_and_records_it(
     assert all(preds[ex.id] in seen[i] for i, ex in enumerate(examples))
 
 
+def test_k_shot_examples_are_focused_around_their_answers(base, monkeypatch):
+    """With focus, the solved examples read focused passages too, each holding the answer it is shown with."""
+    from tunelab.tasks.extractive_qa import generation
+
+    got = {}
+    real = generation.generate_answers
+
+    def spy(model, tokenizer, examples, *args, shots=(), **kwargs):
+        got["shots"] = list(shots)
+        return real(model, tokenizer, examples, *args, shots=shots, **kwargs)
+
+    monkeypatch.setattr("tunelab.tasks.extractive_qa.task.generate_answers", spy)
+    tok = load_tokenizer(base, padding_side="left")
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base)
+    # the question shares words with Alice's and Carol's sentences; its answer is in Bob's
+    at = CONTEXTS[0].index("pilot")
+    odd = SquadExample(
+        "odd", "t", CONTEXTS[0], "Not Alice, not Carol: who?", [{"text": "pilot", "answer_start": at}]
+    )
+    shots = [fixture()[4], odd]
+    options = zeroshot_options(SQUAD, batch_size=4, max_new_tokens=2, focus=1)
+    SQUAD.zero_shot(model, tok, fixture()[:2], options, shots=shots)
+    assert [s.context for s in got["shots"]] == [
+        "The red box holds seven apples.",
+        "Bob lives in Rome and works as a pilot.",
+    ]
+    assert all(s.answers[0]["text"] in s.context for s in got["shots"])
+
+
+def test_zeroshot_of_v2_questions_takes_squad_v2s_defaults(base, tmp_path):
+    """`--task squad` given a file with unanswerable questions is scored as squad_v2, with squad_v2's
+    defaults: the whole passage (focus, SQuAD v1.1's default 2, is unmeasured on unanswerable questions)."""
+    from helpers import squad_json
+
+    from tunelab.cli import main
+
+    data = squad_json(fixture(True), tmp_path / "v2.json")
+    args = ["zeroshot", base, "--task", "squad", "--data-file", str(data), "--max-new-tokens", "3"]
+    assert main([*args, "--out", str(tmp_path / "zs")]) == 0
+    m = read_json(tmp_path / "zs" / "metrics.json")
+    assert m["task"] == "squad_v2" and m["focus"] == 0
+    assert main([*args, "--focus", "1", "--out", str(tmp_path / "zs1")]) == 0  # given: kept
+    assert read_json(tmp_path / "zs1" / "metrics.json")["focus"] == 1
+
+
 @pytest.mark.parametrize("version_2", [False, True])
 def test_a_static_kv_cache_generates_the_same_answers(base, tmp_path, version_2):
     examples = fixture(version_2)

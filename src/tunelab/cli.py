@@ -451,11 +451,14 @@ def cmd_zeroshot(args) -> int:
     from tunelab.options import ZeroShotOptions
 
     task = _task(args)
-    options = ZeroShotOptions(**{**task.zeroshot_options(), **_options(args, ZEROSHOT_OPTIONS, task)})
+    flags = _options(args, ZEROSHOT_OPTIONS, task)
     report_to = _trackers(args)
     examples, data = task.load_split(args.split, args.data_dir, args.data_file, args.dataset)
     split_size = len(examples)
-    examples = examples[: options.limit] if options.limit else examples
+    limit = {**task.zeroshot_options(), **flags}.get("limit")
+    examples = examples[:limit] if limit else examples
+    # the defaults of the task as it scores these examples (squad given v2.0 questions: squad_v2's)
+    options = ZeroShotOptions(**{**task.for_data(examples).zeroshot_options(), **flags})
     pool = None
     if options.shots:  # k-shot examples: solved training examples
         pool = task.training_examples(*task.load_split("train", args.data_dir, args.train_file, args.dataset))

@@ -560,6 +560,22 @@ def test_run_folder_from_before_seeds_and_trackers_continues(tiny_model_dir, dat
         study_run.Study(study_config.resolve_config(config=cfg, sets=["seeds=[1,2]"]), run).prepare()
 
 
+def test_run_folder_from_before_focus_continues_at_the_whole_passage(tiny_model_dir, data_dir, tmp_path):
+    """A run folder written before zero-shot QA's `focus` answered from the whole passage: it is read as
+    focus 0, so it continues with `--set squad.zeroshot.focus=0` and is refused (naming focus) at the new
+    default 2, whose zero-shot answers would differ."""
+    cfg = _config(tmp_path, tiny_model_dir, data_dir)
+    run = tmp_path / "run"
+    run.mkdir()
+    old = study_config.resolve_config(config=cfg).data
+    assert old["tasks"]["squad"]["zeroshot"]["focus"] == 2
+    del old["tasks"]["squad"]["zeroshot"]["focus"]
+    (run / "config.yaml").write_text(yaml.safe_dump(old))
+    study_run.Study(study_config.resolve_config(config=cfg, sets=["squad.zeroshot.focus=0"]), run).prepare()
+    with pytest.raises(UsageError, match="another configuration.*tasks.squad.zeroshot.focus"):
+        study_run.Study(study_config.resolve_config(config=cfg), run).prepare()
+
+
 def test_the_runs_own_config_yaml_is_accepted_back_as_config(tiny_model_dir, data_dir, tmp_path):
     """config.yaml writes report_to as [] (no trackers); given back as --config it must be read as such."""
     cfg = _config(tmp_path, tiny_model_dir, data_dir)

@@ -39,3 +39,17 @@ def test_focus_keeps_the_sentences_sharing_most_question_words_in_passage_order(
 @pytest.mark.parametrize("k", [0, 5, 9])
 def test_no_focus_or_no_fewer_sentences_is_the_passage_itself(k):
     assert focus_passage(PASSAGE, "When did the rain stop?", k) == PASSAGE
+
+
+def test_a_kept_span_keeps_its_sentences_first():
+    """k-shot examples keep the sentences of their answer, then the nearest others up to K; a span across
+    two sentences keeps both, even beyond K."""
+    at = PASSAGE.index("1999")
+    question = "When did the rain in Paris stop? It stopped"
+    assert focus_passage(PASSAGE, question, 2, (at, at + 4)) == (
+        "In 1999 (a dry year) the river fell! The rain in Paris stopped in May."
+    )
+    across = (PASSAGE.index("river fell"), PASSAGE.index("Smith") + 5)
+    assert focus_passage(PASSAGE, question, 1, across) == (
+        "In 1999 (a dry year) the river fell! Mr. Smith left the U.S. Army in 1990."
+    )

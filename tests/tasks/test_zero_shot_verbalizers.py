@@ -192,3 +192,16 @@ def test_a_sentencepiece_word_is_scored_by_its_own_token_not_a_bare_space():
     head_init_from_verbalizers(tok, prompt)(head)
     emb = head.get_input_embeddings().weight
     assert torch.equal(head.score.weight, emb[[ids[0][0], ids[1][0]]])
+
+
+def test_a_prompts_trailing_spaces_start_its_words(tiny_model_dir):
+    """As lm-evaluation-harness does: a prompt ending in "Sentiment: " scores "positive" as " positive" after
+    "Sentiment:" (a split the tokenizer makes), not "positive" after a bare space token."""
+    tok, model = load_tokenizer(tiny_model_dir), load_causal_lm(tiny_model_dir).eval()
+    texts = [PLAIN.format(sentence=ex.text) for ex in sst2_examples(3)]
+    bare = {"negative": ["negative"], "positive": ["positive"]}
+    spaced = {"negative": [" negative"], "positive": [" positive"]}
+    with_space = label_logprobs(model, tok, [t + " " for t in texts], bare, 2, progress=False)
+    without = label_logprobs(model, tok, texts, spaced, 2, progress=False)
+    np.testing.assert_allclose(with_space, without, atol=1e-6)
+    assert pieces(tok, "Sentiment: positive")[-1] == pieces(tok, " positive")[-1]  # (one token, "Ġpositive")

@@ -633,6 +633,13 @@ class Study:
             for name, entry in (before.get("tasks") or {}).items():
                 if isinstance(entry, dict):  # and no variants
                     entry.setdefault("variants", {})
+                    task = self.cfg.tasks.get(name)
+                    if (
+                        task is not None
+                        and task.kind == "extractive_qa"
+                        and isinstance(entry.get("zeroshot"), dict)
+                    ):
+                        entry["zeroshot"].setdefault("focus", 0)  # before `focus`: the whole passage
                     bases = [Path(s).parent for s in self.cfg.sources if Path(s).is_file()]
                     _absolute_task_file(entry, self.c["tasks"].get(name), bases)
             diff = _diff(before, self.c)
@@ -812,6 +819,7 @@ def run_study(cfg: StudyConfig, out: Path, *, inputs: Inputs = (), redo: tuple[s
     check_data(cfg)
     check_available(cfg.data.get("report_to") or [])  # before any work
     study = Study(cfg, out, inputs=inputs, redo=redo)
+    study.check_redo(study.stages())  # a typo, before the (slower) checks below
     study.check_task_models()
     study.ran = study.execute()
     return study

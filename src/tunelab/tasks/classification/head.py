@@ -36,8 +36,9 @@ def encode(tokenizer, texts: list[str], max_length: int, add_special_tokens: boo
 def head_init_from_verbalizers(tokenizer, prompt: ClassificationPrompt) -> Callable[[torch.nn.Module], None]:
     """Initialise the classification head from the LM head rows of the label words (each word's first token
     after the prompt, a bare "▁" skipped: `verbalizer_ids`), so fine-tuning starts from the zero-shot
-    classifier (exactly, where each word is one token) instead of a random one (the head has the same shape:
-    hidden x labels)."""
+    classifier instead of a random one (the head has the same shape: hidden x labels). An approximation of
+    it: a label's row is the mean of its words' rows (the scorer takes the log-sum-exp of their
+    probabilities), and two labels whose words start with the same token start from the same row."""
 
     def init(model):
         if not getattr(model.config, "tie_word_embeddings", False):

@@ -102,18 +102,38 @@ Verbalizers = Mapping[str, Sequence[str | int]] | Sequence[Sequence[str | int]]
 """Each class's words (tokenized after each prompt) or token ids (one-token words), by label or in order."""
 
 
+def trailing_spaces(texts: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Each prompt without its trailing spaces, and those spaces: they are scored as the start of the words
+    that follow (lm-evaluation-harness's rule), so a prompt ending in "Sentiment: " and the word "positive"
+    score " positive" after "Sentiment:", a split the model has seen, not "positive" after a bare space."""
+    contexts = [t.rstrip(" ") for t in texts]
+    return contexts, [t[len(c) :] for t, c in zip(texts, contexts, strict=True)]
+
+
 def word_tokens(
-    tokenizer, texts: Sequence[str], enc: Sequence[list[int]], words: Sequence[str | int], special: bool
+    tokenizer,
+    texts: Sequence[str],
+    enc: Sequence[list[int]],
+    words: Sequence[str | int],
+    special: bool,
+    leads: Sequence[str] | None = None,
 ) -> list[list[tuple[int, ...]]]:
-    """Each word's tokens after each prompt (`enc`: the prompts' tokens, `special`: their add_special_tokens),
-    found as lm-evaluation-harness finds a continuation's: the tokens of prompt+word after the prompt's own.
-    Where the prompt's tokens are not a prefix of those (a merge across the boundary), the word is encoded
-    alone. A token id stands for itself."""
+    """Each word's tokens after each prompt (`enc`: the prompts' tokens, `special`: their add_special_tokens;
+    `leads`: each prompt's trailing spaces, taken off it, written before its words), found as
+    lm-evaluation-harness finds a continuation's: the tokens of prompt+word after the prompt's own. Where
+    the prompt's tokens are not a prefix of those (a merge across the boundary), the word is encoded alone.
+    A token id stands for itself."""
     strs = list(dict.fromkeys(w for w in words if isinstance(w, str)))
-    alone = {w: tuple(tokenizer.encode(w, add_special_tokens=False)) for w in strs}
-    if any(not ids for ids in alone.values()):
-        raise UsageError(f"verbalizers {[w for w in strs if not alone[w]]} have no tokens in this tokenizer")
-    joint = [t + w for t in texts for w in strs]
+    leads = leads or [""] * len(texts)
+    alone = {
+        lead + w: tuple(tokenizer.encode(lead + w, add_special_tokens=False))
+        for lead in set(leads)
+        for w in strs
+    }
+    empty = [w for w, ids in alone.items() if not ids]
+    if empty:
+        raise UsageError(f"verbalizers {empty} have no tokens in this tokenizer")
+    joint = [t + lead + w for t, lead in zip(texts, leads, strict=True) for w in strs]
     joint_enc = tokenizer(joint, add_special_tokens=special).input_ids if joint else []
     out = []
     for i, e in enumerate(enc):
@@ -121,7 +141,8 @@ def word_tokens(
         for j, w in enumerate(strs):
             ids = joint_enc[i * len(strs) + j]
             # the prompt's tokens not a prefix of prompt+word's (a merge across the boundary): the word alone
-            found[w] = tuple(ids[len(e) :]) if len(ids) > len(e) and ids[: len(e)] == e else alone[w]
+            prefix = len(ids) > len(e) and ids[: len(e)] == e
+            found[w] = tuple(ids[len(e) :]) if prefix else alone[leads[i] + w]
         out.append([(w,) if isinstance(w, int) else found[w] for w in words])
     return out
 
@@ -162,8 +183,9 @@ def verbalizer_ids(tokenizer, prompt: ClassificationPrompt) -> list[list[int]]:
     text = prompt.render(tokenizer, "x", "x" if "{text_pair}" in prompt.text else None)
     special = prompt.add_special_tokens
     names, flat = _classes(prompt.verbalizers)
-    enc = tokenizer(text, add_special_tokens=special).input_ids
-    seqs = word_tokens(tokenizer, [text], [enc], [w for _, w in flat], special)[0]
+    (context,), leads = trailing_spaces([text])
+    enc = tokenizer(context, add_special_tokens=special).input_ids
+    seqs = word_tokens(tokenizer, [context], [enc], [w for _, w in flat], special, leads)[0]
     ids: list[set[int]] = [set() for _ in names]
     for (c, _), seq in zip(flat, seqs, strict=True):
         ids[c].add(next((t for t in seq if tokenizer.decode([t]).strip()), seq[0]))
@@ -176,7 +198,10 @@ def _fit(enc: list[list[int]], extra: list[int], limit: int | None, cut: bool) -
     longer ones lose their beginning (`cut`: the label word is scored at the end), with a warning; without
     `cut` (k-shot: the instruction and shots would go) they are refused."""
     lengths = [len(e) + x for e, x in zip(enc, extra, strict=True)]
-    over = check_context(lengths, limit, not cut, "prompts", f"each keeps its last {limit}")
+    then = f"each keeps its last {limit} tokens" + (
+        ", less its label word's further tokens" if any(extra) else ""
+    )
+    over = check_context(lengths, limit, not cut, "prompts", then)
     return [e[-(limit - x) :] for e, x in zip(enc, extra, strict=True)] if over and limit else enc
 
 
@@ -247,8 +272,9 @@ def label_logprobs(
     shots would go)."""
     device = next(model.parameters()).device
     names, flat = _classes(verbalizers)
+    texts, leads = trailing_spaces(texts)
     enc = [tokenizer(t, add_special_tokens=add_special_tokens).input_ids for t in texts]
-    seqs = word_tokens(tokenizer, texts, enc, [w for _, w in flat], add_special_tokens)
+    seqs = word_tokens(tokenizer, texts, enc, [w for _, w in flat], add_special_tokens, leads)
     shape = (len(texts), len(flat))
     keep = np.array([_distinct(tokenizer, names, flat, s) for s in seqs], dtype=bool).reshape(shape)
     # words scored beyond their first token, per text

@@ -40,14 +40,17 @@ def content_words(text: str) -> set[str]:
     return {w for w in _WORD.findall(text.lower()) if w not in ENGLISH_STOP_WORDS}
 
 
-def focus_passage(passage: str, question: str, sentences: int) -> str:
+def focus_passage(passage: str, question: str, sentences: int, keep: tuple[int, int] | None = None) -> str:
     """The `sentences` sentences of `passage` sharing the most distinct content words with `question`, in
-    passage order, joined by one space (ties: the earlier sentence); the passage itself when it has no more
-    sentences than that (or `sentences` is 0)."""
+    passage order, joined by one space (ties: the earlier sentence; an answer may then run across a join,
+    which is no text of the passage); the passage itself when it has no more sentences than that (or
+    `sentences` is 0). `keep`: a character span (a k-shot example's answer) whose sentences are kept first."""
     spans = sentence_spans(passage)
     if sentences <= 0 or len(spans) <= sentences:
         return passage
     words = content_words(question)
     overlap = [len(words & content_words(passage[a:b])) for a, b in spans]
-    keep = sorted(sorted(range(len(spans)), key=lambda i: -overlap[i])[:sentences])
-    return " ".join(passage[spans[i][0] : spans[i][1]] for i in keep)
+    first = [i for i, (a, b) in enumerate(spans) if keep and a < keep[1] and keep[0] < b]
+    rest = sorted((i for i in range(len(spans)) if i not in first), key=lambda i: -overlap[i])
+    chosen = sorted(first + rest[: max(0, sentences - len(first))])
+    return " ".join(passage[spans[i][0] : spans[i][1]] for i in chosen)

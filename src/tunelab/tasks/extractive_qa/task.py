@@ -217,6 +217,11 @@ class ExtractiveQATask(Task):
     ) -> tuple[SpanAnswers, dict]:
         prompt = self.prompt(options.prompt)
         focus = getattr(options, "focus", 0)
+        if focus:  # solved examples read as the questions do, each keeping its answer's sentences
+            shots = [
+                replace(s, context=focus_passage(s.context, s.question, focus, _answer_span(s)))
+                for s in shots
+            ]
 
         def answer(exs):  # per example: (generation, answer, no-answer probability)
             if focus:
@@ -504,6 +509,14 @@ class ExtractiveQATask(Task):
         p = "" if row.get("probability") is None else f"{row['probability']:.4f}"
         s = "" if row.get("score") is None else f"{row['score']:.2f}"
         return "\t".join([one_line(answer), p, s, one_line(row["question"])])
+
+
+def _answer_span(ex: SquadExample) -> tuple[int, int] | None:
+    """The characters of the first gold answer (the one a k-shot example is shown with), if any."""
+    if not ex.answers:
+        return None
+    start = ex.answers[0]["answer_start"]
+    return start, start + len(ex.answers[0]["text"])
 
 
 def _read_qa_jsonl(path: str) -> list[dict]:

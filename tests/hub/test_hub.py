@@ -158,6 +158,8 @@ def test_card_front_matter_round_trips_with_measured_metrics(finetuned, exported
     assert f"{100 * metrics['accuracy']:.2f}" in body
     assert "learning_rate" in body  # the training options table
     assert "article-level" not in body  # not a SQuAD model
+    lo, hi = metrics["accuracy_ci95"]  # exact (Clopper-Pearson), no longer a bootstrap
+    assert f"| Accuracy 95% CI | {100 * lo:.1f} – {100 * hi:.1f} |" in body and "(bootstrap)" not in body
 
 
 def _export_evaluated_on(finetuned, tmp_path, name: str, data: Path):
@@ -708,3 +710,15 @@ def test_cli_export_prints_what_it_wrote(finetuned, tmp_path, capsys):
     with pytest.raises(UsageError, match="already exists"):
         cli(["export", str(finetuned["lora"]), "--out", str(out)])
     assert os.path.isdir(out)
+
+
+def test_card_shows_no_f1_interval_from_one_question():
+    """A bootstrap of one question's F1 is a point ([50.0, 50.0]): the card shows no interval for it."""
+    from tunelab.hub.card import _extractive_qa_rows
+    from tunelab.tasks import get_task
+
+    task = get_task("squad")
+    assert _extractive_qa_rows(task, {"f1_ci95": [50.0, 50.0], "n": 1}) == []
+    assert _extractive_qa_rows(task, {"f1_ci95": [40.0, 60.0], "n": 9}) == [
+        ("F1 95% CI (bootstrap)", "40.0 – 60.0")
+    ]

@@ -291,7 +291,8 @@ def _classification_rows(task, metrics: dict) -> list[tuple[str, str]]:
                 rows.append((label, f"{100 * metrics[key]:.2f}"))
     if "accuracy_ci95" in metrics:
         lo, hi = metrics["accuracy_ci95"]
-        rows.append(("Accuracy 95% CI (bootstrap)", f"{100 * lo:.1f} – {100 * hi:.1f}"))
+        # (exact Clopper-Pearson since 2026-12-05, a bootstrap before: the metrics do not say which)
+        rows.append(("Accuracy 95% CI", f"{100 * lo:.1f} – {100 * hi:.1f}"))
     if len(task.labels) > 2:
         rows += [
             (f"F1, class {label}", f"{100 * c['f1']:.2f}")
@@ -306,7 +307,7 @@ def _extractive_qa_rows(task, metrics: dict) -> list[tuple[str, str]]:
         for key, label in (("HasAns_f1", "F1 on answerable"), ("NoAns_f1", "F1 on unanswerable"))
         if key in metrics
     ]
-    if "f1_ci95" in metrics:
+    if "f1_ci95" in metrics and metrics.get("n", 2) > 1:  # a bootstrap of one question has no spread
         lo, hi = metrics["f1_ci95"]
         rows.append(("F1 95% CI (bootstrap)", f"{lo:.1f} – {hi:.1f}"))
     return rows

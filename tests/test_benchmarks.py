@@ -536,3 +536,16 @@ def test_squad_experiments_stop_an_experiment_at_the_budget(tmp_path, monkeypatc
     summary = json.loads((tmp_path / "summary.json").read_text())["experiments"]
     assert summary["zs-free"]["status"].startswith("timeout: stopped at the budget")
     assert summary["zs-grounded"] == {"status": "skipped: budget"}
+
+
+@pytest.mark.parametrize("name", ["zeroshot_prompts.yaml", "zeroshot_verbalizers.yaml"])
+def test_committed_prompt_candidates_are_valid(name, monkeypatch):
+    """Every candidate file the prompt search reads holds valid prompts of each task it names, with the
+    task's own default as `default` (a stale one would make a rerun stop at its start)."""
+    import yaml
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from zeroshot_prompts import check_candidates
+
+    candidates = yaml.safe_load((ROOT / "benchmarks" / name).read_text())
+    assert check_candidates(candidates, list(candidates)) is None

@@ -440,6 +440,19 @@ def test_squad_focus_bench_chooses_on_train_and_checks_on_dev(tiny_model_dir, tm
     assert "selection" not in whole and set(whole["dev"]) == {"2"} and whole["dev_sample"].startswith("4 ")
     assert whole["dev_sample"].endswith("(every one)") and 0 <= whole["dev"]["2"]["f1"] <= 100
 
+    # SQuAD v2.0: its own files and samples, scored as v2.0
+    proc = subprocess.run(
+        [*base, "--task", "squad_v2", "--select", "3", "--ks", "2"], env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    v2 = json.loads(out.read_text())
+    assert (
+        v2["task"] == "squad_v2"
+        and v2["complete"]
+        and "v2.0-train.json: every 50th" in v2["selection_sample"]
+    )
+    assert v2["dev_sample"].endswith("v2.0-dev.json: every 10th")
+
 
 FAKE_HARNESS = """
 import json, pathlib, sys

@@ -14,7 +14,7 @@ dev question, the sample of squad_zeroshot_decoding.py --version 2.0), scored as
     # the whole official dev set (10,570) with focus 2 only, ~30 min on 2 cores
     python benchmarks/squad_zeroshot_focus.py --whole-dev 2 \
         --out benchmarks/results/squad-zeroshot-focus-dev-cpu.json
-    # SQuAD v2.0 (its article-level splits): 185 training and 265 dev questions, ~6 min
+    # SQuAD v2.0 (its article-level splits): 185 training and 265 dev questions, ~4 min
     python benchmarks/squad_zeroshot_focus.py --task squad_v2 \
         --out benchmarks/results/squad-v2-zeroshot-focus-cpu.json
     # a trial: prints, writes nothing without --out

@@ -576,6 +576,24 @@ def test_run_folder_from_before_focus_continues_at_the_whole_passage(tiny_model_
         study_run.Study(study_config.resolve_config(config=cfg), run).prepare()
 
 
+def test_squad_given_v2_questions_zero_shot_takes_squad_v2s_focus(tiny_model_dir, data_dir, tmp_path):
+    """A study's squad task reading a dev file with unanswerable questions is scored as squad_v2, and its
+    zero-shot then uses squad_v2's default focus (the whole passage), as `tunelab zeroshot` does."""
+    dev = data_dir / "squad" / "v1.1-dev.json"
+    doc = json.loads(dev.read_text())
+    doc["data"][0]["paragraphs"][0]["qas"].append(
+        {"id": "none", "question": "Who lost ?", "answers": [], "is_impossible": True}
+    )
+    dev.write_text(json.dumps(doc))
+    cfg = _config(tmp_path, tiny_model_dir, data_dir)
+    run = tmp_path / "run"
+    args = ["study", "--config", cfg, "--out", str(run), "--set", "sst2.enabled=false"]
+    assert main(args) == 0
+    m = json.loads((run / "squad" / "zeroshot" / "metrics.json").read_text())
+    assert m["task"] == "squad_v2" and m["focus"] == 0
+    assert yaml.safe_load((run / "config.yaml").read_text())["tasks"]["squad"]["zeroshot"]["focus"] == 2
+
+
 def test_the_runs_own_config_yaml_is_accepted_back_as_config(tiny_model_dir, data_dir, tmp_path):
     """config.yaml writes report_to as [] (no trackers); given back as --config it must be read as such."""
     cfg = _config(tmp_path, tiny_model_dir, data_dir)

@@ -205,3 +205,31 @@ def test_a_prompts_trailing_spaces_start_its_words(tiny_model_dir):
     without = label_logprobs(model, tok, texts, spaced, 2, progress=False)
     np.testing.assert_allclose(with_space, without, atol=1e-6)
     assert pieces(tok, "Sentiment: positive")[-1] == pieces(tok, " positive")[-1]  # (one token, "Ġpositive")
+
+
+def test_the_head_of_a_prompt_ending_in_a_space_starts_from_the_word_that_follows_it(tiny_model_dir):
+    """Fine-tuning reads the prompt's last token, the space itself: its head starts from the rows of the
+    words as they follow that space ("positive"), not as zero-shot scores them after the moved space."""
+    from transformers import LlamaForSequenceClassification
+
+    tok = load_tokenizer(tiny_model_dir)
+    words = {"negative": ["negative"], "positive": ["positive"]}
+    prompt = SST2.prompt({"text": PLAIN + " ", "verbalizers": words})
+    alone = [[tok.encode(w, add_special_tokens=False)[0]] for w in ("negative", "positive")]
+    assert verbalizer_ids(tok, prompt, move_spaces=False) == alone
+    assert verbalizer_ids(tok, prompt) != alone  # zero-shot: " negative", " positive"
+    head = LlamaForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=2)
+    head_init_from_verbalizers(tok, prompt)(head)
+    emb = head.get_input_embeddings().weight
+    assert torch.equal(head.score.weight, emb[[alone[0][0], alone[1][0]]])
+
+
+def test_token_id_words_keep_the_prompts_trailing_space(tiny_model_dir):
+    """Words given as token ids are scored after the prompt as written (its trailing space included)."""
+    tok, model = load_tokenizer(tiny_model_dir), load_causal_lm(tiny_model_dir).eval()
+    text = PLAIN.format(sentence=sst2_examples(1)[0].text) + " "
+    ids = [[tok.encode(w, add_special_tokens=False)[0]] for w in ("negative", "positive")]
+    got = label_logprobs(model, tok, [text], ids, 1, progress=False)
+    with torch.no_grad():
+        logp = torch.log_softmax(model(**tok(text, return_tensors="pt")).logits[0, -1].double(), -1)
+    np.testing.assert_allclose(got[0], [logp[i[0]].item() for i in ids], atol=1e-5)

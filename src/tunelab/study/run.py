@@ -528,8 +528,13 @@ class Study:
             if z.get("shots")
             else None
         )
+        task = self.cfg.tasks[name]
+        scored = task.for_data(examples)  # squad given v2.0 questions: squad_v2
+        if scored.name != task.name and z.get("focus") == task.zeroshot_options().get("focus"):
+            # the config holds squad's default focus: take squad_v2's, as `tunelab zeroshot` does
+            z = {**z, "focus": scored.zeroshot_options().get("focus", 0)}
         runs.zeroshot(
-            self.cfg.tasks[name],
+            task,
             self.c["model"],
             examples,
             data,

@@ -44,7 +44,7 @@ def head_init_from_verbalizers(tokenizer, prompt: ClassificationPrompt) -> Calla
         if not getattr(model.config, "tie_word_embeddings", False):
             return  # the task model has no LM head to copy from; keep the default initialisation
         emb = model.get_input_embeddings().weight
-        ids = verbalizer_ids(tokenizer, prompt)
+        ids = verbalizer_ids(tokenizer, prompt, move_spaces=False)  # the head reads the prompt's last token
         with torch.no_grad():
             rows = torch.stack([emb[cls_ids].mean(0) for cls_ids in ids])
             model.score.weight.copy_(rows.to(model.score.weight.dtype))

@@ -175,15 +175,16 @@ def _classes(verbalizers: Verbalizers) -> tuple[list[str], list[tuple[int, str |
     return names, [(c, w) for c, ws in enumerate(words) for w in ws]
 
 
-def verbalizer_ids(tokenizer, prompt: ClassificationPrompt) -> list[list[int]]:
+def verbalizer_ids(tokenizer, prompt: ClassificationPrompt, move_spaces: bool = True) -> list[list[int]]:
     """Per class, the first token of each word as it follows the prompt (rendered around a stand-in text),
     a bare "▁" or other whitespace-only piece skipped (a SentencePiece tokenizer may start a word with one):
-    the rows `head_init_from_verbalizers` starts from. Raises UsageError where two classes have a word of the
-    same tokens (their scores would tie)."""
+    the rows `head_init_from_verbalizers` starts from. `move_spaces`: the prompt's trailing spaces start
+    the words, as zero-shot scores them (the fine-tuned head reads the whole prompt: False). Raises
+    UsageError where two classes have a word of the same tokens (their scores would tie)."""
     text = prompt.render(tokenizer, "x", "x" if "{text_pair}" in prompt.text else None)
     special = prompt.add_special_tokens
     names, flat = _classes(prompt.verbalizers)
-    (context,), leads = trailing_spaces([text])
+    (context,), leads = trailing_spaces([text]) if move_spaces else ([text], None)
     enc = tokenizer(context, add_special_tokens=special).input_ids
     seqs = word_tokens(tokenizer, [context], [enc], [w for _, w in flat], special, leads)[0]
     ids: list[set[int]] = [set() for _ in names]
@@ -272,7 +273,9 @@ def label_logprobs(
     shots would go)."""
     device = next(model.parameters()).device
     names, flat = _classes(verbalizers)
-    texts, leads = trailing_spaces(texts)
+    leads = None  # (token ids given as words: the prompts are scored as they are)
+    if all(isinstance(w, str) for _, w in flat):
+        texts, leads = trailing_spaces(texts)
     enc = [tokenizer(t, add_special_tokens=add_special_tokens).input_ids for t in texts]
     seqs = word_tokens(tokenizer, texts, enc, [w for _, w in flat], add_special_tokens, leads)
     shape = (len(texts), len(flat))

@@ -17,7 +17,18 @@ from pathlib import Path
 
 from machine_info import git_commit, machine
 
-SCORES = ("accuracy", "macro_f1", "exact_match", "f1", "n", "dtype", "decoding", "method", "train_examples")
+SCORES = (
+    "accuracy",
+    "macro_f1",
+    "exact_match",
+    "f1",
+    "n",
+    "dtype",
+    "decoding",
+    "focus",
+    "method",
+    "train_examples",
+)
 
 
 def main() -> int:

@@ -288,7 +288,9 @@ def test_zeroshot_extractive_decoding_answers_only_with_passage_spans(base, tmp_
     examples = fixture(version_2)
     outs = {}
     for decoding in ("free", "extractive", "grounded"):
-        options = zeroshot_options(SQUAD, batch_size=5, max_new_tokens=6, decoding=decoding)
+        options = zeroshot_options(
+            SQUAD, batch_size=5, max_new_tokens=6, decoding=decoding, question_words="keep"
+        )
         m = runs.zeroshot(SQUAD, base, examples, "fixture", tmp_path / decoding, options)
         assert m["decoding"] == decoding
         outs[decoding] = read_json(tmp_path / decoding / "nbest_predictions.json")

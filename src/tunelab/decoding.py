@@ -22,7 +22,13 @@ spell:
   only write EOS afterwards (so `generate` ends it even where its stop criteria would not notice a stop token
   such as `".`). Tokens that hold a stop string further in (`."`) are never allowed;
 * optionally **extra answers**, allowed as whole answers from the first token whatever the passage (the
-  no-answer word of SQuAD v2.0).
+  no-answer word of SQuAD v2.0);
+* optionally **whole words**: an answer starts where a word of the passage starts (or at the space before
+  it) and stops only where a word ends;
+* optionally **words to avoid** (the question's, when its first answer only repeated them; see
+  `tunelab.tasks.extractive_qa.question_words`): an answer may not start at one of them, nor at a run of
+  stop words leading into one, and may stop only once it holds a word that is neither one of them nor a stop
+  word.
 
 Answers are whole UTF-8 characters: an answer never starts on a continuation byte of the passage, and a stop
 is allowed only where the answer so far ends a character (byte-level BPE splits a CJK character across
@@ -54,11 +60,13 @@ first step's scores (SQuAD v2.0) needs the no-answer spellings among the extra a
 
 from __future__ import annotations
 
+import re
 import weakref
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import numpy as np
 import torch
+from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 from transformers import LogitsProcessor
 
 DEFAULT_STOP_STRINGS = ("\n", '"')
@@ -153,6 +161,13 @@ def _vocabulary(tokenizer, stop_strings: Sequence[str]) -> tuple[dict[bytes, int
     return cache[key]
 
 
+def _words(passage: bytes) -> list[tuple[int, int, str]]:
+    """(start byte, end byte, lowercased word) of each `\\w+` word of the UTF-8 `passage`."""
+    text = passage.decode("utf-8", errors="surrogateescape")  # one character per undecodable byte
+    at = np.cumsum([0] + [len(ch.encode("utf-8", errors="surrogateescape")) for ch in text])
+    return [(int(at[m.start()]), int(at[m.end()]), m.group().lower()) for m in re.finditer(r"\w+", text)]
+
+
 def _ranges(off: np.ndarray, positions: np.ndarray) -> np.ndarray:
     """The concatenated index ranges off[p]:off[p+1] for p in positions."""
     lo, hi = off[positions], off[positions + 1]
@@ -175,6 +190,12 @@ class SpanTable:
     where that byte is a space, and each extra answer's start, but never a UTF-8 continuation byte (a token
     may start mid-character). `boundary[p]`: whether an answer ending before position p ends a character. A
     row's state is the array of positions where its answer so far can end.
+
+    `whole_words`: starts only where no word character precedes a word's first byte (or at the space before
+    a word), and `stops_at` only where a word ends. `avoid_words` (lowercased): no start inside one of these
+    words of the passage, or a run of stop words leading into one, or the space before either; `stops_at`
+    only once the answer holds a byte of a `new` word, one that is neither avoided nor a stop word (extra
+    answers count as new).
     """
 
     def __init__(
@@ -184,6 +205,9 @@ class SpanTable:
         spelled: dict[bytes, int],
         prefixes: set[bytes],
         stop_ids: np.ndarray,
+        *,
+        whole_words: bool = False,
+        avoid_words: Collection[str] = (),
     ):
         pos, tok, length = [], [], []
         base = 0
@@ -206,7 +230,28 @@ class SpanTable:
         self.length = np.array(length, dtype=np.int64)
         self.off = np.searchsorted(self.pos, np.arange(base + 2)).astype(np.int64)  # positions 0..base
         starts = np.unique(np.asarray(starts, dtype=np.int64))
-        self.starts = starts[self.boundary[starts]]
+        starts = starts[self.boundary[starts]]
+        # per position: inside a word; inside a new word (see above)
+        self.word = np.zeros(base + 2, dtype=bool)
+        self.new = np.ones(base + 2, dtype=bool)
+        self.new[: len(segments[0]) + 1] = False
+        self.whole_words, self.avoiding = whole_words, bool(avoid_words)
+        if whole_words or avoid_words:
+            words = _words(segments[0])
+            banned = np.zeros(base + 2, dtype=bool)
+            leads_in = False  # the next word is avoided, or a stop word leading into one
+            for a, b, w in reversed(words):
+                self.word[a:b] = True
+                self.new[a:b] = w not in avoid_words and w not in ENGLISH_STOP_WORDS
+                leads_in = bool(avoid_words) and (w in avoid_words or (leads_in and w in ENGLISH_STOP_WORDS))
+                if leads_in:
+                    banned[max(a - 1, 0) if segments[0][a - 1 : a] == b" " else a : b] = True
+            if whole_words:
+                banned[1:] |= self.word[1:] & self.word[:-1]  # inside a word, past its first byte
+            if not banned[starts].all():  # a passage of only avoided words keeps its starts
+                starts = starts[~banned[starts]]
+        self.starts = starts
+        self._new_before = np.concatenate([[0], np.cumsum(self.new)])  # new positions before each position
         first = self.tok[_ranges(self.off, self.starts)]
         self.first_tokens = np.unique(first[~np.isin(first, stop_ids)])  # a stop cannot be the first token
 
@@ -214,16 +259,22 @@ class SpanTable:
         """Tokens that continue an answer ending at any of `positions` (with repeats)."""
         return self.tok[_ranges(self.off, positions)]
 
-    def ends_character(self, positions: np.ndarray) -> bool:
-        """Whether an answer ending at `positions` ends on a character boundary (all of them spell the same
-        bytes, so one says it)."""
-        return bool(self.boundary[positions].any())
+    def stops_at(self, positions: np.ndarray, length: int) -> bool:
+        """Whether an answer of `length` bytes ending at `positions` may stop there: where it ends a
+        character, and the options' conditions (see the class docstring) hold for one of its occurrences."""
+        ok = self.boundary[positions]
+        if self.whole_words:
+            ok = ok & ~self.word[positions]
+        if self.avoiding:
+            ok = ok & (self._new_before[positions] > self._new_before[np.maximum(positions - length, 0)])
+        return bool(ok.any())
 
-    def step(self, positions: np.ndarray, token_id: int) -> np.ndarray:
-        """Where the answer can end after `token_id` was written to an answer ending at `positions`."""
+    def step(self, positions: np.ndarray, token_id: int) -> tuple[np.ndarray, int]:
+        """Where the answer can end after `token_id` was written to an answer ending at `positions`, and the
+        token's length in bytes."""
         idx = _ranges(self.off, positions)
         idx = idx[self.tok[idx] == token_id]
-        return np.unique(self.pos[idx] + self.length[idx])
+        return np.unique(self.pos[idx] + self.length[idx]), int(self.length[idx[0]]) if len(idx) else 0
 
 
 def span_table(
@@ -232,8 +283,10 @@ def span_table(
     *,
     extra_answers: Sequence[str] = (),
     stop_strings: Sequence[str] = DEFAULT_STOP_STRINGS,
+    whole_words: bool = False,
+    avoid_words: Collection[str] = (),
 ) -> SpanTable:
-    """The `SpanTable` of a passage given as the token ids it has in the prompt."""
+    """The `SpanTable` of a passage given as the token ids it has in the prompt (the options: `SpanTable`)."""
     spelled, prefixes = _vocabulary(tokenizer, stop_strings)
     pieces = token_bytes(tokenizer)
     starts, passage, at = [], [], 0
@@ -250,7 +303,13 @@ def span_table(
         starts.append(at)
         at += len(seg) + 1
     return SpanTable(
-        segments, np.array(starts, dtype=np.int64), spelled, prefixes, stop_token_ids(tokenizer, stop_strings)
+        segments,
+        np.array(starts, dtype=np.int64),
+        spelled,
+        prefixes,
+        stop_token_ids(tokenizer, stop_strings),
+        whole_words=whole_words,
+        avoid_words=frozenset(avoid_words),
     )
 
 
@@ -288,6 +347,7 @@ class ExtractiveSpans(LogitsProcessor):
         rows = len(self.tables) * rows_per_table
         self._seen = [np.zeros(0, dtype=np.int64) for _ in range(rows)]  # each row's answer tokens so far
         self._positions = [t.starts for t in self.tables for _ in range(rows_per_table)]
+        self._length = [0] * rows  # each row's answer so far, in bytes
         self._done = [False] * rows
 
     def _table(self, row: int) -> SpanTable:
@@ -296,6 +356,7 @@ class ExtractiveSpans(LogitsProcessor):
     def _reset(self, row: int) -> None:
         self._seen[row] = np.zeros(0, dtype=np.int64)
         self._positions[row] = self._table(row).starts
+        self._length[row] = 0
         self._done[row] = False
 
     def _consume(self, row: int, token_id: int, first: bool) -> None:
@@ -304,7 +365,8 @@ class ExtractiveSpans(LogitsProcessor):
         if not first and token_id in self._stop_set:
             self._done[row] = True
         else:
-            self._positions[row] = self._table(row).step(self._positions[row], token_id)
+            self._positions[row], length = self._table(row).step(self._positions[row], token_id)
+            self._length[row] += length
 
     def _sync(self, generated: np.ndarray) -> None:
         for row, tokens in enumerate(generated):
@@ -325,8 +387,9 @@ class ExtractiveSpans(LogitsProcessor):
             return table.first_tokens
         positions = self._positions[row]
         more = table.allowed(positions)
-        # no stop in the middle of a character, unless nothing can finish it (or the answer left the passage)
-        if len(more) and len(positions) and not table.ends_character(positions):
+        # no stop in the middle of a character (or a word, or before a new word, as the table says), unless
+        # nothing can continue the answer (or it left the passage)
+        if len(more) and len(positions) and not table.stops_at(positions, self._length[row]):
             return more
         return np.concatenate([more, self.stop_ids])
 
@@ -401,12 +464,15 @@ def extractive_processor(
     extra_answers: Sequence[str] = (),
     eos_token_id: int | Sequence[int] | None = None,
     rows_per_passage: int = 1,
+    whole_words: bool = False,
+    avoid_words: Sequence[Collection[str]] | None = None,
 ) -> ExtractiveSpans:
     """An `ExtractiveSpans` for a batch: `passages[i]` the passage token ids of row i (from
     `encode_with_passage`), `prompt_length` the padded prompt width, `stop_strings` those given to `generate`.
     `extra_answers`: texts allowed as whole answers whatever the passage; for SQuAD v2.0 the no-answer word as
     the model would write it after the answer prefix ("unanswerable", "Unanswerable"). `eos_token_id` adds to
-    the tokenizer's EOS (e.g. the model's `generation_config.eos_token_id`)."""
+    the tokenizer's EOS (e.g. the model's `generation_config.eos_token_id`). `whole_words`, and
+    `avoid_words[i]` for passage i: see `SpanTable`."""
     eos = (
         []
         if eos_token_id is None
@@ -417,8 +483,19 @@ def extractive_processor(
     if tokenizer.eos_token_id is not None:
         eos.append(tokenizer.eos_token_id)
     stops = np.union1d(stop_token_ids(tokenizer, stop_strings), np.array(eos, dtype=np.int64))
+    avoid = avoid_words if avoid_words is not None else [()] * len(passages)
+    if len(avoid) != len(passages):
+        raise ValueError(f"{len(avoid)} sets of words to avoid for {len(passages)} passages")
     tables = [
-        span_table(tokenizer, ids, extra_answers=extra_answers, stop_strings=stop_strings) for ids in passages
+        span_table(
+            tokenizer,
+            ids,
+            extra_answers=extra_answers,
+            stop_strings=stop_strings,
+            whole_words=whole_words,
+            avoid_words=words,
+        )
+        for ids, words in zip(passages, avoid, strict=True)
     ]
     return ExtractiveSpans(
         tables, stops, prompt_length=prompt_length, eos_ids=eos, rows_per_table=rows_per_passage

@@ -493,6 +493,16 @@ class ZeroShotOptions:
         high=64,
         kinds=("extractive_qa",),
     )
+    question_words: str = option(
+        "avoid",
+        "the question's words in answers: avoid (an answer made only of them is answered again, constrained "
+        "to whole words of the passage that start at and hold a word the question does not; every answer "
+        "loses them and stop words at its ends) or keep; avoid is the default: it had the higher F1 on SQuAD "
+        "training questions and then on every 20th official v1.1 dev question "
+        "(benchmarks/results/squad-zeroshot-question-words-cpu.json)",
+        choices=("avoid", "keep"),
+        kinds=("extractive_qa",),
+    )
     shots: int = option(
         0,
         "K solved examples from the task's training split (drawn with shot_seed, never from the evaluated "

@@ -110,11 +110,14 @@ class TaskRun:
 
     @property
     def prompting_label(self) -> str:
-        """`prompting`, with the decoding of generated answers and the passage focus where there are ("3-shot,
-        free decoding, passage focused to 2 sentences")."""
-        decoding, focus = (self.zs or {}).get("decoding"), (self.zs or {}).get("focus")
+        """`prompting`, with the decoding of generated answers, the passage focus and the answers' avoiding of
+        the question's words where there are ("3-shot, free decoding, passage focused to 2 sentences,
+        question's words avoided")."""
+        zs = self.zs or {}
+        decoding, focus = zs.get("decoding"), zs.get("focus")
         label = f"{self.prompting}, {decoding} decoding" if decoding else self.prompting
-        return label + (f", passage focused to {focus} sentence{'s' * (focus > 1)}" if focus else "")
+        label += f", passage focused to {focus} sentence{'s' * (focus > 1)}" if focus else ""
+        return label + (", question's words avoided" if zs.get("question_words") == "avoid" else "")
 
 
 def discover(run: Path, config: dict | None) -> list[str]:

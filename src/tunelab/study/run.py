@@ -644,7 +644,9 @@ class Study:
                         and task.kind == "extractive_qa"
                         and isinstance(entry.get("zeroshot"), dict)
                     ):
-                        entry["zeroshot"].setdefault("focus", 0)  # before `focus`: the whole passage
+                        # before `focus` and `question_words`: the whole passage, the words kept
+                        entry["zeroshot"].setdefault("focus", 0)
+                        entry["zeroshot"].setdefault("question_words", "keep")
                     bases = [Path(s).parent for s in self.cfg.sources if Path(s).is_file()]
                     _absolute_task_file(entry, self.c["tasks"].get(name), bases)
             diff = _diff(before, self.c)

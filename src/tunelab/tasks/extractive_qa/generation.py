@@ -27,6 +27,7 @@ from tunelab.errors import UsageError
 from tunelab.inference import check_context, run_batches
 from tunelab.prefix_cache import cache_argument, decoder_of, prefix_cache, rows_of, shared_prefix
 from tunelab.tasks.extractive_qa.metrics import get_tokens
+from tunelab.tasks.extractive_qa.question_words import content_words, is_echo, trim_answer
 from tunelab.tasks.prompt import ChatPrompt, build_prompt
 from tunelab.training.speed import bucket
 
@@ -43,6 +44,10 @@ NO_ANSWER_SPELLINGS = (
 # every 20th official v1.1 dev question (benchmarks/results/squad-zeroshot-decoding-*.json), so the task
 # option's default.
 DECODINGS = ("free", "extractive", "grounded")
+# What becomes of the question's words in answers (`question_words`): keep; or avoid - an answer made only of
+# them is answered again, extractive, constrained to whole words, not to start at them and to hold another
+# word, and every answer loses them (and stop words) at its ends (see `question_words`)
+QUESTION_WORDS = ("keep", "avoid")
 GROUNDING_SLACK = 2  # a grounded span may have this many words more than the generated answer
 MAX_PROMPT_BUCKET = 1 << 20  # kv_cache static: a prompt is padded up to a power of two (16, 32, ...)
 # Generation reuses a shared prefix this long or longer (k-shot's solved examples); a zero-shot prompt's
@@ -213,6 +218,7 @@ def generate_answers(
     shots: Sequence = (),
     kv_cache: str = "dynamic",
     reuse_prefix: bool = True,
+    question_words: str = "keep",
 ) -> tuple[list[str], list[str], dict[str, float] | None]:
     """Greedy answers, batched by prompt length with left padding; stops at a newline (or the closing quote
     of a quoting answer prefix) or the token limit. `decoding`: "free"; "extractive" (each answer constrained
@@ -220,7 +226,9 @@ def generate_answers(
     whole answer); or "grounded" (free answers, each replaced by `ground_answer`'s span of its passage; the
     questions whose answer shares no word with the passage answered again, extractive). `kv_cache`:
     "dynamic", or "static" (a cache preallocated per batch, which transformers' generate compiles on a GPU;
-    the same greedy tokens). `reuse_prefix` (dynamic cache only): when the prompts share a prefix of at least
+    the same greedy tokens). `question_words`: "keep", or "avoid" (see QUESTION_WORDS; for v2 an empty
+    answer is the no-answer and stays, and a re-answer keeps the first answer's no-answer probability).
+    `reuse_prefix` (dynamic cache only): when the prompts share a prefix of at least
     MIN_GENERATION_PREFIX tokens (in practice k-shot's solved examples; a zero-shot prompt's shared
     chat-template turn is shorter), it runs once, and each batch's generation starts from a copy of its
     key/value cache.
@@ -231,6 +239,8 @@ def generate_answers(
     """
     if decoding not in DECODINGS:
         raise UsageError(f"decoding must be one of {', '.join(DECODINGS)}, got {decoding!r}")
+    if question_words not in QUESTION_WORDS:
+        raise UsageError(f"question_words must be one of {', '.join(QUESTION_WORDS)}, got {question_words!r}")
     kwargs = dict(
         version_2=version_2,
         batch_size=batch_size,
@@ -241,24 +251,47 @@ def generate_answers(
         reuse_prefix=reuse_prefix,
     )
     if decoding != "grounded":
-        return _generate(model, tokenizer, examples, prompt, decoding=decoding, **kwargs)
-    # grounded: free answers grounded in their passages; the ones sharing no word with it (and empty ones;
-    # for v2 an empty answer is the no-answer and stays) answered again, extractive
-    raw, answers, na = _generate(model, tokenizer, examples, prompt, decoding="free", **kwargs)
-    grounded = [
-        a if version_2 and not a else ground_answer(a, ex.context)
-        for a, ex in zip(answers, examples, strict=True)
-    ]
-    again = [k for k, g in enumerate(grounded) if g is None]
-    if again:
-        raw2, answers2, na2 = _generate(
-            model, tokenizer, [examples[k] for k in again], prompt, decoding="extractive", **kwargs
-        )
-        for k, r, a in zip(again, raw2, answers2, strict=True):
-            raw[k], grounded[k] = r, a
-        if na is not None:
-            na.update(na2 or {})
-    return raw, grounded, na
+        raw, answers, na = _generate(model, tokenizer, examples, prompt, decoding=decoding, **kwargs)
+    else:
+        # grounded: free answers grounded in their passages; the ones sharing no word with it (and empty
+        # ones; for v2 an empty answer is the no-answer and stays) answered again, extractive
+        raw, answers, na = _generate(model, tokenizer, examples, prompt, decoding="free", **kwargs)
+        grounded = [
+            a if version_2 and not a else ground_answer(a, ex.context)
+            for a, ex in zip(answers, examples, strict=True)
+        ]
+        again = [k for k, g in enumerate(grounded) if g is None]
+        if again:
+            raw2, answers2, na2 = _generate(
+                model, tokenizer, [examples[k] for k in again], prompt, decoding="extractive", **kwargs
+            )
+            for k, r, a in zip(again, raw2, answers2, strict=True):
+                raw[k], grounded[k] = r, a
+            if na is not None:
+                na.update(na2 or {})
+        answers = grounded
+    if question_words == "avoid":
+        echoes = [
+            k
+            for k, (a, ex) in enumerate(zip(answers, examples, strict=True))
+            if not (version_2 and not a) and is_echo(a, ex.question)
+        ]
+        if echoes:
+            again = [examples[k] for k in echoes]
+            raw2, answers2, _ = _generate(
+                model,
+                tokenizer,
+                again,
+                prompt,
+                decoding="extractive",
+                avoid_words=[content_words(ex.question) for ex in again],
+                **kwargs,
+            )
+            for k, r, a in zip(echoes, raw2, answers2, strict=True):
+                if a or not version_2:  # v2: the first answer's decision to answer stands
+                    raw[k], answers[k] = r, a
+        answers = [trim_answer(a, ex.question) for a, ex in zip(answers, examples, strict=True)]
+    return raw, answers, na
 
 
 @torch.no_grad()
@@ -276,8 +309,10 @@ def _generate(
     shots: Sequence,
     kv_cache: str,
     reuse_prefix: bool,
+    avoid_words: list[set[str]] | None = None,
 ) -> tuple[list[str], list[str], dict[str, float] | None]:
-    """generate_answers with free or extractive decoding."""
+    """generate_answers with free or extractive decoding; `avoid_words` (extractive): per example, the words
+    its answer avoids, in whole words (`tunelab.decoding.SpanTable`)."""
     dev = next(model.parameters()).device
     passages: list[list[int]] = []
     if decoding == "extractive":  # the passage as the prompt tokenises it, found where the template put it
@@ -346,6 +381,8 @@ def _generate(
                     stop_strings=prompt.stop_strings(),
                     extra_answers=NO_ANSWER_SPELLINGS if version_2 else (),
                     eos_token_id=model.generation_config.eos_token_id,
+                    whole_words=avoid_words is not None,
+                    avoid_words=[avoid_words[i] for i in idx] if avoid_words is not None else None,
                 )
             )
         out = model.generate(

@@ -237,6 +237,7 @@ class ExtractiveQATask(Task):
                 decoding=options.decoding,
                 shots=shots,
                 kv_cache=options.kv_cache,
+                question_words=getattr(options, "question_words", "keep"),
             )
             return [(r, a, na[ex.id] if na else None) for r, a, ex in zip(raw, answers, exs, strict=True)]
 
@@ -255,6 +256,7 @@ class ExtractiveQATask(Task):
             "decoding": options.decoding,
             "kv_cache": options.kv_cache,
             "focus": focus,
+            "question_words": getattr(options, "question_words", "keep"),
         }
         return predictions, extra
 

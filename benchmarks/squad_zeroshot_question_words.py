@@ -113,7 +113,7 @@ def answer_kept(examples, weigh: str, k: int) -> float:
 
 def scores(task, model, tok, examples, config: str, batch_size: int) -> tuple[list, list, float, int]:
     """Per-question F1 and EM (0..100) of zero-shot answers under `config`, the wall seconds, and how many
-    first answers were echoes of their question (re-answered under avoid)."""
+    answers are echoes of their question (`is_echo`; the no-answers of v2.0 aside)."""
     weigh, words = CONFIGS[config]
     options = ZeroShotOptions(
         **{**task.zeroshot_options(), "question_words": words, "batch_size": batch_size}

@@ -454,6 +454,46 @@ def test_squad_focus_bench_chooses_on_train_and_checks_on_dev(tiny_model_dir, tm
     assert v2["dev_sample"].endswith("v2.0-dev.json: every 10th")
 
 
+@pytest.mark.slow  # zero-shot answers of a few questions with the tiny model, three configurations: seconds
+@pytest.mark.skipif(not DATA, reason="TUNELAB_DATA_DIR is not set")
+def test_squad_question_words_bench_chooses_on_train_and_checks_on_dev(tiny_model_dir, tmp_path):
+    """benchmarks/squad_zeroshot_question_words.py: the answer-in-focus rates of both weightings (no model),
+    the three configurations on the training sample, then on the dev sample, each paired with count-keep;
+    `--whole-dev`: today's defaults only; squad_v2 (focus 0): keep and avoid only."""
+    env = dict(os.environ, TUNELAB_DATA_DIR=DATA, TOKENIZERS_PARALLELISM="false")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))
+    out = tmp_path / "words.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "squad_zeroshot_question_words.py")]
+    base = [*cmd, "--model", tiny_model_dir, "--dev-limit", "4", "--out", str(out)]
+    proc = subprocess.run([*base, "--select", "4"], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    configs = ["count-keep", "idf-keep", "idf-avoid"]
+    assert report["complete"] and report["trial"] and list(report["selection"]) == configs
+    assert report["chosen"] in configs and list(report["dev"]) == configs
+    assert report["selection"][report["chosen"]]["f1"] == max(r["f1"] for r in report["selection"].values())
+    assert set(report["dev_minus_count_keep"]) == {"idf-keep", "idf-avoid"}
+    rates = report["answer_in_focus"]
+    assert set(rates) == {"sample", "count", "idf"} and "every 50th" in rates["sample"]
+    for weigh in ("count", "idf"):  # more sentences keep the answer more often
+        assert 0 < rates[weigh]["1"] <= rates[weigh]["2"] <= rates[weigh]["3"] <= 100
+    assert report["dev"]["idf-avoid"]["echo_answers"] <= report["dev"]["idf-keep"]["echo_answers"]
+
+    proc = subprocess.run([*base, "--whole-dev"], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    whole = json.loads(out.read_text())
+    assert "selection" not in whole and list(whole["dev"]) == ["idf-avoid"]
+    assert whole["dev_sample"].startswith("4 ") and whole["dev_sample"].endswith("(every one)")
+
+    proc = subprocess.run(
+        [*base, "--task", "squad_v2", "--select", "3"], env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    v2 = json.loads(out.read_text())
+    assert v2["task"] == "squad_v2" and v2["focus"] == 0 and list(v2["dev"]) == ["count-keep", "idf-avoid"]
+    assert "answer_in_focus" not in v2
+
+
 FAKE_HARNESS = """
 import json, pathlib, sys
 args = sys.argv[1:]

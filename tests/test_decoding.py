@@ -8,9 +8,12 @@ SmolLM2 on the first Super Bowl 50 questions of the official dev set.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
+from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 from transformers import AutoTokenizer, LlamaForCausalLM, LogitsProcessor, LogitsProcessorList
 
 from tunelab.decoding import encode_with_passage, extractive_processor, stop_token_ids
@@ -492,3 +495,96 @@ def chat_prompt_smol(tok, ex) -> str:
         )
         + PREFIX
     )
+
+
+def reference_allowed_in_words(tok, passage_ids, answer: bytes, avoid: set[str]) -> set[int]:
+    """Brute force for `whole_words` (and `avoid_words`): reference_allowed's tokens, from the starts that
+    are no word's inside, no avoided word, no stop word leading into one, nor the space before those; stops
+    once one occurrence of the answer ends a word (and holds a new word: neither avoided nor a stop word),
+    or when nothing continues it. ASCII passages: a byte is a character."""
+    text = tok.decode(passage_ids)
+    starts, at = [], 0
+    for t in passage_ids:
+        piece = tok.decode([t])
+        starts.append(at)
+        if piece[:1] == " " and piece[1:2] not in ("", " "):
+            starts.append(at + 1)
+        at += len(piece)
+    words = [(m.start(), m.end(), m.group().lower()) for m in re.finditer(r"\w+", text)]
+    banned, leads_in = set(), False
+    for a, b, w in reversed(words):
+        leads_in = bool(avoid) and (w in avoid or (leads_in and w in ENGLISH_STOP_WORDS))
+        if leads_in:
+            banned |= set(range(a - 1 if a and text[a - 1] == " " else a, b))
+    inside = {p for a, b, _ in words for p in range(a + 1, b)}
+    starts = [s for s in starts if s not in banned | inside] or starts
+    new = {p for a, b, w in words if w not in avoid and w not in ENGLISH_STOP_WORDS for p in range(a, b)}
+    word_bytes = {p for a, b, _ in words for p in range(a, b)}
+    stops = set(stop_token_ids(tok, STOPS).tolist())
+    special = set(tok.all_special_ids)
+    allowed = set()
+    for t in range(len(tok)):
+        if t in special or t in stops:
+            continue
+        cand = answer + tok.decode([t]).encode()
+        if any(s in cand.decode(errors="replace") for s in STOPS):
+            continue
+        if any(text.encode()[s : s + len(cand)] == cand for s in starts):
+            allowed.add(t)
+    if answer:
+        ends = [s + len(answer) for s in starts if text.encode()[s : s + len(answer)] == answer]
+        if not allowed or any(
+            e not in word_bytes and (not avoid or new & set(range(e - len(answer), e))) for e in ends
+        ):
+            allowed |= stops
+    return allowed
+
+
+@pytest.mark.parametrize(
+    "context,avoid",
+    [
+        ("The Denver Broncos won Super Bowl 50 in Santa Clara .", set()),
+        ("The Denver Broncos won Super Bowl 50 in Santa Clara .", {"denver", "bowl", "clara"}),
+        ("Santa Clara hosted the game won by Denver in February", {"santa", "clara", "game", "february"}),
+        ("the of and to in is was it that", {"was"}),
+        ("a good and great film , truly wonderful", {"good", "great", "film", "truly", "wonderful"}),
+    ],
+)
+def test_whole_words_and_avoided_words_match_brute_force_along_random_answers(tiny, context, avoid):
+    """extractive_processor(whole_words=True, avoid_words=...): the allowed sets, step by step along random
+    answers, are the brute-force reference's; a passage of only avoided words keeps its starts."""
+    _, tok = tiny
+    passage = tok.encode(context, add_special_tokens=False)
+    stops = set(stop_token_ids(tok, STOPS).tolist())
+    rng = np.random.default_rng(1)
+    for _ in range(12):
+        proc = extractive_processor(
+            tok, [passage], prompt_length=1, stop_strings=STOPS, whole_words=True, avoid_words=[avoid]
+        )
+        answer_ids: list[int] = []
+        for _ in range(8):
+            proc(torch.tensor([[5] + answer_ids]), torch.zeros(1, len(tok)))
+            allowed = allowed_set(proc, 0)
+            want = reference_allowed_in_words(tok, passage, tok.decode(answer_ids).encode(), avoid)
+            assert allowed == want, (tok.decode(answer_ids), allowed ^ want)
+            choices = sorted(allowed - stops)
+            if not choices or (answer_ids and allowed & stops and rng.random() < 0.3):
+                break
+            answer_ids.append(int(rng.choice(choices)))
+        assert tok.decode(answer_ids) in context
+
+
+def test_avoided_words_cannot_start_or_make_up_an_answer(tiny):
+    """A hand-checked case: the first token may start only at "by" or "Denver" (or the space before them,
+    or without it), never at "game" or at "the" before it; after "by" no stop until "Denver" is written."""
+    _, tok = tiny
+    context = "Santa Clara hosted the game won by Denver"
+    passage = tok.encode(context, add_special_tokens=False)
+    avoid = [{"santa", "clara", "hosted", "game", "won"}]
+    proc = extractive_processor(tok, [passage], prompt_length=1, whole_words=True, avoid_words=avoid)
+    proc(torch.tensor([[5]]), torch.zeros(1, len(tok)))
+    firsts = {tok.decode([t]) for t in allowed_set(proc, 0)}
+    assert {f.lstrip()[:1] for f in firsts} == {"", "b", "D"}, firsts
+    by = tok.encode(" by", add_special_tokens=False)
+    proc(torch.tensor([[5, *by]]), torch.zeros(1, len(tok)))
+    assert not allowed_set(proc, 0) & set(stop_token_ids(tok, STOPS).tolist())

@@ -488,7 +488,8 @@ class ZeroShotOptions:
         "show the model only the K sentences of the passage sharing the most words with the question, in "
         "passage order (0: the whole passage); answers come from those sentences. SQuAD v1.1's default is 2: "
         "chosen on training questions, +5.0 F1 on every 20th official dev question "
-        "(benchmarks/results/squad-zeroshot-focus-cpu.json)",
+        "(benchmarks/results/squad-zeroshot-focus-cpu.json, with each shared word counted 1; now each "
+        "weighs its rarity among the passage's sentences: squad-zeroshot-question-words-cpu.json)",
         low=0,
         high=64,
         kinds=("extractive_qa",),

@@ -471,6 +471,21 @@ def test_k_shot_rows_are_labelled_k_shot_and_decoding_is_shown(tmp_path):
     assert "right only 3-shot" in md
 
 
+def test_focus_and_avoided_question_words_are_shown_with_the_decoding(tmp_path):
+    run = make_run(tmp_path, significant=True)
+    f = run / "squad" / "zeroshot" / "metrics.json"
+    m = json.loads(f.read_text())
+    _write_json(f, {**m, "decoding": "grounded", "focus": 2, "question_words": "avoid"})
+    md = build_report(run)[0].read_text()
+    label = "zero-shot, grounded decoding, passage focused to 2 sentences, question's words avoided"
+    assert re.search(rf"\| SQuAD v1\.1 \| F1 \| {label} \|", md)
+    _write_json(f, {**m, "decoding": "grounded", "focus": 1, "question_words": "keep"})
+    md = build_report(run)[0].read_text()
+    assert re.search(
+        r"\| SQuAD v1\.1 \| F1 \| zero-shot, grounded decoding, passage focused to 1 sentence \|", md
+    )
+
+
 def test_analysis_says_whether_training_started_from_the_zero_shot_classifier(tmp_path):
     """The head starts from its input prompt's label words: the analysis calls that the zero-shot classifier
     only when the zero-shot run used the same prompt (SST-2's defaults differ: chat-sentiment-is zero-shot,

@@ -576,6 +576,22 @@ def test_run_folder_from_before_focus_continues_at_the_whole_passage(tiny_model_
         study_run.Study(study_config.resolve_config(config=cfg), run).prepare()
 
 
+def test_run_folder_from_before_question_words_continues_keeping_them(tiny_model_dir, data_dir, tmp_path):
+    """A run folder written before zero-shot QA's `question_words` kept them: it is read as keep, continues
+    with `--set squad.zeroshot.question_words=keep`, and is refused (naming the option) at the default."""
+    cfg = _config(tmp_path, tiny_model_dir, data_dir)
+    run = tmp_path / "run"
+    run.mkdir()
+    old = study_config.resolve_config(config=cfg).data
+    assert old["tasks"]["squad"]["zeroshot"]["question_words"] == "avoid"
+    del old["tasks"]["squad"]["zeroshot"]["question_words"]
+    (run / "config.yaml").write_text(yaml.safe_dump(old))
+    keep = ["squad.zeroshot.question_words=keep"]
+    study_run.Study(study_config.resolve_config(config=cfg, sets=keep), run).prepare()
+    with pytest.raises(UsageError, match="another configuration.*tasks.squad.zeroshot.question_words"):
+        study_run.Study(study_config.resolve_config(config=cfg), run).prepare()
+
+
 def test_squad_given_v2_questions_zero_shot_takes_squad_v2s_focus(tiny_model_dir, data_dir, tmp_path):
     """A study's squad task reading a dev file with unanswerable questions is scored as squad_v2, and its
     zero-shot then uses squad_v2's default focus (the whole passage), as `tunelab zeroshot` does."""

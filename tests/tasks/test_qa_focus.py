@@ -53,3 +53,22 @@ def test_a_kept_span_keeps_its_sentences_first():
     assert focus_passage(PASSAGE, question, 1, across) == (
         "In 1999 (a dry year) the river fell! Mr. Smith left the U.S. Army in 1990."
     )
+
+
+def test_a_word_in_every_sentence_counts_less_than_a_rare_one():
+    """Shared words weigh log((n + 1) / (df + 0.5)) over the passage's n sentences: the article's subject,
+    in nearly every sentence, adds little; the question's rare word picks its sentence, though other
+    sentences share more words."""
+    passage = (
+        "Chopin was born in Poland. "
+        "Chopin lived in Paris. "
+        "Chopin and Liszt played in Paris. "
+        "Chopin taught in Paris. "
+        "Mazurkas were his favourite form."
+    )
+    question = "What did Chopin compose in Paris, mazurkas?"
+    # counted, "Chopin lived in Paris." (2 words) would win; weighed, chopin (df 4) + paris (df 3) is
+    # log(6/4.5) + log(6/3.5) = 0.83 < mazurkas (df 1) log(6/1.5) = 1.39
+    assert focus_passage(passage, question, 1) == "Mazurkas were his favourite form."
+    assert focus_passage(passage, question, 2) == "Chopin lived in Paris. Mazurkas were his favourite form."
+    assert focus_passage(passage, "Where was Chopin born?", 1) == "Chopin was born in Poland."

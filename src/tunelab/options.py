@@ -332,7 +332,14 @@ class TrainConfig:
     )
     log_every: int = option(20, "steps between lines of train_log.jsonl", low=1, high=MAX_COUNT)
     save_every: int = option(0, "steps between checkpoints, for --resume (0: none)", low=0, high=MAX_COUNT)
-    max_train_samples: int | None = option(None, "train on the first N features only", low=1, high=MAX_COUNT)
+    max_train_samples: int | None = option(
+        None,
+        "train on the first N features only (the inputs after preprocessing, as in run_glue.py / "
+        "run_qa.py: a SQuAD question gives one per window); to train on a random sample of examples, use "
+        "train_limit",
+        low=1,
+        high=MAX_COUNT,
+    )
     max_steps: int | None = option(None, "stop after N optimizer steps", low=1, high=MAX_COUNT)
     group_by_length: bool = option(True, "batches of similar length (less padding)")
     max_grad_norm: float = option(1.0, "gradient clipping norm (0: no clipping)", low=0, high=1e6)

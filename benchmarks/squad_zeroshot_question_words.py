@@ -46,6 +46,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from machine_info import git_commit, machine
+from squad_zeroshot_focus import SAMPLES  # the same training and dev samples
 
 import tunelab.tasks.extractive_qa.task as qa_task
 from tunelab.metrics import bootstrap_ci, paired_bootstrap
@@ -58,8 +59,6 @@ from tunelab.tasks.extractive_qa.metrics import per_example_scores
 from tunelab.tasks.extractive_qa.question_words import content_words, is_echo
 
 ROOT = Path(__file__).resolve().parent.parent
-# per task: (every N-th training question, from index), every N-th dev question (squad_zeroshot_focus.py's)
-SAMPLES = {"squad": ((500, 7), 20), "squad_v2": ((50, 7), 10)}
 RECALL_EVERY = 50  # the no-model recall sample: every 50th training question from the 8th
 CONFIGS = {  # name: (focus weighting, question_words)
     "count-keep": ("count", "keep"),

@@ -26,6 +26,7 @@ SCORES = (
     "dtype",
     "decoding",
     "focus",
+    "question_words",
     "method",
     "train_examples",
 )

@@ -20,7 +20,8 @@
 # TINY=1: the dry run on a CPU (tiny speed cases with variant packing only, 32 SQuAD training questions, 16 dev
 # questions, 8 harness sentences): checks this script end to end (13 minutes on the shared 2-core CPU).
 #
-# On the lent GPU machine (the `run` tool), after ../shared/tools/device-stage (its header) and then
+# On the lent GPU machine (the `run` tool), after ../shared/tools/device-stage nltk==3.10.4 (its header; nltk:
+# SST-2 zero-shot detokenizes its inputs) and then
 # benchmarks/stage_harness.sh here: three runs back to back,
 #   run 0: carry [".carry/h"]    command: bash .carry/h/stage
 #   run 1: carry [".carry/s1"]   command: bash .carry/s1/stage

@@ -138,7 +138,9 @@ def compare(dtype: str, args, work: Path, dev_tsv: Path, device: str, env: dict)
     TUNELAB_CPU_BF16=on on a CPU, or --no-bf16), `--repeats` times, alternating."""
     limit = ["--limit", str(args.limit)] if args.limit else []
     tunelab = [sys.executable, "-m", "tunelab", "zeroshot", "smollm2-135m", "--task", "sst2"]
-    tunelab += ["--prompt", "harness", "--calibration", "none", "--batch-size", str(args.batch_size)]
+    # --no-detokenize: the harness scores GLUE's tokenised sentences as they are (SST-2's default would not)
+    tunelab += ["--prompt", "harness", "--calibration", "none", "--no-detokenize"]
+    tunelab += ["--batch-size", str(args.batch_size)]
     tunelab += ["--data-file", str(dev_tsv), *limit] + (["--no-bf16"] if dtype == "float32" else [])
     t_env = {**env, "TUNELAB_CPU_BF16": "on" if dtype == "bfloat16" else "off"}
     # The first tunelab call converts the embedded GGUF into the cached folder the harness then reads.

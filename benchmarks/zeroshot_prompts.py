@@ -5,9 +5,10 @@ Every candidate prompt of benchmarks/zeroshot_prompts.yaml is scored on a fixed 
 beside the default on the dev sample, with a paired bootstrap of the difference. Choosing on dev and
 reporting dev would overstate the gain; the training files are never what tunelab's zero-shot scores.
 
-- SST-2: accuracy with the task's default calibration (batch). The selection sample is training sentences
-  of at least 10 words, shuffled with seed 0 (the training file also holds short phrase fragments of those
-  sentences, which dev does not); dev is the whole GLUE dev file (872).
+- SST-2: accuracy with the task's default calibration (batch) and inputs (detokenized since 2026-12-06: the
+  results saved before hold the sentences as read; benchmarks/zeroshot_detokenize.py). The selection sample
+  is training sentences of at least 10 words, shuffled with seed 0 (the training file also holds short phrase
+  fragments of those sentences, which dev does not); dev is the whole GLUE dev file (872).
 - SQuAD v1.1: F1 of greedy free generation (tunelab's default decoding when it was measured). Selection:
   every 500th question of SQuAD v1.1 train (rebuilt), from the 8th (175 questions); dev: every 20th question
   of the official dev set (529), the sample of benchmarks/squad_zeroshot_decoding.py.
@@ -26,6 +27,7 @@ import os
 import random
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +40,7 @@ from tunelab.metrics import bootstrap_ci, mcnemar, paired_bootstrap
 from tunelab.models import load_causal_lm, load_tokenizer
 from tunelab.precision import eval_dtype
 from tunelab.tasks import get_task
+from tunelab.tasks.classification.detokenize import detokenize
 from tunelab.tasks.classification.zero_shot import Calibration, zero_shot
 from tunelab.tasks.extractive_qa.generation import generate_answers
 from tunelab.tasks.extractive_qa.metrics import per_example_scores
@@ -81,6 +84,8 @@ def samples(name: str, data_dir: str, args) -> tuple[list, str, list, str]:
 def per_example(name: str, model, tok, prompt, examples, args) -> list[float]:
     """Per-example scores in 0..100 of one prompt: SST-2 correctness, SQuAD F1."""
     if name == "sst2":
+        if get_task(name).zeroshot_options()["detokenize"]:  # the task's default since this search ran
+            examples = [replace(ex, text=detokenize(ex.text)) for ex in examples]
         texts = [prompt.render(tok, ex.text, ex.text_pair) for ex in examples]
         _, calibrated = zero_shot(
             model, tok, texts, prompt, Calibration("batch"), args.batch_size, progress=False
@@ -198,6 +203,7 @@ def main() -> int:
         else args.candidates,
         "batch_size": args.batch_size,
         "dtype": str(model.dtype).removeprefix("torch."),
+        "sst2_detokenize": get_task("sst2").zeroshot_options()["detokenize"],
         "tasks": {},
         "complete": False,
         "machine": machine(device),

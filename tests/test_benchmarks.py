@@ -295,6 +295,33 @@ def test_zeroshot_prompts_bench_chooses_on_train_and_checks_on_dev(tiny_model_di
 
 
 @pytest.mark.skipif(not DATA, reason="TUNELAB_DATA_DIR is not set")
+def test_zeroshot_detokenize_bench_chooses_on_train_and_checks_on_dev(tiny_model_dir, tmp_path):
+    """benchmarks/zeroshot_detokenize.py with the tiny model: SST-2 and TREC each scored with inputs as read
+    and detokenized through the task's own zero-shot path, on the training sample and then on dev, with
+    paired tests; `chosen` is `on` only when it is strictly better on the training sample."""
+    env = dict(os.environ, TUNELAB_DATA_DIR=DATA, TOKENIZERS_PARALLELISM="false")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))
+    out = tmp_path / "zd.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "zeroshot_detokenize.py"), "--model", tiny_model_dir]
+    cmd += ["--select", "12", "--dev-limit", "8", "--out", str(out)]
+    proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["complete"] and report["trial"] and list(report["tasks"]) == ["sst2", "trec"]
+    sst2, trec = report["tasks"]["sst2"], report["tasks"]["trec"]
+    assert sst2["task_default"] is True and trec["task_default"] is False
+    assert "12 of the training split (>= 10 words" in sst2["selection_sample"]
+    assert sst2["example"][0]["detokenized"][0].isupper() and " 's" not in sst2["example"][0]["detokenized"]
+    for task in (sst2, trec):
+        sel = {k: v["accuracy"] for k, v in task["selection"].items()}
+        assert set(sel) == set(task["dev"]) == {"off", "on"}
+        assert task["chosen"] == ("on" if sel["on"] > sel["off"] else "off")
+        assert task["dev_on_minus_off"]["difference"] == pytest.approx(
+            task["dev"]["on"]["accuracy"] - task["dev"]["off"]["accuracy"]
+        )
+
+
+@pytest.mark.skipif(not DATA, reason="TUNELAB_DATA_DIR is not set")
 def test_cpu_bf16_bench_compares_the_two_precisions(tiny_model_dir, tmp_path):
     """benchmarks/cpu_bf16.py --tiny: each case's command runs in float32 and in bfloat16; the report pairs
     the two runs' timings, scores and per-example predictions."""

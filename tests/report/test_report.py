@@ -486,6 +486,18 @@ def test_focus_and_avoided_question_words_are_shown_with_the_decoding(tmp_path):
     )
 
 
+def test_detokenized_inputs_are_shown_in_the_prompted_label(tmp_path):
+    run = make_run(tmp_path, significant=True)
+    f = run / "sst2" / "zeroshot" / "metrics.json"
+    m = json.loads(f.read_text())
+    _write_json(f, {**m, "detokenize": True})
+    assert re.search(
+        r"\| SST-2 \| accuracy \(%\) \| zero-shot, inputs detokenized \|", build_report(run)[0].read_text()
+    )
+    _write_json(f, {**m, "detokenize": False})
+    assert re.search(r"\| SST-2 \| accuracy \(%\) \| zero-shot \|", build_report(run)[0].read_text())
+
+
 def test_analysis_says_whether_training_started_from_the_zero_shot_classifier(tmp_path):
     """The head starts from its input prompt's label words: the analysis calls that the zero-shot classifier
     only when the zero-shot run used the same prompt (SST-2's defaults differ: chat-sentiment-is zero-shot,

@@ -592,6 +592,26 @@ def test_run_folder_from_before_question_words_continues_keeping_them(tiny_model
         study_run.Study(study_config.resolve_config(config=cfg), run).prepare()
 
 
+def test_run_folder_from_before_detokenize_continues_with_the_texts_as_read(
+    tiny_model_dir, data_dir, tmp_path
+):
+    """A run folder written before classification's `detokenize` scored the texts as read: it is read as
+    false, continues with `--set sst2.zeroshot.detokenize=false`, and is refused (naming it) at SST-2's
+    default."""
+    cfg = _config(tmp_path, tiny_model_dir, data_dir)
+    run = tmp_path / "run"
+    run.mkdir()
+    old = study_config.resolve_config(config=cfg).data
+    assert old["tasks"]["sst2"]["zeroshot"]["detokenize"] is True
+    del old["tasks"]["sst2"]["zeroshot"]["detokenize"]
+    (run / "config.yaml").write_text(yaml.safe_dump(old))
+    study_run.Study(
+        study_config.resolve_config(config=cfg, sets=["sst2.zeroshot.detokenize=false"]), run
+    ).prepare()
+    with pytest.raises(UsageError, match="another configuration.*tasks.sst2.zeroshot.detokenize"):
+        study_run.Study(study_config.resolve_config(config=cfg), run).prepare()
+
+
 def test_squad_given_v2_questions_zero_shot_takes_squad_v2s_focus(tiny_model_dir, data_dir, tmp_path):
     """A study's squad task reading a dev file with unanswerable questions is scored as squad_v2, and its
     zero-shot then uses squad_v2's default focus (the whole passage), as `tunelab zeroshot` does."""

@@ -184,7 +184,8 @@ def test_study_with_variants(tmp_path, tiny_model_dir, capsys, monkeypatch):
     assert main(["study", "--config", cfg, "--out", str(run)]) == 0
     assert calls == [(run / "sst2" / "finetune-lora", "lora", "matching")]
     assert json.loads((run / "params/sst2.json").read_text())["variants"]["lora"]["finetuned_total"] == 7
-    assert "| SST-2, variant lora (lora) | accuracy (%) | zero-shot |" in (run / "report.md").read_text()
+    row = "| SST-2, variant lora (lora) | accuracy (%) | zero-shot, inputs detokenized |"
+    assert row in (run / "report.md").read_text()
     assert "| 25.0 [" in _rows((run / "report.md").read_text(), "| variant lora |", 2)[0]
 
 

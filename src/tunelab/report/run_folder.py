@@ -110,13 +110,14 @@ class TaskRun:
 
     @property
     def prompting_label(self) -> str:
-        """`prompting`, with the decoding of generated answers, the passage focus and the answers' avoiding of
-        the question's words where there are ("3-shot, free decoding, passage focused to 2 sentences,
-        question's words avoided")."""
+        """`prompting`, with the decoding of generated answers, the passage focus, detokenized inputs and the
+        answers' avoiding of the question's words where there are ("3-shot, free decoding, passage focused to
+        2 sentences, question's words avoided"; "zero-shot, inputs detokenized")."""
         zs = self.zs or {}
         decoding, focus = zs.get("decoding"), zs.get("focus")
         label = f"{self.prompting}, {decoding} decoding" if decoding else self.prompting
         label += f", passage focused to {focus} sentence{'s' * (focus > 1)}" if focus else ""
+        label += ", inputs detokenized" if zs.get("detokenize") else ""
         return label + (", question's words avoided" if zs.get("question_words") == "avoid" else "")
 
 

@@ -639,14 +639,13 @@ class Study:
                 if isinstance(entry, dict):  # and no variants
                     entry.setdefault("variants", {})
                     task = self.cfg.tasks.get(name)
-                    if (
-                        task is not None
-                        and task.kind == "extractive_qa"
-                        and isinstance(entry.get("zeroshot"), dict)
-                    ):
+                    zs = entry.get("zeroshot")
+                    if task is not None and task.kind == "extractive_qa" and isinstance(zs, dict):
                         # before `focus` and `question_words`: the whole passage, the words kept
-                        entry["zeroshot"].setdefault("focus", 0)
-                        entry["zeroshot"].setdefault("question_words", "keep")
+                        zs.setdefault("focus", 0)
+                        zs.setdefault("question_words", "keep")
+                    if task is not None and task.kind == "classification" and isinstance(zs, dict):
+                        zs.setdefault("detokenize", False)  # before `detokenize`: the texts as read
                     bases = [Path(s).parent for s in self.cfg.sources if Path(s).is_file()]
                     _absolute_task_file(entry, self.c["tasks"].get(name), bases)
             diff = _diff(before, self.c)

@@ -10,7 +10,7 @@ precision/recall/F1.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -22,6 +22,7 @@ from tunelab.errors import DataError, UsageError
 from tunelab.metrics import mode_name
 from tunelab.outputs import write_json, write_jsonl
 from tunelab.tasks.base import Definition, FineTuning, Task, one_line
+from tunelab.tasks.classification.detokenize import detokenize
 from tunelab.tasks.classification.head import classify, encode, format_input, head_init_from_verbalizers
 from tunelab.tasks.classification.zero_shot import (
     CONTENT_FREE,
@@ -234,6 +235,9 @@ class ClassificationTask(Task):
     ) -> tuple[ClassScores, dict]:
         prompt = self.prompt(options.prompt)
         calibration = Calibration(options.calibration)
+        plain = getattr(options, "detokenize", False)
+        if plain:
+            examples, shots = _detokenized(examples), _detokenized(shots)
         texts = [prompt.render(tokenizer, ex.text, ex.text_pair, shots) for ex in examples]
         content_free = [
             prompt.render(tokenizer, s, s if self.pairs else None, shots) for s in calibration.content_free
@@ -252,6 +256,7 @@ class ClassificationTask(Task):
         extra: dict = {
             "prompt": asdict(prompt),
             "calibration": {"method": calibration.method, "offset": calibration.offset},
+            "detokenize": plain,
         }
         if all(ex.label is not None for ex in examples):
             extra["uncalibrated_accuracy"] = float(
@@ -511,6 +516,14 @@ def _labels(d: Definition) -> tuple[str, ...]:
     if spaced:  # the data files' values are read stripped, so such a label could never match
         raise d.error("labels", f"label names cannot start or end with a space, got {spaced!r}")
     return labels
+
+
+def _detokenized(examples: list) -> list:
+    """Copies of `examples` with their texts as ordinary text (`detokenize`)."""
+    return [
+        replace(ex, text=detokenize(ex.text), text_pair=ex.text_pair and detokenize(ex.text_pair))
+        for ex in examples
+    ]
 
 
 def _verbalizers(d: Definition, labels: tuple[str, ...]) -> dict[str, list[str]]:

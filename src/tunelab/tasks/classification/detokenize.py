@@ -1,0 +1,42 @@
+"""Inputs shown to a zero-shot model as ordinary text (the `detokenize` option).
+
+SST-2 and TREC come Penn-Treebank tokenised (`it 's slow -- very , very slow .`) and SST-2 also lowercased; a
+language model has read little text like that. `detokenize` undoes the tokenisation with nltk's
+TreebankWordDetokenizer (`it's slow--very, very slow.`; PTB's single opening quote ` becomes '), and, in a
+text without any capital letter, capitalises its first letter and the pronoun "i", the casing lowercasing
+surely removed (names it cannot know are left).
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+
+from tunelab.errors import UsageError
+
+PRONOUN_I = re.compile(r"\bi\b")
+OPENING_QUOTE = re.compile(r"(^|\s)`\s+(?=\S)")  # PTB's single opening quote, which nltk leaves as it is
+
+
+@cache
+def _detokenizer():
+    try:
+        from nltk.tokenize.treebank import TreebankWordDetokenizer  # a 1 s import: only when asked for
+    except ImportError as exc:
+        raise UsageError(
+            "detokenize needs nltk, one of tunelab's dependencies: `pip install nltk`, or turn it off "
+            "(--no-detokenize; a task's zeroshot.detokenize: false)"
+        ) from exc
+    return TreebankWordDetokenizer()
+
+
+def detokenize(text: str) -> str:
+    """`text` with Penn-Treebank tokenisation undone and, if it is all lowercase, its first letter and the
+    pronoun "i" capitalised; a text of whitespace only comes back as it is."""
+    if not text.strip():
+        return text
+    out = OPENING_QUOTE.sub(r"\1'", _detokenizer().detokenize(text.split()))
+    if out == out.lower():
+        out = PRONOUN_I.sub("I", out)
+        out = out[0].upper() + out[1:]
+    return out

@@ -33,6 +33,14 @@ pack() {  # (a file that changes while tar reads it makes tar exit 1: the pack i
   mv -f "$tmp" "$back/results.tgz"
 }
 
+# tunelab's dependencies that the device image lacks must have been staged (device-stage's wheels): say so now,
+# not minutes into a run
+if ! "${PYTHON:-python3}" -c "import nltk" 2>/dev/null; then
+  echo "on_device: nltk does not import (SST-2 zero-shot detokenizes its inputs): stage it with" \
+    "../shared/tools/device-stage nltk==3.10.4" | tee "$back/run.log" >&2
+  exit 3
+fi
+
 (while sleep 30; do pack; done) 2>/dev/null &
 packer=$!
 OUT=$work WORK=$work "$@" 2>&1 | tee "$work/run.log"

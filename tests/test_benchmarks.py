@@ -586,7 +586,7 @@ def test_on_device_packs_what_the_command_wrote_so_that_it_comes_back(tmp_path):
     )
     proc = subprocess.run(
         ["bash", str(ROOT / "benchmarks" / "on_device.sh"), str(work), "bash", "-c", script],
-        env={**os.environ, "OUT": str(out)},
+        env={**os.environ, "OUT": str(out), "PYTHON": sys.executable},
         capture_output=True,
         text=True,
         timeout=120,
@@ -597,6 +597,25 @@ def test_on_device_packs_what_the_command_wrote_so_that_it_comes_back(tmp_path):
     with tarfile.open(out / "results.tgz") as tar:
         names = sorted(n.removeprefix("./") for n in tar.getnames() if tar.getmember(n).isfile())
     assert names == ["run.log", "sq/name/eval/metrics.json"]  # the whole output, and the small results
+
+
+def test_on_device_stops_at_once_when_a_dependency_was_not_staged(tmp_path):
+    """Without nltk (a tunelab dependency the device image lacks) on_device.sh runs nothing and says how to
+    stage it, in $OUT/run.log too."""
+    out, work, python = tmp_path / "out", tmp_path / "work", tmp_path / "python"
+    python.write_text("#!/bin/sh\nexit 1\n")  # an interpreter where no import works
+    python.chmod(0o755)
+    proc = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "on_device.sh"), str(work), "bash", "-c", "touch $OUT/ran"],
+        env={**os.environ, "OUT": str(out), "PYTHON": str(python)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 3 and not (work / "ran").exists()
+    assert (
+        "device-stage nltk==3.10.4" in proc.stderr and "nltk does not import" in (out / "run.log").read_text()
+    )
 
 
 def test_squad_experiments_stop_an_experiment_at_the_budget(tmp_path, monkeypatch):

@@ -512,6 +512,12 @@ def test_analysis_says_whether_training_started_from_the_zero_shot_classifier(tm
     assert "not the zero-shot prompt" not in said["same"]
     assert "which is not the zero-shot prompt, so training started from that prompt's" in said["other"]
     assert "so training started from the zero-shot classifier." not in said["other"]
+    # the same prompt, but zero-shot read the texts detokenized: the analysis says so
+    _write_json(
+        metrics, {**json.loads(metrics.read_text()), "prompt": {"text": "{sentence}"}, "detokenize": True}
+    )
+    detok = analysis_of(build_report(run)[0].read_text())
+    assert "zero-shot classifier (on the texts as written; zero-shot read them detokenized)." in detok
 
 
 def test_lora_parameter_sentence_gives_both_shares():

@@ -314,7 +314,12 @@ def analysis(t: TaskRun) -> list[str]:
         elif input_prompt:
             train = train[:-1] + (
                 "; its classification head started from the zero-shot prompt's label "
-                "words, so training started from the zero-shot classifier."
+                "words, so training started from the zero-shot classifier"
+                + (
+                    " (on the texts as written; zero-shot read them detokenized)."
+                    if zs.get("detokenize")
+                    else "."
+                )
             )
         out.append(train)
     if zs or ft:

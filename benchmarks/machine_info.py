@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import platform
 import subprocess
@@ -47,6 +48,10 @@ def machine(device: str = "cpu") -> dict:
         "transformers": transformers.__version__,
         "bf16_native": bf16_native(torch.device(device)),  # tunelab.precision
     }
+    try:  # zero-shot classification's detokenizer (`detokenize`), whose rules change between releases
+        info["nltk"] = importlib.metadata.version("nltk")
+    except importlib.metadata.PackageNotFoundError:
+        info["nltk"] = None
     if device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(torch.device(device))
     return info

@@ -6,7 +6,8 @@ lowercased), both settings run through the task's own zero-shot path (`Classific
 task's default prompt and calibration) on a selection sample of its training split (SST-2: 1,000 sentences
 of >= 10 words, shuffled with seed 0, as benchmarks/zeroshot_prompts.py; TREC: 1,000 questions, shuffled with
 seed 0); the better one on it (`off` unless `on` is strictly better) is `chosen`. Both are then scored on the
-whole dev split (TREC: its official test set), with the paired bootstrap of the difference and McNemar's test.
+whole dev split (TREC: its official test set), with the paired bootstrap of the difference (on - off) and
+McNemar's test (a: off, b: on: `only_b_correct` are the examples detokenizing gained).
 
     .venv/bin/python benchmarks/zeroshot_detokenize.py [--tasks sst2,trec] [--select 1000] [--out FILE]
 
@@ -90,8 +91,8 @@ def measure(name: str, model, tok, data_dir: str | None, args, out: dict, save) 
             print(f"{name} {stage} {key}: {out[stage][key]['accuracy']:.2f}", file=sys.stderr, flush=True)
             save()
         out[f"{stage}_on_minus_off"] = paired_bootstrap(per["off"], per["on"])
-        # McNemar's a: on, b: off
-        out[f"{stage}_mcnemar"] = mcnemar(np.array(per["on"]) > 0, np.array(per["off"]) > 0)
+        # a: off, b: on, so that its difference is on - off too (as a fraction); only_b_correct: gained
+        out[f"{stage}_mcnemar"] = mcnemar(np.array(per["off"]) > 0, np.array(per["on"]) > 0)
         if stage == "selection":
             out["chosen"] = (
                 "on" if out["selection"]["on"]["accuracy"] > out["selection"]["off"]["accuracy"] else "off"

@@ -319,6 +319,9 @@ def test_zeroshot_detokenize_bench_chooses_on_train_and_checks_on_dev(tiny_model
         assert task["dev_on_minus_off"]["difference"] == pytest.approx(
             task["dev"]["on"]["accuracy"] - task["dev"]["off"]["accuracy"]
         )
+        assert 100 * task["dev_mcnemar"]["difference"] == pytest.approx(
+            task["dev_on_minus_off"]["difference"]
+        )
 
 
 @pytest.mark.skipif(not DATA, reason="TUNELAB_DATA_DIR is not set")
@@ -616,6 +619,10 @@ def test_on_device_stops_at_once_when_a_dependency_was_not_staged(tmp_path):
     assert (
         "device-stage nltk==3.10.4" in proc.stderr and "nltk does not import" in (out / "run.log").read_text()
     )
+    env = {**os.environ, "OUT": str(out), "PYTHON": str(python), "CHECK_NLTK": "0"}  # a command without SST-2
+    cmd = ["bash", str(ROOT / "benchmarks" / "on_device.sh"), str(work), "bash", "-c", "touch $OUT/ran"]
+    assert subprocess.run(cmd, env=env, capture_output=True, timeout=60).returncode == 0
+    assert (work / "ran").exists()
 
 
 def test_squad_experiments_stop_an_experiment_at_the_budget(tmp_path, monkeypatch):

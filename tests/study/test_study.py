@@ -612,6 +612,66 @@ def test_run_folder_from_before_detokenize_continues_with_the_texts_as_read(
         study_run.Study(study_config.resolve_config(config=cfg), run).prepare()
 
 
+def test_run_folder_from_before_new_options_that_did_not_run_a_task_takes_todays_values(
+    tiny_model_dir, data_dir, tmp_path
+):
+    """An earlier run folder's config.yaml holds every built-in task, the disabled ones too: a task it did not
+    run takes today's values of the options added since, so the folder continues without a --set for it."""
+    cfg = _config(tmp_path, tiny_model_dir, data_dir)
+    added = {"sst2": ["detokenize"], "squad": ["focus", "question_words"]}
+    for ran, skipped in (("sst2", "squad"), ("squad", "sst2")):
+        sets = [f"{skipped}.enabled=false"]
+        run = tmp_path / f"run-{ran}"
+        run.mkdir()
+        old = study_config.resolve_config(config=cfg, sets=sets).data
+        for key in added[skipped]:
+            del old["tasks"][skipped]["zeroshot"][key]
+        (run / "config.yaml").write_text(yaml.safe_dump(old))
+        study_run.Study(study_config.resolve_config(config=cfg, sets=sets), run).prepare()
+        # a task it ran computed with the earlier values: today's defaults differ from them
+        for key in added[ran]:
+            del old["tasks"][ran]["zeroshot"][key]
+        (run / "config.yaml").write_text(yaml.safe_dump(old))
+        with pytest.raises(UsageError, match=f"another configuration.*tasks.{ran}.zeroshot"):
+            study_run.Study(study_config.resolve_config(config=cfg, sets=sets), run).prepare()
+
+
+def test_stage_records_of_earlier_task_digests_are_not_redone(tiny_model_dir, data_dir, tmp_path, capsys):
+    """A stage's record holds a digest of its task's definition without the option defaults (config.yaml's
+    differences guard those); a record an earlier version wrote - the digest of the whole definition, before
+    SST-2's `detokenize` default - still counts as the same definition, so continuing such a run folder with
+    the options it ran redoes nothing. A definition that really changed is still redone."""
+    import hashlib
+
+    cfg = _config(tmp_path, tiny_model_dir, data_dir)
+    run = tmp_path / "run"
+    args = ["study", "--config", cfg, "--out", str(run), "--set", "squad.enabled=false"]
+    args += ["--set", "sst2.zeroshot.detokenize=false"]
+    assert main(args) == 0
+    capsys.readouterr()
+    whole = study_config.resolve_config(config=cfg).tasks["sst2"].to_dict(with_data=False)
+    del whole["zeroshot"]["detokenize"]
+    earlier = hashlib.sha256(json.dumps(whole, sort_keys=True, default=str).encode()).hexdigest()
+    stages = json.loads((run / "stages.json").read_text())
+    recorded = [r["definition"] for r in stages.values() if (r.get("definition") or {}).get("task")]
+    assert recorded and len({d["task"] for d in recorded}) == 1 and recorded[0]["task"] != earlier
+    for d in recorded:
+        d["task"] = earlier
+    (run / "stages.json").write_text(json.dumps(stages))
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    del config["tasks"]["sst2"]["zeroshot"]["detokenize"]
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "changed since" not in out and "redoing" not in out, out
+    for d in recorded:
+        d["task"] = "0" * 64  # a definition that is none of today's
+    (run / "stages.json").write_text(json.dumps(stages))
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "sst2: zero-shot: done earlier, but the definition of task sst2 changed since: redoing it" in out
+
+
 def test_squad_given_v2_questions_zero_shot_takes_squad_v2s_focus(tiny_model_dir, data_dir, tmp_path):
     """A study's squad task reading a dev file with unanswerable questions is scored as squad_v2, and its
     zero-shot then uses squad_v2's default focus (the whole passage), as `tunelab zeroshot` does."""

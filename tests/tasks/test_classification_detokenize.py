@@ -29,6 +29,8 @@ from tunelab.tasks.classification.detokenize import detokenize
         ("What county is Modesto , California in ?", "What county is Modesto, California in?"),
         ("What is `` Nine Inch Nails '' ?", 'What is "Nine Inch Nails"?'),
         ("unflinchingly bleak and desperate", "Unflinchingly bleak and desperate"),
+        ("... the film suffers ( a lot ) ...", "... The film suffers (a lot)..."),  # the first letter
+        ("12 monkeys , i think", "12 monkeys, I think"),  # a digit first: no sentence start to restore
     ],
 )
 def test_treebank_text_becomes_ordinary_text(tokenised, plain):

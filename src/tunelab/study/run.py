@@ -99,6 +99,7 @@ PACKAGES = (
     "numpy",
     "scipy",
     "scikit-learn",
+    "nltk",
     "matplotlib",
     "PyYAML",
     "tqdm",
@@ -298,8 +299,7 @@ class Study:
         if st.task is None:
             return {}
         task = self.cfg.tasks[st.task]
-        text = json.dumps(task.to_dict(with_data=False), sort_keys=True, default=str)
-        out: dict = {"task": hashlib.sha256(text.encode()).hexdigest()}
+        out: dict = {"task": _task_digests(task)[0]}
         for spec in st.prompts:
             if isinstance(spec, str) and spec not in task.prompts and Path(spec).expanduser().is_file():
                 out.setdefault("prompt_files", {})[spec] = file_digest(Path(spec).expanduser())
@@ -311,7 +311,7 @@ class Study:
         """How a stage's task definition, prompt files or model differ from its record `before`."""
         now = self.definition(st, before)
         changed = []
-        if before.get("task") != now.get("task"):
+        if before.get("task") not in _task_digests(self.cfg.tasks[st.task]):
             changed.append(f"the definition of task {st.task} changed since")
         for spec, digest in (before.get("prompt_files") or {}).items():
             if (now.get("prompt_files") or {}).get(spec) != digest:
@@ -639,13 +639,9 @@ class Study:
                 if isinstance(entry, dict):  # and no variants
                     entry.setdefault("variants", {})
                     task = self.cfg.tasks.get(name)
-                    zs = entry.get("zeroshot")
-                    if task is not None and task.kind == "extractive_qa" and isinstance(zs, dict):
-                        # before `focus` and `question_words`: the whole passage, the words kept
-                        zs.setdefault("focus", 0)
-                        zs.setdefault("question_words", "keep")
-                    if task is not None and task.kind == "classification" and isinstance(zs, dict):
-                        zs.setdefault("detokenize", False)  # before `detokenize`: the texts as read
+                    if task is not None and isinstance(entry.get("zeroshot"), dict):
+                        now = ((self.c.get("tasks") or {}).get(name) or {}).get("zeroshot") or {}
+                        _zeroshot_options_added_since(task.kind, entry, now)
                     bases = [Path(s).parent for s in self.cfg.sources if Path(s).is_file()]
                     _absolute_task_file(entry, self.c["tasks"].get(name), bases)
             diff = _diff(before, self.c)
@@ -765,6 +761,49 @@ def _same_file(a: str | Path | None, b: Path) -> bool:
         return a is not None and Path(a).is_file() and b.is_file() and Path(a).samefile(b)
     except OSError:
         return False
+
+
+# zero-shot options added since run folders were first written, and what a folder without them computed
+EARLIER_ZEROSHOT = {
+    "extractive_qa": {"focus": 0, "question_words": "keep"},  # the whole passage, the question's words kept
+    "classification": {"detokenize": False},  # the texts as read
+}
+
+
+def _zeroshot_options_added_since(kind: str, entry: dict, now: dict) -> None:
+    """Fill the zero-shot options an earlier run folder's config.yaml lacks (`entry`: its task's): at their
+    earlier values for a task the folder ran, at today's (`now`) for one it did not, which computed nothing
+    with them."""
+    ran = bool(entry.get("enabled"))
+    for key, value in EARLIER_ZEROSHOT.get(kind, {}).items():
+        if key in now:
+            entry["zeroshot"].setdefault(key, value if ran else now[key])
+
+
+# zero-shot defaults built-in tasks gained after run folders recorded their definitions' digests whole
+LATER_ZEROSHOT_DEFAULTS = ("detokenize",)
+
+
+def _task_digests(task) -> list[str]:
+    """The digest a stage records of its task's definition, then those earlier run folders recorded. The
+    definition's option defaults (its `zeroshot` and `finetune` sections) are left out: the options a run
+    resolves from them are config.yaml's, whose differences refuse the run folder (`prepare`), so a changed
+    default never redoes a stage whose options it does not change. Earlier digests were of the whole
+    definition, also without the zero-shot defaults added since (the folder's config.yaml then holds them at
+    their earlier values, or it would have been refused)."""
+
+    def digest(d: dict) -> str:
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
+
+    whole = task.to_dict(with_data=False)
+    earlier = {**whole}
+    if isinstance(whole.get("zeroshot"), dict):
+        earlier["zeroshot"] = {k: v for k, v in whole["zeroshot"].items() if k not in LATER_ZEROSHOT_DEFAULTS}
+    return [
+        digest({k: v for k, v in whole.items() if k not in ("zeroshot", "finetune")}),
+        digest(whole),
+        digest(earlier),
+    ]
 
 
 def _diff(a, b, prefix: str = "") -> list[str]:

@@ -15,6 +15,7 @@ from functools import cache
 from tunelab.errors import UsageError
 
 PRONOUN_I = re.compile(r"\bi\b")
+FIRST_LETTER = re.compile(r"^(\W*)([^\W\d_])")  # after any "...", "(" or quote; not after a digit
 OPENING_QUOTE = re.compile(r"(^|\s)`\s+(?=\S)")  # PTB's single opening quote, which nltk leaves as it is
 
 
@@ -31,12 +32,16 @@ def _detokenizer():
 
 
 def detokenize(text: str) -> str:
-    """`text` with Penn-Treebank tokenisation undone and, if it is all lowercase, its first letter and the
-    pronoun "i" capitalised; a text of whitespace only comes back as it is."""
+    """`text` with Penn-Treebank tokenisation undone and, if it is all lowercase, the pronoun "i" and its
+    first letter (when no digit comes before it) capitalised; a text of whitespace only comes back as it
+    is."""
     if not text.strip():
         return text
-    out = OPENING_QUOTE.sub(r"\1'", _detokenizer().detokenize(text.split()))
+    try:
+        out = OPENING_QUOTE.sub(r"\1'", _detokenizer().detokenize(text.split()))
+    except TimeoutError:  # nltk's guard against slow regexes, on a huge text: shown as it is
+        return text
     if out == out.lower():
         out = PRONOUN_I.sub("I", out)
-        out = out[0].upper() + out[1:]
+        out = FIRST_LETTER.sub(lambda m: m[1] + m[2].upper(), out)
     return out

@@ -75,7 +75,7 @@ SST2 = {
     },
     "example": "a gorgeous , witty , seductive movie .",
     # detokenize: the sentences as ordinary text ("it's", not "it 's"); chosen on SST-2 training sentences,
-    # then +2.1 points on dev (benchmarks/results/zeroshot-detokenize-cpu.json)
+    # then +1.9 points on dev (benchmarks/results/zeroshot-detokenize-cpu.json)
     "zeroshot": {"prompt": "chat-sentiment-is", "calibration": "batch", "batch_size": 32, "detokenize": True},
     "finetune": {"input_prompt": "chat", "learning_rate": 2e-5, "batch_size": 32, "max_length": 128},
     "hub": {"dataset": "nyu-mll/glue", "config": "sst2"},

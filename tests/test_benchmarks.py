@@ -540,7 +540,7 @@ with open(pathlib.Path(__file__).parent.parent / "calls.jsonl", "a") as f:
 """
 
 
-@pytest.mark.slow  # the real SmolLM2 scores 4 sentences three times
+@pytest.mark.slow  # the real SmolLM2 scores 4 sentences five times
 @pytest.mark.skipif(not DATA, reason="TUNELAB_DATA_DIR is not set")
 def test_harness_bench_runs_the_harness_as_an_importable_module(tmp_path):
     """benchmarks/harness_sst2.py runs lm-eval as `python -m lm_eval` (on the GPU machine it is installed with
@@ -567,6 +567,25 @@ def test_harness_bench_runs_the_harness_as_an_importable_module(tmp_path):
     assert row["accuracy"]["harness"] == 0.5 and 0 <= row["accuracy"]["tunelab"] <= 1
     assert len(row["wall_seconds"]["harness"]) == len(row["wall_seconds"]["tunelab"]) == 1
     assert row["ratio_of_medians"] > 0 and row["compute"]["ratio_bound"] > 1
+
+    # --batch-sizes: each size in turn (auto: each tool's own), then each tool's fastest against the other's
+    cmd[cmd.index("--out") + 1] = str(tmp_path / "batches.json")
+    proc = subprocess.run(
+        [*cmd, "--batch-sizes", "2,auto"], check=False, env=env, capture_output=True, text=True, timeout=900
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    calls = [json.loads(line) for line in (tmp_path / "site" / "calls.jsonl").read_text().splitlines()]
+    assert [c[c.index("--batch_size") + 1] for c in calls[1:]] == ["2", "auto"]
+    rows = json.loads((tmp_path / "batches.json").read_text())["by_dtype"]["float32"]
+    assert list(rows["by_batch"]) == ["2", "auto"]
+    fastest = rows["fastest"]
+    for tool in ("harness", "tunelab"):
+        walls = {b: r["wall_seconds"][tool][0] for b, r in rows["by_batch"].items()}
+        assert fastest[tool]["batch_size"] == min(walls, key=walls.get)
+        assert fastest[tool]["median_seconds"] == min(walls.values())
+    assert fastest["ratio"] == pytest.approx(
+        fastest["harness"]["median_seconds"] / fastest["tunelab"]["median_seconds"]
+    )
 
 
 def test_on_device_packs_what_the_command_wrote_so_that_it_comes_back(tmp_path):

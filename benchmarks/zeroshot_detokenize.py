@@ -32,6 +32,7 @@ from machine_info import git_commit, machine
 from tunelab.metrics import bootstrap_ci, mcnemar, paired_bootstrap
 from tunelab.models import load_causal_lm, load_tokenizer
 from tunelab.options import ZeroShotOptions
+from tunelab.outputs import write_json
 from tunelab.precision import eval_dtype
 from tunelab.tasks.base import load_task
 
@@ -150,10 +151,7 @@ def main() -> int:
 
     def save() -> None:
         if out is not None:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = out.with_suffix(".tmp")
-            tmp.write_text(json.dumps(result, indent=2) + "\n")
-            tmp.replace(out)
+            write_json(out, result)
 
     for name in names:
         result["tasks"][name] = {}

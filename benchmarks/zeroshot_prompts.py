@@ -38,6 +38,7 @@ from tunelab.config_files import read_mapping
 from tunelab.errors import UsageError
 from tunelab.metrics import bootstrap_ci, mcnemar, paired_bootstrap
 from tunelab.models import load_causal_lm, load_tokenizer
+from tunelab.outputs import write_json
 from tunelab.precision import eval_dtype
 from tunelab.tasks import get_task
 from tunelab.tasks.classification.detokenize import detokenize
@@ -214,10 +215,7 @@ def main() -> int:
 
     def save() -> None:
         if out is not None:  # rewritten after every stage, so an interrupted run keeps what it measured
-            out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = out.with_suffix(".tmp")
-            tmp.write_text(json.dumps(result, indent=2) + "\n")
-            tmp.replace(out)
+            write_json(out, result)
 
     for name in names:
         sizes = argparse.Namespace(**vars(args))

@@ -89,11 +89,13 @@ def run(cmd: list[str], env: dict) -> float:
     return wall
 
 
-def harness_accuracy(out_dir: Path) -> tuple[float, int]:
+def harness_accuracy(out_dir: Path) -> tuple[float, int, list | None]:
+    """The harness's accuracy, the sentences it scored, and the batch sizes it ran (its `auto` chooses)."""
     results = sorted(out_dir.rglob("results_*.json"))
     doc = json.loads(results[-1].read_text())
     task = doc["results"]["sst2_local"]
-    return float(task["acc,none"]), int(doc["n-samples"]["sst2_local"]["effective"])
+    sizes = (doc.get("config") or {}).get("batch_sizes")
+    return float(task["acc,none"]), int(doc["n-samples"]["sst2_local"]["effective"]), sizes
 
 
 def compute_bound(texts: list[str], device: str, dtype: str) -> dict:
@@ -168,7 +170,7 @@ def compare(dtype: str, args, work: Path, dev_tsv: Path, device: str, env: dict,
         walls["tunelab"].append(run([*tunelab, "--out", str(work / f"t-{tag}")], t_env))
         h, t = walls["harness"][-1], walls["tunelab"][-1]
         print(f"{dtype} repeat {r + 1}: harness {h:.1f} s, tunelab {t:.1f} s", flush=True)
-    h_acc, h_n = harness_accuracy(work / f"h-{dtype}-{args.batch_size}-0")
+    h_acc, h_n, h_sizes = harness_accuracy(work / f"h-{dtype}-{args.batch_size}-0")
     t_metrics = json.loads((work / f"t-{dtype}-{args.batch_size}-0" / "metrics.json").read_text())
     rows = [line.rstrip("\n").split("\t") for line in dev_tsv.read_text(encoding="utf-8").splitlines()[1:]]
     texts = [PROMPT.replace("{{sentence|trim}}", r[0].strip()) for r in rows][: args.limit or None]
@@ -176,6 +178,7 @@ def compare(dtype: str, args, work: Path, dev_tsv: Path, device: str, env: dict,
         "tunelab_dtype": t_metrics["dtype"],
         "n": t_metrics["n"],
         "harness_n": h_n,
+        "harness_batch_sizes": h_sizes,  # what it ran, its `auto` resolved
         "wall_seconds": walls,
         "ratio_of_medians": statistics.median(walls["harness"]) / statistics.median(walls["tunelab"]),
         "tunelab_scoring_seconds": t_metrics["seconds"],
@@ -227,10 +230,14 @@ def main() -> int:
     ap.add_argument("--limit", type=int, help="first N sentences only (a trial; nothing saved without --out)")
     ap.add_argument("--out", help="result file (default benchmarks/results/harness-sst2-<device>.json)")
     args = ap.parse_args()
-    if args.batch_sizes is not None and not all(
-        b == "auto" or (b.isdigit() and int(b) > 0) for b in args.batch_sizes.split(",")
-    ):
-        ap.error("--batch-sizes: positive integers and/or auto, comma-separated")
+    if args.batch_sizes is not None:
+        sizes = [b.strip() for b in args.batch_sizes.split(",")]
+        if not all(b == "auto" or (b.isdigit() and int(b) > 0) for b in sizes):
+            ap.error("--batch-sizes: positive integers and/or auto, comma-separated")
+        sizes = [b if b == "auto" else str(int(b)) for b in sizes]
+        if len(set(sizes)) != len(sizes):
+            ap.error(f"--batch-sizes: {args.batch_sizes} names a batch size twice")
+        args.batch_sizes = ",".join(sizes)
     dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
     if not dtypes or any(d not in ("float32", "bfloat16") for d in dtypes):
         ap.error("--dtypes: float32 and/or bfloat16")

@@ -534,6 +534,8 @@ out = pathlib.Path(opt["--output_path"]) / "model"
 out.mkdir(parents=True)
 n = int(opt["--limit"])
 doc = {"results": {"sst2_local": {"acc,none": 0.5}}, "n-samples": {"sst2_local": {"effective": n}}}
+size = opt["--batch_size"]
+doc["config"] = {"batch_size": size, "batch_sizes": [64 if size == "auto" else int(size)]}
 (out / "results_1.json").write_text(json.dumps(doc))
 with open(pathlib.Path(__file__).parent.parent / "calls.jsonl", "a") as f:
     f.write(json.dumps(args) + "\\n")
@@ -569,6 +571,10 @@ def test_harness_bench_runs_the_harness_as_an_importable_module(tmp_path):
     assert row["ratio_of_medians"] > 0 and row["compute"]["ratio_bound"] > 1
 
     # --batch-sizes: each size in turn (auto: each tool's own), then each tool's fastest against the other's
+    refused = subprocess.run(
+        [*cmd, "--batch-sizes", "16,016"], check=False, env=env, capture_output=True, text=True
+    )
+    assert refused.returncode == 2 and "names a batch size twice" in refused.stderr
     cmd[cmd.index("--out") + 1] = str(tmp_path / "batches.json")
     proc = subprocess.run(
         [*cmd, "--batch-sizes", "2,auto"], check=False, env=env, capture_output=True, text=True, timeout=900
@@ -578,6 +584,7 @@ def test_harness_bench_runs_the_harness_as_an_importable_module(tmp_path):
     assert [c[c.index("--batch_size") + 1] for c in calls[1:]] == ["2", "auto"]
     rows = json.loads((tmp_path / "batches.json").read_text())["by_dtype"]["float32"]
     assert list(rows["by_batch"]) == ["2", "auto"]
+    assert [r["harness_batch_sizes"] for r in rows["by_batch"].values()] == [[2], [64]]  # what auto chose
     fastest = rows["fastest"]
     for tool in ("harness", "tunelab"):
         walls = {b: r["wall_seconds"][tool][0] for b, r in rows["by_batch"].items()}

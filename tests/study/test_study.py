@@ -672,6 +672,21 @@ def test_stage_records_of_earlier_task_digests_are_not_redone(tiny_model_dir, da
     assert "sst2: zero-shot: done earlier, but the definition of task sst2 changed since: redoing it" in out
 
 
+def test_stage_digests_leave_option_defaults_out_and_follow_what_squad_may_be_scored_as(monkeypatch):
+    """A task's option defaults are config.yaml's to guard, so they leave a stage's digest alone (the whole
+    definition's digest, kept for earlier records, does change); squad's digest also holds squad_v2's
+    definition, which scores squad's dev file when it has unanswerable questions."""
+    from tunelab.tasks import get_task
+
+    squad, v2 = get_task("squad"), get_task("squad_v2")
+    before = study_run._task_digests(squad)
+    monkeypatch.setitem(squad.definition["zeroshot"], "batch_size", 7)
+    now = study_run._task_digests(squad)
+    assert now[0] == before[0] and now[1] != before[1]
+    monkeypatch.setitem(v2.definition["zeroshot"], "focus", 3)
+    assert study_run._task_digests(squad)[0] != before[0]
+
+
 def test_squad_given_v2_questions_zero_shot_takes_squad_v2s_focus(tiny_model_dir, data_dir, tmp_path):
     """A study's squad task reading a dev file with unanswerable questions is scored as squad_v2, and its
     zero-shot then uses squad_v2's default focus (the whole passage), as `tunelab zeroshot` does."""

@@ -31,6 +31,7 @@ from tunelab.tasks.classification.detokenize import detokenize
         ("unflinchingly bleak and desperate", "Unflinchingly bleak and desperate"),
         ("... the film suffers ( a lot ) ...", "... The film suffers (a lot)..."),  # the first letter
         ("12 monkeys , i think", "12 monkeys, I think"),  # a digit first: no sentence start to restore
+        ("'s what i liked", "'s what I liked"),  # a phrase starting mid-word (SST-2's training phrases)
     ],
 )
 def test_treebank_text_becomes_ordinary_text(tokenised, plain):

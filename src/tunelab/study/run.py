@@ -662,7 +662,9 @@ class Study:
                 + "). `tunelab study --config` accepts this file as it is.\n"
             )
             write_text(cfg_file, header + yaml.safe_dump(self.c, sort_keys=False, allow_unicode=True))
-        for name in self.cfg.enabled:  # (rewritten when the task file changed: its stages are redone)
+        # (rewritten when the task file changed: its stages are redone, unless only option defaults changed,
+        # which config.yaml's options then override, or it would have been refused above)
+        for name in self.cfg.enabled:
             task, f = self.cfg.tasks[name], self.task_dir(name) / TASK_FILE
             if task.source is not None and (not f.is_file() or read_json(f) != task.to_dict()):
                 write_json(f, task.to_dict())
@@ -781,16 +783,14 @@ def _zeroshot_options_added_since(kind: str, entry: dict, now: dict) -> None:
 
 
 # zero-shot defaults built-in tasks gained after run folders recorded their definitions' digests whole
-LATER_ZEROSHOT_DEFAULTS = ("detokenize",)
+LATER_ZEROSHOT_DEFAULTS = ("detokenize", "focus")
 
 
 def _task_digests(task) -> list[str]:
-    """The digest a stage records of its task's definition, then those earlier run folders recorded. The
-    definition's option defaults (its `zeroshot` and `finetune` sections) are left out: the options a run
-    resolves from them are config.yaml's, whose differences refuse the run folder (`prepare`), so a changed
-    default never redoes a stage whose options it does not change. Earlier digests were of the whole
-    definition, also without the zero-shot defaults added since (the folder's config.yaml then holds them at
-    their earlier values, or it would have been refused)."""
+    """The digest a stage records of what its task's definition gives it (`Task.stage_definition`), then
+    those earlier run folders recorded: of the whole definition, also without the zero-shot defaults added
+    since (the folder's config.yaml then holds those options at their earlier values, or it would have been
+    refused)."""
 
     def digest(d: dict) -> str:
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
@@ -799,11 +799,7 @@ def _task_digests(task) -> list[str]:
     earlier = {**whole}
     if isinstance(whole.get("zeroshot"), dict):
         earlier["zeroshot"] = {k: v for k, v in whole["zeroshot"].items() if k not in LATER_ZEROSHOT_DEFAULTS}
-    return [
-        digest({k: v for k, v in whole.items() if k not in ("zeroshot", "finetune")}),
-        digest(whole),
-        digest(earlier),
-    ]
+    return [digest(task.stage_definition()), digest(whole), digest(earlier)]
 
 
 def _diff(a, b, prefix: str = "") -> list[str]:

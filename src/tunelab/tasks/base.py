@@ -462,6 +462,13 @@ class Task:
         """A study's task entry before the layers: enabled, and the task file of a task of one's own."""
         return {"enabled": self.study_enabled, **({"file": self.source} if self.source is not None else {})}
 
+    def stage_definition(self) -> dict:
+        """What a study's stages of this task take from its definition (their records keep its digest): the
+        definition without its option defaults (`zeroshot`, `finetune`: the study's config.yaml holds the
+        options they resolve to, and refuses a run folder started with others), so a changed default does
+        not redo stages whose options it does not change."""
+        return {k: v for k, v in self.to_dict(with_data=False).items() if k not in ("zeroshot", "finetune")}
+
     # ---- what kinds implement ---------------------------------------------------------------------------
 
     def read(self, path: str | Path) -> list:

@@ -143,6 +143,19 @@ class ExtractiveQATask(Task):
             return get_task(self.versions[version])
         return replace(self, version=version)
 
+    def stage_definition(self) -> dict:
+        """Also what a v1.1 task's dev file may be scored as (`for_data`): another built-in task (squad ->
+        squad_v2, its prompts and zero-shot focus), which takes over the focus where the study's config holds
+        this task's default (study.run's zero-shot stage)."""
+        out = super().stage_definition()
+        other = self.for_version("2.0")
+        if other.name != self.name:
+            out["scored_as"] = {
+                "definition": other.to_dict(with_data=False),
+                "default_focus": self.zeroshot_options().get("focus"),
+            }
+        return out
+
     def for_data(self, examples: list[SquadExample]) -> ExtractiveQATask:
         if not self.version_2 and any(ex.is_impossible for ex in examples):
             return self.for_version("2.0")

@@ -137,7 +137,16 @@ def compute_bound(texts: list[str], device: str, dtype: str) -> dict:
     }
 
 
-def compare(dtype: str, args, work: Path, dev_tsv: Path, device: str, env: dict, warm: bool = True) -> dict:
+def compare(
+    dtype: str,
+    args,
+    work: Path,
+    dev_tsv: Path,
+    device: str,
+    env: dict,
+    warm: bool = True,
+    bound: dict | None = None,
+) -> dict:
     """Both tools in `dtype` (the harness's `dtype=` model argument; tunelab's bfloat16 weights, forced with
     TUNELAB_CPU_BF16=on on a CPU, or --no-bf16) at `args.batch_size`, `--repeats` times, alternating."""
     limit = ["--limit", str(args.limit)] if args.limit else []
@@ -187,7 +196,7 @@ def compare(dtype: str, args, work: Path, dev_tsv: Path, device: str, env: dict,
             "tunelab": t_metrics["accuracy"],
             "difference_points": 100 * (t_metrics["accuracy"] - h_acc),
         },
-        "compute": compute_bound(texts, device, dtype),
+        "compute": bound or compute_bound(texts, device, dtype),  # (the same at every batch size)
     }
 
 
@@ -199,7 +208,8 @@ def by_batch(dtype: str, args, work: Path, dev_tsv: Path, device: str, env: dict
     rows = {}
     for k, size in enumerate(args.batch_sizes.split(",")):
         at = argparse.Namespace(**{**vars(args), "batch_size": size})
-        rows[size] = compare(dtype, at, work, dev_tsv, device, env, warm=k == 0)
+        bound = next(iter(rows.values()))["compute"] if rows else None
+        rows[size] = compare(dtype, at, work, dev_tsv, device, env, warm=k == 0, bound=bound)
     fastest = {}
     for tool in ("harness", "tunelab"):
         size = min(rows, key=lambda b: statistics.median(rows[b]["wall_seconds"][tool]))

@@ -38,6 +38,7 @@ from machine_info import git_commit, machine
 from tunelab.metrics import bootstrap_ci, paired_bootstrap
 from tunelab.models import load_causal_lm, load_tokenizer
 from tunelab.options import ZeroShotOptions
+from tunelab.outputs import write_json
 from tunelab.precision import eval_dtype
 from tunelab.tasks import get_task
 from tunelab.tasks.extractive_qa.metrics import per_example_scores
@@ -122,7 +123,7 @@ def main() -> int:
     def save() -> None:
         print(json.dumps({k: v for k, v in out.items() if k != "machine"}, indent=1), file=sys.stderr)
         if args.out:
-            Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+            write_json(Path(args.out), out)  # in one step: a run cut short leaves a whole file
 
     if args.whole_dev is not None:
         out["case"] = f"zero-shot {task.title}, the whole dev file, focus {args.whole_dev}"

@@ -52,6 +52,7 @@ import tunelab.tasks.extractive_qa.task as qa_task
 from tunelab.metrics import bootstrap_ci, paired_bootstrap
 from tunelab.models import load_causal_lm, load_tokenizer
 from tunelab.options import ZeroShotOptions
+from tunelab.outputs import write_json
 from tunelab.precision import eval_dtype
 from tunelab.tasks import get_task
 from tunelab.tasks.extractive_qa.focus import focus_passage, sentence_spans
@@ -192,7 +193,7 @@ def main() -> int:
     def save() -> None:
         print(json.dumps({k: v for k, v in out.items() if k != "machine"}, indent=1), file=sys.stderr)
         if args.out:
-            Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+            write_json(Path(args.out), out)  # in one step: a run cut short leaves a whole file
 
     if args.whole_dev:
         out["case"] = f"zero-shot {task.title}, the whole dev file, today's defaults (idf-avoid)"

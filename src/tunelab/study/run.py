@@ -299,7 +299,7 @@ class Study:
         if st.task is None:
             return {}
         task = self.cfg.tasks[st.task]
-        out: dict = {"task": _task_digests(task)[0]}
+        out: dict = {"task": _digest(task.stage_definition())}
         for spec in st.prompts:
             if isinstance(spec, str) and spec not in task.prompts and Path(spec).expanduser().is_file():
                 out.setdefault("prompt_files", {})[spec] = file_digest(Path(spec).expanduser())
@@ -792,14 +792,15 @@ def _task_digests(task) -> list[str]:
     since (the folder's config.yaml then holds those options at their earlier values, or it would have been
     refused)."""
 
-    def digest(d: dict) -> str:
-        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
-
     whole = task.to_dict(with_data=False)
     earlier = {**whole}
     if isinstance(whole.get("zeroshot"), dict):
         earlier["zeroshot"] = {k: v for k, v in whole["zeroshot"].items() if k not in LATER_ZEROSHOT_DEFAULTS}
-    return [digest(task.stage_definition()), digest(whole), digest(earlier)]
+    return [_digest(task.stage_definition()), _digest(whole), _digest(earlier)]
+
+
+def _digest(definition: dict) -> str:
+    return hashlib.sha256(json.dumps(definition, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _diff(a, b, prefix: str = "") -> list[str]:

@@ -175,3 +175,22 @@ def test_the_command_line_parser_imports_no_torch():
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "[]"
+
+
+def test_the_task_kinds_import_no_scikit_learn():
+    """Reading a task (`data check`, an SST-2 run) does not import scikit-learn (~1 s): the extractive-QA kind
+    takes its stop words from it only when it first compares words."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from tunelab.tasks import get_task\n"
+        "get_task('squad'), get_task('sst2')\n"
+        "print('sklearn' in sys.modules)\n"
+        "from tunelab.tasks.extractive_qa.question_words import content_words\n"
+        "print(sorted(content_words('Where is the Halley Station?')), 'sklearn' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split("\n")[:2] == ["False", "['halley', 'station'] True"]

@@ -66,7 +66,6 @@ from collections.abc import Collection, Sequence
 
 import numpy as np
 import torch
-from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 from transformers import LogitsProcessor
 
 DEFAULT_STOP_STRINGS = ("\n", '"')
@@ -237,13 +236,15 @@ class SpanTable:
         self.new[: len(segments[0]) + 1] = False
         self.whole_words, self.avoiding = whole_words, bool(avoid_words)
         if whole_words or avoid_words:
+            from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS as stop  # ~1 s: only when used
+
             words = _words(segments[0])
             banned = np.zeros(base + 2, dtype=bool)
             leads_in = False  # the next word is avoided, or a stop word leading into one
             for a, b, w in reversed(words):
                 self.word[a:b] = True
-                self.new[a:b] = w not in avoid_words and w not in ENGLISH_STOP_WORDS
-                leads_in = bool(avoid_words) and (w in avoid_words or (leads_in and w in ENGLISH_STOP_WORDS))
+                self.new[a:b] = w not in avoid_words and w not in stop
+                leads_in = bool(avoid_words) and (w in avoid_words or (leads_in and w in stop))
                 if leads_in:
                     banned[max(a - 1, 0) if segments[0][a - 1 : a] == b" " else a : b] = True
             if whole_words:

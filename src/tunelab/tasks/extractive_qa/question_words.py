@@ -13,8 +13,7 @@ Words are compared lowercased, as `\\w+` runs, without scikit-learn's English st
 from __future__ import annotations
 
 import re
-
-from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+from functools import cache
 
 WORD = re.compile(r"\w+")
 # stop words that answer "how many" and "which" questions: never trimmed from an answer
@@ -22,12 +21,21 @@ QUANTITY_WORDS = frozenset(
     "one two three four five six seven eight nine ten eleven twelve fifteen twenty forty fifty sixty hundred "
     "first second third last few several many".split()
 )
-TRIMMED_STOP_WORDS = ENGLISH_STOP_WORDS - QUANTITY_WORDS
+
+
+@cache
+def stop_words() -> frozenset[str]:
+    """scikit-learn's English stop words, imported on first use: scikit-learn takes ~1 s to import, which
+    commands that never compare words (`data check`, SST-2 alone) need not pay."""
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    return ENGLISH_STOP_WORDS
 
 
 def content_words(text: str) -> set[str]:
     """The lowercased words of `text` that are not English stop words."""
-    return {w for w in WORD.findall(text.lower()) if w not in ENGLISH_STOP_WORDS}
+    stop = stop_words()
+    return {w for w in WORD.findall(text.lower()) if w not in stop}
 
 
 def is_echo(answer: str, question: str) -> bool:
@@ -40,11 +48,12 @@ def trim_answer(answer: str, question: str) -> str:
     """`answer` without the question's words and stop words (quantities aside) at its start and end, and
     without the punctuation those leave at its edges; `answer` itself when nothing else would be left."""
     asked = content_words(question)
+    trimmed_stop = stop_words() - QUANTITY_WORDS
     words = list(re.finditer(r"\S+", answer))
 
     def edge(token: str) -> bool:
         found = WORD.findall(token.lower())
-        return bool(found) and all(w in asked or w in TRIMMED_STOP_WORDS for w in found)
+        return bool(found) and all(w in asked or w in trimmed_stop for w in found)
 
     i, j = 0, len(words)
     while i < j and edge(words[i].group()):

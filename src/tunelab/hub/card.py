@@ -359,6 +359,8 @@ def _training(task, meta: dict, metrics: dict, train_cfg: dict, base_link: str, 
             )
     if task.kind == "classification":
         wrapped = "text wrapped in a prompt (see How to use)" if meta.get("input_prompt") else "bare text"
+        if meta.get("detokenize"):  # the training texts were tokenised text made ordinary
+            wrapped += "; ordinary text (its training texts were detokenized)"
         facts.append(("Input format", wrapped))
     else:
         facts.append(

@@ -315,13 +315,20 @@ def analysis(t: TaskRun) -> list[str]:
             train = train[:-1] + (
                 "; its classification head started from the zero-shot prompt's label "
                 "words, so training started from the zero-shot classifier"
-                + (
-                    " (on the texts as written; zero-shot read them detokenized)."
-                    if zs.get("detokenize")
-                    else "."
-                )
+                + _texts_read(bool(zs.get("detokenize")), bool((t.ft_meta or {}).get("detokenize")))
             )
         out.append(train)
     if zs or ft:
         out.append(data_note(t))
     return out
+
+
+def _texts_read(zero_shot: bool, fine_tuned: bool) -> str:
+    """The end of the sentence on where training started: how each side read the texts (`detokenize`)."""
+    if zero_shot and fine_tuned:
+        return " (both read the texts detokenized)."
+    if zero_shot:
+        return " (on the texts as written; zero-shot read them detokenized)."
+    if fine_tuned:
+        return " (on the texts detokenized; zero-shot read them as written)."
+    return "."

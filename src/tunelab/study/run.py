@@ -639,9 +639,8 @@ class Study:
                 if isinstance(entry, dict):  # and no variants
                     entry.setdefault("variants", {})
                     task = self.cfg.tasks.get(name)
-                    if task is not None and isinstance(entry.get("zeroshot"), dict):
-                        now = ((self.c.get("tasks") or {}).get(name) or {}).get("zeroshot") or {}
-                        _zeroshot_options_added_since(task.kind, entry, now)
+                    if task is not None:
+                        _options_added_since(task.kind, entry, (self.c.get("tasks") or {}).get(name) or {})
                     bases = [Path(s).parent for s in self.cfg.sources if Path(s).is_file()]
                     _absolute_task_file(entry, self.c["tasks"].get(name), bases)
             diff = _diff(before, self.c)
@@ -765,21 +764,31 @@ def _same_file(a: str | Path | None, b: Path) -> bool:
         return False
 
 
-# zero-shot options added since run folders were first written, and what a folder without them computed
-EARLIER_ZEROSHOT = {
-    "extractive_qa": {"focus": 0, "question_words": "keep"},  # the whole passage, the question's words kept
-    "classification": {"detokenize": False},  # the texts as read
+# options added since run folders were first written, and what a folder without them computed
+EARLIER = {
+    "zeroshot": {
+        "extractive_qa": {
+            "focus": 0,
+            "question_words": "keep",
+        },  # the whole passage, the question's words kept
+        "classification": {"detokenize": False},  # the texts as read
+    },
+    "finetune": {"classification": {"detokenize": False}},
 }
 
 
-def _zeroshot_options_added_since(kind: str, entry: dict, now: dict) -> None:
-    """Fill the zero-shot options an earlier run folder's config.yaml lacks (`entry`: its task's): at their
-    earlier values for a task the folder ran, at today's (`now`) for one it did not, which computed nothing
-    with them."""
+def _options_added_since(kind: str, entry: dict, now: dict) -> None:
+    """Fill the zero-shot and fine-tuning options an earlier run folder's config.yaml lacks (`entry`: its
+    task's; `now`: today's): at their earlier values for a task the folder ran, at today's for one it did
+    not, which computed nothing with them."""
     ran = bool(entry.get("enabled"))
-    for key, value in EARLIER_ZEROSHOT.get(kind, {}).items():
-        if key in now:
-            entry["zeroshot"].setdefault(key, value if ran else now[key])
+    for section, by_kind in EARLIER.items():
+        today = now.get(section) or {}
+        if not isinstance(entry.get(section), dict):
+            continue
+        for key, value in by_kind.get(kind, {}).items():
+            if key in today:
+                entry[section].setdefault(key, value if ran else today[key])
 
 
 # zero-shot defaults built-in tasks gained after run folders recorded their definitions' digests whole

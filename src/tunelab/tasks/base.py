@@ -446,12 +446,15 @@ class Task:
         return out
 
     def finetune_extras(self) -> dict:
-        """The kind's fine-tuning options besides the training ones (classification: input_prompt), with the
-        task's defaults; the input prompt defaults to the zero-shot template."""
+        """The kind's fine-tuning options besides the training ones (classification: input_prompt,
+        detokenize), with the task's defaults; the input prompt defaults to the zero-shot template, and
+        detokenize to zero-shot's."""
         out = {name: opt.default for name, opt in for_kind(FINETUNE_EXTRAS, self.kind).items()}
         out.update({k: v for k, v in self.finetune_defaults.items() if k in out})
         if "input_prompt" in out and "input_prompt" not in self.finetune_defaults:
             out["input_prompt"] = self.default_prompt
+        if "detokenize" in out and "detokenize" not in self.finetune_defaults:
+            out["detokenize"] = self.zeroshot_options().get("detokenize", False)
         return out
 
     def training_defaults(self) -> dict:

@@ -269,7 +269,11 @@ class ClassificationTask(Task):
     def prepare_fine_tuning(
         self, tokenizer, cfg, train: list[TextExample], dev: list[TextExample], options: dict
     ) -> FineTuning:
-        prompt = self.input_prompt(options.get("input_prompt", self.finetune_extras()["input_prompt"]))
+        extras = self.finetune_extras()
+        prompt = self.input_prompt(options.get("input_prompt", extras["input_prompt"]))
+        plain = bool(options.get("detokenize", extras["detokenize"]))
+        if plain:
+            train = _detokenized(train)
         texts = [format_input(prompt, tokenizer, ex.text, ex.text_pair) for ex in train]
         ids = encode(tokenizer, texts, cfg.max_length, prompt is None or prompt.add_special_tokens)
         feats = [
@@ -278,6 +282,7 @@ class ClassificationTask(Task):
         ]
         meta = {
             "input_prompt": asdict(prompt) if prompt else None,
+            "detokenize": plain,
             "max_length": cfg.max_length,
             "labels": list(self.labels),
         }
@@ -297,6 +302,8 @@ class ClassificationTask(Task):
     ) -> ClassScores:
         """Class log-probabilities of a fine-tuned classifier, with the input format it was trained on."""
         prompt = self.input_prompt(meta.get("input_prompt"))
+        if meta.get("detokenize"):
+            examples = _detokenized(examples)
         texts = [format_input(prompt, tokenizer, ex.text, ex.text_pair) for ex in examples]
         return ClassScores(
             classify(
@@ -325,6 +332,8 @@ class ClassificationTask(Task):
         prompt = meta.get("input_prompt")
         if prompt is not None and not isinstance(prompt, dict):
             raise UsageError(f"input_prompt must be a prompt mapping or null, got {prompt!r}")
+        if not isinstance(meta.get("detokenize", False), bool):
+            raise UsageError(f"detokenize must be true or false, got {meta['detokenize']!r}")
         self.input_prompt(prompt)  # the checks a prompt given by the user gets
 
     def compatible(self, other: Task) -> str | None:

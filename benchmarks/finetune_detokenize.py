@@ -4,17 +4,20 @@ Zero-shot SST-2 reads its sentences detokenized by default (benchmarks/zeroshot_
 fine-tuned classifier starts from the zero-shot one (its head from the prompt's label words): this measures
 whether fine-tuning should read them so too. Each run is the command a user types,
 
-    tunelab finetune smollm2-135m --task sst2 --method head --learning-rate 1e-3 --train-limit N --epochs 1
-        --seed S --detokenize | --no-detokenize
+    tunelab finetune smollm2-135m --task sst2 --method head --learning-rate 1e-3 --batch-size 32
+        --train-limit N --epochs 1 --seed S --detokenize | --no-detokenize
 
 (head-only, the study's head-only learning rate: on a CPU the body's forward pass is what a step costs),
-evaluated on the whole SST-2 dev set (872 sentences). Per seed, both settings train on the same sample; the
-difference (on - off) gets the paired bootstrap and McNemar's test (a: off, b: on), and so do all seeds'
-dev predictions pooled.
+evaluated on the whole SST-2 dev set (872 sentences). `--method full` fine-tunes the whole model as the full
+preset does (lr 3e-5, batch 64; `--train-limit 0`: the whole training split), a GPU's work. Per seed, both
+settings train on the same sample; the difference (on - off) gets the paired bootstrap and McNemar's test
+(a: off, b: on), and so do all seeds' dev predictions pooled.
 
-    .venv/bin/python benchmarks/finetune_detokenize.py [--seeds 42,2] [--train-limit 2000] [--out FILE]
+    .venv/bin/python benchmarks/finetune_detokenize.py [--seeds 42,2,7] [--train-limit 2000] [--out FILE]
+    # on a GPU: full fine-tuning on the whole split, as the study's full preset
+    python benchmarks/finetune_detokenize.py --method full --train-limit 0 --seeds 42
 
-Writes benchmarks/results/finetune-detokenize-<device>.json (a trial with --dev-limit writes only with
+Writes benchmarks/results/finetune-detokenize[-full]-<device>.json (a trial with --dev-limit writes only with
 --out), rewritten after every run.
 """
 
@@ -29,6 +32,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from machine_info import git_commit, machine
 
 from tunelab.metrics import bootstrap_ci, mcnemar, paired_bootstrap
@@ -37,14 +41,20 @@ from tunelab.outputs import write_json
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 SETTINGS = {"off": "--no-detokenize", "on": "--detokenize"}
+# the study's learning rates: the full preset's head-only variant, and its SST-2 full fine-tuning
+METHODS = {
+    "head": {"learning_rate": 1e-3, "batch_size": 32},
+    "full": {"learning_rate": 3e-5, "batch_size": 64},
+}
 
 
 def finetune(work: Path, seed: int, setting: str, args) -> tuple[list[float], float, dict]:
     """Per-dev-sentence correctness (0/100) of one run, its wall seconds and its tunelab.json's input
     settings."""
     out = work / f"{setting}-{seed}"
-    cmd = [sys.executable, "-m", "tunelab", "finetune", args.model, "--task", "sst2", "--method", "head"]
-    cmd += ["--learning-rate", str(args.learning_rate), "--train-limit", str(args.train_limit)]
+    cmd = [sys.executable, "-m", "tunelab", "finetune", args.model, "--task", "sst2", "--method", args.method]
+    cmd += ["--learning-rate", str(args.learning_rate), "--batch-size", str(args.batch_size)]
+    cmd += ["--train-limit", str(args.train_limit)] if args.train_limit else []
     cmd += ["--epochs", "1", "--seed", str(seed), SETTINGS[setting], "--out", str(out)]
     cmd += ["--limit", str(args.dev_limit)] if args.dev_limit else []
     t0 = time.perf_counter()
@@ -70,25 +80,31 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--seeds", default="42,2", help="comma-separated training seeds")
-    ap.add_argument("--train-limit", type=int, default=2000, help="training sentences per run")
-    ap.add_argument("--learning-rate", type=float, default=1e-3)
+    ap.add_argument("--method", choices=tuple(METHODS), default="head")
+    ap.add_argument("--train-limit", type=int, default=2000, help="training sentences per run (0: all)")
+    ap.add_argument("--learning-rate", type=float, default=None, help="default: the method's (METHODS)")
+    ap.add_argument("--batch-size", type=int, default=None, help="default: the method's (METHODS)")
     ap.add_argument("--dev-limit", type=int, default=None, help="only the first N dev sentences (a trial)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
-    env = machine()
+    args.learning_rate = args.learning_rate or METHODS[args.method]["learning_rate"]
+    args.batch_size = args.batch_size or METHODS[args.method]["batch_size"]
+    env = machine("cuda" if torch.cuda.is_available() else "cpu")
     dest = Path(args.out) if args.out else None
     if dest is None and not args.dev_limit:
-        dest = RESULTS / f"finetune-detokenize-{env['device']}.json"
+        kind = "" if args.method == "head" else f"-{args.method}"
+        dest = RESULTS / f"finetune-detokenize{kind}-{env['device'].split(':')[0]}.json"
     out: dict = {
         "case": "SST-2 head-only fine-tuning, inputs as read (off) or detokenized (on), scored on dev",
         "command": "python benchmarks/finetune_detokenize.py " + " ".join(sys.argv[1:]),
         "commit": git_commit(),
         "machine": env,
         "model": args.model,
-        "method": "head",
+        "method": args.method,
         "learning_rate": args.learning_rate,
-        "train_limit": args.train_limit,
+        "batch_size": args.batch_size,
+        "train_limit": args.train_limit or "the whole training split",
         "epochs": 1,
         "dev": "SST-2 dev (GLUE validation)" + (f", first {args.dev_limit}" if args.dev_limit else ""),
         "seeds": {},

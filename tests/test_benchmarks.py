@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -681,3 +682,28 @@ def test_committed_prompt_candidates_are_valid(name, monkeypatch):
 
     candidates = yaml.safe_load((ROOT / "benchmarks" / name).read_text())
     assert check_candidates(candidates, list(candidates)) is None
+
+
+@pytest.mark.slow  # four `tunelab finetune` runs of the tiny model: ~30 s on 2 cores
+@pytest.mark.skipif(not DATA, reason="TUNELAB_DATA_DIR is not set")
+def test_finetune_detokenize_bench_pairs_each_seeds_runs(tiny_model_dir, tmp_path):
+    """benchmarks/finetune_detokenize.py with the tiny model: per seed one `tunelab finetune` with inputs as
+    read and one detokenized (their tunelab.json say so), both on the same training sample, compared
+    sentence by sentence on dev, and all seeds pooled."""
+    env = dict(os.environ, TUNELAB_DATA_DIR=DATA, TOKENIZERS_PARALLELISM="false")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))
+    out = tmp_path / "fd.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "finetune_detokenize.py"), "--model", tiny_model_dir]
+    cmd += ["--seeds", "1,2", "--train-limit", "16", "--dev-limit", "8", "--out", str(out)]
+    proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert (report["method"], report["learning_rate"], report["batch_size"]) == ("head", 1e-3, 32)
+    assert list(report["seeds"]) == ["1", "2"]
+    for seed in report["seeds"].values():
+        assert {k: r["detokenize"] for k, r in seed["runs"].items()} == {"off": False, "on": True}
+        acc = seed["accuracy"]
+        assert seed["on_minus_off"]["difference"] == pytest.approx(acc["on"] - acc["off"])
+    pooled = report["pooled"]["accuracy"]
+    for k in ("off", "on"):
+        assert pooled[k] == pytest.approx(np.mean([s["accuracy"][k] for s in report["seeds"].values()]))

@@ -33,7 +33,7 @@ def sst2_dir(tiny_model_dir, tmp_path_factory):
             "fixture",
             out,
             tiny_train_config(epochs=2),
-            {"input_prompt": PLAIN_SPEC},
+            {"input_prompt": PLAIN_SPEC, "detokenize": False},  # texts as given (detokenize: its own tests)
         )
     return str(out)
 

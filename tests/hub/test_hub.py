@@ -34,6 +34,7 @@ from tunelab.hub.export import export
 from tunelab.hub.push import HIDDEN_PATTERNS, push, upload_plan
 from tunelab.tasks import get_task
 from tunelab.tasks.classification import classify, format_input
+from tunelab.tasks.classification.detokenize import detokenize
 
 SECRET = "hf_SeCrEtToKeN0123456789abcdefXYZ"
 
@@ -116,14 +117,16 @@ def test_export_loads_in_transformers_with_tunelab_scores(finetuned, exported, m
     assert model.config.id2label == {0: "negative", 1: "positive"}
     # plain transformers, one sentence at a time, gives what tunelab's own evaluation recorded
     want = eval_scores(finetuned[method])
+    assert json.loads((out / "tunelab.json").read_text())["detokenize"] is True  # SST-2's default
+    texts = [detokenize(ex.text) for ex in dev_set()]  # as its evaluation read them
     got = []
-    for ex in dev_set():
-        enc = tok(format_input(PLAIN, tok, ex.text), truncation=True, max_length=32, return_tensors="pt")
+    for text in texts:
+        enc = tok(format_input(PLAIN, tok, text), truncation=True, max_length=32, return_tensors="pt")
         with torch.no_grad():
             got.append(model(**enc).logits.softmax(-1)[0, 1].item())
     np.testing.assert_allclose(got, want, atol=1e-5)
     # and tunelab's batched classifier on the export agrees too
-    lp = classify(model, tok, [format_input(PLAIN, tok, ex.text) for ex in dev_set()], 32, progress=False)
+    lp = classify(model, tok, [format_input(PLAIN, tok, text) for text in texts], 32, progress=False)
     np.testing.assert_allclose(np.exp(lp[:, 1]), want, atol=1e-5)
 
 
@@ -456,8 +459,10 @@ def test_card_snippet_classifies_as_tunelab_predict(exported, method):
     folder = exported[method]
     code = card_snippet(folder)
     call = re.search(r"ids = tokenizer\(format_input\((.*?)\)", code).group(1)  # the card's example
-    long = " ".join(["a good and great film , truly wonderful"] * 6 + ["but awful"])  # > max_length 32
-    for text in ("a great film", long):
+    # ordinary text, as the card asks of a model trained on detokenized texts (tunelab predict then reads
+    # it unchanged)
+    long = " ".join(["A good and great film, truly wonderful"] * 6 + ["but awful."])  # > max_length 32
+    for text in ("A great film.", long):
         printed = run_snippet(code.replace(call, repr(text)))
         label, prob = printed.split()
         _, rows = predict(str(folder), texts=[text])
@@ -722,3 +727,13 @@ def test_card_shows_no_f1_interval_from_one_question():
     assert _extractive_qa_rows(task, {"f1_ci95": [40.0, 60.0], "n": 9}) == [
         ("F1 95% CI (bootstrap)", "40.0 – 60.0")
     ]
+
+
+def test_card_of_a_model_trained_on_detokenized_texts_asks_for_ordinary_text(exported):
+    """SST-2's fine-tuning reads its tokenised sentences detokenized (its default): the card says the model
+    takes ordinary text, and its example is ordinary text, not GLUE's tokenised sentence."""
+    text = (exported["full"] / "README.md").read_text()
+    assert "ordinary text (its training texts were detokenized)" in text
+    assert "give it ordinary text. `tunelab predict` detokenizes as training did." in text
+    assert "format_input('A gorgeous, witty, seductive movie.')" in card_snippet(exported["full"])
+    assert "a gorgeous , witty" not in text

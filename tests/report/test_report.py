@@ -518,6 +518,16 @@ def test_analysis_says_whether_training_started_from_the_zero_shot_classifier(tm
     )
     detok = analysis_of(build_report(run)[0].read_text())
     assert "zero-shot classifier (on the texts as written; zero-shot read them detokenized)." in detok
+    # fine-tuning read them detokenized too (its tunelab.json says so), or it alone did
+    meta = run / "sst2" / "finetune" / "tunelab.json"
+    _write_json(meta, {**json.loads(meta.read_text()), "detokenize": True})
+    assert "zero-shot classifier (both read the texts detokenized)." in analysis_of(
+        build_report(run)[0].read_text()
+    )
+    _write_json(metrics, {**json.loads(metrics.read_text()), "detokenize": False})
+    assert "(on the texts detokenized; zero-shot read them as written)." in analysis_of(
+        build_report(run)[0].read_text()
+    )
 
 
 def test_lora_parameter_sentence_gives_both_shares():

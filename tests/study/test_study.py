@@ -595,21 +595,23 @@ def test_run_folder_from_before_question_words_continues_keeping_them(tiny_model
 def test_run_folder_from_before_detokenize_continues_with_the_texts_as_read(
     tiny_model_dir, data_dir, tmp_path
 ):
-    """A run folder written before classification's `detokenize` scored the texts as read: it is read as
-    false, continues with `--set sst2.zeroshot.detokenize=false`, and is refused (naming it) at SST-2's
-    default."""
+    """A run folder written before classification's `detokenize` (zero-shot, then fine-tuning) read the texts
+    as written: each missing key is read as false, the folder continues with `--set ...detokenize=false`
+    for both, and is refused (naming the key) at SST-2's defaults."""
     cfg = _config(tmp_path, tiny_model_dir, data_dir)
     run = tmp_path / "run"
     run.mkdir()
     old = study_config.resolve_config(config=cfg).data
     assert old["tasks"]["sst2"]["zeroshot"]["detokenize"] is True
-    del old["tasks"]["sst2"]["zeroshot"]["detokenize"]
+    assert old["tasks"]["sst2"]["finetune"]["detokenize"] is True
+    del old["tasks"]["sst2"]["zeroshot"]["detokenize"], old["tasks"]["sst2"]["finetune"]["detokenize"]
     (run / "config.yaml").write_text(yaml.safe_dump(old))
-    study_run.Study(
-        study_config.resolve_config(config=cfg, sets=["sst2.zeroshot.detokenize=false"]), run
-    ).prepare()
+    both = ["sst2.zeroshot.detokenize=false", "sst2.finetune.detokenize=false"]
+    study_run.Study(study_config.resolve_config(config=cfg, sets=both), run).prepare()
     with pytest.raises(UsageError, match="another configuration.*tasks.sst2.zeroshot.detokenize"):
-        study_run.Study(study_config.resolve_config(config=cfg), run).prepare()
+        study_run.Study(study_config.resolve_config(config=cfg, sets=both[1:]), run).prepare()
+    with pytest.raises(UsageError, match="another configuration.*tasks.sst2.finetune.detokenize"):
+        study_run.Study(study_config.resolve_config(config=cfg, sets=both[:1]), run).prepare()
 
 
 def test_run_folder_from_before_new_options_that_did_not_run_a_task_takes_todays_values(
@@ -626,6 +628,8 @@ def test_run_folder_from_before_new_options_that_did_not_run_a_task_takes_todays
         old = study_config.resolve_config(config=cfg, sets=sets).data
         for key in added[skipped]:
             del old["tasks"][skipped]["zeroshot"][key]
+        if skipped == "sst2":
+            del old["tasks"]["sst2"]["finetune"]["detokenize"]
         (run / "config.yaml").write_text(yaml.safe_dump(old))
         study_run.Study(study_config.resolve_config(config=cfg, sets=sets), run).prepare()
         # a task it ran computed with the earlier values: today's defaults differ from them

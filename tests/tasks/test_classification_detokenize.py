@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers import PLAIN_SPEC, SST2, sst2_examples, zeroshot_options
+from helpers import PLAIN_SPEC, SST2, sst2_examples, tiny_train_config, zeroshot_options
 
 from tunelab import runs
 from tunelab.cli import main
@@ -113,3 +113,67 @@ def test_cli_flag_turns_the_tasks_default_off(tiny_model_dir, tmp_path):
     assert json.loads((tmp_path / "off" / "metrics.json").read_text())["detokenize"] is False
     assert main([*args, "--out", str(tmp_path / "on")]) == 0
     assert json.loads((tmp_path / "on" / "metrics.json").read_text())["detokenize"] is True
+
+
+# ---- fine-tuning ------------------------------------------------------------------------------------------
+
+
+def test_fine_tuning_follows_the_tasks_zero_shot_default_unless_set(tmp_path):
+    assert SST2.finetune_extras()["detokenize"] is True
+    assert load_task("configs/tasks/trec.yaml").finetune_extras()["detokenize"] is False
+    own = tmp_path / "own.yaml"
+    own.write_text(
+        "name: own\nkind: classification\nlabels: [negative, positive]\n"
+        "data: {splits: {train: train.tsv, dev: dev.tsv}}\n"
+        "zeroshot: {detokenize: true}\nfinetune: {detokenize: false}\n"
+    )
+    task = load_task(str(own))
+    assert task.zeroshot_options()["detokenize"] is True and task.finetune_extras()["detokenize"] is False
+
+
+def test_fine_tuning_trains_and_predicts_on_detokenized_inputs(tiny_model_dir, monkeypatch):
+    from tunelab.tasks.classification import task as module
+
+    tok = load_tokenizer(tiny_model_dir)
+    train = [TextExample("it 's a film , i think .", 1, 1), TextExample("i did n't like it", 0, 2)]
+    cfg = tiny_train_config(max_length=256)
+    spec = {"input_prompt": PLAIN_SPEC}
+    on = SST2.prepare_fine_tuning(tok, cfg, train, [], {**spec, "detokenize": True})
+    off = SST2.prepare_fine_tuning(tok, cfg, train, [], {**spec, "detokenize": False})
+    assert on.meta["detokenize"] is True and off.meta["detokenize"] is False
+    assert SST2.prepare_fine_tuning(tok, cfg, train, [], spec).meta["detokenize"] is True  # SST-2's default
+    decoded = [tok.decode(f["input_ids"]) for f in on.features]
+    assert "Review: It's a film, I think." in decoded[0] and "Review: I didn't like it" in decoded[1]
+    assert "Review: it 's a film , i think ." in tok.decode(off.features[0]["input_ids"])
+    assert train[0].text == "it 's a film , i think ."  # the caller's examples are not changed
+
+    seen: list[list[str]] = []
+    monkeypatch.setattr(module, "classify", lambda model, tok, texts, *a, **k: seen.append(texts) or [])
+    for meta in (on.meta, off.meta, {k: v for k, v in on.meta.items() if k != "detokenize"}):
+        SST2.predict(None, tok, train, meta, progress=False)
+    assert "It's a film, I think." in seen[0][0]
+    assert "it 's a film , i think ." in seen[1][0] and seen[2] == seen[1]  # a folder from before: as read
+
+
+def test_a_fine_tuned_folders_detokenize_must_be_a_bool():
+    meta = {"labels": ["negative", "positive"], "input_prompt": None, "max_length": 128}
+    SST2.check_meta({**meta, "detokenize": True})
+    with pytest.raises(UsageError, match="detokenize must be true or false, got 'yes'"):
+        SST2.check_meta({**meta, "detokenize": "yes"})
+
+
+def test_cli_finetune_records_it_and_evaluate_reads_it(tiny_model_dir, tmp_path):
+    from helpers import sst2_tsv
+
+    (tmp_path / "data" / "SST-2").mkdir(parents=True)
+    sst2_tsv(sst2_examples(16), tmp_path / "data" / "SST-2" / "train.tsv")
+    sst2_tsv(sst2_examples(8, seed=1), tmp_path / "data" / "SST-2" / "dev.tsv")
+    data = ["--task", "sst2", "--data-dir", str(tmp_path / "data")]
+    train = ["--epochs", "1", "--batch-size", "8", "--max-length", "64", "--method", "head"]
+    for flag, on in (([], True), (["--no-detokenize"], False)):
+        ft = tmp_path / f"ft{len(flag)}"
+        assert main(["finetune", tiny_model_dir, *data, *train, *flag, "--out", str(ft)]) == 0
+        assert json.loads((ft / "tunelab.json").read_text())["detokenize"] is on
+        out = tmp_path / f"ev{len(flag)}"
+        assert main(["evaluate", str(ft), *data, "--out", str(out)]) == 0
+        assert (out / "predictions.jsonl").read_text() == (ft / "eval" / "predictions.jsonl").read_text()

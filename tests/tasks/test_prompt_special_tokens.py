@@ -61,7 +61,7 @@ def test_fine_tuning_and_prediction_read_the_same_ids(tiny_model_dir, bos_tokeni
     train = sst2_examples(4)
     cfg = tiny_train_config(max_length=512)
     for spec, chat in (("chat", True), (asdict(PLAIN), False)):
-        ft = SST2.prepare_fine_tuning(tok, cfg, train, [], {"input_prompt": spec})
+        ft = SST2.prepare_fine_tuning(tok, cfg, train, [], {"input_prompt": spec, "detokenize": False})
         prompt = SST2.input_prompt(ft.meta["input_prompt"])
         for feat, ex in zip(ft.features, train, strict=True):
             text = prompt.render(tok, ex.text)
@@ -71,7 +71,7 @@ def test_fine_tuning_and_prediction_read_the_same_ids(tiny_model_dir, bos_tokeni
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=2).eval()
     model.config.pad_token_id = tok.eos_token_id
-    ft = SST2.prepare_fine_tuning(tok, cfg, train, [], {"input_prompt": "chat"})
+    ft = SST2.prepare_fine_tuning(tok, cfg, train, [], {"input_prompt": "chat", "detokenize": False})
     got = SST2.predict(model, tok, train, ft.meta, batch_size=1, progress=False, bf16=False).log_probs
     with torch.no_grad():
         want = [model(torch.tensor([f["input_ids"]])).logits.log_softmax(-1)[0].numpy() for f in ft.features]

@@ -194,7 +194,17 @@ def _usage_classification(task, meta: dict, name: str) -> list[str]:
             f"def format_input({args}):  # trained on bare texts",
             '    return text + "\\n" + text_pair' if pairs else "    return text",
         ]
+    if meta.get("detokenize"):
+        lines += [
+            "# Its training texts were tokenised (`it 's good , i think .`) and were detokenized to",
+            "# ordinary text (`It's good, I think.`);",
+            "# give it ordinary text. `tunelab predict` detokenizes as training did.",
+        ]
     example = task.example or (["a first text", "a second text"] if pairs else "an example text")
+    if meta.get("detokenize"):
+        from tunelab.tasks.classification.detokenize import detokenize
+
+        example = [detokenize(e) for e in example] if pairs else detokenize(example)
     call = f"format_input({example[0]!r}, {example[1]!r})" if pairs else f"format_input({example!r})"
     # a chat template writes its own special tokens (Llama's BOS): the tokenizer must not add them again
     special = ", add_special_tokens=False" if prompt and prompt.get("chat") else ""

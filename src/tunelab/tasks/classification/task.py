@@ -486,7 +486,8 @@ class ClassificationTask(Task):
         self, model, tokenizer, meta: dict, rows: list[dict], batch_size: int | str = 64
     ) -> list[dict]:
         """Each row with "label", "probability" (of that label) and "scores" (every label), scored as
-        tunelab's evaluation scores (same input format, same classifier)."""
+        tunelab's evaluation scores (same input format, same classifier; a model trained on detokenized
+        texts reads every text detokenized, as its evaluation did: `detokenize`)."""
         examples = [TextExample(r["text"], None, i, r.get("text_pair")) for i, r in enumerate(rows)]
         probs = np.exp(self.predict(model, tokenizer, examples, meta, batch_size, progress=False).log_probs)
         out = []

@@ -41,7 +41,9 @@ from tunelab.outputs import write_json
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 SETTINGS = {"off": "--no-detokenize", "on": "--detokenize"}
-# the study's learning rates: the full preset's head-only variant, and its SST-2 full fine-tuning
+# head: the full preset's head-only learning rate at SST-2's default batch (the runs of
+# finetune-detokenize-cpu.json, written before the JSON recorded the batch size, used the task's 32);
+# full: the full preset's SST-2 fine-tuning
 METHODS = {
     "head": {"learning_rate": 1e-3, "batch_size": 32},
     "full": {"learning_rate": 3e-5, "batch_size": 64},
@@ -96,7 +98,7 @@ def main() -> int:
         kind = "" if args.method == "head" else f"-{args.method}"
         dest = RESULTS / f"finetune-detokenize{kind}-{env['device'].split(':')[0]}.json"
     out: dict = {
-        "case": "SST-2 head-only fine-tuning, inputs as read (off) or detokenized (on), scored on dev",
+        "case": f"SST-2 fine-tuning ({args.method}), inputs as read (off) or detokenized (on), scored on dev",
         "command": "python benchmarks/finetune_detokenize.py " + " ".join(sys.argv[1:]),
         "commit": git_commit(),
         "machine": env,

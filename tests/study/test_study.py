@@ -601,17 +601,19 @@ def test_run_folder_from_before_detokenize_continues_with_the_texts_as_read(
     cfg = _config(tmp_path, tiny_model_dir, data_dir)
     run = tmp_path / "run"
     run.mkdir()
-    old = study_config.resolve_config(config=cfg).data
-    assert old["tasks"]["sst2"]["zeroshot"]["detokenize"] is True
-    assert old["tasks"]["sst2"]["finetune"]["detokenize"] is True
-    del old["tasks"]["sst2"]["zeroshot"]["detokenize"], old["tasks"]["sst2"]["finetune"]["detokenize"]
+    variant = ["sst2.variants={lora: {method: lora}}"]  # a variant holds the whole finetune section
+    old = study_config.resolve_config(config=cfg, sets=variant).data
+    sst2 = old["tasks"]["sst2"]
+    assert sst2["zeroshot"]["detokenize"] is sst2["finetune"]["detokenize"] is True
+    assert sst2["variants"]["lora"]["detokenize"] is True
+    del sst2["zeroshot"]["detokenize"], sst2["finetune"]["detokenize"], sst2["variants"]["lora"]["detokenize"]
     (run / "config.yaml").write_text(yaml.safe_dump(old))
-    both = ["sst2.zeroshot.detokenize=false", "sst2.finetune.detokenize=false"]
+    both = [*variant, "sst2.zeroshot.detokenize=false", "sst2.finetune.detokenize=false"]
     study_run.Study(study_config.resolve_config(config=cfg, sets=both), run).prepare()
     with pytest.raises(UsageError, match="another configuration.*tasks.sst2.zeroshot.detokenize"):
-        study_run.Study(study_config.resolve_config(config=cfg, sets=both[1:]), run).prepare()
+        study_run.Study(study_config.resolve_config(config=cfg, sets=[*variant, both[2]]), run).prepare()
     with pytest.raises(UsageError, match="another configuration.*tasks.sst2.finetune.detokenize"):
-        study_run.Study(study_config.resolve_config(config=cfg, sets=both[:1]), run).prepare()
+        study_run.Study(study_config.resolve_config(config=cfg, sets=both[:2]), run).prepare()
 
 
 def test_run_folder_from_before_new_options_that_did_not_run_a_task_takes_todays_values(

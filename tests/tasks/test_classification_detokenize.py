@@ -52,7 +52,7 @@ def test_without_nltk_it_is_a_clear_usage_error(monkeypatch):
     module._detokenizer.cache_clear()
     monkeypatch.setitem(sys.modules, "nltk.tokenize.treebank", None)  # an import of it fails
     try:
-        with pytest.raises(UsageError, match="detokenize needs nltk.*--no-detokenize"):
+        with pytest.raises(UsageError, match="detokenize needs nltk.*--no-detokenize.*finetune.detokenize"):
             detokenize("it 's")
     finally:
         module._detokenizer.cache_clear()
@@ -177,3 +177,12 @@ def test_cli_finetune_records_it_and_evaluate_reads_it(tiny_model_dir, tmp_path)
         out = tmp_path / f"ev{len(flag)}"
         assert main(["evaluate", str(ft), *data, "--out", str(out)]) == 0
         assert (out / "predictions.jsonl").read_text() == (ft / "eval" / "predictions.jsonl").read_text()
+    # evaluate reads the folder's setting: the same model told otherwise scores other texts
+    meta = tmp_path / "ft0" / "tunelab.json"
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "detokenize": False}))
+    assert main(["evaluate", str(tmp_path / "ft0"), *data, "--out", str(tmp_path / "ev-told-off")]) == 0
+
+    def scores(folder):
+        return [json.loads(r)["scores"] for r in (folder / "predictions.jsonl").read_text().splitlines()]
+
+    assert scores(tmp_path / "ev-told-off") != scores(tmp_path / "ev0")

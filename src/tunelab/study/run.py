@@ -766,14 +766,12 @@ def _same_file(a: str | Path | None, b: Path) -> bool:
 
 # options added since run folders were first written, and what a folder without them computed
 EARLIER = {
+    # zero-shot QA: the whole passage, the question's words kept; classification: the texts as read
     "zeroshot": {
-        "extractive_qa": {
-            "focus": 0,
-            "question_words": "keep",
-        },  # the whole passage, the question's words kept
-        "classification": {"detokenize": False},  # the texts as read
+        "extractive_qa": {"focus": 0, "question_words": "keep"},
+        "classification": {"detokenize": False},
     },
-    "finetune": {"classification": {"detokenize": False}},
+    "finetune": {"classification": {"detokenize": False}},  # the texts as read
 }
 
 
@@ -782,13 +780,16 @@ def _options_added_since(kind: str, entry: dict, now: dict) -> None:
     task's; `now`: today's): at their earlier values for a task the folder ran, at today's for one it did
     not, which computed nothing with them."""
     ran = bool(entry.get("enabled"))
-    for section, by_kind in EARLIER.items():
-        today = now.get(section) or {}
-        if not isinstance(entry.get(section), dict):
+    # each variant holds the whole finetune section (with its overrides), so the options added to it too
+    variants = entry.get("variants") if isinstance(entry.get("variants"), dict) else {}
+    sections = [(s, entry.get(s), now.get(s)) for s in EARLIER]
+    sections += [("finetune", v, (now.get("variants") or {}).get(name)) for name, v in variants.items()]
+    for section, old, today in sections:
+        if not isinstance(old, dict) or not isinstance(today, dict):
             continue
-        for key, value in by_kind.get(kind, {}).items():
+        for key, value in EARLIER[section].get(kind, {}).items():
             if key in today:
-                entry[section].setdefault(key, value if ran else today[key])
+                old.setdefault(key, value if ran else today[key])
 
 
 # zero-shot defaults built-in tasks gained after run folders recorded their definitions' digests whole

@@ -29,7 +29,8 @@ def _detokenizer():
     except ImportError as exc:
         raise UsageError(
             "detokenize needs nltk, one of tunelab's dependencies: `pip install nltk`, or turn it off "
-            "(--no-detokenize; a task's zeroshot.detokenize: false)"
+            "(--no-detokenize; a task's zeroshot.detokenize or finetune.detokenize: false); a model "
+            "fine-tuned with it (its tunelab.json says detokenize: true) needs nltk to read its inputs"
         ) from exc
     return TreebankWordDetokenizer()
 

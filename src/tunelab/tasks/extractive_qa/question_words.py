@@ -32,6 +32,11 @@ def stop_words() -> frozenset[str]:
     return ENGLISH_STOP_WORDS
 
 
+@cache
+def _trimmed_stop_words() -> frozenset[str]:
+    return stop_words() - QUANTITY_WORDS
+
+
 def content_words(text: str) -> set[str]:
     """The lowercased words of `text` that are not English stop words."""
     stop = stop_words()
@@ -48,7 +53,7 @@ def trim_answer(answer: str, question: str) -> str:
     """`answer` without the question's words and stop words (quantities aside) at its start and end, and
     without the punctuation those leave at its edges; `answer` itself when nothing else would be left."""
     asked = content_words(question)
-    trimmed_stop = stop_words() - QUANTITY_WORDS
+    trimmed_stop = _trimmed_stop_words()
     words = list(re.finditer(r"\S+", answer))
 
     def edge(token: str) -> bool:

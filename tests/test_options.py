@@ -167,3 +167,31 @@ def test_a_boolean_flag_turns_the_option_either_way_over_the_tasks_value(tmp_pat
     assert (cfg.bf16, cfg.packing) == (True, False)
     cfg = _train_config(parse([*argv, "--no-bf16", "--packing"]), task)
     assert (cfg.bf16, cfg.packing) == (False, True)
+
+
+def test_another_method_than_the_tasks_takes_that_methods_learning_rate(tmp_path):
+    """The task's learning rate is for its own method (SST-2's 2e-5: full fine-tuning): `--method head` or
+    `--method lora` without a learning rate takes that method's (1e-3, 3e-4) - with 2e-5 the head alone
+    hardly moves from its start; a rate given by flag or --config, or a task written for that method, wins."""
+    from tunelab.cli import _train_config
+    from tunelab.tasks import load_task
+
+    parse = build_parser().parse_args
+    sst2 = load_task("sst2")
+    argv = ["finetune", "m", "--task", "sst2", "--out", "o"]
+    rates = {
+        m: _train_config(parse([*argv, "--method", m]), sst2).learning_rate for m in ("full", "lora", "head")
+    }
+    assert rates == {"full": 2e-5, "lora": 3e-4, "head": 1e-3}
+    assert _train_config(parse(argv), sst2).learning_rate == 2e-5
+    assert (
+        _train_config(parse([*argv, "--method", "head", "--learning-rate", "5e-3"]), sst2).learning_rate
+        == 5e-3
+    )
+    config = tmp_path / "train.yaml"
+    config.write_text("learning_rate: 4.0e-4\n")
+    cfg = _train_config(parse([*argv, "--method", "head", "--config", str(config)]), sst2)
+    assert cfg.learning_rate == 4e-4
+    task, own = _finetune_with_task_file(tmp_path, "finetune: {method: lora, learning_rate: 5.0e-4}\n")
+    assert _train_config(parse(own), task).learning_rate == 5e-4  # the task's own method: its rate
+    assert _train_config(parse([*own, "--method", "full"]), task).learning_rate == 2e-5

@@ -483,7 +483,7 @@ def cmd_zeroshot(args) -> int:
 
 def _train_config(args, task):
     from tunelab.config_files import read_mapping
-    from tunelab.options import TrainConfig
+    from tunelab.options import METHOD_LEARNING_RATES, TrainConfig
 
     values = task.training_defaults()
     from_file = (
@@ -498,11 +498,20 @@ def _train_config(args, task):
         for k, v in given(args, TRAIN_OPTIONS).items()
     }
 
+    # the task's learning rate is for its own method: another method given here takes that method's
+    method = {**values, **flags}.get("method", TRAIN_OPTIONS["method"].default)
+    own_method = task.training_defaults().get("method", TRAIN_OPTIONS["method"].default)
+    method_rate = method != own_method and "learning_rate" not in {**from_file, **flags}
+    if method_rate and method in METHOD_LEARNING_RATES:
+        values["learning_rate"] = METHOD_LEARNING_RATES[method]
+
     def origin(key: str) -> str:
         if key in flags:
             return "--" + key.replace("_", "-")
         if key in from_file:
             return args.config
+        if key == "learning_rate" and method_rate:
+            return f"--method {method}'s default learning rate"
         return f"{task.source}: finetune" if task.source else f"the built-in task {task.name}'s defaults"
 
     return TrainConfig.from_dict({**values, **flags}, where=args.config or "options", origin=origin)

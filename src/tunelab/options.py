@@ -294,6 +294,10 @@ BF16_HELP = (
 BF16_CPU_AUTOCAST = ", on CPUs only with TUNELAB_CPU_BF16=on (measured: faster but a little less accurate)"
 
 
+# a method's learning rate where the task's (meant for its own method, full unless it says) does not apply
+METHOD_LEARNING_RATES = {"full": 2e-5, "lora": 3e-4, "head": 1e-3}
+
+
 @dataclass
 class TrainConfig:
     """Fine-tuning options (`tunelab finetune` flags, `--config` files, a study task's `finetune` section)."""
@@ -304,7 +308,14 @@ class TrainConfig:
         choices=("full", "lora", "head"),
     )
     learning_rate: float = option(
-        2e-5, "peak learning rate (AdamW)", low=0, high=1, low_open=True, high_open=True
+        2e-5,
+        "peak learning rate (AdamW). `tunelab finetune` with a --method other than the task's (full unless "
+        "its finetune section says) and no learning rate given (flag or --config) takes that method's: "
+        "3e-4 for LoRA, 1e-3 for the head alone (the full preset's variants), 2e-5 for full",
+        low=0,
+        high=1,
+        low_open=True,
+        high_open=True,
     )
     epochs: float = option(
         1.0, "passes over the training data (a fraction stops early)", low=0, low_open=True, high=MAX_EPOCHS

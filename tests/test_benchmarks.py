@@ -707,3 +707,30 @@ def test_finetune_detokenize_bench_pairs_each_seeds_runs(tiny_model_dir, tmp_pat
     pooled = report["pooled"]["accuracy"]
     for k in ("off", "on"):
         assert pooled[k] == pytest.approx(np.mean([s["accuracy"][k] for s in report["seeds"].values()]))
+
+
+@pytest.mark.slow  # zero-shot answers of a few questions with the tiny model, seven prompts: seconds
+@pytest.mark.skipif(not DATA, reason="TUNELAB_DATA_DIR is not set")
+def test_squad_prompts_bench_chooses_on_train_and_checks_on_dev(tiny_model_dir, tmp_path):
+    """benchmarks/squad_zeroshot_prompts.py: every prompt on the training sample through the task's own
+    zero-shot path, the best (the default unless strictly better) and the default on the dev sample,
+    paired when they differ."""
+    env = dict(os.environ, TUNELAB_DATA_DIR=DATA, TOKENIZERS_PARALLELISM="false")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))
+    out = tmp_path / "prompts.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "squad_zeroshot_prompts.py"), "--model", tiny_model_dir]
+    cmd += ["--select", "4", "--dev-limit", "4", "--out", str(out)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["complete"] and report["trial"] and list(report["selection"])[0] == "default"
+    assert set(report["selection"]) == set(report["prompts"]) and len(report["prompts"]) == 7
+    best = max(r["f1"] for r in report["selection"].values())
+    chosen = report["chosen"]
+    assert report["selection"][chosen]["f1"] == best
+    assert chosen != "default" or report["selection"]["default"]["f1"] == best
+    assert list(report["dev"]) == list(dict.fromkeys(["default", chosen]))
+    assert ("dev_chosen_minus_default" in report) is (chosen != "default")
+    assert report["options"]["decoding"] == "grounded" and report["selection_sample"].startswith(
+        "4 questions"
+    )

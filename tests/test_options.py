@@ -195,3 +195,10 @@ def test_another_method_than_the_tasks_takes_that_methods_learning_rate(tmp_path
     task, own = _finetune_with_task_file(tmp_path, "finetune: {method: lora, learning_rate: 5.0e-4}\n")
     assert _train_config(parse(own), task).learning_rate == 5e-4  # the task's own method: its rate
     assert _train_config(parse([*own, "--method", "full"]), task).learning_rate == 2e-5
+    config.write_text("method: head\n")  # a method from --config is another method too
+    assert _train_config(parse([*argv, "--config", str(config)]), sst2).learning_rate == 1e-3
+    # a task naming its method without a rate: the method's, not the general default's
+    (tmp_path / "head").mkdir()
+    task, own = _finetune_with_task_file(tmp_path / "head", "finetune: {method: head}\n")
+    assert _train_config(parse(own), task).learning_rate == 1e-3
+    assert _train_config(parse([*own, "--method", "lora"]), task).learning_rate == 3e-4

@@ -498,11 +498,12 @@ def _train_config(args, task):
         for k, v in given(args, TRAIN_OPTIONS).items()
     }
 
-    # the task's learning rate is for its own method: another method given here takes that method's
+    # a task's learning rate is for its own method; a rate given nowhere is the method's
+    own = task.training_defaults()
     method = {**values, **flags}.get("method", TRAIN_OPTIONS["method"].default)
-    own_method = task.training_defaults().get("method", TRAIN_OPTIONS["method"].default)
-    method_rate = method != own_method and "learning_rate" not in {**from_file, **flags}
-    if method_rate and method in METHOD_LEARNING_RATES:
+    if "learning_rate" not in {**from_file, **flags} and (
+        "learning_rate" not in own or method != own.get("method", TRAIN_OPTIONS["method"].default)
+    ):
         values["learning_rate"] = METHOD_LEARNING_RATES[method]
 
     def origin(key: str) -> str:
@@ -510,8 +511,6 @@ def _train_config(args, task):
             return "--" + key.replace("_", "-")
         if key in from_file:
             return args.config
-        if key == "learning_rate" and method_rate:
-            return f"--method {method}'s default learning rate"
         return f"{task.source}: finetune" if task.source else f"the built-in task {task.name}'s defaults"
 
     return TrainConfig.from_dict({**values, **flags}, where=args.config or "options", origin=origin)

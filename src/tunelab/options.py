@@ -309,9 +309,10 @@ class TrainConfig:
     )
     learning_rate: float = option(
         2e-5,
-        "peak learning rate (AdamW). `tunelab finetune` with a --method other than the task's (full unless "
-        "its finetune section says) and no learning rate given (flag or --config) takes that method's: "
-        "3e-4 for LoRA, 1e-3 for the head alone (the full preset's variants), 2e-5 for full",
+        "peak learning rate (AdamW). A task's rate is for its own method (full unless its finetune section "
+        "says); `tunelab finetune` with another method (--method or --config) and no rate given (flag or "
+        "--config) takes that method's: 3e-4 for LoRA, 1e-3 for the head alone (the full preset's "
+        "variants), 2e-5 for full (a study's variants give their own rates)",
         low=0,
         high=1,
         low_open=True,

@@ -528,6 +528,12 @@ def test_analysis_says_whether_training_started_from_the_zero_shot_classifier(tm
     assert "(on the texts detokenized; zero-shot read them as written)." in analysis_of(
         build_report(run)[0].read_text()
     )
+    # another input prompt, or none: the analysis still says fine-tuning read the texts detokenized
+    for prompt in ({"text": "Review: {sentence}"}, None):
+        _write_json(meta, {**json.loads(meta.read_text()), "input_prompt": prompt})
+        assert "It read the texts detokenized." in analysis_of(build_report(run)[0].read_text())
+    _write_json(meta, {**json.loads(meta.read_text()), "detokenize": False})
+    assert "detokenized" not in analysis_of(build_report(run)[0].read_text())
 
 
 def test_lora_parameter_sentence_gives_both_shares():

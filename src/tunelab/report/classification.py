@@ -306,12 +306,16 @@ def analysis(t: TaskRun) -> list[str]:
     train = train_sentence(t)
     if train:
         input_prompt = (t.ft_meta or {}).get("input_prompt")
+        plain = " It read the texts detokenized." if (t.ft_meta or {}).get("detokenize") else ""
         if input_prompt and zs.get("prompt") not in (None, input_prompt):
             train = train[:-1] + (
                 "; its classification head started from the label words of its input prompt, which is "
                 "not the zero-shot prompt, so training started from that prompt's zero-shot classifier."
+                + plain
             )
-        elif input_prompt:
+        elif not input_prompt:
+            train += plain
+        else:
             train = train[:-1] + (
                 "; its classification head started from the zero-shot prompt's label "
                 "words, so training started from the zero-shot classifier"

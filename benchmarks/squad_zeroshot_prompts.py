@@ -25,11 +25,11 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
 from machine_info import git_commit, machine
+from squad_zeroshot_focus import summary  # the same summary of per-question scores
 
-from tunelab.metrics import bootstrap_ci, paired_bootstrap
+from tunelab.metrics import paired_bootstrap
 from tunelab.models import load_causal_lm, load_tokenizer
 from tunelab.options import ZeroShotOptions
 from tunelab.outputs import write_json
@@ -82,15 +82,6 @@ def scores(task, model, tok, examples, prompt: dict, batch_size: int) -> tuple[l
     per = per_example_scores(predictions.answers, refs)
     rows = [per[ex.id] for ex in examples]
     return [100.0 * r["f1"] for r in rows], [100.0 * r["exact_match"] for r in rows], seconds
-
-
-def summary(f1: list[float], em: list[float], seconds: float) -> dict:
-    return {
-        "exact_match": float(np.mean(em)),
-        "f1": float(np.mean(f1)),
-        "f1_ci95": bootstrap_ci(f1),
-        "seconds": round(seconds, 1),
-    }
 
 
 def main() -> int:

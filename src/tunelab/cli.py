@@ -485,7 +485,8 @@ def _train_config(args, task):
     from tunelab.config_files import read_mapping
     from tunelab.options import METHOD_LEARNING_RATES, TrainConfig
 
-    values = task.training_defaults()
+    own = task.training_defaults()
+    values = dict(own)
     from_file = (
         read_mapping(args.config, "config", "training options: learning_rate, epochs, ...")
         if args.config
@@ -499,7 +500,6 @@ def _train_config(args, task):
     }
 
     # a task's learning rate is for its own method; a rate given nowhere is the method's
-    own = task.training_defaults()
     method = {**values, **flags}.get("method", TRAIN_OPTIONS["method"].default)
     if "learning_rate" not in {**from_file, **flags} and (
         "learning_rate" not in own or method != own.get("method", TRAIN_OPTIONS["method"].default)

@@ -236,7 +236,9 @@ class SpanTable:
         self.new[: len(segments[0]) + 1] = False
         self.whole_words, self.avoiding = whole_words, bool(avoid_words)
         if whole_words or avoid_words:
-            from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS as stop  # ~1 s: only when used
+            from sklearn.feature_extraction.text import (
+                ENGLISH_STOP_WORDS as stop,
+            )  # a slow import: only when used
 
             words = _words(segments[0])
             banned = np.zeros(base + 2, dtype=bool)

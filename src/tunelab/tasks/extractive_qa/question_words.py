@@ -25,7 +25,7 @@ QUANTITY_WORDS = frozenset(
 
 @cache
 def stop_words() -> frozenset[str]:
-    """scikit-learn's English stop words, imported on first use: scikit-learn takes ~1 s to import, which
+    """scikit-learn's English stop words, imported on first use: scikit-learn is slow to import, which
     commands that never compare words (`data check`, SST-2 alone) need not pay."""
     from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
